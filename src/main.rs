@@ -1,3 +1,45 @@
-fn main() {
-    println!("Hello, world!");
+//! `left`: keeps a folder identical on two or more Linux machines. See the README.
+
+#[macro_use]
+mod log;
+mod cli;
+mod conn;
+mod daemon;
+mod error;
+mod hash;
+mod index;
+mod model;
+mod names;
+mod puller;
+mod scanner;
+mod version;
+mod wire;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match cli::parse(&args) {
+        Ok(cli::Command::Run(o)) => o,
+        Ok(cli::Command::Help) => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(cli::Command::Version) => {
+            println!("left {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => {
+            eprintln!("left: {msg} (see left --help)");
+            return ExitCode::from(2);
+        }
+    };
+    log::set_level(opts.verbosity);
+    match daemon::run(&opts) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            warn!("left: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

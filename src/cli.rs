@@ -1,0 +1,304 @@
+//! The command line: hand-written parsing into an options struct; usage errors are one line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_PORT: u16 = 24680;
+
+pub const USAGE: &str = "\
+usage: left [OPTIONS] <PEER>...
+
+Keeps the folder (default ./share) identical with the same folder on each PEER.
+PEER is IPv4, IPv4:PORT, [IPv6]:PORT, or a host name (optionally HOST:PORT).
+
+options:
+  --dir DIR        folder to sync (default: share; created if missing)
+  --port PORT      TCP port to listen on, and of peers given without one (default: 24680)
+  --once           sync until every peer agrees, then exit 0 (1 if a peer stays unreachable)
+  --timeout SECS   with --once: how long a peer may stay unreachable (default: 30)
+  -q, --quiet      log errors only
+  -v, --verbose    log more
+  -h, --help       print this help
+  -V, --version    print the version
+";
+
+/// A peer as given: host (name or address, IPv6 without brackets) and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub peers: Vec<PeerAddr>,
+    pub once: bool,
+    pub timeout: Duration,
+    /// 0 quiet, 1 normal, 2 verbose.
+    pub verbosity: u8,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Run(Options),
+    Help,
+    Version,
+}
+
+fn parse_port(s: &str, what: &str) -> Result<u16, String> {
+    s.parse::<u16>()
+        .map_err(|_| format!("{what}: {s:?} is not a port number (0-65535)"))
+}
+
+/// Parses one PEER argument; `port` is used when it names none.
+pub fn parse_peer(s: &str, port: u16) -> Result<PeerAddr, String> {
+    let bad = |why: &str| Err(format!("bad peer {s:?}: {why}"));
+    if s.is_empty() {
+        return bad("empty");
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let Some((host, tail)) = rest.split_once(']') else {
+            return bad("missing ']'");
+        };
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return bad("not an IPv6 address inside [...]");
+        }
+        let port = match tail {
+            "" => port,
+            t => match t.strip_prefix(':') {
+                Some(p) => parse_port(p, s)?,
+                None => return bad("expected :PORT after ']'"),
+            },
+        };
+        return Ok(PeerAddr {
+            host: host.to_string(),
+            port,
+        });
+    }
+    if s.matches(':').count() > 1 {
+        // A bare IPv6 address.
+        if s.parse::<std::net::Ipv6Addr>().is_err() {
+            return bad("not an address (write IPv6 with a port as [ADDR]:PORT)");
+        }
+        return Ok(PeerAddr {
+            host: s.to_string(),
+            port,
+        });
+    }
+    let (host, port) = match s.split_once(':') {
+        Some((h, p)) => (h, parse_port(p, s)?),
+        None => (s, port),
+    };
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !valid {
+        return bad("not an IPv4 address or host name");
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && host.parse::<std::net::Ipv4Addr>().is_err()
+    {
+        return bad("not a valid IPv4 address");
+    }
+    Ok(PeerAddr {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let mut dir = PathBuf::from("share");
+    let mut port = DEFAULT_PORT;
+    let mut once = false;
+    let mut timeout = Duration::from_secs(30);
+    let mut verbosity = 1u8;
+    let mut peers = Vec::new();
+    let mut it = args.iter();
+    let mut only_peers = false;
+    while let Some(a) = it.next() {
+        if only_peers || !a.starts_with('-') || a == "-" {
+            peers.push(a.clone());
+            continue;
+        }
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => it
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| format!("{name} needs a value")),
+            }
+        };
+        match flag {
+            "--" => only_peers = true,
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--dir" => {
+                let v = value("--dir")?;
+                if v.is_empty() {
+                    return Err("--dir needs a folder".into());
+                }
+                dir = PathBuf::from(v);
+            }
+            "--port" => port = parse_port(&value("--port")?, "--port")?,
+            "--once" => once = true,
+            "--timeout" => {
+                let v = value("--timeout")?;
+                let secs: u64 = v
+                    .parse()
+                    .map_err(|_| format!("--timeout: {v:?} is not a whole number of seconds"))?;
+                timeout = Duration::from_secs(secs);
+            }
+            "-q" | "--quiet" => verbosity = 0,
+            "-v" | "--verbose" => verbosity = 2,
+            _ => return Err(format!("unknown option {a:?}")),
+        }
+        if inline.is_some()
+            && matches!(
+                flag,
+                "--once" | "-q" | "--quiet" | "-v" | "--verbose" | "--"
+            )
+        {
+            return Err(format!("{flag} takes no value"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("no peer given".into());
+    }
+    let peers = peers
+        .iter()
+        .map(|p| parse_peer(p, port))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Command::Run(Options {
+        dir,
+        port,
+        peers,
+        once,
+        timeout,
+        verbosity,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Options, String> {
+        match parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())? {
+            Command::Run(o) => Ok(o),
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn peers() {
+        let p = |s| parse_peer(s, 7);
+        assert_eq!(
+            p("10.0.0.2").unwrap(),
+            PeerAddr {
+                host: "10.0.0.2".into(),
+                port: 7
+            }
+        );
+        assert_eq!(p("10.0.0.2:99").unwrap().port, 99);
+        assert_eq!(
+            p("[::1]:99").unwrap(),
+            PeerAddr {
+                host: "::1".into(),
+                port: 99
+            }
+        );
+        assert_eq!(p("[fe80::1]").unwrap().port, 7);
+        assert_eq!(p("::1").unwrap().host, "::1");
+        assert_eq!(p("box-2.lan").unwrap().host, "box-2.lan");
+        assert_eq!(p("box:1").unwrap().port, 1);
+        for bad in [
+            "",
+            "10.0.0.256",
+            "1.2.3",
+            "a:b",
+            "[::1",
+            "[zz]:1",
+            "[::1]x",
+            "host:70000",
+            "a..b",
+            "-x",
+            "a_b",
+            ":1",
+        ] {
+            assert!(p(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn options() {
+        let o = run(&[
+            "--dir",
+            "d",
+            "--port=1234",
+            "--once",
+            "--timeout",
+            "5",
+            "1.2.3.4",
+            "h:9",
+        ])
+        .unwrap();
+        assert_eq!(o.dir, PathBuf::from("d"));
+        assert_eq!(o.port, 1234);
+        assert!(o.once);
+        assert_eq!(o.timeout, Duration::from_secs(5));
+        assert_eq!(
+            o.peers[0],
+            PeerAddr {
+                host: "1.2.3.4".into(),
+                port: 1234
+            }
+        );
+        assert_eq!(o.peers[1].port, 9);
+        let d = run(&["1.2.3.4"]).unwrap();
+        assert_eq!(
+            (d.dir, d.port, d.once),
+            (PathBuf::from("share"), DEFAULT_PORT, false)
+        );
+    }
+
+    #[test]
+    fn usage_errors() {
+        let err =
+            |a: &[&str]| parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_err();
+        assert!(err(&[]).contains("no peer"));
+        assert!(err(&["--port"]).contains("needs a value"));
+        assert!(err(&["--port", "x", "h"]).contains("port"));
+        assert!(err(&["--bogus", "h"]).contains("unknown option"));
+        assert!(err(&["--timeout", "-1", "h"]).contains("--timeout"));
+        assert!(err(&["--once=1", "h"]).contains("takes no value"));
+        assert_eq!(parse(&["-h".to_string()]).unwrap(), Command::Help);
+        assert_eq!(
+            parse(&["--version".to_string(), "x".to_string()]).unwrap(),
+            Command::Version
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! One connection to a peer: the hello, then three threads — a reader that decodes frames and
+//! routes them, a writer that sends our index, requests and the blocks the peer asks for, and the
+//! puller. The reader never writes, so two peers pulling from each other cannot deadlock.
+
+use crate::error::{Context, Error, Result};
+use crate::hash::{md5, short_id};
+use crate::model::{Model, Out, Peer};
+use crate::puller::{self, Link, O_NOFOLLOW};
+use crate::wire::{self, Enc, Hello, MAGIC, Msg, PROTOCOL_VERSION, Request, Response, Status};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer that sends nothing for this long is gone (it pings every `PING_EVERY`).
+const READ_TIMEOUT: Duration = Duration::from_secs(90);
+const PING_EVERY: Duration = Duration::from_secs(30);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Block requests a peer may have outstanding with us.
+const MAX_PEER_REQUESTS: usize = 256;
+
+/// File data sent to peers since start.
+pub static SENT: AtomicU64 = AtomicU64::new(0);
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Reads one frame: the length is checked before the body is allocated.
+pub fn read_frame(r: &mut impl Read) -> Result<Msg> {
+    let mut h = [0u8; 4];
+    r.read_exact(&mut h)?;
+    let n = wire::frame_len(h)?;
+    let mut body = vec![0u8; n];
+    r.read_exact(&mut body)?;
+    wire::decode(&body)
+}
+
+/// Exchanges hellos and returns the peer's device id.
+pub fn handshake(stream: &mut TcpStream, device: u64) -> Result<u64> {
+    stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
+    stream.set_write_timeout(Some(HELLO_TIMEOUT))?;
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        device,
+        flags: 0,
+    };
+    stream.write_all(&wire::encode(&Msg::Hello(hello)))?;
+    match read_frame(stream)? {
+        Msg::Hello(h) if h.magic != MAGIC => Err(Error::protocol("not a left peer (bad magic)")),
+        Msg::Hello(h) if h.version != PROTOCOL_VERSION => Err(Error::protocol(format!(
+            "peer speaks protocol version {}, we speak {PROTOCOL_VERSION}",
+            h.version
+        ))),
+        Msg::Hello(h) if h.device == device => Err(Error::msg("connected to ourselves")),
+        Msg::Hello(h) => Ok(h.device),
+        _ => Err(Error::protocol("expected a hello")),
+    }
+}
+
+/// Runs a connection after its handshake until it closes. `dialed`: we initiated it.
+pub fn run(model: &Arc<Model>, stream: TcpStream, device: u64, dialed: bool) -> Result<()> {
+    let addr = stream.peer_addr()?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let (out_tx, out_rx) = mpsc::channel::<Out>();
+    let (resp_tx, resp_rx) = mpsc::channel::<Response>();
+    register(
+        model,
+        id,
+        Peer {
+            device,
+            addr,
+            dialed,
+            since: Instant::now(),
+            out: out_tx.clone(),
+            stream: stream.try_clone()?,
+            needs: BTreeMap::new(),
+            retry: BTreeMap::new(),
+            remote_done: false,
+            remote_seq: 0,
+            peer_in_sync: 0,
+            sent_in_sync: None,
+            pulling: false,
+        },
+    )?;
+    info!(
+        "connected to {addr} (device {}, {})",
+        short_id(device),
+        if dialed { "dialed" } else { "accepted" }
+    );
+    let pending = Arc::new(AtomicUsize::new(0));
+    let result = std::thread::scope(|s| {
+        let w_stream = stream.try_clone()?;
+        let w_pending = pending.clone();
+        let writer = s.spawn(move || {
+            let r = write_loop(model, w_stream, out_rx, &w_pending);
+            if let Err(e) = &r {
+                debug!("writer to {addr}: {e}");
+            }
+            r
+        });
+        let p_out = out_tx.clone();
+        let puller = s.spawn(move || {
+            let link = Link {
+                model,
+                conn: id,
+                out: p_out,
+                responses: resp_rx,
+            };
+            puller::run(&link)
+        });
+        let r = read_loop(model, id, &stream, &out_tx, &resp_tx, &pending);
+        // Whatever ended the connection, end the other threads too.
+        unregister(model, id);
+        let _ = stream.shutdown(Shutdown::Both);
+        drop(resp_tx);
+        drop(out_tx);
+        let _ = writer.join();
+        let p = puller.join();
+        match (r, p) {
+            (Err(e), _) => Err(e),
+            (_, Ok(Err(e))) => Err(e),
+            _ => Ok(()),
+        }
+    });
+    result.at(addr.to_string())
+}
+
+/// Adds a connection. Of two connections to one device (both sides dialed), the one dialed by
+/// the smaller device id stays: both ends pick the same one.
+fn register(model: &Model, id: u64, peer: Peer) -> Result<()> {
+    let mut g = model.lock();
+    let me = g.index.device;
+    let dialer = |p: &Peer| if p.dialed { me } else { p.device };
+    if let Some((&old_id, old)) = g.peers.iter().find(|(_, p)| p.device == peer.device) {
+        let keep_old = dialer(old) <= dialer(&peer);
+        if keep_old {
+            return Err(Error::msg(format!(
+                "already connected to device {}",
+                short_id(peer.device)
+            )));
+        }
+        let _ = old.stream.shutdown(Shutdown::Both);
+        g.peers.remove(&old_id);
+    }
+    g.peers.insert(id, peer);
+    model.changed.notify_all();
+    Ok(())
+}
+
+fn unregister(model: &Model, id: u64) {
+    let mut g = model.lock();
+    g.peers.remove(&id);
+    model.changed.notify_all();
+}
+
+fn read_loop(
+    model: &Model,
+    id: u64,
+    stream: &TcpStream,
+    out: &mpsc::Sender<Out>,
+    responses: &mpsc::Sender<Response>,
+    pending: &AtomicUsize,
+) -> Result<()> {
+    let mut r = BufReader::with_capacity(64 << 10, stream);
+    loop {
+        let msg = match read_frame(&mut r) {
+            Ok(m) => m,
+            Err(e) if e.io_kind() == Some(std::io::ErrorKind::UnexpectedEof) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match msg {
+            Msg::Hello(_) => return Err(Error::protocol("second hello")),
+            Msg::Index { seq, entries } => model.remote_entries(id, seq, entries),
+            Msg::IndexDone { seq } => {
+                let mut g = model.lock();
+                if let Some(p) = g.peers.get_mut(&id) {
+                    p.remote_done = true;
+                    p.remote_seq = p.remote_seq.max(seq);
+                }
+                model.changed.notify_all();
+            }
+            Msg::Request(req) => {
+                if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PEER_REQUESTS {
+                    return Err(Error::protocol("too many outstanding requests"));
+                }
+                out.send(Out::Serve(req))
+                    .map_err(|_| Error::msg("connection closing"))?;
+            }
+            Msg::Response(resp) => {
+                let _ = responses.send(resp);
+            }
+            Msg::InSync { seq } => {
+                let mut g = model.lock();
+                if let Some(p) = g.peers.get_mut(&id) {
+                    p.peer_in_sync = p.peer_in_sync.max(seq);
+                }
+                model.changed.notify_all();
+            }
+            Msg::Ping => {}
+            Msg::Unknown(t) => debug!("skipped a frame of unknown type {t}"),
+        }
+    }
+}
+
+fn write_loop(
+    model: &Model,
+    stream: TcpStream,
+    rx: mpsc::Receiver<Out>,
+    pending: &AtomicUsize,
+) -> Result<()> {
+    let mut w = BufWriter::with_capacity(64 << 10, stream);
+    let mut sent_seq = 0u64;
+    let mut open: Option<(String, File)> = None;
+    let mut buf = Vec::new();
+    sent_seq = announce(model, &mut w, sent_seq)?;
+    w.write_all(&wire::encode(&Msg::IndexDone { seq: sent_seq }))?;
+    w.flush()?;
+    loop {
+        let job = match rx.recv_timeout(PING_EVERY) {
+            Ok(j) => j,
+            Err(mpsc::RecvTimeoutError::Timeout) => Out::Frame(wire::encode(&Msg::Ping)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        let mut next = Some(job);
+        while let Some(job) = next {
+            match job {
+                Out::Frame(f) => w.write_all(&f)?,
+                Out::Announce => sent_seq = announce(model, &mut w, sent_seq)?,
+                Out::Serve(req) => {
+                    let resp = serve(model, &req, &mut open, &mut buf);
+                    pending.fetch_sub(1, Ordering::AcqRel);
+                    SENT.fetch_add(resp.data.len() as u64, Ordering::Relaxed);
+                    w.write_all(&wire::encode(&Msg::Response(resp)))?;
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        w.flush()?;
+    }
+}
+
+/// Sends every entry changed after `sent`, in frames of bounded size; returns the new mark.
+/// Entries are encoded under the lock a batch at a time and written without it.
+fn announce(model: &Model, w: &mut impl Write, sent: u64) -> Result<u64> {
+    let mut after: Option<String> = None;
+    let top = model.lock().index.seq;
+    loop {
+        let frame = {
+            let g = model.lock();
+            let range = match &after {
+                Some(p) => g
+                    .index
+                    .entries
+                    .range::<String, _>((std::ops::Bound::Excluded(p), std::ops::Bound::Unbounded)),
+                None => g.index.entries.range::<String, _>(..),
+            };
+            let mut e = Enc::default();
+            let mut n = 0u32;
+            let mut last = None;
+            let mut exhausted = true;
+            for (path, x) in range {
+                if x.seq > sent {
+                    wire::put_entry(&mut e, x);
+                    n += 1;
+                }
+                if e.0.len() >= wire::INDEX_BATCH {
+                    last = Some(path.clone());
+                    exhausted = false;
+                    break;
+                }
+            }
+            (n, e.0, last, exhausted)
+        };
+        let (n, body, last, done) = frame;
+        if n > 0 || (done && top > sent) {
+            // Only the last frame of a pass carries the sequence number it completes.
+            w.write_all(&wire::index_frame(if done { top } else { 0 }, n, &body))?;
+        }
+        if done {
+            return Ok(top);
+        }
+        after = last;
+    }
+}
+
+/// Answers a block request from our files: only live files of the index, never through a
+/// symlink, and only if the block still has the hash asked for.
+fn serve(
+    model: &Model,
+    req: &Request,
+    open: &mut Option<(String, File)>,
+    buf: &mut Vec<u8>,
+) -> Response {
+    let fail = |status| Response {
+        id: req.id,
+        status,
+        data: Vec::new(),
+    };
+    let ok = {
+        let g = model.lock();
+        g.index.entries.get(&req.path).is_some_and(|e| {
+            e.is_file()
+                && req.len <= e.block_size
+                && req
+                    .offset
+                    .checked_add(req.len as u64)
+                    .is_some_and(|end| end <= e.size)
+        })
+    };
+    if !ok {
+        return fail(Status::Changed);
+    }
+    if open.as_ref().is_none_or(|(p, _)| *p != req.path) {
+        *open = None;
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(O_NOFOLLOW)
+            .open(model.root.join(&req.path))
+        {
+            Ok(f) => *open = Some((req.path.clone(), f)),
+            Err(_) => return fail(Status::Changed),
+        }
+    }
+    let Some((_, f)) = open.as_ref() else {
+        return fail(Status::Failed);
+    };
+    buf.resize(req.len as usize, 0);
+    if f.read_exact_at(buf, req.offset).is_err() || md5(buf) != req.hash {
+        *open = None;
+        return fail(Status::Changed);
+    }
+    Response {
+        id: req.id,
+        status: Status::Ok,
+        data: std::mem::take(buf),
+    }
+}

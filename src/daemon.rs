@@ -1,0 +1,280 @@
+//! The daemon: opens the share and its index, then runs the listener, one dialer per peer, the
+//! scanner, and a loop that saves the index and, with `--once`, decides when to stop.
+
+use crate::cli::{Options, PeerAddr};
+use crate::conn;
+use crate::error::{Context, Error, Result};
+use crate::hash::short_id;
+use crate::index::Index;
+use crate::model::Model;
+use crate::names::STATE_DIR;
+use crate::scanner;
+use std::collections::HashSet;
+use std::fs;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const SCAN_EVERY: Duration = Duration::from_millis(300);
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+const MAX_CONNECTIONS: usize = 64;
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const TEMP_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
+
+/// Reads the device id from the state directory, making one from /dev/urandom the first time.
+fn device_id(state: &Path) -> Result<u64> {
+    let p = state.join("device");
+    match fs::read_to_string(&p) {
+        Ok(s) => u64::from_str_radix(s.trim(), 16)
+            .map_err(|_| Error::msg("damaged device id file").at(&p)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut b = [0u8; 8];
+            fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut b))
+                .at("/dev/urandom")?;
+            let id = u64::from_be_bytes(b).max(1);
+            let tmp = state.join("device.tmp");
+            fs::write(&tmp, format!("{id:016x}\n")).at(&tmp)?;
+            fs::File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)?;
+            fs::rename(&tmp, &p).at(&p)?;
+            Ok(id)
+        }
+        Err(e) => Err(Error::from(e).at(&p)),
+    }
+}
+
+fn open_index(state: &Path, device: u64) -> Index {
+    let p = state.join("index");
+    match Index::load(&p) {
+        Ok(ix) if ix.device == device => ix,
+        Ok(_) => {
+            warn!(
+                "{}: written by another device; starting a fresh index",
+                p.display()
+            );
+            Index::new(device)
+        }
+        Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => Index::new(device),
+        Err(e) => {
+            // Nothing is lost: every file is hashed again and versions merge with the peers'.
+            warn!("{e}; kept as index.damaged, rebuilding from the files");
+            let _ = fs::rename(&p, state.join("index.damaged"));
+            Index::new(device)
+        }
+    }
+}
+
+fn save(model: &Model) {
+    let mut g = model.lock();
+    if !g.dirty {
+        return;
+    }
+    // Saved under the lock so no change slips between the write and the flag.
+    match g.index.save(&model.root.join(STATE_DIR).join("index")) {
+        Ok(()) => g.dirty = false,
+        Err(e) => warn!("saving the index: {e}"),
+    }
+}
+
+/// Runs until `--once` is satisfied (returns the exit code) or forever.
+pub fn run(opts: &Options) -> Result<i32> {
+    let root = &opts.dir;
+    fs::create_dir_all(root).at(root)?;
+    let root = fs::canonicalize(root).at(root)?;
+    let state = root.join(STATE_DIR);
+    fs::create_dir_all(&state).at(&state)?;
+    let device = device_id(&state)?;
+    let index = open_index(&state, device);
+    let model = Arc::new(Model::new(root.clone(), index));
+    scanner::clean_temps(&root, TEMP_MAX_AGE);
+
+    let listener = TcpListener::bind(("::", opts.port))
+        .or_else(|_| TcpListener::bind(("0.0.0.0", opts.port)))
+        .map_err(|e| Error::from(e).at(format!("port {}", opts.port)))?;
+    info!(
+        "left {} serving {} on port {} as device {}",
+        env!("CARGO_PKG_VERSION"),
+        root.display(),
+        listener.local_addr()?.port(),
+        short_id(device)
+    );
+
+    let reached: Arc<Vec<AtomicBool>> =
+        Arc::new(opts.peers.iter().map(|_| AtomicBool::new(false)).collect());
+    {
+        let m = model.clone();
+        std::thread::spawn(move || accept_loop(&m, listener));
+    }
+    for (i, peer) in opts.peers.iter().enumerate() {
+        let (m, p, r) = (model.clone(), peer.clone(), reached.clone());
+        std::thread::spawn(move || dial_loop(&m, &p, &r[i]));
+    }
+    {
+        let m = model.clone();
+        std::thread::spawn(move || scan_loop(&m));
+    }
+
+    let start = Instant::now();
+    let mut last_save = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if last_save.elapsed() >= SAVE_EVERY {
+            save(&model);
+            last_save = Instant::now();
+        }
+        if !opts.once {
+            continue;
+        }
+        if once_done(&model, opts.peers.len()) {
+            save(&model);
+            info!(
+                "in sync with every peer; file data received {} bytes, sent {} bytes, reused locally {} bytes",
+                crate::puller::RECEIVED.load(Ordering::Relaxed),
+                conn::SENT.load(Ordering::Relaxed),
+                crate::puller::REUSED.load(Ordering::Relaxed)
+            );
+            return Ok(0);
+        }
+        if start.elapsed() > opts.timeout {
+            let missing: Vec<String> = opts
+                .peers
+                .iter()
+                .zip(reached.iter())
+                .filter(|(_, r)| !r.load(Ordering::Relaxed))
+                .map(|(p, _)| p.to_string())
+                .collect();
+            if !missing.is_empty() {
+                save(&model);
+                warn!(
+                    "peer unreachable for {} s: {}",
+                    opts.timeout.as_secs(),
+                    missing.join(", ")
+                );
+                return Ok(1);
+            }
+        }
+    }
+}
+
+/// Every configured peer is connected and in sync both ways, and our own scan is done.
+fn once_done(model: &Model, n_peers: usize) -> bool {
+    let g = model.lock();
+    if !g.scanned || !g.busy.is_empty() {
+        return false;
+    }
+    let seq = g.index.seq;
+    let devices: HashSet<u64> = g.peers.values().map(|p| p.device).collect();
+    devices.len() >= n_peers && g.peers.values().all(|p| p.in_sync(seq))
+}
+
+fn accept_loop(model: &Arc<Model>, listener: TcpListener) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            debug!("refused a connection: too many open");
+            continue;
+        }
+        active.fetch_add(1, Ordering::Relaxed);
+        let (m, a) = (model.clone(), active.clone());
+        std::thread::spawn(move || {
+            let peer = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            if let Err(e) = serve_connection(&m, stream, false) {
+                info!("connection from {peer} ended: {e}");
+            }
+            a.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+fn serve_connection(model: &Arc<Model>, mut stream: TcpStream, dialed: bool) -> Result<u64> {
+    let me = model.lock().index.device;
+    let device = conn::handshake(&mut stream, me)?;
+    conn::run(model, stream, device, dialed)?;
+    Ok(device)
+}
+
+/// Keeps a connection to one peer, retrying quietly with backoff while it is unreachable.
+fn dial_loop(model: &Arc<Model>, peer: &PeerAddr, reached: &AtomicBool) {
+    static QUIET: AtomicU64 = AtomicU64::new(0);
+    let mut backoff = Duration::from_millis(250);
+    let mut known: Option<u64> = None;
+    let mut failures = 0u32;
+    loop {
+        if model.lock().shutdown {
+            return;
+        }
+        // Already connected to that device (it dialed us): nothing to do.
+        if let Some(dev) = known
+            && model.lock().peers.values().any(|p| p.device == dev)
+        {
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        let stream = (peer.host.as_str(), peer.port)
+            .to_socket_addrs()
+            .map_err(Error::from)
+            .and_then(|addrs| {
+                let mut last = Error::msg("no address");
+                for a in addrs {
+                    match TcpStream::connect_timeout(&a, Duration::from_secs(3)) {
+                        Ok(s) => return Ok(s),
+                        Err(e) => last = e.into(),
+                    }
+                }
+                Err(last)
+            });
+        match stream {
+            Ok(mut s) => {
+                let me = model.lock().index.device;
+                match conn::handshake(&mut s, me) {
+                    Ok(dev) => {
+                        known = Some(dev);
+                        reached.store(true, Ordering::Relaxed);
+                        failures = 0;
+                        backoff = Duration::from_millis(250);
+                        if let Err(e) = conn::run(model, s, dev, true) {
+                            info!("connection to {peer} ended: {e}");
+                        }
+                    }
+                    Err(e) => info!("handshake with {peer} failed: {e}"),
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                // Quiet while a peer is still booting: the first failure, then one a minute.
+                if failures == 1 || failures % 60 == 0 {
+                    info!("{peer} not reachable yet ({e}); retrying");
+                }
+                QUIET.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn scan_loop(model: &Model) {
+    let mut generation = 0u32;
+    loop {
+        generation = generation.wrapping_add(1);
+        let t = Instant::now();
+        match scanner::scan(model, generation) {
+            Ok(s) if s.changed + s.deleted > 0 => debug!("scan: {s:?} in {:?}", t.elapsed()),
+            Ok(_) => {}
+            Err(e) => warn!("scan: {e}"),
+        }
+        // Never more than about a tenth of a core on scanning, however large the share.
+        let pause = SCAN_EVERY.max(t.elapsed() * 10);
+        std::thread::sleep(pause);
+        if model.lock().shutdown {
+            return;
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Logging: one line per event on stderr, each with a UTC timestamp.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// 0 quiet (errors only), 1 normal, 2 verbose.
+static LEVEL: AtomicU8 = AtomicU8::new(1);
+
+pub fn set_level(level: u8) {
+    LEVEL.store(level, Ordering::Relaxed);
+}
+
+pub fn enabled(level: u8) -> bool {
+    LEVEL.load(Ordering::Relaxed) >= level
+}
+
+/// Writes one log line if `level` is enabled. Use the `info!`, `warn!` and `debug!` macros.
+pub fn line(level: u8, args: std::fmt::Arguments<'_>) {
+    if !enabled(level) {
+        return;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let msg = format!(
+        "{} {}\n",
+        timestamp(now.as_secs() as i64, now.subsec_millis()),
+        args
+    );
+    // One write call per line keeps lines whole when several threads log at once.
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(msg.as_bytes());
+}
+
+/// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn timestamp(secs: i64, millis: u32) -> String {
+    let (y, mo, d, h, mi, s) = civil(secs);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{millis:03}Z")
+}
+
+/// Splits seconds since the epoch into UTC (year, month, day, hour, minute, second).
+pub fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+#[macro_export]
+macro_rules! info {
+    ($($t:tt)*) => { $crate::log::line(1, format_args!($($t)*)) };
+}
+
+#[macro_export]
+macro_rules! warn {
+    ($($t:tt)*) => { $crate::log::line(0, format_args!($($t)*)) };
+}
+
+#[macro_export]
+macro_rules! debug {
+    ($($t:tt)*) => { $crate::log::line(2, format_args!($($t)*)) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(timestamp(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(timestamp(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(timestamp(1_795_622_625, 123), "2026-11-25T16:03:45.123Z");
+        assert_eq!(civil(-1), (1969, 12, 31, 23, 59, 59));
+    }
+}

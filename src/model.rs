@@ -1,0 +1,304 @@
+//! The shared state of a running `left`: the index, what each connected peer has that we need,
+//! and the rules that decide, entry by entry, whether a peer's version replaces ours.
+
+use crate::index::{Entry, Index};
+use crate::version::Order;
+use crate::wire::Request;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// What to do with a version a peer announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Ours is the same, newer, or wins the conflict.
+    Keep,
+    /// Take the peer's version. `conflict`: ours is a concurrent edit that loses; keep it as a
+    /// conflict copy first.
+    Take { conflict: bool },
+    /// Concurrent versions with the same content: both sides adopt this merged entry.
+    Merge(Entry),
+}
+
+/// Whether the remote entry `r` wins over the concurrent local entry `l`: an existing file or
+/// folder beats a deletion (an edit is never lost to a delete), then the newer mtime, then the
+/// larger device id. Every device computes the same answer.
+pub fn remote_wins(l: &Entry, r: &Entry) -> bool {
+    if l.deleted != r.deleted {
+        return l.deleted;
+    }
+    (r.mtime, r.mtime_ns, r.modified_by) > (l.mtime, l.mtime_ns, l.modified_by)
+}
+
+/// Decides what to do with the peer's entry `r` given ours.
+pub fn decide(local: Option<&Entry>, r: &Entry) -> Decision {
+    let Some(l) = local else {
+        return Decision::Take { conflict: false };
+    };
+    match r.version.compare(&l.version) {
+        Order::Newer => Decision::Take { conflict: false },
+        Order::Equal | Order::Older => Decision::Keep,
+        Order::Concurrent if l.same_content(r) => {
+            let winner = if remote_wins(l, r) { r } else { l };
+            let mut m = winner.clone();
+            m.version = l.version.merged(&r.version);
+            m.stat = l.stat;
+            Decision::Merge(m)
+        }
+        Order::Concurrent if remote_wins(l, r) => Decision::Take {
+            conflict: l.is_file(),
+        },
+        Order::Concurrent => Decision::Keep,
+    }
+}
+
+/// Work for a connection's writer thread.
+pub enum Out {
+    Frame(Vec<u8>),
+    /// Serve a block request from the peer.
+    Serve(Request),
+    /// The index changed: announce what the peer has not seen.
+    Announce,
+}
+
+/// One connected peer.
+pub struct Peer {
+    pub device: u64,
+    pub addr: SocketAddr,
+    /// Whether we dialed this connection (used to pick one of two crossing connections).
+    pub dialed: bool,
+    pub since: Instant,
+    pub out: Sender<Out>,
+    /// Closes the socket, which ends the connection's threads.
+    pub stream: std::net::TcpStream,
+    /// Entries the peer has that we should take, by path.
+    pub needs: BTreeMap<String, Entry>,
+    /// Paths whose last pull failed, with when to try again.
+    pub retry: BTreeMap<String, Instant>,
+    /// The peer's initial index has arrived in full.
+    pub remote_done: bool,
+    /// The peer's sequence number up to which its index has been processed.
+    pub remote_seq: u64,
+    /// The peer says it has all of our index up to this sequence number.
+    pub peer_in_sync: u64,
+    /// Last InSync we sent.
+    pub sent_in_sync: Option<u64>,
+    /// A pull is running on this connection.
+    pub pulling: bool,
+}
+
+impl Peer {
+    /// The peer has everything of ours and we have everything of theirs.
+    pub fn in_sync(&self, our_seq: u64) -> bool {
+        self.remote_done && self.needs.is_empty() && !self.pulling && self.peer_in_sync >= our_seq
+    }
+}
+
+pub struct State {
+    pub index: Index,
+    /// The index changed since it was last saved.
+    pub dirty: bool,
+    pub peers: BTreeMap<u64, Peer>,
+    /// Paths being pulled right now, by any connection.
+    pub busy: HashSet<String>,
+    /// The first scan of the share has finished.
+    pub scanned: bool,
+    pub shutdown: bool,
+}
+
+impl State {
+    /// Stores a changed entry and tells every connection to announce it.
+    pub fn put(&mut self, e: Entry) {
+        self.index.put(e);
+        self.dirty = true;
+        for p in self.peers.values() {
+            let _ = p.out.send(Out::Announce);
+        }
+    }
+}
+
+pub struct Model {
+    pub root: PathBuf,
+    pub state: Mutex<State>,
+    /// Signalled whenever needs, the index or the set of peers change.
+    pub changed: Condvar,
+}
+
+impl Model {
+    pub fn new(root: PathBuf, index: Index) -> Model {
+        let state = State {
+            index,
+            dirty: false,
+            peers: BTreeMap::new(),
+            busy: HashSet::new(),
+            scanned: false,
+            shutdown: false,
+        };
+        Model {
+            root,
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Locks the state. A poisoned lock (a thread panicked holding it) cannot happen with
+    /// `panic = "abort"`; in tests it is taken over as it is.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn wait<'a>(
+        &self,
+        g: MutexGuard<'a, State>,
+        d: std::time::Duration,
+    ) -> MutexGuard<'a, State> {
+        match self.changed.wait_timeout(g, d) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        }
+    }
+
+    /// Takes in entries a peer announced: each is decided against ours, and recorded as a need of
+    /// that connection or merged at once.
+    pub fn remote_entries(&self, conn: u64, seq: u64, entries: Vec<Entry>) {
+        let mut g = self.lock();
+        let st = &mut *g;
+        for r in entries {
+            let local = st.index.entries.get(&r.path);
+            match decide(local, &r) {
+                Decision::Keep => {
+                    if let Some(p) = st.peers.get_mut(&conn) {
+                        p.needs.remove(&r.path);
+                    }
+                }
+                Decision::Take { .. } => {
+                    if let Some(p) = st.peers.get_mut(&conn) {
+                        p.retry.remove(&r.path);
+                        p.needs.insert(r.path.clone(), r);
+                    }
+                }
+                Decision::Merge(m) => {
+                    // Same content: take over the winner's metadata where it is the peer's.
+                    if let Some(l) = local
+                        && (l.mtime, l.mtime_ns, l.mode) != (m.mtime, m.mtime_ns, m.mode)
+                        && m.is_file()
+                        && let Ok(stat) = crate::puller::set_meta(&self.root, &m)
+                    {
+                        let mut m = m;
+                        m.stat = stat;
+                        st.put(m);
+                    } else {
+                        st.put(m);
+                    }
+                    if let Some(p) = st.peers.get_mut(&conn) {
+                        p.needs.remove(&r.path);
+                    }
+                }
+            }
+        }
+        if let Some(p) = st.peers.get_mut(&conn) {
+            p.remote_seq = p.remote_seq.max(seq);
+        }
+        self.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Kind;
+    use crate::version::Version;
+
+    fn file(md5: u8, mtime: i64, by: u64, v: &[(u64, u64)]) -> Entry {
+        Entry {
+            path: "f".into(),
+            size: 1,
+            md5: [md5; 16],
+            mtime,
+            modified_by: by,
+            version: Version::from_pairs(v.to_vec()),
+            block_size: crate::index::MIN_BLOCK,
+            blocks: vec![[md5; 16]],
+            ..Entry::default()
+        }
+    }
+
+    #[test]
+    fn newer_older_equal() {
+        let l = file(1, 10, 1, &[(1, 1)]);
+        assert_eq!(decide(None, &l), Decision::Take { conflict: false });
+        assert_eq!(
+            decide(Some(&l), &file(2, 5, 2, &[(1, 1), (2, 1)])),
+            Decision::Take { conflict: false }
+        );
+        assert_eq!(decide(Some(&l), &l.clone()), Decision::Keep);
+        assert_eq!(
+            decide(Some(&file(2, 5, 2, &[(1, 1), (2, 1)])), &l),
+            Decision::Keep
+        );
+    }
+
+    #[test]
+    fn conflicts_pick_the_same_winner_on_both_sides() {
+        let a = file(1, 10, 1, &[(1, 2)]);
+        let b = file(2, 20, 2, &[(1, 1), (2, 1)]);
+        // On A, B's edit wins (newer mtime): A keeps its own as a conflict copy.
+        assert_eq!(decide(Some(&a), &b), Decision::Take { conflict: true });
+        // On B, A's edit loses: B keeps its own.
+        assert_eq!(decide(Some(&b), &a), Decision::Keep);
+        // Equal mtimes: the larger device id wins, on both sides alike.
+        let c = file(3, 10, 5, &[(5, 1)]);
+        assert_eq!(decide(Some(&a), &c), Decision::Take { conflict: true });
+        assert_eq!(decide(Some(&c), &a), Decision::Keep);
+    }
+
+    #[test]
+    fn an_edit_beats_a_delete() {
+        let edit = file(1, 10, 1, &[(1, 2)]);
+        let mut del = file(0, 99, 2, &[(1, 1), (2, 1)]);
+        del.deleted = true;
+        del.blocks.clear();
+        del.size = 0;
+        assert_eq!(decide(Some(&edit), &del), Decision::Keep);
+        assert_eq!(
+            decide(Some(&del), &edit),
+            Decision::Take { conflict: false }
+        );
+        // A delete that descends from our version applies.
+        let mut later = del.clone();
+        later.version = edit.version.bumped(2);
+        assert_eq!(
+            decide(Some(&edit), &later),
+            Decision::Take { conflict: false }
+        );
+    }
+
+    #[test]
+    fn same_content_merges_without_conflict() {
+        let a = file(1, 10, 1, &[(1, 1)]);
+        let b = file(1, 20, 2, &[(2, 1)]);
+        let Decision::Merge(m) = decide(Some(&a), &b) else {
+            panic!()
+        };
+        assert_eq!(m.mtime, 20);
+        assert_eq!(m.version, Version::from_pairs(vec![(1, 1), (2, 1)]));
+        let Decision::Merge(m2) = decide(Some(&b), &a) else {
+            panic!()
+        };
+        assert_eq!((m2.mtime, m2.version), (m.mtime, m.version));
+        let d1 = Entry {
+            kind: Kind::Dir,
+            version: Version::from_pairs(vec![(1, 1)]),
+            ..Entry::default()
+        };
+        let d2 = Entry {
+            kind: Kind::Dir,
+            version: Version::from_pairs(vec![(2, 1)]),
+            ..Entry::default()
+        };
+        assert!(matches!(decide(Some(&d1), &d2), Decision::Merge(_)));
+    }
+}

@@ -1,0 +1,629 @@
+//! The puller: brings entries a peer announced into the share, as a pipeline per batch:
+//! plan each block's source (our temp file, our other files, or the peer), request what only the
+//! peer has with several requests in flight, verify every block's MD5 and the whole file's, fsync,
+//! set mode and mtime, and rename into place. Temp files stay for resume when anything fails.
+
+use crate::error::{Context, Error, Result};
+use crate::hash::{Hash, md5};
+use crate::index::{Entry, Kind, Stat};
+use crate::model::{Decision, Model, Out, decide};
+use crate::names;
+use crate::wire::{Msg, Request, Response, Status};
+use md5::{Digest, Md5};
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Bytes of block data in flight per connection: keeps a fast link full, memory small.
+const WINDOW_BYTES: u64 = 1 << 20;
+/// How long to wait for a block before the connection is given up.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Entries taken per batch.
+const BATCH_ENTRIES: usize = 256;
+/// Bytes of files taken per batch (one larger file still makes a batch of its own).
+const BATCH_BYTES: u64 = 64 << 20;
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// File data received from peers since start (for logs and tests).
+pub static RECEIVED: AtomicU64 = AtomicU64::new(0);
+/// Bytes of file data taken from local copies instead of the wire.
+pub static REUSED: AtomicU64 = AtomicU64::new(0);
+
+/// What the puller of one connection works with.
+pub struct Link<'a> {
+    pub model: &'a Model,
+    pub conn: u64,
+    pub out: Sender<Out>,
+    pub responses: Receiver<Response>,
+}
+
+/// Pulls until the connection closes (the peer entry disappears) or shutdown.
+pub fn run(link: &Link<'_>) -> Result<()> {
+    let mut next_id = 1u32;
+    while let Some(batch) = take_batch(link) {
+        let result = pull_batch(link, &batch, &mut next_id);
+        let mut g = link.model.lock();
+        for (e, _) in &batch {
+            g.busy.remove(&e.path);
+        }
+        if let Some(p) = g.peers.get_mut(&link.conn) {
+            p.pulling = false;
+        }
+        link.model.changed.notify_all();
+        drop(g);
+        result?;
+    }
+    Ok(())
+}
+
+/// Waits for needs of this connection and takes a batch, marking the paths busy. Also tells the
+/// peer when we hold everything it announced. `None` when the connection is gone.
+fn take_batch(link: &Link<'_>) -> Option<Vec<(Entry, bool)>> {
+    let mut g = link.model.lock();
+    loop {
+        if g.shutdown {
+            return None;
+        }
+        let now = Instant::now();
+        let st = &mut *g;
+        let p = st.peers.get_mut(&link.conn)?;
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        let mut moot = Vec::new();
+        for (path, r) in &p.needs {
+            if st.busy.contains(path) || p.retry.get(path).is_some_and(|t| *t > now) {
+                continue;
+            }
+            match decide(st.index.entries.get(path), r) {
+                Decision::Take { conflict } => {
+                    if !batch.is_empty()
+                        && (batch.len() >= BATCH_ENTRIES || bytes + r.size > BATCH_BYTES)
+                    {
+                        break;
+                    }
+                    bytes += r.size;
+                    batch.push((r.clone(), conflict));
+                }
+                _ => moot.push(path.clone()),
+            }
+        }
+        for m in moot {
+            p.needs.remove(&m);
+        }
+        if !batch.is_empty() {
+            p.pulling = true;
+            for (e, _) in &batch {
+                st.busy.insert(e.path.clone());
+            }
+            return Some(batch);
+        }
+        if p.remote_done && p.needs.is_empty() && p.sent_in_sync != Some(p.remote_seq) {
+            p.sent_in_sync = Some(p.remote_seq);
+            let _ = p.out.send(Out::Frame(crate::wire::encode(&Msg::InSync {
+                seq: p.remote_seq,
+            })));
+        }
+        g = link.model.wait(g, Duration::from_millis(500));
+    }
+}
+
+fn pull_batch(link: &Link<'_>, batch: &[(Entry, bool)], next_id: &mut u32) -> Result<()> {
+    let model = link.model;
+    let mut files = Vec::new();
+    // Deletions deepest first, then folders top down, then files.
+    for (e, _) in batch.iter().rev().filter(|(e, _)| e.deleted) {
+        let r = apply_delete(model, e);
+        finish_need(link, e, r);
+    }
+    for (e, _) in batch
+        .iter()
+        .filter(|(e, _)| !e.deleted && e.kind == Kind::Dir)
+    {
+        let r = apply_dir(model, e);
+        finish_need(link, e, r);
+    }
+    for (e, c) in batch.iter().filter(|(e, _)| e.is_file()) {
+        files.push((e.clone(), *c));
+    }
+    if files.is_empty() {
+        return Ok(());
+    }
+    transfer(link, files, next_id)
+}
+
+/// Records how a need ended: done (dropped), or failed (retried later).
+fn finish_need(link: &Link<'_>, e: &Entry, r: Result<()>) {
+    let mut g = link.model.lock();
+    let Some(p) = g.peers.get_mut(&link.conn) else {
+        return;
+    };
+    match r {
+        Ok(()) => {
+            if p.needs.get(&e.path).is_some_and(|n| n.version == e.version) {
+                p.needs.remove(&e.path);
+            }
+            p.retry.remove(&e.path);
+        }
+        Err(err) => {
+            warn!("{}: not synced yet: {err}", e.path);
+            p.retry.insert(e.path.clone(), Instant::now() + RETRY_AFTER);
+        }
+    }
+}
+
+/// Where a block comes from.
+enum Src {
+    /// Already in the temp file (resume).
+    Have,
+    /// The same data as an earlier block of this file, at this offset of the temp file.
+    Same(u64),
+    /// A local file holding a block with this hash, at this offset.
+    Local(String, u64),
+    /// Only the peer has it.
+    Remote,
+}
+
+struct Pull {
+    e: Entry,
+    conflict: bool,
+    tmp_path: PathBuf,
+    tmp: File,
+    whole: Md5,
+    failed: bool,
+    t0: Instant,
+    wire: u64,
+    reused: u64,
+}
+
+struct Job {
+    file: usize,
+    block: usize,
+    src: Src,
+}
+
+fn abs(root: &Path, rel: &str) -> PathBuf {
+    root.join(rel)
+}
+
+fn temp_path(root: &Path, rel: &str) -> PathBuf {
+    let (dir, name) = names::split(rel);
+    root.join(dir).join(names::temp_for(name))
+}
+
+fn transfer(link: &Link<'_>, files: Vec<(Entry, bool)>, next_id: &mut u32) -> Result<()> {
+    let root = &link.model.root;
+    // Which blocks our other files already hold, found in one pass over the index.
+    let needed: HashSet<Hash> = files
+        .iter()
+        .flat_map(|(e, _)| e.blocks.iter().copied())
+        .collect();
+    let mut sources: HashMap<Hash, (String, u64)> = HashMap::new();
+    {
+        let g = link.model.lock();
+        for e in g.index.entries.values().filter(|e| e.is_file()) {
+            for (i, b) in e.blocks.iter().enumerate() {
+                if needed.contains(b) && !sources.contains_key(b) {
+                    sources.insert(*b, (e.path.clone(), e.block_range(i).0));
+                }
+            }
+        }
+    }
+    drop(needed);
+
+    let mut pulls: Vec<Pull> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut buf = Vec::new();
+    for (e, conflict) in files {
+        let tmp_path = temp_path(root, &e.path);
+        let opened = (|| -> Result<File> {
+            if let Some(dir) = tmp_path.parent() {
+                fs::create_dir_all(dir).at(dir)?;
+            }
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&tmp_path)
+                .at(&tmp_path)?;
+            let len = f.metadata().at(&tmp_path)?.len();
+            if len > e.size {
+                f.set_len(e.size).at(&tmp_path)?;
+            }
+            Ok(f)
+        })();
+        let tmp = match opened {
+            Ok(f) => f,
+            Err(err) => {
+                finish_need(link, &e, Err(err));
+                continue;
+            }
+        };
+        let tlen = tmp.metadata().map(|m| m.len()).unwrap_or(0);
+        let fi = pulls.len();
+        let mut first: HashMap<Hash, u64> = HashMap::new();
+        for (i, want) in e.blocks.iter().enumerate() {
+            let (off, len) = e.block_range(i);
+            let src = if off + len as u64 <= tlen
+                && read_at(&tmp, &mut buf, off, len).is_ok()
+                && md5(&buf) == *want
+            {
+                Src::Have
+            } else if let Some(o) = first.get(want) {
+                Src::Same(*o)
+            } else if let Some((p, o)) = sources.get(want) {
+                Src::Local(p.clone(), *o)
+            } else {
+                Src::Remote
+            };
+            first.entry(*want).or_insert(off);
+            jobs.push(Job {
+                file: fi,
+                block: i,
+                src,
+            });
+        }
+        pulls.push(Pull {
+            e,
+            conflict,
+            tmp_path,
+            tmp,
+            whole: Md5::new(),
+            failed: false,
+            t0: Instant::now(),
+            wire: 0,
+            reused: 0,
+        });
+    }
+    // Empty files have no blocks: finish them now.
+    for p in pulls.iter_mut().filter(|p| p.e.blocks.is_empty()) {
+        let r = finish_file(link, p);
+        finish_need(link, &p.e, r);
+    }
+
+    // Requests go out in job order, up to the window; responses come back in order.
+    let remote: Vec<usize> = jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| matches!(j.src, Src::Remote))
+        .map(|(i, _)| i)
+        .collect();
+    let mut ids: HashMap<usize, u32> = HashMap::new();
+    let mut stash: HashMap<u32, Response> = HashMap::new();
+    let mut sent = 0usize;
+    let mut in_flight = 0u64;
+    let mut local_file: Option<(String, File)> = None;
+    for ji in 0..jobs.len() {
+        while sent < remote.len() && in_flight < WINDOW_BYTES {
+            let j = &jobs[remote[sent]];
+            sent += 1;
+            let p = &pulls[j.file];
+            if p.failed {
+                continue;
+            }
+            let id = request(link, next_id, &p.e, j.block)?;
+            ids.insert(remote[sent - 1], id);
+            in_flight += p.e.block_range(j.block).1 as u64;
+        }
+        let job = &jobs[ji];
+        let p = &mut pulls[job.file];
+        if p.failed {
+            if let Some(id) = ids.get(&ji) {
+                // Still comes back: take it off the wire and drop it.
+                let r = wait_for(link, &mut stash, *id)?;
+                in_flight -= r.data.len().min(in_flight as usize) as u64;
+            }
+            continue;
+        }
+        let want = p.e.blocks[job.block];
+        let (off, len) = p.e.block_range(job.block);
+        let mut data = None;
+        match &job.src {
+            Src::Have => {
+                read_at(&p.tmp, &mut buf, off, len).at(&p.tmp_path)?;
+                data = Some(std::mem::take(&mut buf));
+            }
+            Src::Same(o) => {
+                if read_at(&p.tmp, &mut buf, *o, len).is_ok() && md5(&buf) == want {
+                    p.reused += len as u64;
+                    data = Some(std::mem::take(&mut buf));
+                }
+            }
+            Src::Local(path, o) => {
+                if local_file.as_ref().is_none_or(|(p, _)| p != path)
+                    && let Ok(f) = OpenOptions::new()
+                        .read(true)
+                        .custom_flags(O_NOFOLLOW)
+                        .open(abs(root, path))
+                {
+                    local_file = Some((path.clone(), f));
+                }
+                if let Some((lp, f)) = &local_file
+                    && lp == path
+                    && read_at(f, &mut buf, *o, len).is_ok()
+                    && md5(&buf) == want
+                {
+                    p.reused += len as u64;
+                    data = Some(std::mem::take(&mut buf));
+                }
+            }
+            Src::Remote => {}
+        }
+        let data = match data {
+            Some(d) => d,
+            None => {
+                // From the peer: in flight already, or asked for now (a local copy went stale).
+                let id = match ids.get(&ji) {
+                    Some(id) => *id,
+                    None => request(link, next_id, &p.e, job.block)?,
+                };
+                let r = wait_for(link, &mut stash, id)?;
+                if ids.contains_key(&ji) {
+                    in_flight -= (len as u64).min(in_flight);
+                }
+                p.wire += r.data.len() as u64;
+                RECEIVED.fetch_add(r.data.len() as u64, Ordering::Relaxed);
+                match r.status {
+                    Status::Ok if r.data.len() == len && md5(&r.data) == want => r.data,
+                    Status::Ok => {
+                        fail(
+                            link,
+                            p,
+                            format!("block {} from the peer does not match its MD5", job.block),
+                        );
+                        continue;
+                    }
+                    _ => {
+                        fail(
+                            link,
+                            p,
+                            "changed on the peer while being sent; waiting for its new version"
+                                .into(),
+                        );
+                        continue;
+                    }
+                }
+            }
+        };
+        if !matches!(job.src, Src::Have) {
+            if let Err(e) = p.tmp.write_all_at(&data, off) {
+                fail(link, p, format!("writing {}: {e}", p.tmp_path.display()));
+                continue;
+            }
+        }
+        p.whole.update(&data);
+        buf = data;
+        if job.block + 1 == p.e.blocks.len() {
+            let r = finish_file(link, p);
+            finish_need(link, &p.e, r);
+        }
+    }
+    REUSED.fetch_add(pulls.iter().map(|p| p.reused).sum(), Ordering::Relaxed);
+    Ok(())
+}
+
+fn fail(link: &Link<'_>, p: &mut Pull, why: String) {
+    p.failed = true;
+    finish_need(link, &p.e, Err(Error::msg(why)));
+}
+
+fn request(link: &Link<'_>, next_id: &mut u32, e: &Entry, block: usize) -> Result<u32> {
+    let id = *next_id;
+    *next_id = next_id.wrapping_add(1);
+    let (offset, len) = e.block_range(block);
+    let req = Request {
+        id,
+        path: e.path.clone(),
+        offset,
+        len: len as u32,
+        hash: e.blocks[block],
+    };
+    link.out
+        .send(Out::Frame(crate::wire::encode(&Msg::Request(req))))
+        .map_err(|_| Error::msg("connection closed"))?;
+    Ok(id)
+}
+
+/// Waits for the response to `id`, keeping others that arrive first.
+fn wait_for(link: &Link<'_>, stash: &mut HashMap<u32, Response>, id: u32) -> Result<Response> {
+    loop {
+        if let Some(r) = stash.remove(&id) {
+            return Ok(r);
+        }
+        match link.responses.recv_timeout(RESPONSE_TIMEOUT) {
+            Ok(r) => {
+                stash.insert(r.id, r);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(Error::msg("peer stopped answering block requests"));
+            }
+            Err(RecvTimeoutError::Disconnected) => return Err(Error::msg("connection closed")),
+        }
+    }
+}
+
+fn read_at(f: &File, buf: &mut Vec<u8>, off: u64, len: usize) -> io::Result<()> {
+    buf.resize(len, 0);
+    f.read_exact_at(buf, off)
+}
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+pub const O_NOFOLLOW: i32 = 0o400000;
+#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+pub const O_NOFOLLOW: i32 = 0o100000;
+
+/// Verifies the whole file, makes it durable, and installs it under its real name.
+fn finish_file(link: &Link<'_>, p: &mut Pull) -> Result<()> {
+    let digest: Hash = std::mem::take(&mut p.whole).finalize().into();
+    if digest != p.e.md5 {
+        let _ = fs::remove_file(&p.tmp_path);
+        return Err(
+            Error::msg("whole-file MD5 does not match what the peer announced; discarded")
+                .at(&p.e.path),
+        );
+    }
+    p.tmp.set_len(p.e.size).at(&p.tmp_path)?;
+    p.tmp.sync_all().at(&p.tmp_path)?;
+    p.tmp
+        .set_permissions(fs::Permissions::from_mode(p.e.mode & 0o7777))
+        .at(&p.tmp_path)?;
+    p.tmp.set_modified(mtime_of(&p.e)).at(&p.tmp_path)?;
+    install(link.model, &p.e, &p.tmp_path)?;
+    let secs = p.t0.elapsed().as_secs_f64();
+    info!(
+        "received {} ({} bytes, {} on the wire, {} reused locally, {:.2} s, {:.1} MB/s)",
+        p.e.path,
+        p.e.size,
+        p.wire,
+        p.reused,
+        secs,
+        p.e.size as f64 / secs.max(1e-6) / 1e6
+    );
+    Ok(())
+}
+
+fn mtime_of(e: &Entry) -> SystemTime {
+    if e.mtime >= 0 {
+        UNIX_EPOCH + Duration::new(e.mtime as u64, e.mtime_ns)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(e.mtime.unsigned_abs())
+            + Duration::from_nanos(e.mtime_ns as u64)
+    }
+}
+
+/// Sets mode and mtime of a local file to an entry's; returns its stat afterwards.
+pub fn set_meta(root: &Path, e: &Entry) -> Result<Stat> {
+    let path = abs(root, &e.path);
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(O_NOFOLLOW)
+        .open(&path)
+        .at(&path)?;
+    f.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777))
+        .at(&path)?;
+    f.set_modified(mtime_of(e)).at(&path)?;
+    Ok(Stat::of(&f.metadata().at(&path)?))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Under the lock: checks the decision still holds and that nothing changed on disk behind the
+/// index's back, keeps a losing local edit as a conflict copy, then renames the temp into place.
+fn install(model: &Model, e: &Entry, tmp: &Path) -> Result<()> {
+    let mut g = model.lock();
+    let cur = g.index.entries.get(&e.path).cloned();
+    let conflict = match decide(cur.as_ref(), e) {
+        Decision::Take { conflict } => conflict,
+        _ => {
+            let _ = fs::remove_file(tmp);
+            return Ok(());
+        }
+    };
+    let target = abs(&model.root, &e.path);
+    match fs::symlink_metadata(&target) {
+        Ok(md) if md.is_file() => {
+            let known = cur
+                .as_ref()
+                .is_some_and(|c| c.is_file() && c.stat == Stat::of(&md));
+            if !known {
+                return Err(
+                    Error::msg("changed locally; will look again after the next scan").at(&e.path),
+                );
+            }
+            if conflict {
+                let c = cur.as_ref().map_or(e, |c| c);
+                let name = names::conflict_name(&e.path, c.mtime, c.modified_by);
+                fs::rename(&target, abs(&model.root, &name)).at(&target)?;
+                info!("conflict: {} kept as {name}", e.path);
+            }
+        }
+        Ok(md) if md.is_dir() => fs::remove_dir(&target).at(&target)?,
+        Ok(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(Error::from(err).at(&target)),
+    }
+    fs::rename(tmp, &target).at(&target)?;
+    sync_dir(target.parent().unwrap_or(&model.root))?;
+    let mut ne = e.clone();
+    ne.stat = Stat::of(&fs::symlink_metadata(&target).at(&target)?);
+    g.put(ne);
+    Ok(())
+}
+
+fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
+    let mut g = model.lock();
+    let cur = g.index.entries.get(&e.path).cloned();
+    if !matches!(decide(cur.as_ref(), e), Decision::Take { .. }) {
+        return Ok(());
+    }
+    let target = abs(&model.root, &e.path);
+    match fs::symlink_metadata(&target) {
+        Ok(md) if md.is_dir() => {}
+        Ok(md) if md.is_file() => {
+            if !cur
+                .as_ref()
+                .is_some_and(|c| c.is_file() && c.stat == Stat::of(&md))
+            {
+                return Err(Error::msg("a file changed locally is in the way").at(&e.path));
+            }
+            fs::remove_file(&target).at(&target)?;
+            fs::create_dir(&target).at(&target)?;
+        }
+        Ok(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
+        Err(_) => fs::create_dir_all(&target).at(&target)?,
+    }
+    fs::set_permissions(&target, fs::Permissions::from_mode(e.mode & 0o7777 | 0o700))
+        .at(&target)?;
+    let mut ne = e.clone();
+    ne.stat = Stat::of(&fs::symlink_metadata(&target).at(&target)?);
+    g.put(ne);
+    Ok(())
+}
+
+fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
+    let mut g = model.lock();
+    let cur = g.index.entries.get(&e.path).cloned();
+    if !matches!(decide(cur.as_ref(), e), Decision::Take { .. }) {
+        return Ok(());
+    }
+    let target = abs(&model.root, &e.path);
+    match fs::symlink_metadata(&target) {
+        Ok(md) if md.is_file() => {
+            if !cur
+                .as_ref()
+                .is_some_and(|c| c.is_file() && c.stat == Stat::of(&md))
+            {
+                // Changed here since we last looked: the scan will make it a new version, which wins.
+                return Ok(());
+            }
+            fs::remove_file(&target).at(&target)?;
+            info!("deleted {}", e.path);
+        }
+        Ok(md) if md.is_dir() => {
+            // Stale temp files do not keep a deleted folder alive.
+            if let Ok(rd) = fs::read_dir(&target) {
+                for x in rd.flatten() {
+                    if x.file_name().to_str().is_some_and(names::is_temp) {
+                        let _ = fs::remove_file(x.path());
+                    }
+                }
+            }
+            if fs::remove_dir(&target).is_ok() {
+                info!("deleted {}/", e.path);
+            }
+        }
+        _ => {}
+    }
+    let mut ne = e.clone();
+    ne.stat = Stat::default();
+    g.put(ne);
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! The scanner: notices what changed in the share by comparing metadata with the index, hashes
+//! only files whose size, mtime, inode or mode changed, and records new versions and deletions.
+
+use crate::error::{Context, Error, Result};
+use crate::hash;
+use crate::index::{Entry, Kind, Stat, block_size_for};
+use crate::model::Model;
+use crate::names;
+use crate::puller::O_NOFOLLOW;
+use std::collections::HashSet;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What one scan found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Scan {
+    pub changed: usize,
+    pub deleted: usize,
+    /// Files seen changing while hashed: looked at again next time.
+    pub unstable: usize,
+}
+
+/// A file to hash: its path, what it looked like, and the index entry's seq when seen.
+struct Candidate {
+    path: String,
+    stat: Stat,
+    seq: Option<u64>,
+}
+
+/// Scans the share once. `generation` must differ from the previous call's.
+pub fn scan(model: &Model, generation: u32) -> Result<Scan> {
+    let root = &model.root;
+    // A missing state directory means the folder is not the one the index describes (an
+    // unmounted disk, say): never infer deletions from it.
+    fs::metadata(root.join(names::STATE_DIR)).at(root.join(names::STATE_DIR))?;
+    let mut out = Scan::default();
+    let mut failed: Vec<String> = Vec::new();
+    let mut candidates = Vec::new();
+    let mut stack = vec![String::new()];
+    let mut warned_names = HashSet::new();
+    while let Some(dir) = stack.pop() {
+        let abs = root.join(&dir);
+        let rd = match fs::read_dir(&abs) {
+            Ok(rd) => rd,
+            Err(e) => {
+                warn!("{}: cannot read folder: {e}", abs.display());
+                failed.push(dir);
+                continue;
+            }
+        };
+        let mut children = Vec::new();
+        for ent in rd {
+            let Ok(ent) = ent else { continue };
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else {
+                if warned_names.insert(ent.path()) {
+                    debug!("{}: skipped: name is not UTF-8", ent.path().display());
+                }
+                continue;
+            };
+            if (dir.is_empty() && name == names::STATE_DIR) || names::is_temp(name) {
+                continue;
+            }
+            let path = if dir.is_empty() {
+                name.to_string()
+            } else {
+                format!("{dir}/{name}")
+            };
+            match ent.metadata() {
+                Ok(md) => children.push((path, md)),
+                Err(_) => failed.push(path),
+            }
+        }
+        let mut g = model.lock();
+        let st = &mut *g;
+        for (path, md) in children {
+            let stat = Stat::of(&md);
+            let cur = st.index.entries.get_mut(&path);
+            if md.is_dir() {
+                match cur {
+                    Some(e) if e.kind == Kind::Dir && !e.deleted => e.scan_gen = generation,
+                    _ => {
+                        let version = cur
+                            .map(|e| e.version.bumped(st.index.device))
+                            .unwrap_or_else(|| {
+                                crate::version::Version::default().bumped(st.index.device)
+                            });
+                        let e = Entry {
+                            path: path.clone(),
+                            kind: Kind::Dir,
+                            mode: stat.mode,
+                            mtime: stat.mtime,
+                            mtime_ns: stat.mtime_ns,
+                            modified_by: st.index.device,
+                            version,
+                            stat,
+                            scan_gen: generation,
+                            ..Entry::default()
+                        };
+                        info!("new folder {path}/");
+                        st.put(e);
+                        out.changed += 1;
+                    }
+                }
+                stack.push(path);
+            } else if md.is_file() {
+                match cur {
+                    Some(e) if e.is_file() && e.stat == stat => e.scan_gen = generation,
+                    Some(e) => {
+                        e.scan_gen = generation;
+                        candidates.push(Candidate {
+                            path,
+                            stat,
+                            seq: Some(e.seq),
+                        })
+                    }
+                    None => candidates.push(Candidate {
+                        path,
+                        stat,
+                        seq: None,
+                    }),
+                }
+            } else {
+                // Symlinks and special files are not synced (see the README).
+                if let Some(e) = cur {
+                    e.scan_gen = generation;
+                }
+            }
+        }
+    }
+    for c in candidates {
+        match hash_one(model, &c) {
+            Ok(true) => out.changed += 1,
+            Ok(false) => {}
+            Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => {}
+            Err(e) => {
+                debug!("{e}");
+                out.unstable += 1;
+            }
+        }
+    }
+    // Whatever the index has that this scan did not see is gone, unless its folder was unreadable.
+    let mut g = model.lock();
+    let st = &mut *g;
+    let device = st.index.device;
+    let gone: Vec<String> = st
+        .index
+        .entries
+        .values()
+        .filter(|e| !e.deleted && e.scan_gen != generation)
+        .filter(|e| {
+            !failed
+                .iter()
+                .any(|f| e.path == *f || e.path.starts_with(&format!("{f}/")) || f.is_empty())
+        })
+        .map(|e| e.path.clone())
+        .collect();
+    for path in gone {
+        if fs::symlink_metadata(root.join(&path)).is_ok() {
+            continue; // created since the folder was read (by a pull): next scan sees it
+        }
+        let Some(old) = st.index.entries.get(&path) else {
+            continue;
+        };
+        let e = Entry {
+            path: path.clone(),
+            kind: old.kind,
+            deleted: true,
+            mtime: now_secs(),
+            modified_by: device,
+            version: old.version.bumped(device),
+            scan_gen: generation,
+            ..Entry::default()
+        };
+        info!("deleted locally: {path}");
+        st.put(e);
+        out.deleted += 1;
+    }
+    st.scanned = true;
+    Ok(out)
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Hashes one changed file and records a new version if its content or mode changed. A file
+/// that changes while it is hashed is left for the next scan.
+fn hash_one(model: &Model, c: &Candidate) -> Result<bool> {
+    let path = model.root.join(&c.path);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NOFOLLOW)
+        .open(&path)
+        .at(&path)?;
+    let before = Stat::of(&f.metadata().at(&path)?);
+    if before != c.stat {
+        return Err(Error::msg("changed while scanning").at(&path));
+    }
+    let bs = block_size_for(before.size);
+    let (blocks, md5) = hash::file_blocks(&mut f, before.size, bs).at(&path)?;
+    let after = Stat::of(&fs::symlink_metadata(&path).at(&path)?);
+    if after != before {
+        return Err(Error::msg("file changed during hashing; will retry").at(&path));
+    }
+    let mut g = model.lock();
+    let st = &mut *g;
+    let cur = st.index.entries.get_mut(&c.path);
+    if cur.as_ref().map(|e| e.seq) != c.seq {
+        return Ok(false); // a pull replaced it meanwhile
+    }
+    if let Some(e) = cur
+        && e.is_file()
+        && e.md5 == md5
+        && e.size == before.size
+        && e.mode == before.mode
+    {
+        // Same content (touched, or installed by us before a crash): no new version.
+        e.stat = before;
+        st.dirty = true;
+        return Ok(false);
+    }
+    let device = st.index.device;
+    let version = match st.index.entries.get(&c.path) {
+        Some(e) => e.version.bumped(device),
+        None => crate::version::Version::default().bumped(device),
+    };
+    let e = Entry {
+        path: c.path.clone(),
+        kind: Kind::File,
+        deleted: false,
+        size: before.size,
+        mtime: before.mtime,
+        mtime_ns: before.mtime_ns,
+        mode: before.mode,
+        modified_by: device,
+        version,
+        block_size: bs,
+        blocks,
+        md5,
+        seq: 0,
+        stat: before,
+        scan_gen: u32::MAX,
+    };
+    info!("changed locally: {} ({} bytes)", c.path, before.size);
+    st.put(e);
+    Ok(true)
+}
+
+/// Removes temp files whose target is not being pulled and which are older than `max_age`.
+pub fn clean_temps(root: &Path, max_age: std::time::Duration) {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for ent in rd.flatten() {
+            let Ok(md) = ent.metadata() else { continue };
+            let name = ent.file_name();
+            if md.is_dir() && !(d == root && name == names::STATE_DIR) {
+                stack.push(ent.path());
+            } else if md.is_file()
+                && name.to_str().is_some_and(names::is_temp)
+                && md
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|a| a > max_age)
+            {
+                let _ = fs::remove_file(ent.path());
+            }
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! The wire protocol: frame layout and message encoding as pure functions over byte slices.
+//!
+//! Every frame is `u32 length (big-endian) | u8 type | payload`, the length counting the type byte
+//! and the payload. A reader checks the length against [`MAX_FRAME`] before it allocates anything,
+//! and frames of a type it does not know are skipped, so the protocol can grow.
+
+use crate::error::{Error, Result};
+use crate::index::{Entry, Hash, Kind, check_geometry};
+use crate::names;
+use crate::version::Version;
+
+pub const MAGIC: [u8; 4] = *b"LEFT";
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest frame body: the largest block plus headroom.
+pub const MAX_FRAME: usize = (8 << 20) + (64 << 10);
+/// Largest index batch a sender builds; one entry alone may be larger (big files have many blocks).
+pub const INDEX_BATCH: usize = 256 << 10;
+/// Most devices one version vector may name.
+pub const MAX_VERSION_PAIRS: usize = 1024;
+
+const T_HELLO: u8 = 1;
+const T_INDEX: u8 = 2;
+const T_INDEX_DONE: u8 = 3;
+const T_REQUEST: u8 = 4;
+const T_RESPONSE: u8 = 5;
+const T_IN_SYNC: u8 = 6;
+const T_PING: u8 = 7;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub magic: [u8; 4],
+    pub version: u16,
+    pub device: u64,
+    pub flags: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub id: u32,
+    pub path: String,
+    pub offset: u64,
+    pub len: u32,
+    pub hash: Hash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok = 0,
+    /// The file no longer has this block (changed or gone); the sender will announce the change.
+    Changed = 1,
+    /// The sender could not read it.
+    Failed = 2,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub id: u32,
+    pub status: Status,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    Hello(Hello),
+    /// Index entries; `seq` is the sender's sequence number after the last one.
+    Index {
+        seq: u64,
+        entries: Vec<Entry>,
+    },
+    /// The initial index has been sent in full.
+    IndexDone {
+        seq: u64,
+    },
+    Request(Request),
+    Response(Response),
+    /// The sender holds everything the receiver announced up to `seq` and needs nothing from it.
+    InSync {
+        seq: u64,
+    },
+    Ping,
+    /// A frame type this version does not know; skipped.
+    Unknown(u8),
+}
+
+/// Appends big-endian values to a buffer.
+#[derive(Default)]
+pub struct Enc(pub Vec<u8>);
+
+impl Enc {
+    pub fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    pub fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    pub fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    pub fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    pub fn bytes(&mut self, v: &[u8]) {
+        self.0.extend_from_slice(v);
+    }
+    /// A string with a u16 length; callers keep strings under 64 KiB (paths are checked).
+    pub fn str(&mut self, s: &str) {
+        let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+        self.u16(b.len() as u16);
+        self.bytes(b);
+    }
+}
+
+/// Reads big-endian values from a slice; every read is bounds-checked.
+pub struct Dec<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Dec<'a> {
+    pub fn new(buf: &'a [u8]) -> Dec<'a> {
+        Dec { buf, pos: 0 }
+    }
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.remaining() {
+            return Err(Error::protocol(format!(
+                "truncated: wanted {n} bytes, {} left",
+                self.remaining()
+            )));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    pub fn u8(&mut self) -> Result<u8> {
+        Ok(self.arr::<1>()?[0])
+    }
+    pub fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_be_bytes(self.arr()?))
+    }
+    pub fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_be_bytes(self.arr()?))
+    }
+    pub fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_be_bytes(self.arr()?))
+    }
+    pub fn hash(&mut self) -> Result<Hash> {
+        self.arr()
+    }
+    pub fn str(&mut self) -> Result<String> {
+        let n = self.u16()? as usize;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| Error::protocol("name is not UTF-8"))
+    }
+    pub fn end(&self) -> Result<()> {
+        if self.remaining() != 0 {
+            return Err(Error::protocol(format!(
+                "{} stray bytes at end of frame",
+                self.remaining()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Encodes an index entry (the part that travels; local bookkeeping stays home).
+pub fn put_entry(e: &mut Enc, x: &Entry) {
+    e.str(&x.path);
+    e.u8(x.kind as u8);
+    e.u8(u8::from(x.deleted));
+    e.u64(x.size);
+    e.u64(x.mtime as u64);
+    e.u32(x.mtime_ns);
+    e.u32(x.mode);
+    e.u64(x.modified_by);
+    let pairs = x.version.pairs();
+    e.u16(pairs.len() as u16);
+    for (d, c) in pairs {
+        e.u64(*d);
+        e.u64(*c);
+    }
+    e.u32(x.block_size);
+    e.u32(x.blocks.len() as u32);
+    for b in &x.blocks {
+        e.bytes(b);
+    }
+    e.bytes(&x.md5);
+}
+
+/// Decodes and validates an index entry: the name is checked, counts are bounded by the bytes
+/// actually present before anything is allocated, and the block list must fit the size.
+pub fn get_entry(d: &mut Dec<'_>) -> Result<Entry> {
+    let path = d.str()?;
+    names::check(&path)?;
+    let kind = match d.u8()? {
+        0 => Kind::File,
+        1 => Kind::Dir,
+        k => return Err(Error::protocol(format!("unknown entry kind {k}"))),
+    };
+    let deleted = match d.u8()? {
+        0 => false,
+        1 => true,
+        f => return Err(Error::protocol(format!("bad entry flags {f}"))),
+    };
+    let size = d.u64()?;
+    let mtime = d.u64()? as i64;
+    let mtime_ns = d.u32()?;
+    if mtime_ns >= 1_000_000_000 {
+        return Err(Error::protocol("mtime nanoseconds out of range"));
+    }
+    let mode = d.u32()? & 0o7777;
+    let modified_by = d.u64()?;
+    let npairs = d.u16()? as usize;
+    if npairs > MAX_VERSION_PAIRS || npairs * 16 > d.remaining() {
+        return Err(Error::protocol("version vector too long"));
+    }
+    let mut pairs = Vec::with_capacity(npairs);
+    for _ in 0..npairs {
+        pairs.push((d.u64()?, d.u64()?));
+    }
+    let block_size = d.u32()?;
+    let nblocks = d.u32()? as usize;
+    if nblocks.saturating_mul(16) > d.remaining() {
+        return Err(Error::protocol("block list longer than the frame"));
+    }
+    let mut blocks = Vec::with_capacity(nblocks);
+    for _ in 0..nblocks {
+        blocks.push(d.hash()?);
+    }
+    let md5 = d.hash()?;
+    let entry = Entry {
+        path,
+        kind,
+        deleted,
+        size,
+        mtime,
+        mtime_ns,
+        mode,
+        modified_by,
+        version: Version::from_pairs(pairs),
+        block_size,
+        blocks,
+        md5,
+        ..Entry::default()
+    };
+    check_geometry(&entry)?;
+    Ok(entry)
+}
+
+/// Encodes one message as a whole frame, length prefix included.
+pub fn encode(msg: &Msg) -> Vec<u8> {
+    let mut e = Enc(Vec::with_capacity(64));
+    e.u32(0);
+    match msg {
+        Msg::Hello(h) => {
+            e.u8(T_HELLO);
+            e.bytes(&h.magic);
+            e.u16(h.version);
+            e.u64(h.device);
+            e.u32(h.flags);
+        }
+        Msg::Index { seq, entries } => {
+            let mut body = Enc::default();
+            for x in entries {
+                put_entry(&mut body, x);
+            }
+            return index_frame(*seq, entries.len() as u32, &body.0);
+        }
+        Msg::IndexDone { seq } => {
+            e.u8(T_INDEX_DONE);
+            e.u64(*seq);
+        }
+        Msg::Request(r) => {
+            e.u8(T_REQUEST);
+            e.u32(r.id);
+            e.str(&r.path);
+            e.u64(r.offset);
+            e.u32(r.len);
+            e.bytes(&r.hash);
+        }
+        Msg::Response(r) => {
+            e.u8(T_RESPONSE);
+            e.u32(r.id);
+            e.u8(r.status as u8);
+            e.u32(r.data.len() as u32);
+            e.bytes(&r.data);
+        }
+        Msg::InSync { seq } => {
+            e.u8(T_IN_SYNC);
+            e.u64(*seq);
+        }
+        Msg::Ping => e.u8(T_PING),
+        Msg::Unknown(t) => e.u8(*t),
+    }
+    let len = (e.0.len() - 4) as u32;
+    e.0[..4].copy_from_slice(&len.to_be_bytes());
+    e.0
+}
+
+/// An index frame from entries already encoded with [`put_entry`].
+pub fn index_frame(seq: u64, count: u32, entries: &[u8]) -> Vec<u8> {
+    let mut e = Enc(Vec::with_capacity(entries.len() + 17));
+    e.u32((entries.len() + 13) as u32);
+    e.u8(T_INDEX);
+    e.u64(seq);
+    e.u32(count);
+    e.bytes(entries);
+    e.0
+}
+
+/// Checks a frame header (the 4 length bytes) and returns the body length to read.
+pub fn frame_len(header: [u8; 4]) -> Result<usize> {
+    let n = u32::from_be_bytes(header) as usize;
+    if n == 0 {
+        return Err(Error::protocol("empty frame"));
+    }
+    if n > MAX_FRAME {
+        return Err(Error::protocol(format!(
+            "frame of {n} bytes exceeds the {MAX_FRAME} limit"
+        )));
+    }
+    Ok(n)
+}
+
+/// Decodes a frame body (type byte and payload).
+pub fn decode(body: &[u8]) -> Result<Msg> {
+    let mut d = Dec::new(body);
+    let t = d.u8()?;
+    let msg = match t {
+        T_HELLO => Msg::Hello(Hello {
+            magic: d.arr()?,
+            version: d.u16()?,
+            device: d.u64()?,
+            flags: d.u32()?,
+        }),
+        T_INDEX => {
+            let seq = d.u64()?;
+            let n = d.u32()? as usize;
+            // An entry takes at least 60 bytes: bound the count before reserving room.
+            if n > d.remaining() / 60 {
+                return Err(Error::protocol("index count larger than the frame"));
+            }
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                entries.push(get_entry(&mut d)?);
+            }
+            Msg::Index { seq, entries }
+        }
+        T_INDEX_DONE => Msg::IndexDone { seq: d.u64()? },
+        T_REQUEST => {
+            let id = d.u32()?;
+            let path = d.str()?;
+            names::check(&path)?;
+            Msg::Request(Request {
+                id,
+                path,
+                offset: d.u64()?,
+                len: d.u32()?,
+                hash: d.hash()?,
+            })
+        }
+        T_RESPONSE => {
+            let id = d.u32()?;
+            let status = match d.u8()? {
+                0 => Status::Ok,
+                1 => Status::Changed,
+                2 => Status::Failed,
+                s => return Err(Error::protocol(format!("unknown response status {s}"))),
+            };
+            let n = d.u32()? as usize;
+            let data = d.take(n)?.to_vec();
+            Msg::Response(Response { id, status, data })
+        }
+        T_IN_SYNC => Msg::InSync { seq: d.u64()? },
+        T_PING => Msg::Ping,
+        other => return Ok(Msg::Unknown(other)),
+    };
+    d.end()?;
+    Ok(msg)
+}
+
+/// Splits a buffer holding whole frames back to back into messages (used by tests and fuzzing).
+pub fn decode_stream(mut buf: &[u8]) -> Result<Vec<Msg>> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        if buf.len() < 4 {
+            return Err(Error::protocol("truncated frame header"));
+        }
+        let n = frame_len([buf[0], buf[1], buf[2], buf[3]])?;
+        let body = buf
+            .get(4..4 + n)
+            .ok_or_else(|| Error::protocol("truncated frame body"))?;
+        out.push(decode(body)?);
+        buf = &buf[4 + n..];
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            path: "dir/a file.txt".into(),
+            kind: Kind::File,
+            size: 70_000,
+            mtime: 1_700_000_000,
+            mtime_ns: 5,
+            mode: 0o644,
+            modified_by: 7,
+            version: Version::from_pairs(vec![(7, 2), (9, 1)]),
+            block_size: 64 << 10,
+            blocks: vec![[1; 16], [2; 16]],
+            md5: [3; 16],
+            ..Entry::default()
+        }
+    }
+
+    fn all_msgs() -> Vec<Msg> {
+        vec![
+            Msg::Hello(Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                device: 42,
+                flags: 0,
+            }),
+            Msg::Index {
+                seq: 9,
+                entries: vec![
+                    entry(),
+                    Entry {
+                        path: "d".into(),
+                        kind: Kind::Dir,
+                        ..Entry::default()
+                    },
+                ],
+            },
+            Msg::IndexDone { seq: 9 },
+            Msg::Request(Request {
+                id: 1,
+                path: "x".into(),
+                offset: 1 << 40,
+                len: 65536,
+                hash: [8; 16],
+            }),
+            Msg::Response(Response {
+                id: 1,
+                status: Status::Ok,
+                data: vec![1, 2, 3],
+            }),
+            Msg::Response(Response {
+                id: 2,
+                status: Status::Changed,
+                data: vec![],
+            }),
+            Msg::InSync { seq: 3 },
+            Msg::Ping,
+        ]
+    }
+
+    #[test]
+    fn round_trip() {
+        for m in all_msgs() {
+            let f = encode(&m);
+            assert_eq!(decode_stream(&f).unwrap(), vec![m]);
+        }
+    }
+
+    #[test]
+    fn truncated_frames_are_rejected() {
+        for m in all_msgs() {
+            let f = encode(&m);
+            for cut in 1..f.len() {
+                assert!(decode_stream(&f[..cut]).is_err(), "{m:?} cut at {cut}");
+            }
+            // The body cut short, with its length prefix fixed up to match.
+            for cut in 5..f.len() {
+                let mut g = f[..cut].to_vec();
+                let n = (cut - 4) as u32;
+                g[..4].copy_from_slice(&n.to_be_bytes());
+                if let Ok(v) = decode_stream(&g) {
+                    panic!("{m:?} shortened to {cut} decoded as {v:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_and_empty_frames_are_rejected() {
+        assert!(frame_len(((MAX_FRAME + 1) as u32).to_be_bytes()).is_err());
+        assert!(frame_len(u32::MAX.to_be_bytes()).is_err());
+        assert!(frame_len([0; 4]).is_err());
+        assert_eq!(frame_len(5u32.to_be_bytes()).unwrap(), 5);
+    }
+
+    #[test]
+    fn unknown_frames_are_skipped() {
+        let mut f = encode(&Msg::Unknown(200));
+        f.extend_from_slice(&encode(&Msg::Ping));
+        assert_eq!(
+            decode_stream(&f).unwrap(),
+            vec![Msg::Unknown(200), Msg::Ping]
+        );
+        // With a payload too.
+        let g = [0, 0, 0, 4, 99, 1, 2, 3];
+        assert_eq!(decode_stream(&g).unwrap(), vec![Msg::Unknown(99)]);
+    }
+
+    #[test]
+    fn bad_names_and_counts_are_rejected() {
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "a/../b",
+            "",
+            "a//b",
+            ".left/index",
+            "a\0b",
+            "./a",
+        ] {
+            let mut e = entry();
+            e.path = bad.into();
+            let f = encode(&Msg::Index {
+                seq: 1,
+                entries: vec![e],
+            });
+            assert!(decode_stream(&f).is_err(), "{bad:?} accepted");
+        }
+        // A count claiming far more entries than the frame holds.
+        let mut f = encode(&Msg::Index {
+            seq: 1,
+            entries: vec![],
+        });
+        let n = f.len();
+        f[n - 4..].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode_stream(&f).is_err());
+        // Blocks that do not fit the size.
+        let mut e = entry();
+        e.blocks.push([4; 16]);
+        assert!(
+            decode_stream(&encode(&Msg::Index {
+                seq: 1,
+                entries: vec![e]
+            }))
+            .is_err()
+        );
+    }
+}
