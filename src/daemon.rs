@@ -19,6 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const SCAN_EVERY: Duration = Duration::from_millis(300);
+/// With inotify: a full rescan this often even without events.
+const RESCAN_EVERY: Duration = Duration::from_secs(60);
+/// With inotify: how long to let a burst of changes settle before scanning.
+const SETTLE: Duration = Duration::from_millis(30);
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 const MAX_CONNECTIONS: usize = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -262,17 +266,33 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr, reached: &AtomicBool) {
 
 fn scan_loop(model: &Model) {
     let mut generation = 0u32;
+    let mut watcher = crate::watch::Watcher::new();
+    if watcher.is_none() {
+        info!(
+            "inotify unavailable: polling the share every {} ms",
+            SCAN_EVERY.as_millis()
+        );
+    }
     loop {
         generation = generation.wrapping_add(1);
         let t = Instant::now();
-        match scanner::scan(model, generation) {
+        match scanner::scan(model, generation, watcher.as_mut()) {
             Ok(s) if s.changed + s.deleted > 0 => debug!("scan: {s:?} in {:?}", t.elapsed()),
             Ok(_) => {}
             Err(e) => warn!("scan: {e}"),
         }
-        // Never more than about a tenth of a core on scanning, however large the share.
-        let pause = SCAN_EVERY.max(t.elapsed() * 10);
-        std::thread::sleep(pause);
+        let took = t.elapsed();
+        match watcher.as_mut() {
+            // Woken by a change (after a short settle, a few times the scan's cost at least), or
+            // a full rescan now and then as a safety net.
+            Some(w) if !w.incomplete => {
+                if w.wait(RESCAN_EVERY) {
+                    std::thread::sleep(SETTLE.max(took * 3));
+                }
+            }
+            // Polling: never more than about a tenth of a core, however large the share.
+            _ => std::thread::sleep(SCAN_EVERY.max(took * 10)),
+        }
         if model.lock().shutdown {
             return;
         }

@@ -13,6 +13,7 @@ mod names;
 mod puller;
 mod scanner;
 mod version;
+mod watch;
 mod wire;
 
 use std::process::ExitCode;

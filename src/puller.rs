@@ -116,20 +116,36 @@ fn pull_batch(link: &Link<'_>, batch: &[(Entry, bool)], next_id: &mut u32) -> Re
     let model = link.model;
     // Deletions that stand in the way of a new file or folder (same path, or an ancestor of it)
     // go first; other deletions go last, so a renamed file's blocks can still be copied locally.
-    let under = |a: &str, b: &str| a.len() > b.len() && a.starts_with(b) && a.as_bytes()[b.len()] == b'/';
-    let in_way = |t: &str| batch.iter().any(|(n, _)| !n.deleted && (n.path == t || under(&n.path, t) || under(t, &n.path)));
-    let (early, late): (Vec<&Entry>, Vec<&Entry>) = batch.iter().map(|(e, _)| e).filter(|e| e.deleted).partition(|e| in_way(&e.path));
+    let under =
+        |a: &str, b: &str| a.len() > b.len() && a.starts_with(b) && a.as_bytes()[b.len()] == b'/';
+    let in_way = |t: &str| {
+        batch
+            .iter()
+            .any(|(n, _)| !n.deleted && (n.path == t || under(&n.path, t) || under(t, &n.path)))
+    };
+    let (early, late): (Vec<&Entry>, Vec<&Entry>) = batch
+        .iter()
+        .map(|(e, _)| e)
+        .filter(|e| e.deleted)
+        .partition(|e| in_way(&e.path));
     // Deepest first.
     for e in early.iter().rev() {
         let r = apply_delete(model, e);
         finish_need(link, e, r);
     }
-    for (e, _) in batch.iter().filter(|(e, _)| !e.deleted && e.kind == Kind::Dir) {
+    for (e, _) in batch
+        .iter()
+        .filter(|(e, _)| !e.deleted && e.kind == Kind::Dir)
+    {
         let r = apply_dir(model, e);
         finish_need(link, e, r);
     }
     let files: Vec<(Entry, bool)> = batch.iter().filter(|(e, _)| e.is_file()).cloned().collect();
-    let result = if files.is_empty() { Ok(()) } else { transfer(link, files, next_id) };
+    let result = if files.is_empty() {
+        Ok(())
+    } else {
+        transfer(link, files, next_id)
+    };
     for e in late.iter().rev() {
         let r = apply_delete(model, e);
         finish_need(link, e, r);

@@ -31,7 +31,11 @@ struct Candidate {
 }
 
 /// Scans the share once. `generation` must differ from the previous call's.
-pub fn scan(model: &Model, generation: u32) -> Result<Scan> {
+pub fn scan(
+    model: &Model,
+    generation: u32,
+    mut watcher: Option<&mut crate::watch::Watcher>,
+) -> Result<Scan> {
     let root = &model.root;
     // A missing state directory means the folder is not the one the index describes (an
     // unmounted disk, say): never infer deletions from it.
@@ -43,6 +47,9 @@ pub fn scan(model: &Model, generation: u32) -> Result<Scan> {
     let mut warned_names = HashSet::new();
     while let Some(dir) = stack.pop() {
         let abs = root.join(&dir);
+        if let Some(w) = watcher.as_deref_mut() {
+            w.add(&abs);
+        }
         let rd = match fs::read_dir(&abs) {
             Ok(rd) => rd,
             Err(e) => {

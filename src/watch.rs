@@ -1,0 +1,159 @@
+//! Change notification: inotify, through libc symbols declared here, wakes the scanner as soon as
+//! something in the share changes. Only an accelerator: without it the scanner polls.
+
+use crate::names;
+use std::collections::HashMap;
+use std::ffi::{CString, c_char, c_int, c_ulong, c_void};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+unsafe extern "C" {
+    fn inotify_init1(flags: c_int) -> c_int;
+    fn inotify_add_watch(fd: c_int, path: *const c_char, mask: u32) -> c_int;
+    fn read(fd: c_int, buf: *mut c_void, count: usize) -> isize;
+    fn close(fd: c_int) -> c_int;
+    fn poll(fds: *mut PollFd, nfds: c_ulong, timeout: c_int) -> c_int;
+}
+
+#[repr(C)]
+struct PollFd {
+    fd: c_int,
+    events: i16,
+    revents: i16,
+}
+
+const IN_NONBLOCK: c_int = 0o4000;
+const IN_CLOEXEC: c_int = 0o2000000;
+const IN_Q_OVERFLOW: u32 = 0x4000;
+const IN_IGNORED: u32 = 0x8000;
+const IN_ONLYDIR: u32 = 0x0100_0000;
+/// Modify, attrib, close-write, moved from/to, create, delete, delete-self, move-self.
+const MASK: u32 = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800;
+const POLLIN: i16 = 1;
+
+pub struct Watcher {
+    fd: c_int,
+    by_wd: HashMap<c_int, PathBuf>,
+    by_path: HashMap<PathBuf, c_int>,
+    buf: Vec<u8>,
+    /// Adding a watch failed (e.g. the per-user limit): changes may be missed, so poll.
+    pub incomplete: bool,
+}
+
+impl Watcher {
+    pub fn new() -> Option<Watcher> {
+        // SAFETY: a plain syscall wrapper with integer flags.
+        let fd = unsafe { inotify_init1(IN_NONBLOCK | IN_CLOEXEC) };
+        (fd >= 0).then(|| Watcher {
+            fd,
+            by_wd: HashMap::new(),
+            by_path: HashMap::new(),
+            buf: vec![0u8; 16 << 10],
+            incomplete: false,
+        })
+    }
+
+    /// Watches a folder (once; again after the kernel dropped its watch).
+    pub fn add(&mut self, dir: &Path) {
+        if self.by_path.contains_key(dir) {
+            return;
+        }
+        let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
+            return;
+        };
+        // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+        let wd = unsafe { inotify_add_watch(self.fd, c.as_ptr(), MASK | IN_ONLYDIR) };
+        if wd < 0 {
+            self.incomplete = true;
+            return;
+        }
+        if let Some(old) = self.by_wd.insert(wd, dir.to_path_buf()) {
+            self.by_path.remove(&old);
+        }
+        self.by_path.insert(dir.to_path_buf(), wd);
+    }
+
+    /// Waits up to `timeout` for a relevant change; true if one came. Changes to `left`'s own
+    /// temp files do not count.
+    pub fn wait(&mut self, timeout: Duration) -> bool {
+        let mut p = PollFd {
+            fd: self.fd,
+            events: POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as c_int;
+        // SAFETY: one valid pollfd.
+        if unsafe { poll(&mut p, 1, ms) } <= 0 {
+            return false;
+        }
+        self.drain()
+    }
+
+    /// Reads every pending event; true if any is relevant.
+    fn drain(&mut self) -> bool {
+        let mut relevant = false;
+        loop {
+            // SAFETY: the buffer is valid for its length.
+            let n = unsafe { read(self.fd, self.buf.as_mut_ptr().cast(), self.buf.len()) };
+            if n <= 0 {
+                return relevant;
+            }
+            let data = &self.buf[..n as usize];
+            let mut off = 0;
+            while off + 16 <= data.len() {
+                let word = |i: usize| {
+                    u32::from_ne_bytes([
+                        data[off + i],
+                        data[off + i + 1],
+                        data[off + i + 2],
+                        data[off + i + 3],
+                    ])
+                };
+                let (wd, mask, len) = (word(0) as c_int, word(4), word(12) as usize);
+                let name_end = (off + 16 + len).min(data.len());
+                let name = &data[off + 16..name_end];
+                let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())];
+                off = name_end;
+                if mask & IN_IGNORED != 0 {
+                    if let Some(p) = self.by_wd.remove(&wd) {
+                        self.by_path.remove(&p);
+                    }
+                    continue;
+                }
+                let own = std::str::from_utf8(name)
+                    .is_ok_and(|n| names::is_temp(n) || n == names::STATE_DIR);
+                if mask & IN_Q_OVERFLOW != 0 || !own {
+                    relevant = true;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is ours and closed once.
+        unsafe { close(self.fd) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sees_changes_but_not_temp_files() {
+        let dir = std::env::temp_dir().join(format!("left-watch-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let mut w = Watcher::new().expect("inotify");
+        w.add(&dir);
+        w.add(&dir.join("sub"));
+        assert!(!w.wait(Duration::from_millis(50)));
+        std::fs::write(dir.join(".x.left-tmp"), b"tmp").unwrap();
+        assert!(!w.wait(Duration::from_millis(100)));
+        std::fs::write(dir.join("sub/f"), b"data").unwrap();
+        assert!(w.wait(Duration::from_secs(2)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
