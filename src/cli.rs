@@ -16,6 +16,9 @@ options:
   --port PORT      TCP port to listen on, and of peers given without one (default: 24680)
   --once           sync until every peer agrees, then exit 0 (1 if a peer stays unreachable)
   --timeout SECS   with --once: how long a peer may stay unreachable (default: 30)
+  --key-file FILE  shared key: only peers holding the same key get in (recommended)
+  --allow ADDR     also accept connections from ADDR (an IP address, or \"any\");
+                   by default only the listed peers' addresses may connect
   -q, --quiet      log errors only
   -v, --verbose    log more
   -h, --help       print this help
@@ -48,6 +51,27 @@ pub struct Options {
     pub timeout: Duration,
     /// 0 quiet, 1 normal, 2 verbose.
     pub verbosity: u8,
+    /// Shared key: peers must prove they hold it.
+    pub key_file: Option<PathBuf>,
+    /// Addresses allowed to connect besides the peers (`any` for all).
+    pub allow: Vec<Allow>,
+}
+
+/// Who may connect besides the listed peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allow {
+    Any,
+    Ip(std::net::IpAddr),
+}
+
+pub fn parse_allow(s: &str) -> Result<Allow, String> {
+    if s == "any" {
+        return Ok(Allow::Any);
+    }
+    let t = s.trim_start_matches('[').trim_end_matches(']');
+    t.parse()
+        .map(Allow::Ip)
+        .map_err(|_| format!("--allow: {s:?} is not an IP address or \"any\""))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -132,6 +156,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut timeout = Duration::from_secs(30);
     let mut verbosity = 1u8;
     let mut peers = Vec::new();
+    let mut key_file = None;
+    let mut allow = Vec::new();
     let mut it = args.iter();
     let mut only_peers = false;
     while let Some(a) = it.next() {
@@ -172,6 +198,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     .map_err(|_| format!("--timeout: {v:?} is not a whole number of seconds"))?;
                 timeout = Duration::from_secs(secs);
             }
+            "--key-file" => key_file = Some(PathBuf::from(value("--key-file")?)),
+            "--allow" => allow.push(parse_allow(&value("--allow")?)?),
             "-q" | "--quiet" => verbosity = 0,
             "-v" | "--verbose" => verbosity = 2,
             _ => return Err(format!("unknown option {a:?}")),
@@ -199,6 +227,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         once,
         timeout,
         verbosity,
+        key_file,
+        allow,
     }))
 }
 

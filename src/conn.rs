@@ -2,6 +2,7 @@
 //! routes them, a writer that sends our index, requests and the blocks the peer asks for, and the
 //! puller. The reader never writes, so two peers pulling from each other cannot deadlock.
 
+use crate::auth::{self, Sealer};
 use crate::error::{Context, Error, Result};
 use crate::hash::{md5, short_id};
 use crate::model::{Model, Out, Peer};
@@ -29,41 +30,115 @@ const MAX_PEER_REQUESTS: usize = 256;
 pub static SENT: AtomicU64 = AtomicU64::new(0);
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-/// Reads one frame: the length is checked before the body is allocated.
-pub fn read_frame(r: &mut impl Read) -> Result<Msg> {
+/// Largest frame accepted before the peer is authenticated.
+const MAX_HANDSHAKE_FRAME: usize = 256;
+
+/// Reads one frame: the length is checked against `max` before the body is allocated; with a
+/// session, the frame's MAC is checked and stripped before it is decoded.
+pub fn read_frame(r: &mut impl Read, session: Option<&mut Sealer>, max: usize) -> Result<Msg> {
     let mut h = [0u8; 4];
     r.read_exact(&mut h)?;
     let n = wire::frame_len(h)?;
+    if n > max {
+        return Err(Error::protocol(format!(
+            "frame of {n} bytes is over the {max} allowed here"
+        )));
+    }
     let mut body = vec![0u8; n];
     r.read_exact(&mut body)?;
-    wire::decode(&body)
+    match session {
+        Some(s) => wire::decode(s.open(&body)?),
+        None => wire::decode(&body),
+    }
 }
 
-/// Exchanges hellos and returns the peer's device id.
-pub fn handshake(stream: &mut TcpStream, device: u64) -> Result<u64> {
+/// MAC state of an authenticated connection: one sealer per direction.
+pub struct Session {
+    pub send: Sealer,
+    pub recv: Sealer,
+}
+
+/// Exchanges hellos (and, with a shared key, proofs of it) and returns the peer's device id and
+/// the session keys. Both sides must agree on whether a key is used.
+pub fn handshake(
+    stream: &mut TcpStream,
+    device: u64,
+    key: Option<&[u8]>,
+) -> Result<(u64, Option<Session>)> {
     stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
     stream.set_write_timeout(Some(HELLO_TIMEOUT))?;
+    let nonce = auth::random16()?;
+    let flags = if key.is_some() { wire::FLAG_AUTH } else { 0 };
     let hello = Hello {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
         device,
-        flags: 0,
+        flags,
+        nonce,
     };
     stream.write_all(&wire::encode(&Msg::Hello(hello)))?;
-    match read_frame(stream)? {
-        Msg::Hello(h) if h.magic != MAGIC => Err(Error::protocol("not a left peer (bad magic)")),
-        Msg::Hello(h) if h.version != PROTOCOL_VERSION => Err(Error::protocol(format!(
+    let h = match read_frame(stream, None, MAX_HANDSHAKE_FRAME)? {
+        Msg::Hello(h) => h,
+        _ => return Err(Error::protocol("expected a hello")),
+    };
+    if h.magic != MAGIC {
+        return Err(Error::protocol("not a left peer (bad magic)"));
+    }
+    if h.version != PROTOCOL_VERSION {
+        return Err(Error::protocol(format!(
             "peer speaks protocol version {}, we speak {PROTOCOL_VERSION}",
             h.version
-        ))),
-        Msg::Hello(h) if h.device == device => Err(Error::msg("connected to ourselves")),
-        Msg::Hello(h) => Ok(h.device),
-        _ => Err(Error::protocol("expected a hello")),
+        )));
     }
+    if h.device == device {
+        return Err(Error::msg("connected to ourselves"));
+    }
+    let Some(key) = key else {
+        if h.flags & wire::FLAG_AUTH != 0 {
+            return Err(Error::msg(
+                "the peer requires a shared key (--key-file) and we have none",
+            ));
+        }
+        return Ok((h.device, None));
+    };
+    if h.flags & wire::FLAG_AUTH == 0 {
+        return Err(Error::msg(
+            "the peer has no shared key configured; refusing an unauthenticated peer",
+        ));
+    }
+    if h.nonce == nonce {
+        return Err(Error::protocol("peer echoed our nonce"));
+    }
+    let mine = auth::proof(key, &h.nonce, &nonce, device);
+    stream.write_all(&wire::encode(&Msg::Auth { proof: mine }))?;
+    let theirs = match read_frame(stream, None, MAX_HANDSHAKE_FRAME)? {
+        Msg::Auth { proof } => proof,
+        _ => return Err(Error::protocol("expected proof of the shared key")),
+    };
+    if !auth::same(&theirs, &auth::proof(key, &nonce, &h.nonce, h.device)) {
+        return Err(Error::msg(
+            "wrong shared key: the peer's proof does not verify",
+        ));
+    }
+    let session = Session {
+        send: Sealer::new(key, &nonce, &h.nonce),
+        recv: Sealer::new(key, &h.nonce, &nonce),
+    };
+    Ok((h.device, Some(session)))
 }
 
 /// Runs a connection after its handshake until it closes. `dialed`: we initiated it.
-pub fn run(model: &Arc<Model>, stream: TcpStream, device: u64, dialed: bool) -> Result<()> {
+pub fn run(
+    model: &Arc<Model>,
+    stream: TcpStream,
+    device: u64,
+    dialed: bool,
+    session: Option<Session>,
+) -> Result<()> {
+    let (send, recv) = match session {
+        Some(s) => (Some(s.send), Some(s.recv)),
+        None => (None, None),
+    };
     let addr = stream.peer_addr()?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
@@ -100,7 +175,11 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, device: u64, dialed: bool) -> 
         let w_stream = stream.try_clone()?;
         let w_pending = pending.clone();
         let writer = s.spawn(move || {
-            let r = write_loop(model, w_stream, out_rx, &w_pending);
+            let w = FrameWriter {
+                w: BufWriter::with_capacity(64 << 10, w_stream),
+                seal: send,
+            };
+            let r = write_loop(model, w, out_rx, &w_pending);
             if let Err(e) = &r {
                 debug!("writer to {addr}: {e}");
             }
@@ -116,7 +195,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, device: u64, dialed: bool) -> 
             };
             puller::run(&link)
         });
-        let r = read_loop(model, id, &stream, &out_tx, &resp_tx, &pending);
+        let r = read_loop(model, id, &stream, recv, &out_tx, &resp_tx, &pending);
         // Whatever ended the connection, end the other threads too.
         unregister(model, id);
         let _ = stream.shutdown(Shutdown::Both);
@@ -165,19 +244,22 @@ fn read_loop(
     model: &Model,
     id: u64,
     stream: &TcpStream,
+    mut session: Option<Sealer>,
     out: &mpsc::Sender<Out>,
     responses: &mpsc::Sender<Response>,
     pending: &AtomicUsize,
 ) -> Result<()> {
     let mut r = BufReader::with_capacity(64 << 10, stream);
     loop {
-        let msg = match read_frame(&mut r) {
+        let msg = match read_frame(&mut r, session.as_mut(), wire::MAX_FRAME) {
             Ok(m) => m,
             Err(e) if e.io_kind() == Some(std::io::ErrorKind::UnexpectedEof) => return Ok(()),
             Err(e) => return Err(e),
         };
         match msg {
-            Msg::Hello(_) => return Err(Error::protocol("second hello")),
+            Msg::Hello(_) | Msg::Auth { .. } => {
+                return Err(Error::protocol("handshake frame after the handshake"));
+            }
             Msg::Index { seq, entries } => model.remote_entries(id, seq, entries),
             Msg::IndexDone { seq } => {
                 let mut g = model.lock();
@@ -210,18 +292,37 @@ fn read_loop(
     }
 }
 
+/// Writes frames, sealing each with a MAC when the connection is authenticated.
+struct FrameWriter {
+    w: BufWriter<TcpStream>,
+    seal: Option<Sealer>,
+}
+
+impl FrameWriter {
+    fn send(&mut self, frame: Vec<u8>) -> Result<()> {
+        let frame = match &mut self.seal {
+            Some(s) => s.seal(frame),
+            None => frame,
+        };
+        Ok(self.w.write_all(&frame)?)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        Ok(self.w.flush()?)
+    }
+}
+
 fn write_loop(
     model: &Model,
-    stream: TcpStream,
+    mut w: FrameWriter,
     rx: mpsc::Receiver<Out>,
     pending: &AtomicUsize,
 ) -> Result<()> {
-    let mut w = BufWriter::with_capacity(64 << 10, stream);
     let mut sent_seq = 0u64;
     let mut open: Option<(String, File)> = None;
     let mut buf = Vec::new();
     sent_seq = announce(model, &mut w, sent_seq)?;
-    w.write_all(&wire::encode(&Msg::IndexDone { seq: sent_seq }))?;
+    w.send(wire::encode(&Msg::IndexDone { seq: sent_seq }))?;
     w.flush()?;
     loop {
         let job = match rx.recv_timeout(PING_EVERY) {
@@ -232,13 +333,13 @@ fn write_loop(
         let mut next = Some(job);
         while let Some(job) = next {
             match job {
-                Out::Frame(f) => w.write_all(&f)?,
+                Out::Frame(f) => w.send(f)?,
                 Out::Announce => sent_seq = announce(model, &mut w, sent_seq)?,
                 Out::Serve(req) => {
                     let resp = serve(model, &req, &mut open, &mut buf);
                     pending.fetch_sub(1, Ordering::AcqRel);
                     SENT.fetch_add(resp.data.len() as u64, Ordering::Relaxed);
-                    w.write_all(&wire::encode(&Msg::Response(resp)))?;
+                    w.send(wire::encode(&Msg::Response(resp)))?;
                 }
             }
             next = rx.try_recv().ok();
@@ -249,7 +350,7 @@ fn write_loop(
 
 /// Sends every entry changed after `sent`, in frames of bounded size; returns the new mark.
 /// Entries are encoded under the lock a batch at a time and written without it.
-fn announce(model: &Model, w: &mut impl Write, sent: u64) -> Result<u64> {
+fn announce(model: &Model, w: &mut FrameWriter, sent: u64) -> Result<u64> {
     let mut after: Option<String> = None;
     let top = model.lock().index.seq;
     loop {
@@ -282,7 +383,7 @@ fn announce(model: &Model, w: &mut impl Write, sent: u64) -> Result<u64> {
         let (n, body, last, done) = frame;
         if n > 0 || (done && top > sent) {
             // Only the last frame of a pass carries the sequence number it completes.
-            w.write_all(&wire::index_frame(if done { top } else { 0 }, n, &body))?;
+            w.send(wire::index_frame(if done { top } else { 0 }, n, &body))?;
         }
         if done {
             return Ok(top);
@@ -320,6 +421,9 @@ fn serve(
     }
     if open.as_ref().is_none_or(|(p, _)| *p != req.path) {
         *open = None;
+        if crate::names::check_ancestors(&model.root, &req.path).is_err() {
+            return fail(Status::Failed);
+        }
         match OpenOptions::new()
             .read(true)
             .custom_flags(O_NOFOLLOW)

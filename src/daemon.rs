@@ -1,7 +1,7 @@
 //! The daemon: opens the share and its index, then runs the listener, one dialer per peer, the
 //! scanner, and a loop that saves the index and, with `--once`, decides when to stop.
 
-use crate::cli::{Options, PeerAddr};
+use crate::cli::{Allow, Options, PeerAddr};
 use crate::conn;
 use crate::error::{Context, Error, Result};
 use crate::hash::short_id;
@@ -12,7 +12,7 @@ use crate::scanner;
 use std::collections::HashSet;
 use std::fs;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -92,7 +92,11 @@ pub fn run(opts: &Options) -> Result<i32> {
     fs::create_dir_all(&state).at(&state)?;
     let device = device_id(&state)?;
     let index = open_index(&state, device);
-    let model = Arc::new(Model::new(root.clone(), index));
+    let mut model = Model::new(root.clone(), index);
+    if let Some(k) = &opts.key_file {
+        model.key = Some(crate::auth::load_key(k)?);
+    }
+    let model = Arc::new(model);
     scanner::clean_temps(&root, TEMP_MAX_AGE);
 
     let listener = TcpListener::bind(("::", opts.port))
@@ -109,8 +113,8 @@ pub fn run(opts: &Options) -> Result<i32> {
     let reached: Arc<Vec<AtomicBool>> =
         Arc::new(opts.peers.iter().map(|_| AtomicBool::new(false)).collect());
     {
-        let m = model.clone();
-        std::thread::spawn(move || accept_loop(&m, listener));
+        let (m, o) = (model.clone(), opts.clone());
+        std::thread::spawn(move || accept_loop(&m, &o, listener));
     }
     for (i, peer) in opts.peers.iter().enumerate() {
         let (m, p, r) = (model.clone(), peer.clone(), reached.clone());
@@ -174,10 +178,31 @@ fn once_done(model: &Model, n_peers: usize) -> bool {
     devices.len() >= n_peers && g.peers.values().all(|p| p.in_sync(seq))
 }
 
-fn accept_loop(model: &Arc<Model>, listener: TcpListener) {
+/// Whether a connection from `ip` may proceed: one of the peers' addresses (names resolved
+/// now), or allowed with --allow.
+fn allowed(opts: &Options, ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    opts.allow.iter().any(|a| match a {
+        Allow::Any => true,
+        Allow::Ip(x) => x.to_canonical() == ip,
+    }) || opts.peers.iter().any(|p| {
+        (p.host.as_str(), p.port)
+            .to_socket_addrs()
+            .is_ok_and(|mut addrs| addrs.any(|a| a.ip().to_canonical() == ip))
+    })
+}
+
+fn accept_loop(model: &Arc<Model>, opts: &Options, listener: TcpListener) {
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
+        let Ok(from) = stream.peer_addr() else {
+            continue;
+        };
+        if !allowed(opts, from.ip()) {
+            info!("refused a connection from {from}: not a listed peer (see --allow)");
+            continue;
+        }
         if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
             debug!("refused a connection: too many open");
             continue;
@@ -199,8 +224,8 @@ fn accept_loop(model: &Arc<Model>, listener: TcpListener) {
 
 fn serve_connection(model: &Arc<Model>, mut stream: TcpStream, dialed: bool) -> Result<u64> {
     let me = model.lock().index.device;
-    let device = conn::handshake(&mut stream, me)?;
-    conn::run(model, stream, device, dialed)?;
+    let (device, session) = conn::handshake(&mut stream, me, model.key.as_deref())?;
+    conn::run(model, stream, device, dialed, session)?;
     Ok(device)
 }
 
@@ -237,13 +262,13 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr, reached: &AtomicBool) {
         match stream {
             Ok(mut s) => {
                 let me = model.lock().index.device;
-                match conn::handshake(&mut s, me) {
-                    Ok(dev) => {
+                match conn::handshake(&mut s, me, model.key.as_deref()) {
+                    Ok((dev, session)) => {
                         known = Some(dev);
                         reached.store(true, Ordering::Relaxed);
                         failures = 0;
                         backoff = Duration::from_millis(250);
-                        if let Err(e) = conn::run(model, s, dev, true) {
+                        if let Err(e) = conn::run(model, s, dev, true, session) {
                             info!("connection to {peer} ended: {e}");
                         }
                     }

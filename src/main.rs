@@ -2,6 +2,7 @@
 
 #[macro_use]
 mod log;
+mod auth;
 mod cli;
 mod conn;
 mod daemon;

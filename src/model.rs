@@ -122,6 +122,8 @@ impl State {
 
 pub struct Model {
     pub root: PathBuf,
+    /// The shared key peers must prove they hold, if any.
+    pub key: Option<Vec<u8>>,
     pub state: Mutex<State>,
     /// Signalled whenever needs, the index or the set of peers change.
     pub changed: Condvar,
@@ -139,6 +141,7 @@ impl Model {
         };
         Model {
             root,
+            key: None,
             state: Mutex::new(state),
             changed: Condvar::new(),
         }

@@ -39,6 +39,30 @@ pub fn check(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks that no folder on the way from `root` to `rel` is a symlink (or anything but a
+/// folder), so that nothing is read or written outside the share through one. Missing folders
+/// are fine: they will be created as real folders.
+pub fn check_ancestors(root: &std::path::Path, rel: &str) -> Result<()> {
+    let mut p = root.to_path_buf();
+    let (dir, _) = split(rel);
+    if dir.is_empty() {
+        return Ok(());
+    }
+    for c in dir.split('/') {
+        p.push(c);
+        match std::fs::symlink_metadata(&p) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::msg(format!(
+                    "{rel}: {c} on the way is not a folder (a symlink?)"
+                )));
+            }
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 /// Whether a file name (one component) is one of `left`'s temp files.
 pub fn is_temp(name: &str) -> bool {
     name.len() > TEMP_SUFFIX.len() + 1 && name.starts_with('.') && name.ends_with(TEMP_SUFFIX)
@@ -126,6 +150,21 @@ mod tests {
         ] {
             assert!(check(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn symlinked_ancestors_are_refused() {
+        let root = std::env::temp_dir().join(format!("left-names-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("real/sub")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
+        std::fs::write(root.join("file"), b"x").unwrap();
+        check_ancestors(&root, "top").unwrap();
+        check_ancestors(&root, "real/sub/x").unwrap();
+        check_ancestors(&root, "real/new/deeper/x").unwrap();
+        assert!(check_ancestors(&root, "link/passwd").is_err());
+        assert!(check_ancestors(&root, "link/a/b").is_err());
+        assert!(check_ancestors(&root, "file/x").is_err());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -238,6 +238,7 @@ fn transfer(link: &Link<'_>, files: Vec<(Entry, bool)>, next_id: &mut u32) -> Re
     for (e, conflict) in files {
         let tmp_path = temp_path(root, &e.path);
         let opened = (|| -> Result<File> {
+            names::check_ancestors(root, &e.path)?;
             if let Some(dir) = tmp_path.parent() {
                 fs::create_dir_all(dir).at(dir)?;
             }
@@ -544,6 +545,7 @@ fn install(model: &Model, e: &Entry, tmp: &Path) -> Result<()> {
             return Ok(());
         }
     };
+    names::check_ancestors(&model.root, &e.path)?;
     let target = abs(&model.root, &e.path);
     match fs::symlink_metadata(&target) {
         Ok(md) if md.is_file() => {
@@ -581,6 +583,7 @@ fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
     if !matches!(decide(cur.as_ref(), e), Decision::Take { .. }) {
         return Ok(());
     }
+    names::check_ancestors(&model.root, &e.path)?;
     let target = abs(&model.root, &e.path);
     match fs::symlink_metadata(&target) {
         Ok(md) if md.is_dir() => {}
@@ -611,6 +614,7 @@ fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
     if !matches!(decide(cur.as_ref(), e), Decision::Take { .. }) {
         return Ok(());
     }
+    names::check_ancestors(&model.root, &e.path)?;
     let target = abs(&model.root, &e.path);
     match fs::symlink_metadata(&target) {
         Ok(md) if md.is_file() => {
