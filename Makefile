@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/left
 
-.PHONY: all build test demo clean help
+.PHONY: all build test fuzz demo clean help
 
 all: build
 
@@ -11,6 +11,9 @@ build: ## release binary for this machine
 
 test: ## unit and integration tests (two real peers on 127.0.0.1)
 	$(CARGO) test --release
+
+fuzz: ## a million mutated frames through the decoder (make test runs a few thousand)
+	LEFT_FUZZ_FRAMES=1000000 $(CARGO) test --release --bin left fuzz
 
 demo: build ## two peers on this machine: a file put into one appears in the other
 	bash tests/demo.sh $(BIN)
