@@ -7,6 +7,7 @@ pub const DEFAULT_PORT: u16 = 24680;
 
 pub const USAGE: &str = "\
 usage: left [OPTIONS] <PEER>...
+       left status [--dir DIR]
 
 Keeps the folder (default ./share) identical with the same folder on each PEER.
 PEER is IPv4, IPv4:PORT, [IPv6]:PORT, or a host name (optionally HOST:PORT).
@@ -77,6 +78,8 @@ pub fn parse_allow(s: &str) -> Result<Allow, String> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Run(Options),
+    /// `left status [--dir DIR]`: report on the daemon serving DIR.
+    Status(PathBuf),
     Help,
     Version,
 }
@@ -150,6 +153,14 @@ pub fn parse_peer(s: &str, port: u16) -> Result<PeerAddr, String> {
 
 /// Parses the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Command, String> {
+    if args.first().is_some_and(|a| a == "status") {
+        return match &args[1..] {
+            [] => Ok(Command::Status(PathBuf::from("share"))),
+            [f, d] if f == "--dir" => Ok(Command::Status(PathBuf::from(d))),
+            [f] if f.starts_with("--dir=") => Ok(Command::Status(PathBuf::from(&f[6..]))),
+            _ => Err("usage: left status [--dir DIR]".into()),
+        };
+    }
     let mut dir = PathBuf::from("share");
     let mut port = DEFAULT_PORT;
     let mut once = false;
@@ -326,6 +337,16 @@ mod tests {
         assert!(err(&["--timeout", "-1", "h"]).contains("--timeout"));
         assert!(err(&["--once=1", "h"]).contains("takes no value"));
         assert_eq!(parse(&["-h".to_string()]).unwrap(), Command::Help);
+        let st = |a: &[&str]| parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            st(&["status"]).unwrap(),
+            Command::Status(PathBuf::from("share"))
+        );
+        assert_eq!(
+            st(&["status", "--dir", "x"]).unwrap(),
+            Command::Status(PathBuf::from("x"))
+        );
+        assert!(st(&["status", "--bogus"]).is_err());
         assert_eq!(
             parse(&["--version".to_string(), "x".to_string()]).unwrap(),
             Command::Version

@@ -11,7 +11,7 @@ use crate::wire::{self, Enc, Hello, MAGIC, Msg, PROTOCOL_VERSION, Request, Respo
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -58,13 +58,19 @@ pub struct Session {
     pub recv: Sealer,
 }
 
-/// Exchanges hellos (and, with a shared key, proofs of it) and returns the peer's device id and
-/// the session keys. Both sides must agree on whether a key is used.
-pub fn handshake(
-    stream: &mut TcpStream,
-    device: u64,
-    key: Option<&[u8]>,
-) -> Result<(u64, Option<Session>)> {
+/// What the handshake learned of the peer.
+pub struct Handshake {
+    pub device: u64,
+    /// The port the peer listens on.
+    pub port: u16,
+    pub session: Option<Session>,
+}
+
+/// Exchanges hellos (and, with a shared key, proofs of it). Both sides must agree on whether a
+/// key is used.
+pub fn handshake(stream: &mut TcpStream, model: &Model) -> Result<Handshake> {
+    let device = model.lock().index.device;
+    let key = model.key.as_deref();
     stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
     stream.set_write_timeout(Some(HELLO_TIMEOUT))?;
     let nonce = auth::random16()?;
@@ -75,6 +81,7 @@ pub fn handshake(
         device,
         flags,
         nonce,
+        port: model.port.load(Ordering::Relaxed),
     };
     stream.write_all(&wire::encode(&Msg::Hello(hello)))?;
     let h = match read_frame(stream, None, MAX_HANDSHAKE_FRAME)? {
@@ -99,7 +106,11 @@ pub fn handshake(
                 "the peer requires a shared key (--key-file) and we have none",
             ));
         }
-        return Ok((h.device, None));
+        return Ok(Handshake {
+            device: h.device,
+            port: h.port,
+            session: None,
+        });
     };
     if h.flags & wire::FLAG_AUTH == 0 {
         return Err(Error::msg(
@@ -124,22 +135,22 @@ pub fn handshake(
         send: Sealer::new(key, &nonce, &h.nonce),
         recv: Sealer::new(key, &h.nonce, &nonce),
     };
-    Ok((h.device, Some(session)))
+    Ok(Handshake {
+        device: h.device,
+        port: h.port,
+        session: Some(session),
+    })
 }
 
 /// Runs a connection after its handshake until it closes. `dialed`: we initiated it.
-pub fn run(
-    model: &Arc<Model>,
-    stream: TcpStream,
-    device: u64,
-    dialed: bool,
-    session: Option<Session>,
-) -> Result<()> {
-    let (send, recv) = match session {
+pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -> Result<()> {
+    let device = hs.device;
+    let (send, recv) = match hs.session {
         Some(s) => (Some(s.send), Some(s.recv)),
         None => (None, None),
     };
     let addr = stream.peer_addr()?;
+    let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
@@ -152,6 +163,7 @@ pub fn run(
         Peer {
             device,
             addr,
+            listen: SocketAddr::new(addr.ip(), hs.port),
             dialed,
             since: Instant::now(),
             out: out_tx.clone(),
@@ -163,6 +175,8 @@ pub fn run(
             peer_in_sync: 0,
             sent_in_sync: None,
             pulling: false,
+            progress: None,
+            last_in_sync: None,
         },
     )?;
     info!(

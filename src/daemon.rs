@@ -8,11 +8,11 @@ use crate::hash::short_id;
 use crate::index::Index;
 use crate::model::Model;
 use crate::names::STATE_DIR;
-use crate::scanner;
+use crate::{scanner, signal, status};
 use std::collections::HashSet;
 use std::fs;
 use std::io::Read;
-use std::net::{IpAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -99,9 +99,19 @@ pub fn run(opts: &Options) -> Result<i32> {
     let model = Arc::new(model);
     scanner::clean_temps(&root, TEMP_MAX_AGE);
 
+    signal::install();
+    {
+        let mut g = model.lock();
+        for p in &opts.peers {
+            g.dialers.insert(p.to_string(), Default::default());
+        }
+    }
     let listener = TcpListener::bind(("::", opts.port))
         .or_else(|_| TcpListener::bind(("0.0.0.0", opts.port)))
         .map_err(|e| Error::from(e).at(format!("port {}", opts.port)))?;
+    model
+        .port
+        .store(listener.local_addr()?.port(), Ordering::Relaxed);
     info!(
         "left {} serving {} on port {} as device {}",
         env!("CARGO_PKG_VERSION"),
@@ -129,8 +139,16 @@ pub fn run(opts: &Options) -> Result<i32> {
     let mut last_save = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(100));
+        if signal::stop_requested() {
+            model.lock().shutdown = true;
+            save(&model);
+            info!("stopping on signal; index saved");
+            let _ = fs::remove_file(state.join("status"));
+            return Ok(0);
+        }
         if last_save.elapsed() >= SAVE_EVERY {
             save(&model);
+            status::write(&model, opts);
             last_save = Instant::now();
         }
         if !opts.once {
@@ -222,11 +240,9 @@ fn accept_loop(model: &Arc<Model>, opts: &Options, listener: TcpListener) {
     }
 }
 
-fn serve_connection(model: &Arc<Model>, mut stream: TcpStream, dialed: bool) -> Result<u64> {
-    let me = model.lock().index.device;
-    let (device, session) = conn::handshake(&mut stream, me, model.key.as_deref())?;
-    conn::run(model, stream, device, dialed, session)?;
-    Ok(device)
+fn serve_connection(model: &Arc<Model>, mut stream: TcpStream, dialed: bool) -> Result<()> {
+    let hs = conn::handshake(&mut stream, model)?;
+    conn::run(model, stream, hs, dialed)
 }
 
 /// Keeps a connection to one peer, retrying quietly with backoff while it is unreachable.
@@ -239,43 +255,63 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr, reached: &AtomicBool) {
         if model.lock().shutdown {
             return;
         }
-        // Already connected to that device (it dialed us): nothing to do.
-        if let Some(dev) = known
-            && model.lock().peers.values().any(|p| p.device == dev)
-        {
-            std::thread::sleep(Duration::from_secs(1));
+        // Already connected to that peer (it dialed us): nothing to do.
+        let addrs: Vec<SocketAddr> = match (peer.host.as_str(), peer.port).to_socket_addrs() {
+            Ok(a) => a
+                .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+                .collect(),
+            Err(e) => {
+                set_dial(model, peer, None, Some(e.to_string()));
+                Vec::new()
+            }
+        };
+        let connected = {
+            let g = model.lock();
+            g.peers
+                .values()
+                .any(|p| addrs.contains(&p.listen) || known == Some(p.device))
+        };
+        if connected {
+            std::thread::sleep(Duration::from_millis(500));
             continue;
         }
-        let stream = (peer.host.as_str(), peer.port)
-            .to_socket_addrs()
-            .map_err(Error::from)
-            .and_then(|addrs| {
-                let mut last = Error::msg("no address");
-                for a in addrs {
-                    match TcpStream::connect_timeout(&a, Duration::from_secs(3)) {
-                        Ok(s) => return Ok(s),
-                        Err(e) => last = e.into(),
+        let stream = if addrs.is_empty() {
+            Err(Error::msg("cannot resolve"))
+        } else {
+            let mut last = Error::msg("no address");
+            let mut ok = None;
+            for a in &addrs {
+                match TcpStream::connect_timeout(a, Duration::from_secs(3)) {
+                    Ok(s) => {
+                        ok = Some(s);
+                        break;
                     }
-                }
-                Err(last)
-            });
-        match stream {
-            Ok(mut s) => {
-                let me = model.lock().index.device;
-                match conn::handshake(&mut s, me, model.key.as_deref()) {
-                    Ok((dev, session)) => {
-                        known = Some(dev);
-                        reached.store(true, Ordering::Relaxed);
-                        failures = 0;
-                        backoff = Duration::from_millis(250);
-                        if let Err(e) = conn::run(model, s, dev, true, session) {
-                            info!("connection to {peer} ended: {e}");
-                        }
-                    }
-                    Err(e) => info!("handshake with {peer} failed: {e}"),
+                    Err(e) => last = e.into(),
                 }
             }
+            ok.ok_or(last)
+        };
+        match stream {
+            Ok(mut s) => match conn::handshake(&mut s, model) {
+                Ok(hs) => {
+                    let dev = hs.device;
+                    known = Some(dev);
+                    set_dial(model, peer, Some(dev), None);
+                    reached.store(true, Ordering::Relaxed);
+                    failures = 0;
+                    backoff = Duration::from_millis(250);
+                    if let Err(e) = conn::run(model, s, hs, true) {
+                        info!("connection to {peer} ended: {e}");
+                        set_dial(model, peer, Some(dev), Some(e.to_string()));
+                    }
+                }
+                Err(e) => {
+                    info!("handshake with {peer} failed: {e}");
+                    set_dial(model, peer, None, Some(e.to_string()));
+                }
+            },
             Err(e) => {
+                set_dial(model, peer, None, Some(e.to_string()));
                 failures += 1;
                 // Quiet while a peer is still booting: the first failure, then one a minute.
                 if failures == 1 || failures % 60 == 0 {
@@ -287,6 +323,15 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr, reached: &AtomicBool) {
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+fn set_dial(model: &Model, peer: &PeerAddr, device: Option<u64>, err: Option<String>) {
+    let mut g = model.lock();
+    let d = g.dialers.entry(peer.to_string()).or_default();
+    if device.is_some() {
+        d.device = device;
+    }
+    d.last_error = err;
 }
 
 fn scan_loop(model: &Model) {

@@ -13,6 +13,8 @@ mod model;
 mod names;
 mod puller;
 mod scanner;
+mod signal;
+mod status;
 mod version;
 mod watch;
 mod wire;
@@ -23,6 +25,15 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = match cli::parse(&args) {
         Ok(cli::Command::Run(o)) => o,
+        Ok(cli::Command::Status(dir)) => {
+            return match status::show(&dir) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("left: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Ok(cli::Command::Help) => {
             print!("{}", cli::USAGE);
             return ExitCode::SUCCESS;

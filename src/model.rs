@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// What to do with a version a peer announced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +68,8 @@ pub enum Out {
 pub struct Peer {
     pub device: u64,
     pub addr: SocketAddr,
+    /// Where the peer listens (its address with the port from its hello).
+    pub listen: SocketAddr,
     /// Whether we dialed this connection (used to pick one of two crossing connections).
     pub dialed: bool,
     pub since: Instant,
@@ -88,6 +90,26 @@ pub struct Peer {
     pub sent_in_sync: Option<u64>,
     /// A pull is running on this connection.
     pub pulling: bool,
+    /// The file being received, for status.
+    pub progress: Option<Progress>,
+    /// When both sides last held everything of each other.
+    pub last_in_sync: Option<SystemTime>,
+}
+
+/// A file being received.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub path: String,
+    pub size: u64,
+    pub done: u64,
+    pub started: Instant,
+}
+
+/// What a dialer knows of its peer, for status.
+#[derive(Debug, Clone, Default)]
+pub struct DialInfo {
+    pub device: Option<u64>,
+    pub last_error: Option<String>,
 }
 
 impl Peer {
@@ -107,6 +129,10 @@ pub struct State {
     /// The first scan of the share has finished.
     pub scanned: bool,
     pub shutdown: bool,
+    /// Per configured peer (as given on the command line).
+    pub dialers: BTreeMap<String, DialInfo>,
+    /// The last error worth showing in status, and when.
+    pub last_error: Option<(SystemTime, String)>,
 }
 
 impl State {
@@ -124,6 +150,8 @@ pub struct Model {
     pub root: PathBuf,
     /// The shared key peers must prove they hold, if any.
     pub key: Option<Vec<u8>>,
+    /// The port we listen on (sent in hellos).
+    pub port: std::sync::atomic::AtomicU16,
     pub state: Mutex<State>,
     /// Signalled whenever needs, the index or the set of peers change.
     pub changed: Condvar,
@@ -138,10 +166,13 @@ impl Model {
             busy: HashSet::new(),
             scanned: false,
             shutdown: false,
+            dialers: BTreeMap::new(),
+            last_error: None,
         };
         Model {
             root,
             key: None,
+            port: Default::default(),
             state: Mutex::new(state),
             changed: Condvar::new(),
         }

@@ -6,7 +6,7 @@
 use crate::error::{Context, Error, Result};
 use crate::hash::{Hash, md5};
 use crate::index::{Entry, Kind, Stat};
-use crate::model::{Decision, Model, Out, decide};
+use crate::model::{Decision, Model, Out, Progress, decide};
 use crate::names;
 use crate::wire::{Msg, Request, Response, Status};
 use md5::{Digest, Md5};
@@ -53,6 +53,7 @@ pub fn run(link: &Link<'_>) -> Result<()> {
         }
         if let Some(p) = g.peers.get_mut(&link.conn) {
             p.pulling = false;
+            p.progress = None;
         }
         link.model.changed.notify_all();
         drop(g);
@@ -169,6 +170,7 @@ fn finish_need(link: &Link<'_>, e: &Entry, r: Result<()>) {
         Err(err) => {
             warn!("{}: not synced yet: {err}", e.path);
             p.retry.insert(e.path.clone(), Instant::now() + RETRY_AFTER);
+            g.last_error = Some((std::time::SystemTime::now(), format!("{}: {err}", e.path)));
         }
     }
 }
@@ -195,6 +197,38 @@ struct Pull {
     t0: Instant,
     wire: u64,
     reused: u64,
+    /// Bytes of the file verified so far.
+    done: u64,
+}
+
+/// Files at least this large show progress in status and, every few seconds, in the log.
+const PROGRESS_MIN: u64 = 8 << 20;
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
+
+fn progress(link: &Link<'_>, p: &Pull, last_log: &mut Instant) {
+    let secs = p.t0.elapsed().as_secs_f64().max(1e-3);
+    let rate = p.done as f64 / secs;
+    if last_log.elapsed() >= PROGRESS_LOG_EVERY {
+        *last_log = Instant::now();
+        let eta = (p.e.size - p.done.min(p.e.size)) as f64 / rate.max(1.0);
+        info!(
+            "receiving {}: {}% of {} bytes, {:.1} MB/s, ETA {:.0} s",
+            p.e.path,
+            p.done * 100 / p.e.size.max(1),
+            p.e.size,
+            rate / 1e6,
+            eta
+        );
+    }
+    let mut g = link.model.lock();
+    if let Some(peer) = g.peers.get_mut(&link.conn) {
+        peer.progress = Some(Progress {
+            path: p.e.path.clone(),
+            size: p.e.size,
+            done: p.done,
+            started: p.t0,
+        });
+    }
 }
 
 struct Job {
@@ -297,6 +331,7 @@ fn transfer(link: &Link<'_>, files: Vec<(Entry, bool)>, next_id: &mut u32) -> Re
             t0: Instant::now(),
             wire: 0,
             reused: 0,
+            done: 0,
         });
     }
     // Empty files have no blocks: finish them now.
@@ -317,6 +352,8 @@ fn transfer(link: &Link<'_>, files: Vec<(Entry, bool)>, next_id: &mut u32) -> Re
     let mut sent = 0usize;
     let mut in_flight = 0u64;
     let mut local_file: Option<(String, File)> = None;
+    let mut last_progress = Instant::now();
+    let mut last_log = Instant::now();
     for ji in 0..jobs.len() {
         while sent < remote.len() && in_flight < WINDOW_BYTES {
             let j = &jobs[remote[sent]];
@@ -416,7 +453,12 @@ fn transfer(link: &Link<'_>, files: Vec<(Entry, bool)>, next_id: &mut u32) -> Re
             }
         }
         p.whole.update(&data);
+        p.done += data.len() as u64;
         buf = data;
+        if p.e.size >= PROGRESS_MIN && last_progress.elapsed() >= Duration::from_millis(200) {
+            last_progress = Instant::now();
+            progress(link, p, &mut last_log);
+        }
         if job.block + 1 == p.e.blocks.len() {
             let r = finish_file(link, p);
             finish_need(link, &p.e, r);

@@ -36,6 +36,8 @@ pub struct Hello {
     pub flags: u32,
     /// Fresh random challenge for the authentication.
     pub nonce: [u8; 16],
+    /// The port this side listens on, so a peer can tell it is already connected to it.
+    pub port: u16,
 }
 
 /// Hello flag: a shared key is configured.
@@ -277,6 +279,7 @@ pub fn encode(msg: &Msg) -> Vec<u8> {
             e.u64(h.device);
             e.u32(h.flags);
             e.bytes(&h.nonce);
+            e.u16(h.port);
         }
         Msg::Index { seq, entries } => {
             let mut body = Enc::default();
@@ -356,6 +359,7 @@ pub fn decode(body: &[u8]) -> Result<Msg> {
             device: d.u64()?,
             flags: d.u32()?,
             nonce: d.arr()?,
+            port: d.u16()?,
         }),
         T_INDEX => {
             let seq = d.u64()?;
@@ -450,6 +454,7 @@ mod tests {
                 device: 42,
                 flags: FLAG_AUTH,
                 nonce: [5; 16],
+                port: 24680,
             }),
             Msg::Auth { proof: [6; 16] },
             Msg::Index {
@@ -623,6 +628,7 @@ mod fuzz {
                 device: 9,
                 flags: 1,
                 nonce: [7; 16],
+                port: 1,
             }),
             Msg::Index {
                 seq: 4,

@@ -1,0 +1,157 @@
+//! Status for the operator: the daemon keeps `.left/status` current (a few lines of text), and
+//! `left status` prints it, with an exit code saying whether everything is in sync.
+
+use crate::cli::Options;
+use crate::error::{Context, Result};
+use crate::hash::short_id;
+use crate::log::timestamp;
+use crate::model::Model;
+use crate::names::STATE_DIR;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A status file older than this means the daemon is gone.
+const STALE: Duration = Duration::from_secs(10);
+
+fn when(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    timestamp(d.as_secs() as i64, d.subsec_millis())
+}
+
+/// Renders the status text; also records when each peer was last seen in sync.
+pub fn render(model: &Model, opts: &Options) -> (String, bool) {
+    let mut g = model.lock();
+    let st = &mut *g;
+    let seq = st.index.seq;
+    let now = SystemTime::now();
+    let mut all_in_sync = st.scanned && st.busy.is_empty();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "left {} pid {} device {} share {}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        short_id(st.index.device),
+        model.root.display()
+    );
+    let files = st.index.entries.values().filter(|e| e.is_file()).count();
+    let bytes: u64 = st
+        .index
+        .entries
+        .values()
+        .filter(|e| e.is_file())
+        .map(|e| e.size)
+        .sum();
+    let mut body = String::new();
+    for p in st.peers.values_mut() {
+        let in_sync = p.in_sync(seq);
+        if in_sync {
+            p.last_in_sync = Some(now);
+        }
+        all_in_sync &= in_sync;
+        let recv_files = p.needs.len();
+        let recv_bytes: u64 = p.needs.values().map(|e| e.size).sum();
+        let send = st
+            .index
+            .entries
+            .values()
+            .filter(|e| e.seq > p.peer_in_sync)
+            .count();
+        let since = now.checked_sub(p.since.elapsed()).unwrap_or(now);
+        let _ = writeln!(
+            body,
+            "peer {} device {}: connected since {}, last in sync {}, to receive {recv_files} files / {recv_bytes} bytes, to send {send} entries",
+            p.addr,
+            short_id(p.device),
+            when(since),
+            p.last_in_sync.map_or("never".into(), when),
+        );
+        if let Some(pr) = &p.progress {
+            let secs = pr.started.elapsed().as_secs_f64().max(1e-3);
+            let rate = pr.done as f64 / secs;
+            let eta = (pr.size.saturating_sub(pr.done)) as f64 / rate.max(1.0);
+            let _ = writeln!(
+                body,
+                "  receiving {}: {}% of {} bytes, {:.1} MB/s, ETA {:.0} s",
+                pr.path,
+                pr.done * 100 / pr.size.max(1),
+                pr.size,
+                rate / 1e6,
+                eta
+            );
+        }
+    }
+    let connected: Vec<u64> = st.peers.values().map(|p| p.device).collect();
+    for (peer, d) in &st.dialers {
+        if d.device.is_some_and(|dev| connected.contains(&dev)) {
+            continue;
+        }
+        all_in_sync = false;
+        let _ = writeln!(
+            body,
+            "peer {peer}: not connected{}",
+            d.last_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" ({e})"))
+        );
+    }
+    if st.peers.len() < opts.peers.len() {
+        all_in_sync = false;
+    }
+    let _ = writeln!(
+        s,
+        "state: {}",
+        if all_in_sync { "in sync" } else { "pending" }
+    );
+    let _ = writeln!(s, "share: {files} files, {bytes} bytes");
+    s.push_str(&body);
+    if let Some((t, e)) = &st.last_error {
+        let _ = writeln!(s, "last error: {} {e}", when(*t));
+    }
+    (s, all_in_sync)
+}
+
+/// Writes the status file atomically.
+pub fn write(model: &Model, opts: &Options) {
+    let (text, _) = render(model, opts);
+    let dir = model.root.join(STATE_DIR);
+    let tmp = dir.join("status.tmp");
+    if fs::write(&tmp, text).is_ok() {
+        let _ = fs::rename(&tmp, dir.join("status"));
+    }
+}
+
+/// `left status`: prints the daemon's status; exit 0 in sync, 1 work pending, 2 no daemon.
+pub fn show(dir: &Path) -> Result<u8> {
+    let p = dir.join(STATE_DIR).join("status");
+    let text = match fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("no left daemon for {} (no status file)", dir.display());
+            return Ok(2);
+        }
+        Err(e) => return Err(e).at(&p),
+    };
+    let age = fs::metadata(&p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    let pid = text
+        .split_whitespace()
+        .skip_while(|w| *w != "pid")
+        .nth(1)
+        .unwrap_or("");
+    let alive = !pid.is_empty() && Path::new("/proc").join(pid).exists();
+    if !alive || age.is_none_or(|a| a > STALE) {
+        println!("no left daemon for {} (status is stale)", dir.display());
+        return Ok(2);
+    }
+    print!("{text}");
+    Ok(if text.lines().any(|l| l == "state: in sync") {
+        0
+    } else {
+        1
+    })
+}
