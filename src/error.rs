@@ -50,10 +50,6 @@ impl Error {
             _ => None,
         }
     }
-
-    pub fn is_protocol(&self) -> bool {
-        matches!(self.kind, Kind::Protocol(_))
-    }
 }
 
 impl fmt::Display for Error {

@@ -159,6 +159,7 @@ impl Index {
     }
 
     /// Entries changed after `seq`, in path order.
+    #[cfg(test)]
     pub fn since(&self, seq: u64) -> impl Iterator<Item = &Entry> {
         self.entries.values().filter(move |e| e.seq > seq)
     }

@@ -48,7 +48,7 @@ pub fn run(link: &Link<'_>) -> Result<()> {
     while let Some(batch) = take_batch(link) {
         let result = pull_batch(link, &batch, &mut next_id);
         let mut g = link.model.lock();
-        for (e, _) in &batch {
+        for e in &batch {
             g.busy.remove(&e.path);
         }
         if let Some(p) = g.peers.get_mut(&link.conn) {
@@ -64,7 +64,7 @@ pub fn run(link: &Link<'_>) -> Result<()> {
 
 /// Waits for needs of this connection and takes a batch, marking the paths busy. Also tells the
 /// peer when we hold everything it announced. `None` when the connection is gone.
-fn take_batch(link: &Link<'_>) -> Option<Vec<(Entry, bool)>> {
+fn take_batch(link: &Link<'_>) -> Option<Vec<Entry>> {
     let mut g = link.model.lock();
     loop {
         if g.shutdown {
@@ -81,14 +81,14 @@ fn take_batch(link: &Link<'_>) -> Option<Vec<(Entry, bool)>> {
                 continue;
             }
             match decide(st.index.entries.get(path), r) {
-                Decision::Take { conflict } => {
+                Decision::Take { .. } => {
                     if !batch.is_empty()
                         && (batch.len() >= BATCH_ENTRIES || bytes + r.size > BATCH_BYTES)
                     {
                         break;
                     }
                     bytes += r.size;
-                    batch.push((r.clone(), conflict));
+                    batch.push(r.clone());
                 }
                 _ => moot.push(path.clone()),
             }
@@ -98,7 +98,7 @@ fn take_batch(link: &Link<'_>) -> Option<Vec<(Entry, bool)>> {
         }
         if !batch.is_empty() {
             p.pulling = true;
-            for (e, _) in &batch {
+            for e in &batch {
                 st.busy.insert(e.path.clone());
             }
             return Some(batch);
@@ -113,7 +113,7 @@ fn take_batch(link: &Link<'_>) -> Option<Vec<(Entry, bool)>> {
     }
 }
 
-fn pull_batch(link: &Link<'_>, batch: &[(Entry, bool)], next_id: &mut u32) -> Result<()> {
+fn pull_batch(link: &Link<'_>, batch: &[Entry], next_id: &mut u32) -> Result<()> {
     let model = link.model;
     // Deletions that stand in the way of a new file or folder (same path, or an ancestor of it)
     // go first; other deletions go last, so a renamed file's blocks can still be copied locally.
@@ -122,11 +122,10 @@ fn pull_batch(link: &Link<'_>, batch: &[(Entry, bool)], next_id: &mut u32) -> Re
     let in_way = |t: &str| {
         batch
             .iter()
-            .any(|(n, _)| !n.deleted && (n.path == t || under(&n.path, t) || under(t, &n.path)))
+            .any(|n| !n.deleted && (n.path == t || under(&n.path, t) || under(t, &n.path)))
     };
     let (early, late): (Vec<&Entry>, Vec<&Entry>) = batch
         .iter()
-        .map(|(e, _)| e)
         .filter(|e| e.deleted)
         .partition(|e| in_way(&e.path));
     // Deepest first.
@@ -134,14 +133,14 @@ fn pull_batch(link: &Link<'_>, batch: &[(Entry, bool)], next_id: &mut u32) -> Re
         let r = apply_delete(model, e);
         finish_need(link, e, r);
     }
-    for (e, _) in batch
-        .iter()
-        .filter(|(e, _)| !e.deleted && e.kind == Kind::Dir)
-    {
+    for e in batch.iter().filter(|e| !e.deleted && e.kind == Kind::Dir) {
         let r = apply_dir(model, e);
         finish_need(link, e, r);
     }
-    let files: Vec<(Entry, bool)> = batch.iter().filter(|(e, _)| e.is_file()).cloned().collect();
+    let files: Vec<Entry> = batch.iter().filter(|e| e.is_file()).cloned().collect();
+    for e in &files {
+        rename_if_moved(model, e, &late);
+    }
     let result = if files.is_empty() {
         Ok(())
     } else {
@@ -152,6 +151,41 @@ fn pull_batch(link: &Link<'_>, batch: &[(Entry, bool)], next_id: &mut u32) -> Re
         finish_need(link, e, r);
     }
     result
+}
+
+/// A renamed or moved file: when a new file has the content of a local file that this batch
+/// deletes, the local file is moved to the new file's temp name, where the transfer finds every
+/// block already in place. Nothing crosses the wire and nothing is copied.
+fn rename_if_moved(model: &Model, e: &Entry, deleted: &[&Entry]) {
+    if e.size == 0 {
+        return;
+    }
+    let g = model.lock();
+    for t in deleted {
+        let Some(old) = g.index.entries.get(&t.path) else {
+            continue;
+        };
+        if !(old.is_file() && old.size == e.size && old.md5 == e.md5) {
+            continue;
+        }
+        if !matches!(decide(Some(old), t), Decision::Take { .. }) {
+            continue;
+        }
+        let from = abs(&model.root, &t.path);
+        let unchanged =
+            fs::symlink_metadata(&from).is_ok_and(|md| md.is_file() && Stat::of(&md) == old.stat);
+        if !unchanged || names::check_ancestors(&model.root, &e.path).is_err() {
+            continue;
+        }
+        let to = temp_path(&model.root, &e.path);
+        if let Some(dir) = to.parent() {
+            let _ = fs::create_dir_all(dir);
+        }
+        if fs::rename(&from, &to).is_ok() {
+            info!("renamed {} -> {}", t.path, e.path);
+            return;
+        }
+    }
 }
 
 /// Records how a need ended: done (dropped), or failed (retried later).
@@ -189,7 +223,6 @@ enum Src {
 
 struct Pull {
     e: Entry,
-    conflict: bool,
     tmp_path: PathBuf,
     tmp: File,
     whole: Md5,
@@ -246,12 +279,12 @@ fn temp_path(root: &Path, rel: &str) -> PathBuf {
     root.join(dir).join(names::temp_for(name))
 }
 
-fn transfer(link: &Link<'_>, files: Vec<(Entry, bool)>, next_id: &mut u32) -> Result<()> {
+fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()> {
     let root = &link.model.root;
     // Which blocks our other files already hold, found in one pass over the index.
     let needed: HashSet<Hash> = files
         .iter()
-        .flat_map(|(e, _)| e.blocks.iter().copied())
+        .flat_map(|e| e.blocks.iter().copied())
         .collect();
     let mut sources: HashMap<Hash, (String, u64)> = HashMap::new();
     {
@@ -269,7 +302,7 @@ fn transfer(link: &Link<'_>, files: Vec<(Entry, bool)>, next_id: &mut u32) -> Re
     let mut pulls: Vec<Pull> = Vec::new();
     let mut jobs: Vec<Job> = Vec::new();
     let mut buf = Vec::new();
-    for (e, conflict) in files {
+    for e in files {
         let tmp_path = temp_path(root, &e.path);
         let opened = (|| -> Result<File> {
             names::check_ancestors(root, &e.path)?;
@@ -323,7 +356,6 @@ fn transfer(link: &Link<'_>, files: Vec<(Entry, bool)>, next_id: &mut u32) -> Re
         }
         pulls.push(Pull {
             e,
-            conflict,
             tmp_path,
             tmp,
             whole: Md5::new(),

@@ -138,8 +138,19 @@ pub fn scan(
             }
         }
     }
+    let moved = find_moved(model, &candidates);
     for c in candidates {
-        match hash_one(model, &c) {
+        let r = match moved.get(&c.path) {
+            Some(old) => Ok(record(
+                model,
+                &c,
+                old.blocks.clone(),
+                old.md5,
+                old.block_size,
+            )),
+            None => hash_one(model, &c),
+        };
+        match r {
             Ok(true) => out.changed += 1,
             Ok(false) => {}
             Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => {}
@@ -196,6 +207,31 @@ fn now_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// New paths that are a file the index knows under another name, now gone (renamed or moved):
+/// same inode, size and mtime. Their hashes are taken over instead of hashing again.
+fn find_moved(model: &Model, candidates: &[Candidate]) -> std::collections::HashMap<String, Entry> {
+    let mut out = std::collections::HashMap::new();
+    let fresh: std::collections::HashMap<u64, &Candidate> = candidates
+        .iter()
+        .filter(|c| c.seq.is_none())
+        .map(|c| (c.stat.ino, c))
+        .collect();
+    if fresh.is_empty() {
+        return out;
+    }
+    let g = model.lock();
+    for e in g.index.entries.values().filter(|e| e.is_file()) {
+        if let Some(c) = fresh.get(&e.stat.ino)
+            && e.stat == c.stat
+            && e.path != c.path
+            && fs::symlink_metadata(model.root.join(&e.path)).is_err()
+        {
+            out.insert(c.path.clone(), e.clone());
+        }
+    }
+    out
+}
+
 /// Hashes one changed file and records a new version if its content or mode changed. A file
 /// that changes while it is hashed is left for the next scan.
 fn hash_one(model: &Model, c: &Candidate) -> Result<bool> {
@@ -215,11 +251,23 @@ fn hash_one(model: &Model, c: &Candidate) -> Result<bool> {
     if after != before {
         return Err(Error::msg("file changed during hashing; will retry").at(&path));
     }
+    Ok(record(model, c, blocks, md5, bs))
+}
+
+/// Records what a candidate holds; true if that is a new version.
+fn record(
+    model: &Model,
+    c: &Candidate,
+    blocks: Vec<crate::hash::Hash>,
+    md5: crate::hash::Hash,
+    bs: u32,
+) -> bool {
+    let before = c.stat;
     let mut g = model.lock();
     let st = &mut *g;
     let cur = st.index.entries.get_mut(&c.path);
     if cur.as_ref().map(|e| e.seq) != c.seq {
-        return Ok(false); // a pull replaced it meanwhile
+        return false; // a pull replaced it meanwhile
     }
     if let Some(e) = cur
         && e.is_file()
@@ -230,7 +278,7 @@ fn hash_one(model: &Model, c: &Candidate) -> Result<bool> {
         // Same content (touched, or installed by us before a crash): no new version.
         e.stat = before;
         st.dirty = true;
-        return Ok(false);
+        return false;
     }
     let device = st.index.device;
     let version = match st.index.entries.get(&c.path) {
@@ -256,7 +304,7 @@ fn hash_one(model: &Model, c: &Candidate) -> Result<bool> {
     };
     info!("changed locally: {} ({} bytes)", c.path, before.size);
     st.put(e);
-    Ok(true)
+    true
 }
 
 /// Removes temp files whose target is not being pulled and which are older than `max_age`.

@@ -38,6 +38,7 @@ impl Version {
         &self.0
     }
 
+    #[cfg(test)]
     pub fn get(&self, device: u64) -> u64 {
         self.0.iter().find(|p| p.0 == device).map_or(0, |p| p.1)
     }

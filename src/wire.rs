@@ -409,6 +409,7 @@ pub fn decode(body: &[u8]) -> Result<Msg> {
 }
 
 /// Splits a buffer holding whole frames back to back into messages (used by tests and fuzzing).
+#[cfg(test)]
 pub fn decode_stream(mut buf: &[u8]) -> Result<Vec<Msg>> {
     let mut out = Vec::new();
     while !buf.is_empty() {
