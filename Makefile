@@ -26,3 +26,22 @@ help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 # ---- Tiny Core packaging: static musl builds, left.tcz, VM test (issue 3) ----
+ARCH ?= x86_64
+
+.PHONY: static tcz tcz-all vm-test tinycore-deps
+
+static: ## static musl binaries (x86_64 and i686), stripped, sizes printed
+	bash tinycore/build-static.sh x86_64 x86
+
+tcz: ## left.tcz, .info, .list, .md5.txt, .zsync in target/tcz/ARCH (ARCH=x86_64 or x86)
+	bash tinycore/build-tcz.sh $(ARCH)
+
+tcz-all: ## left.tcz for both x86_64 and x86
+	bash tinycore/build-tcz.sh x86_64
+	bash tinycore/build-tcz.sh x86
+
+vm-test: tcz-all ## two qemu VMs install left.tcz, start it from bootlocal.sh and sync
+	bash tinycore/vm-test/vm-test.sh target/tcz/x86/left.tcz target/tcz/x86_64/left.tcz
+
+tinycore-deps: ## as root: apt packages and rustup targets for the targets above
+	bash tinycore/ci-deps.sh

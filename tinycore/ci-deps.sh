@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what `make static`, `make tcz` and `make vm-test` need on Debian 12.
+# Idempotent and non-interactive; run as root (CI runs as root).
+#
+#   squashfs-tools   mksquashfs / unsquashfs for left.tcz
+#   zsync            zsyncmake for left.tcz.zsync
+#   qemu-system-x86  the two test VMs (TCG, no KVM needed)
+#   cpio, xz-utils   the VMs' initramfs, compressed kernel modules
+#   file             shows what the static binaries are
+#   rustup targets   x86_64-unknown-linux-musl, i686-unknown-linux-musl
+#
+# The VMs' kernel (linux-image-amd64) and busybox-static are not installed:
+# vm-test fetches them with `apt-get download` into target/vm-test/cache, so
+# this script runs `apt-get update` for it.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+pkgs=(squashfs-tools zsync qemu-system-x86 cpio xz-utils file)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "ci-deps: apt-get install ${missing[*]}"
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+elif [ ${#missing[@]} -gt 0 ]; then
+    echo "ci-deps: not root; please install: ${missing[*]}" >&2
+    exit 1
+fi
+
+for t in x86_64-unknown-linux-musl i686-unknown-linux-musl; do
+    if ! rustup target list --installed | grep -qx "$t"; then
+        echo "ci-deps: rustup target add $t"
+        rustup target add "$t"
+    fi
+done
+echo "ci-deps: ok ($(mksquashfs -version | head -n 1); $(qemu-system-x86_64 --version | head -n 1))"
