@@ -1,6 +1,7 @@
 //! The command line: hand-written parsing into an options struct; usage errors are one line.
 
-use std::path::PathBuf;
+use crate::config::Config;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_PORT: u16 = 24680;
@@ -18,6 +19,8 @@ options:
   --once           sync until every peer agrees, then exit 0 (1 if a peer stays unreachable)
   --timeout SECS   with --once: how long a peer may stay unreachable (default: 30)
   --key-file FILE  shared key: only peers holding the same key get in (recommended)
+  --config FILE    read options from FILE (default: /opt/left.conf if present);
+                   the command line wins over the file
   --allow ADDR     also accept connections from ADDR (an IP address, or \"any\");
                    by default only the listed peers' addresses may connect
   -q, --quiet      log errors only
@@ -151,23 +154,65 @@ pub fn parse_peer(s: &str, port: u16) -> Result<PeerAddr, String> {
     })
 }
 
-/// Parses the arguments after the program name.
+/// Parses the arguments after the program name, with the config file (`--config FILE`, or
+/// `/opt/left.conf` when present) underneath: the command line wins.
 pub fn parse(args: &[String]) -> Result<Command, String> {
-    if args.first().is_some_and(|a| a == "status") {
-        return match &args[1..] {
-            [] => Ok(Command::Status(PathBuf::from("share"))),
-            [f, d] if f == "--dir" => Ok(Command::Status(PathBuf::from(d))),
-            [f] if f.starts_with("--dir=") => Ok(Command::Status(PathBuf::from(&f[6..]))),
-            _ => Err("usage: left status [--dir DIR]".into()),
-        };
+    parse_with(args, crate::config::load)
+}
+
+/// The `--config` value among the arguments, if any.
+fn config_arg(args: &[String]) -> Result<Option<PathBuf>, String> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            break;
+        }
+        if a == "--config" {
+            return it
+                .next()
+                .map(|v| Some(PathBuf::from(v)))
+                .ok_or_else(|| "--config needs a value".into());
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            return Ok(Some(PathBuf::from(v)));
+        }
     }
-    let mut dir = PathBuf::from("share");
-    let mut port = DEFAULT_PORT;
-    let mut once = false;
-    let mut timeout = Duration::from_secs(30);
-    let mut verbosity = 1u8;
+    Ok(None)
+}
+
+/// [`parse`] with the config loader given (tests pass their own).
+pub fn parse_with(
+    args: &[String],
+    load: impl Fn(&Path, bool) -> Result<Option<Config>, String>,
+) -> Result<Command, String> {
+    let cfg = match config_arg(args)? {
+        Some(p) => load(&p, true)?,
+        None => load(Path::new(crate::config::DEFAULT_PATH), false)?,
+    }
+    .unwrap_or_default();
+    if args.first().is_some_and(|a| a == "status") {
+        let mut dir = cfg.dir.clone().unwrap_or_else(|| PathBuf::from("share"));
+        let mut it = args[1..].iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--dir" => dir = PathBuf::from(it.next().ok_or("--dir needs a value")?),
+                "--config" => {
+                    it.next();
+                }
+                _ if a.starts_with("--dir=") => dir = PathBuf::from(&a[6..]),
+                _ if a.starts_with("--config=") => {}
+                _ => return Err("usage: left status [--dir DIR] [--config FILE]".into()),
+            }
+        }
+        return Ok(Command::Status(dir));
+    }
+    let mut dir = cfg.dir.clone().unwrap_or_else(|| PathBuf::from("share"));
+    let mut port = cfg.port.unwrap_or(DEFAULT_PORT);
+    let mut once = cfg.once.unwrap_or(false);
+    let mut timeout = Duration::from_secs(cfg.timeout.unwrap_or(30));
+    let mut verbosity = cfg.verbosity.unwrap_or(1);
     let mut peers = Vec::new();
-    let mut key_file = None;
+    let mut key_file = cfg.key_file.clone();
     let mut allow = Vec::new();
     let mut it = args.iter();
     let mut only_peers = false;
@@ -210,6 +255,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 timeout = Duration::from_secs(secs);
             }
             "--key-file" => key_file = Some(PathBuf::from(value("--key-file")?)),
+            "--config" => {
+                value("--config")?;
+            }
             "--allow" => allow.push(parse_allow(&value("--allow")?)?),
             "-q" | "--quiet" => verbosity = 0,
             "-v" | "--verbose" => verbosity = 2,
@@ -224,13 +272,27 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             return Err(format!("{flag} takes no value"));
         }
     }
+    // Peers and allowed addresses from the file count only when the command line gives none.
+    let peers = if peers.is_empty() {
+        let mut out = Vec::new();
+        for (i, p) in cfg.peers.iter().enumerate() {
+            out.push(parse_peer(p, port).map_err(|e| format!("{}: {e}", cfg.peer_origin(i)))?);
+        }
+        out
+    } else {
+        peers
+            .iter()
+            .map(|p| parse_peer(p, port))
+            .collect::<Result<Vec<_>, _>>()?
+    };
     if peers.is_empty() {
         return Err("no peer given".into());
     }
-    let peers = peers
-        .iter()
-        .map(|p| parse_peer(p, port))
-        .collect::<Result<Vec<_>, _>>()?;
+    if allow.is_empty() {
+        for (i, a) in cfg.allow.iter().enumerate() {
+            allow.push(parse_allow(a).map_err(|e| format!("{}: {e}", cfg.allow_origin(i)))?);
+        }
+    }
     Ok(Command::Run(Options {
         dir,
         port,
@@ -246,6 +308,14 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn no_config(_: &Path, _: bool) -> Result<Option<Config>, String> {
+        Ok(None)
+    }
+
+    fn parse(args: &[String]) -> Result<Command, String> {
+        parse_with(args, no_config)
+    }
 
     fn run(args: &[&str]) -> Result<Options, String> {
         match parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())? {
@@ -323,6 +393,64 @@ mod tests {
         assert_eq!(
             (d.dir, d.port, d.once),
             (PathBuf::from("share"), DEFAULT_PORT, false)
+        );
+    }
+
+    #[test]
+    fn config_file_underneath_command_line() {
+        let text = "dir = /srv/share\nport = 2000\npeer = 10.0.0.2, 10.0.0.3:7\nallow = any\nlog = verbose\n";
+        let load = |p: &Path, required: bool| {
+            assert!(required, "explicit --config must be required");
+            assert_eq!(p, Path::new("c.conf"));
+            crate::config::parse(text, "c.conf").map(Some)
+        };
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let Command::Run(o) = parse_with(&args(&["--config", "c.conf"]), load).unwrap() else {
+            panic!()
+        };
+        assert_eq!(o.dir, PathBuf::from("/srv/share"));
+        assert_eq!(o.port, 2000);
+        assert_eq!(
+            o.peers,
+            vec![
+                PeerAddr {
+                    host: "10.0.0.2".into(),
+                    port: 2000
+                },
+                PeerAddr {
+                    host: "10.0.0.3".into(),
+                    port: 7
+                }
+            ]
+        );
+        assert_eq!(o.allow, vec![Allow::Any]);
+        assert_eq!(o.verbosity, 2);
+        // The command line wins, peers included.
+        let Command::Run(o) = parse_with(
+            &args(&["--config=c.conf", "--port", "3000", "-q", "h"]),
+            load,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!((o.port, o.verbosity), (3000, 0));
+        assert_eq!(
+            o.peers,
+            vec![PeerAddr {
+                host: "h".into(),
+                port: 3000
+            }]
+        );
+        assert_eq!(o.dir, PathBuf::from("/srv/share"));
+        // A bad peer in the file names the file and line.
+        let bad =
+            |_: &Path, _: bool| crate::config::parse("\npeer = 10.0.0.999\n", "b.conf").map(Some);
+        let e = parse_with(&args(&["--config", "b.conf"]), bad).unwrap_err();
+        assert!(e.starts_with("b.conf:2: "), "{e}");
+        // Status takes its folder from the file too.
+        assert_eq!(
+            parse_with(&args(&["status", "--config", "c.conf"]), load).unwrap(),
+            Command::Status(PathBuf::from("/srv/share"))
         );
     }
 

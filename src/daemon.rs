@@ -314,7 +314,7 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr, reached: &AtomicBool) {
                 set_dial(model, peer, None, Some(e.to_string()));
                 failures += 1;
                 // Quiet while a peer is still booting: the first failure, then one a minute.
-                if failures == 1 || failures % 60 == 0 {
+                if failures == 1 || failures.is_multiple_of(60) {
                     info!("{peer} not reachable yet ({e}); retrying");
                 }
                 QUIET.fetch_add(1, Ordering::Relaxed);

@@ -4,10 +4,12 @@
 mod log;
 mod auth;
 mod cli;
+mod config;
 mod conn;
 mod daemon;
 mod error;
 mod hash;
+mod ignore;
 mod index;
 mod model;
 mod names;

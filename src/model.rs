@@ -1,7 +1,8 @@
 //! The shared state of a running `left`: the index, what each connected peer has that we need,
 //! and the rules that decide, entry by entry, whether a peer's version replaces ours.
 
-use crate::index::{Entry, Index};
+use crate::ignore::Ignore;
+use crate::index::{Entry, Index, Kind};
 use crate::version::Order;
 use crate::wire::Request;
 use std::collections::{BTreeMap, HashSet};
@@ -133,6 +134,10 @@ pub struct State {
     pub dialers: BTreeMap<String, DialInfo>,
     /// The last error worth showing in status, and when.
     pub last_error: Option<(SystemTime, String)>,
+    /// Patterns from `.leftignore`: matching paths are neither sent, taken nor deleted.
+    pub ignore: Ignore,
+    /// The `.leftignore` text `ignore` was built from.
+    pub ignore_text: String,
 }
 
 impl State {
@@ -168,6 +173,8 @@ impl Model {
             shutdown: false,
             dialers: BTreeMap::new(),
             last_error: None,
+            ignore: Ignore::default(),
+            ignore_text: String::new(),
         };
         Model {
             root,
@@ -201,6 +208,9 @@ impl Model {
         let mut g = self.lock();
         let st = &mut *g;
         for r in entries {
+            if !st.ignore.is_empty() && st.ignore.is_ignored(&r.path, r.kind == Kind::Dir) {
+                continue;
+            }
             let local = st.index.entries.get(&r.path);
             match decide(local, &r) {
                 Decision::Keep => {

@@ -478,11 +478,11 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
                 }
             }
         };
-        if !matches!(job.src, Src::Have) {
-            if let Err(e) = p.tmp.write_all_at(&data, off) {
-                fail(link, p, format!("writing {}: {e}", p.tmp_path.display()));
-                continue;
-            }
+        if !matches!(job.src, Src::Have)
+            && let Err(e) = p.tmp.write_all_at(&data, off)
+        {
+            fail(link, p, format!("writing {}: {e}", p.tmp_path.display()));
+            continue;
         }
         p.whole.update(&data);
         p.done += data.len() as u64;

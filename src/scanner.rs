@@ -3,6 +3,7 @@
 
 use crate::error::{Context, Error, Result};
 use crate::hash;
+use crate::ignore::{self, Ignore};
 use crate::index::{Entry, Kind, Stat, block_size_for};
 use crate::model::Model;
 use crate::names;
@@ -40,6 +41,7 @@ pub fn scan(
     // A missing state directory means the folder is not the one the index describes (an
     // unmounted disk, say): never infer deletions from it.
     fs::metadata(root.join(names::STATE_DIR)).at(root.join(names::STATE_DIR))?;
+    let ignore = load_ignore(model);
     let mut out = Scan::default();
     let mut failed: Vec<String> = Vec::new();
     let mut candidates = Vec::new();
@@ -86,6 +88,13 @@ pub fn scan(
         for (path, md) in children {
             let stat = Stat::of(&md);
             let cur = st.index.entries.get_mut(&path);
+            if !ignore.is_empty() && ignore.is_ignored(&path, md.is_dir()) {
+                // Ignored: neither sent nor deleted; what the index had stays as it was.
+                if let Some(e) = cur {
+                    e.scan_gen = generation;
+                }
+                continue;
+            }
             if md.is_dir() {
                 match cur {
                     Some(e) if e.kind == Kind::Dir && !e.deleted => e.scan_gen = generation,
@@ -169,6 +178,7 @@ pub fn scan(
         .entries
         .values()
         .filter(|e| !e.deleted && e.scan_gen != generation)
+        .filter(|e| ignore.is_empty() || !ignore.is_ignored(&e.path, e.kind == Kind::Dir))
         .filter(|e| {
             !failed
                 .iter()
@@ -199,6 +209,39 @@ pub fn scan(
     }
     st.scanned = true;
     Ok(out)
+}
+
+/// Reads `.leftignore` at the top of the share when it changed, and returns the patterns in
+/// force (also kept in the model, where incoming entries are checked against them).
+fn load_ignore(model: &Model) -> Ignore {
+    let path = model.root.join(ignore::FILE_NAME);
+    let text = match fs::metadata(&path) {
+        Ok(md) if md.is_file() && md.len() <= 1 << 20 => {
+            fs::read_to_string(&path).unwrap_or_default()
+        }
+        Ok(_) => {
+            warn!("{}: not a text file under 1 MiB; ignored", path.display());
+            String::new()
+        }
+        Err(_) => String::new(),
+    };
+    let mut g = model.lock();
+    if g.ignore_text != text {
+        let ig = Ignore::parse(&text);
+        if ig.skipped() > 0 {
+            warn!(
+                "{}: {} lines can never match and were skipped",
+                path.display(),
+                ig.skipped()
+            );
+        }
+        if !text.is_empty() {
+            info!("{}: {} patterns in force", path.display(), ig.len());
+        }
+        g.ignore = ig;
+        g.ignore_text = text;
+    }
+    g.ignore.clone()
 }
 
 fn now_secs() -> i64 {
