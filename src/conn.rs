@@ -4,7 +4,8 @@
 
 use crate::auth::{self, Sealer};
 use crate::error::{Context, Error, Result};
-use crate::hash::{md5, short_id};
+use crate::hash::short_id;
+use crate::index::Stat;
 use crate::model::{Model, Out, Peer};
 use crate::puller::{self, Link, O_NOFOLLOW};
 use crate::wire::{self, Enc, Hello, MAGIC, Msg, PROTOCOL_VERSION, Request, Response, Status};
@@ -419,20 +420,23 @@ fn serve(
         status,
         data: Vec::new(),
     };
-    let ok = {
+    // The block must be one the index holds with this hash; the file's stat must still be the
+    // one it was hashed with, so what is read is what was hashed (the receiver checks anyway).
+    let stat = {
         let g = model.lock();
-        g.index.entries.get(&req.path).is_some_and(|e| {
-            e.is_file()
-                && req.len <= e.block_size
-                && req
-                    .offset
-                    .checked_add(req.len as u64)
-                    .is_some_and(|end| end <= e.size)
+        g.index.entries.get(&req.path).and_then(|e| {
+            let bs = e.block_size as u64;
+            let i = (req.offset / bs) as usize;
+            let fits = e.is_file()
+                && req.offset % bs == 0
+                && e.blocks.get(i) == Some(&req.hash)
+                && e.block_range(i).1 == req.len as usize;
+            fits.then_some(e.stat)
         })
     };
-    if !ok {
+    let Some(stat) = stat else {
         return fail(Status::Changed);
-    }
+    };
     if open.as_ref().is_none_or(|(p, _)| *p != req.path) {
         *open = None;
         if crate::names::check_ancestors(&model.root, &req.path).is_err() {
@@ -451,7 +455,8 @@ fn serve(
         return fail(Status::Failed);
     };
     buf.resize(req.len as usize, 0);
-    if f.read_exact_at(buf, req.offset).is_err() || md5(buf) != req.hash {
+    let same = f.metadata().is_ok_and(|m| Stat::of(&m) == stat);
+    if !same || f.read_exact_at(buf, req.offset).is_err() {
         *open = None;
         return fail(Status::Changed);
     }

@@ -16,7 +16,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Bytes of block data in flight per connection: keeps a fast link full, memory small.
@@ -225,7 +225,6 @@ struct Pull {
     e: Entry,
     tmp_path: PathBuf,
     tmp: File,
-    whole: Md5,
     failed: bool,
     t0: Instant,
     wire: u64,
@@ -358,7 +357,6 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
             e,
             tmp_path,
             tmp,
-            whole: Md5::new(),
             failed: false,
             t0: Instant::now(),
             wire: 0,
@@ -368,7 +366,7 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
     }
     // Empty files have no blocks: finish them now.
     for p in pulls.iter_mut().filter(|p| p.e.blocks.is_empty()) {
-        let r = finish_file(link, p);
+        let r = finish_file(link, p, md5(b""));
         finish_need(link, &p.e, r);
     }
 
@@ -386,116 +384,152 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
     let mut local_file: Option<(String, File)> = None;
     let mut last_progress = Instant::now();
     let mut last_log = Instant::now();
-    for ji in 0..jobs.len() {
-        while sent < remote.len() && in_flight < WINDOW_BYTES {
-            let j = &jobs[remote[sent]];
-            sent += 1;
-            let p = &pulls[j.file];
+    std::thread::scope(|scope| -> Result<()> {
+        // The whole-file MD5 runs on a second core; blocks go to it in order, tagged by file.
+        let (to_hasher, hasher_rx) = mpsc::sync_channel::<(usize, Option<Vec<u8>>)>(8);
+        let (digest_tx, digests) = mpsc::channel::<Hash>();
+        let (spare_tx, spare) = mpsc::channel::<Vec<u8>>();
+        scope.spawn(move || {
+            let mut cur: Option<(usize, Md5)> = None;
+            for (fi, data) in hasher_rx {
+                let h = match &mut cur {
+                    Some((f, h)) if *f == fi => h,
+                    _ => &mut cur.insert((fi, Md5::new())).1,
+                };
+                match data {
+                    Some(d) => {
+                        h.update(&d);
+                        let _ = spare_tx.send(d);
+                    }
+                    None => {
+                        let h = cur
+                            .take()
+                            .map_or_else(|| Md5::new().finalize(), |(_, h)| h.finalize());
+                        let _ = digest_tx.send(h.into());
+                    }
+                }
+            }
+        });
+        for ji in 0..jobs.len() {
+            while sent < remote.len() && in_flight < WINDOW_BYTES {
+                let j = &jobs[remote[sent]];
+                sent += 1;
+                let p = &pulls[j.file];
+                if p.failed {
+                    continue;
+                }
+                let id = request(link, next_id, &p.e, j.block)?;
+                ids.insert(remote[sent - 1], id);
+                in_flight += p.e.block_range(j.block).1 as u64;
+            }
+            let job = &jobs[ji];
+            let p = &mut pulls[job.file];
             if p.failed {
+                if let Some(id) = ids.get(&ji) {
+                    // Still comes back: take it off the wire and drop it.
+                    let r = wait_for(link, &mut stash, *id)?;
+                    in_flight -= r.data.len().min(in_flight as usize) as u64;
+                }
                 continue;
             }
-            let id = request(link, next_id, &p.e, j.block)?;
-            ids.insert(remote[sent - 1], id);
-            in_flight += p.e.block_range(j.block).1 as u64;
-        }
-        let job = &jobs[ji];
-        let p = &mut pulls[job.file];
-        if p.failed {
-            if let Some(id) = ids.get(&ji) {
-                // Still comes back: take it off the wire and drop it.
-                let r = wait_for(link, &mut stash, *id)?;
-                in_flight -= r.data.len().min(in_flight as usize) as u64;
-            }
-            continue;
-        }
-        let want = p.e.blocks[job.block];
-        let (off, len) = p.e.block_range(job.block);
-        let mut data = None;
-        match &job.src {
-            Src::Have => {
-                read_at(&p.tmp, &mut buf, off, len).at(&p.tmp_path)?;
-                data = Some(std::mem::take(&mut buf));
-            }
-            Src::Same(o) => {
-                if read_at(&p.tmp, &mut buf, *o, len).is_ok() && md5(&buf) == want {
-                    p.reused += len as u64;
+            let want = p.e.blocks[job.block];
+            let (off, len) = p.e.block_range(job.block);
+            let mut data = None;
+            match &job.src {
+                Src::Have => {
+                    read_at(&p.tmp, &mut buf, off, len).at(&p.tmp_path)?;
                     data = Some(std::mem::take(&mut buf));
                 }
-            }
-            Src::Local(path, o) => {
-                if local_file.as_ref().is_none_or(|(p, _)| p != path)
-                    && let Ok(f) = OpenOptions::new()
-                        .read(true)
-                        .custom_flags(O_NOFOLLOW)
-                        .open(abs(root, path))
-                {
-                    local_file = Some((path.clone(), f));
-                }
-                if let Some((lp, f)) = &local_file
-                    && lp == path
-                    && read_at(f, &mut buf, *o, len).is_ok()
-                    && md5(&buf) == want
-                {
-                    p.reused += len as u64;
-                    data = Some(std::mem::take(&mut buf));
-                }
-            }
-            Src::Remote => {}
-        }
-        let data = match data {
-            Some(d) => d,
-            None => {
-                // From the peer: in flight already, or asked for now (a local copy went stale).
-                let id = match ids.get(&ji) {
-                    Some(id) => *id,
-                    None => request(link, next_id, &p.e, job.block)?,
-                };
-                let r = wait_for(link, &mut stash, id)?;
-                if ids.contains_key(&ji) {
-                    in_flight -= (len as u64).min(in_flight);
-                }
-                p.wire += r.data.len() as u64;
-                RECEIVED.fetch_add(r.data.len() as u64, Ordering::Relaxed);
-                match r.status {
-                    Status::Ok if r.data.len() == len && md5(&r.data) == want => r.data,
-                    Status::Ok => {
-                        fail(
-                            link,
-                            p,
-                            format!("block {} from the peer does not match its MD5", job.block),
-                        );
-                        continue;
-                    }
-                    _ => {
-                        fail(
-                            link,
-                            p,
-                            "changed on the peer while being sent; waiting for its new version"
-                                .into(),
-                        );
-                        continue;
+                Src::Same(o) => {
+                    if read_at(&p.tmp, &mut buf, *o, len).is_ok() && md5(&buf) == want {
+                        p.reused += len as u64;
+                        data = Some(std::mem::take(&mut buf));
                     }
                 }
+                Src::Local(path, o) => {
+                    if local_file.as_ref().is_none_or(|(p, _)| p != path)
+                        && let Ok(f) = OpenOptions::new()
+                            .read(true)
+                            .custom_flags(O_NOFOLLOW)
+                            .open(abs(root, path))
+                    {
+                        local_file = Some((path.clone(), f));
+                    }
+                    if let Some((lp, f)) = &local_file
+                        && lp == path
+                        && read_at(f, &mut buf, *o, len).is_ok()
+                        && md5(&buf) == want
+                    {
+                        p.reused += len as u64;
+                        data = Some(std::mem::take(&mut buf));
+                    }
+                }
+                Src::Remote => {}
             }
-        };
-        if !matches!(job.src, Src::Have)
-            && let Err(e) = p.tmp.write_all_at(&data, off)
-        {
-            fail(link, p, format!("writing {}: {e}", p.tmp_path.display()));
-            continue;
+            let data = match data {
+                Some(d) => d,
+                None => {
+                    // From the peer: in flight already, or asked for now (a local copy went stale).
+                    let id = match ids.get(&ji) {
+                        Some(id) => *id,
+                        None => request(link, next_id, &p.e, job.block)?,
+                    };
+                    let r = wait_for(link, &mut stash, id)?;
+                    if ids.contains_key(&ji) {
+                        in_flight -= (len as u64).min(in_flight);
+                    }
+                    p.wire += r.data.len() as u64;
+                    RECEIVED.fetch_add(r.data.len() as u64, Ordering::Relaxed);
+                    match r.status {
+                        Status::Ok if r.data.len() == len && md5(&r.data) == want => r.data,
+                        Status::Ok => {
+                            fail(
+                                link,
+                                p,
+                                format!("block {} from the peer does not match its MD5", job.block),
+                            );
+                            continue;
+                        }
+                        _ => {
+                            fail(
+                                link,
+                                p,
+                                "changed on the peer while being sent; waiting for its new version"
+                                    .into(),
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            if !matches!(job.src, Src::Have)
+                && let Err(e) = p.tmp.write_all_at(&data, off)
+            {
+                fail(link, p, format!("writing {}: {e}", p.tmp_path.display()));
+                continue;
+            }
+            p.done += data.len() as u64;
+            to_hasher
+                .send((job.file, Some(data)))
+                .map_err(|_| Error::msg("hash thread ended"))?;
+            buf = spare.try_recv().unwrap_or_default();
+            if p.e.size >= PROGRESS_MIN && last_progress.elapsed() >= Duration::from_millis(200) {
+                last_progress = Instant::now();
+                progress(link, p, &mut last_log);
+            }
+            if job.block + 1 == p.e.blocks.len() {
+                to_hasher
+                    .send((job.file, None))
+                    .map_err(|_| Error::msg("hash thread ended"))?;
+                let digest = digests
+                    .recv()
+                    .map_err(|_| Error::msg("hash thread ended"))?;
+                let r = finish_file(link, p, digest);
+                finish_need(link, &p.e, r);
+            }
         }
-        p.whole.update(&data);
-        p.done += data.len() as u64;
-        buf = data;
-        if p.e.size >= PROGRESS_MIN && last_progress.elapsed() >= Duration::from_millis(200) {
-            last_progress = Instant::now();
-            progress(link, p, &mut last_log);
-        }
-        if job.block + 1 == p.e.blocks.len() {
-            let r = finish_file(link, p);
-            finish_need(link, &p.e, r);
-        }
-    }
+        Ok(())
+    })?;
     REUSED.fetch_add(pulls.iter().map(|p| p.reused).sum(), Ordering::Relaxed);
     Ok(())
 }
@@ -551,8 +585,7 @@ pub const O_NOFOLLOW: i32 = 0o400000;
 pub const O_NOFOLLOW: i32 = 0o100000;
 
 /// Verifies the whole file, makes it durable, and installs it under its real name.
-fn finish_file(link: &Link<'_>, p: &mut Pull) -> Result<()> {
-    let digest: Hash = std::mem::take(&mut p.whole).finalize().into();
+fn finish_file(link: &Link<'_>, p: &mut Pull, digest: Hash) -> Result<()> {
     if digest != p.e.md5 {
         let _ = fs::remove_file(&p.tmp_path);
         return Err(
