@@ -428,7 +428,7 @@ fn serve(
             let bs = e.block_size as u64;
             let i = (req.offset / bs) as usize;
             let fits = e.is_file()
-                && req.offset % bs == 0
+                && req.offset.is_multiple_of(bs)
                 && e.blocks.get(i) == Some(&req.hash)
                 && e.block_range(i).1 == req.len as usize;
             fits.then_some(e.stat)

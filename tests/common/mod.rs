@@ -142,9 +142,16 @@ pub struct Peer {
 impl Peer {
     /// Starts `left --dir T/NAME --port PORT 127.0.0.1:P...`, stderr to a log under T/logs.
     pub fn start(t: &TestDir, name: &str, port: u16, peers: &[u16]) -> Peer {
+        Peer::start_with(t, name, port, peers, &[])
+    }
+
+    /// As [`Peer::start`], with extra options before the peers.
+    pub fn start_with(t: &TestDir, name: &str, port: u16, peers: &[u16], extra: &[&str]) -> Peer {
         let dir = t.join(name);
         let log = new_log(t, name);
-        let child = spawn(&peer_args(&dir, port, peers), &log);
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.extend(peer_args(&dir, port, peers));
+        let child = spawn(&args, &log);
         let mut p = Peer {
             name: name.to_string(),
             dir,
@@ -182,6 +189,32 @@ impl Peer {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The process id (for sending signals).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit; returns its status (None: still
+    /// running, killed with -9 afterwards).
+    pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -TERM failed");
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(st) = c.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
     }
 
     /// kill -9, and reap.
