@@ -47,11 +47,33 @@ impl TestDir {
 impl Drop for TestDir {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("test folder kept for inspection: {}", self.path.display());
+            // Keep logs and small files; big test data would fill /tmp over repeated failures.
+            let removed = remove_big_files(&self.path, 8 << 20);
+            eprintln!(
+                "test folder kept for inspection: {} ({removed} files over 8 MiB removed)",
+                self.path.display()
+            );
         } else {
             let _ = fs::remove_dir_all(&self.path);
         }
     }
+}
+
+/// Removes files larger than `limit` under `dir`; returns how many.
+fn remove_big_files(dir: &Path, limit: u64) -> usize {
+    let mut n = 0;
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    for ent in rd.flatten() {
+        let Ok(md) = fs::symlink_metadata(ent.path()) else {
+            continue;
+        };
+        if md.is_dir() {
+            n += remove_big_files(&ent.path(), limit);
+        } else if md.len() > limit && fs::remove_file(ent.path()).is_ok() {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// A TCP port free right now on 127.0.0.1, never handed out twice in this process.
