@@ -759,3 +759,144 @@ fn three_peers_in_a_line() {
     wait_identical(&a.dir, &b.dir, SOON);
     wait_identical(&b.dir, &c.dir, SOON);
 }
+
+/// A file replaced by a folder of the same name, and a folder by a file.
+#[test]
+fn type_changes_converge() {
+    let t = TestDir::new("types");
+    let (a, b) = pair(&t);
+    fs::write(a.path("x"), b"x was a file").unwrap();
+    fs::create_dir_all(a.path("y/inner")).unwrap();
+    fs::write(a.path("y/inner/f"), b"in y").unwrap();
+    wait_identical(&a.dir, &b.dir, SOON);
+    assert!(b.path("y/inner/f").is_file());
+
+    fs::remove_file(a.path("x")).unwrap();
+    fs::create_dir_all(a.path("x")).unwrap();
+    fs::write(a.path("x/now-inside"), b"x is a folder").unwrap();
+    fs::remove_dir_all(a.path("y")).unwrap();
+    fs::write(a.path("y"), b"y is a file now").unwrap();
+    wait_identical(&a.dir, &b.dir, SOON);
+    assert_eq!(fs::read(b.path("x/now-inside")).unwrap(), b"x is a folder");
+    assert_eq!(fs::read(b.path("y")).unwrap(), b"y is a file now");
+}
+
+/// Thousands of small files in many folders (the index crosses several frames).
+#[test]
+fn many_small_files() {
+    let t = TestDir::new("many");
+    let (a, b) = pair(&t);
+    let staging = t.join("staging/tree");
+    for d in 0..40 {
+        let dir = staging.join(format!("dir{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..75 {
+            let name = format!("file-{f:03}-with-a-longish-name-to-fill-index-frames.txt");
+            fs::write(dir.join(name), format!("{d}/{f}\n").repeat(1 + f % 7)).unwrap();
+        }
+    }
+    // Moved in at once.
+    fs::rename(&staging, a.path("tree")).unwrap();
+    wait_identical(&a.dir, &b.dir, LONG);
+    assert_eq!(
+        listing(&b.dir).unwrap().iter().filter(|x| x.1.is_some()).count(),
+        40 * 75
+    );
+}
+
+/// Repeated data (a file of zeros, a block repeated) is copied locally, not sent again.
+#[test]
+fn repeated_blocks_cross_the_wire_once() {
+    let t = TestDir::new("zeros");
+    let (a, b) = pair(&t);
+    let size = 16 * MIB as usize;
+    put_file(&t.join("staging"), &a.path("zeros.img"), &vec![0u8; size]);
+    let ok = wait_until(SOON, || {
+        fs::metadata(b.path("zeros.img")).is_ok_and(|m| m.len() == size as u64)
+    });
+    assert!(ok, "zeros.img did not arrive");
+    assert!(fs::read(b.path("zeros.img")).unwrap().iter().all(|&x| x == 0));
+    let rb = received(&b.log_text());
+    let r = received_of(&rb, "zeros.img");
+    assert_eq!(r.len(), 1, "{rb:?}");
+    assert!(
+        r[0].wire <= 2 * 65536 && r[0].wire + r[0].reused == size as u64,
+        "16 MiB of zeros: {r:?}"
+    );
+}
+
+/// Names that are unusual but valid: non-ASCII, spaces, shell characters, a name of 250
+/// bytes (whose temp name would pass 255 bytes), a leading dash.
+#[test]
+fn unusual_names() {
+    let t = TestDir::new("names");
+    let (a, b) = pair(&t);
+    let long = "L".repeat(250);
+    let names = [
+        "ünïcødé/日本語 ファイル.txt".to_string(),
+        "spaces in/a name with  two spaces ".to_string(),
+        "shell $chars & (parens) [brackets] 'quotes' \"dq\" #hash;semi".to_string(),
+        "-leading-dash".to_string(),
+        format!("deep/{long}"),
+        "dots.../...x".to_string(),
+    ];
+    for (i, n) in names.iter().enumerate() {
+        let p = a.path(n);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, random_bytes(500 + i as u64, 70_000 + i)).unwrap();
+    }
+    wait_identical(&a.dir, &b.dir, SOON);
+    for (i, n) in names.iter().enumerate() {
+        assert_eq!(
+            fs::read(b.path(n)).unwrap(),
+            random_bytes(500 + i as u64, 70_000 + i),
+            "{n}"
+        );
+    }
+}
+
+/// Symlinks are neither synced nor followed.
+#[test]
+fn symlinks_are_not_synced() {
+    let t = TestDir::new("symlinks");
+    let (a, b) = pair(&t);
+    let outside = t.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("private"), b"outside the share").unwrap();
+    std::os::unix::fs::symlink(&outside, a.path("link-to-dir")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", a.path("link-to-file")).unwrap();
+    fs::write(a.path("marker"), b"m").unwrap();
+    wait_content(&b, "marker", b"m", SOON);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(fs::symlink_metadata(b.path("link-to-dir")).is_err());
+    assert!(fs::symlink_metadata(b.path("link-to-file")).is_err());
+    assert!(!b.path("private").exists());
+    assert_eq!(listing(&b.dir).unwrap(), vec![("marker".to_string(), Some(1))]);
+}
+
+/// Deleted on one side and edited on the other while apart: the edit wins on both.
+#[test]
+fn edit_beats_concurrent_delete() {
+    let t = TestDir::new("edit-delete");
+    let (pa, pb) = two_ports();
+    {
+        let a = Peer::start(&t, "A", pa, &[pb]);
+        let b = Peer::start(&t, "B", pb, &[pa]);
+        fs::write(a.path("f.txt"), b"base").unwrap();
+        fs::create_dir_all(a.path("d")).unwrap();
+        fs::write(a.path("d/g.txt"), b"base g").unwrap();
+        wait_identical(&a.dir, &b.dir, SOON);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    fs::remove_file(t.join("A/f.txt")).unwrap();
+    fs::write(t.join("B/f.txt"), b"edited while A deleted it").unwrap();
+    fs::remove_dir_all(t.join("B/d")).unwrap();
+    fs::write(t.join("A/d/g.txt"), b"g edited while B deleted d").unwrap();
+
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_content(&a, "f.txt", b"edited while A deleted it", SOON);
+    wait_content(&b, "d/g.txt", b"g edited while B deleted d", SOON);
+    wait_identical(&a.dir, &b.dir, SOON);
+    assert_eq!(fs::read(b.path("f.txt")).unwrap(), b"edited while A deleted it");
+}
