@@ -45,3 +45,10 @@ vm-test: tcz-all ## two qemu VMs install left.tcz, start it from bootlocal.sh an
 
 tinycore-deps: ## as root: apt packages and rustup targets for the targets above
 	bash tinycore/ci-deps.sh
+
+# ---- Benchmark: the paper's test plan against rsync and syncthing (issue 6) ----
+.PHONY: bench
+
+bench: build ## as root: paper's tests in 2 netns vs rsync (SIZE_MB=500 RATE=100mbit SCALE_FILES=0 ...)
+	SIZE_MB=$(SIZE_MB) RATE=$(RATE) SCALE_FILES=$(SCALE_FILES) IDLE_SECS=$(IDLE_SECS) \
+	SYNCTHING=$(SYNCTHING) STEPS=$(STEPS) bash tests/bench/bench.sh
