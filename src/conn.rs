@@ -244,6 +244,16 @@ fn register(model: &Model, id: u64, peer: Peer) -> Result<()> {
         let _ = old.stream.shutdown(Shutdown::Both);
         g.peers.remove(&old_id);
     }
+    // Whichever side dialed, the configured peer at this address is now up.
+    for d in g
+        .dialers
+        .values_mut()
+        .filter(|d| d.addrs.contains(&peer.listen))
+    {
+        d.device = Some(peer.device);
+        d.down_since = None;
+        d.last_error = None;
+    }
     g.peers.insert(id, peer);
     model.changed.notify_all();
     Ok(())
@@ -251,7 +261,20 @@ fn register(model: &Model, id: u64, peer: Peer) -> Result<()> {
 
 fn unregister(model: &Model, id: u64) {
     let mut g = model.lock();
-    g.peers.remove(&id);
+    let seq = g.index.seq;
+    if let Some(p) = g.peers.remove(&id) {
+        if p.in_sync(seq) {
+            g.synced.insert(p.device, seq);
+        }
+        let still = g.peers.values().any(|q| q.device == p.device);
+        for d in g
+            .dialers
+            .values_mut()
+            .filter(|d| d.device == Some(p.device) && !still)
+        {
+            d.down_since.get_or_insert_with(Instant::now);
+        }
+    }
     model.changed.notify_all();
 }
 
@@ -336,8 +359,13 @@ fn write_loop(
     let mut sent_seq = 0u64;
     let mut open: Option<(String, File)> = None;
     let mut buf = Vec::new();
+    // IndexDone waits for our first scan: before it, our index may lack what is on disk.
+    let mut done_sent = false;
     sent_seq = announce(model, &mut w, sent_seq)?;
-    w.send(wire::encode(&Msg::IndexDone { seq: sent_seq }))?;
+    if model.lock().scanned {
+        w.send(wire::encode(&Msg::IndexDone { seq: sent_seq }))?;
+        done_sent = true;
+    }
     w.flush()?;
     loop {
         let job = match rx.recv_timeout(PING_EVERY) {
@@ -349,7 +377,17 @@ fn write_loop(
         while let Some(job) = next {
             match job {
                 Out::Frame(f) => w.send(f)?,
-                Out::Announce => sent_seq = announce(model, &mut w, sent_seq)?,
+                Out::Announce => {
+                    sent_seq = announce(model, &mut w, sent_seq)?;
+                    if !done_sent && model.lock().scanned {
+                        w.send(wire::encode(&Msg::IndexDone { seq: sent_seq }))?;
+                        done_sent = true;
+                    }
+                }
+                Out::Flush(ack) => {
+                    w.flush()?;
+                    let _ = ack.send(());
+                }
                 Out::Serve(req) => {
                     let resp = serve(model, &req, &mut open, &mut buf);
                     pending.fetch_sub(1, Ordering::AcqRel);

@@ -6,16 +6,15 @@ use crate::conn;
 use crate::error::{Context, Error, Result};
 use crate::hash::short_id;
 use crate::index::Index;
-use crate::model::Model;
+use crate::model::{DialInfo, Model, Out};
 use crate::names::STATE_DIR;
 use crate::{scanner, signal, status};
-use std::collections::HashSet;
 use std::fs;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const SCAN_EVERY: Duration = Duration::from_millis(300);
@@ -102,8 +101,13 @@ pub fn run(opts: &Options) -> Result<i32> {
     signal::install();
     {
         let mut g = model.lock();
+        let now = Instant::now();
         for p in &opts.peers {
-            g.dialers.insert(p.to_string(), Default::default());
+            let d = DialInfo {
+                down_since: Some(now),
+                ..Default::default()
+            };
+            g.dialers.insert(p.to_string(), d);
         }
     }
     let listener = TcpListener::bind(("::", opts.port))
@@ -120,22 +124,19 @@ pub fn run(opts: &Options) -> Result<i32> {
         short_id(device)
     );
 
-    let reached: Arc<Vec<AtomicBool>> =
-        Arc::new(opts.peers.iter().map(|_| AtomicBool::new(false)).collect());
     {
         let (m, o) = (model.clone(), opts.clone());
         std::thread::spawn(move || accept_loop(&m, &o, listener));
     }
-    for (i, peer) in opts.peers.iter().enumerate() {
-        let (m, p, r) = (model.clone(), peer.clone(), reached.clone());
-        std::thread::spawn(move || dial_loop(&m, &p, &r[i]));
+    for peer in &opts.peers {
+        let (m, p) = (model.clone(), peer.clone());
+        std::thread::spawn(move || dial_loop(&m, &p));
     }
     {
         let m = model.clone();
         std::thread::spawn(move || scan_loop(&m));
     }
 
-    let start = Instant::now();
     let mut last_save = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(100));
@@ -154,8 +155,9 @@ pub fn run(opts: &Options) -> Result<i32> {
         if !opts.once {
             continue;
         }
-        if once_done(&model, opts.peers.len()) {
+        if once_done(&model) {
             save(&model);
+            flush_all(&model);
             info!(
                 "in sync with every peer; file data received {} bytes, sent {} bytes, reused locally {} bytes",
                 crate::puller::RECEIVED.load(Ordering::Relaxed),
@@ -164,36 +166,68 @@ pub fn run(opts: &Options) -> Result<i32> {
             );
             return Ok(0);
         }
-        if start.elapsed() > opts.timeout {
-            let missing: Vec<String> = opts
-                .peers
+        let down: Vec<String> = {
+            let g = model.lock();
+            g.dialers
                 .iter()
-                .zip(reached.iter())
-                .filter(|(_, r)| !r.load(Ordering::Relaxed))
-                .map(|(p, _)| p.to_string())
-                .collect();
-            if !missing.is_empty() {
-                save(&model);
-                warn!(
-                    "peer unreachable for {} s: {}",
-                    opts.timeout.as_secs(),
-                    missing.join(", ")
-                );
-                return Ok(1);
-            }
+                .filter(|(_, d)| d.down_since.is_some_and(|t| t.elapsed() > opts.timeout))
+                .map(|(p, d)| match &d.last_error {
+                    Some(e) => format!("{p} ({e})"),
+                    None => p.clone(),
+                })
+                .collect()
+        };
+        if !down.is_empty() {
+            save(&model);
+            warn!(
+                "peer unreachable for {} s: {}",
+                opts.timeout.as_secs(),
+                down.join(", ")
+            );
+            return Ok(1);
         }
     }
 }
 
-/// Every configured peer is connected and in sync both ways, and our own scan is done.
-fn once_done(model: &Model, n_peers: usize) -> bool {
-    let g = model.lock();
+/// Makes sure every peer got what we queued for it (our InSync above all) before exiting.
+fn flush_all(model: &Model) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let n = {
+        let g = model.lock();
+        g.peers
+            .values()
+            .filter(|p| p.out.send(Out::Flush(tx.clone())).is_ok())
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for _ in 0..n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+}
+
+/// Our scan is done, nothing is being pulled, every connected peer is in sync both ways, and
+/// every configured peer was seen in sync at our current sequence number (it may have left since:
+/// two `--once` runs against each other finish one after the other).
+fn once_done(model: &Model) -> bool {
+    let mut g = model.lock();
     if !g.scanned || !g.busy.is_empty() {
         return false;
     }
     let seq = g.index.seq;
-    let devices: HashSet<u64> = g.peers.values().map(|p| p.device).collect();
-    devices.len() >= n_peers && g.peers.values().all(|p| p.in_sync(seq))
+    let st = &mut *g;
+    for p in st.peers.values() {
+        if !p.in_sync(seq) || p.sent_in_sync != Some(p.remote_seq) {
+            return false;
+        }
+        st.synced.insert(p.device, seq);
+    }
+    st.dialers.values().all(|d| {
+        d.device
+            .is_some_and(|dev| st.synced.get(&dev) == Some(&seq))
+    })
 }
 
 /// Whether a connection from `ip` may proceed: one of the peers' addresses (names resolved
@@ -246,7 +280,7 @@ fn serve_connection(model: &Arc<Model>, mut stream: TcpStream, dialed: bool) -> 
 }
 
 /// Keeps a connection to one peer, retrying quietly with backoff while it is unreachable.
-fn dial_loop(model: &Arc<Model>, peer: &PeerAddr, reached: &AtomicBool) {
+fn dial_loop(model: &Arc<Model>, peer: &PeerAddr) {
     static QUIET: AtomicU64 = AtomicU64::new(0);
     let mut backoff = Duration::from_millis(250);
     let mut known: Option<u64> = None;
@@ -261,12 +295,15 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr, reached: &AtomicBool) {
                 .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
                 .collect(),
             Err(e) => {
-                set_dial(model, peer, None, Some(e.to_string()));
+                set_dial(model, peer, None, Some(e.to_string()), false);
                 Vec::new()
             }
         };
         let connected = {
-            let g = model.lock();
+            let mut g = model.lock();
+            if let Some(d) = g.dialers.get_mut(&peer.to_string()) {
+                d.addrs = addrs.clone();
+            }
             g.peers
                 .values()
                 .any(|p| addrs.contains(&p.listen) || known == Some(p.device))
@@ -296,22 +333,21 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr, reached: &AtomicBool) {
                 Ok(hs) => {
                     let dev = hs.device;
                     known = Some(dev);
-                    set_dial(model, peer, Some(dev), None);
-                    reached.store(true, Ordering::Relaxed);
+                    set_dial(model, peer, Some(dev), None, true);
                     failures = 0;
                     backoff = Duration::from_millis(250);
                     if let Err(e) = conn::run(model, s, hs, true) {
                         info!("connection to {peer} ended: {e}");
-                        set_dial(model, peer, Some(dev), Some(e.to_string()));
+                        set_dial(model, peer, Some(dev), Some(e.to_string()), false);
                     }
                 }
                 Err(e) => {
                     info!("handshake with {peer} failed: {e}");
-                    set_dial(model, peer, None, Some(e.to_string()));
+                    set_dial(model, peer, None, Some(e.to_string()), false);
                 }
             },
             Err(e) => {
-                set_dial(model, peer, None, Some(e.to_string()));
+                set_dial(model, peer, None, Some(e.to_string()), false);
                 failures += 1;
                 // Quiet while a peer is still booting: the first failure, then one a minute.
                 if failures == 1 || failures.is_multiple_of(60) {
@@ -325,13 +361,19 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr, reached: &AtomicBool) {
     }
 }
 
-fn set_dial(model: &Model, peer: &PeerAddr, device: Option<u64>, err: Option<String>) {
+/// Records what a dialer learned: the peer's device, the last error, and whether it is up.
+fn set_dial(model: &Model, peer: &PeerAddr, device: Option<u64>, err: Option<String>, up: bool) {
     let mut g = model.lock();
     let d = g.dialers.entry(peer.to_string()).or_default();
     if device.is_some() {
         d.device = device;
     }
     d.last_error = err;
+    if up {
+        d.down_since = None;
+    } else if d.down_since.is_none() {
+        d.down_since = Some(Instant::now());
+    }
 }
 
 fn scan_loop(model: &Model) {

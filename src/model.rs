@@ -63,6 +63,8 @@ pub enum Out {
     Serve(Request),
     /// The index changed: announce what the peer has not seen.
     Announce,
+    /// Flush what is queued, then acknowledge.
+    Flush(Sender<()>),
 }
 
 /// One connected peer.
@@ -111,6 +113,10 @@ pub struct Progress {
 pub struct DialInfo {
     pub device: Option<u64>,
     pub last_error: Option<String>,
+    /// Since when the peer is not connected (None while it is).
+    pub down_since: Option<Instant>,
+    /// The peer's addresses, as last resolved.
+    pub addrs: Vec<SocketAddr>,
 }
 
 impl Peer {
@@ -134,6 +140,8 @@ pub struct State {
     pub dialers: BTreeMap<String, DialInfo>,
     /// The last error worth showing in status, and when.
     pub last_error: Option<(SystemTime, String)>,
+    /// Devices seen in sync with us, with our sequence number at that moment.
+    pub synced: BTreeMap<u64, u64>,
     /// Patterns from `.leftignore`: matching paths are neither sent, taken nor deleted.
     pub ignore: Ignore,
     /// The `.leftignore` text `ignore` was built from.
@@ -173,6 +181,7 @@ impl Model {
             shutdown: false,
             dialers: BTreeMap::new(),
             last_error: None,
+            synced: BTreeMap::new(),
             ignore: Ignore::default(),
             ignore_text: String::new(),
         };

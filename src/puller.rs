@@ -160,7 +160,7 @@ fn rename_if_moved(model: &Model, e: &Entry, deleted: &[&Entry]) {
     if e.size == 0 {
         return;
     }
-    let g = model.lock();
+    let mut g = model.lock();
     for t in deleted {
         let Some(old) = g.index.entries.get(&t.path) else {
             continue;
@@ -183,6 +183,10 @@ fn rename_if_moved(model: &Model, e: &Entry, deleted: &[&Entry]) {
         }
         if fs::rename(&from, &to).is_ok() {
             info!("renamed {} -> {}", t.path, e.path);
+            // The old name's deletion is applied now, so no scan mistakes it for a local one.
+            let mut gone = (*t).clone();
+            gone.stat = Stat::default();
+            g.put(gone);
             return;
         }
     }

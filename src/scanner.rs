@@ -207,7 +207,13 @@ pub fn scan(
         st.put(e);
         out.deleted += 1;
     }
-    st.scanned = true;
+    if !st.scanned {
+        st.scanned = true;
+        // Connections hold back IndexDone until now.
+        for p in st.peers.values() {
+            let _ = p.out.send(crate::model::Out::Announce);
+        }
+    }
     Ok(out)
 }
 

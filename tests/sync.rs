@@ -430,7 +430,7 @@ fn appended_while_syncing_ends_identical() {
         written.extend_from_slice(&chunk);
         i += 1;
         // Whatever B shows under the real name is a version A had: a prefix of what was written.
-        if i % 5 == 0
+        if i.is_multiple_of(5)
             && let Some(got) = read(&b.path("growing.log"))
         {
             snapshots += 1;
@@ -799,7 +799,11 @@ fn many_small_files() {
     fs::rename(&staging, a.path("tree")).unwrap();
     wait_identical(&a.dir, &b.dir, LONG);
     assert_eq!(
-        listing(&b.dir).unwrap().iter().filter(|x| x.1.is_some()).count(),
+        listing(&b.dir)
+            .unwrap()
+            .iter()
+            .filter(|x| x.1.is_some())
+            .count(),
         40 * 75
     );
 }
@@ -815,7 +819,12 @@ fn repeated_blocks_cross_the_wire_once() {
         fs::metadata(b.path("zeros.img")).is_ok_and(|m| m.len() == size as u64)
     });
     assert!(ok, "zeros.img did not arrive");
-    assert!(fs::read(b.path("zeros.img")).unwrap().iter().all(|&x| x == 0));
+    assert!(
+        fs::read(b.path("zeros.img"))
+            .unwrap()
+            .iter()
+            .all(|&x| x == 0)
+    );
     let rb = received(&b.log_text());
     let r = received_of(&rb, "zeros.img");
     assert_eq!(r.len(), 1, "{rb:?}");
@@ -871,7 +880,10 @@ fn symlinks_are_not_synced() {
     assert!(fs::symlink_metadata(b.path("link-to-dir")).is_err());
     assert!(fs::symlink_metadata(b.path("link-to-file")).is_err());
     assert!(!b.path("private").exists());
-    assert_eq!(listing(&b.dir).unwrap(), vec![("marker".to_string(), Some(1))]);
+    assert_eq!(
+        listing(&b.dir).unwrap(),
+        vec![("marker".to_string(), Some(1))]
+    );
 }
 
 /// Deleted on one side and edited on the other while apart: the edit wins on both.
@@ -898,5 +910,8 @@ fn edit_beats_concurrent_delete() {
     wait_content(&a, "f.txt", b"edited while A deleted it", SOON);
     wait_content(&b, "d/g.txt", b"g edited while B deleted d", SOON);
     wait_identical(&a.dir, &b.dir, SOON);
-    assert_eq!(fs::read(b.path("f.txt")).unwrap(), b"edited while A deleted it");
+    assert_eq!(
+        fs::read(b.path("f.txt")).unwrap(),
+        b"edited while A deleted it"
+    );
 }
