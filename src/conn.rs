@@ -288,6 +288,12 @@ fn read_loop(
     pending: &AtomicUsize,
 ) -> Result<()> {
     let mut r = BufReader::with_capacity(64 << 10, stream);
+    let queue = |job: Out| -> Result<()> {
+        if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PEER_REQUESTS {
+            return Err(Error::protocol("too many outstanding requests"));
+        }
+        out.send(job).map_err(|_| Error::msg("connection closing"))
+    };
     loop {
         let msg = match read_frame(&mut r, session.as_mut(), wire::MAX_FRAME) {
             Ok(m) => m,
@@ -307,13 +313,9 @@ fn read_loop(
                 }
                 model.changed.notify_all();
             }
-            Msg::Request(req) => {
-                if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PEER_REQUESTS {
-                    return Err(Error::protocol("too many outstanding requests"));
-                }
-                out.send(Out::Serve(req))
-                    .map_err(|_| Error::msg("connection closing"))?;
-            }
+            Msg::Request(req) => queue(Out::Serve(req))?,
+            Msg::SubHashes(req) => queue(Out::ServeSubs(req))?,
+            Msg::Ping => {}
             Msg::Response(resp) => {
                 let _ = responses.send(resp);
             }
@@ -324,7 +326,6 @@ fn read_loop(
                 }
                 model.changed.notify_all();
             }
-            Msg::Ping => {}
             Msg::Unknown(t) => debug!("skipped a frame of unknown type {t}"),
         }
     }
@@ -375,6 +376,7 @@ fn write_loop(
         };
         let mut next = Some(job);
         while let Some(job) = next {
+            let subs = matches!(job, Out::ServeSubs(_));
             match job {
                 Out::Frame(f) => w.send(f)?,
                 Out::Announce => {
@@ -388,8 +390,8 @@ fn write_loop(
                     w.flush()?;
                     let _ = ack.send(());
                 }
-                Out::Serve(req) => {
-                    let resp = serve(model, &req, &mut open, &mut buf);
+                Out::Serve(req) | Out::ServeSubs(req) => {
+                    let resp = serve(model, &req, subs, &mut open, &mut buf);
                     pending.fetch_sub(1, Ordering::AcqRel);
                     SENT.fetch_add(resp.data.len() as u64, Ordering::Relaxed);
                     w.send(wire::encode(&Msg::Response(resp)))?;
@@ -445,11 +447,14 @@ fn announce(model: &Model, w: &mut FrameWriter, sent: u64) -> Result<u64> {
     }
 }
 
-/// Answers a block request from our files: only live files of the index, never through a
-/// symlink, and only if the block still has the hash asked for.
+/// Answers a request from our files: only live files of the index, never through a symlink,
+/// and only while the file's stat is still the one it was hashed with (the receiver verifies
+/// every block anyway). A request names a block by its hash, or (with [`wire::ANY_HASH`]) any
+/// range of at most one block; with `subs`, the answer is the MD5 of each sub-block of the block.
 fn serve(
     model: &Model,
     req: &Request,
+    subs: bool,
     open: &mut Option<(String, File)>,
     buf: &mut Vec<u8>,
 ) -> Response {
@@ -458,18 +463,20 @@ fn serve(
         status,
         data: Vec::new(),
     };
-    // The block must be one the index holds with this hash; the file's stat must still be the
-    // one it was hashed with, so what is read is what was hashed (the receiver checks anyway).
     let stat = {
         let g = model.lock();
         g.index.entries.get(&req.path).and_then(|e| {
             let bs = e.block_size as u64;
-            let i = (req.offset / bs) as usize;
-            let fits = e.is_file()
-                && req.offset.is_multiple_of(bs)
-                && e.blocks.get(i) == Some(&req.hash)
-                && e.block_range(i).1 == req.len as usize;
-            fits.then_some(e.stat)
+            let end = req.offset.checked_add(req.len as u64)?;
+            let fits = if req.hash == wire::ANY_HASH && !subs {
+                req.len as u64 <= bs && end <= e.size
+            } else {
+                let i = (req.offset / bs) as usize;
+                req.offset.is_multiple_of(bs)
+                    && e.blocks.get(i) == Some(&req.hash)
+                    && e.block_range(i).1 == req.len as usize
+            };
+            (e.is_file() && fits).then_some(e.stat)
         })
     };
     let Some(stat) = stat else {
@@ -498,9 +505,16 @@ fn serve(
         *open = None;
         return fail(Status::Changed);
     }
+    let data = if subs {
+        buf.chunks(wire::SUB_BLOCK)
+            .flat_map(crate::hash::md5)
+            .collect()
+    } else {
+        std::mem::take(buf)
+    };
     Response {
         id: req.id,
         status: Status::Ok,
-        data: std::mem::take(buf),
+        data,
     }
 }

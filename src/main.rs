@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod conn;
 mod daemon;
+mod delta;
 mod error;
 mod hash;
 mod ignore;

@@ -61,6 +61,8 @@ pub enum Out {
     Frame(Vec<u8>),
     /// Serve a block request from the peer.
     Serve(Request),
+    /// Serve a sub-block hash request from the peer.
+    ServeSubs(Request),
     /// The index changed: announce what the peer has not seen.
     Announce,
     /// Flush what is queued, then acknowledge.

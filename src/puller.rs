@@ -3,12 +3,13 @@
 //! peer has with several requests in flight, verify every block's MD5 and the whole file's, fsync,
 //! set mode and mtime, and rename into place. Temp files stay for resume when anything fails.
 
+use crate::delta::Pipe;
 use crate::error::{Context, Error, Result};
 use crate::hash::{Hash, md5};
 use crate::index::{Entry, Kind, Stat};
 use crate::model::{Decision, Model, Out, Progress, decide};
 use crate::names;
-use crate::wire::{Msg, Request, Response, Status};
+use crate::wire::{Msg, Response, Status};
 use md5::{Digest, Md5};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -16,13 +17,11 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Bytes of block data in flight per connection: keeps a fast link full, memory small.
 const WINDOW_BYTES: u64 = 1 << 20;
-/// How long to wait for a block before the connection is given up.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Entries taken per batch.
 const BATCH_ENTRIES: usize = 256;
 /// Bytes of files taken per batch (one larger file still makes a batch of its own).
@@ -223,6 +222,8 @@ enum Src {
     Local(String, u64),
     /// Only the peer has it.
     Remote,
+    /// The peer has it and we hold an older version of the same range: delta transfer.
+    Delta,
 }
 
 struct Pull {
@@ -235,6 +236,11 @@ struct Pull {
     reused: u64,
     /// Bytes of the file verified so far.
     done: u64,
+    /// The local file holding the old version of this one, for delta transfer.
+    old: Option<PathBuf>,
+    /// Delta transfer pays off so far (turned off when most sub-blocks differ).
+    delta_on: bool,
+    delta_subs: (usize, usize),
 }
 
 /// Files at least this large show progress in status and, every few seconds, in the log.
@@ -335,6 +341,18 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
         };
         let tlen = tmp.metadata().map(|m| m.len()).unwrap_or(0);
         let fi = pulls.len();
+        // Our current version of this file, if unchanged on disk, is the base for deltas.
+        let old_size = {
+            let g = link.model.lock();
+            g.index
+                .entries
+                .get(&e.path)
+                .filter(|c| c.is_file() && c.size > 0)
+                .and_then(|c| {
+                    let md = fs::symlink_metadata(abs(root, &e.path)).ok()?;
+                    (md.is_file() && Stat::of(&md) == c.stat).then_some(c.size)
+                })
+        };
         let mut first: HashMap<Hash, u64> = HashMap::new();
         for (i, want) in e.blocks.iter().enumerate() {
             let (off, len) = e.block_range(i);
@@ -347,6 +365,8 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
                 Src::Same(*o)
             } else if let Some((p, o)) = sources.get(want) {
                 Src::Local(p.clone(), *o)
+            } else if old_size.is_some_and(|sz| off < sz) {
+                Src::Delta
             } else {
                 Src::Remote
             };
@@ -357,6 +377,7 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
                 src,
             });
         }
+        let old = old_size.map(|_| abs(root, &e.path));
         pulls.push(Pull {
             e,
             tmp_path,
@@ -366,6 +387,9 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
             wire: 0,
             reused: 0,
             done: 0,
+            old,
+            delta_on: true,
+            delta_subs: (0, 0),
         });
     }
     // Empty files have no blocks: finish them now.
@@ -374,15 +398,15 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
         finish_need(link, &p.e, r);
     }
 
-    // Requests go out in job order, up to the window; responses come back in order.
+    // Requests go out in job order, up to the window; responses are matched by id.
     let remote: Vec<usize> = jobs
         .iter()
         .enumerate()
-        .filter(|(_, j)| matches!(j.src, Src::Remote))
+        .filter(|(_, j)| matches!(j.src, Src::Remote | Src::Delta))
         .map(|(i, _)| i)
         .collect();
-    let mut ids: HashMap<usize, u32> = HashMap::new();
-    let mut stash: HashMap<u32, Response> = HashMap::new();
+    let mut ids: HashMap<usize, (u32, bool)> = HashMap::new();
+    let mut pipe = Pipe::new(link, next_id);
     let mut sent = 0usize;
     let mut in_flight = 0u64;
     let mut local_file: Option<(String, File)> = None;
@@ -416,24 +440,32 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
         });
         for ji in 0..jobs.len() {
             while sent < remote.len() && in_flight < WINDOW_BYTES {
-                let j = &jobs[remote[sent]];
+                let rj = remote[sent];
+                let j = &jobs[rj];
                 sent += 1;
                 let p = &pulls[j.file];
                 if p.failed {
                     continue;
                 }
-                let id = request(link, next_id, &p.e, j.block)?;
-                ids.insert(remote[sent - 1], id);
+                let id = match (&j.src, &p.old) {
+                    (Src::Delta, Some(old)) if p.delta_on => {
+                        (pipe.request_delta(&p.e, j.block, old.clone())?, true)
+                    }
+                    _ => (pipe.request(&p.e, j.block)?, false),
+                };
+                ids.insert(rj, id);
                 in_flight += p.e.block_range(j.block).1 as u64;
             }
             let job = &jobs[ji];
             let p = &mut pulls[job.file];
-            if p.failed {
-                if let Some(id) = ids.get(&ji) {
-                    // Still comes back: take it off the wire and drop it.
-                    let r = wait_for(link, &mut stash, *id)?;
-                    in_flight -= r.data.len().min(in_flight as usize) as u64;
+            let issued = ids.remove(&ji);
+            if let Some((id, _)) = issued {
+                in_flight -= (p.e.block_range(job.block).1 as u64).min(in_flight);
+                if p.failed {
+                    pipe.forget(id);
                 }
+            }
+            if p.failed {
                 continue;
             }
             let want = p.e.blocks[job.block];
@@ -468,20 +500,34 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
                         data = Some(std::mem::take(&mut buf));
                     }
                 }
-                Src::Remote => {}
+                Src::Remote | Src::Delta => {}
+            }
+            // A delta block: the old version with the changed sub-blocks patched in.
+            if let Some((id, true)) = issued {
+                let d = pipe.wait_delta(id)?;
+                p.wire += d.wire;
+                RECEIVED.fetch_add(d.wire, Ordering::Relaxed);
+                p.delta_subs.0 += d.changed;
+                p.delta_subs.1 += d.total;
+                // Mostly changed blocks cost an extra round trip for nothing: stop for this file.
+                if p.delta_subs.1 >= 128 && p.delta_subs.0 * 4 > p.delta_subs.1 * 3 {
+                    p.delta_on = false;
+                }
+                if !d.failed && md5(&d.block) == want {
+                    p.reused += (len as u64).saturating_sub(d.wire);
+                    data = Some(d.block);
+                }
             }
             let data = match data {
                 Some(d) => d,
                 None => {
-                    // From the peer: in flight already, or asked for now (a local copy went stale).
-                    let id = match ids.get(&ji) {
-                        Some(id) => *id,
-                        None => request(link, next_id, &p.e, job.block)?,
+                    // From the peer: in flight already, or asked for now (a local copy or a
+                    // delta went wrong).
+                    let id = match issued {
+                        Some((id, false)) => id,
+                        _ => pipe.request(&p.e, job.block)?,
                     };
-                    let r = wait_for(link, &mut stash, id)?;
-                    if ids.contains_key(&ji) {
-                        in_flight -= (len as u64).min(in_flight);
-                    }
+                    let r = pipe.wait(id)?;
                     p.wire += r.data.len() as u64;
                     RECEIVED.fetch_add(r.data.len() as u64, Ordering::Relaxed);
                     match r.status {
@@ -541,41 +587,6 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
 fn fail(link: &Link<'_>, p: &mut Pull, why: String) {
     p.failed = true;
     finish_need(link, &p.e, Err(Error::msg(why)));
-}
-
-fn request(link: &Link<'_>, next_id: &mut u32, e: &Entry, block: usize) -> Result<u32> {
-    let id = *next_id;
-    *next_id = next_id.wrapping_add(1);
-    let (offset, len) = e.block_range(block);
-    let req = Request {
-        id,
-        path: e.path.clone(),
-        offset,
-        len: len as u32,
-        hash: e.blocks[block],
-    };
-    link.out
-        .send(Out::Frame(crate::wire::encode(&Msg::Request(req))))
-        .map_err(|_| Error::msg("connection closed"))?;
-    Ok(id)
-}
-
-/// Waits for the response to `id`, keeping others that arrive first.
-fn wait_for(link: &Link<'_>, stash: &mut HashMap<u32, Response>, id: u32) -> Result<Response> {
-    loop {
-        if let Some(r) = stash.remove(&id) {
-            return Ok(r);
-        }
-        match link.responses.recv_timeout(RESPONSE_TIMEOUT) {
-            Ok(r) => {
-                stash.insert(r.id, r);
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                return Err(Error::msg("peer stopped answering block requests"));
-            }
-            Err(RecvTimeoutError::Disconnected) => return Err(Error::msg("connection closed")),
-        }
-    }
 }
 
 fn read_at(f: &File, buf: &mut Vec<u8>, off: u64, len: usize) -> io::Result<()> {

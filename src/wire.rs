@@ -26,6 +26,12 @@ const T_RESPONSE: u8 = 5;
 const T_IN_SYNC: u8 = 6;
 const T_PING: u8 = 7;
 const T_AUTH: u8 = 8;
+const T_SUB_HASHES: u8 = 9;
+
+/// Sub-block size for delta transfer: changed blocks are compared 4 KiB at a time.
+pub const SUB_BLOCK: usize = 4096;
+/// A request `hash` of all zeros asks for a byte range without a block hash (delta runs).
+pub const ANY_HASH: Hash = [0; 16];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
@@ -80,7 +86,10 @@ pub enum Msg {
     IndexDone {
         seq: u64,
     },
+    /// A block or, with [`ANY_HASH`], any range of at most one block.
     Request(Request),
+    /// The MD5 of every [`SUB_BLOCK`] of one block; answered by a Response holding them.
+    SubHashes(Request),
     Response(Response),
     /// The sender holds everything the receiver announced up to `seq` and needs nothing from it.
     InSync {
@@ -292,8 +301,12 @@ pub fn encode(msg: &Msg) -> Vec<u8> {
             e.u8(T_INDEX_DONE);
             e.u64(*seq);
         }
-        Msg::Request(r) => {
-            e.u8(T_REQUEST);
+        Msg::Request(r) | Msg::SubHashes(r) => {
+            e.u8(if matches!(msg, Msg::Request(_)) {
+                T_REQUEST
+            } else {
+                T_SUB_HASHES
+            });
             e.u32(r.id);
             e.str(&r.path);
             e.u64(r.offset);
@@ -375,17 +388,22 @@ pub fn decode(body: &[u8]) -> Result<Msg> {
             Msg::Index { seq, entries }
         }
         T_INDEX_DONE => Msg::IndexDone { seq: d.u64()? },
-        T_REQUEST => {
+        T_REQUEST | T_SUB_HASHES => {
             let id = d.u32()?;
             let path = d.str()?;
             names::check(&path)?;
-            Msg::Request(Request {
+            let r = Request {
                 id,
                 path,
                 offset: d.u64()?,
                 len: d.u32()?,
                 hash: d.hash()?,
-            })
+            };
+            if t == T_REQUEST {
+                Msg::Request(r)
+            } else {
+                Msg::SubHashes(r)
+            }
         }
         T_RESPONSE => {
             let id = d.u32()?;
@@ -458,6 +476,13 @@ mod tests {
                 port: 24680,
             }),
             Msg::Auth { proof: [6; 16] },
+            Msg::SubHashes(Request {
+                id: 2,
+                path: "y".into(),
+                offset: 0,
+                len: 65536,
+                hash: [9; 16],
+            }),
             Msg::Index {
                 seq: 9,
                 entries: vec![
