@@ -15,7 +15,9 @@ fn update(name: &str, edit: impl FnOnce(&std::fs::File)) -> Received {
     let t = TestDir::new(name);
     let (pa, pb) = two_ports();
     let a = Peer::start(&t, "A", pa, &[pb]);
-    write_random(&a.path("big.bin"), SIZE, 7);
+    // Written aside and renamed in, so A never hashes a half-written file.
+    write_random(&t.join("staging/big.bin"), SIZE, 7);
+    std::fs::rename(t.join("staging/big.bin"), a.path("big.bin")).unwrap();
     assert!(
         a.wait_log(SOON, "changed locally: big.bin"),
         "{}",
