@@ -304,7 +304,7 @@ fn read_loop(
             Msg::Hello(_) | Msg::Auth { .. } => {
                 return Err(Error::protocol("handshake frame after the handshake"));
             }
-            Msg::Index { seq, entries } => model.remote_entries(id, seq, entries),
+            Msg::Index { seq, entries } => model.remote_entries(id, seq, entries)?,
             Msg::IndexDone { seq } => {
                 let mut g = model.lock();
                 if let Some(p) = g.peers.get_mut(&id) {

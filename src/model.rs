@@ -12,6 +12,9 @@ use std::sync::mpsc::Sender;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
+/// Most entries one peer may have pending with us (memory stays bounded on a 512 MB machine).
+pub const MAX_NEEDS: usize = 500_000;
+
 /// What to do with a version a peer announced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -214,8 +217,14 @@ impl Model {
     }
 
     /// Takes in entries a peer announced: each is decided against ours, and recorded as a need of
-    /// that connection or merged at once.
-    pub fn remote_entries(&self, conn: u64, seq: u64, entries: Vec<Entry>) {
+    /// that connection or merged at once. Fails when a peer asks us to hold more than
+    /// [`MAX_NEEDS`] pending entries.
+    pub fn remote_entries(
+        &self,
+        conn: u64,
+        seq: u64,
+        entries: Vec<Entry>,
+    ) -> crate::error::Result<()> {
         let mut g = self.lock();
         let st = &mut *g;
         for r in entries {
@@ -231,6 +240,11 @@ impl Model {
                 }
                 Decision::Take { .. } => {
                     if let Some(p) = st.peers.get_mut(&conn) {
+                        if p.needs.len() >= MAX_NEEDS {
+                            return Err(crate::error::Error::protocol(
+                                "peer announced too many entries at once",
+                            ));
+                        }
                         p.retry.remove(&r.path);
                         p.needs.insert(r.path.clone(), r);
                     }
@@ -258,6 +272,7 @@ impl Model {
             p.remote_seq = p.remote_seq.max(seq);
         }
         self.changed.notify_all();
+        Ok(())
     }
 }
 

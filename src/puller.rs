@@ -594,6 +594,34 @@ fn read_at(f: &File, buf: &mut Vec<u8>, off: u64, len: usize) -> io::Result<()> 
     f.read_exact_at(buf, off)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extreme_mtimes_do_not_overflow() {
+        for (s, ns) in [
+            (i64::MIN, 999_999_999),
+            (i64::MAX, 999_999_999),
+            (-1, 5),
+            (0, 0),
+        ] {
+            let e = Entry {
+                mtime: s,
+                mtime_ns: ns,
+                ..Entry::default()
+            };
+            let _ = mtime_of(&e);
+        }
+        let e = Entry {
+            mtime: 1_000,
+            mtime_ns: 7,
+            ..Entry::default()
+        };
+        assert_eq!(mtime_of(&e), UNIX_EPOCH + Duration::new(1_000, 7));
+    }
+}
+
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub const O_NOFOLLOW: i32 = 0o400000;
 #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
@@ -628,13 +656,17 @@ fn finish_file(link: &Link<'_>, p: &mut Pull, digest: Hash) -> Result<()> {
     Ok(())
 }
 
+/// An entry's mtime as a time; one outside what the system can hold (a peer can send any
+/// number) becomes the epoch rather than an overflow.
 fn mtime_of(e: &Entry) -> SystemTime {
-    if e.mtime >= 0 {
-        UNIX_EPOCH + Duration::new(e.mtime as u64, e.mtime_ns)
+    let t = if e.mtime >= 0 {
+        UNIX_EPOCH.checked_add(Duration::new(e.mtime as u64, e.mtime_ns))
     } else {
-        UNIX_EPOCH - Duration::from_secs(e.mtime.unsigned_abs())
-            + Duration::from_nanos(e.mtime_ns as u64)
-    }
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(e.mtime.unsigned_abs()))
+            .and_then(|t| t.checked_add(Duration::from_nanos(e.mtime_ns as u64)))
+    };
+    t.unwrap_or(UNIX_EPOCH)
 }
 
 /// Sets mode and mtime of a local file to an entry's; returns its stat afterwards.
