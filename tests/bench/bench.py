@@ -535,6 +535,10 @@ class Meter:
 def settle(tool):
     for s in "AB":
         d = tool.d[s]
+        if d.proc is not None and not d.alive:
+            MISBEHAVIOUR.append(f"{d.name} exited by itself (code {d.proc.returncode}); "
+                                f"see {d.logpath}; restarted")
+            d.start()
         if d.alive and not d.wait_log(tool.connected_pattern, 60):
             MISBEHAVIOUR.append(f"{tool.name}: {d.name} did not reconnect within 60 s")
     if not wait_idle(list(tool.d.values())):
@@ -741,16 +745,18 @@ class Rsync:
         rus = []
         c = self._client(src_side, variant, src, dst_side, sub)
         if kill_at is not None:
-            time.sleep(max(0.0, t0 + kill_at - time.monotonic()))
-            if c.p.poll() is None:  # still running: kill it, run it again 1 s later
+            try:
+                c.p.wait(timeout=max(0.0, t0 + kill_at - time.monotonic()))
+            except subprocess.TimeoutExpired:  # still running: kill it, run it again 1 s later
                 c.signal(signal.SIGKILL)
                 c.p.stdout.read()
                 rus.append(c.wait())
                 time.sleep(max(0.0, t0 + kill_at + 1.0 - time.monotonic()))
                 c = self._client(src_side, variant, src, dst_side, sub)
+        c.p.wait()
+        wall = time.monotonic() - t0
         c.p.stdout.read()
         rus.append(c.wait())
-        wall = time.monotonic() - t0
         done = w.result()
         net = veth_bytes() - net0
         cpu, rss_c, rss_d = self._finish(daemon, rus)
@@ -964,7 +970,7 @@ def scale_run():
 
 def measure_limits():
     say("measuring the machine: MD5 rate, link rate, disk write rate")
-    lim = {}
+    lim = {"load_start": open("/proc/loadavg").read().split()[0]}
     n = min(SIZE, 256 * MiB)
     buf = random.Random(5).randbytes(n)
     t = time.monotonic()
@@ -1051,6 +1057,7 @@ def notes_for(r):
 
 
 def report(limits, elapsed):
+    limits["load_end"] = open("/proc/loadavg").read().split()[0]
     rows = sorted(ROWS, key=lambda r: (ORDER.index(r["step"]), TOOLS.index(r["tool"])))
     left_wall = {r["step"]: r["wall_s"] for r in rows if r["tool"] == "left"}
     for r in rows:
@@ -1060,11 +1067,12 @@ def report(limits, elapsed):
     lines = []
     rate = RATE or "unshaped"
     lines.append(f"left benchmark: SIZE_MB={SIZE_MB}, link {rate} (veth, MTU 1500), "
-                 f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')}; run took "
-                 f"{elapsed / 60:.1f} min")
+                 f"{os.cpu_count()} cores; left {E.get('LEFT_REV', '?')}; "
+                 f"{time.strftime('%Y-%m-%d %H:%M')}; run took {elapsed / 60:.1f} min")
     lines.append("machine: MD5 {md5_MBps_one_core} MB/s on one core, one TCP stream "
                  "{tcp_MBps_one_stream} MB/s over the veth, disk write+fsync "
-                 "{disk_write_fsync_MBps} MB/s".format(**limits))
+                 "{disk_write_fsync_MBps} MB/s; load average {load_start} at the start, "
+                 "{load_end} at the end".format(**limits))
     lines.append("")
     hdr = f"{'step':10} {'tool':18} {'wall s':>8} {'left/x':>7} {'veth MB':>9} {'CPU s':>7} " \
           f"{'RSS MiB A/B':>12}  notes"
@@ -1100,7 +1108,8 @@ def report(limits, elapsed):
     (WORK / "results.json").write_text(json.dumps({
         "config": {"size_mb": SIZE_MB, "rate": RATE or None, "scale_files": SCALE_FILES,
                    "idle_s": IDLE_SECS, "steps": STEPS, "cores": os.cpu_count(),
-                   "poll_s": POLL, "left": str(BIN), "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   "poll_s": POLL, "left": str(BIN), "left_rev": E.get("LEFT_REV"),
+                   "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
                    "elapsed_s": round(elapsed)},
         "limits": limits, "rows": rows, "targets": targets, "notes": NOTES,
         "problems": MISBEHAVIOUR}, indent=1) + "\n")
@@ -1188,14 +1197,16 @@ def main():
     have_st = shutil.which("syncthing") is not None
     if use_st == "1" and not have_st:
         raise SystemExit("bench: SYNCTHING=1 but syncthing is not installed")
-    say("left, with rsync side by side")
-    run_daemon_tool(Left(), Rsync())
-    if have_st and use_st != "0":
+    main_steps = [x for x in STEPS if x != "scale"]
+    if main_steps:
+        say("left, with rsync side by side")
+        run_daemon_tool(Left(), Rsync())
+    if main_steps and have_st and use_st != "0":
         say("syncthing")
         NOTES.append("syncthing: headless, discovery, relays, NAT and usage reporting off, "
                      "watcher delay 1 s, low priority off, compression off; not in the scale run.")
         run_daemon_tool(Syncthing())
-    else:
+    elif main_steps:
         NOTES.append("syncthing: not run (" + ("SYNCTHING=0" if have_st else "not installed") + ").")
     if "scale" in STEPS and SCALE_FILES > 0:
         scale_run()

@@ -11,6 +11,7 @@
 #   STEPS=...          comma-separated subset of: tc1b,xfer,tc2a,kill40,tc2b,zeros,scale
 #   BENCH_DIR=target/bench   where data, shares, logs and results go (must not be tmpfs)
 #   LEFT_BIN=target/release/left
+#   KEEP=1             keep the data and shares afterwards (default: only results and logs)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -44,6 +45,11 @@ fi
 mkdir -p "$WORK/bin"
 cp "$SRC_BIN" "$WORK/bin/left.new" && mv "$WORK/bin/left.new" "$WORK/bin/left"
 export LEFT_BIN=$WORK/bin/left
+# Which source the binary was built from (uncommitted changes to src/ are counted).
+LEFT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=$(git status --porcelain src Cargo.toml 2>/dev/null | wc -l)
+[ "$dirty" != 0 ] && LEFT_REV="$LEFT_REV+$dirty-uncommitted"
+export LEFT_REV
 
 export NS_A=leftbench-a NS_B=leftbench-b IF_A=lbveth-a IF_B=lbveth-b
 export IP_A=10.99.0.1 IP_B=10.99.0.2
@@ -97,3 +103,7 @@ fi
 ip -n "$NS_A" route | grep -q default && { echo "bench: unexpected default route" >&2; exit 1; }
 
 python3 tests/bench/bench.py
+# The shares and data take several GB; results and logs stay (KEEP=1 keeps everything).
+if [ "${KEEP:-0}" != 1 ]; then
+  rm -rf "$WORK"/{data,left,rsync,syncthing,scale-left,tc2b-ref.bin}
+fi
