@@ -471,7 +471,7 @@ fn serve(
             let fits = if req.hash == wire::ANY_HASH && !subs {
                 req.len as u64 <= bs && end <= e.size
             } else {
-                let i = (req.offset / bs) as usize;
+                let i = usize::try_from(req.offset / bs).unwrap_or(usize::MAX);
                 req.offset.is_multiple_of(bs)
                     && e.blocks.get(i) == Some(&req.hash)
                     && e.block_range(i).1 == req.len as usize
