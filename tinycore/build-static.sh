@@ -9,6 +9,16 @@
 # Missing rustup targets are added. Each binary is copied to
 # target/static/<arch>/left, stripped, and must stay under STATIC_MAX_KIB
 # (default 600 KiB).
+#
+# Size: the prebuilt std carries a backtrace symbolizer (gimli, addr2line,
+# miniz_oxide: about 200 KiB) that a stripped binary can never use. So std
+# is rebuilt from rust-src with the project's release profile and without
+# its default features (-Zbuild-std, allowed on the stable toolchain by
+# RUSTC_BOOTSTRAP=1 for this build only). Panics still print their message
+# and location (panic = "abort" as in Cargo.toml); only the symbolized
+# backtrace, which RUST_BACKTRACE would ask for, is gone. STATIC_BUILD_STD=0
+# builds with the prebuilt std instead; if the std rebuild fails, the script
+# says so and falls back to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +42,22 @@ for arch in "$@"; do
         echo "build-static: rustup target add $triple"
         rustup target add "$triple"
     fi
-    "$CARGO" build --release --target "$triple"
+    mode="prebuilt std"
+    if [ "${STATIC_BUILD_STD:-1}" != 0 ]; then
+        if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+            echo "build-static: rustup component add rust-src"
+            rustup component add rust-src || true
+        fi
+        if RUSTC_BOOTSTRAP=1 "$CARGO" build --release --target "$triple" \
+            -Zbuild-std=std,panic_abort -Zbuild-std-features=; then
+            mode="std rebuilt without backtrace symbolizer"
+        else
+            echo "build-static: WARNING: rebuilding std failed; building with the prebuilt std" >&2
+            "$CARGO" build --release --target "$triple"
+        fi
+    else
+        "$CARGO" build --release --target "$triple"
+    fi
     out=target/static/$arch
     mkdir -p "$out"
     cp "target/$triple/release/left" "$out/left.tmp"
@@ -48,7 +73,7 @@ for arch in "$@"; do
         verdict="OVER BUDGET of $MAX_KIB KiB"
         status=1
     fi
-    printf '%-24s %-9s %8d bytes %5d KiB  (%s)\n' "$out/left" "$arch" "$bytes" "$kib" "$verdict"
+    printf '%-24s %-6s %8d bytes %5d KiB  (%s; %s)\n' "$out/left" "$arch" "$bytes" "$kib" "$verdict" "$mode"
     if command -v file >/dev/null 2>&1; then
         echo "    $(file -b "$out/left")"
     fi

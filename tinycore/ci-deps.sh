@@ -8,6 +8,7 @@
 #   cpio, xz-utils   the VMs' initramfs, compressed kernel modules
 #   file             shows what the static binaries are
 #   rustup targets   x86_64-unknown-linux-musl, i686-unknown-linux-musl
+#   rust-src         for make static's std rebuild (smaller binaries)
 #
 # The VMs' kernel (linux-image-amd64) and busybox-static are not installed:
 # vm-test fetches them with `apt-get download` into target/vm-test/cache, so
@@ -37,4 +38,9 @@ for t in x86_64-unknown-linux-musl i686-unknown-linux-musl; do
         rustup target add "$t"
     fi
 done
+# rust-src: make static rebuilds std without its backtrace symbolizer.
+if ! rustup component list --installed | grep -q '^rust-src'; then
+    echo "ci-deps: rustup component add rust-src"
+    rustup component add rust-src
+fi
 echo "ci-deps: ok ($(mksquashfs -version | head -n 1); $(qemu-system-x86_64 --version | head -n 1))"

@@ -107,10 +107,10 @@ say "binary: $(readlink /usr/local/bin/left) is $(od -An -tx1 -j4 -N1 /usr/local
 
 if wait_for 20 left_running; then
 	if net_up; then
-		pass "left started from /opt/bootlocal.sh ($($INIT status))"
+		pass "left started from /opt/bootlocal.sh ($($INIT status | head -n 1))"
 		say "note: the network was already up when left was first seen running"
 	else
-		pass "left started from /opt/bootlocal.sh before the network was up ($($INIT status))"
+		pass "left started from /opt/bootlocal.sh before the network was up ($($INIT status | head -n 1))"
 	fi
 else
 	abort "left is not running 20 s after /opt/bootlocal.sh"

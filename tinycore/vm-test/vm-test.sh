@@ -19,7 +19,10 @@
 # Environment: VM_TIMEOUT, VM_WAIT (per-step wait in the guests, default
 # 240 s), VM_WORK (default target/vm-test), VM_CACHE (default
 # $VM_WORK/cache), VM_KERNEL_PKG (default: what linux-image-amd64 depends
-# on), QEMU (default qemu-system-x86_64), VM_KEEP=1 keeps the work files.
+# on), QEMU (default qemu-system-x86_64), VM_KEEP=1 keeps the initramfs
+# images, VM_A_STYLE / VM_B_STYLE (conf or inline: settings in
+# /opt/left.conf or on the bootlocal.sh line; default conf for a, inline
+# for b).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=tinycore/vm-test
@@ -132,20 +135,24 @@ build_initramfs() { # vm ip peer netdelay tcz bootlocal-style
     printf 'root:x:0:0:root:/root:/bin/sh\ntc:x:1001:50:Linux User,,,:/home/tc:/bin/sh\n' >"$root/etc/passwd"
     printf 'root:x:0:\nstaff:x:50:tc\n' >"$root/etc/group"
     printf 'ROLE=%s\nIP=%s\nPEER=%s\nNETDELAY=%s\nWAIT=%s\n' "$vm" "$ip" "$peer" "$delay" "$WAIT" >"$root/etc/left-test.conf"
-    # /opt/bootlocal.sh as the README says; a uses /opt/left.args, b the
-    # arguments on the line itself.
-    if [ "$style" = args-file ]; then
-        echo "$peer --dir /mnt/sda1/left/share  # the peer and the share" >"$root/opt/left.args"
+    # /opt/bootlocal.sh as the README says, with the settings either in
+    # /opt/left.conf (style conf) or on the line itself (style inline), and
+    # the same shared key in /opt/left.key on both.
+    cp "$WORK/left.key" "$root/opt/left.key"
+    chmod 600 "$root/opt/left.key"
+    if [ "$style" = conf ]; then
+        printf '# left settings (see /usr/local/share/doc/left/README.md)\npeer = %s\ndir = /mnt/sda1/left/share\nkey-file = /opt/left.key\n' "$peer" >"$root/opt/left.conf"
         printf '#!/bin/sh\n# put other system startup commands here\n/usr/local/etc/init.d/left start\n' >"$root/opt/bootlocal.sh"
     else
-        printf '#!/bin/sh\n# put other system startup commands here\n/usr/local/etc/init.d/left start %s --dir /mnt/sda1/left/share\n' "$peer" >"$root/opt/bootlocal.sh"
+        printf '#!/bin/sh\n# put other system startup commands here\n/usr/local/etc/init.d/left start %s --dir /mnt/sda1/left/share --key-file /opt/left.key\n' "$peer" >"$root/opt/bootlocal.sh"
     fi
     chmod 775 "$root/opt/bootlocal.sh"
     (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$WORK/initramfs-$vm.cpio"
     rm -rf "$root"
 }
-build_initramfs a 10.0.2.1 10.0.2.2 8 "$TCZ_A" args-file
-build_initramfs b 10.0.2.2 10.0.2.1 4 "$TCZ_B" inline
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/left.key"
+build_initramfs a 10.0.2.1 10.0.2.2 8 "$TCZ_A" "${VM_A_STYLE:-conf}"
+build_initramfs b 10.0.2.2 10.0.2.1 4 "$TCZ_B" "${VM_B_STYLE:-inline}"
 log "initramfs: a $(du -h "$WORK/initramfs-a.cpio" | cut -f1) ($TCZ_A), b $(du -h "$WORK/initramfs-b.cpio" | cut -f1) ($TCZ_B)"
 
 # --- boot both
