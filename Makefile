@@ -28,7 +28,7 @@ help:
 # ---- Tiny Core packaging: static musl builds, left.tcz, VM test (issue 3) ----
 ARCH ?= x86_64
 
-.PHONY: static tcz tcz-all vm-test tinycore-deps
+.PHONY: static tcz tcz-all vm-test large-test tinycore-deps
 
 static: ## static musl binaries (x86_64 and i686), stripped, sizes printed
 	bash tinycore/build-static.sh x86_64 x86
@@ -42,6 +42,10 @@ tcz-all: ## left.tcz for both x86_64 and x86
 
 vm-test: tcz-all ## two qemu VMs install left.tcz, start it from bootlocal.sh and sync
 	bash tinycore/vm-test/vm-test.sh target/tcz/x86/left.tcz target/tcz/x86_64/left.tcz
+
+large-test: ## the 32-bit binary syncs a 4.4 GiB file on 127.0.0.1 (needs ~5 GiB of disk)
+	bash tinycore/build-static.sh x86
+	bash tinycore/large-file-test.sh target/static/x86/left
 
 tinycore-deps: ## as root: apt packages and rustup targets for the targets above
 	bash tinycore/ci-deps.sh
