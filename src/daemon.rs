@@ -26,6 +26,9 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 const MAX_CONNECTIONS: usize = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const TEMP_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
+/// Tombstones live this long: a peer offline for less still learns of the deletion.
+const TOMBSTONE_AGE: Duration = Duration::from_secs(30 * 86_400);
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Reads the device id from the state directory, making one from /dev/urandom the first time.
 fn device_id(state: &Path) -> Result<u64> {
@@ -138,6 +141,7 @@ pub fn run(opts: &Options) -> Result<i32> {
     }
 
     let mut last_save = Instant::now();
+    let mut last_purge: Option<Instant> = None;
     loop {
         std::thread::sleep(Duration::from_millis(100));
         if signal::stop_requested() {
@@ -146,6 +150,10 @@ pub fn run(opts: &Options) -> Result<i32> {
             info!("stopping on signal; index saved");
             let _ = fs::remove_file(state.join("status"));
             return Ok(0);
+        }
+        if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+            last_purge = Some(Instant::now());
+            purge_tombstones(&model);
         }
         if last_save.elapsed() >= SAVE_EVERY {
             save(&model);
@@ -186,6 +194,27 @@ pub fn run(opts: &Options) -> Result<i32> {
             );
             return Ok(1);
         }
+    }
+}
+
+/// Forgets deletions older than [`TOMBSTONE_AGE`] (by the time they were made).
+fn purge_tombstones(model: &Model) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let cutoff = now - TOMBSTONE_AGE.as_secs() as i64;
+    let mut g = model.lock();
+    let before = g.index.entries.len();
+    g.index
+        .entries
+        .retain(|_, e| !(e.deleted && e.mtime < cutoff));
+    let purged = before - g.index.entries.len();
+    if purged > 0 {
+        g.dirty = true;
+        info!(
+            "forgot {purged} deletions older than {} days",
+            TOMBSTONE_AGE.as_secs() / 86_400
+        );
     }
 }
 
