@@ -89,6 +89,12 @@ left_running() { $INIT status >/dev/null 2>&1; }
 share_exists() { [ -d "$SHARE" ]; }
 changed_back() { matches small/f07.txt "$(stat -c %s $DATA/change.txt)" "$(md5_of $DATA/change.txt)"; }
 has() { [ -f "$SHARE/$1" ]; }
+# first_line COMMAND...: the first line of its output (no pipe into head,
+# which would cut off the rest of what the command writes).
+first_line() {
+	"$@" >/tmp/first_line.out 2>&1
+	head -n 1 /tmp/first_line.out
+}
 
 # --- common: the extension is installed and left started from bootlocal.sh
 if [ -L /usr/local/bin/left ] && [ -x /usr/local/bin/left ]; then
@@ -102,15 +108,33 @@ if [ "$(stat -L -c '%a %U:%G' /usr/local/tce.installed/left 2>/dev/null)" = "775
 else
 	fail "startup script: $(ls -l /usr/local/tce.installed/left /var/log/left.log 2>&1 | tr '\n' ' ')"
 fi
-say "left --version: $(/usr/local/bin/left --version 2>&1 | head -n 1)"
-say "binary: $(readlink /usr/local/bin/left) is $(od -An -tx1 -j4 -N1 /usr/local/bin/left | tr -d ' ' | sed 's/01/32-bit/;s/02/64-bit/') ELF"
+# The binary is the expected build (a: the 32-bit i686 one, on this 64-bit
+# kernel) and user tc, who runs tce-load on Tiny Core, can run it.
+bits=$(od -An -tx1 -j4 -N1 /usr/local/bin/left | tr -d ' \n' | sed 's/^01$/32/;s/^02$/64/')
+version=$(first_line su tc -s /bin/sh -c '/usr/local/bin/left --version')
+case "$version" in
+	left\ *)
+		if [ "$bits" = "$ELFBITS" ]; then
+			pass "user tc runs the ${bits}-bit build on this $(uname -m) kernel: $version"
+		else
+			fail "the extension holds a ${bits}-bit build, expected ${ELFBITS}-bit"
+		fi
+		;;
+	*) fail "user tc cannot run left --version: $version" ;;
+esac
 
+tc_status() { su tc -s /bin/sh -c "$INIT status" >/dev/null 2>&1; }
 if wait_for 20 left_running; then
 	if net_up; then
-		pass "left started from /opt/bootlocal.sh ($($INIT status | head -n 1))"
+		pass "left started from /opt/bootlocal.sh ($(first_line $INIT status))"
 		say "note: the network was already up when left was first seen running"
 	else
-		pass "left started from /opt/bootlocal.sh before the network was up ($($INIT status | head -n 1))"
+		pass "left started from /opt/bootlocal.sh before the network was up ($(first_line $INIT status))"
+	fi
+	if tc_status; then
+		pass "user tc sees it running: $(first_line su tc -s /bin/sh -c "$INIT status")"
+	else
+		fail "as user tc, $INIT status says: $(first_line su tc -s /bin/sh -c "$INIT status")"
 	fi
 else
 	abort "left is not running 20 s after /opt/bootlocal.sh"
