@@ -2,7 +2,8 @@
 # The vm-test scenario, run in each guest after boot. Busybox ash.
 #
 # a adds a 10 MiB file and a folder of 50 small files to its share;
-# b waits until all of them arrived with the right MD5, then changes one;
+# b waits until all of them arrived with the right MD5, restarts left with
+# the init script, then changes one of the small files;
 # a waits until the change came back and acknowledges it with a new file;
 # b waits for that file and answers with one more, which a waits for;
 # then a stops left with the init script.
@@ -191,6 +192,18 @@ else
 		abort "folder small/ did not fully arrive on b"
 	fi
 	(cd "$SHARE" && md5sum big.bin small/*) | sed "s/^\([0-9a-f]*\)  /LEFTTEST $ROLE MD5 \1 /"
+
+	# Restart without arguments: the init script reuses those of the start
+	# (b has them on its bootlocal.sh line), and left picks up where it was.
+	old=$(cat /var/run/left.pid 2>/dev/null)
+	$INIT restart >/dev/null 2>&1
+	new=$(cat /var/run/left.pid 2>/dev/null)
+	if left_running && [ -n "$new" ] && [ "$new" != "$old" ] &&
+		tr '\000' ' ' </proc/"$new"/cmdline | grep -q -- "--dir $SHARE"; then
+		pass "init script: restart without arguments reused the start's ($(tr '\000' ' ' </proc/"$new"/cmdline))"
+	else
+		abort "init script: restart failed (pid $old -> ${new:-none}): $(first_line $INIT status)"
+	fi
 
 	sleep 2
 	cp $DATA/change.txt "$SHARE/small/f07.txt"

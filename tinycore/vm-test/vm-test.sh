@@ -14,10 +14,10 @@
 # The guests print "LEFTTEST <vm> PASS|FAIL ..." lines on their serial
 # consoles (saved in target/vm-test/{a,b}.serial.log); this script repeats
 # them, checks the MD5s b reports against the host's, and exits non-zero on
-# any failure or when VM_TIMEOUT (default 600 s) runs out.
+# any failure or when VM_TIMEOUT (default 300 s) runs out.
 #
 # Environment: VM_TIMEOUT, VM_WAIT (per-step wait in the guests, default
-# 240 s), VM_WORK (default target/vm-test), VM_CACHE (default
+# 120 s), VM_WORK (default target/vm-test), VM_CACHE (default
 # $VM_WORK/cache), VM_KERNEL_PKG (default: what linux-image-amd64 depends
 # on), QEMU (default qemu-system-x86_64), VM_KEEP=1 keeps the initramfs
 # images, VM_A_STYLE / VM_B_STYLE (conf or inline: settings in
@@ -31,8 +31,8 @@ TCZ_A=${1:-target/tcz/x86/left.tcz}
 TCZ_B=${2:-target/tcz/x86_64/left.tcz}
 WORK=${VM_WORK:-target/vm-test}
 CACHE=${VM_CACHE:-$WORK/cache}
-TIMEOUT=${VM_TIMEOUT:-600}
-WAIT=${VM_WAIT:-240}
+TIMEOUT=${VM_TIMEOUT:-300}
+WAIT=${VM_WAIT:-120}
 QEMU=${QEMU:-qemu-system-x86_64}
 T0=$(date +%s)
 
