@@ -32,6 +32,19 @@ pub fn line(level: u8, args: std::fmt::Arguments<'_>) {
     let _ = std::io::stderr().write_all(msg.as_bytes());
 }
 
+/// Writes to stdout, ignoring a closed pipe (`left status | head` must not abort).
+pub fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    let _ = std::io::stdout().flush();
+}
+
+/// Writes one line to stderr, ignoring errors.
+pub fn err(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{text}\n").as_bytes());
+}
+
 /// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn timestamp(secs: i64, millis: u32) -> String {
     let (y, mo, d, h, mi, s) = civil(secs);

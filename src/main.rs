@@ -32,21 +32,21 @@ fn main() -> ExitCode {
             return match status::show(&dir) {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
-                    eprintln!("left: {e}");
+                    log::err(&format!("left: {e}"));
                     ExitCode::from(2)
                 }
             };
         }
         Ok(cli::Command::Help) => {
-            print!("{}", cli::USAGE);
+            log::out(cli::USAGE);
             return ExitCode::SUCCESS;
         }
         Ok(cli::Command::Version) => {
-            println!("left {}", env!("CARGO_PKG_VERSION"));
+            log::out(&format!("left {}\n", env!("CARGO_PKG_VERSION")));
             return ExitCode::SUCCESS;
         }
         Err(msg) => {
-            eprintln!("left: {msg} (see left --help)");
+            log::err(&format!("left: {msg} (see left --help)"));
             return ExitCode::from(2);
         }
     };

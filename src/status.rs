@@ -129,7 +129,10 @@ pub fn show(dir: &Path) -> Result<u8> {
     let text = match fs::read_to_string(&p) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!("no left daemon for {} (no status file)", dir.display());
+            crate::log::out(&format!(
+                "no left daemon for {} (no status file)\n",
+                dir.display()
+            ));
             return Ok(2);
         }
         Err(e) => return Err(e).at(&p),
@@ -145,10 +148,13 @@ pub fn show(dir: &Path) -> Result<u8> {
         .unwrap_or("");
     let alive = !pid.is_empty() && Path::new("/proc").join(pid).exists();
     if !alive || age.is_none_or(|a| a > STALE) {
-        println!("no left daemon for {} (status is stale)", dir.display());
+        crate::log::out(&format!(
+            "no left daemon for {} (status is stale)\n",
+            dir.display()
+        ));
         return Ok(2);
     }
-    print!("{text}");
+    crate::log::out(&text);
     Ok(if text.lines().any(|l| l == "state: in sync") {
         0
     } else {
