@@ -20,7 +20,7 @@ demo: build ## two peers on this machine: a file put into one appears in the oth
 
 clean:
 	$(CARGO) clean
-	rm -rf demo
+	rm -rf target/demo
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
