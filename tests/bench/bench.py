@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import datetime
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -430,6 +431,22 @@ class Left:
                        self.d[s].log_since(offset))
         return int(m[-1][1]) if m else None
 
+    def breakdown(self, sender, receiver, name, act_wall, offsets=None):
+        """From the logs: seconds from the act until the sender had hashed the new version
+        ('changed locally'), and the receiver's own duration of the pull ('received ... T s')."""
+        def ts(line):
+            return datetime.datetime.strptime(line[:23], "%Y-%m-%dT%H:%M:%S.%f").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+        out = {}
+        for line in self.d[sender].log_since((offsets or {}).get(sender)).splitlines():
+            if f"changed locally: {name} (" in line and ts(line) >= act_wall - 0.01:
+                out["hashed_after_s"] = round(ts(line) - act_wall, 3)
+        m = re.findall(rf"received {re.escape(name)} \(.*?, ([\d.]+) s, ",
+                       self.d[receiver].log_since((offsets or {}).get(receiver)))
+        if m:
+            out["pull_s"] = float(m[-1])
+        return out
+
 
 class Syncthing:
     name = "syncthing"
@@ -500,6 +517,9 @@ class Syncthing:
     def wire_payload(self, s, name, offset=None):
         return None
 
+    def breakdown(self, *a, **k):
+        return {}
+
 
 def stage_into(tool, s, names):
     for n in names:
@@ -514,6 +534,10 @@ def stage_into(tool, s, names):
 def act_rename(tool, s, names):
     for n in names:
         os.rename(tool.stage(s) / n, tool.share(s) / n)
+
+
+def log_sizes(tool):
+    return {s: d.logpath.stat().st_size if d.logpath.exists() else 0 for s, d in tool.d.items()}
 
 
 class Meter:
@@ -564,13 +588,14 @@ def run_daemon_tool(tool, rs=None):
         stage_into(tool, "A", ["tc1b.bin"])
         m = Meter([A, B])
         w = Waiter({"f": (tool.share("B") / "tc1b.bin", MD5["tc1b.bin"])})
-        t0 = time.monotonic()
+        t0, aw, off = time.monotonic(), time.time(), log_sizes(tool)
         act_rename(tool, "A", ["tc1b.bin"])
         w.go(t0)
         time.sleep(max(0.0, t0 + 0.1 - time.monotonic()))
         B.start()
         wall = w.result().get("f")
-        row("TC_1B", T, wall, *m.end(), from_b_start_s=None if wall is None else round(wall - 0.1, 3))
+        row("TC_1B", T, wall, *m.end(), from_b_start_s=None if wall is None else round(wall - 0.1, 3),
+            act_utc=aw, **tool.breakdown("A", "B", "tc1b.bin", aw, off))
         if rs:
             for v in rs.variants:
                 rs.run("TC_1B", v, "A", ["tc1b.bin"])
@@ -583,10 +608,11 @@ def run_daemon_tool(tool, rs=None):
         stage_into(tool, "B", ["xfer.bin"])
         m = Meter([A, B])
         w = Waiter({"f": (tool.share("A") / "xfer.bin", MD5["xfer.bin"])})
-        t0 = time.monotonic()
+        t0, aw, off = time.monotonic(), time.time(), log_sizes(tool)
         act_rename(tool, "B", ["xfer.bin"])
         wall = w.go(t0).result().get("f")
-        row("XFER", T, wall, *m.end(), payload=tool.wire_payload("A", "xfer.bin"))
+        row("XFER", T, wall, *m.end(), payload=tool.wire_payload("A", "xfer.bin", off["A"]),
+            act_utc=aw, **tool.breakdown("B", "A", "xfer.bin", aw, off))
         settle(tool)
         if rs:
             for v in rs.variants:
@@ -597,13 +623,15 @@ def run_daemon_tool(tool, rs=None):
         m = Meter([A, B])
         w = Waiter({"f": (tool.share("A") / "tc2a.bin", MD5["tc2a.bin"]),
                     "fa": (tool.share("A") / "tc_fa", MD5["tc_fa"])})
-        t0 = time.monotonic()
+        t0, aw, off = time.monotonic(), time.time(), log_sizes(tool)
         act_rename(tool, "B", ["tc2a.bin", "tc_fa"])
         w.go(t0)
         kill_restart_at(tool, "A", t0)
         done = w.result()
         net, cpu, rss = m.end()
-        row("TC_2A", T, done.get("f"), net, cpu, rss)
+        row("TC_2A", T, done.get("f"), net, cpu, rss, act_utc=aw,
+            payload=tool.wire_payload("A", "tc2a.bin", off["A"]),
+            **tool.breakdown("B", "A", "tc2a.bin", aw, off))
         row("TC_FA", T, done.get("fa"), net, cpu, rss, same_run_as="TC_2A")
         settle(tool)
         if rs and "tc2a" in STEPS:
@@ -616,7 +644,7 @@ def run_daemon_tool(tool, rs=None):
         m = Meter([A, B])
         w = Waiter({"f": (tool.share("A") / "kill.bin", MD5["kill.bin"])})
         rx0 = rx_fast("A")
-        t0 = time.monotonic()
+        t0, aw, off = time.monotonic(), time.time(), log_sizes(tool)
         act_rename(tool, "B", ["kill.bin"])
         w.go(t0)
         while rx_fast("A") - rx0 < 0.4 * SIZE and time.monotonic() - t0 < TIMEOUT:
@@ -632,7 +660,8 @@ def run_daemon_tool(tool, rs=None):
         after = veth_bytes() - net_r
         payload = tool.wire_payload("A", "kill.bin")
         net, cpu, rss = m.end()
-        row("KILL40", T, wall, net, cpu, rss, killed_at_s=round(t_kill, 3),
+        row("KILL40", T, wall, net, cpu, rss, killed_at_s=round(t_kill, 3), act_utc=aw,
+            **tool.breakdown("B", "A", "kill.bin", aw, off),
             arrived_before_kill=have, missing_bytes=missing, wire_after_restart=after,
             payload_after_restart=payload)
         settle(tool)
@@ -653,25 +682,38 @@ def run_daemon_tool(tool, rs=None):
             MD5[label] = want
             m = Meter([A, B])
             w = Waiter({"f": (tool.share("B") / "tc2a.bin", want)})
-            t0 = time.monotonic()
+            t0, aw, off = time.monotonic(), time.time(), log_sizes(tool)
             update(tool.share("A") / "tc2a.bin", kind, 100 + i)
             wall = w.go(t0).result().get("f")
-            row(label, T, wall, *m.end(), payload=tool.wire_payload("B", "tc2a.bin"))
+            row(label, T, wall, *m.end(), payload=tool.wire_payload("B", "tc2a.bin", off["B"]),
+                act_utc=aw, **tool.breakdown("A", "B", "tc2a.bin", aw, off))
             settle(tool)
             if rs:
                 rs.run_tc2b(label, kind, 100 + i, want)
             time.sleep(2.0)  # "a few seconds apart"
 
     if "zeros" in STEPS:
+        # Earlier big files go first, so that the restart's full index exchange is that of a
+        # share holding this file only (each 500 MiB file adds 128 KiB of block hashes to the
+        # index, sent both ways on every reconnect).
+        for n in ("xfer.bin", "tc2a.bin", "kill.bin"):
+            if (tool.share("B") / n).exists():
+                os.unlink(tool.share("B") / n)
+        for _ in range(600):
+            if not any((tool.share("A") / n).exists() for n in ("xfer.bin", "tc2a.bin", "kill.bin")):
+                break
+            time.sleep(0.1)
+        settle(tool)
         stage_into(tool, "B", ["zeros.bin"])
         m = Meter([A, B])
         w = Waiter({"f": (tool.share("A") / "zeros.bin", MD5["zeros.bin"])})
-        t0 = time.monotonic()
+        t0, aw, off = time.monotonic(), time.time(), log_sizes(tool)
         act_rename(tool, "B", ["zeros.bin"])
         w.go(t0)
         kill_restart_at(tool, "A", t0)
         wall = w.result().get("f")
-        row("TC_2A_Z", T, wall, *m.end())
+        row("TC_2A_Z", T, wall, *m.end(), payload=tool.wire_payload("A", "zeros.bin", off["A"]),
+            act_utc=aw, **tool.breakdown("B", "A", "zeros.bin", aw, off))
         settle(tool)
         if rs:
             for v in rs.variants:
@@ -972,7 +1014,8 @@ def measure_limits():
     say("measuring the machine: MD5 rate, link rate, disk write rate")
     lim = {"load_start": open("/proc/loadavg").read().split()[0]}
     n = min(SIZE, 256 * MiB)
-    buf = random.Random(5).randbytes(n)
+    r = random.Random(5)
+    buf = b"".join(r.randbytes(4 * MiB) for _ in range(n // (4 * MiB)))
     t = time.monotonic()
     hashlib.md5(buf).digest()
     lim["md5_MBps_one_core"] = round(n / (time.monotonic() - t) / 1e6)
@@ -1049,6 +1092,10 @@ def notes_for(r):
             n.append(f"{r['payload_after_restart'] / 1e6:.1f} MB file data")
     elif r.get("payload") is not None:
         n.append(f"file data {r['payload'] / 1e6:.2f} MB")
+    if r.get("hashed_after_s") is not None:
+        n.append(f"sender hashed it at {r['hashed_after_s']:.2f} s")
+    if r.get("pull_s") is not None:
+        n.append(f"pull {r['pull_s']:.2f} s")
     if r["step"] == "SCALE_IDLE":
         n.append("CPU s/min A {A}, B {B}".format(**r["cpu_s_per_min"]))
     if r.get("polled_s") is not None and r["step"] not in ("TC_FA",):
@@ -1152,9 +1199,11 @@ def evaluate_targets(rows):
     r = get("TC_2A_Z")
     t("markers' sparse file under 1 MB on the wire", None if not r else r["wire_bytes"] < 1e6,
       f"{r and r['wire_bytes']} B on the veth")
-    peaks = [v for r in rows if r["tool"] == "left" for v in r["peak_rss_kib"].values() if v]
-    t("peak RSS under 8 MiB per process", None if not peaks else max(peaks) < 8 * 1024,
-      f"max VmHWM {max(peaks) / 1024:.1f} MiB" if peaks else "-")
+    for what, scale in ((f"{SIZE_MB} MiB steps", False), (f"scale run ({SCALE_FILES} files)", True)):
+        peaks = [v for r in rows if r["tool"] == "left" and r["step"].startswith("SCALE") == scale
+                 for v in r["peak_rss_kib"].values() if v]
+        t(f"peak RSS under 8 MiB per process, {what}", None if not peaks else max(peaks) < 8 * 1024,
+          f"max VmHWM {max(peaks) / 1024:.1f} MiB" if peaks else "-")
     r = get("SCALE_IDLE")
     t(f"idle CPU with {SCALE_FILES} files under 1% of a core",
       None if not r else max(r["core_pct"].values()) < 1.0,
