@@ -259,6 +259,8 @@ fn register(model: &Model, id: u64, peer: Peer) -> Result<()> {
     Ok(())
 }
 
+/// Removes a closed connection, remembering whether it ended in sync (a `--once` peer leaves as
+/// soon as it is done).
 fn unregister(model: &Model, id: u64) {
     let mut g = model.lock();
     let seq = g.index.seq;

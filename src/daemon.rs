@@ -106,8 +106,14 @@ pub fn run(opts: &Options) -> Result<i32> {
         let mut g = model.lock();
         let now = Instant::now();
         for p in &opts.peers {
+            // Literal addresses are known at once (names are resolved by the dialer).
+            let addrs = p
+                .host
+                .parse::<IpAddr>()
+                .map(|ip| vec![SocketAddr::new(ip.to_canonical(), p.port)]);
             let d = DialInfo {
                 down_since: Some(now),
+                addrs: addrs.unwrap_or_default(),
                 ..Default::default()
             };
             g.dialers.insert(p.to_string(), d);
@@ -142,6 +148,7 @@ pub fn run(opts: &Options) -> Result<i32> {
 
     let mut last_save = Instant::now();
     let mut last_purge: Option<Instant> = None;
+    let mut last_why = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(100));
         if signal::stop_requested() {
@@ -162,6 +169,12 @@ pub fn run(opts: &Options) -> Result<i32> {
         }
         if !opts.once {
             continue;
+        }
+        if last_why.elapsed() >= Duration::from_secs(1) {
+            last_why = Instant::now();
+            if let Some(why) = once_pending(&model) {
+                debug!("--once waits for {why}");
+            }
         }
         if once_done(&model) {
             save(&model);
@@ -241,22 +254,45 @@ fn flush_all(model: &Model) {
 /// every configured peer was seen in sync at our current sequence number (it may have left since:
 /// two `--once` runs against each other finish one after the other).
 fn once_done(model: &Model) -> bool {
+    once_pending(model).is_none()
+}
+
+/// What `--once` still waits for, in words (None: done).
+fn once_pending(model: &Model) -> Option<String> {
     let mut g = model.lock();
-    if !g.scanned || !g.busy.is_empty() {
-        return false;
+    if !g.scanned {
+        return Some("our first scan".into());
+    }
+    if !g.busy.is_empty() {
+        return Some(format!("{} pulls", g.busy.len()));
     }
     let seq = g.index.seq;
     let st = &mut *g;
     for p in st.peers.values() {
         if !p.in_sync(seq) || p.sent_in_sync != Some(p.remote_seq) {
-            return false;
+            return Some(format!(
+                "device {}: index done {}, {} needs, pulling {}, it has our {} of {seq}, we told it {:?} of {}",
+                short_id(p.device),
+                p.remote_done,
+                p.needs.len(),
+                p.pulling,
+                p.peer_in_sync,
+                p.sent_in_sync,
+                p.remote_seq
+            ));
         }
         st.synced.insert(p.device, seq);
     }
-    st.dialers.values().all(|d| {
-        d.device
-            .is_some_and(|dev| st.synced.get(&dev) == Some(&seq))
-    })
+    for (name, d) in &st.dialers {
+        if d.device.is_none_or(|dev| st.synced.get(&dev) != Some(&seq)) {
+            return Some(format!(
+                "{name}: device {:?}, synced at {:?}, our seq {seq}",
+                d.device.map(short_id),
+                d.device.and_then(|dev| st.synced.get(&dev))
+            ));
+        }
+    }
+    None
 }
 
 /// Whether a connection from `ip` may proceed: one of the peers' addresses (names resolved
@@ -335,9 +371,12 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr) {
             }
             g.peers
                 .values()
-                .any(|p| addrs.contains(&p.listen) || known == Some(p.device))
+                .find(|p| addrs.contains(&p.listen) || known == Some(p.device))
+                .map(|p| p.device)
         };
-        if connected {
+        if let Some(dev) = connected {
+            known = Some(dev);
+            set_dial(model, peer, Some(dev), None, true);
             std::thread::sleep(Duration::from_millis(500));
             continue;
         }

@@ -7,7 +7,7 @@ use crate::delta::Pipe;
 use crate::error::{Context, Error, Result};
 use crate::hash::{Hash, md5};
 use crate::index::{Entry, Kind, Stat};
-use crate::model::{Decision, Model, Out, Progress, decide};
+use crate::model::{Decision, Model, Out, Progress, State, decide};
 use crate::names;
 use crate::wire::{Msg, Response, Status};
 use md5::{Digest, Md5};
@@ -16,6 +16,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::MutexGuard;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -474,6 +475,7 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
             match &job.src {
                 Src::Have => {
                     read_at(&p.tmp, &mut buf, off, len).at(&p.tmp_path)?;
+                    p.reused += len as u64;
                     data = Some(std::mem::take(&mut buf));
                 }
                 Src::Same(o) => {
@@ -594,34 +596,6 @@ fn read_at(f: &File, buf: &mut Vec<u8>, off: u64, len: usize) -> io::Result<()> 
     f.read_exact_at(buf, off)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn extreme_mtimes_do_not_overflow() {
-        for (s, ns) in [
-            (i64::MIN, 999_999_999),
-            (i64::MAX, 999_999_999),
-            (-1, 5),
-            (0, 0),
-        ] {
-            let e = Entry {
-                mtime: s,
-                mtime_ns: ns,
-                ..Entry::default()
-            };
-            let _ = mtime_of(&e);
-        }
-        let e = Entry {
-            mtime: 1_000,
-            mtime_ns: 7,
-            ..Entry::default()
-        };
-        assert_eq!(mtime_of(&e), UNIX_EPOCH + Duration::new(1_000, 7));
-    }
-}
-
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub const O_NOFOLLOW: i32 = 0o400000;
 #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
@@ -687,118 +661,162 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
-/// Under the lock: checks the decision still holds and that nothing changed on disk behind the
-/// index's back, keeps a losing local edit as a conflict copy, then renames the temp into place.
-fn install(model: &Model, e: &Entry, tmp: &Path) -> Result<()> {
-    let mut g = model.lock();
+/// Applying a peer's entry to disk (a file, a folder, a deletion) starts the same way: under the
+/// lock, the decision must still be to take it, and no folder on the way may be a symlink. This
+/// holds the lock, our entry, whether ours is a losing concurrent edit, and the target path.
+struct Apply<'a> {
+    g: MutexGuard<'a, State>,
+    cur: Option<Entry>,
+    conflict: bool,
+    target: PathBuf,
+}
+
+fn begin<'a>(model: &'a Model, e: &Entry) -> Result<Option<Apply<'a>>> {
+    let g = model.lock();
     let cur = g.index.entries.get(&e.path).cloned();
-    let conflict = match decide(cur.as_ref(), e) {
-        Decision::Take { conflict } => conflict,
-        _ => {
-            let _ = fs::remove_file(tmp);
-            return Ok(());
-        }
+    let Decision::Take { conflict } = decide(cur.as_ref(), e) else {
+        return Ok(None);
     };
     names::check_ancestors(&model.root, &e.path)?;
     let target = abs(&model.root, &e.path);
-    match fs::symlink_metadata(&target) {
+    Ok(Some(Apply {
+        g,
+        cur,
+        conflict,
+        target,
+    }))
+}
+
+impl Apply<'_> {
+    /// Whether the file on disk is the one our index knows (not edited since the last scan).
+    fn known_file(&self, md: &fs::Metadata) -> bool {
+        self.cur
+            .as_ref()
+            .is_some_and(|c| c.is_file() && c.stat == Stat::of(md))
+    }
+
+    /// Records the peer's entry as ours, with the target's stat now.
+    fn record(mut self, e: &Entry, exists: bool) -> Result<()> {
+        let mut ne = e.clone();
+        ne.stat = if exists {
+            Stat::of(&fs::symlink_metadata(&self.target).at(&self.target)?)
+        } else {
+            Stat::default()
+        };
+        self.g.put(ne);
+        Ok(())
+    }
+}
+
+/// Under the lock: checks the decision still holds and that nothing changed on disk behind the
+/// index's back, keeps a losing local edit as a conflict copy, then renames the temp into place.
+fn install(model: &Model, e: &Entry, tmp: &Path) -> Result<()> {
+    let Some(a) = begin(model, e)? else {
+        let _ = fs::remove_file(tmp);
+        return Ok(());
+    };
+    let target = &a.target;
+    match fs::symlink_metadata(target) {
         Ok(md) if md.is_file() => {
-            let known = cur
-                .as_ref()
-                .is_some_and(|c| c.is_file() && c.stat == Stat::of(&md));
-            if !known {
+            if !a.known_file(&md) {
                 return Err(
                     Error::msg("changed locally; will look again after the next scan").at(&e.path),
                 );
             }
-            if conflict {
-                let c = cur.as_ref().map_or(e, |c| c);
+            if a.conflict {
+                let c = a.cur.as_ref().unwrap_or(e);
                 let name = names::conflict_name(&e.path, c.mtime, c.modified_by);
-                fs::rename(&target, abs(&model.root, &name)).at(&target)?;
+                fs::rename(target, abs(&model.root, &name)).at(target)?;
                 info!("conflict: {} kept as {name}", e.path);
             }
         }
-        Ok(md) if md.is_dir() => fs::remove_dir(&target).at(&target)?,
+        Ok(md) if md.is_dir() => fs::remove_dir(target).at(target)?,
         Ok(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => return Err(Error::from(err).at(&target)),
+        Err(err) => return Err(Error::from(err).at(target)),
     }
-    fs::rename(tmp, &target).at(&target)?;
+    fs::rename(tmp, target).at(target)?;
     sync_dir(target.parent().unwrap_or(&model.root))?;
-    let mut ne = e.clone();
-    ne.stat = Stat::of(&fs::symlink_metadata(&target).at(&target)?);
-    g.put(ne);
-    Ok(())
+    a.record(e, true)
 }
 
 fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
-    let mut g = model.lock();
-    let cur = g.index.entries.get(&e.path).cloned();
-    if !matches!(decide(cur.as_ref(), e), Decision::Take { .. }) {
+    let Some(a) = begin(model, e)? else {
         return Ok(());
-    }
-    names::check_ancestors(&model.root, &e.path)?;
-    let target = abs(&model.root, &e.path);
-    match fs::symlink_metadata(&target) {
+    };
+    let target = &a.target;
+    match fs::symlink_metadata(target) {
         Ok(md) if md.is_dir() => {}
         Ok(md) if md.is_file() => {
-            if !cur
-                .as_ref()
-                .is_some_and(|c| c.is_file() && c.stat == Stat::of(&md))
-            {
+            if !a.known_file(&md) {
                 return Err(Error::msg("a file changed locally is in the way").at(&e.path));
             }
-            fs::remove_file(&target).at(&target)?;
-            fs::create_dir(&target).at(&target)?;
+            fs::remove_file(target).at(target)?;
+            fs::create_dir(target).at(target)?;
         }
         Ok(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
-        Err(_) => fs::create_dir_all(&target).at(&target)?,
+        Err(_) => fs::create_dir_all(target).at(target)?,
     }
-    fs::set_permissions(&target, fs::Permissions::from_mode(e.mode & 0o7777 | 0o700))
-        .at(&target)?;
-    let mut ne = e.clone();
-    ne.stat = Stat::of(&fs::symlink_metadata(&target).at(&target)?);
-    g.put(ne);
-    Ok(())
+    fs::set_permissions(target, fs::Permissions::from_mode(e.mode & 0o7777 | 0o700)).at(target)?;
+    a.record(e, true)
 }
 
 fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
-    let mut g = model.lock();
-    let cur = g.index.entries.get(&e.path).cloned();
-    if !matches!(decide(cur.as_ref(), e), Decision::Take { .. }) {
+    let Some(a) = begin(model, e)? else {
         return Ok(());
-    }
-    names::check_ancestors(&model.root, &e.path)?;
-    let target = abs(&model.root, &e.path);
-    match fs::symlink_metadata(&target) {
+    };
+    let target = &a.target;
+    match fs::symlink_metadata(target) {
         Ok(md) if md.is_file() => {
-            if !cur
-                .as_ref()
-                .is_some_and(|c| c.is_file() && c.stat == Stat::of(&md))
-            {
+            if !a.known_file(&md) {
                 // Changed here since we last looked: the scan will make it a new version, which wins.
                 return Ok(());
             }
-            fs::remove_file(&target).at(&target)?;
+            fs::remove_file(target).at(target)?;
             info!("deleted {}", e.path);
         }
         Ok(md) if md.is_dir() => {
             // Stale temp files do not keep a deleted folder alive.
-            if let Ok(rd) = fs::read_dir(&target) {
+            if let Ok(rd) = fs::read_dir(target) {
                 for x in rd.flatten() {
                     if x.file_name().to_str().is_some_and(names::is_temp) {
                         let _ = fs::remove_file(x.path());
                     }
                 }
             }
-            if fs::remove_dir(&target).is_ok() {
+            if fs::remove_dir(target).is_ok() {
                 info!("deleted {}/", e.path);
             }
         }
         _ => {}
     }
-    let mut ne = e.clone();
-    ne.stat = Stat::default();
-    g.put(ne);
-    Ok(())
+    a.record(e, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extreme_mtimes_do_not_overflow() {
+        for (s, ns) in [
+            (i64::MIN, 999_999_999),
+            (i64::MAX, 999_999_999),
+            (-1, 5),
+            (0, 0),
+        ] {
+            let e = Entry {
+                mtime: s,
+                mtime_ns: ns,
+                ..Entry::default()
+            };
+            let _ = mtime_of(&e);
+        }
+        let e = Entry {
+            mtime: 1_000,
+            mtime_ns: 7,
+            ..Entry::default()
+        };
+        assert_eq!(mtime_of(&e), UNIX_EPOCH + Duration::new(1_000, 7));
+    }
 }
