@@ -244,6 +244,11 @@ struct Pull {
     delta_subs: (usize, usize),
 }
 
+/// Files under this size are installed in groups, sharing their filesystem syncs.
+const SMALL_FILE: u64 = 1 << 20;
+/// How many small files wait for a shared sync at most.
+const READY_BATCH: usize = 128;
+
 /// Files at least this large show progress in status and, every few seconds, in the log.
 const PROGRESS_MIN: u64 = 8 << 20;
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
@@ -393,10 +398,13 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
             delta_subs: (0, 0),
         });
     }
+    // Small files verified but not installed yet: made durable together (see `flush_ready`).
+    let mut ready: Vec<usize> = Vec::new();
     // Empty files have no blocks: finish them now.
-    for p in pulls.iter_mut().filter(|p| p.e.blocks.is_empty()) {
-        let r = finish_file(link, p, md5(b""));
-        finish_need(link, &p.e, r);
+    for fi in 0..pulls.len() {
+        if pulls[fi].e.blocks.is_empty() {
+            finish_file(link, &mut pulls, fi, md5(b""), &mut ready);
+        }
     }
 
     // Requests go out in job order, up to the window; responses are matched by id.
@@ -440,6 +448,9 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
             }
         });
         for ji in 0..jobs.len() {
+            if ready.len() >= READY_BATCH {
+                flush_ready(link, &mut pulls, &mut ready);
+            }
             while sent < remote.len() && in_flight < WINDOW_BYTES {
                 let rj = remote[sent];
                 let j = &jobs[rj];
@@ -576,12 +587,12 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
                 let digest = digests
                     .recv()
                     .map_err(|_| Error::msg("hash thread ended"))?;
-                let r = finish_file(link, p, digest);
-                finish_need(link, &p.e, r);
+                finish_file(link, &mut pulls, job.file, digest, &mut ready);
             }
         }
         Ok(())
     })?;
+    flush_ready(link, &mut pulls, &mut ready);
     REUSED.fetch_add(pulls.iter().map(|p| p.reused).sum(), Ordering::Relaxed);
     Ok(())
 }
@@ -602,31 +613,96 @@ pub const O_NOFOLLOW: i32 = 0o400000;
 pub const O_NOFOLLOW: i32 = 0o100000;
 
 /// Verifies the whole file, makes it durable, and installs it under its real name.
-fn finish_file(link: &Link<'_>, p: &mut Pull, digest: Hash) -> Result<()> {
-    if digest != p.e.md5 {
-        let _ = fs::remove_file(&p.tmp_path);
-        return Err(
-            Error::msg("whole-file MD5 does not match what the peer announced; discarded")
-                .at(&p.e.path),
+fn finish_file(
+    link: &Link<'_>,
+    pulls: &mut [Pull],
+    fi: usize,
+    digest: Hash,
+    ready: &mut Vec<usize>,
+) {
+    let p = &mut pulls[fi];
+    let big = p.e.size >= SMALL_FILE;
+    let r = (|| -> Result<()> {
+        if digest != p.e.md5 {
+            let _ = fs::remove_file(&p.tmp_path);
+            return Err(Error::msg(
+                "whole-file MD5 does not match what the peer announced; discarded",
+            )
+            .at(&p.e.path));
+        }
+        p.tmp.set_len(p.e.size).at(&p.tmp_path)?;
+        p.tmp
+            .set_permissions(fs::Permissions::from_mode(p.e.mode & 0o7777))
+            .at(&p.tmp_path)?;
+        p.tmp.set_modified(mtime_of(&p.e)).at(&p.tmp_path)?;
+        if big {
+            p.tmp.sync_all().at(&p.tmp_path)?;
+            install(link.model, &p.e, &p.tmp_path, true)?;
+        }
+        Ok(())
+    })();
+    match r {
+        Ok(()) if !big => ready.push(fi),
+        Ok(()) => received(link, p, Ok(())),
+        Err(e) => received(link, p, Err(e)),
+    }
+}
+
+/// Installs the small files waiting in `ready` with two filesystem syncs in all instead of two
+/// per file: their data is made durable first, then they are renamed into place, then the
+/// renames are made durable. A name never shows data that is not on disk.
+fn flush_ready(link: &Link<'_>, pulls: &mut [Pull], ready: &mut Vec<usize>) {
+    if ready.is_empty() {
+        return;
+    }
+    let root = &link.model.root;
+    let synced = sync_fs(root);
+    let mut results = Vec::with_capacity(ready.len());
+    for &fi in ready.iter() {
+        let p = &pulls[fi];
+        let r = match &synced {
+            Ok(()) => install(link.model, &p.e, &p.tmp_path, false),
+            Err(e) => Err(Error::msg(e.to_string())),
+        };
+        results.push(r);
+    }
+    if let Err(e) = sync_fs(root) {
+        warn!("syncing {}: {e}", root.display());
+    }
+    for (fi, r) in ready.drain(..).zip(results) {
+        received(link, &pulls[fi], r);
+    }
+}
+
+/// Logs an installed file, and records how its need ended.
+fn received(link: &Link<'_>, p: &Pull, r: Result<()>) {
+    if r.is_ok() {
+        let secs = p.t0.elapsed().as_secs_f64();
+        info!(
+            "received {} ({} bytes, {} on the wire, {} reused locally, {:.2} s, {:.1} MB/s)",
+            p.e.path,
+            p.e.size,
+            p.wire,
+            p.reused,
+            secs,
+            p.e.size as f64 / secs.max(1e-6) / 1e6
         );
     }
-    p.tmp.set_len(p.e.size).at(&p.tmp_path)?;
-    p.tmp.sync_all().at(&p.tmp_path)?;
-    p.tmp
-        .set_permissions(fs::Permissions::from_mode(p.e.mode & 0o7777))
-        .at(&p.tmp_path)?;
-    p.tmp.set_modified(mtime_of(&p.e)).at(&p.tmp_path)?;
-    install(link.model, &p.e, &p.tmp_path)?;
-    let secs = p.t0.elapsed().as_secs_f64();
-    info!(
-        "received {} ({} bytes, {} on the wire, {} reused locally, {:.2} s, {:.1} MB/s)",
-        p.e.path,
-        p.e.size,
-        p.wire,
-        p.reused,
-        secs,
-        p.e.size as f64 / secs.max(1e-6) / 1e6
-    );
+    finish_need(link, &p.e, r);
+}
+
+unsafe extern "C" {
+    fn syncfs(fd: std::ffi::c_int) -> std::ffi::c_int;
+}
+
+/// Flushes everything written to the filesystem holding `root`.
+fn sync_fs(root: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(root).at(root)?;
+    // SAFETY: a valid descriptor that outlives the call.
+    if unsafe { syncfs(d.as_raw_fd()) } != 0 {
+        return Err(Error::from(io::Error::last_os_error()).at(root));
+    }
     Ok(())
 }
 
@@ -710,7 +786,7 @@ impl Apply<'_> {
 
 /// Under the lock: checks the decision still holds and that nothing changed on disk behind the
 /// index's back, keeps a losing local edit as a conflict copy, then renames the temp into place.
-fn install(model: &Model, e: &Entry, tmp: &Path) -> Result<()> {
+fn install(model: &Model, e: &Entry, tmp: &Path, durable: bool) -> Result<()> {
     let Some(a) = begin(model, e)? else {
         let _ = fs::remove_file(tmp);
         return Ok(());
@@ -736,7 +812,9 @@ fn install(model: &Model, e: &Entry, tmp: &Path) -> Result<()> {
         Err(err) => return Err(Error::from(err).at(target)),
     }
     fs::rename(tmp, target).at(target)?;
-    sync_dir(target.parent().unwrap_or(&model.root))?;
+    if durable {
+        sync_dir(target.parent().unwrap_or(&model.root))?;
+    }
     a.record(e, true)
 }
 
