@@ -75,7 +75,7 @@ fn open_index(state: &Path, device: u64) -> Index {
 
 fn save(model: &Model) {
     let mut g = model.lock();
-    if !g.dirty {
+    if !g.dirty || g.hold_save > 0 {
         return;
     }
     // Saved under the lock so no change slips between the write and the flag.

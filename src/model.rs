@@ -145,6 +145,9 @@ pub struct State {
     pub dialers: BTreeMap<String, DialInfo>,
     /// The last error worth showing in status, and when.
     pub last_error: Option<(SystemTime, String)>,
+    /// Installs whose renames are not durable yet: the index is not saved meanwhile, so it never
+    /// names a file that a crash could take back.
+    pub hold_save: usize,
     /// Devices seen in sync with us, with our sequence number at that moment.
     pub synced: BTreeMap<u64, u64>,
     /// Patterns from `.leftignore`: matching paths are neither sent, taken nor deleted.
@@ -187,6 +190,7 @@ impl Model {
             dialers: BTreeMap::new(),
             last_error: None,
             synced: BTreeMap::new(),
+            hold_save: 0,
             ignore: Ignore::default(),
             ignore_text: String::new(),
         };

@@ -656,6 +656,7 @@ fn flush_ready(link: &Link<'_>, pulls: &mut [Pull], ready: &mut Vec<usize>) {
         return;
     }
     let root = &link.model.root;
+    link.model.lock().hold_save += 1;
     let synced = sync_fs(root);
     let mut results = Vec::with_capacity(ready.len());
     for &fi in ready.iter() {
@@ -669,6 +670,7 @@ fn flush_ready(link: &Link<'_>, pulls: &mut [Pull], ready: &mut Vec<usize>) {
     if let Err(e) = sync_fs(root) {
         warn!("syncing {}: {e}", root.display());
     }
+    link.model.lock().hold_save -= 1;
     for (fi, r) in ready.drain(..).zip(results) {
         received(link, &pulls[fi], r);
     }
