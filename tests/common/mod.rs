@@ -610,3 +610,598 @@ pub fn wait_identical(a: &Path, b: &Path, timeout: Duration) {
     });
     assert!(ok, "shares did not converge within {timeout:?}: {last:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Raw processes, signals, and a fake peer speaking the wire protocol by hand (trust, mesh and
+// operator tests). See src/wire.rs for the layout: u32 BE length | u8 type | payload.
+
+impl Peer {
+    /// Starts `left ARGS` exactly as given (no --dir/--port added), stderr to a log, and waits
+    /// until it serves on `port`. `dir` is where the test expects its folder.
+    pub fn start_raw(t: &TestDir, name: &str, dir: &Path, port: u16, args: &[String]) -> Peer {
+        let log = new_log(t, name);
+        let child = spawn(args, &log);
+        let mut p = Peer {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            port,
+            log,
+            child: Some(child),
+        };
+        let ready = wait_until(SOON, || {
+            p.log_text().contains(&format!("on port {port} as device")) || !p.alive()
+        });
+        assert!(
+            ready && p.alive(),
+            "{name} (left {}) did not start serving on port {port}:\n{}",
+            args.join(" "),
+            p.log_text()
+        );
+        p
+    }
+
+    /// This peer's device id, from `.left/device`.
+    pub fn device(&self) -> u64 {
+        device_of(&self.dir)
+    }
+}
+
+/// The device id of the share at `dir` (from `.left/device`).
+pub fn device_of(dir: &Path) -> u64 {
+    let s = fs::read_to_string(dir.join(".left/device")).expect("no .left/device");
+    u64::from_str_radix(s.trim(), 16).expect("bad .left/device")
+}
+
+/// The short printable device id used in logs and conflict names (`{:07X}` of the top 28 bits).
+pub fn short_id(device: u64) -> String {
+    format!("{:07X}", device >> 36)
+}
+
+/// UTC `YYYYMMDD-HHMMSS` of seconds since the epoch (as in conflict names).
+pub fn utc_stamp(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Sends a signal (`"STOP"`, `"CONT"`, `"TERM"`...) to a process with kill(1).
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+/// Slows a process down by stopping it for `stop` out of every `run + stop`, until dropped (it
+/// is left running). Real transfers between real peers then take seconds instead of a blink.
+pub struct Throttle {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Throttle {
+    pub fn new(pid: u32, run: Duration, stop: Duration) -> Throttle {
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = flag.clone();
+        let handle = std::thread::spawn(move || {
+            while !f.load(Ordering::Relaxed) {
+                std::thread::sleep(run);
+                let _ = Command::new("kill")
+                    .args(["-STOP", &pid.to_string()])
+                    .status();
+                std::thread::sleep(stop);
+                let _ = Command::new("kill")
+                    .args(["-CONT", &pid.to_string()])
+                    .status();
+            }
+        });
+        Throttle {
+            stop: flag,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// MD5 (RFC 1321), so tests can build valid index entries without a crate.
+pub fn md5(data: &[u8]) -> [u8; 16] {
+    const S: [u32; 64] = [
+        7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20, 5,
+        9, 14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10,
+        15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
+    ];
+    const K: [u32; 64] = [
+        0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee, 0xf57c0faf, 0x4787c62a, 0xa8304613,
+        0xfd469501, 0x698098d8, 0x8b44f7af, 0xffff5bb1, 0x895cd7be, 0x6b901122, 0xfd987193,
+        0xa679438e, 0x49b40821, 0xf61e2562, 0xc040b340, 0x265e5a51, 0xe9b6c7aa, 0xd62f105d,
+        0x02441453, 0xd8a1e681, 0xe7d3fbc8, 0x21e1cde6, 0xc33707d6, 0xf4d50d87, 0x455a14ed,
+        0xa9e3e905, 0xfcefa3f8, 0x676f02d9, 0x8d2a4c8a, 0xfffa3942, 0x8771f681, 0x6d9d6122,
+        0xfde5380c, 0xa4beea44, 0x4bdecfa9, 0xf6bb4b60, 0xbebfbc70, 0x289b7ec6, 0xeaa127fa,
+        0xd4ef3085, 0x04881d05, 0xd9d4d039, 0xe6db99e5, 0x1fa27cf8, 0xc4ac5665, 0xf4292244,
+        0x432aff97, 0xab9423a7, 0xfc93a039, 0x655b59c3, 0x8f0ccc92, 0xffeff47d, 0x85845dd1,
+        0x6fa87e4f, 0xfe2ce6e0, 0xa3014314, 0x4e0811a1, 0xf7537e82, 0xbd3af235, 0x2ad7d2bb,
+        0xeb86d391,
+    ];
+    let mut st: [u32; 4] = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476];
+    let mut msg = data.to_vec();
+    let bits = (data.len() as u64).wrapping_mul(8);
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&bits.to_le_bytes());
+    for chunk in msg.chunks_exact(64) {
+        let mut m = [0u32; 16];
+        for (i, w) in m.iter_mut().enumerate() {
+            *w = u32::from_le_bytes(chunk[i * 4..i * 4 + 4].try_into().unwrap());
+        }
+        let [mut a, mut b, mut c, mut d] = st;
+        for i in 0..64 {
+            let (f, g) = match i / 16 {
+                0 => ((b & c) | (!b & d), i),
+                1 => ((d & b) | (!d & c), (5 * i + 1) % 16),
+                2 => (b ^ c ^ d, (3 * i + 5) % 16),
+                _ => (c ^ (b | !d), (7 * i) % 16),
+            };
+            let f = f.wrapping_add(a).wrapping_add(K[i]).wrapping_add(m[g]);
+            a = d;
+            d = c;
+            c = b;
+            b = b.wrapping_add(f.rotate_left(S[i]));
+        }
+        st[0] = st[0].wrapping_add(a);
+        st[1] = st[1].wrapping_add(b);
+        st[2] = st[2].wrapping_add(c);
+        st[3] = st[3].wrapping_add(d);
+    }
+    let mut out = [0u8; 16];
+    for (i, w) in st.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+pub fn hex(h: &[u8]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub mod wire {
+    //! Frames built and read by hand.
+
+    use std::io::{self, Read};
+
+    pub const MAGIC: [u8; 4] = *b"LEFT";
+    pub const T_HELLO: u8 = 1;
+    pub const T_INDEX: u8 = 2;
+    pub const T_INDEX_DONE: u8 = 3;
+    pub const T_REQUEST: u8 = 4;
+    pub const T_RESPONSE: u8 = 5;
+    pub const T_IN_SYNC: u8 = 6;
+    pub const T_PING: u8 = 7;
+    pub const T_AUTH: u8 = 8;
+    pub const T_SUB_HASHES: u8 = 9;
+    pub const SUB_BLOCK: usize = 4096;
+    pub const FLAG_AUTH: u32 = 1;
+    pub const BLOCK: usize = 64 << 10;
+
+    /// `u32 length | type | payload`.
+    pub fn frame(t: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::with_capacity(payload.len() + 5);
+        f.extend_from_slice(&(payload.len() as u32 + 1).to_be_bytes());
+        f.push(t);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    pub fn hello_payload(
+        magic: [u8; 4],
+        version: u16,
+        device: u64,
+        flags: u32,
+        nonce: [u8; 16],
+        port: u16,
+    ) -> Vec<u8> {
+        let mut p = magic.to_vec();
+        p.extend_from_slice(&version.to_be_bytes());
+        p.extend_from_slice(&device.to_be_bytes());
+        p.extend_from_slice(&flags.to_be_bytes());
+        p.extend_from_slice(&nonce);
+        p.extend_from_slice(&port.to_be_bytes());
+        p
+    }
+
+    /// A correct hello (protocol 1).
+    pub fn hello(device: u64, flags: u32, nonce: [u8; 16], port: u16) -> Vec<u8> {
+        frame(
+            T_HELLO,
+            &hello_payload(MAGIC, 1, device, flags, nonce, port),
+        )
+    }
+
+    /// One index entry as it travels.
+    #[derive(Debug, Clone)]
+    pub struct Entry {
+        pub path: String,
+        /// 0 file, 1 folder.
+        pub kind: u8,
+        pub deleted: bool,
+        pub size: u64,
+        pub mtime: i64,
+        pub mtime_ns: u32,
+        pub mode: u32,
+        pub modified_by: u64,
+        pub version: Vec<(u64, u64)>,
+        pub block_size: u32,
+        pub blocks: Vec<[u8; 16]>,
+        pub md5: [u8; 16],
+    }
+
+    impl Entry {
+        /// A file holding `data`, version `{device: counter}`.
+        pub fn file(path: &str, data: &[u8], device: u64, counter: u64) -> Entry {
+            Entry {
+                path: path.to_string(),
+                kind: 0,
+                deleted: false,
+                size: data.len() as u64,
+                mtime: 1_700_000_000,
+                mtime_ns: 0,
+                mode: 0o644,
+                modified_by: device,
+                version: vec![(device, counter)],
+                block_size: BLOCK as u32,
+                blocks: data.chunks(BLOCK).map(super::md5).collect(),
+                md5: super::md5(data),
+            }
+        }
+
+        pub fn dir(path: &str, device: u64, counter: u64) -> Entry {
+            Entry {
+                kind: 1,
+                mode: 0o755,
+                ..Entry::file(path, b"", device, counter)
+            }
+        }
+
+        pub fn deleted(path: &str, device: u64, counter: u64) -> Entry {
+            Entry {
+                deleted: true,
+                ..Entry::file(path, b"", device, counter)
+            }
+        }
+
+        pub fn encode(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&(self.path.len() as u16).to_be_bytes());
+            out.extend_from_slice(self.path.as_bytes());
+            out.push(self.kind);
+            out.push(u8::from(self.deleted));
+            out.extend_from_slice(&self.size.to_be_bytes());
+            out.extend_from_slice(&self.mtime.to_be_bytes());
+            out.extend_from_slice(&self.mtime_ns.to_be_bytes());
+            out.extend_from_slice(&self.mode.to_be_bytes());
+            out.extend_from_slice(&self.modified_by.to_be_bytes());
+            out.extend_from_slice(&(self.version.len() as u16).to_be_bytes());
+            for (d, c) in &self.version {
+                out.extend_from_slice(&d.to_be_bytes());
+                out.extend_from_slice(&c.to_be_bytes());
+            }
+            out.extend_from_slice(&self.block_size.to_be_bytes());
+            out.extend_from_slice(&(self.blocks.len() as u32).to_be_bytes());
+            for b in &self.blocks {
+                out.extend_from_slice(b);
+            }
+            out.extend_from_slice(&self.md5);
+        }
+    }
+
+    /// An Index frame: u64 seq, u32 count, entries.
+    pub fn index(seq: u64, entries: &[Entry]) -> Vec<u8> {
+        let mut p = seq.to_be_bytes().to_vec();
+        p.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+        for e in entries {
+            e.encode(&mut p);
+        }
+        frame(T_INDEX, &p)
+    }
+
+    pub fn seq_frame(t: u8, seq: u64) -> Vec<u8> {
+        frame(t, &seq.to_be_bytes())
+    }
+
+    pub fn response(id: u32, status: u8, data: &[u8]) -> Vec<u8> {
+        let mut p = id.to_be_bytes().to_vec();
+        p.push(status);
+        p.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        p.extend_from_slice(data);
+        frame(T_RESPONSE, &p)
+    }
+
+    pub fn request(id: u32, path: &str, offset: u64, len: u32, hash: [u8; 16]) -> Vec<u8> {
+        let mut p = id.to_be_bytes().to_vec();
+        p.extend_from_slice(&(path.len() as u16).to_be_bytes());
+        p.extend_from_slice(path.as_bytes());
+        p.extend_from_slice(&offset.to_be_bytes());
+        p.extend_from_slice(&len.to_be_bytes());
+        p.extend_from_slice(&hash);
+        frame(T_REQUEST, &p)
+    }
+
+    /// A block request from the daemon.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Request {
+        pub id: u32,
+        pub path: String,
+        pub offset: u64,
+        pub len: u32,
+        pub hash: [u8; 16],
+    }
+
+    pub fn parse_request(p: &[u8]) -> Option<Request> {
+        let id = u32::from_be_bytes(p.get(0..4)?.try_into().ok()?);
+        let n = u16::from_be_bytes(p.get(4..6)?.try_into().ok()?) as usize;
+        let path = String::from_utf8(p.get(6..6 + n)?.to_vec()).ok()?;
+        let r = &p[6 + n..];
+        Some(Request {
+            id,
+            path,
+            offset: u64::from_be_bytes(r.get(0..8)?.try_into().ok()?),
+            len: u32::from_be_bytes(r.get(8..12)?.try_into().ok()?),
+            hash: r.get(12..28)?.try_into().ok()?,
+        })
+    }
+
+    /// Reads one frame: (type, payload). Frames over 16 MiB are an error.
+    pub fn read_frame(r: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
+        let mut h = [0u8; 4];
+        r.read_exact(&mut h)?;
+        let n = u32::from_be_bytes(h) as usize;
+        if n == 0 || n > 16 << 20 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad frame length",
+            ));
+        }
+        let mut body = vec![0u8; n];
+        r.read_exact(&mut body)?;
+        let t = body.remove(0);
+        Ok((t, body))
+    }
+
+    /// The device id in a hello payload.
+    pub fn hello_device(p: &[u8]) -> u64 {
+        u64::from_be_bytes(p[6..14].try_into().unwrap())
+    }
+}
+
+/// Connects to a daemon on 127.0.0.1:`port`.
+pub fn connect(port: u16) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+/// Reads until the other side closes (or resets) the connection, for at most `timeout`.
+/// Returns the bytes read before the close, or None if it stayed open.
+pub fn wait_closed(s: &mut std::net::TcpStream, timeout: Duration) -> Option<Vec<u8>> {
+    let end = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64 << 10];
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        s.set_read_timeout(Some(left.min(Duration::from_millis(500))))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(got),
+        }
+    }
+}
+
+/// A peer played by the test: it completes a hello (no key), then a thread reads what the daemon
+/// sends, answers block requests from `files` (optionally at a limited rate) and acknowledges
+/// the daemon's index with InSync. Every request and frame type seen is recorded.
+pub struct FakePeer {
+    pub device: u64,
+    /// The daemon's device id, from its hello.
+    pub daemon: u64,
+    stream: std::net::TcpStream,
+    pub requests: std::sync::Arc<Mutex<Vec<wire::Request>>>,
+    pub frames: std::sync::Arc<Mutex<Vec<u8>>>,
+    pub closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mute: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    files: std::sync::Arc<Mutex<std::collections::HashMap<String, Vec<u8>>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakePeer {
+    /// Connects to the daemon on `port`, claiming device `device` listening on `listen_port`.
+    pub fn connect(port: u16, device: u64, listen_port: u16) -> FakePeer {
+        FakePeer::connect_rate(port, device, listen_port, None)
+    }
+
+    /// As [`FakePeer::connect`]; block data is served at most `rate` bytes per second.
+    pub fn connect_rate(port: u16, device: u64, listen_port: u16, rate: Option<u64>) -> FakePeer {
+        let mut s = connect(port);
+        s.set_nodelay(true).unwrap();
+        let nonce: [u8; 16] = random_bytes(device, 16).try_into().unwrap();
+        s.write_all(&wire::hello(device, 0, nonce, listen_port))
+            .unwrap();
+        let (t, p) = wire::read_frame(&mut s).expect("no hello from the daemon");
+        assert_eq!(t, wire::T_HELLO, "the daemon's first frame is not a hello");
+        let daemon = wire::hello_device(&p);
+        s.set_read_timeout(None).unwrap();
+        let requests = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let frames = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let files: std::sync::Arc<Mutex<std::collections::HashMap<String, Vec<u8>>>> =
+            std::sync::Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let mute = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (rq, fr, cl, fl, mu) = (
+            requests.clone(),
+            frames.clone(),
+            closed.clone(),
+            files.clone(),
+            mute.clone(),
+        );
+        let mut r = io::BufReader::new(s.try_clone().unwrap());
+        let mut w = s.try_clone().unwrap();
+        let handle = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut served = 0u64;
+            while let Ok((t, p)) = wire::read_frame(&mut r) {
+                fr.lock().unwrap().push(t);
+                let reply = match t {
+                    wire::T_REQUEST | wire::T_SUB_HASHES => {
+                        let Some(req) = wire::parse_request(&p) else {
+                            break;
+                        };
+                        rq.lock().unwrap().push(req.clone());
+                        if mu.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        let data = fl.lock().unwrap().get(&req.path).and_then(|d| {
+                            let end = req.offset.checked_add(req.len as u64)?;
+                            d.get(req.offset as usize..end as usize).map(|b| b.to_vec())
+                        });
+                        served += req.len as u64;
+                        if let Some(rate) = rate {
+                            let due = Duration::from_secs_f64(served as f64 / rate as f64);
+                            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
+                        match data {
+                            Some(d) if t == wire::T_SUB_HASHES => {
+                                let subs: Vec<u8> =
+                                    d.chunks(wire::SUB_BLOCK).flat_map(md5).collect();
+                                wire::response(req.id, 0, &subs)
+                            }
+                            Some(d) if md5(&d) == req.hash || req.hash == [0; 16] => {
+                                wire::response(req.id, 0, &d)
+                            }
+                            _ => wire::response(req.id, 1, b""),
+                        }
+                    }
+                    wire::T_INDEX if p.len() >= 8 => {
+                        let seq = u64::from_be_bytes(p[..8].try_into().unwrap());
+                        if seq == 0 {
+                            continue;
+                        }
+                        wire::seq_frame(wire::T_IN_SYNC, seq)
+                    }
+                    wire::T_INDEX_DONE if p.len() == 8 => {
+                        let seq = u64::from_be_bytes(p[..8].try_into().unwrap());
+                        wire::seq_frame(wire::T_IN_SYNC, seq)
+                    }
+                    _ => continue,
+                };
+                if w.write_all(&reply).is_err() {
+                    break;
+                }
+            }
+            cl.store(true, Ordering::SeqCst);
+        });
+        FakePeer {
+            device,
+            daemon,
+            stream: s,
+            requests,
+            frames,
+            closed,
+            mute,
+            files,
+            handle: Some(handle),
+        }
+    }
+
+    /// Makes `data` available under `path` for the daemon's requests.
+    pub fn offer(&self, path: &str, data: Vec<u8>) {
+        self.files.lock().unwrap().insert(path.to_string(), data);
+    }
+
+    /// From now on, block requests are recorded but never answered.
+    pub fn mute(&self) {
+        self.mute.store(true, Ordering::SeqCst);
+    }
+
+    /// Sends raw bytes; false if the connection is gone.
+    pub fn send(&self, bytes: &[u8]) -> bool {
+        (&self.stream).write_all(bytes).is_ok()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the daemon closes the connection.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || self.is_closed())
+    }
+
+    /// Paths the daemon asked blocks of.
+    pub fn requested_paths(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.path.clone())
+            .collect();
+        v.dedup();
+        v
+    }
+
+    /// Bytes of block data the daemon asked for.
+    pub fn requested_bytes(&self) -> u64 {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.len as u64)
+            .sum()
+    }
+}
+
+impl Drop for FakePeer {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
