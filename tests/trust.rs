@@ -950,3 +950,50 @@ fn full_disk_and_read_only_folder_on_the_receiver() {
     drop(full);
     drop(a);
 }
+
+/// Resident memory of a process, in bytes (from /proc).
+fn rss(pid: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Big frames nobody asked for (8 MiB Responses, Pings in between) from a peer past its hello:
+/// the daemon must not keep them. It runs on 512 MB machines; 400 MiB of unsolicited data must
+/// not become 400 MiB of memory.
+#[test]
+fn unsolicited_big_responses_are_not_hoarded() {
+    let mut w = World::new("hoard", &[]);
+    let pid = w.b.pid().unwrap();
+    let before = rss(pid);
+    let f = FakePeer::connect(w.b.port, next_dev(), free_port());
+    let junk = random_bytes(11, 8 << 20);
+    let mut sent = 0u64;
+    for i in 0..50u32 {
+        if !f.send(&wire::response(1_000_000 + i, 0, &junk)) {
+            break;
+        }
+        sent += junk.len() as u64;
+    }
+    assert!(f.send(&wire::frame(wire::T_PING, &[])));
+    std::thread::sleep(Duration::from_millis(1000));
+    let after = rss(pid);
+    eprintln!(
+        "sent {} MiB of unsolicited responses; B's RSS {} -> {} MiB",
+        sent >> 20,
+        before >> 20,
+        after >> 20
+    );
+    assert!(w.b.alive(), "B died");
+    assert!(
+        after < before + (64 << 20),
+        "B's memory grew from {} to {} MiB after {} MiB of responses nobody asked for",
+        before >> 20,
+        after >> 20,
+        sent >> 20
+    );
+    drop(f);
+    w.healthy("unsolicited 8 MiB responses");
+}
