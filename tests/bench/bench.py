@@ -38,6 +38,7 @@ IF = {"A": E["IF_A"], "B": E["IF_B"]}
 IP = {"A": E["IP_A"], "B": E["IP_B"]}
 SCALE_FILES = int(E.get("SCALE_FILES", "100000"))
 IDLE_SECS = int(E.get("IDLE_SECS", "60"))
+SCALE_TIMEOUT = int(E.get("SCALE_TIMEOUT", "600"))
 STEPS = [s for s in E.get("STEPS", "").split(",") if s] or [
     "tc1b", "xfer", "tc2a", "kill40", "tc2b", "zeros", "scale"]
 POLL = 0.05
@@ -396,6 +397,8 @@ def row(step, tool, wall, wire, cpu, rss, **extra):
     r.update(extra)
     ROWS.append(r)
     w = "n/a" if step == "SCALE_IDLE" else "TIMEOUT" if wall is None else f"{wall:.3f} s"
+    if wall is None and step not in ("SCALE_IDLE", "SCALE_INIT"):
+        MISBEHAVIOUR.append(f"{tool}: {step} did not complete (waited {TIMEOUT:.0f} s)")
     say(f"  {step:10} {tool:12} {w:>10}  {wire / 1e6:9.2f} MB  cpu {cpu:.2f} s  rss {rss}")
     return r
 
@@ -933,7 +936,7 @@ def scale_run():
     # Completion: B's log has a 'received' line per file, then every file's MD5 is checked
     # (polling 100,000 MD5s every 50 ms is not possible; the count is polled every 0.25 s).
     count, off, wall = 0, d["B"].log_offset, None
-    while time.monotonic() - t0 < 1800:
+    while time.monotonic() - t0 < SCALE_TIMEOUT:
         t = time.monotonic()
         with open(d["B"].logpath, "rb") as f:
             f.seek(off)
@@ -948,6 +951,12 @@ def scale_run():
             MISBEHAVIOUR.append("scale run: a left process exited; see the scale-left logs")
             break
         time.sleep(0.25 if count < n else 2.0)
+    if wall is None:
+        st = root / "B" / "share" / ".left" / "status"
+        MISBEHAVIOUR.append(
+            f"left: SCALE_INIT not complete after {SCALE_TIMEOUT} s: B logged {count} of {n} files "
+            f"received; B's status file said: "
+            + (" | ".join(st.read_text().splitlines()[1:]) if st.exists() else "-"))
     for x in d.values():
         x.collect()
     net = veth_bytes() - net0
@@ -1242,6 +1251,16 @@ def main():
         "100,000 MD5s every 50 ms is not possible: SCALE_INIT counts left's 'received' lines "
         "every 0.25 s, then checks every file's MD5.",
     ])
+    try:
+        run_all()
+    except BaseException as e:  # still write what was measured
+        NOTES.append(f"the run was cut short: {type(e).__name__}: {e}")
+        report(limits, time.monotonic() - t_start)
+        raise
+    report(limits, time.monotonic() - t_start)
+
+
+def run_all():
     use_st = E.get("SYNCTHING", "auto")
     have_st = shutil.which("syncthing") is not None
     if use_st == "1" and not have_st:
@@ -1259,7 +1278,6 @@ def main():
         NOTES.append("syncthing: not run (" + ("SYNCTHING=0" if have_st else "not installed") + ").")
     if "scale" in STEPS and SCALE_FILES > 0:
         scale_run()
-    report(limits, time.monotonic() - t_start)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 #   RATE=100mbit       shape the link (tbf on both veth ends); default: unshaped
 #   SCALE_FILES=100000 files in the scale run (0: skip it)
 #   IDLE_SECS=60       how long idle CPU is measured in the scale run
+#   SCALE_TIMEOUT=600  how long the scale run's initial sync may take
 #   SYNCTHING=auto     auto (run it where installed), 0 (skip), 1 (require it)
 #   STEPS=...          comma-separated subset of: tc1b,xfer,tc2a,kill40,tc2b,zeros,scale
 #   BENCH_DIR=target/bench   where data, shares, logs and results go (must not be tmpfs)
