@@ -272,13 +272,18 @@ pub fn parse_with(
             return Err(format!("{flag} takes no value"));
         }
     }
-    // Peers and allowed addresses from the file count only when the command line gives none.
+    // Every line of the file is checked; its peers and allowed addresses count only when the
+    // command line gives none.
+    let mut cfg_peers = Vec::new();
+    for (i, p) in cfg.peers.iter().enumerate() {
+        cfg_peers.push(parse_peer(p, port).map_err(|e| format!("{}: {e}", cfg.peer_origin(i)))?);
+    }
+    let mut cfg_allow = Vec::new();
+    for (i, a) in cfg.allow.iter().enumerate() {
+        cfg_allow.push(parse_allow(a).map_err(|e| format!("{}: {e}", cfg.allow_origin(i)))?);
+    }
     let peers = if peers.is_empty() {
-        let mut out = Vec::new();
-        for (i, p) in cfg.peers.iter().enumerate() {
-            out.push(parse_peer(p, port).map_err(|e| format!("{}: {e}", cfg.peer_origin(i)))?);
-        }
-        out
+        cfg_peers
     } else {
         peers
             .iter()
@@ -289,9 +294,7 @@ pub fn parse_with(
         return Err("no peer given".into());
     }
     if allow.is_empty() {
-        for (i, a) in cfg.allow.iter().enumerate() {
-            allow.push(parse_allow(a).map_err(|e| format!("{}: {e}", cfg.allow_origin(i)))?);
-        }
+        allow = cfg_allow;
     }
     Ok(Command::Run(Options {
         dir,

@@ -158,6 +158,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let (out_tx, out_rx) = mpsc::channel::<Out>();
     let (resp_tx, resp_rx) = mpsc::channel::<Response>();
+    let asked = Arc::new(AtomicUsize::new(0));
     register(
         model,
         id,
@@ -201,16 +202,24 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
             r
         });
         let p_out = out_tx.clone();
+        let p_asked = asked.clone();
         let puller = s.spawn(move || {
             let link = Link {
                 model,
                 conn: id,
                 out: p_out,
                 responses: resp_rx,
+                asked: p_asked,
             };
             puller::run(&link)
         });
-        let r = read_loop(model, id, &stream, recv, &out_tx, &resp_tx, &pending);
+        let routes = Routes {
+            out: &out_tx,
+            responses: &resp_tx,
+            pending: &pending,
+            asked: &asked,
+        };
+        let r = read_loop(model, id, &stream, recv, &routes);
         // Whatever ended the connection, end the other threads too.
         unregister(model, id);
         let _ = stream.shutdown(Shutdown::Both);
@@ -280,15 +289,29 @@ fn unregister(model: &Model, id: u64) {
     model.changed.notify_all();
 }
 
+/// Where the reader sends what it decodes, with the counts that keep a peer's frames bounded.
+struct Routes<'a> {
+    out: &'a mpsc::Sender<Out>,
+    responses: &'a mpsc::Sender<Response>,
+    /// The peer's requests waiting for our writer.
+    pending: &'a AtomicUsize,
+    /// Our requests waiting for the peer's answer.
+    asked: &'a AtomicUsize,
+}
+
 fn read_loop(
     model: &Model,
     id: u64,
     stream: &TcpStream,
     mut session: Option<Sealer>,
-    out: &mpsc::Sender<Out>,
-    responses: &mpsc::Sender<Response>,
-    pending: &AtomicUsize,
+    routes: &Routes<'_>,
 ) -> Result<()> {
+    let Routes {
+        out,
+        responses,
+        pending,
+        asked,
+    } = *routes;
     let mut r = BufReader::with_capacity(64 << 10, stream);
     let queue = |job: Out| -> Result<()> {
         if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PEER_REQUESTS {
@@ -319,6 +342,13 @@ fn read_loop(
             Msg::SubHashes(req) => queue(Out::ServeSubs(req))?,
             Msg::Ping => {}
             Msg::Response(resp) => {
+                // Only as many responses as we asked for are queued: memory stays bounded.
+                if asked
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_err()
+                {
+                    return Err(Error::protocol("a response nobody asked for"));
+                }
                 let _ = responses.send(resp);
             }
             Msg::InSync { seq } => {

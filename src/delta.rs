@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
@@ -79,7 +80,9 @@ impl<'a, 'b> Pipe<'a, 'b> {
         }
     }
 
+    /// Sends a request (every message the pipe sends is one, answered by one Response).
     fn send(&mut self, msg: Msg) -> Result<()> {
+        self.link.asked.fetch_add(1, Ordering::AcqRel);
         self.link
             .out
             .send(Out::Frame(wire::encode(&msg)))

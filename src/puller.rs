@@ -16,9 +16,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::MutexGuard;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Bytes of block data in flight per connection: keeps a fast link full, memory small.
@@ -40,6 +41,8 @@ pub struct Link<'a> {
     pub conn: u64,
     pub out: Sender<Out>,
     pub responses: Receiver<Response>,
+    /// Requests sent and not answered yet; the reader refuses responses beyond them.
+    pub asked: Arc<AtomicUsize>,
 }
 
 /// Pulls until the connection closes (the peer entry disappears) or shutdown.
@@ -80,11 +83,24 @@ fn take_batch(link: &Link<'_>) -> Option<Vec<Entry>> {
             if st.busy.contains(path) || p.retry.get(path).is_some_and(|t| *t > now) {
                 continue;
             }
+            // A folder's deletion waits until the deletions of what is inside it are done.
+            if r.deleted && r.kind == Kind::Dir {
+                let inside = format!("{path}/");
+                if p.needs
+                    .range(inside.clone()..)
+                    .next()
+                    .is_some_and(|(k, _)| k.starts_with(&inside))
+                {
+                    continue;
+                }
+            }
             match decide(st.index.entries.get(path), r) {
                 Decision::Take { .. } => {
-                    if !batch.is_empty()
-                        && (batch.len() >= BATCH_ENTRIES || bytes + r.size > BATCH_BYTES)
-                    {
+                    // Deletions and folders always fit: a renamed big file and the deletion of
+                    // its old name stay in one batch, so the file is moved, not copied.
+                    let full = batch.len() >= BATCH_ENTRIES
+                        || (r.size > 0 && bytes > 0 && bytes + r.size > BATCH_BYTES);
+                    if full {
                         break;
                     }
                     bytes += r.size;

@@ -5,7 +5,7 @@ use crate::error::{Context, Error, Result};
 use crate::hash;
 use crate::ignore::{self, Ignore};
 use crate::index::{Entry, Kind, Stat, block_size_for};
-use crate::model::Model;
+use crate::model::{Model, State};
 use crate::names;
 use crate::puller::O_NOFOLLOW;
 use std::collections::HashSet;
@@ -148,18 +148,13 @@ pub fn scan(
         }
     }
     let moved = find_moved(model, &candidates);
+    let mut moves = Vec::new();
     for c in candidates {
-        let r = match moved.get(&c.path) {
-            Some(old) => Ok(record(
-                model,
-                &c,
-                old.blocks.clone(),
-                old.md5,
-                old.block_size,
-            )),
-            None => hash_one(model, &c),
-        };
-        match r {
+        if let Some(old) = moved.get(&c.path) {
+            moves.push((c, old));
+            continue;
+        }
+        match hash_one(model, &c) {
             Ok(true) => out.changed += 1,
             Ok(false) => {}
             Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => {}
@@ -172,6 +167,13 @@ pub fn scan(
     // Whatever the index has that this scan did not see is gone, unless its folder was unreadable.
     let mut g = model.lock();
     let st = &mut *g;
+    // A moved file's new name and its old name's deletion are recorded together, so a peer
+    // learns both at once and can move its copy instead of copying it.
+    for (c, old) in moves {
+        if record(st, &c, old.blocks.clone(), old.md5, old.block_size) {
+            out.changed += 1;
+        }
+    }
     let device = st.index.device;
     let gone: Vec<String> = st
         .index
@@ -300,20 +302,18 @@ fn hash_one(model: &Model, c: &Candidate) -> Result<bool> {
     if after != before {
         return Err(Error::msg("file changed during hashing; will retry").at(&path));
     }
-    Ok(record(model, c, blocks, md5, bs))
+    Ok(record(&mut model.lock(), c, blocks, md5, bs))
 }
 
 /// Records what a candidate holds; true if that is a new version.
 fn record(
-    model: &Model,
+    st: &mut State,
     c: &Candidate,
     blocks: Vec<crate::hash::Hash>,
     md5: crate::hash::Hash,
     bs: u32,
 ) -> bool {
     let before = c.stat;
-    let mut g = model.lock();
-    let st = &mut *g;
     let cur = st.index.entries.get_mut(&c.path);
     if cur.as_ref().map(|e| e.seq) != c.seq {
         return false; // a pull replaced it meanwhile

@@ -977,7 +977,9 @@ fn unsolicited_big_responses_are_not_hoarded() {
         }
         sent += junk.len() as u64;
     }
-    assert!(f.send(&wire::frame(wire::T_PING, &[])));
+    // The daemon may drop the frames or close the connection on the first one (it closes:
+    // a response nobody asked for breaks the protocol); either way it must not keep them.
+    let _ = f.send(&wire::frame(wire::T_PING, &[]));
     std::thread::sleep(Duration::from_millis(1000));
     let after = rss(pid);
     eprintln!(
