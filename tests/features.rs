@@ -20,7 +20,10 @@ fn shared_key_lets_in_only_holders() {
     let b = Peer::start_with(&t, "B", pb, &[pa], &["--key-file", &k1]);
     fs::write(a.path("secret.txt"), b"for key holders\n").unwrap();
     assert!(
-        wait_until(SOON, || has_content(&b.path("secret.txt"), b"for key holders\n")),
+        wait_until(SOON, || has_content(
+            &b.path("secret.txt"),
+            b"for key holders\n"
+        )),
         "peers with the same key did not sync"
     );
 
@@ -45,16 +48,31 @@ fn shared_key_lets_in_only_holders() {
         ],
         Duration::from_secs(60),
     );
-    assert!(!st.success(), "--once with the wrong key claims success:\n{log}");
-    assert!(!t.join("C/secret.txt").exists(), "a peer with the wrong key got the file");
+    assert!(
+        !st.success(),
+        "--once with the wrong key claims success:\n{log}"
+    );
+    assert!(
+        !t.join("C/secret.txt").exists(),
+        "a peer with the wrong key got the file"
+    );
     assert!(received(&log).is_empty(), "{log}");
-    assert!(log.contains("key"), "the refusal should say it is about the key:\n{log}");
+    assert!(
+        log.contains("key"),
+        "the refusal should say it is about the key:\n{log}"
+    );
 
     // And one with no key at all.
     let (st, log) = run_once(&t, "D", free_port(), &[a2.port], 3);
     assert!(!st.success(), "--once without a key claims success:\n{log}");
-    assert!(!t.join("D/secret.txt").exists(), "a peer without the key got the file");
-    assert!(log.contains("key"), "the refusal should say it is about the key:\n{log}");
+    assert!(
+        !t.join("D/secret.txt").exists(),
+        "a peer without the key got the file"
+    );
+    assert!(
+        log.contains("key"),
+        "the refusal should say it is about the key:\n{log}"
+    );
     drop(a);
     drop(b);
 }
@@ -84,7 +102,10 @@ fn sigterm_stops_cleanly_and_restart_is_free() {
     assert!(st.success(), "{log}");
     let totals = once_totals(&log).unwrap_or_else(|| panic!("no totals:\n{log}"));
     assert_eq!((totals.0, totals.1), (0, 0), "{log}");
-    assert!(lines_starting(&log, "changed locally").is_empty(), "B re-versioned files:\n{log}");
+    assert!(
+        lines_starting(&log, "changed locally").is_empty(),
+        "B re-versioned files:\n{log}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         lines_starting(&a.log_text(), "changed locally").is_empty(),
@@ -112,8 +133,14 @@ fn leftignore_keeps_matching_paths_local() {
     fs::write(a.path("src/deep.tmp"), b"deep").unwrap();
     fs::write(a.path("keep.tmp"), b"kept").unwrap();
     fs::write(a.path("src/main.c"), b"int main;").unwrap();
-    assert!(wait_until(SOON, || has_content(&b.path("src/main.c"), b"int main;")));
-    assert!(wait_until(SOON, || has_content(&b.path("keep.tmp"), b"kept")));
+    assert!(wait_until(SOON, || has_content(
+        &b.path("src/main.c"),
+        b"int main;"
+    )));
+    assert!(wait_until(SOON, || has_content(
+        &b.path("keep.tmp"),
+        b"kept"
+    )));
     std::thread::sleep(Duration::from_millis(1500));
     for p in ["build", "scratch.tmp", "src/deep.tmp"] {
         assert!(!b.path(p).exists(), "ignored {p} reached B");
