@@ -253,6 +253,8 @@ struct Pull {
     reused: u64,
     /// Bytes of the file verified so far.
     done: u64,
+    /// Up to where writeback of the temp file has been started.
+    flushed: u64,
     /// The local file holding the old version of this one, for delta transfer.
     old: Option<PathBuf>,
     /// Delta transfer pays off so far (turned off when most sub-blocks differ).
@@ -409,6 +411,7 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
             wire: 0,
             reused: 0,
             done: 0,
+            flushed: 0,
             old,
             delta_on: true,
             delta_subs: (0, 0),
@@ -588,6 +591,13 @@ fn transfer(link: &Link<'_>, files: Vec<Entry>, next_id: &mut u32) -> Result<()>
                 continue;
             }
             p.done += data.len() as u64;
+            // Start writing big files out as they arrive, so the fsync before the rename finds
+            // little left to do (the disk works while the network does).
+            let end = off + len as u64;
+            if end - p.flushed >= WRITEBACK_EVERY {
+                start_writeback(&p.tmp, p.flushed, end - p.flushed);
+                p.flushed = end;
+            }
             to_hasher
                 .send((job.file, Some(data)))
                 .map_err(|_| Error::msg("hash thread ended"))?;
@@ -711,6 +721,24 @@ fn received(link: &Link<'_>, p: &Pull, r: Result<()>) {
 
 unsafe extern "C" {
     fn syncfs(fd: std::ffi::c_int) -> std::ffi::c_int;
+    fn sync_file_range(
+        fd: std::ffi::c_int,
+        offset: i64,
+        nbytes: i64,
+        flags: std::ffi::c_uint,
+    ) -> std::ffi::c_int;
+}
+
+/// Starts writeback of every this many bytes received.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+const SYNC_FILE_RANGE_WRITE: std::ffi::c_uint = 2;
+
+/// Asks the kernel to start writing a range of a file to disk, without waiting. Only a hint:
+/// durability still comes from the fsync before the rename.
+fn start_writeback(f: &File, off: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor; the call only schedules I/O.
+    unsafe { sync_file_range(f.as_raw_fd(), off as i64, len as i64, SYNC_FILE_RANGE_WRITE) };
 }
 
 /// Flushes everything written to the filesystem holding `root`.
