@@ -1159,7 +1159,7 @@ def report(limits, elapsed):
         lines.append("problems seen:")
         for m in MISBEHAVIOUR:
             lines.append(f"  ! {m}")
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(x.rstrip() for x in lines) + "\n"
     (WORK / "results.txt").write_text(text)
     (WORK / "results.json").write_text(json.dumps({
         "config": {"size_mb": SIZE_MB, "rate": RATE or None, "scale_files": SCALE_FILES,
