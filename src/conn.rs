@@ -203,6 +203,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
         });
         let p_out = out_tx.clone();
         let p_asked = asked.clone();
+        let p_stream = stream.try_clone()?;
         let puller = s.spawn(move || {
             let link = Link {
                 model,
@@ -211,7 +212,14 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
                 responses: resp_rx,
                 asked: p_asked,
             };
-            puller::run(&link)
+            let r = puller::run(&link);
+            // A connection that cannot pull is closed, so it is dialed again rather than left
+            // half alive.
+            if let Err(e) = &r {
+                info!("pulling from {addr} stopped: {e}; closing the connection");
+            }
+            let _ = p_stream.shutdown(Shutdown::Both);
+            r
         });
         let routes = Routes {
             out: &out_tx,
@@ -438,36 +446,26 @@ fn write_loop(
 /// Sends every entry changed after `sent`, in frames of bounded size; returns the new mark.
 /// Entries are encoded under the lock a batch at a time and written without it.
 fn announce(model: &Model, w: &mut FrameWriter, sent: u64) -> Result<u64> {
-    let mut after: Option<String> = None;
-    let top = model.lock().index.seq;
+    // Walks only what changed, in sequence order: an entry changed during the pass gets a new
+    // number past the cursor and is sent in this pass too.
+    let mut cursor = sent;
     loop {
-        let frame = {
+        let (n, body, top, done) = {
             let g = model.lock();
-            let range = match &after {
-                Some(p) => g
-                    .index
-                    .entries
-                    .range::<String, _>((std::ops::Bound::Excluded(p), std::ops::Bound::Unbounded)),
-                None => g.index.entries.range::<String, _>(..),
-            };
             let mut e = Enc::default();
             let mut n = 0u32;
-            let mut last = None;
-            let mut exhausted = true;
-            for (path, x) in range {
-                if x.seq > sent {
-                    wire::put_entry(&mut e, x);
-                    n += 1;
-                }
+            let mut done = true;
+            for x in g.index.since(cursor) {
+                wire::put_entry(&mut e, x);
+                n += 1;
+                cursor = x.seq;
                 if e.0.len() >= wire::INDEX_BATCH {
-                    last = Some(path.clone());
-                    exhausted = false;
+                    done = false;
                     break;
                 }
             }
-            (n, e.0, last, exhausted)
+            (n, e.0, g.index.seq, done)
         };
-        let (n, body, last, done) = frame;
         if n > 0 || (done && top > sent) {
             // Only the last frame of a pass carries the sequence number it completes.
             w.send(wire::index_frame(if done { top } else { 0 }, n, &body))?;
@@ -475,7 +473,6 @@ fn announce(model: &Model, w: &mut FrameWriter, sent: u64) -> Result<u64> {
         if done {
             return Ok(top);
         }
-        after = last;
     }
 }
 

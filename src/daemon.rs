@@ -217,11 +217,7 @@ fn purge_tombstones(model: &Model) {
         .map_or(0, |d| d.as_secs() as i64);
     let cutoff = now - TOMBSTONE_AGE.as_secs() as i64;
     let mut g = model.lock();
-    let before = g.index.entries.len();
-    g.index
-        .entries
-        .retain(|_, e| !(e.deleted && e.mtime < cutoff));
-    let purged = before - g.index.entries.len();
+    let purged = g.index.purge(|e| e.deleted && e.mtime < cutoff);
     if purged > 0 {
         g.dirty = true;
         info!(
@@ -456,12 +452,20 @@ fn scan_loop(model: &Model) {
     loop {
         generation = generation.wrapping_add(1);
         let t = Instant::now();
-        match scanner::scan(model, generation, watcher.as_mut()) {
-            Ok(s) if s.changed + s.deleted > 0 => debug!("scan: {s:?} in {:?}", t.elapsed()),
-            Ok(_) => {}
-            Err(e) => warn!("scan: {e}"),
-        }
-        let took = t.elapsed();
+        // The pause after a scan scales with the cost of walking the tree, not of hashing what
+        // changed: a big file hashed once must not slow down noticing the next change.
+        let took = match scanner::scan(model, generation, watcher.as_mut()) {
+            Ok(s) => {
+                if s.changed + s.deleted > 0 {
+                    debug!("scan: {s:?} in {:?}", t.elapsed());
+                }
+                s.walk
+            }
+            Err(e) => {
+                warn!("scan: {e}");
+                t.elapsed()
+            }
+        };
         match watcher.as_mut() {
             // Woken by a change (after a short settle, a few times the scan's cost at least), or
             // a full rescan now and then as a safety net.

@@ -139,6 +139,9 @@ pub struct Index {
     /// The last sequence number handed out.
     pub seq: u64,
     pub entries: BTreeMap<String, Entry>,
+    /// Path of each entry by its sequence number, so that what changed since a given number is
+    /// found without walking the whole index. Kept in step by `put`, `load` and `purge`.
+    by_seq: BTreeMap<u64, String>,
 }
 
 const MAGIC: &[u8; 8] = b"LEFTIDX1";
@@ -155,13 +158,32 @@ impl Index {
     pub fn put(&mut self, mut e: Entry) {
         self.seq += 1;
         e.seq = self.seq;
-        self.entries.insert(e.path.clone(), e);
+        self.by_seq.insert(e.seq, e.path.clone());
+        if let Some(old) = self.entries.insert(e.path.clone(), e) {
+            self.by_seq.remove(&old.seq);
+        }
     }
 
-    /// Entries changed after `seq`, in path order.
-    #[cfg(test)]
+    /// Entries changed after `seq`, oldest change first.
     pub fn since(&self, seq: u64) -> impl Iterator<Item = &Entry> {
-        self.entries.values().filter(move |e| e.seq > seq)
+        self.by_seq
+            .range(seq + 1..)
+            .filter_map(|(_, p)| self.entries.get(p))
+    }
+
+    /// Removes the entries `drop` picks; returns how many.
+    pub fn purge(&mut self, drop: impl Fn(&Entry) -> bool) -> usize {
+        let gone: Vec<(String, u64)> = self
+            .entries
+            .values()
+            .filter(|e| drop(e))
+            .map(|e| (e.path.clone(), e.seq))
+            .collect();
+        for (p, s) in &gone {
+            self.entries.remove(p);
+            self.by_seq.remove(s);
+        }
+        gone.len()
     }
 
     /// Writes the index atomically: a temp file, fsync, rename.
@@ -253,6 +275,7 @@ impl Index {
                 mode: d.u32()?,
             };
             d.end().map_err(|_| corrupt("entry has stray bytes"))?;
+            ix.by_seq.insert(e.seq, e.path.clone());
             ix.entries.insert(e.path.clone(), e);
         }
         let mut digest = [0u8; 16];
@@ -318,6 +341,20 @@ mod tests {
             back.since(2).map(|e| e.path.as_str()).collect::<Vec<_>>(),
             vec!["gone"]
         );
+        let all: Vec<&str> = back.since(0).map(|e| e.path.as_str()).collect();
+        assert_eq!(all, vec!["a/b", "a", "gone"]);
+        let mut back = back;
+        back.put(Entry {
+            path: "a/b".into(),
+            ..Entry::default()
+        });
+        assert_eq!(
+            back.since(3).map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            vec!["a/b"]
+        );
+        assert_eq!(back.since(0).count(), 3);
+        assert_eq!(back.purge(|e| e.deleted), 1);
+        assert_eq!(back.since(0).count(), 2);
 
         // Any damage is detected, never loaded as something else.
         let good = fs::read(&p).unwrap();

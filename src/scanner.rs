@@ -22,6 +22,8 @@ pub struct Scan {
     pub deleted: usize,
     /// Files seen changing while hashed: looked at again next time.
     pub unstable: usize,
+    /// Time spent walking the tree (metadata only, no hashing).
+    pub walk: std::time::Duration,
 }
 
 /// A file to hash: its path, what it looked like, and the index entry's seq when seen.
@@ -45,6 +47,7 @@ pub fn scan(
     let mut out = Scan::default();
     let mut failed: Vec<String> = Vec::new();
     let mut candidates = Vec::new();
+    let started = std::time::Instant::now();
     let mut stack = vec![String::new()];
     let mut warned_names = HashSet::new();
     while let Some(dir) = stack.pop() {
@@ -147,6 +150,7 @@ pub fn scan(
             }
         }
     }
+    out.walk = started.elapsed();
     let moved = find_moved(model, &candidates);
     let mut moves = Vec::new();
     for c in candidates {
