@@ -179,6 +179,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
             pulling: false,
             progress: None,
             last_in_sync: None,
+            shown_in_sync: false,
         },
     )?;
     info!(

@@ -149,6 +149,7 @@ pub fn run(opts: &Options) -> Result<i32> {
     let mut last_save = Instant::now();
     let mut last_purge: Option<Instant> = None;
     let mut last_why = Instant::now();
+    let mut status = status::Writer::default();
     loop {
         std::thread::sleep(Duration::from_millis(100));
         if signal::stop_requested() {
@@ -164,7 +165,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         }
         if last_save.elapsed() >= SAVE_EVERY {
             save(&model);
-            status::write(&model, opts);
+            status.write(&model, opts);
             last_save = Instant::now();
         }
         if !opts.once {

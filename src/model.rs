@@ -100,8 +100,10 @@ pub struct Peer {
     pub pulling: bool,
     /// The file being received, for status.
     pub progress: Option<Progress>,
-    /// When both sides last held everything of each other.
+    /// When both sides last came to hold everything of each other.
     pub last_in_sync: Option<SystemTime>,
+    /// The last status showed this peer in sync.
+    pub shown_in_sync: bool,
 }
 
 /// A file being received.

@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A status file older than this means the daemon is gone.
 const STALE: Duration = Duration::from_secs(10);
+/// The daemon rewrites an unchanged status file this often.
+const REFRESH: Duration = Duration::from_secs(4);
 
 fn when(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -21,7 +23,7 @@ fn when(t: SystemTime) -> String {
 }
 
 /// Renders the status text; also records when each peer was last seen in sync.
-pub fn render(model: &Model, opts: &Options) -> (String, bool) {
+pub fn render(model: &Model, opts: &Options, totals: &mut (u64, usize, u64)) -> (String, bool) {
     let mut g = model.lock();
     let st = &mut *g;
     let seq = st.index.seq;
@@ -36,29 +38,24 @@ pub fn render(model: &Model, opts: &Options) -> (String, bool) {
         short_id(st.index.device),
         model.root.display()
     );
-    let files = st.index.entries.values().filter(|e| e.is_file()).count();
-    let bytes: u64 = st
-        .index
-        .entries
-        .values()
-        .filter(|e| e.is_file())
-        .map(|e| e.size)
-        .sum();
+    // Totals change only with the index's sequence number: counted again only then.
+    if totals.0 != seq || totals.0 == 0 {
+        let files = st.index.entries.values().filter(|e| e.is_file());
+        *totals = files.fold((seq, 0, 0), |(s, n, b), e| (s, n + 1, b + e.size));
+    }
+    let (_, files, bytes) = *totals;
     let mut body = String::new();
     for p in st.peers.values_mut() {
         let in_sync = p.in_sync(seq);
-        if in_sync {
+        // Recorded when it becomes in sync, so an idle daemon's status stays the same.
+        if in_sync && !p.shown_in_sync {
             p.last_in_sync = Some(now);
         }
+        p.shown_in_sync = in_sync;
         all_in_sync &= in_sync;
         let recv_files = p.needs.len();
         let recv_bytes: u64 = p.needs.values().map(|e| e.size).sum();
-        let send = st
-            .index
-            .entries
-            .values()
-            .filter(|e| e.seq > p.peer_in_sync)
-            .count();
+        let send = st.index.since(p.peer_in_sync).count();
         let since = now.checked_sub(p.since.elapsed()).unwrap_or(now);
         let _ = writeln!(
             body,
@@ -114,12 +111,28 @@ pub fn render(model: &Model, opts: &Options) -> (String, bool) {
 }
 
 /// Writes the status file atomically.
-pub fn write(model: &Model, opts: &Options) {
-    let (text, _) = render(model, opts);
-    let dir = model.root.join(STATE_DIR);
-    let tmp = dir.join("status.tmp");
-    if fs::write(&tmp, text).is_ok() {
-        let _ = fs::rename(&tmp, dir.join("status"));
+/// Keeps the status file current: rewritten when its text changes, and every few seconds
+/// anyway so that `left status` can tell a live daemon from a dead one.
+#[derive(Default)]
+pub struct Writer {
+    last: String,
+    at: Option<std::time::Instant>,
+    /// (index sequence number, files, bytes) of the last count.
+    totals: (u64, usize, u64),
+}
+
+impl Writer {
+    pub fn write(&mut self, model: &Model, opts: &Options) {
+        let (text, _) = render(model, opts, &mut self.totals);
+        if text == self.last && self.at.is_some_and(|t| t.elapsed() < REFRESH) {
+            return;
+        }
+        let dir = model.root.join(STATE_DIR);
+        let tmp = dir.join("status.tmp");
+        if fs::write(&tmp, &text).is_ok() && fs::rename(&tmp, dir.join("status")).is_ok() {
+            self.last = text;
+            self.at = Some(std::time::Instant::now());
+        }
     }
 }
 

@@ -170,26 +170,9 @@ impl Peer {
     /// As [`Peer::start`], with extra options before the peers.
     pub fn start_with(t: &TestDir, name: &str, port: u16, peers: &[u16], extra: &[&str]) -> Peer {
         let dir = t.join(name);
-        let log = new_log(t, name);
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         args.extend(peer_args(&dir, port, peers));
-        let child = spawn(&args, &log);
-        let mut p = Peer {
-            name: name.to_string(),
-            dir,
-            port,
-            log,
-            child: Some(child),
-        };
-        let ready = wait_until(SOON, || {
-            p.log_text().contains(&format!("on port {port} as device")) || !p.alive()
-        });
-        assert!(
-            ready && p.alive(),
-            "{name} did not start serving on port {port}:\n{}",
-            p.log_text()
-        );
-        p
+        Peer::start_raw(t, name, &dir, port, &args)
     }
 
     /// A path inside this peer's folder.
