@@ -399,7 +399,7 @@ fn write_loop(
     pending: &AtomicUsize,
 ) -> Result<()> {
     let mut sent_seq = 0u64;
-    let mut open: Option<(String, File)> = None;
+    let mut open: Option<(String, Stat, File)> = None;
     let mut buf = Vec::new();
     // IndexDone waits for our first scan: before it, our index may lack what is on disk.
     let mut done_sent = false;
@@ -485,7 +485,7 @@ fn serve(
     model: &Model,
     req: &Request,
     subs: bool,
-    open: &mut Option<(String, File)>,
+    open: &mut Option<(String, Stat, File)>,
     buf: &mut Vec<u8>,
 ) -> Response {
     let fail = |status| Response {
@@ -512,7 +512,12 @@ fn serve(
     let Some(stat) = stat else {
         return fail(Status::Changed);
     };
-    if open.as_ref().is_none_or(|(p, _)| *p != req.path) {
+    // The file kept open is reused only for the version the index describes: a file replaced
+    // under the same name (saved by rename, deleted and made again) is opened anew.
+    if open
+        .as_ref()
+        .is_none_or(|(p, st, _)| *p != req.path || *st != stat)
+    {
         *open = None;
         if crate::names::check_ancestors(&model.root, &req.path).is_err() {
             return fail(Status::Failed);
@@ -522,11 +527,11 @@ fn serve(
             .custom_flags(O_NOFOLLOW)
             .open(model.root.join(&req.path))
         {
-            Ok(f) => *open = Some((req.path.clone(), f)),
+            Ok(f) => *open = Some((req.path.clone(), stat, f)),
             Err(_) => return fail(Status::Changed),
         }
     }
-    let Some((_, f)) = open.as_ref() else {
+    let Some((_, _, f)) = open.as_ref() else {
         return fail(Status::Failed);
     };
     buf.resize(req.len as usize, 0);

@@ -207,6 +207,36 @@ fn overwrite_in_place_converges() {
 }
 
 #[test]
+fn a_file_made_again_is_served_from_the_new_file() {
+    // A file deleted and made again, or saved by writing a new file and renaming it over the old
+    // one, is a new inode under the same name: the sender must read the new file, not a
+    // descriptor still open on the old one.
+    let t = TestDir::new("made-again");
+    let (a, b) = pair(&t);
+    let staging = t.join("staging");
+    let mut want = Vec::new();
+    for seed in 0..3 {
+        want = random_bytes(40 + seed, 3 << 20);
+        put_file(&staging, &a.path("doc.bin"), &want);
+        wait_content(&b, "doc.bin", &want, SOON);
+        fs::remove_file(a.path("doc.bin")).unwrap();
+        assert!(
+            wait_until(SOON, || !b.path("doc.bin").exists()),
+            "the deletion did not reach B"
+        );
+    }
+    put_file(&staging, &a.path("doc.bin"), &want);
+    wait_content(&b, "doc.bin", &want, SOON);
+    let log = b.log_text();
+    assert!(
+        !log.contains("changed on the peer"),
+        "B was told the new file had changed while being sent:\n{}",
+        tail(&log, 20)
+    );
+    assert_eq!(received_of(&received(&log), "doc.bin").len(), 4, "{log}");
+}
+
+#[test]
 fn large_file_arrives_intact() {
     let t = TestDir::new("large");
     let (a, b) = pair(&t);
