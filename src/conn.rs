@@ -8,10 +8,10 @@ use crate::hash::short_id;
 use crate::index::Stat;
 use crate::model::{Model, Out, Peer};
 use crate::puller::{self, Link, O_NOFOLLOW};
-use crate::wire::{self, Enc, Hello, MAGIC, Msg, PROTOCOL_VERSION, Request, Response, Status};
+use crate::wire::{self, Enc, Hello, MAGIC, Msg, PROTOCOL_VERSION, Request, Status};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::Arc;
@@ -47,9 +47,91 @@ pub fn read_frame(r: &mut impl Read, session: Option<&mut Sealer>, max: usize) -
     }
     let mut body = vec![0u8; n];
     r.read_exact(&mut body)?;
-    match session {
-        Some(s) => wire::decode(s.open(&body)?),
-        None => wire::decode(&body),
+    open_and_decode(body, session)
+}
+
+/// Checks and strips a frame's MAC (with a session), then decodes it.
+fn open_and_decode(mut body: Vec<u8>, session: Option<&mut Sealer>) -> Result<Msg> {
+    if let Some(s) = session {
+        let n = s.open(&body)?.len();
+        body.truncate(n);
+    }
+    wire::decode(body)
+}
+
+/// Reads frames off a socket. Small frames come out of one buffer; the bulk of a large one (a
+/// block) is read straight into its own allocation, so block data is copied once from the
+/// kernel and never again.
+struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+impl<R: Read> FrameReader<R> {
+    fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            buf: vec![0; 16 << 10],
+            pos: 0,
+            end: 0,
+        }
+    }
+
+    /// Reads more into the buffer, after what it holds.
+    fn fill(&mut self) -> std::io::Result<()> {
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+        }
+        loop {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes `n` bytes that fit in the buffer.
+    fn take_into(&mut self, body: &mut Vec<u8>, n: usize) -> std::io::Result<()> {
+        while self.end - self.pos < n {
+            self.fill()?;
+        }
+        body.extend_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(())
+    }
+
+    /// The next frame's body; its length is checked against `max` before anything is allocated.
+    fn body(&mut self, max: usize) -> Result<Vec<u8>> {
+        let mut h = Vec::with_capacity(4);
+        self.take_into(&mut h, 4)?;
+        let n = wire::frame_len([h[0], h[1], h[2], h[3]])?;
+        if n > max {
+            return Err(Error::protocol(format!(
+                "frame of {n} bytes is over the {max} allowed here"
+            )));
+        }
+        let mut body = Vec::with_capacity(n);
+        let have = (self.end - self.pos).min(n);
+        self.take_into(&mut body, have)?;
+        let rest = n - have;
+        if rest < self.buf.len() {
+            self.take_into(&mut body, rest)?;
+        } else {
+            (&mut self.inner).take(rest as u64).read_to_end(&mut body)?;
+            if body.len() < n {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
+        Ok(body)
     }
 }
 
@@ -157,7 +239,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let (out_tx, out_rx) = mpsc::channel::<Out>();
-    let (resp_tx, resp_rx) = mpsc::channel::<Response>();
+    let (resp_tx, resp_rx) = mpsc::channel::<puller::Answer>();
     let asked = Arc::new(AtomicUsize::new(0));
     register(
         model,
@@ -301,7 +383,7 @@ fn unregister(model: &Model, id: u64) {
 /// Where the reader sends what it decodes, with the counts that keep a peer's frames bounded.
 struct Routes<'a> {
     out: &'a mpsc::Sender<Out>,
-    responses: &'a mpsc::Sender<Response>,
+    responses: &'a mpsc::Sender<puller::Answer>,
     /// The peer's requests waiting for our writer.
     pending: &'a AtomicUsize,
     /// Our requests waiting for the peer's answer.
@@ -321,7 +403,7 @@ fn read_loop(
         pending,
         asked,
     } = *routes;
-    let mut r = BufReader::with_capacity(64 << 10, stream);
+    let mut r = FrameReader::new(stream);
     let queue = |job: Out| -> Result<()> {
         if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PEER_REQUESTS {
             return Err(Error::protocol("too many outstanding requests"));
@@ -329,7 +411,10 @@ fn read_loop(
         out.send(job).map_err(|_| Error::msg("connection closing"))
     };
     loop {
-        let msg = match read_frame(&mut r, session.as_mut(), wire::MAX_FRAME) {
+        let msg = match r
+            .body(wire::MAX_FRAME)
+            .and_then(|b| open_and_decode(b, session.as_mut()))
+        {
             Ok(m) => m,
             Err(e) if e.io_kind() == Some(std::io::ErrorKind::UnexpectedEof) => return Ok(()),
             Err(e) => return Err(e),
@@ -358,7 +443,8 @@ fn read_loop(
                 {
                     return Err(Error::protocol("a response nobody asked for"));
                 }
-                let _ = responses.send(resp);
+                let md5 = crate::hash::md5(&resp.data);
+                let _ = responses.send(puller::Answer { r: resp, md5 });
             }
             Msg::InSync { seq } => {
                 let mut g = model.lock();
@@ -432,10 +518,11 @@ fn write_loop(
                     let _ = ack.send(());
                 }
                 Out::Serve(req) | Out::ServeSubs(req) => {
-                    let resp = serve(model, &req, subs, &mut open, &mut buf);
+                    let frame = serve(model, &req, subs, &mut open, &mut buf);
                     pending.fetch_sub(1, Ordering::AcqRel);
-                    SENT.fetch_add(resp.data.len() as u64, Ordering::Relaxed);
-                    w.send(wire::encode(&Msg::Response(resp)))?;
+                    let data = frame.len() - wire::RESPONSE_HEADER;
+                    SENT.fetch_add(data as u64, Ordering::Relaxed);
+                    w.send(frame)?;
                 }
             }
             next = rx.try_recv().ok();
@@ -480,19 +567,15 @@ fn announce(model: &Model, w: &mut FrameWriter, sent: u64) -> Result<u64> {
 /// Answers a request from our files: only live files of the index, never through a symlink,
 /// and only while the file's stat is still the one it was hashed with (the receiver verifies
 /// every block anyway). A request names a block by its hash, or (with [`wire::ANY_HASH`]) any
-/// range of at most one block; with `subs`, the answer is the MD5 of each sub-block of the block.
+/// range of at most one block; with `subs`, the answer is the XXH64 of each sub-block of the block.
 fn serve(
     model: &Model,
     req: &Request,
     subs: bool,
     open: &mut Option<(String, Stat, File)>,
     buf: &mut Vec<u8>,
-) -> Response {
-    let fail = |status| Response {
-        id: req.id,
-        status,
-        data: Vec::new(),
-    };
+) -> Vec<u8> {
+    let fail = |status| wire::response_frame(req.id, status, 0);
     let stat = {
         let g = model.lock();
         g.index.entries.get(&req.path).and_then(|e| {
@@ -534,22 +617,96 @@ fn serve(
     let Some((_, _, f)) = open.as_ref() else {
         return fail(Status::Failed);
     };
-    buf.resize(req.len as usize, 0);
-    let same = f.metadata().is_ok_and(|m| Stat::of(&m) == stat);
-    if !same || f.read_exact_at(buf, req.offset).is_err() {
+    if !f.metadata().is_ok_and(|m| Stat::of(&m) == stat) {
         *open = None;
         return fail(Status::Changed);
     }
-    let data = if subs {
-        buf.chunks(wire::SUB_BLOCK)
-            .flat_map(crate::hash::md5)
-            .collect()
+    let (len, h) = (req.len as usize, wire::RESPONSE_HEADER);
+    if subs {
+        buf.resize(len, 0);
+        if f.read_exact_at(buf, req.offset).is_err() {
+            *open = None;
+            return fail(Status::Changed);
+        }
+        let mut frame = wire::response_frame(req.id, Status::Ok, len.div_ceil(wire::SUB_BLOCK) * 8);
+        for (k, c) in buf.chunks(wire::SUB_BLOCK).enumerate() {
+            frame[h + 8 * k..h + 8 * k + 8].copy_from_slice(&crate::hash::xxh64(c).to_be_bytes());
+        }
+        frame
     } else {
-        std::mem::take(buf)
-    };
-    Response {
-        id: req.id,
-        status: Status::Ok,
-        data,
+        // The block is read straight into the frame that carries it.
+        let mut frame = wire::response_frame(req.id, Status::Ok, len);
+        if f.read_exact_at(&mut frame[h..], req.offset).is_err() {
+            *open = None;
+            return fail(Status::Changed);
+        }
+        frame
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands out a byte stream a few bytes at a time, in a varying rhythm, like a socket.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.step = self.step % 7919 + 1;
+            let n = buf.len().min(self.step).min(self.data.len() - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn frame_reader_splits_any_rhythm_into_frames() {
+        let block: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let msgs = vec![
+            Msg::Ping,
+            Msg::Response(crate::wire::Response {
+                id: 1,
+                status: Status::Ok,
+                data: block.clone(),
+            }),
+            Msg::InSync { seq: 9 },
+            Msg::Response(crate::wire::Response {
+                id: 2,
+                status: Status::Ok,
+                data: block[..20_000].to_vec(),
+            }),
+            Msg::Response(crate::wire::Response {
+                id: 3,
+                status: Status::Changed,
+                data: Vec::new(),
+            }),
+        ];
+        let data: Vec<u8> = msgs.iter().flat_map(wire::encode).collect();
+        for step in [1, 100, 5000, 16 << 10] {
+            let mut r = FrameReader::new(Trickle {
+                data: data.clone(),
+                pos: 0,
+                step,
+            });
+            for m in &msgs {
+                let body = r.body(wire::MAX_FRAME).unwrap();
+                assert_eq!(&open_and_decode(body, None).unwrap(), m);
+            }
+            let end = r.body(wire::MAX_FRAME).unwrap_err();
+            assert_eq!(end.io_kind(), Some(std::io::ErrorKind::UnexpectedEof));
+        }
+        // A length over the limit is refused before anything is read or allocated.
+        let mut r = FrameReader::new(&[0u8, 0x10, 0, 0, 7][..]);
+        assert!(r.body(4096).is_err());
+        // A frame cut short is an error, not a short frame.
+        let cut = wire::encode(&msgs[1]);
+        let mut r = FrameReader::new(&cut[..cut.len() - 1]);
+        assert!(r.body(wire::MAX_FRAME).is_err());
     }
 }

@@ -1,17 +1,18 @@
 //! The request pipe of a pull: block requests in flight matched to their responses, and delta
-//! transfer of changed blocks — when we hold an old version of a block, the peer sends the MD5 of
-//! each 4 KiB sub-block, and only the sub-blocks that differ cross the wire.
+//! transfer of changed blocks — when we hold an old version of a block, the peer sends the XXH64
+//! of each 4 KiB sub-block, and only the sub-blocks that differ cross the wire. A sub-block
+//! hash only picks what to fetch: the assembled block is checked against its MD5 like any other.
 
 use crate::error::{Error, Result};
-use crate::hash::{Hash, md5};
+use crate::hash::xxh64;
 use crate::index::Entry;
 use crate::model::Out;
-use crate::puller::{Link, O_NOFOLLOW};
+use crate::puller::{Answer, Link};
 use crate::wire::{self, ANY_HASH, Msg, Request, Response, SUB_BLOCK, Status};
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
@@ -19,10 +20,10 @@ use std::time::Duration;
 /// How long to wait for a response before the connection is given up.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The ranges of a block (offset, length) that must be fetched: the sub-blocks whose MD5 in
+/// The ranges of a block (offset, length) that must be fetched: the sub-blocks whose XXH64 in
 /// `hashes` differs from the same sub-block of `old` (the old version, possibly shorter or
 /// empty), merged where they touch. `len` is the new block's length.
-pub fn changed_runs(old: &[u8], len: usize, hashes: &[Hash]) -> Vec<(usize, usize)> {
+pub fn changed_runs(old: &[u8], len: usize, hashes: &[u64]) -> Vec<(usize, usize)> {
     let mut runs: Vec<(usize, usize)> = Vec::new();
     for (k, want) in hashes.iter().enumerate() {
         let start = k * SUB_BLOCK;
@@ -30,7 +31,7 @@ pub fn changed_runs(old: &[u8], len: usize, hashes: &[Hash]) -> Vec<(usize, usiz
             break;
         }
         let end = (start + SUB_BLOCK).min(len);
-        let same = old.get(start..end).is_some_and(|o| md5(o) == *want);
+        let same = old.get(start..end).is_some_and(|o| xxh64(o) == *want);
         if same {
             continue;
         }
@@ -45,8 +46,8 @@ pub fn changed_runs(old: &[u8], len: usize, hashes: &[Hash]) -> Vec<(usize, usiz
 /// A block being assembled from its old version and the sub-blocks that changed.
 pub struct Delta {
     path: String,
-    /// The local file with the old version, and its size.
-    old: PathBuf,
+    /// Our old version of the file.
+    old: Arc<File>,
     off: u64,
     len: usize,
     /// The block as assembled so far.
@@ -63,7 +64,7 @@ pub struct Delta {
 pub struct Pipe<'a, 'b> {
     link: &'a Link<'b>,
     next_id: &'a mut u32,
-    stash: HashMap<u32, Response>,
+    stash: HashMap<u32, Answer>,
     deltas: HashMap<u32, Delta>,
     /// Run request id → (sub-hash request id, offset in the block, length).
     runs: HashMap<u32, (u32, usize, usize)>,
@@ -111,8 +112,8 @@ impl<'a, 'b> Pipe<'a, 'b> {
     }
 
     /// Asks for the sub-block hashes of block `block` of `e`, to be compared with the same
-    /// range of the local file `old`.
-    pub fn request_delta(&mut self, e: &Entry, block: usize, old: PathBuf) -> Result<u32> {
+    /// range of our old version `old`.
+    pub fn request_delta(&mut self, e: &Entry, block: usize, old: Arc<File>) -> Result<u32> {
         let id = self.id();
         let (off, len) = e.block_range(block);
         let req = Request {
@@ -141,7 +142,7 @@ impl<'a, 'b> Pipe<'a, 'b> {
     }
 
     /// Waits for the response to a block request.
-    pub fn wait(&mut self, id: u32) -> Result<Response> {
+    pub fn wait(&mut self, id: u32) -> Result<Answer> {
         loop {
             if let Some(r) = self.stash.remove(&id) {
                 return Ok(r);
@@ -180,13 +181,14 @@ impl<'a, 'b> Pipe<'a, 'b> {
     /// Receives one response and routes it: sub-block hashes start their runs at once (so the
     /// pipe stays full), run data goes into its block, the rest waits in the stash.
     fn pump(&mut self) -> Result<()> {
-        let r = match self.link.responses.recv_timeout(RESPONSE_TIMEOUT) {
-            Ok(r) => r,
+        let a = match self.link.responses.recv_timeout(RESPONSE_TIMEOUT) {
+            Ok(a) => a,
             Err(RecvTimeoutError::Timeout) => {
                 return Err(Error::msg("peer stopped answering block requests"));
             }
             Err(RecvTimeoutError::Disconnected) => return Err(Error::msg("connection closed")),
         };
+        let r = &a.r;
         if let Some((sub_id, at, len)) = self.runs.remove(&r.id) {
             if let Some(d) = self.deltas.get_mut(&sub_id) {
                 d.pending = d.pending.saturating_sub(1);
@@ -201,9 +203,9 @@ impl<'a, 'b> Pipe<'a, 'b> {
             return Ok(());
         }
         if self.deltas.get(&r.id).is_some_and(|d| !d.ready) {
-            return self.start_runs(r);
+            return self.start_runs(a.r);
         }
-        self.stash.insert(r.id, r);
+        self.stash.insert(r.id, a);
         Ok(())
     }
 
@@ -215,25 +217,23 @@ impl<'a, 'b> Pipe<'a, 'b> {
         d.ready = true;
         d.wire += r.data.len() as u64;
         let n = d.len.div_ceil(SUB_BLOCK);
-        if r.status != Status::Ok || r.data.len() != n * 16 {
+        if r.status != Status::Ok || r.data.len() != n * 8 {
             d.failed = true;
             return Ok(());
         }
-        let hashes: Vec<Hash> = r
+        let hashes: Vec<u64> = r
             .data
-            .chunks_exact(16)
-            .map(|c| c.try_into().unwrap_or([0; 16]))
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
             .collect();
         // Our old version of the same range; what cannot be read counts as changed.
         let mut old = vec![0u8; d.len];
-        let got = OpenOptions::new()
-            .read(true)
-            .custom_flags(O_NOFOLLOW)
-            .open(&d.old)
-            .and_then(|f| {
-                let size = f.metadata()?.len();
-                let n = size.saturating_sub(d.off).min(d.len as u64) as usize;
-                f.read_exact_at(&mut old[..n], d.off).map(|_| n)
+        let got = d
+            .old
+            .metadata()
+            .and_then(|md| {
+                let n = md.len().saturating_sub(d.off).min(d.len as u64) as usize;
+                d.old.read_exact_at(&mut old[..n], d.off).map(|_| n)
             })
             .unwrap_or(0);
         let runs = changed_runs(&old[..got], d.len, &hashes);
@@ -264,8 +264,8 @@ impl<'a, 'b> Pipe<'a, 'b> {
 mod tests {
     use super::*;
 
-    fn hashes(data: &[u8]) -> Vec<Hash> {
-        data.chunks(SUB_BLOCK).map(md5).collect()
+    fn hashes(data: &[u8]) -> Vec<u64> {
+        data.chunks(SUB_BLOCK).map(xxh64).collect()
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! Hashing: MD5 of blocks and of whole files, read in a stream so memory stays flat.
+//! Hashing: MD5 of blocks (what peers verify), XXH64 of blocks (a fast local check of which
+//! blocks changed), and a file's hash, the MD5 of its block list. Files are hashed on every core
+//! with one block buffer per thread, so memory stays flat whatever the file size.
 
 use md5::{Digest, Md5};
 use std::fs::File;
-use std::io::{self, Read};
-use std::sync::Arc;
-use std::sync::mpsc;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub type Hash = [u8; 16];
 
@@ -21,68 +24,218 @@ pub fn short_id(device: u64) -> String {
     format!("{:07X}", device >> 36)
 }
 
-/// The MD5 of every `block_size` block of `size` bytes read from `f`, and of the whole.
-///
-/// The whole-file digest runs on a second thread, so hashing a large file uses both cores.
-/// Fails with `UnexpectedEof` if the file is shorter than `size`.
-pub fn file_blocks(f: &mut File, size: u64, block_size: u32) -> io::Result<(Vec<Hash>, Hash)> {
-    let bs = block_size as usize;
-    let nblocks = size.div_ceil(block_size as u64) as usize;
-    let mut blocks = Vec::with_capacity(nblocks);
-    if size <= 4 * bs as u64 {
-        // Small files: no thread, one hasher for the whole.
-        let mut whole = Md5::new();
-        let mut buf = vec![0u8; bs];
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(bs as u64) as usize;
-            f.read_exact(&mut buf[..n])?;
-            blocks.push(md5(&buf[..n]));
-            whole.update(&buf[..n]);
-            left -= n as u64;
-        }
-        return Ok((blocks, whole.finalize().into()));
+/// A file's hash: the MD5 of its blocks' MD5s in order. Every block is verified on arrival, so
+/// this identifies the content as well as an MD5 of the bytes would, and costs nothing to derive.
+pub fn list_hash(blocks: &[Hash]) -> Hash {
+    let mut h = Md5::new();
+    for b in blocks {
+        h.update(b);
     }
-    let (tx, rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(2);
-    let (back_tx, back_rx) = mpsc::channel::<Arc<Vec<u8>>>();
-    std::thread::scope(|s| {
-        let whole = s.spawn(move || {
-            let mut h = Md5::new();
-            for buf in rx {
-                h.update(&buf[..]);
-                let _ = back_tx.send(buf);
-            }
-            h.finalize()
-        });
-        let mut left = size;
-        let mut result = Ok(());
-        while left > 0 {
-            let n = left.min(bs as u64) as usize;
-            // Reuse buffers the other thread is done with; at most 4 exist at once.
-            let mut buf = match back_rx.try_recv() {
-                Ok(b) => b,
-                Err(_) => Arc::new(vec![0u8; bs]),
-            };
-            let Some(b) = Arc::get_mut(&mut buf) else {
-                continue;
-            };
-            b.resize(n, 0);
-            if let Err(e) = f.read_exact(b) {
-                result = Err(e);
-                break;
-            }
-            blocks.push(md5(b));
-            left -= n as u64;
-            if tx.send(buf).is_err() {
-                break;
-            }
+    h.finalize().into()
+}
+
+const P1: u64 = 0x9E37_79B1_85EB_CA87;
+const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+const P3: u64 = 0x1656_67B1_9E37_79F9;
+const P4: u64 = 0x85EB_CA77_C2B2_AE63;
+const P5: u64 = 0x27D4_EB2F_1656_67C5;
+
+fn xround(acc: u64, input: u64) -> u64 {
+    acc.wrapping_add(input.wrapping_mul(P2))
+        .rotate_left(31)
+        .wrapping_mul(P1)
+}
+
+fn xmerge(acc: u64, v: u64) -> u64 {
+    (acc ^ xround(0, v)).wrapping_mul(P1).wrapping_add(P4)
+}
+
+fn le64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+/// XXH64 with seed 0 (written from the published specification). Not a cryptographic hash: it
+/// only tells which blocks of our own files changed, and which 4 KiB sub-blocks of a changed
+/// block differ from our old copy — anything it lets through is still checked by MD5.
+pub fn xxh64(data: &[u8]) -> u64 {
+    let len = data.len() as u64;
+    let mut rest = data;
+    let mut h = if data.len() >= 32 {
+        let mut v = [P1.wrapping_add(P2), P2, 0, 0u64.wrapping_sub(P1)];
+        let mut stripes = data.chunks_exact(32);
+        for s in &mut stripes {
+            v[0] = xround(v[0], le64(&s[0..]));
+            v[1] = xround(v[1], le64(&s[8..]));
+            v[2] = xround(v[2], le64(&s[16..]));
+            v[3] = xround(v[3], le64(&s[24..]));
         }
-        drop(tx);
-        let digest = whole
-            .join()
-            .map_err(|_| io::Error::other("hash thread failed"))?;
-        result.map(|_| (blocks, digest.into()))
-    })
+        rest = stripes.remainder();
+        let mut h = v[0]
+            .rotate_left(1)
+            .wrapping_add(v[1].rotate_left(7))
+            .wrapping_add(v[2].rotate_left(12))
+            .wrapping_add(v[3].rotate_left(18));
+        for x in v {
+            h = xmerge(h, x);
+        }
+        h
+    } else {
+        P5
+    };
+    h = h.wrapping_add(len);
+    let mut words = rest.chunks_exact(8);
+    for w in &mut words {
+        h = (h ^ xround(0, le64(w)))
+            .rotate_left(27)
+            .wrapping_mul(P1)
+            .wrapping_add(P4);
+    }
+    rest = words.remainder();
+    if rest.len() >= 4 {
+        let k = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as u64;
+        h = (h ^ k.wrapping_mul(P1))
+            .rotate_left(23)
+            .wrapping_mul(P2)
+            .wrapping_add(P3);
+        rest = &rest[4..];
+    }
+    for &b in rest {
+        h = (h ^ (b as u64).wrapping_mul(P5))
+            .rotate_left(11)
+            .wrapping_mul(P1);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(P2);
+    h ^= h >> 29;
+    h = h.wrapping_mul(P3);
+    h ^ (h >> 32)
+}
+
+/// What a file held when it was last hashed, for [`file_blocks`] to skip blocks that did not
+/// change: a block whose length and XXH64 are the same keeps its MD5.
+#[derive(Clone, Copy)]
+pub struct Previous<'a> {
+    pub size: u64,
+    pub blocks: &'a [Hash],
+    pub fast: &'a [u64],
+}
+
+/// The hashes of a file's blocks.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Blocks {
+    pub md5: Vec<Hash>,
+    pub fast: Vec<u64>,
+    /// Blocks whose MD5 had to be computed (the others were unchanged since `Previous`).
+    pub hashed: usize,
+}
+
+/// One thread's result for a run of blocks: the first block's index, and per block its MD5, its
+/// XXH64, and whether the MD5 had to be computed.
+type Chunk = (usize, Vec<(Hash, u64, bool)>);
+
+/// Files this large are hashed by several threads.
+const PARALLEL_MIN: u64 = 4 << 20;
+/// Bytes a thread takes at a time: large enough for readahead, small enough to share the work.
+const CHUNK_BYTES: u64 = 4 << 20;
+
+/// The MD5 and XXH64 of every `block_size` block of `size` bytes of `f`, on up to as many
+/// threads as there are cores. Fails with `UnexpectedEof` if the file is shorter than `size`.
+pub fn file_blocks(
+    f: &File,
+    size: u64,
+    block_size: u32,
+    prev: Option<Previous<'_>>,
+) -> io::Result<Blocks> {
+    let bs = block_size as u64;
+    let nblocks = size.div_ceil(bs) as usize;
+    let per_chunk = (CHUNK_BYTES / bs).max(1) as usize;
+    let nchunks = nblocks.div_ceil(per_chunk);
+    let threads = if size < PARALLEL_MIN {
+        1
+    } else {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 4)
+            .min(nchunks)
+    };
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<io::Error>> = Mutex::new(None);
+    let mut out = Blocks {
+        md5: vec![[0; 16]; nblocks],
+        fast: vec![0; nblocks],
+        hashed: 0,
+    };
+    let unchanged = |i: usize, fast: u64| -> Option<Hash> {
+        let p = prev?;
+        let old_len = p.size.saturating_sub(i as u64 * bs).min(bs);
+        let new_len = size.saturating_sub(i as u64 * bs).min(bs);
+        (old_len == new_len && p.fast.get(i) == Some(&fast))
+            .then(|| p.blocks.get(i).copied())
+            .flatten()
+    };
+    // Each thread hashes whole chunks and hands them back as (first block, hashes).
+    let work = || -> Vec<Chunk> {
+        let mut mine = Vec::new();
+        let mut buf = vec![0u8; bs as usize];
+        loop {
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            if c >= nchunks || failed.lock().map_or(true, |g| g.is_some()) {
+                return mine;
+            }
+            let first = c * per_chunk;
+            let last = (first + per_chunk).min(nblocks);
+            let mut got = Vec::with_capacity(last - first);
+            for i in first..last {
+                let off = i as u64 * bs;
+                let n = (size - off).min(bs) as usize;
+                if let Err(e) = f.read_exact_at(&mut buf[..n], off) {
+                    if let Ok(mut g) = failed.lock() {
+                        g.get_or_insert(e);
+                    }
+                    return mine;
+                }
+                let fast = xxh64(&buf[..n]);
+                got.push(match unchanged(i, fast) {
+                    Some(h) => (h, fast, false),
+                    None => (md5(&buf[..n]), fast, true),
+                });
+            }
+            mine.push((first, got));
+        }
+    };
+    let parts: Vec<Chunk> = if threads <= 1 {
+        work()
+    } else {
+        std::thread::scope(|s| {
+            let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+            let mut all = work();
+            for h in helpers {
+                match h.join() {
+                    Ok(v) => all.extend(v),
+                    Err(_) => all.clear(),
+                }
+            }
+            all
+        })
+    };
+    if let Some(e) = failed.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let mut seen = 0;
+    for (first, got) in parts {
+        for (k, (h, fast, hashed)) in got.into_iter().enumerate() {
+            out.md5[first + k] = h;
+            out.fast[first + k] = fast;
+            out.hashed += usize::from(hashed);
+            seen += 1;
+        }
+    }
+    if seen != nblocks {
+        return Err(io::Error::other("a hashing thread failed"));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -90,27 +243,88 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    #[test]
-    fn blocks_and_whole() {
-        let dir = std::env::temp_dir().join(format!("left-hash-{}", std::process::id()));
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("left-hash-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for size in [0usize, 1, 4096, 4097, 5 * 4096 + 3, 40 * 4096] {
+        dir
+    }
+
+    #[test]
+    fn blocks_and_list_hash() {
+        let dir = temp("blocks");
+        // Sizes around one block, and past PARALLEL_MIN so several threads share the work.
+        for size in [
+            0usize,
+            1,
+            4096,
+            4097,
+            5 * 4096 + 3,
+            40 * 4096,
+            (5 << 20) + 17,
+        ] {
             let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
             let p = dir.join(format!("f{size}"));
             File::create(&p).unwrap().write_all(&data).unwrap();
-            let (blocks, whole) =
-                file_blocks(&mut File::open(&p).unwrap(), size as u64, 4096).unwrap();
+            let b = file_blocks(&File::open(&p).unwrap(), size as u64, 4096, None).unwrap();
             let want: Vec<Hash> = data.chunks(4096).map(md5).collect();
-            assert_eq!(blocks, want);
-            assert_eq!(whole, md5(&data));
+            assert_eq!(b.md5, want);
+            assert_eq!(b.fast, data.chunks(4096).map(xxh64).collect::<Vec<_>>());
+            assert_eq!(b.hashed, want.len());
             // A file shorter than announced is an error, not a short list.
-            assert!(file_blocks(&mut File::open(&p).unwrap(), size as u64 + 1, 4096).is_err());
+            assert!(file_blocks(&File::open(&p).unwrap(), size as u64 + 1, 4096, None).is_err());
         }
+        let mut two = md5(b"a").to_vec();
+        two.extend_from_slice(&md5(b"b"));
+        assert_eq!(list_hash(&[md5(b"a"), md5(b"b")]), md5(&two));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn known_digest() {
+    fn unchanged_blocks_keep_their_md5() {
+        let dir = temp("prev");
+        let p = dir.join("f");
+        let bs = 4096u32;
+        let mut data: Vec<u8> = (0..(6u32 << 20)).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let old = file_blocks(&File::open(&p).unwrap(), data.len() as u64, bs, None).unwrap();
+        // Change blocks 3 and 1000, and grow the file by half a block.
+        data[3 * 4096 + 5] ^= 1;
+        data[1000 * 4096] ^= 1;
+        data.extend_from_slice(&[9; 2048]);
+        std::fs::write(&p, &data).unwrap();
+        // A wrong MD5 kept for an unchanged block proves it was taken over, not recomputed.
+        let mut kept = old.md5.clone();
+        kept[7] = [0xee; 16];
+        let prev = Previous {
+            size: (6 << 20) as u64,
+            blocks: &kept,
+            fast: &old.fast,
+        };
+        let new = file_blocks(&File::open(&p).unwrap(), data.len() as u64, bs, Some(prev)).unwrap();
+        assert_eq!(new.hashed, 3, "blocks 3 and 1000, and the new last block");
+        assert_eq!(new.md5[7], [0xee; 16]);
+        assert_eq!(new.md5[3], md5(&data[3 * 4096..4 * 4096]));
+        assert_eq!(new.md5[1000], md5(&data[1000 * 4096..1001 * 4096]));
+        assert_eq!(*new.md5.last().unwrap(), md5(&data[6 << 20..]));
+        assert_eq!(new.md5.len(), old.md5.len() + 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn known_digests() {
         assert_eq!(hex(&md5(b"abc")), "900150983cd24fb0d6963f7d28e17f72");
+        // XXH64 reference values (python-xxhash), across every tail length path.
+        let long: Vec<u8> = (0..1280).map(|i| i as u8).collect();
+        for (data, want) in [
+            (&b""[..], 0xef46db3751d8e999u64),
+            (b"a", 0xd24ec4f1a98c6e5b),
+            (b"abc", 0x44bc2cf5ad770999),
+            (&[b'x'; 31], 0x60dd0d01083b99f0),
+            (&[b'y'; 32], 0x64da1f1d3495ce66),
+            (&[b'z'; 33], 0xc5241253c64e0268),
+            (&long, 0xafc184ad7938a354),
+        ] {
+            assert_eq!(xxh64(data), want, "length {}", data.len());
+        }
     }
 }

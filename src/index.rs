@@ -1,5 +1,5 @@
-//! The index: what the share holds (per file its size, mtime, mode, block hashes, whole-file MD5
-//! and version), persisted under the state directory so a restart re-hashes only what changed.
+//! The index: what the share holds (per file its size, mtime, mode, block hashes, file hash and
+//! version), persisted under the state directory so a restart re-hashes only what changed.
 
 use crate::error::{Context, Error, Result};
 pub use crate::hash::Hash;
@@ -17,6 +17,8 @@ pub const MIN_BLOCK: u32 = 64 << 10;
 pub const MAX_BLOCK: u32 = 8 << 20;
 /// Block counts are kept at or under this by growing the block size with the file.
 pub const TARGET_BLOCKS: u64 = 8192;
+/// Files with fewer blocks keep no XXH64s: hashing them again whole costs little.
+pub const FAST_MIN_BLOCKS: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(u8)]
@@ -66,9 +68,12 @@ pub struct Entry {
     pub version: Version,
     pub block_size: u32,
     pub blocks: Vec<Hash>,
-    /// MD5 of the whole content.
-    pub md5: Hash,
+    /// The file's hash: the MD5 of `blocks` ([`crate::hash::list_hash`]).
+    pub file_hash: Hash,
     // Local bookkeeping.
+    /// XXH64 of each block as it is on disk (files of [`FAST_MIN_BLOCKS`] blocks or more, else
+    /// empty): the scanner re-hashes with MD5 only the blocks whose XXH64 changed.
+    pub fast: Vec<u64>,
     /// Local sequence number of the last change to this entry.
     pub seq: u64,
     pub stat: Stat,
@@ -87,7 +92,7 @@ impl Entry {
             && self.deleted == o.deleted
             && (self.deleted
                 || self.kind == Kind::Dir
-                || (self.size == o.size && self.md5 == o.md5))
+                || (self.size == o.size && self.file_hash == o.file_hash))
     }
 
     /// Block `i`'s offset and length.
@@ -129,6 +134,12 @@ pub fn check_geometry(e: &Entry) -> Result<()> {
             e.size
         )));
     }
+    if crate::hash::list_hash(&e.blocks) != e.file_hash {
+        return Err(Error::protocol(format!(
+            "{}: the file hash does not match its blocks",
+            e.path
+        )));
+    }
     Ok(())
 }
 
@@ -144,7 +155,9 @@ pub struct Index {
     by_seq: BTreeMap<u64, String>,
 }
 
-const MAGIC: &[u8; 8] = b"LEFTIDX1";
+const MAGIC: &[u8; 8] = b"LEFTIDX2";
+/// The format before file hashes were derived from block lists: read as "rebuild".
+const OLD_MAGIC: &[u8; 8] = b"LEFTIDX1";
 
 impl Index {
     pub fn new(device: u64) -> Index {
@@ -213,6 +226,10 @@ impl Index {
             }
             x.u32(s.mtime_ns);
             x.u32(s.mode);
+            x.u32(e.fast.len() as u32);
+            for f in &e.fast {
+                x.u64(*f);
+            }
             let n = (x.0.len() - 4) as u32;
             x.0[..4].copy_from_slice(&n.to_be_bytes());
             put(&mut w, &x.0)?;
@@ -243,8 +260,10 @@ impl Index {
             .map_err(|_| corrupt("short header"))?;
         sum.update(head);
         let mut d = Dec::new(&head);
-        if d.take(8)? != MAGIC {
-            return Err(corrupt("not an index file"));
+        match d.take(8)? {
+            m if m == MAGIC => {}
+            m if m == OLD_MAGIC => return Err(corrupt("written by an older version of left")),
+            _ => return Err(corrupt("not an index file")),
         }
         let mut ix = Index::new(d.u64()?);
         ix.seq = d.u64()?;
@@ -274,6 +293,13 @@ impl Index {
                 mtime_ns: d.u32()?,
                 mode: d.u32()?,
             };
+            let nfast = d.u32()? as usize;
+            if nfast.checked_mul(8) != Some(d.remaining())
+                || (nfast != 0 && nfast != e.blocks.len())
+            {
+                return Err(corrupt("bad block checksums"));
+            }
+            e.fast = (0..nfast).map(|_| d.u64()).collect::<Result<_>>()?;
             d.end().map_err(|_| corrupt("entry has stray bytes"))?;
             ix.by_seq.insert(e.seq, e.path.clone());
             ix.entries.insert(e.path.clone(), e);
@@ -311,7 +337,8 @@ mod tests {
             size: 3,
             block_size: MIN_BLOCK,
             blocks: vec![[1; 16]],
-            md5: [2; 16],
+            file_hash: crate::hash::list_hash(&[[1; 16]]),
+            fast: vec![0x1234_5678_9abc_def0],
             version: Version::from_pairs(vec![(77, 1)]),
             stat: Stat {
                 ino: 5,

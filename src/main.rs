@@ -18,6 +18,7 @@ mod puller;
 mod scanner;
 mod signal;
 mod status;
+mod transfer;
 mod version;
 mod watch;
 mod wire;

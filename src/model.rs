@@ -288,16 +288,16 @@ mod tests {
     use crate::index::Kind;
     use crate::version::Version;
 
-    fn file(md5: u8, mtime: i64, by: u64, v: &[(u64, u64)]) -> Entry {
+    fn file(content: u8, mtime: i64, by: u64, v: &[(u64, u64)]) -> Entry {
         Entry {
             path: "f".into(),
             size: 1,
-            md5: [md5; 16],
+            file_hash: [content; 16],
             mtime,
             modified_by: by,
             version: Version::from_pairs(v.to_vec()),
             block_size: crate::index::MIN_BLOCK,
-            blocks: vec![[md5; 16]],
+            blocks: vec![[content; 16]],
             ..Entry::default()
         }
     }

@@ -4,7 +4,7 @@
 use crate::error::{Context, Error, Result};
 use crate::hash;
 use crate::ignore::{self, Ignore};
-use crate::index::{Entry, Kind, Stat, block_size_for};
+use crate::index::{Entry, FAST_MIN_BLOCKS, Kind, Stat, block_size_for};
 use crate::model::{Model, State};
 use crate::names;
 use crate::puller::O_NOFOLLOW;
@@ -174,7 +174,7 @@ pub fn scan(
     // A moved file's new name and its old name's deletion are recorded together, so a peer
     // learns both at once and can move its copy instead of copying it.
     for (c, old) in moves {
-        if record(st, &c, old.blocks.clone(), old.md5, old.block_size) {
+        if record(st, &c, old.blocks.clone(), old.fast.clone(), old.block_size) {
             out.changed += 1;
         }
     }
@@ -287,11 +287,12 @@ fn find_moved(model: &Model, candidates: &[Candidate]) -> std::collections::Hash
     out
 }
 
-/// Hashes one changed file and records a new version if its content or mode changed. A file
-/// that changes while it is hashed is left for the next scan.
+/// Hashes one changed file and records a new version if its content or mode changed. Blocks
+/// whose XXH64 is the one recorded last time keep their MD5; a file that changes while it is
+/// hashed is left for the next scan.
 fn hash_one(model: &Model, c: &Candidate) -> Result<bool> {
     let path = model.root.join(&c.path);
-    let mut f = OpenOptions::new()
+    let f = OpenOptions::new()
         .read(true)
         .custom_flags(O_NOFOLLOW)
         .open(&path)
@@ -301,12 +302,28 @@ fn hash_one(model: &Model, c: &Candidate) -> Result<bool> {
         return Err(Error::msg("changed while scanning").at(&path));
     }
     let bs = block_size_for(before.size);
-    let (blocks, md5) = hash::file_blocks(&mut f, before.size, bs).at(&path)?;
+    let prev = {
+        let g = model.lock();
+        g.index
+            .entries
+            .get(&c.path)
+            .filter(|e| e.is_file() && e.block_size == bs && !e.fast.is_empty())
+            .map(|e| (e.size, e.blocks.clone(), e.fast.clone()))
+    };
+    let prev = prev.as_ref().map(|(size, blocks, fast)| hash::Previous {
+        size: *size,
+        blocks,
+        fast,
+    });
+    let b = hash::file_blocks(&f, before.size, bs, prev).at(&path)?;
     let after = Stat::of(&fs::symlink_metadata(&path).at(&path)?);
     if after != before {
         return Err(Error::msg("file changed during hashing; will retry").at(&path));
     }
-    Ok(record(&mut model.lock(), c, blocks, md5, bs))
+    if prev.is_some() && b.hashed < b.md5.len() {
+        debug!("{}: {} of {} blocks changed", c.path, b.hashed, b.md5.len());
+    }
+    Ok(record(&mut model.lock(), c, b.md5, b.fast, bs))
 }
 
 /// Records what a candidate holds; true if that is a new version.
@@ -314,22 +331,27 @@ fn record(
     st: &mut State,
     c: &Candidate,
     blocks: Vec<crate::hash::Hash>,
-    md5: crate::hash::Hash,
+    mut fast: Vec<u64>,
     bs: u32,
 ) -> bool {
     let before = c.stat;
+    if blocks.len() < FAST_MIN_BLOCKS {
+        fast = Vec::new();
+    }
+    let file_hash = hash::list_hash(&blocks);
     let cur = st.index.entries.get_mut(&c.path);
     if cur.as_ref().map(|e| e.seq) != c.seq {
         return false; // a pull replaced it meanwhile
     }
     if let Some(e) = cur
         && e.is_file()
-        && e.md5 == md5
+        && e.file_hash == file_hash
         && e.size == before.size
         && e.mode == before.mode
     {
         // Same content (touched, or installed by us before a crash): no new version.
         e.stat = before;
+        e.fast = fast;
         st.dirty = true;
         return false;
     }
@@ -350,7 +372,8 @@ fn record(
         version,
         block_size: bs,
         blocks,
-        md5,
+        file_hash,
+        fast,
         seq: 0,
         stat: before,
         scan_gen: u32::MAX,

@@ -10,7 +10,7 @@ use crate::names;
 use crate::version::Version;
 
 pub const MAGIC: [u8; 4] = *b"LEFT";
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame body: the largest block plus headroom.
 pub const MAX_FRAME: usize = (8 << 20) + (64 << 10);
 /// Largest index batch a sender builds; one entry alone may be larger (big files have many blocks).
@@ -88,7 +88,8 @@ pub enum Msg {
     },
     /// A block or, with [`ANY_HASH`], any range of at most one block.
     Request(Request),
-    /// The MD5 of every [`SUB_BLOCK`] of one block; answered by a Response holding them.
+    /// The XXH64 of every [`SUB_BLOCK`] of one block (u64 each); answered by a Response holding
+    /// them.
     SubHashes(Request),
     Response(Response),
     /// The sender holds everything the receiver announced up to `seq` and needs nothing from it.
@@ -213,7 +214,7 @@ pub fn put_entry(e: &mut Enc, x: &Entry) {
     for b in &x.blocks {
         e.bytes(b);
     }
-    e.bytes(&x.md5);
+    e.bytes(&x.file_hash);
 }
 
 /// Decodes and validates an index entry: the name is checked, counts are bounded by the bytes
@@ -256,7 +257,7 @@ pub fn get_entry(d: &mut Dec<'_>) -> Result<Entry> {
     for _ in 0..nblocks {
         blocks.push(d.hash()?);
     }
-    let md5 = d.hash()?;
+    let file_hash = d.hash()?;
     let entry = Entry {
         path,
         kind,
@@ -269,7 +270,7 @@ pub fn get_entry(d: &mut Dec<'_>) -> Result<Entry> {
         version: Version::from_pairs(pairs),
         block_size,
         blocks,
-        md5,
+        file_hash,
         ..Entry::default()
     };
     check_geometry(&entry)?;
@@ -314,11 +315,9 @@ pub fn encode(msg: &Msg) -> Vec<u8> {
             e.bytes(&r.hash);
         }
         Msg::Response(r) => {
-            e.u8(T_RESPONSE);
-            e.u32(r.id);
-            e.u8(r.status as u8);
-            e.u32(r.data.len() as u32);
-            e.bytes(&r.data);
+            let mut f = response_frame(r.id, r.status, r.data.len());
+            f[RESPONSE_HEADER..].copy_from_slice(&r.data);
+            return f;
         }
         Msg::InSync { seq } => {
             e.u8(T_IN_SYNC);
@@ -361,9 +360,13 @@ pub fn frame_len(header: [u8; 4]) -> Result<usize> {
     Ok(n)
 }
 
-/// Decodes a frame body (type byte and payload).
-pub fn decode(body: &[u8]) -> Result<Msg> {
-    let mut d = Dec::new(body);
+/// Decodes a frame body (type byte and payload). The body is taken whole so that a response's
+/// data is moved out of it, not copied.
+pub fn decode(body: Vec<u8>) -> Result<Msg> {
+    if body.first() == Some(&T_RESPONSE) {
+        return decode_response(body);
+    }
+    let mut d = Dec::new(&body);
     let t = d.u8()?;
     let msg = match t {
         T_HELLO => Msg::Hello(Hello {
@@ -405,18 +408,6 @@ pub fn decode(body: &[u8]) -> Result<Msg> {
                 Msg::SubHashes(r)
             }
         }
-        T_RESPONSE => {
-            let id = d.u32()?;
-            let status = match d.u8()? {
-                0 => Status::Ok,
-                1 => Status::Changed,
-                2 => Status::Failed,
-                s => return Err(Error::protocol(format!("unknown response status {s}"))),
-            };
-            let n = d.u32()? as usize;
-            let data = d.take(n)?.to_vec();
-            Msg::Response(Response { id, status, data })
-        }
         T_IN_SYNC => Msg::InSync { seq: d.u64()? },
         T_PING => Msg::Ping,
         T_AUTH => Msg::Auth { proof: d.hash()? },
@@ -425,6 +416,47 @@ pub fn decode(body: &[u8]) -> Result<Msg> {
     d.end()?;
     Ok(msg)
 }
+
+/// A Response: u32 id, u8 status, u32 length, data; the data keeps the body's allocation.
+fn decode_response(mut body: Vec<u8>) -> Result<Msg> {
+    let (id, status, start) = {
+        let mut d = Dec::new(&body);
+        d.u8()?;
+        let id = d.u32()?;
+        let status = match d.u8()? {
+            0 => Status::Ok,
+            1 => Status::Changed,
+            2 => Status::Failed,
+            s => return Err(Error::protocol(format!("unknown response status {s}"))),
+        };
+        let n = d.u32()? as usize;
+        d.take(n)?;
+        d.end()?;
+        (id, status, body.len() - n)
+    };
+    body.drain(..start);
+    Ok(Msg::Response(Response {
+        id,
+        status,
+        data: body,
+    }))
+}
+
+/// The whole frame of a Response with `len` bytes of data, the data left as zeros for the caller
+/// to fill in place (`frame[RESPONSE_HEADER..]`), and room for a MAC.
+pub fn response_frame(id: u32, status: Status, len: usize) -> Vec<u8> {
+    let mut e = Enc(Vec::with_capacity(RESPONSE_HEADER + len + 16));
+    e.u32((RESPONSE_HEADER - 4 + len) as u32);
+    e.u8(T_RESPONSE);
+    e.u32(id);
+    e.u8(status as u8);
+    e.u32(len as u32);
+    e.0.resize(RESPONSE_HEADER + len, 0);
+    e.0
+}
+
+/// Bytes of a Response frame before its data, length prefix included.
+pub const RESPONSE_HEADER: usize = 14;
 
 /// Splits a buffer holding whole frames back to back into messages (used by tests and fuzzing).
 #[cfg(test)]
@@ -438,7 +470,7 @@ pub fn decode_stream(mut buf: &[u8]) -> Result<Vec<Msg>> {
         let body = buf
             .get(4..4 + n)
             .ok_or_else(|| Error::protocol("truncated frame body"))?;
-        out.push(decode(body)?);
+        out.push(decode(body.to_vec())?);
         buf = &buf[4 + n..];
     }
     Ok(out)
@@ -460,7 +492,7 @@ mod tests {
             version: Version::from_pairs(vec![(7, 2), (9, 1)]),
             block_size: 64 << 10,
             blocks: vec![[1; 16], [2; 16]],
-            md5: [3; 16],
+            file_hash: crate::hash::list_hash(&[[1; 16], [2; 16]]),
             ..Entry::default()
         }
     }

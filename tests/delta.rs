@@ -97,9 +97,9 @@ fn a_contiguous_change_ships_about_its_size() {
 #[test]
 fn nine_bytes_at_the_start_ship_one_sub_block() {
     let r = update("delta-nine", |f| f.write_all_at(b"123456789", 0).unwrap());
-    // One 4 KiB sub-block plus the 16-byte hashes of one block's sub-blocks.
+    // One 4 KiB sub-block plus the 8-byte hashes of one block's sub-blocks.
     assert!(
-        r.wire <= 4096 + 16 * 16,
+        r.wire <= 4096 + 16 * 8,
         "{} bytes for a 9-byte change",
         r.wire
     );

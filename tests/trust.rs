@@ -191,9 +191,13 @@ fn garbage_and_malformed_frames_are_dropped() {
     w.dropped("a hello with a bad magic", &bad_magic, &["magic"]);
     let bad_version = wire::frame(
         wire::T_HELLO,
-        &wire::hello_payload(wire::MAGIC, 2, 0x3333, 0, [1; 16], 1),
+        &wire::hello_payload(wire::MAGIC, wire::VERSION - 1, 0x3333, 0, [1; 16], 1),
     );
-    w.dropped("a hello of protocol version 2", &bad_version, &["version"]);
+    w.dropped(
+        "a hello of an older protocol version",
+        &bad_version,
+        &["version"],
+    );
     let short_hello = wire::frame(wire::T_HELLO, &wire::MAGIC);
     w.dropped("a hello frame too short", &short_hello, &[]);
     // The daemon's own device id: it must notice it is talking to itself (or something

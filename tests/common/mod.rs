@@ -768,6 +768,70 @@ pub fn md5(data: &[u8]) -> [u8; 16] {
     out
 }
 
+/// XXH64 with seed 0, from its specification (sub-block hashes of delta transfer).
+pub fn xxh64(data: &[u8]) -> u64 {
+    const P: [u64; 5] = [
+        0x9E3779B185EBCA87,
+        0xC2B2AE3D27D4EB4F,
+        0x165667B19E3779F9,
+        0x85EBCA77C2B2AE63,
+        0x27D4EB2F165667C5,
+    ];
+    let round = |acc: u64, x: u64| {
+        acc.wrapping_add(x.wrapping_mul(P[1]))
+            .rotate_left(31)
+            .wrapping_mul(P[0])
+    };
+    let word = |i: usize| u64::from_le_bytes(data[i..i + 8].try_into().unwrap());
+    let mut i = 0;
+    let mut h;
+    if data.len() >= 32 {
+        let mut v = [P[0].wrapping_add(P[1]), P[1], 0, 0u64.wrapping_sub(P[0])];
+        while i + 32 <= data.len() {
+            for (k, lane) in v.iter_mut().enumerate() {
+                *lane = round(*lane, word(i + 8 * k));
+            }
+            i += 32;
+        }
+        h = v[0]
+            .rotate_left(1)
+            .wrapping_add(v[1].rotate_left(7))
+            .wrapping_add(v[2].rotate_left(12))
+            .wrapping_add(v[3].rotate_left(18));
+        for lane in v {
+            h = (h ^ round(0, lane)).wrapping_mul(P[0]).wrapping_add(P[3]);
+        }
+    } else {
+        h = P[4];
+    }
+    h = h.wrapping_add(data.len() as u64);
+    while i + 8 <= data.len() {
+        h = (h ^ round(0, word(i)))
+            .rotate_left(27)
+            .wrapping_mul(P[0])
+            .wrapping_add(P[3]);
+        i += 8;
+    }
+    if i + 4 <= data.len() {
+        let w = u32::from_le_bytes(data[i..i + 4].try_into().unwrap()) as u64;
+        h = (h ^ w.wrapping_mul(P[0]))
+            .rotate_left(23)
+            .wrapping_mul(P[1])
+            .wrapping_add(P[2]);
+        i += 4;
+    }
+    for &b in &data[i..] {
+        h = (h ^ (b as u64).wrapping_mul(P[4]))
+            .rotate_left(11)
+            .wrapping_mul(P[0]);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(P[1]);
+    h ^= h >> 29;
+    h = h.wrapping_mul(P[2]);
+    h ^ (h >> 32)
+}
+
 pub fn hex(h: &[u8]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -817,11 +881,14 @@ pub mod wire {
         p
     }
 
-    /// A correct hello (protocol 1).
+    /// The protocol version `left` speaks.
+    pub const VERSION: u16 = 2;
+
+    /// A correct hello.
     pub fn hello(device: u64, flags: u32, nonce: [u8; 16], port: u16) -> Vec<u8> {
         frame(
             T_HELLO,
-            &hello_payload(MAGIC, 1, device, flags, nonce, port),
+            &hello_payload(MAGIC, VERSION, device, flags, nonce, port),
         )
     }
 
@@ -840,7 +907,8 @@ pub mod wire {
         pub version: Vec<(u64, u64)>,
         pub block_size: u32,
         pub blocks: Vec<[u8; 16]>,
-        pub md5: [u8; 16],
+        /// The MD5 of the block MD5s.
+        pub file_hash: [u8; 16],
     }
 
     impl Entry {
@@ -858,7 +926,9 @@ pub mod wire {
                 version: vec![(device, counter)],
                 block_size: BLOCK as u32,
                 blocks: data.chunks(BLOCK).map(super::md5).collect(),
-                md5: super::md5(data),
+                file_hash: super::md5(
+                    &data.chunks(BLOCK).flat_map(super::md5).collect::<Vec<u8>>(),
+                ),
             }
         }
 
@@ -897,7 +967,7 @@ pub mod wire {
             for b in &self.blocks {
                 out.extend_from_slice(b);
             }
-            out.extend_from_slice(&self.md5);
+            out.extend_from_slice(&self.file_hash);
         }
     }
 
@@ -1090,8 +1160,10 @@ impl FakePeer {
                         }
                         match data {
                             Some(d) if t == wire::T_SUB_HASHES => {
-                                let subs: Vec<u8> =
-                                    d.chunks(wire::SUB_BLOCK).flat_map(md5).collect();
+                                let subs: Vec<u8> = d
+                                    .chunks(wire::SUB_BLOCK)
+                                    .flat_map(|c| xxh64(c).to_be_bytes())
+                                    .collect();
                                 wire::response(req.id, 0, &subs)
                             }
                             Some(d) if md5(&d) == req.hash || req.hash == [0; 16] => {

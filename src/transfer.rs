@@ -1,0 +1,1074 @@
+//! The block pipeline of a pull: plans where each block of a batch's files comes from (a file
+//! moved into place, our old version, zeros, the temp file of an earlier try, other local files,
+//! or the peer), fetches what only the peer has with requests in flight, checks every block's
+//! MD5 on helper threads while the next ones arrive, writes the temp files, and hands each file
+//! to the puller to install once all its blocks are in and verified.
+
+use crate::delta::Pipe;
+use crate::error::{Context, Error, Result};
+use crate::hash::{Hash, md5, xxh64};
+use crate::index::{Entry, FAST_MIN_BLOCKS, Stat};
+use crate::model::Progress;
+use crate::names;
+use crate::puller::{self, Link, O_NOFOLLOW, RECEIVED, REUSED};
+use crate::wire::Status;
+use std::collections::HashMap;
+use std::ffi::{c_int, c_uint};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Bytes of block data in flight per connection: keeps a fast link full, memory small.
+const WINDOW_BYTES: u64 = 1 << 20;
+/// Unchanged data is copied from the old version this much at a time.
+const COPY_PIECE: u64 = 8 << 20;
+/// Writeback of a temp file is started every this many bytes completed.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+/// Files under this size are installed in groups, sharing their filesystem syncs.
+const SMALL_FILE: u64 = 1 << 20;
+/// How many small files wait for a shared sync at most.
+const READY_BATCH: usize = 128;
+/// Files at least this large show progress in status and, every few seconds, in the log.
+const PROGRESS_MIN: u64 = 8 << 20;
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
+/// Block buffers kept for reuse.
+const SPARE_BUFFERS: usize = 8;
+
+/// Where a block comes from.
+enum Src {
+    /// Already in the temp file: a local file with this content was moved there (a rename).
+    Moved,
+    /// The same as in our current version of the file, at the same offset: copied in the kernel.
+    Keep,
+    /// All zeros: a hole where the temp file is new, written elsewhere.
+    Zero,
+    /// Perhaps already in the temp file (an earlier try): checked, fetched if it is not.
+    Have,
+    /// The same data as an earlier block of this file, at this offset of the temp file.
+    Same(u64),
+    /// A local file holding a block with this hash, at this offset.
+    Local(String, u64),
+    /// Only the peer has it.
+    Remote,
+    /// The peer has it and we hold an older version of the same range: delta transfer.
+    Delta,
+}
+
+struct Job {
+    file: usize,
+    block: usize,
+    src: Src,
+}
+
+/// One file being received.
+pub struct Pull {
+    pub e: Entry,
+    pub tmp_path: PathBuf,
+    tmp: Arc<File>,
+    pub failed: bool,
+    pub t0: Instant,
+    /// File data received for it (block data, sub-block hashes and runs).
+    pub wire: u64,
+    /// Bytes of it taken from local data instead of the wire.
+    pub reused: u64,
+    /// Bytes of the file complete (verified and written) so far.
+    done: u64,
+    /// Our current version of the file, opened while its stat matched the index: the source of
+    /// unchanged blocks and the base for delta transfer.
+    old: Option<Arc<File>>,
+    /// XXH64s of our current version's blocks (empty if unknown).
+    old_fast: Vec<u64>,
+    /// XXH64s of the moved file's blocks (empty if unknown).
+    moved_fast: Vec<u64>,
+    /// The temp file's length when this pull began: past it, zero blocks are left as holes.
+    fresh_from: u64,
+    /// Blocks not complete yet.
+    left: usize,
+    /// Work of this file handed to the helpers and not back yet.
+    busy: usize,
+    complete: Vec<bool>,
+    /// XXH64 of every block, recorded as blocks complete, for the index.
+    fast: Vec<u64>,
+    fast_known: bool,
+    /// Blocks before this one are all complete; writeback has been started up to `flushed`.
+    frontier: usize,
+    flushed: u64,
+    /// Delta transfer pays off so far (turned off when most sub-blocks differ).
+    delta_on: bool,
+    delta_subs: (usize, usize),
+}
+
+/// What a helper thread does with a block or a run of blocks, and what it reports back.
+struct Tag {
+    file: usize,
+    first: usize,
+    n: usize,
+    bytes: u64,
+    /// Bytes that count as reused locally once this is done.
+    reused: u64,
+    /// If the data turns out wrong: fetch the block again, by delta (true) or whole (false);
+    /// `None`: the peer sent it, and the file fails.
+    retry: Option<bool>,
+}
+
+enum Work {
+    /// Check `data` against `want` and, with `write`, write it at `off` of the temp file.
+    Check {
+        tag: Tag,
+        tmp: Arc<File>,
+        off: u64,
+        data: Vec<u8>,
+        want: Hash,
+        write: bool,
+    },
+    /// Copy `len` bytes from `from` at `from_off` to the temp file at `off`.
+    Copy {
+        tag: Tag,
+        tmp: Arc<File>,
+        from: Arc<File>,
+        from_off: u64,
+        off: u64,
+    },
+}
+
+enum Outcome {
+    /// Done; a checked block's XXH64.
+    Ok(Option<u64>),
+    Mismatch,
+    Io(io::Error),
+}
+
+struct Done {
+    tag: Tag,
+    outcome: Outcome,
+    /// A checked block's buffer, for reuse.
+    buf: Vec<u8>,
+}
+
+fn work(w: Work) -> Done {
+    match w {
+        Work::Check {
+            tag,
+            tmp,
+            off,
+            data,
+            want,
+            write,
+        } => {
+            let outcome = if md5(&data) != want {
+                Outcome::Mismatch
+            } else if !write {
+                Outcome::Ok(Some(xxh64(&data)))
+            } else {
+                match tmp.write_all_at(&data, off) {
+                    Ok(()) => Outcome::Ok(Some(xxh64(&data))),
+                    Err(e) => Outcome::Io(e),
+                }
+            };
+            Done {
+                tag,
+                outcome,
+                buf: data,
+            }
+        }
+        Work::Copy {
+            tag,
+            tmp,
+            from,
+            from_off,
+            off,
+        } => {
+            let outcome = match copy_range(&from, from_off, &tmp, off, tag.bytes) {
+                Ok(()) => {
+                    start_writeback(&tmp, off, tag.bytes);
+                    Outcome::Ok(None)
+                }
+                Err(e) => Outcome::Io(e),
+            };
+            Done {
+                tag,
+                outcome,
+                buf: Vec::new(),
+            }
+        }
+    }
+}
+
+/// MD5 and XXH64 of an all-zero block, by length.
+#[derive(Default)]
+struct Zeros(HashMap<usize, (Hash, u64)>);
+
+impl Zeros {
+    fn get(&mut self, len: usize) -> (Hash, u64) {
+        *self.0.entry(len).or_insert_with(|| {
+            let z = vec![0u8; len];
+            (md5(&z), xxh64(&z))
+        })
+    }
+}
+
+pub fn temp_path(root: &Path, rel: &str) -> PathBuf {
+    let (dir, name) = names::split(rel);
+    root.join(dir).join(names::temp_for(name))
+}
+
+/// Receives `files` (a batch's files, in order); `moved` holds, by path, the entries of local
+/// files the batch moved to those files' temp names (renames).
+pub fn transfer(
+    link: &Link<'_>,
+    files: Vec<Entry>,
+    moved: &HashMap<String, Entry>,
+    next_id: &mut u32,
+) -> Result<()> {
+    // Which blocks our other files already hold, found in one pass over the index.
+    let sources = local_sources(link, &files);
+    let mut zeros = Zeros::default();
+    let mut pulls: Vec<Pull> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    for e in files {
+        let path = e.path.clone();
+        match plan(link, e, &sources, moved.get(&path), &mut zeros) {
+            Ok((p, srcs)) => {
+                let file = pulls.len();
+                jobs.extend(srcs.into_iter().enumerate().map(|(block, src)| Job {
+                    file,
+                    block,
+                    src,
+                }));
+                pulls.push(p);
+            }
+            Err((e, err)) => puller::finish_need(link, &e, Err(err)),
+        }
+    }
+    drop(sources);
+    let helpers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let (work_tx, work_rx) = mpsc::sync_channel::<Work>(helpers * 2);
+    let (done_tx, done_rx) = mpsc::channel::<Done>();
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    std::thread::scope(|s| {
+        for _ in 0..helpers {
+            let (rx, tx) = (work_rx.clone(), done_tx.clone());
+            s.spawn(move || {
+                loop {
+                    let w = match rx.lock() {
+                        Ok(g) => g.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(w) = w else { return };
+                    if tx.send(work(w)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let remote = jobs
+            .iter()
+            .enumerate()
+            .filter(|(_, j)| matches!(j.src, Src::Remote | Src::Delta))
+            .map(|(i, _)| i)
+            .collect();
+        let mut run = Run {
+            link,
+            pipe: Pipe::new(link, next_id),
+            pulls,
+            jobs,
+            remote,
+            sent: 0,
+            ids: HashMap::new(),
+            in_flight: 0,
+            ready: Vec::new(),
+            work: Some(work_tx),
+            done: done_rx,
+            busy: 0,
+            spare: Vec::new(),
+            local_file: None,
+            zeros,
+            last_progress: Instant::now(),
+            last_log: Instant::now(),
+        };
+        let r = run.run();
+        // The helpers end once the queue closes; what they still report is dropped.
+        run.work = None;
+        if r.is_ok() {
+            run.flush_ready();
+        }
+        REUSED.fetch_add(run.pulls.iter().map(|p| p.reused).sum(), Ordering::Relaxed);
+        r
+    })
+}
+
+/// Our files' blocks that the batch needs, by hash: where each can be read locally.
+fn local_sources(link: &Link<'_>, files: &[Entry]) -> HashMap<Hash, (String, u64)> {
+    let needed: std::collections::HashSet<Hash> = files
+        .iter()
+        .flat_map(|e| e.blocks.iter().copied())
+        .collect();
+    let mut sources = HashMap::new();
+    let g = link.model.lock();
+    for e in g.index.entries.values().filter(|e| e.is_file()) {
+        for (i, b) in e.blocks.iter().enumerate() {
+            if needed.contains(b) && !sources.contains_key(b) {
+                sources.insert(*b, (e.path.clone(), e.block_range(i).0));
+            }
+        }
+    }
+    sources
+}
+
+/// Opens a file's temp file and decides where each of its blocks comes from.
+#[allow(clippy::result_large_err)]
+fn plan(
+    link: &Link<'_>,
+    e: Entry,
+    sources: &HashMap<Hash, (String, u64)>,
+    moved: Option<&Entry>,
+    zeros: &mut Zeros,
+) -> std::result::Result<(Pull, Vec<Src>), (Entry, Error)> {
+    let root = &link.model.root;
+    let tmp_path = temp_path(root, &e.path);
+    let opened = (|| -> Result<(File, u64)> {
+        names::check_ancestors(root, &e.path)?;
+        if let Some(dir) = tmp_path.parent() {
+            fs::create_dir_all(dir).at(dir)?;
+        }
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&tmp_path)
+            .at(&tmp_path)?;
+        let mut len = f.metadata().at(&tmp_path)?.len();
+        if len > e.size {
+            f.set_len(e.size).at(&tmp_path)?;
+            len = e.size;
+        }
+        Ok((f, len))
+    })();
+    let (tmp, tlen) = match opened {
+        Ok(x) => x,
+        Err(err) => return Err((e, err)),
+    };
+    // Our current version of this file, if it is still the one the index knows.
+    let cur = {
+        let g = link.model.lock();
+        g.index
+            .entries
+            .get(&e.path)
+            .filter(|c| c.is_file() && c.size > 0)
+            .cloned()
+    };
+    let old = cur.as_ref().and_then(|c| {
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(O_NOFOLLOW)
+            .open(root.join(&e.path))
+            .ok()?;
+        let md = f.metadata().ok()?;
+        (md.is_file() && Stat::of(&md) == c.stat).then(|| Arc::new(f))
+    });
+    let cur = cur.filter(|_| old.is_some());
+    let keep = cur.as_ref().filter(|c| c.block_size == e.block_size);
+    let moved = moved.filter(|m| m.blocks == e.blocks);
+    let full_zero = zeros.get(e.block_size as usize).0;
+    let mut first: HashMap<Hash, u64> = HashMap::new();
+    let mut srcs = Vec::with_capacity(e.blocks.len());
+    for (i, want) in e.blocks.iter().enumerate() {
+        let (off, len) = e.block_range(i);
+        let src = if moved.is_some() {
+            Src::Moved
+        } else if keep.is_some_and(|c| c.blocks.get(i) == Some(want) && c.block_range(i).1 == len) {
+            Src::Keep
+        } else if len == e.block_size as usize && *want == full_zero {
+            Src::Zero
+        } else if off + len as u64 <= tlen {
+            Src::Have
+        } else if let Some(o) = first.get(want) {
+            Src::Same(*o)
+        } else if let Some((p, o)) = sources.get(want) {
+            Src::Local(p.clone(), *o)
+        } else if cur.as_ref().is_some_and(|c| off < c.size) {
+            Src::Delta
+        } else {
+            Src::Remote
+        };
+        first.entry(*want).or_insert(off);
+        srcs.push(src);
+    }
+    let n = e.blocks.len();
+    let p = Pull {
+        tmp_path,
+        tmp: Arc::new(tmp),
+        failed: false,
+        t0: Instant::now(),
+        wire: 0,
+        reused: 0,
+        done: 0,
+        old,
+        old_fast: keep.map(|c| c.fast.clone()).unwrap_or_default(),
+        moved_fast: moved.map(|m| m.fast.clone()).unwrap_or_default(),
+        fresh_from: tlen,
+        left: n,
+        busy: 0,
+        complete: vec![false; n],
+        fast: vec![0; n],
+        fast_known: true,
+        frontier: 0,
+        flushed: 0,
+        delta_on: true,
+        delta_subs: (0, 0),
+        e,
+    };
+    Ok((p, srcs))
+}
+
+/// The state of one batch's transfer.
+struct Run<'l, 'b, 'p> {
+    link: &'l Link<'b>,
+    pipe: Pipe<'p, 'b>,
+    pulls: Vec<Pull>,
+    jobs: Vec<Job>,
+    /// Jobs whose data comes from the peer, in the order their requests go out.
+    remote: Vec<usize>,
+    /// How many of `remote` have been asked for.
+    sent: usize,
+    /// Job → (request id, whether it is a delta request).
+    ids: HashMap<usize, (u32, bool)>,
+    in_flight: u64,
+    /// Small files verified but not installed yet: made durable together (`flush_ready`).
+    ready: Vec<usize>,
+    work: Option<SyncSender<Work>>,
+    done: Receiver<Done>,
+    /// Work handed to the helpers and not back yet.
+    busy: usize,
+    spare: Vec<Vec<u8>>,
+    local_file: Option<(String, File)>,
+    zeros: Zeros,
+    last_progress: Instant,
+    last_log: Instant,
+}
+
+impl Run<'_, '_, '_> {
+    fn run(&mut self) -> Result<()> {
+        // Files without blocks (empty) are complete already.
+        for fi in 0..self.pulls.len() {
+            if self.pulls[fi].left == 0 {
+                self.finish(fi);
+            }
+        }
+        let mut ji = 0;
+        loop {
+            while let Ok(d) = self.done.try_recv() {
+                self.on_done(d);
+            }
+            if self.ready.len() >= READY_BATCH {
+                self.flush_ready();
+            }
+            if ji >= self.jobs.len() {
+                if self.busy == 0 {
+                    return Ok(());
+                }
+                self.wait_done()?;
+                continue;
+            }
+            self.fill_window()?;
+            ji += self.step(ji)?;
+        }
+    }
+
+    fn wait_done(&mut self) -> Result<()> {
+        let d = self
+            .done
+            .recv()
+            .map_err(|_| Error::msg("helper threads ended"))?;
+        self.on_done(d);
+        Ok(())
+    }
+
+    /// Asks the peer for the next blocks, up to the window.
+    fn fill_window(&mut self) -> Result<()> {
+        while self.sent < self.remote.len() && self.in_flight < WINDOW_BYTES {
+            let rj = self.remote[self.sent];
+            self.sent += 1;
+            let j = &self.jobs[rj];
+            let p = &self.pulls[j.file];
+            if p.failed {
+                continue;
+            }
+            let id = match (&j.src, &p.old) {
+                (Src::Delta, Some(old)) if p.delta_on => {
+                    (self.pipe.request_delta(&p.e, j.block, old.clone())?, true)
+                }
+                _ => (self.pipe.request(&p.e, j.block)?, false),
+            };
+            self.ids.insert(rj, id);
+            self.in_flight += p.e.block_range(j.block).1 as u64;
+        }
+        Ok(())
+    }
+
+    /// Hands work to the helpers.
+    fn dispatch(&mut self, w: Work) -> Result<()> {
+        let fi = match &w {
+            Work::Check { tag, .. } | Work::Copy { tag, .. } => tag.file,
+        };
+        let tx = self
+            .work
+            .as_ref()
+            .ok_or_else(|| Error::msg("helper threads ended"))?;
+        tx.send(w).map_err(|_| Error::msg("helper threads ended"))?;
+        self.busy += 1;
+        self.pulls[fi].busy += 1;
+        Ok(())
+    }
+
+    /// Checks and writes one block's data.
+    fn check(
+        &mut self,
+        fi: usize,
+        block: usize,
+        data: Vec<u8>,
+        write: bool,
+        tag: Tag,
+    ) -> Result<()> {
+        let p = &self.pulls[fi];
+        let w = Work::Check {
+            tmp: p.tmp.clone(),
+            off: p.e.block_range(block).0,
+            want: p.e.blocks[block],
+            data,
+            write,
+            tag,
+        };
+        self.dispatch(w)
+    }
+
+    fn tag(&self, fi: usize, block: usize, reused: u64, retry: Option<bool>) -> Tag {
+        Tag {
+            file: fi,
+            first: block,
+            n: 1,
+            bytes: self.pulls[fi].e.block_range(block).1 as u64,
+            reused,
+            retry,
+        }
+    }
+
+    fn buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Fetches a block from the peer again (its local source or delta went wrong).
+    fn retry(&mut self, fi: usize, block: usize, delta: bool) {
+        let src = if delta && self.pulls[fi].old.is_some() {
+            Src::Delta
+        } else {
+            Src::Remote
+        };
+        self.remote.push(self.jobs.len());
+        self.jobs.push(Job {
+            file: fi,
+            block,
+            src,
+        });
+    }
+
+    /// Works on job `ji` (and the unchanged blocks right after it); returns how many jobs it took.
+    fn step(&mut self, ji: usize) -> Result<usize> {
+        let (fi, block) = (self.jobs[ji].file, self.jobs[ji].block);
+        let issued = self.ids.remove(&ji);
+        let (off, len) = self.pulls[fi].e.block_range(block);
+        if let Some((id, _)) = issued {
+            self.in_flight -= (len as u64).min(self.in_flight);
+            if self.pulls[fi].failed {
+                self.pipe.forget(id);
+            }
+        }
+        if self.pulls[fi].failed {
+            return Ok(1);
+        }
+        let src = std::mem::replace(&mut self.jobs[ji].src, Src::Remote);
+        match src {
+            Src::Moved => {
+                let p = &mut self.pulls[fi];
+                match p.moved_fast.get(block) {
+                    Some(f) => p.fast[block] = *f,
+                    None => p.fast_known = false,
+                }
+                p.reused += len as u64;
+                self.completed(fi, block, 1, len as u64);
+            }
+            Src::Keep => {
+                // This block and the unchanged ones after it, in one copy.
+                let mut n = 1;
+                let mut bytes = len as u64;
+                while let Some(j) = self.jobs.get(ji + n)
+                    && j.file == fi
+                    && j.block == block + n
+                    && matches!(j.src, Src::Keep)
+                    && bytes < COPY_PIECE
+                {
+                    bytes += self.pulls[fi].e.block_range(block + n).1 as u64;
+                    n += 1;
+                }
+                let p = &mut self.pulls[fi];
+                for k in block..block + n {
+                    match p.old_fast.get(k) {
+                        Some(f) => p.fast[k] = *f,
+                        None => p.fast_known = false,
+                    }
+                }
+                let w = Work::Copy {
+                    tag: Tag {
+                        file: fi,
+                        first: block,
+                        n,
+                        bytes,
+                        reused: bytes,
+                        retry: None,
+                    },
+                    tmp: p.tmp.clone(),
+                    from: p.old.clone().ok_or_else(|| Error::msg("no old version"))?,
+                    from_off: off,
+                    off,
+                };
+                self.dispatch(w)?;
+                return Ok(n);
+            }
+            Src::Zero => {
+                let (_, fast) = self.zeros.get(len);
+                self.pulls[fi].fast[block] = fast;
+                if off >= self.pulls[fi].fresh_from {
+                    // Never written: it reads as zeros once the file gets its length.
+                    self.pulls[fi].reused += len as u64;
+                    self.completed(fi, block, 1, len as u64);
+                } else {
+                    let tag = self.tag(fi, block, len as u64, None);
+                    self.check(fi, block, vec![0u8; len], true, tag)?;
+                }
+            }
+            Src::Have => {
+                let mut buf = self.buffer();
+                let p = &self.pulls[fi];
+                if read_at(&p.tmp, &mut buf, off, len).is_ok() {
+                    let tag = self.tag(fi, block, len as u64, Some(true));
+                    self.check(fi, block, buf, false, tag)?;
+                } else {
+                    self.retry(fi, block, true);
+                }
+            }
+            Src::Same(o) => self.same(fi, block, o)?,
+            Src::Local(path, o) => {
+                let root = &self.link.model.root;
+                if self.local_file.as_ref().is_none_or(|(p, _)| *p != path)
+                    && let Ok(f) = OpenOptions::new()
+                        .read(true)
+                        .custom_flags(O_NOFOLLOW)
+                        .open(root.join(&path))
+                {
+                    self.local_file = Some((path.clone(), f));
+                }
+                let mut buf = self.buffer();
+                let read = match &self.local_file {
+                    Some((lp, f)) if *lp == path => read_at(f, &mut buf, o, len).is_ok(),
+                    _ => false,
+                };
+                if read {
+                    let tag = self.tag(fi, block, len as u64, Some(true));
+                    self.check(fi, block, buf, true, tag)?;
+                } else {
+                    self.retry(fi, block, true);
+                }
+            }
+            Src::Remote | Src::Delta => self.fetch(fi, block, issued)?,
+        }
+        self.show_progress(fi);
+        Ok(1)
+    }
+
+    /// A block with the same data as an earlier block of the file: copied within the temp file
+    /// once that one is complete.
+    fn same(&mut self, fi: usize, block: usize, o: u64) -> Result<()> {
+        let src = (o / self.pulls[fi].e.block_size as u64) as usize;
+        while !self.pulls[fi].complete.get(src).copied().unwrap_or(true) && self.pulls[fi].busy > 0
+        {
+            self.wait_done()?;
+        }
+        let p = &mut self.pulls[fi];
+        if p.failed {
+            return Ok(());
+        }
+        if !p.complete.get(src).copied().unwrap_or(false) {
+            self.retry(fi, block, false);
+            return Ok(());
+        }
+        p.fast[block] = p.fast[src];
+        let (off, len) = p.e.block_range(block);
+        let w = Work::Copy {
+            tag: Tag {
+                file: fi,
+                first: block,
+                n: 1,
+                bytes: len as u64,
+                reused: len as u64,
+                retry: Some(false),
+            },
+            tmp: p.tmp.clone(),
+            from: p.tmp.clone(),
+            from_off: o,
+            off,
+        };
+        self.dispatch(w)
+    }
+
+    /// A block only the peer has: its whole data, or (delta) the old version with the changed
+    /// sub-blocks patched in.
+    fn fetch(&mut self, fi: usize, block: usize, issued: Option<(u32, bool)>) -> Result<()> {
+        let len = self.pulls[fi].e.block_range(block).1;
+        if let Some((id, true)) = issued {
+            let d = self.pipe.wait_delta(id)?;
+            let p = &mut self.pulls[fi];
+            p.wire += d.wire;
+            RECEIVED.fetch_add(d.wire, Ordering::Relaxed);
+            p.delta_subs.0 += d.changed;
+            p.delta_subs.1 += d.total;
+            // Mostly changed blocks cost an extra round trip for nothing: stop for this file.
+            if p.delta_subs.1 >= 128 && p.delta_subs.0 * 4 > p.delta_subs.1 * 3 {
+                p.delta_on = false;
+            }
+            if d.failed {
+                self.retry(fi, block, false);
+                return Ok(());
+            }
+            let reused = (len as u64).saturating_sub(d.wire);
+            let tag = self.tag(fi, block, reused, Some(false));
+            return self.check(fi, block, d.block, true, tag);
+        }
+        let id = match issued {
+            Some((id, _)) => id,
+            None => self.pipe.request(&self.pulls[fi].e, block)?,
+        };
+        let a = self.pipe.wait(id)?;
+        let (r, p) = (a.r, &mut self.pulls[fi]);
+        p.wire += r.data.len() as u64;
+        RECEIVED.fetch_add(r.data.len() as u64, Ordering::Relaxed);
+        let why = match r.status {
+            // Checked by the reader as it arrived: written here, without another handoff.
+            Status::Ok if r.data.len() == len && a.md5 == p.e.blocks[block] => {
+                let off = p.e.block_range(block).0;
+                match p.tmp.write_all_at(&r.data, off) {
+                    Ok(()) => {
+                        p.fast[block] = xxh64(&r.data);
+                        self.completed(fi, block, 1, len as u64);
+                        return Ok(());
+                    }
+                    Err(e) => format!("writing {}: {e}", p.tmp_path.display()),
+                }
+            }
+            Status::Ok if r.data.len() == len => {
+                format!("block {block} from the peer does not match its MD5")
+            }
+            Status::Ok => format!("block {block} from the peer has the wrong length"),
+            _ => "changed on the peer while being sent; waiting for its new version".into(),
+        };
+        self.fail(fi, why);
+        Ok(())
+    }
+
+    fn on_done(&mut self, d: Done) {
+        self.busy -= 1;
+        let t = d.tag;
+        self.pulls[t.file].busy -= 1;
+        if d.buf.capacity() > 0 && self.spare.len() < SPARE_BUFFERS {
+            self.spare.push(d.buf);
+        }
+        if self.pulls[t.file].failed {
+            return;
+        }
+        match d.outcome {
+            Outcome::Ok(fast) => {
+                let p = &mut self.pulls[t.file];
+                if let Some(f) = fast {
+                    p.fast[t.first] = f;
+                }
+                p.reused += t.reused;
+                self.completed(t.file, t.first, t.n, t.bytes);
+            }
+            Outcome::Mismatch => match t.retry {
+                Some(delta) => self.retry(t.file, t.first, delta),
+                None => self.fail(
+                    t.file,
+                    format!("block {} from the peer does not match its MD5", t.first),
+                ),
+            },
+            Outcome::Io(e) => {
+                let p = &self.pulls[t.file];
+                let why = format!("writing {}: {e}", p.tmp_path.display());
+                self.fail(t.file, why);
+            }
+        }
+    }
+
+    /// Marks blocks complete; starts writeback as the complete part grows, and finishes the file
+    /// with its last block.
+    fn completed(&mut self, fi: usize, first: usize, n: usize, bytes: u64) {
+        let p = &mut self.pulls[fi];
+        for c in &mut p.complete[first..first + n] {
+            *c = true;
+        }
+        p.left -= n;
+        p.done += bytes;
+        while p.complete.get(p.frontier) == Some(&true) {
+            p.frontier += 1;
+        }
+        let upto = (p.frontier as u64 * p.e.block_size as u64).min(p.e.size);
+        if upto >= p.flushed + WRITEBACK_EVERY {
+            start_writeback(&p.tmp, p.flushed, upto - p.flushed);
+            p.flushed = upto;
+        }
+        if p.left == 0 {
+            self.finish(fi);
+        }
+    }
+
+    fn fail(&mut self, fi: usize, why: String) {
+        let p = &mut self.pulls[fi];
+        p.failed = true;
+        puller::finish_need(self.link, &p.e, Err(Error::msg(why)));
+    }
+
+    fn show_progress(&mut self, fi: usize) {
+        let p = &self.pulls[fi];
+        if p.e.size < PROGRESS_MIN || self.last_progress.elapsed() < Duration::from_millis(200) {
+            return;
+        }
+        self.last_progress = Instant::now();
+        let secs = p.t0.elapsed().as_secs_f64().max(1e-3);
+        let rate = p.done as f64 / secs;
+        if self.last_log.elapsed() >= PROGRESS_LOG_EVERY {
+            self.last_log = Instant::now();
+            let eta = (p.e.size - p.done.min(p.e.size)) as f64 / rate.max(1.0);
+            info!(
+                "receiving {}: {}% of {} bytes, {:.1} MB/s, ETA {:.0} s",
+                p.e.path,
+                p.done * 100 / p.e.size.max(1),
+                p.e.size,
+                rate / 1e6,
+                eta
+            );
+        }
+        let mut g = self.link.model.lock();
+        if let Some(peer) = g.peers.get_mut(&self.link.conn) {
+            peer.progress = Some(Progress {
+                path: p.e.path.clone(),
+                size: p.e.size,
+                done: p.done,
+                started: p.t0,
+            });
+        }
+    }
+
+    /// Gives a complete file its length, mode and mtime and installs it: big files now, after
+    /// an fsync; small ones in groups (`flush_ready`).
+    fn finish(&mut self, fi: usize) {
+        let p = &mut self.pulls[fi];
+        if p.fast_known && p.e.blocks.len() >= FAST_MIN_BLOCKS {
+            p.e.fast = std::mem::take(&mut p.fast);
+        }
+        let big = p.e.size >= SMALL_FILE;
+        let r = (|| -> Result<()> {
+            p.tmp.set_len(p.e.size).at(&p.tmp_path)?;
+            p.tmp
+                .set_permissions(fs::Permissions::from_mode(p.e.mode & 0o7777))
+                .at(&p.tmp_path)?;
+            p.tmp.set_modified(puller::mtime_of(&p.e)).at(&p.tmp_path)?;
+            if big {
+                let t = Instant::now();
+                p.tmp.sync_all().at(&p.tmp_path)?;
+                let synced = t.elapsed();
+                puller::install(self.link.model, &p.e, &p.tmp_path, true)?;
+                debug!(
+                    "{}: blocks in {:.2} s, fsync {:.2} s, installed {:.2} s later",
+                    p.e.path,
+                    (t - p.t0).as_secs_f64(),
+                    synced.as_secs_f64(),
+                    (t.elapsed() - synced).as_secs_f64()
+                );
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) if !big => self.ready.push(fi),
+            r => received(self.link, p, r),
+        }
+    }
+
+    /// Installs the small files waiting in `ready` with two filesystem syncs in all instead of
+    /// two per file: their data is made durable first, then they are renamed into place, then
+    /// the renames are made durable. A name never shows data that is not on disk.
+    fn flush_ready(&mut self) {
+        if self.ready.is_empty() {
+            return;
+        }
+        let link = self.link;
+        let root = &link.model.root;
+        link.model.lock().hold_save += 1;
+        let synced = sync_fs(root);
+        let mut results = Vec::with_capacity(self.ready.len());
+        for &fi in &self.ready {
+            let p = &self.pulls[fi];
+            let r = match &synced {
+                Ok(()) => puller::install(link.model, &p.e, &p.tmp_path, false),
+                Err(e) => Err(Error::msg(e.to_string())),
+            };
+            results.push(r);
+        }
+        if let Err(e) = sync_fs(root) {
+            warn!("syncing {}: {e}", root.display());
+        }
+        link.model.lock().hold_save -= 1;
+        for (fi, r) in self.ready.drain(..).zip(results) {
+            received(link, &self.pulls[fi], r);
+        }
+    }
+}
+
+/// Logs an installed file, and records how its need ended.
+fn received(link: &Link<'_>, p: &Pull, r: Result<()>) {
+    if r.is_ok() {
+        let secs = p.t0.elapsed().as_secs_f64();
+        info!(
+            "received {} ({} bytes, {} on the wire, {} reused locally, {:.2} s, {:.1} MB/s)",
+            p.e.path,
+            p.e.size,
+            p.wire,
+            p.reused,
+            secs,
+            p.e.size as f64 / secs.max(1e-6) / 1e6
+        );
+    }
+    puller::finish_need(link, &p.e, r);
+}
+
+fn read_at(f: &File, buf: &mut Vec<u8>, off: u64, len: usize) -> io::Result<()> {
+    buf.resize(len, 0);
+    f.read_exact_at(buf, off)
+}
+
+unsafe extern "C" {
+    fn syncfs(fd: c_int) -> c_int;
+    fn sync_file_range(fd: c_int, offset: i64, nbytes: i64, flags: c_uint) -> c_int;
+    fn copy_file_range(
+        fd_in: c_int,
+        off_in: *mut i64,
+        fd_out: c_int,
+        off_out: *mut i64,
+        len: usize,
+        flags: c_uint,
+    ) -> isize;
+}
+
+const SYNC_FILE_RANGE_WRITE: c_uint = 2;
+const EINVAL: i32 = 22;
+const EXDEV: i32 = 18;
+const ENOSYS: i32 = 38;
+const EOPNOTSUPP: i32 = 95;
+
+/// Asks the kernel to start writing a range of a file to disk, without waiting. Only a hint:
+/// durability still comes from the fsync before the rename.
+fn start_writeback(f: &File, off: u64, len: u64) {
+    // SAFETY: a valid descriptor; the call only schedules I/O.
+    unsafe { sync_file_range(f.as_raw_fd(), off as i64, len as i64, SYNC_FILE_RANGE_WRITE) };
+}
+
+/// Copies `len` bytes at `from_off` of `from` to `off` of `to`: in the kernel where the
+/// filesystem can (no copy through user space; a reflink on filesystems that share extents),
+/// else through a buffer.
+fn copy_range(from: &File, from_off: u64, to: &File, off: u64, len: u64) -> io::Result<()> {
+    let (mut a, mut b) = (from_off as i64, off as i64);
+    let mut left = len;
+    while left > 0 {
+        let chunk = left.min(1 << 30) as usize;
+        // SAFETY: valid descriptors, and offsets the call updates in place.
+        let n =
+            unsafe { copy_file_range(from.as_raw_fd(), &mut a, to.as_raw_fd(), &mut b, chunk, 0) };
+        if n > 0 {
+            left -= n as u64;
+            continue;
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the old version is shorter than the index says",
+            ));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(EINVAL | EXDEV | ENOSYS | EOPNOTSUPP) => break,
+            _ if e.kind() == io::ErrorKind::Interrupted => continue,
+            _ => return Err(e),
+        }
+    }
+    let mut buf = vec![0u8; (64 << 10).min(left as usize)];
+    let (mut a, mut b) = (a as u64, b as u64);
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        from.read_exact_at(&mut buf[..n], a)?;
+        to.write_all_at(&buf[..n], b)?;
+        a += n as u64;
+        b += n as u64;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Flushes everything written to the filesystem holding `root`.
+fn sync_fs(root: &Path) -> Result<()> {
+    let d = File::open(root).at(root)?;
+    // SAFETY: a valid descriptor that outlives the call.
+    if unsafe { syncfs(d.as_raw_fd()) } != 0 {
+        return Err(Error::from(io::Error::last_os_error()).at(root));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_range_copies_within_and_between_files() {
+        let dir = std::env::temp_dir().join(format!("left-copy-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        fs::write(dir.join("a"), &data).unwrap();
+        let a = File::open(dir.join("a")).unwrap();
+        let b = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("b"))
+            .unwrap();
+        copy_range(&a, 1000, &b, 5, 200_000).unwrap();
+        let got = fs::read(dir.join("b")).unwrap();
+        assert_eq!(&got[5..], &data[1000..201_000]);
+        // Within one file, to a range that does not overlap.
+        copy_range(&b, 5, &b, 250_000, 10_000).unwrap();
+        let got = fs::read(dir.join("b")).unwrap();
+        assert_eq!(&got[250_000..260_000], &data[1000..11_000]);
+        // A source shorter than asked for is an error, not a short copy.
+        assert!(copy_range(&a, 299_000, &b, 0, 5_000).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
