@@ -141,12 +141,14 @@ const PARALLEL_MIN: u64 = 4 << 20;
 const CHUNK_BYTES: u64 = 4 << 20;
 
 /// The MD5 and XXH64 of every `block_size` block of `size` bytes of `f`, on up to as many
-/// threads as there are cores. Fails with `UnexpectedEof` if the file is shorter than `size`.
+/// threads as there are cores. Fails with `UnexpectedEof` if the file is shorter than `size`,
+/// and as soon as `same` says the file changed (it is asked before each chunk).
 pub fn file_blocks(
     f: &File,
     size: u64,
     block_size: u32,
     prev: Option<Previous<'_>>,
+    same: &(dyn Fn() -> bool + Sync),
 ) -> io::Result<Blocks> {
     let bs = block_size as u64;
     let nblocks = size.div_ceil(bs) as usize;
@@ -182,6 +184,12 @@ pub fn file_blocks(
         loop {
             let c = next.fetch_add(1, Ordering::Relaxed);
             if c >= nchunks || failed.lock().map_or(true, |g| g.is_some()) {
+                return mine;
+            }
+            if c > 0 && !same() {
+                if let Ok(mut g) = failed.lock() {
+                    g.get_or_insert(io::Error::other("file changed during hashing"));
+                }
                 return mine;
             }
             let first = c * per_chunk;
@@ -265,13 +273,23 @@ mod tests {
             let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
             let p = dir.join(format!("f{size}"));
             File::create(&p).unwrap().write_all(&data).unwrap();
-            let b = file_blocks(&File::open(&p).unwrap(), size as u64, 4096, None).unwrap();
+            let b =
+                file_blocks(&File::open(&p).unwrap(), size as u64, 4096, None, &|| true).unwrap();
             let want: Vec<Hash> = data.chunks(4096).map(md5).collect();
             assert_eq!(b.md5, want);
             assert_eq!(b.fast, data.chunks(4096).map(xxh64).collect::<Vec<_>>());
             assert_eq!(b.hashed, want.len());
             // A file shorter than announced is an error, not a short list.
-            assert!(file_blocks(&File::open(&p).unwrap(), size as u64 + 1, 4096, None).is_err());
+            assert!(
+                file_blocks(
+                    &File::open(&p).unwrap(),
+                    size as u64 + 1,
+                    4096,
+                    None,
+                    &|| true
+                )
+                .is_err()
+            );
         }
         let mut two = md5(b"a").to_vec();
         two.extend_from_slice(&md5(b"b"));
@@ -286,7 +304,14 @@ mod tests {
         let bs = 4096u32;
         let mut data: Vec<u8> = (0..(6u32 << 20)).map(|i| (i % 253) as u8).collect();
         std::fs::write(&p, &data).unwrap();
-        let old = file_blocks(&File::open(&p).unwrap(), data.len() as u64, bs, None).unwrap();
+        let old = file_blocks(
+            &File::open(&p).unwrap(),
+            data.len() as u64,
+            bs,
+            None,
+            &|| true,
+        )
+        .unwrap();
         // Change blocks 3 and 1000, and grow the file by half a block.
         data[3 * 4096 + 5] ^= 1;
         data[1000 * 4096] ^= 1;
@@ -300,13 +325,16 @@ mod tests {
             blocks: &kept,
             fast: &old.fast,
         };
-        let new = file_blocks(&File::open(&p).unwrap(), data.len() as u64, bs, Some(prev)).unwrap();
+        let f = File::open(&p).unwrap();
+        let new = file_blocks(&f, data.len() as u64, bs, Some(prev), &|| true).unwrap();
         assert_eq!(new.hashed, 3, "blocks 3 and 1000, and the new last block");
         assert_eq!(new.md5[7], [0xee; 16]);
         assert_eq!(new.md5[3], md5(&data[3 * 4096..4 * 4096]));
         assert_eq!(new.md5[1000], md5(&data[1000 * 4096..1001 * 4096]));
         assert_eq!(*new.md5.last().unwrap(), md5(&data[6 << 20..]));
         assert_eq!(new.md5.len(), old.md5.len() + 1);
+        // A file seen changing stops the hashing with an error.
+        assert!(file_blocks(&f, data.len() as u64, bs, None, &|| false).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

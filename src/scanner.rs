@@ -44,6 +44,14 @@ pub fn scan(
     // unmounted disk, say): never infer deletions from it.
     fs::metadata(root.join(names::STATE_DIR)).at(root.join(names::STATE_DIR))?;
     let ignore = load_ignore(model);
+    // Files written since the last scan are hashed again even if their stat looks unchanged.
+    let written: HashSet<String> = watcher
+        .as_deref_mut()
+        .map(|w| w.take_written())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p.strip_prefix(root).ok()?.to_str().map(str::to_string))
+        .collect();
     let mut out = Scan::default();
     let mut failed: Vec<String> = Vec::new();
     let mut candidates = Vec::new();
@@ -127,7 +135,9 @@ pub fn scan(
                 stack.push(path);
             } else if md.is_file() {
                 match cur {
-                    Some(e) if e.is_file() && e.stat == stat => e.scan_gen = generation,
+                    Some(e) if e.is_file() && e.stat == stat && !written.contains(&path) => {
+                        e.scan_gen = generation
+                    }
                     Some(e) => {
                         e.scan_gen = generation;
                         candidates.push(Candidate {
@@ -315,7 +325,8 @@ fn hash_one(model: &Model, c: &Candidate) -> Result<bool> {
         blocks,
         fast,
     });
-    let b = hash::file_blocks(&f, before.size, bs, prev).at(&path)?;
+    let same = || f.metadata().is_ok_and(|m| Stat::of(&m) == before);
+    let b = hash::file_blocks(&f, before.size, bs, prev, &same).at(&path)?;
     let after = Stat::of(&fs::symlink_metadata(&path).at(&path)?);
     if after != before {
         return Err(Error::msg("file changed during hashing; will retry").at(&path));

@@ -2,7 +2,7 @@
 //! something in the share changes. Only an accelerator: without it the scanner polls.
 
 use crate::names;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, c_char, c_int, c_ulong, c_void};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,8 @@ struct PollFd {
     revents: i16,
 }
 
+const IN_MODIFY: u32 = 0x2;
+const IN_CLOSE_WRITE: u32 = 0x8;
 const IN_NONBLOCK: c_int = 0o4000;
 const IN_CLOEXEC: c_int = 0o2000000;
 const IN_Q_OVERFLOW: u32 = 0x4000;
@@ -37,9 +39,18 @@ pub struct Watcher {
     by_wd: HashMap<c_int, PathBuf>,
     by_path: HashMap<PathBuf, c_int>,
     buf: Vec<u8>,
+    /// Files written to since the last `take_written` (absolute paths).
+    written: HashSet<PathBuf>,
     /// Adding a watch failed (e.g. the per-user limit): changes may be missed, so poll.
     pub incomplete: bool,
 }
+
+/// After events that concern only our own temp files, how long to let more gather.
+const IDLE_EVENTS_PAUSE: Duration = Duration::from_millis(20);
+
+/// Written files remembered between scans at most; past it, the scanner's stat comparison
+/// alone decides (a burst of that many files is being copied in, not edited).
+const MAX_WRITTEN: usize = 65_536;
 
 impl Watcher {
     pub fn new() -> Option<Watcher> {
@@ -50,6 +61,7 @@ impl Watcher {
             by_wd: HashMap::new(),
             by_path: HashMap::new(),
             buf: vec![0u8; 16 << 10],
+            written: HashSet::new(),
             incomplete: false,
         })
     }
@@ -75,19 +87,39 @@ impl Watcher {
     }
 
     /// Waits up to `timeout` for a relevant change; true if one came. Changes to `left`'s own
-    /// temp files do not count.
+    /// temp files do not count: while a pull writes one, its events are read in batches (a
+    /// short pause after each) instead of waking the scanner for every block.
     pub fn wait(&mut self, timeout: Duration) -> bool {
-        let mut p = PollFd {
-            fd: self.fd,
-            events: POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as c_int;
-        // SAFETY: one valid pollfd.
-        if unsafe { poll(&mut p, 1, ms) } <= 0 {
-            return false;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut p = PollFd {
+                fd: self.fd,
+                events: POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as c_int;
+            // SAFETY: one valid pollfd.
+            if unsafe { poll(&mut p, 1, ms) } <= 0 {
+                return false;
+            }
+            if self.drain() {
+                return true;
+            }
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::sleep(IDLE_EVENTS_PAUSE.min(left));
         }
-        self.drain()
+    }
+
+    /// The files written to since the last call. A write's event comes after its data, and its
+    /// mtime may be set before the data is copied in, so a scan that hashed the file during the
+    /// write saw the same stat before and after: such a file must be hashed again whatever its
+    /// stat says.
+    pub fn take_written(&mut self) -> HashSet<PathBuf> {
+        self.drain();
+        std::mem::take(&mut self.written)
     }
 
     /// Reads every pending event; true if any is relevant.
@@ -126,6 +158,15 @@ impl Watcher {
                 if mask & IN_Q_OVERFLOW != 0 || !own {
                     relevant = true;
                 }
+                if mask & (IN_MODIFY | IN_CLOSE_WRITE) != 0
+                    && !own
+                    && !name.is_empty()
+                    && self.written.len() < MAX_WRITTEN
+                    && let Some(dir) = self.by_wd.get(&wd)
+                {
+                    self.written
+                        .insert(dir.join(std::ffi::OsStr::from_bytes(name)));
+                }
             }
         }
     }
@@ -154,6 +195,17 @@ mod tests {
         assert!(!w.wait(Duration::from_millis(100)));
         std::fs::write(dir.join("sub/f"), b"data").unwrap();
         assert!(w.wait(Duration::from_secs(2)));
+        // Written files are remembered (not temp files), once.
+        std::fs::write(dir.join("g"), b"more").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let written = w.take_written();
+        assert!(written.contains(&dir.join("g")), "{written:?}");
+        assert!(
+            !written
+                .iter()
+                .any(|p| p.to_string_lossy().contains("left-tmp"))
+        );
+        assert!(w.take_written().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

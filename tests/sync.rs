@@ -237,6 +237,34 @@ fn a_file_made_again_is_served_from_the_new_file() {
 }
 
 #[test]
+fn an_edit_that_keeps_size_and_mtime_still_syncs() {
+    // A write whose stat looks unchanged afterwards: what a scan that hashed a file in the
+    // middle of one long write sees (the mtime is set as the write begins). Only the write's
+    // event tells; it must be enough.
+    let t = TestDir::new("same-stat");
+    let (a, b) = pair(&t);
+    let v1 = random_bytes(50, 2 << 20);
+    put_file(&t.join("staging"), &a.path("doc.bin"), &v1);
+    wait_content(&b, "doc.bin", &v1, SOON);
+    let mtime = fs::metadata(a.path("doc.bin")).unwrap().modified().unwrap();
+    let mut v2 = v1.clone();
+    v2[1_000_000..1_000_100].copy_from_slice(&random_bytes(51, 100));
+    let f = OpenOptions::new()
+        .write(true)
+        .open(a.path("doc.bin"))
+        .unwrap();
+    f.write_all_at(&v2[1_000_000..1_000_100], 1_000_000)
+        .unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    assert_eq!(
+        fs::metadata(a.path("doc.bin")).unwrap().modified().unwrap(),
+        mtime
+    );
+    wait_content(&b, "doc.bin", &v2, SOON);
+}
+
+#[test]
 fn large_file_arrives_intact() {
     let t = TestDir::new("large");
     let (a, b) = pair(&t);
