@@ -18,8 +18,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const SCAN_EVERY: Duration = Duration::from_millis(300);
-/// With inotify: a full rescan this often even without events.
-const RESCAN_EVERY: Duration = Duration::from_secs(60);
+/// With inotify: a full rescan this often even without events, as a safety net for what
+/// inotify does not report (writes through a shared mmap, changes made over the network on a
+/// shared filesystem, a lost event queue). Every change it does report is seen at once.
+const RESCAN_EVERY: Duration = Duration::from_secs(600);
 /// With inotify: how long to let a burst of changes settle before scanning.
 const SETTLE: Duration = Duration::from_millis(30);
 const SAVE_EVERY: Duration = Duration::from_secs(1);
