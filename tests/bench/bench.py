@@ -559,6 +559,12 @@ class Meter:
                 {d.side: d.peak for d in self.daemons})
 
 
+def flush_disk():
+    """Writes out what earlier steps left dirty (untimed), so that no tool's fsync pays for
+    another tool's data (rsync does not fsync; on ext4 an fsync can wait for other files)."""
+    os.sync()
+
+
 def settle(tool):
     for s in "AB":
         d = tool.d[s]
@@ -570,6 +576,7 @@ def settle(tool):
             MISBEHAVIOUR.append(f"{tool.name}: {d.name} did not reconnect within 60 s")
     if not wait_idle(list(tool.d.values())):
         say(f"  ({tool.name} not idle after 30 s; going on)")
+    flush_disk()
 
 
 def kill_restart_at(tool, s, t0, kill_after=0.5, down=1.0):
@@ -589,6 +596,7 @@ def run_daemon_tool(tool, rs=None):
         A.wait_log(tool.up_pattern)
         time.sleep(1.0)
         stage_into(tool, "A", ["tc1b.bin"])
+        flush_disk()
         m = Meter([A, B])
         w = Waiter({"f": (tool.share("B") / "tc1b.bin", MD5["tc1b.bin"])})
         t0, aw, off = time.monotonic(), time.time(), log_sizes(tool)
@@ -609,6 +617,7 @@ def run_daemon_tool(tool, rs=None):
 
     if "xfer" in STEPS:
         stage_into(tool, "B", ["xfer.bin"])
+        flush_disk()
         m = Meter([A, B])
         w = Waiter({"f": (tool.share("A") / "xfer.bin", MD5["xfer.bin"])})
         t0, aw, off = time.monotonic(), time.time(), log_sizes(tool)
@@ -623,6 +632,7 @@ def run_daemon_tool(tool, rs=None):
 
     if "tc2a" in STEPS or "tc2b" in STEPS:
         stage_into(tool, "B", ["tc2a.bin", "tc_fa"])
+        flush_disk()
         m = Meter([A, B])
         w = Waiter({"f": (tool.share("A") / "tc2a.bin", MD5["tc2a.bin"]),
                     "fa": (tool.share("A") / "tc_fa", MD5["tc_fa"])})
@@ -644,6 +654,7 @@ def run_daemon_tool(tool, rs=None):
 
     if "kill40" in STEPS:
         stage_into(tool, "B", ["kill.bin"])
+        flush_disk()
         m = Meter([A, B])
         w = Waiter({"f": (tool.share("A") / "kill.bin", MD5["kill.bin"])})
         rx0 = rx_fast("A")
@@ -683,6 +694,7 @@ def run_daemon_tool(tool, rs=None):
             update(ref, kind, 100 + i)
             want = md5_file(ref)
             MD5[label] = want
+            flush_disk()
             m = Meter([A, B])
             w = Waiter({"f": (tool.share("B") / "tc2a.bin", want)})
             t0, aw, off = time.monotonic(), time.time(), log_sizes(tool)
@@ -708,6 +720,7 @@ def run_daemon_tool(tool, rs=None):
             time.sleep(0.1)
         settle(tool)
         stage_into(tool, "B", ["zeros.bin"])
+        flush_disk()
         m = Meter([A, B])
         w = Waiter({"f": (tool.share("A") / "zeros.bin", MD5["zeros.bin"])})
         t0, aw, off = time.monotonic(), time.time(), log_sizes(tool)
@@ -782,6 +795,7 @@ class Rsync:
                 os.link(DATA / n, src / n)
         dst = self.root / "dst" / dst_side / sub
         targets = {n: (dst / n, MD5[n]) for n in names}
+        flush_disk()
         daemon = self._daemon(dst_side)
         net0 = veth_bytes()
         w = Waiter(targets)
@@ -824,6 +838,7 @@ class Rsync:
         src = fresh(self.root / "src" / "B" / sub)
         os.link(DATA / "kill.bin", src / "kill.bin")
         dst = self.root / "dst" / "A" / sub
+        flush_disk()
         daemon = self._daemon("A")
         net0 = veth_bytes()
         w = Waiter({"f": (dst / "kill.bin", MD5["kill.bin"])})
@@ -870,6 +885,7 @@ class Rsync:
         for v in self.variants:
             sub = f"tc2b-{v.split()[-1].strip('-')}"
             dst = self.root / "dst" / "B" / sub
+            flush_disk()
             daemon = self._daemon("B")
             net0 = veth_bytes()
             w = Waiter({"f": (dst / "tc2a.bin", want)})
@@ -1237,7 +1253,9 @@ def main():
         "the daemon with its children (wait4 rusage). RSS: VmHWM per left process, reset at the "
         "start of each step; for rsync, ru_maxrss of the client and of the daemon's largest child.",
         "rsync -a is rsync's delta transfer (the default between two hosts); rsync -W is "
-        "rsync -a --whole-file. rsync does not fsync; left (and syncthing) fsync every file.",
+        "rsync -a --whole-file. rsync does not fsync; left (and syncthing) fsync every file. "
+        "Before each timed act the bench runs sync(), untimed, so that no fsync waits for data "
+        "an earlier step left dirty.",
         "TC_1B: rsync has no peer to start late; it is run as soon as the file is there.",
         "TC_2A, TC_2A_Z: for rsync the client is SIGKILLed at 0.5 s and run again 1 s later, like "
         "left's peer; without --partial rsync starts the file over. XFER is the same transfer "
