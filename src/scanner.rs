@@ -140,6 +140,11 @@ pub fn scan(
                     }
                     Some(e) => {
                         e.scan_gen = generation;
+                        if e.stat == stat {
+                            debug!("{path}: written since the last scan");
+                        } else {
+                            debug!("{path}: stat {:?} -> {stat:?}", e.stat);
+                        }
                         candidates.push(Candidate {
                             path,
                             stat,

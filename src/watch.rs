@@ -24,7 +24,6 @@ struct PollFd {
 }
 
 const IN_MODIFY: u32 = 0x2;
-const IN_CLOSE_WRITE: u32 = 0x8;
 const IN_NONBLOCK: c_int = 0o4000;
 const IN_CLOEXEC: c_int = 0o2000000;
 const IN_Q_OVERFLOW: u32 = 0x4000;
@@ -158,7 +157,9 @@ impl Watcher {
                 if mask & IN_Q_OVERFLOW != 0 || !own {
                     relevant = true;
                 }
-                if mask & (IN_MODIFY | IN_CLOSE_WRITE) != 0
+                // IN_MODIFY only: it comes at the end of every write. IN_CLOSE_WRITE would also
+                // name files our puller closed after renaming them into place.
+                if mask & IN_MODIFY != 0
                     && !own
                     && !name.is_empty()
                     && self.written.len() < MAX_WRITTEN

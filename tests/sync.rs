@@ -265,6 +265,39 @@ fn an_edit_that_keeps_size_and_mtime_still_syncs() {
 }
 
 #[test]
+fn a_received_file_is_not_hashed_again() {
+    // The receiver knows what it installed: its own writes (to the temp file, before the
+    // rename) must not make its scanner read the file again.
+    let t = TestDir::new("no-rehash");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start_with(&t, "B", pb, &[pa], &["-v"]);
+    let data = random_bytes(60, 24 << 20);
+    put_file(&t.join("staging"), &a.path("big.bin"), &data);
+    wait_content(&b, "big.bin", &data, LONG);
+    // An edit in place, received through the unchanged-block path.
+    let f = OpenOptions::new()
+        .write(true)
+        .open(a.path("big.bin"))
+        .unwrap();
+    f.write_all_at(b"changed", 5 << 20).unwrap();
+    drop(f);
+    let mut want = data.clone();
+    want[5 << 20..(5 << 20) + 7].copy_from_slice(b"changed");
+    wait_content(&b, "big.bin", &want, LONG);
+    std::thread::sleep(Duration::from_secs(2));
+    let log = b.log_text();
+    assert_eq!(received_of(&received(&log), "big.bin").len(), 2, "{log}");
+    assert!(
+        !log.contains("big.bin: written since the last scan")
+            && !log.contains("big.bin: stat ")
+            && !log.contains("blocks changed"),
+        "B looked at the file it had just installed:\n{}",
+        tail(&log, 20)
+    );
+}
+
+#[test]
 fn large_file_arrives_intact() {
     let t = TestDir::new("large");
     let (a, b) = pair(&t);
