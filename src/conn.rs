@@ -567,7 +567,8 @@ fn announce(model: &Model, w: &mut FrameWriter, sent: u64) -> Result<u64> {
 /// Answers a request from our files: only live files of the index, never through a symlink,
 /// and only while the file's stat is still the one it was hashed with (the receiver verifies
 /// every block anyway). A request names a block by its hash, or (with [`wire::ANY_HASH`]) any
-/// range of at most one block; with `subs`, the answer is the XXH64 of each sub-block of the block.
+/// range of at most one block; with `subs`, the answer is the rolling checksum and XXH64 of each
+/// sub-block of the block.
 fn serve(
     model: &Model,
     req: &Request,
@@ -628,9 +629,13 @@ fn serve(
             *open = None;
             return fail(Status::Changed);
         }
-        let mut frame = wire::response_frame(req.id, Status::Ok, len.div_ceil(wire::SUB_BLOCK) * 8);
+        let n = crate::delta::SUB_HASH_BYTES;
+        let mut frame = wire::response_frame(req.id, Status::Ok, len.div_ceil(wire::SUB_BLOCK) * n);
         for (k, c) in buf.chunks(wire::SUB_BLOCK).enumerate() {
-            frame[h + 8 * k..h + 8 * k + 8].copy_from_slice(&crate::hash::xxh64(c).to_be_bytes());
+            let sub = crate::delta::Sub::of(c);
+            let at = h + n * k;
+            frame[at..at + 4].copy_from_slice(&sub.weak.to_be_bytes());
+            frame[at + 4..at + n].copy_from_slice(&sub.strong.to_be_bytes());
         }
         frame
     } else {

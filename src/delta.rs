@@ -1,10 +1,13 @@
 //! The request pipe of a pull: block requests in flight matched to their responses, and delta
-//! transfer of changed blocks — when we hold an old version of a block, the peer sends the XXH64
-//! of each 4 KiB sub-block, and only the sub-blocks that differ cross the wire. A sub-block
-//! hash only picks what to fetch: the assembled block is checked against its MD5 like any other.
+//! transfer of changed blocks. When we hold an old version of a block, the peer sends a rolling
+//! checksum and the XXH64 of each 4 KiB sub-block of the new one; each sub-block is looked for in
+//! our old version — at the same offset, at the offset where the last shifted data was found, or
+//! (when most of a block is missing) by rolling the checksum over 64 KiB either side, which finds
+//! data moved by an insertion or a deletion — and only what is found nowhere crosses the wire.
+//! Sub-block hashes only pick what to fetch: the assembled block is checked against its MD5.
 
 use crate::error::{Error, Result};
-use crate::hash::xxh64;
+use crate::hash::{Roll, xxh64};
 use crate::index::Entry;
 use crate::model::Out;
 use crate::puller::{Answer, Link};
@@ -20,27 +23,167 @@ use std::time::Duration;
 /// How long to wait for a response before the connection is given up.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The ranges of a block (offset, length) that must be fetched: the sub-blocks whose XXH64 in
-/// `hashes` differs from the same sub-block of `old` (the old version, possibly shorter or
-/// empty), merged where they touch. `len` is the new block's length.
-pub fn changed_runs(old: &[u8], len: usize, hashes: &[u64]) -> Vec<(usize, usize)> {
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    for (k, want) in hashes.iter().enumerate() {
-        let start = k * SUB_BLOCK;
-        if start >= len {
-            break;
-        }
-        let end = (start + SUB_BLOCK).min(len);
-        let same = old.get(start..end).is_some_and(|o| xxh64(o) == *want);
-        if same {
-            continue;
-        }
-        match runs.last_mut() {
-            Some((s, l)) if *s + *l == start => *l += end - start,
-            _ => runs.push((start, end - start)),
+/// How far either side of the expected place shifted data is looked for.
+pub const SEARCH: u64 = 64 << 10;
+/// Searches in a row that found nothing before a file stops searching (a rewrite, not a shift).
+const SEARCH_MISSES: u32 = 8;
+/// Bytes per sub-block in a SubHashes answer: u32 rolling checksum, u64 XXH64.
+pub const SUB_HASH_BYTES: usize = 12;
+
+/// One sub-block of a new block, as the peer describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sub {
+    pub weak: u32,
+    pub strong: u64,
+}
+
+impl Sub {
+    pub fn of(data: &[u8]) -> Sub {
+        Sub {
+            weak: Roll::new(data).sum(),
+            strong: xxh64(data),
         }
     }
-    runs
+}
+
+/// Parses a SubHashes answer for a block of `len` bytes.
+pub fn parse_subs(data: &[u8], len: usize) -> Option<Vec<Sub>> {
+    if data.len() != len.div_ceil(SUB_BLOCK) * SUB_HASH_BYTES {
+        return None;
+    }
+    let subs = data
+        .chunks_exact(SUB_HASH_BYTES)
+        .map(|c| {
+            let mut w = [0u8; 4];
+            let mut h = [0u8; 8];
+            w.copy_from_slice(&c[..4]);
+            h.copy_from_slice(&c[4..]);
+            Sub {
+                weak: u32::from_be_bytes(w),
+                strong: u64::from_be_bytes(h),
+            }
+        })
+        .collect();
+    Some(subs)
+}
+
+/// Where our old data of a sub-block was found: at this offset of the old file.
+pub type Found = Option<u64>;
+
+/// The outcome of looking for a new block's sub-blocks in our old data.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BlockPlan {
+    /// Per sub-block: where the old file holds it, or `None` (fetch it).
+    pub found: Vec<Found>,
+    /// The shift (old offset − new offset) of the last sub-block found away from its place.
+    pub shift: Option<i64>,
+    /// Whether the rolling search ran, and how many sub-blocks it found.
+    pub searched: bool,
+    pub by_search: usize,
+}
+
+impl BlockPlan {
+    /// The ranges of the block (offset, length) to fetch, merged where they touch.
+    pub fn runs(&self, len: usize) -> Vec<(usize, usize)> {
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (k, f) in self.found.iter().enumerate() {
+            let start = k * SUB_BLOCK;
+            let end = (start + SUB_BLOCK).min(len);
+            if f.is_some() || start >= end {
+                continue;
+            }
+            match runs.last_mut() {
+                Some((s, l)) if *s + *l == start => *l += end - start,
+                _ => runs.push((start, end - start)),
+            }
+        }
+        runs
+    }
+}
+
+/// Looks for the sub-blocks `subs` of the new block at `off` (length `len`) in `old`, a window of
+/// our old file starting at offset `base`: at the same offset, then shifted by `shift`, then —
+/// with `search`, when half or more of the block's whole sub-blocks are still missing — by
+/// rolling checksum over the whole window.
+pub fn plan_block(
+    old: &[u8],
+    base: u64,
+    off: u64,
+    len: usize,
+    subs: &[Sub],
+    shift: i64,
+    search: bool,
+) -> BlockPlan {
+    let slice = |pos: i64, n: usize| -> Option<&[u8]> {
+        let at = usize::try_from(pos.checked_sub(base as i64)?).ok()?;
+        old.get(at..at.checked_add(n)?)
+    };
+    let mut plan = BlockPlan {
+        found: vec![None; subs.len()],
+        ..BlockPlan::default()
+    };
+    let mut whole = 0;
+    for (k, sub) in subs.iter().enumerate() {
+        let start = (off + (k * SUB_BLOCK) as u64) as i64;
+        let n = SUB_BLOCK.min(len.saturating_sub(k * SUB_BLOCK));
+        whole += usize::from(n == SUB_BLOCK);
+        for s in [0, shift] {
+            let Some(at) = start.checked_add(s) else {
+                continue;
+            };
+            if plan.found[k].is_none() && slice(at, n).is_some_and(|d| xxh64(d) == sub.strong) {
+                plan.found[k] = Some(at as u64);
+                if s != 0 {
+                    plan.shift = Some(s);
+                }
+            }
+        }
+    }
+    let missing: Vec<usize> = (0..subs.len())
+        .filter(|&k| plan.found[k].is_none() && len.saturating_sub(k * SUB_BLOCK) >= SUB_BLOCK)
+        .collect();
+    if !search || missing.is_empty() || missing.len() * 2 < whole || old.len() < SUB_BLOCK {
+        return plan;
+    }
+    plan.searched = true;
+    // A 64 Kibit filter on the low bits of the wanted checksums rejects most windows at once.
+    let mut filter = vec![0u64; 1024];
+    for &k in &missing {
+        let w = subs[k].weak as usize & 0xffff;
+        filter[w / 64] |= 1 << (w % 64);
+    }
+    let mut left = missing.len();
+    let mut roll = Roll::new(&old[..SUB_BLOCK]);
+    let mut p = 0;
+    loop {
+        let w = roll.sum();
+        let bit = w as usize & 0xffff;
+        if filter[bit / 64] & (1 << (bit % 64)) != 0 {
+            let window = &old[p..p + SUB_BLOCK];
+            let mut strong = None;
+            for &k in &missing {
+                if plan.found[k].is_none() && subs[k].weak == w {
+                    let h = *strong.get_or_insert_with(|| xxh64(window));
+                    if h == subs[k].strong {
+                        let at = base + p as u64;
+                        plan.found[k] = Some(at);
+                        plan.shift = Some(at as i64 - (off + (k * SUB_BLOCK) as u64) as i64);
+                        plan.by_search += 1;
+                        left -= 1;
+                    }
+                }
+            }
+            if left == 0 {
+                break;
+            }
+        }
+        if p + SUB_BLOCK >= old.len() {
+            break;
+        }
+        roll.roll(old[p], old[p + SUB_BLOCK]);
+        p += 1;
+    }
+    plan
 }
 
 /// A block being assembled from its old version and the sub-blocks that changed.
@@ -68,6 +211,10 @@ pub struct Pipe<'a, 'b> {
     deltas: HashMap<u32, Delta>,
     /// Run request id → (sub-hash request id, offset in the block, length).
     runs: HashMap<u32, (u32, usize, usize)>,
+    /// Per file: the last shift found, and how many searches in a row found nothing.
+    shifts: HashMap<String, (i64, u32)>,
+    /// The old data a block is looked for in (reused).
+    window: Vec<u8>,
 }
 
 impl<'a, 'b> Pipe<'a, 'b> {
@@ -78,6 +225,8 @@ impl<'a, 'b> Pipe<'a, 'b> {
             stash: HashMap::new(),
             deltas: HashMap::new(),
             runs: HashMap::new(),
+            shifts: HashMap::new(),
+            window: Vec::new(),
         }
     }
 
@@ -209,38 +358,66 @@ impl<'a, 'b> Pipe<'a, 'b> {
         Ok(())
     }
 
-    /// Compares the peer's sub-block hashes with our old version and asks for what differs.
+    /// Looks for the new block's sub-blocks in our old version, assembles what it finds, and
+    /// asks the peer for the rest.
     fn start_runs(&mut self, r: Response) -> Result<()> {
         let Some(d) = self.deltas.get_mut(&r.id) else {
             return Ok(());
         };
         d.ready = true;
         d.wire += r.data.len() as u64;
-        let n = d.len.div_ceil(SUB_BLOCK);
-        if r.status != Status::Ok || r.data.len() != n * 8 {
-            d.failed = true;
-            return Ok(());
+        let subs = match parse_subs(&r.data, d.len) {
+            Some(s) if r.status == Status::Ok => s,
+            _ => {
+                d.failed = true;
+                return Ok(());
+            }
+        };
+        // The old data around where this block's data is expected; what cannot be read is
+        // simply not found.
+        let (shift, misses) = *self.shifts.get(&d.path).unwrap_or(&(0, 0));
+        let size = d.old.metadata().map_or(0, |m| m.len());
+        let centre = (d.off as i64).saturating_add(shift).max(0) as u64;
+        let from = centre.saturating_sub(SEARCH).min(size);
+        let to = centre
+            .saturating_add(d.len as u64 + SEARCH)
+            .min(size)
+            .max(from);
+        self.window.resize((to - from) as usize, 0);
+        if d.old.read_exact_at(&mut self.window, from).is_err() {
+            self.window.clear();
         }
-        let hashes: Vec<u64> = r
-            .data
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect();
-        // Our old version of the same range; what cannot be read counts as changed.
-        let mut old = vec![0u8; d.len];
-        let got = d
-            .old
-            .metadata()
-            .and_then(|md| {
-                let n = md.len().saturating_sub(d.off).min(d.len as u64) as usize;
-                d.old.read_exact_at(&mut old[..n], d.off).map(|_| n)
-            })
-            .unwrap_or(0);
-        let runs = changed_runs(&old[..got], d.len, &hashes);
-        d.total = n;
+        let plan = plan_block(
+            &self.window,
+            from,
+            d.off,
+            d.len,
+            &subs,
+            shift,
+            misses < SEARCH_MISSES,
+        );
+        let mut block = vec![0u8; d.len];
+        for (k, f) in plan.found.iter().enumerate() {
+            let Some(at) = f else { continue };
+            let start = k * SUB_BLOCK;
+            let n = SUB_BLOCK.min(d.len - start);
+            let src = (at - from) as usize;
+            if let Some(src) = self.window.get(src..src + n) {
+                block[start..start + n].copy_from_slice(src);
+            }
+        }
+        let runs = plan.runs(d.len);
+        d.total = subs.len();
         d.changed = runs.iter().map(|(_, l)| l.div_ceil(SUB_BLOCK)).sum();
-        d.block = old;
+        d.block = block;
         let (path, off) = (d.path.clone(), d.off);
+        let st = self.shifts.entry(path.clone()).or_insert((0, 0));
+        if let Some(s) = plan.shift {
+            st.0 = s;
+        }
+        if plan.searched {
+            st.1 = if plan.by_search > 0 { 0 } else { st.1 + 1 };
+        }
         for (at, len) in runs {
             let id = self.id();
             let req = Request {
@@ -264,55 +441,153 @@ impl<'a, 'b> Pipe<'a, 'b> {
 mod tests {
     use super::*;
 
-    fn hashes(data: &[u8]) -> Vec<u64> {
-        data.chunks(SUB_BLOCK).map(xxh64).collect()
+    fn subs(data: &[u8]) -> Vec<Sub> {
+        data.chunks(SUB_BLOCK).map(Sub::of).collect()
+    }
+
+    /// Pseudo-random bytes (splitmix64): no two 4 KiB windows alike.
+    fn data(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed;
+        (0..n.div_ceil(8))
+            .flat_map(|_| {
+                x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = x;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                (z ^ (z >> 31)).to_le_bytes()
+            })
+            .take(n)
+            .collect()
+    }
+
+    /// The runs to fetch for a new block at `off` of `new`, given all of `old` as the window.
+    fn runs(
+        old: &[u8],
+        new: &[u8],
+        off: usize,
+        len: usize,
+        shift: i64,
+    ) -> (Vec<(usize, usize)>, BlockPlan) {
+        let block = &new[off..off + len];
+        let plan = plan_block(old, 0, off as u64, len, &subs(block), shift, true);
+        // Whatever is found is really there.
+        for (k, f) in plan.found.iter().enumerate() {
+            if let Some(at) = f {
+                let n = SUB_BLOCK.min(len - k * SUB_BLOCK);
+                let at = *at as usize;
+                assert_eq!(&old[at..at + n], &block[k * SUB_BLOCK..k * SUB_BLOCK + n]);
+            }
+        }
+        (plan.runs(len), plan)
     }
 
     #[test]
     fn unchanged_block_needs_nothing() {
-        let old: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
-        assert_eq!(changed_runs(&old, old.len(), &hashes(&old)), vec![]);
+        let old = data(1, 65536);
+        assert_eq!(runs(&old, &old, 0, 65536, 0).0, vec![]);
     }
 
     #[test]
     fn scattered_changes_become_runs() {
-        let old: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        let old = data(1, 65536);
         let mut new = old.clone();
         new[5] ^= 1; // sub-block 0
         new[4096 + 7] ^= 1; // sub-block 1, touching 0: one run
         new[10 * 4096] ^= 1; // sub-block 10 alone
         new[65535] ^= 1; // the last one
-        assert_eq!(
-            changed_runs(&old, new.len(), &hashes(&new)),
-            vec![(0, 8192), (40960, 4096), (61440, 4096)]
-        );
+        let (r, plan) = runs(&old, &new, 0, 65536, 0);
+        assert_eq!(r, vec![(0, 8192), (40960, 4096), (61440, 4096)]);
+        // Most of the block was in place: no search.
+        assert!(!plan.searched);
     }
 
     #[test]
     fn last_partial_sub_block_and_short_old_versions() {
         // A 10,000-byte block: sub-blocks of 4096, 4096 and 1808 bytes.
-        let new: Vec<u8> = (0..10_000u32).map(|i| (i % 13) as u8).collect();
-        assert_eq!(changed_runs(&new, new.len(), &hashes(&new)), vec![]);
+        let new = data(2, 10_000);
+        assert_eq!(runs(&new, &new, 0, 10_000, 0).0, vec![]);
         let mut changed = new.clone();
         changed[9_999] ^= 0xff;
-        assert_eq!(
-            changed_runs(&new, new.len(), &hashes(&changed)),
-            vec![(8192, 1808)]
-        );
+        assert_eq!(runs(&new, &changed, 0, 10_000, 0).0, vec![(8192, 1808)]);
         // The old version is shorter (the file grew): what it lacks is fetched.
-        assert_eq!(
-            changed_runs(&new[..5000], new.len(), &hashes(&new)),
-            vec![(4096, 5904)]
-        );
+        assert_eq!(runs(&new[..5000], &new, 0, 10_000, 0).0, vec![(4096, 5904)]);
         // No old version at all, or an empty block: everything, or nothing.
-        assert_eq!(
-            changed_runs(&[], new.len(), &hashes(&new)),
-            vec![(0, 10_000)]
-        );
-        assert_eq!(changed_runs(&[], 0, &[]), vec![]);
+        assert_eq!(runs(&[], &new, 0, 10_000, 0).0, vec![(0, 10_000)]);
+        assert_eq!(runs(&[], &[], 0, 0, 0).0, vec![]);
         // The old version is longer (the file shrank): extra old bytes do not matter.
         let mut longer = new.clone();
         longer.extend_from_slice(&[1; 3000]);
-        assert_eq!(changed_runs(&longer, new.len(), &hashes(&new)), vec![]);
+        assert_eq!(runs(&longer, &new, 0, 10_000, 0).0, vec![]);
+    }
+
+    #[test]
+    fn inserted_bytes_are_found_by_rolling() {
+        // 1,000 bytes inserted at 70,000 in a 400 KiB file; blocks of 64 KiB.
+        let old = data(3, 400 << 10);
+        let mut new = old[..70_000].to_vec();
+        new.extend_from_slice(&data(4, 1000));
+        new.extend_from_slice(&old[70_000..]);
+        // The block holding the insertion: its sub-blocks before it in place, the one holding
+        // it fetched, the rest found 1,000 bytes later in the old file.
+        let (r, plan) = runs(&old, &new, 65536, 65536, 0);
+        assert!(plan.searched);
+        assert_eq!(r, vec![(4096, 4096)], "{plan:?}");
+        assert_eq!(plan.shift, Some(-1000));
+        // The next block: everything at the shift found last time, without a search.
+        let (r, plan) = runs(&old, &new, 131072, 65536, -1000);
+        assert_eq!(r, vec![]);
+        assert!(!plan.searched);
+        // Without the shift, the search finds it too.
+        let (r, plan) = runs(&old, &new, 131072, 65536, 0);
+        assert_eq!((r, plan.by_search), (vec![], 16));
+    }
+
+    #[test]
+    fn deleted_bytes_are_found_by_rolling() {
+        let old = data(5, 300 << 10);
+        let mut new = old[..100_000].to_vec();
+        new.extend_from_slice(&old[100_300..]);
+        let (r, plan) = runs(&old, &new, 65536, 65536, 0);
+        assert_eq!(r, vec![(32768, 4096)], "{plan:?}");
+        assert_eq!(plan.shift, Some(300));
+    }
+
+    #[test]
+    fn new_data_is_searched_for_and_fetched() {
+        let old = data(6, 200 << 10);
+        let new = data(7, 200 << 10);
+        let (r, plan) = runs(&old, &new, 65536, 65536, 0);
+        assert_eq!(r, vec![(0, 65536)]);
+        assert!(plan.searched);
+        assert_eq!(plan.by_search, 0);
+        // A window that does not reach the wanted place, or a wild shift, finds nothing and
+        // does not fail.
+        let block = &old[0..65536];
+        let plan = plan_block(
+            &old[100_000..],
+            100_000,
+            0,
+            65536,
+            &subs(block),
+            i64::MAX,
+            true,
+        );
+        assert_eq!(plan.runs(65536), vec![(0, 65536)]);
+    }
+
+    #[test]
+    fn sub_hash_answers_parse_only_at_their_size() {
+        let block = data(8, 10_000);
+        let enc: Vec<u8> = subs(&block)
+            .iter()
+            .flat_map(|s| {
+                let mut v = s.weak.to_be_bytes().to_vec();
+                v.extend_from_slice(&s.strong.to_be_bytes());
+                v
+            })
+            .collect();
+        assert_eq!(parse_subs(&enc, 10_000), Some(subs(&block)));
+        assert_eq!(parse_subs(&enc, 20_000), None);
+        assert_eq!(parse_subs(&enc[1..], 10_000), None);
     }
 }

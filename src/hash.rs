@@ -113,6 +113,41 @@ pub fn xxh64(data: &[u8]) -> u64 {
     h ^ (h >> 32)
 }
 
+/// A rolling checksum of a window (rsync's weak sum: the byte sum and the position-weighted sum,
+/// 16 bits each), updated in O(1) as the window slides one byte. It only finds candidates for
+/// shifted data, which XXH64 and then the block's MD5 confirm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roll {
+    a: u32,
+    b: u32,
+    len: u32,
+}
+
+impl Roll {
+    pub fn new(window: &[u8]) -> Roll {
+        let len = window.len() as u32;
+        let (mut a, mut b) = (0u32, 0u32);
+        for (i, &x) in window.iter().enumerate() {
+            a = a.wrapping_add(x as u32);
+            b = b.wrapping_add((len - i as u32).wrapping_mul(x as u32));
+        }
+        Roll { a, b, len }
+    }
+
+    /// Slides the window: `out` leaves at the front, `inn` enters at the back.
+    pub fn roll(&mut self, out: u8, inn: u8) {
+        self.a = self.a.wrapping_sub(out as u32).wrapping_add(inn as u32);
+        self.b = self
+            .b
+            .wrapping_sub(self.len.wrapping_mul(out as u32))
+            .wrapping_add(self.a);
+    }
+
+    pub fn sum(&self) -> u32 {
+        (self.a & 0xffff) | (self.b << 16)
+    }
+}
+
 /// What a file held when it was last hashed, for [`file_blocks`] to skip blocks that did not
 /// change: a block whose length and XXH64 are the same keeps its MD5.
 #[derive(Clone, Copy)]
@@ -336,6 +371,22 @@ mod tests {
         // A file seen changing stops the hashing with an error.
         assert!(file_blocks(&f, data.len() as u64, bs, None, &|| false).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rolling_sum_matches_the_sum_of_each_window() {
+        let data: Vec<u8> = (0..20_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let w = 4096;
+        let mut r = Roll::new(&data[..w]);
+        for p in 1..data.len() - w {
+            r.roll(data[p - 1], data[p + w - 1]);
+            assert_eq!(r, Roll::new(&data[p..p + w]), "at {p}");
+        }
+        // rsync's definition, for a window of three bytes.
+        let r = Roll::new(&[1, 2, 3]);
+        assert_eq!(r.sum(), (1 + 2 + 3) | ((3 + 2 * 2 + 3) << 16));
     }
 
     #[test]

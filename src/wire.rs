@@ -88,8 +88,8 @@ pub enum Msg {
     },
     /// A block or, with [`ANY_HASH`], any range of at most one block.
     Request(Request),
-    /// The XXH64 of every [`SUB_BLOCK`] of one block (u64 each); answered by a Response holding
-    /// them.
+    /// The rolling checksum (u32) and XXH64 (u64) of every [`SUB_BLOCK`] of one block; answered
+    /// by a Response holding them.
     SubHashes(Request),
     Response(Response),
     /// The sender holds everything the receiver announced up to `seq` and needs nothing from it.

@@ -28,6 +28,7 @@ fn update(name: &str, edit: impl FnOnce(&std::fs::File)) -> Received {
     assert!(same_file(&a.path("big.bin"), &t.join("B/big.bin")).unwrap());
 
     let f = OpenOptions::new()
+        .read(true)
         .write(true)
         .open(a.path("big.bin"))
         .unwrap();
@@ -97,10 +98,28 @@ fn a_contiguous_change_ships_about_its_size() {
 #[test]
 fn nine_bytes_at_the_start_ship_one_sub_block() {
     let r = update("delta-nine", |f| f.write_all_at(b"123456789", 0).unwrap());
-    // One 4 KiB sub-block plus the 8-byte hashes of one block's sub-blocks.
+    // One 4 KiB sub-block plus the 12-byte hashes of one block's sub-blocks.
     assert!(
-        r.wire <= 4096 + 16 * 8,
+        r.wire <= 4096 + 16 * 12,
         "{} bytes for a 9-byte change",
         r.wire
     );
+}
+
+#[test]
+fn an_insertion_in_the_middle_ships_about_its_size() {
+    // 1 KiB inserted at the middle: everything after it moves by 1 KiB. Without looking for
+    // shifted data the whole second half (32 MiB) would cross the wire.
+    let r = update("delta-insert", |f| {
+        let mut tail = vec![0u8; (SIZE / 2) as usize];
+        f.read_exact_at(&mut tail, SIZE / 2).unwrap();
+        f.write_all_at(&Rng::new(9).bytes(1024), SIZE / 2).unwrap();
+        f.write_all_at(&tail, SIZE / 2 + 1024).unwrap();
+    });
+    assert!(
+        r.wire < 1 << 20,
+        "{} bytes for 1 KiB inserted in {SIZE} bytes",
+        r.wire
+    );
+    assert!(r.wire >= 1024, "{}", r.wire);
 }

@@ -768,6 +768,19 @@ pub fn md5(data: &[u8]) -> [u8; 16] {
     out
 }
 
+/// rsync's weak checksum of a window: the byte sum and the sum weighted by distance from the
+/// end, 16 bits each (the first half of a sub-block hash in delta transfer).
+pub fn weak_sum(data: &[u8]) -> u32 {
+    let n = data.len() as u32;
+    let a: u32 = data.iter().map(|&x| x as u32).fold(0, u32::wrapping_add);
+    let b: u32 = data
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (n - i as u32).wrapping_mul(x as u32))
+        .fold(0, u32::wrapping_add);
+    (a & 0xffff) | (b << 16)
+}
+
 /// XXH64 with seed 0, from its specification (sub-block hashes of delta transfer).
 pub fn xxh64(data: &[u8]) -> u64 {
     const P: [u64; 5] = [
@@ -1162,7 +1175,11 @@ impl FakePeer {
                             Some(d) if t == wire::T_SUB_HASHES => {
                                 let subs: Vec<u8> = d
                                     .chunks(wire::SUB_BLOCK)
-                                    .flat_map(|c| xxh64(c).to_be_bytes())
+                                    .flat_map(|c| {
+                                        let mut v = weak_sum(c).to_be_bytes().to_vec();
+                                        v.extend_from_slice(&xxh64(c).to_be_bytes());
+                                        v
+                                    })
                                     .collect();
                                 wire::response(req.id, 0, &subs)
                             }
