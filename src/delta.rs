@@ -327,8 +327,22 @@ impl<'a, 'b> Pipe<'a, 'b> {
         }
     }
 
-    /// Receives one response and routes it: sub-block hashes start their runs at once (so the
-    /// pipe stays full), run data goes into its block, the rest waits in the stash.
+    /// Whether the answer to request `id` (a delta request: its whole block) is in, without
+    /// waiting: what has arrived meanwhile is routed first.
+    pub fn ready(&mut self, id: u32, delta: bool) -> Result<bool> {
+        while let Ok(a) = self.link.responses.try_recv() {
+            self.route(a)?;
+        }
+        Ok(if delta {
+            self.deltas
+                .get(&id)
+                .is_none_or(|d| d.ready && d.pending == 0)
+        } else {
+            self.stash.contains_key(&id)
+        })
+    }
+
+    /// Receives one response and routes it.
     fn pump(&mut self) -> Result<()> {
         let a = match self.link.responses.recv_timeout(RESPONSE_TIMEOUT) {
             Ok(a) => a,
@@ -337,6 +351,12 @@ impl<'a, 'b> Pipe<'a, 'b> {
             }
             Err(RecvTimeoutError::Disconnected) => return Err(Error::msg("connection closed")),
         };
+        self.route(a)
+    }
+
+    /// Routes a response: sub-block hashes start their runs at once (so the pipe stays full),
+    /// run data goes into its block, the rest waits in the stash.
+    fn route(&mut self, a: Answer) -> Result<()> {
         let r = &a.r;
         if let Some((sub_id, at, len)) = self.runs.remove(&r.id) {
             if let Some(d) = self.deltas.get_mut(&sub_id) {

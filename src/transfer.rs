@@ -466,7 +466,13 @@ impl Run<'_, '_, '_> {
                 self.finish(fi);
             }
         }
-        let mut ji = 0;
+        // Two cursors: jobs whose data comes from the peer (`remote`, in the order they are
+        // asked for) and the rest, done locally. Local work fills the time spent waiting for
+        // the peer, so copying unchanged data never leaves the link idle.
+        let local: Vec<usize> = (0..self.jobs.len())
+            .filter(|&j| !matches!(self.jobs[j].src, Src::Remote | Src::Delta))
+            .collect();
+        let (mut ni, mut li) = (0, 0);
         loop {
             while let Ok(d) = self.done.try_recv() {
                 self.on_done(d);
@@ -474,15 +480,33 @@ impl Run<'_, '_, '_> {
             if self.ready.len() >= READY_BATCH {
                 self.flush_ready();
             }
-            if ji >= self.jobs.len() {
-                if self.busy == 0 {
-                    return Ok(());
-                }
-                self.wait_done()?;
-                continue;
-            }
             self.fill_window()?;
-            ji += self.step(ji)?;
+            let net_next = self.remote.get(ni).copied();
+            let take_net = match (net_next, local.get(li)) {
+                (Some(j), Some(_)) => self.answer_in(j)?,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            if take_net {
+                if let Some(j) = net_next {
+                    self.step(j)?;
+                    ni += 1;
+                }
+            } else if let Some(&j) = local.get(li) {
+                li += self.step(j)?;
+            } else if self.busy > 0 {
+                self.wait_done()?;
+            } else {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Whether the peer's answer for job `j` has arrived (or nothing is waited for).
+    fn answer_in(&mut self, j: usize) -> Result<bool> {
+        match self.ids.get(&j) {
+            Some(&(id, delta)) => self.pipe.ready(id, delta),
+            None => Ok(true),
         }
     }
 

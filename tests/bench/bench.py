@@ -356,9 +356,10 @@ def make_data():
 
 def update(path, kind, seed):
     """The TC_2B edits, in place: (a) SIZE/10 contiguous in the middle, (b) 10% of the file as
-    random 4 KiB writes, (c) 9 bytes at offset 0."""
+    random 4 KiB writes, (c) 9 bytes at offset 0; and (i, TC_INS) 1 KiB inserted at the middle,
+    which moves the second half by 1 KiB."""
     r = random.Random(seed)
-    fd = os.open(path, os.O_WRONLY)
+    fd = os.open(path, os.O_RDWR)
     try:
         if kind == "a":
             n = SIZE // 10
@@ -367,6 +368,11 @@ def update(path, kind, seed):
             blocks = SIZE // 4096
             for b in r.sample(range(blocks), blocks // 10):
                 os.pwrite(fd, r.randbytes(4096), b * 4096)
+        elif kind == "i":
+            size = os.fstat(fd).st_size
+            tail = os.pread(fd, size - size // 2, size // 2)
+            os.pwrite(fd, r.randbytes(1024), size // 2)
+            os.pwrite(fd, tail, size // 2 + 1024)
         else:
             os.pwrite(fd, r.randbytes(9), 0)
     finally:
@@ -685,8 +691,8 @@ def run_daemon_tool(tool, rs=None):
     if "tc2b" in STEPS:
         if rs:
             rs.prepare_tc2b()
-        for i, kind in enumerate("abc"):
-            label = f"TC_2B_{kind}"
+        for i, kind in enumerate("abci"):
+            label = "TC_INS" if kind == "i" else f"TC_2B_{kind}"
             # The expected content: the same edit applied to a copy first (untimed).
             ref = WORK / "tc2b-ref.bin"
             if i == 0:
@@ -1076,7 +1082,8 @@ s.close()"""]), check=True)
 # ---- report ------------------------------------------------------------------------------------
 
 TOOLS = ["left", "syncthing", "rsync -a", "rsync -W", "rsync -a --partial"]
-ORDER = ["TC_1B", "XFER", "TC_2A", "TC_FA", "KILL40", "TC_2B_a", "TC_2B_b", "TC_2B_c", "TC_2A_Z",
+ORDER = ["TC_1B", "XFER", "TC_2A", "TC_FA", "KILL40", "TC_2B_a", "TC_2B_b", "TC_2B_c", "TC_INS",
+         "TC_2A_Z",
          "SCALE_INIT", "SCALE_ONE", "SCALE_IDLE"]
 DESC = {
     "TC_1B": f"{SMALL // MiB} MiB renamed into A; B started 0.1 s later",
@@ -1087,6 +1094,7 @@ DESC = {
     "TC_2B_a": f"{SIZE // 10 // MiB} MiB contiguous rewritten in the middle, on A",
     "TC_2B_b": "10% of the file as random 4 KiB writes, on A",
     "TC_2B_c": "9 bytes at offset 0, on A",
+    "TC_INS": "1 KiB inserted at the middle (the second half moves by 1 KiB), on A",
     "TC_2A_Z": f"1 KiB random + zeros to {SIZE_MB} MiB, as TC_2A",
     "SCALE_INIT": f"{SCALE_FILES} small files, both peers started",
     "SCALE_ONE": "one changed file among them",
