@@ -7,6 +7,7 @@ use crate::error::{Context, Error, Result};
 use crate::hash::short_id;
 use crate::index::Stat;
 use crate::model::{Model, Out, Peer};
+use crate::pool::Pool;
 use crate::puller::{self, Link, O_NOFOLLOW};
 use crate::wire::{self, Enc, Hello, MAGIC, Msg, PROTOCOL_VERSION, Request, Status};
 use std::collections::BTreeMap;
@@ -64,15 +65,17 @@ fn open_and_decode(mut body: Vec<u8>, session: Option<&mut Sealer>) -> Result<Ms
 /// kernel and never again.
 struct FrameReader<R> {
     inner: R,
+    pool: Pool,
     buf: Vec<u8>,
     pos: usize,
     end: usize,
 }
 
 impl<R: Read> FrameReader<R> {
-    fn new(inner: R) -> Self {
+    fn new(inner: R, pool: Pool) -> Self {
         FrameReader {
             inner,
+            pool,
             buf: vec![0; 16 << 10],
             pos: 0,
             end: 0,
@@ -119,7 +122,7 @@ impl<R: Read> FrameReader<R> {
                 "frame of {n} bytes is over the {max} allowed here"
             )));
         }
-        let mut body = Vec::with_capacity(n);
+        let mut body = self.pool.take(n);
         let have = (self.end - self.pos).min(n);
         self.take_into(&mut body, have)?;
         let rest = n - have;
@@ -270,6 +273,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
         if dialed { "dialed" } else { "accepted" }
     );
     let pending = Arc::new(AtomicUsize::new(0));
+    let pool = Pool::default();
     let result = std::thread::scope(|s| {
         let w_stream = stream.try_clone()?;
         let w_pending = pending.clone();
@@ -286,6 +290,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
         });
         let p_out = out_tx.clone();
         let p_asked = asked.clone();
+        let p_pool = pool.clone();
         let p_stream = stream.try_clone()?;
         let puller = s.spawn(move || {
             let link = Link {
@@ -294,6 +299,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
                 out: p_out,
                 responses: resp_rx,
                 asked: p_asked,
+                pool: p_pool,
             };
             let r = puller::run(&link);
             // A connection that cannot pull is closed, so it is dialed again rather than left
@@ -309,6 +315,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
             responses: &resp_tx,
             pending: &pending,
             asked: &asked,
+            pool: &pool,
         };
         let r = read_loop(model, id, &stream, recv, &routes);
         // Whatever ended the connection, end the other threads too.
@@ -388,6 +395,7 @@ struct Routes<'a> {
     pending: &'a AtomicUsize,
     /// Our requests waiting for the peer's answer.
     asked: &'a AtomicUsize,
+    pool: &'a Pool,
 }
 
 fn read_loop(
@@ -402,8 +410,9 @@ fn read_loop(
         responses,
         pending,
         asked,
+        ..
     } = *routes;
-    let mut r = FrameReader::new(stream);
+    let mut r = FrameReader::new(stream, routes.pool.clone());
     let queue = |job: Out| -> Result<()> {
         if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PEER_REQUESTS {
             return Err(Error::protocol("too many outstanding requests"));
@@ -465,12 +474,14 @@ struct FrameWriter {
 }
 
 impl FrameWriter {
-    fn send(&mut self, frame: Vec<u8>) -> Result<()> {
+    /// Sends a frame; gives it back, to be reused.
+    fn send(&mut self, frame: Vec<u8>) -> Result<Vec<u8>> {
         let frame = match &mut self.seal {
             Some(s) => s.seal(frame),
             None => frame,
         };
-        Ok(self.w.write_all(&frame)?)
+        self.w.write_all(&frame)?;
+        Ok(frame)
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -487,6 +498,8 @@ fn write_loop(
     let mut sent_seq = 0u64;
     let mut open: Option<(String, Stat, File)> = None;
     let mut buf = Vec::new();
+    // The frame that carries blocks, reused.
+    let mut frame = Vec::new();
     // IndexDone waits for our first scan: before it, our index may lack what is on disk.
     let mut done_sent = false;
     sent_seq = announce(model, &mut w, sent_seq)?;
@@ -505,7 +518,9 @@ fn write_loop(
         while let Some(job) = next {
             let subs = matches!(job, Out::ServeSubs(_));
             match job {
-                Out::Frame(f) => w.send(f)?,
+                Out::Frame(f) => {
+                    w.send(f)?;
+                }
                 Out::Announce => {
                     sent_seq = announce(model, &mut w, sent_seq)?;
                     if !done_sent && model.lock().scanned {
@@ -518,11 +533,11 @@ fn write_loop(
                     let _ = ack.send(());
                 }
                 Out::Serve(req) | Out::ServeSubs(req) => {
-                    let frame = serve(model, &req, subs, &mut open, &mut buf);
+                    let f = serve(model, &req, subs, &mut open, &mut buf, frame);
                     pending.fetch_sub(1, Ordering::AcqRel);
-                    let data = frame.len() - wire::RESPONSE_HEADER;
+                    let data = f.len() - wire::RESPONSE_HEADER;
                     SENT.fetch_add(data as u64, Ordering::Relaxed);
-                    w.send(frame)?;
+                    frame = w.send(f)?;
                 }
             }
             next = rx.try_recv().ok();
@@ -575,8 +590,9 @@ fn serve(
     subs: bool,
     open: &mut Option<(String, Stat, File)>,
     buf: &mut Vec<u8>,
+    frame: Vec<u8>,
 ) -> Vec<u8> {
-    let fail = |status| wire::response_frame(req.id, status, 0);
+    let fail = |frame, status| wire::response_frame(frame, req.id, status, 0);
     let stat = {
         let g = model.lock();
         g.index.entries.get(&req.path).and_then(|e| {
@@ -594,7 +610,7 @@ fn serve(
         })
     };
     let Some(stat) = stat else {
-        return fail(Status::Changed);
+        return fail(frame, Status::Changed);
     };
     // The file kept open is reused only for the version the index describes: a file replaced
     // under the same name (saved by rename, deleted and made again) is opened anew.
@@ -604,7 +620,7 @@ fn serve(
     {
         *open = None;
         if crate::names::check_ancestors(&model.root, &req.path).is_err() {
-            return fail(Status::Failed);
+            return fail(frame, Status::Failed);
         }
         match OpenOptions::new()
             .read(true)
@@ -612,25 +628,26 @@ fn serve(
             .open(model.root.join(&req.path))
         {
             Ok(f) => *open = Some((req.path.clone(), stat, f)),
-            Err(_) => return fail(Status::Changed),
+            Err(_) => return fail(frame, Status::Changed),
         }
     }
     let Some((_, _, f)) = open.as_ref() else {
-        return fail(Status::Failed);
+        return fail(frame, Status::Failed);
     };
     if !f.metadata().is_ok_and(|m| Stat::of(&m) == stat) {
         *open = None;
-        return fail(Status::Changed);
+        return fail(frame, Status::Changed);
     }
     let (len, h) = (req.len as usize, wire::RESPONSE_HEADER);
     if subs {
         buf.resize(len, 0);
         if f.read_exact_at(buf, req.offset).is_err() {
             *open = None;
-            return fail(Status::Changed);
+            return fail(frame, Status::Changed);
         }
         let n = crate::delta::SUB_HASH_BYTES;
-        let mut frame = wire::response_frame(req.id, Status::Ok, len.div_ceil(wire::SUB_BLOCK) * n);
+        let mut frame =
+            wire::response_frame(frame, req.id, Status::Ok, len.div_ceil(wire::SUB_BLOCK) * n);
         for (k, c) in buf.chunks(wire::SUB_BLOCK).enumerate() {
             let sub = crate::delta::Sub::of(c);
             let at = h + n * k;
@@ -640,10 +657,10 @@ fn serve(
         frame
     } else {
         // The block is read straight into the frame that carries it.
-        let mut frame = wire::response_frame(req.id, Status::Ok, len);
+        let mut frame = wire::response_frame(frame, req.id, Status::Ok, len);
         if f.read_exact_at(&mut frame[h..], req.offset).is_err() {
             *open = None;
-            return fail(Status::Changed);
+            return fail(frame, Status::Changed);
         }
         frame
     }
@@ -694,11 +711,12 @@ mod tests {
         ];
         let data: Vec<u8> = msgs.iter().flat_map(wire::encode).collect();
         for step in [1, 100, 5000, 16 << 10] {
-            let mut r = FrameReader::new(Trickle {
+            let trickle = Trickle {
                 data: data.clone(),
                 pos: 0,
                 step,
-            });
+            };
+            let mut r = FrameReader::new(trickle, Pool::default());
             for m in &msgs {
                 let body = r.body(wire::MAX_FRAME).unwrap();
                 assert_eq!(&open_and_decode(body, None).unwrap(), m);
@@ -707,11 +725,11 @@ mod tests {
             assert_eq!(end.io_kind(), Some(std::io::ErrorKind::UnexpectedEof));
         }
         // A length over the limit is refused before anything is read or allocated.
-        let mut r = FrameReader::new(&[0u8, 0x10, 0, 0, 7][..]);
+        let mut r = FrameReader::new(&[0u8, 0x10, 0, 0, 7][..], Pool::default());
         assert!(r.body(4096).is_err());
         // A frame cut short is an error, not a short frame.
         let cut = wire::encode(&msgs[1]);
-        let mut r = FrameReader::new(&cut[..cut.len() - 1]);
+        let mut r = FrameReader::new(&cut[..cut.len() - 1], Pool::default());
         assert!(r.body(wire::MAX_FRAME).is_err());
     }
 }

@@ -416,7 +416,8 @@ impl<'a, 'b> Pipe<'a, 'b> {
             shift,
             misses < SEARCH_MISSES,
         );
-        let mut block = vec![0u8; d.len];
+        let mut block = self.link.pool.take(d.len);
+        block.resize(d.len, 0);
         for (k, f) in plan.found.iter().enumerate() {
             let Some(at) = f else { continue };
             let start = k * SUB_BLOCK;

@@ -14,6 +14,7 @@ mod ignore;
 mod index;
 mod model;
 mod names;
+mod pool;
 mod puller;
 mod scanner;
 mod signal;

@@ -47,6 +47,8 @@ pub struct Link<'a> {
     pub responses: Receiver<Answer>,
     /// Requests sent and not answered yet; the reader refuses responses beyond them.
     pub asked: Arc<AtomicUsize>,
+    /// Block buffers shared with the connection's reader.
+    pub pool: crate::pool::Pool,
 }
 
 /// Pulls until the connection closes (the peer entry disappears) or shutdown.

@@ -37,8 +37,6 @@ const READY_BATCH: usize = 128;
 /// Files at least this large show progress in status and, every few seconds, in the log.
 const PROGRESS_MIN: u64 = 8 << 20;
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
-/// Block buffers kept for reuse.
-const SPARE_BUFFERS: usize = 8;
 
 /// Where a block comes from.
 enum Src {
@@ -289,7 +287,6 @@ pub fn transfer(
             work: Some(work_tx),
             done: done_rx,
             busy: 0,
-            spare: Vec::new(),
             local_file: None,
             zeros,
             last_progress: Instant::now(),
@@ -451,7 +448,6 @@ struct Run<'l, 'b, 'p> {
     done: Receiver<Done>,
     /// Work handed to the helpers and not back yet.
     busy: usize,
-    spare: Vec<Vec<u8>>,
     local_file: Option<(String, File)>,
     zeros: Zeros,
     last_progress: Instant,
@@ -588,8 +584,8 @@ impl Run<'_, '_, '_> {
         }
     }
 
-    fn buffer(&mut self) -> Vec<u8> {
-        self.spare.pop().unwrap_or_default()
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        self.link.pool.take(len)
     }
 
     /// Fetches a block from the peer again (its local source or delta went wrong).
@@ -682,7 +678,7 @@ impl Run<'_, '_, '_> {
                 }
             }
             Src::Have => {
-                let mut buf = self.buffer();
+                let mut buf = self.buffer(len);
                 let p = &self.pulls[fi];
                 if read_at(&p.tmp, &mut buf, off, len).is_ok() {
                     let tag = self.tag(fi, block, len as u64, Some(true));
@@ -702,7 +698,7 @@ impl Run<'_, '_, '_> {
                 {
                     self.local_file = Some((path.clone(), f));
                 }
-                let mut buf = self.buffer();
+                let mut buf = self.buffer(len);
                 let read = match &self.local_file {
                     Some((lp, f)) if *lp == path => read_at(f, &mut buf, o, len).is_ok(),
                     _ => false,
@@ -793,6 +789,7 @@ impl Run<'_, '_, '_> {
                 match p.tmp.write_all_at(&r.data, off) {
                     Ok(()) => {
                         p.fast[block] = xxh64(&r.data);
+                        self.link.pool.give(r.data);
                         self.completed(fi, block, 1, len as u64);
                         return Ok(());
                     }
@@ -813,9 +810,7 @@ impl Run<'_, '_, '_> {
         self.busy -= 1;
         let t = d.tag;
         self.pulls[t.file].busy -= 1;
-        if d.buf.capacity() > 0 && self.spare.len() < SPARE_BUFFERS {
-            self.spare.push(d.buf);
-        }
+        self.link.pool.give(d.buf);
         if self.pulls[t.file].failed {
             return;
         }

@@ -315,7 +315,7 @@ pub fn encode(msg: &Msg) -> Vec<u8> {
             e.bytes(&r.hash);
         }
         Msg::Response(r) => {
-            let mut f = response_frame(r.id, r.status, r.data.len());
+            let mut f = response_frame(Vec::new(), r.id, r.status, r.data.len());
             f[RESPONSE_HEADER..].copy_from_slice(&r.data);
             return f;
         }
@@ -442,10 +442,13 @@ fn decode_response(mut body: Vec<u8>) -> Result<Msg> {
     }))
 }
 
-/// The whole frame of a Response with `len` bytes of data, the data left as zeros for the caller
-/// to fill in place (`frame[RESPONSE_HEADER..]`), and room for a MAC.
-pub fn response_frame(id: u32, status: Status, len: usize) -> Vec<u8> {
-    let mut e = Enc(Vec::with_capacity(RESPONSE_HEADER + len + 16));
+/// The whole frame of a Response with `len` bytes of data, built in `buf` (emptied first), the
+/// data left as zeros for the caller to fill in place (`frame[RESPONSE_HEADER..]`), with room
+/// for a MAC.
+pub fn response_frame(mut buf: Vec<u8>, id: u32, status: Status, len: usize) -> Vec<u8> {
+    buf.clear();
+    buf.reserve(RESPONSE_HEADER + len + 16);
+    let mut e = Enc(buf);
     e.u32((RESPONSE_HEADER - 4 + len) as u32);
     e.u8(T_RESPONSE);
     e.u32(id);
