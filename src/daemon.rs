@@ -9,6 +9,7 @@ use crate::index::Index;
 use crate::model::{DialInfo, Model, Out};
 use crate::names::STATE_DIR;
 use crate::{scanner, signal, status};
+use std::collections::HashSet;
 use std::fs;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -452,12 +453,32 @@ fn scan_loop(model: &Model) {
             SCAN_EVERY.as_millis()
         );
     }
+    // The first scan, the periodic one and any after lost events walk everything; the others
+    // only the folders inotify named.
+    let mut full = true;
     loop {
         generation = generation.wrapping_add(1);
         let t = Instant::now();
+        let dirs: Option<HashSet<String>> = match watcher.as_mut() {
+            Some(w) if !full => w.take_dirty().map(|d| {
+                d.iter()
+                    .filter_map(|p| {
+                        let rel = p.strip_prefix(&model.root).ok()?;
+                        rel.to_str().map(str::to_string)
+                    })
+                    .collect()
+            }),
+            _ => None,
+        };
+        if dirs.is_none() {
+            // A full scan covers whatever the watcher had gathered.
+            if let Some(w) = watcher.as_mut() {
+                let _ = w.take_dirty();
+            }
+        }
         // The pause after a scan scales with the cost of walking the tree, not of hashing what
         // changed: a big file hashed once must not slow down noticing the next change.
-        let took = match scanner::scan(model, generation, watcher.as_mut()) {
+        let took = match scanner::scan(model, generation, dirs.as_ref(), watcher.as_mut()) {
             Ok(s) => {
                 if s.changed + s.deleted > 0 {
                     debug!("scan: {s:?} in {:?}", t.elapsed());
@@ -469,17 +490,22 @@ fn scan_loop(model: &Model) {
                 t.elapsed()
             }
         };
-        match watcher.as_mut() {
+        full = match watcher.as_mut() {
             // Woken by a change (after a short settle, a few times the scan's cost at least), or
             // a full rescan now and then as a safety net.
             Some(w) if !w.incomplete => {
-                if w.wait(RESCAN_EVERY) {
+                let woken = w.wait(RESCAN_EVERY);
+                if woken {
                     std::thread::sleep(SETTLE.max(took * 3));
                 }
+                !woken
             }
             // Polling: never more than about a tenth of a core, however large the share.
-            _ => std::thread::sleep(SCAN_EVERY.max(took * 10)),
-        }
+            _ => {
+                std::thread::sleep(SCAN_EVERY.max(took * 10));
+                true
+            }
+        };
         if model.lock().shutdown {
             return;
         }

@@ -1,5 +1,7 @@
 //! The scanner: notices what changed in the share by comparing metadata with the index, hashes
 //! only files whose size, mtime, inode or mode changed, and records new versions and deletions.
+//! A full scan walks the whole share; a scan woken by inotify walks only the folders that had
+//! events (and new folders inside them).
 
 use crate::error::{Context, Error, Result};
 use crate::hash;
@@ -8,9 +10,10 @@ use crate::index::{Entry, FAST_MIN_BLOCKS, Kind, Stat, block_size_for};
 use crate::model::{Model, State};
 use crate::names;
 use crate::puller::O_NOFOLLOW;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io;
+use std::ops::Bound;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -33,10 +36,12 @@ struct Candidate {
     seq: Option<u64>,
 }
 
-/// Scans the share once. `generation` must differ from the previous call's.
+/// Scans the share once: all of it, or (`dirs`) only those folders, relative to the share, and
+/// new folders found in them. `generation` must differ from the previous call's.
 pub fn scan(
     model: &Model,
     generation: u32,
+    dirs: Option<&HashSet<String>>,
     mut watcher: Option<&mut crate::watch::Watcher>,
 ) -> Result<Scan> {
     let root = &model.root;
@@ -56,21 +61,39 @@ pub fn scan(
     let mut failed: Vec<String> = Vec::new();
     let mut candidates = Vec::new();
     let started = std::time::Instant::now();
-    let mut stack = vec![String::new()];
+    let mut stack: Vec<String> = match dirs {
+        Some(d) => d.iter().cloned().collect(),
+        None => vec![String::new()],
+    };
+    let mut walked: Vec<String> = Vec::new();
+    // Folders of the index that are something else now: what they held is gone.
+    let mut not_dirs: Vec<String> = Vec::new();
+    let mut visited: HashSet<String> = HashSet::new();
     let mut warned_names = HashSet::new();
     while let Some(dir) = stack.pop() {
-        let abs = root.join(&dir);
-        if let Some(w) = watcher.as_deref_mut() {
-            w.add(&abs);
+        if !visited.insert(dir.clone()) {
+            continue;
         }
+        let abs = root.join(&dir);
         let rd = match fs::read_dir(&abs) {
             Ok(rd) => rd,
+            // Gone, or not a folder any more: the scan of the folder that held it says so.
+            Err(e)
+                if dirs.is_some()
+                    && (e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(20)) =>
+            {
+                continue;
+            }
             Err(e) => {
                 warn!("{}: cannot read folder: {e}", abs.display());
                 failed.push(dir);
                 continue;
             }
         };
+        if let Some(w) = watcher.as_deref_mut() {
+            w.add(&abs);
+        }
+        walked.push(dir.clone());
         let mut children = Vec::new();
         for ent in rd {
             let Ok(ent) = ent else { continue };
@@ -99,6 +122,13 @@ pub fn scan(
         for (path, md) in children {
             let stat = Stat::of(&md);
             let cur = st.index.entries.get_mut(&path);
+            if !md.is_dir()
+                && cur
+                    .as_ref()
+                    .is_some_and(|e| e.kind == Kind::Dir && !e.deleted)
+            {
+                not_dirs.push(path.clone());
+            }
             if !ignore.is_empty() && ignore.is_ignored(&path, md.is_dir()) {
                 // Ignored: neither sent nor deleted; what the index had stays as it was.
                 if let Some(e) = cur {
@@ -108,7 +138,18 @@ pub fn scan(
             }
             if md.is_dir() {
                 match cur {
-                    Some(e) if e.kind == Kind::Dir && !e.deleted => e.scan_gen = generation,
+                    Some(e) if e.kind == Kind::Dir && !e.deleted => {
+                        e.scan_gen = generation;
+                        // A partial scan walks a folder we knew only if it had events, or if
+                        // it is not watched yet (made by a pull: what came into it since would
+                        // have made no event).
+                        let watched = watcher
+                            .as_deref()
+                            .is_some_and(|w| w.watches(&root.join(&path)));
+                        if dirs.is_some() && watched {
+                            continue;
+                        }
+                    }
                     _ => {
                         let version = cur
                             .map(|e| e.version.bumped(st.index.device))
@@ -194,18 +235,57 @@ pub fn scan(
         }
     }
     let device = st.index.device;
-    let gone: Vec<String> = st
-        .index
-        .entries
-        .values()
-        .filter(|e| !e.deleted && e.scan_gen != generation)
-        .filter(|e| ignore.is_empty() || !ignore.is_ignored(&e.path, e.kind == Kind::Dir))
-        .filter(|e| {
-            !failed
-                .iter()
-                .any(|f| e.path == *f || e.path.starts_with(&format!("{f}/")) || f.is_empty())
+    let unseen = |e: &Entry| !e.deleted && e.scan_gen != generation;
+    let gone: Vec<String> = match dirs {
+        None => st
+            .index
+            .entries
+            .values()
+            .filter(|e| unseen(e))
+            .filter(|e| {
+                !failed
+                    .iter()
+                    .any(|f| e.path == *f || e.path.starts_with(&format!("{f}/")) || f.is_empty())
+            })
+            .map(|e| e.path.clone())
+            .collect(),
+        // What a walked folder held and no longer does, and whatever was inside a folder gone.
+        Some(_) => {
+            let entries = &st.index.entries;
+            let inside = |dir: &str| -> Vec<String> {
+                let prefix = format!("{dir}/");
+                entries
+                    .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .filter(|(_, x)| !x.deleted)
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            };
+            let mut gone = Vec::new();
+            for d in &walked {
+                for e in children(entries, d).into_iter().filter(|e| unseen(e)) {
+                    if e.kind == Kind::Dir {
+                        gone.extend(inside(&e.path));
+                    }
+                    gone.push(e.path.clone());
+                }
+            }
+            for d in &not_dirs {
+                gone.extend(inside(d));
+            }
+            gone
+        }
+    };
+    let gone: Vec<String> = gone
+        .into_iter()
+        .filter(|p| {
+            ignore.is_empty()
+                || !st
+                    .index
+                    .entries
+                    .get(p)
+                    .is_some_and(|e| ignore.is_ignored(&e.path, e.kind == Kind::Dir))
         })
-        .map(|e| e.path.clone())
         .collect();
     for path in gone {
         if fs::symlink_metadata(root.join(&path)).is_ok() {
@@ -236,6 +316,40 @@ pub fn scan(
         }
     }
     Ok(out)
+}
+
+/// The entries directly inside folder `dir` ("" for the top), found without walking what is
+/// deeper: each subfolder's range of names is skipped over.
+fn children<'a>(entries: &'a BTreeMap<String, Entry>, dir: &str) -> Vec<&'a Entry> {
+    let prefix = if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
+    let mut out = Vec::new();
+    let mut from = Bound::Included(prefix.clone());
+    loop {
+        let bound = match &from {
+            Bound::Included(s) => Bound::Included(s.as_str()),
+            Bound::Excluded(s) => Bound::Excluded(s.as_str()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let Some((k, e)) = entries.range::<str, _>((bound, Bound::Unbounded)).next() else {
+            break;
+        };
+        let Some(rest) = k.strip_prefix(&prefix) else {
+            break;
+        };
+        match rest.find('/') {
+            None => {
+                out.push(e);
+                from = Bound::Excluded(k.clone());
+            }
+            // Deeper: go on after every name that starts with "prefix/sub/" ('0' follows '/').
+            Some(i) => from = Bound::Included(format!("{prefix}{}0", &rest[..i])),
+        }
+    }
+    out
 }
 
 /// Reads `.leftignore` at the top of the share when it changed, and returns the patterns in
@@ -420,5 +534,34 @@ pub fn clean_temps(root: &Path, max_age: std::time::Duration) {
                 let _ = fs::remove_file(ent.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_are_found_without_walking_deeper() {
+        let mut m = BTreeMap::new();
+        for p in [
+            "a", "a.txt", "a/b", "a/b/c", "a/b/c/d", "a/b.txt", "a/z", "a0", "b", "b/x", "ab/y",
+        ] {
+            m.insert(
+                p.to_string(),
+                Entry {
+                    path: p.to_string(),
+                    ..Entry::default()
+                },
+            );
+        }
+        let names =
+            |d: &str| -> Vec<String> { children(&m, d).iter().map(|e| e.path.clone()).collect() };
+        assert_eq!(names(""), vec!["a", "a.txt", "a0", "b"]);
+        assert_eq!(names("a"), vec!["a/b", "a/b.txt", "a/z"]);
+        assert_eq!(names("a/b"), vec!["a/b/c"]);
+        assert_eq!(names("ab"), vec!["ab/y"]);
+        assert!(names("a/b/c/d").is_empty());
+        assert!(names("nothing").is_empty());
     }
 }

@@ -40,12 +40,18 @@ pub struct Watcher {
     buf: Vec<u8>,
     /// Files written to since the last `take_written` (absolute paths).
     written: HashSet<PathBuf>,
+    /// Folders with events since the last `take_dirty`; `None` after a lost event queue (or
+    /// too many to be worth it): everything must be looked at.
+    dirty: Option<HashSet<PathBuf>>,
     /// Adding a watch failed (e.g. the per-user limit): changes may be missed, so poll.
     pub incomplete: bool,
 }
 
 /// After events that concern only our own temp files, how long to let more gather.
 const IDLE_EVENTS_PAUSE: Duration = Duration::from_millis(20);
+
+/// Folders with events remembered between scans at most; past it, a full scan is cheaper.
+const MAX_DIRTY: usize = 4096;
 
 /// Written files remembered between scans at most; past it, the scanner's stat comparison
 /// alone decides (a burst of that many files is being copied in, not edited).
@@ -61,8 +67,14 @@ impl Watcher {
             by_path: HashMap::new(),
             buf: vec![0u8; 16 << 10],
             written: HashSet::new(),
+            dirty: Some(HashSet::new()),
             incomplete: false,
         })
+    }
+
+    /// Whether a folder is watched.
+    pub fn watches(&self, dir: &Path) -> bool {
+        self.by_path.contains_key(dir)
     }
 
     /// Watches a folder (once; again after the kernel dropped its watch).
@@ -89,6 +101,10 @@ impl Watcher {
     /// temp files do not count: while a pull writes one, its events are read in batches (a
     /// short pause after each) instead of waking the scanner for every block.
     pub fn wait(&mut self, timeout: Duration) -> bool {
+        // Events read meanwhile (by `take_written` during a scan) are waiting already.
+        if self.dirty.as_ref().is_none_or(|d| !d.is_empty()) {
+            return true;
+        }
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -110,6 +126,13 @@ impl Watcher {
             }
             std::thread::sleep(IDLE_EVENTS_PAUSE.min(left));
         }
+    }
+
+    /// The folders that had events since the last call (absolute paths), or `None` if the
+    /// whole share must be scanned.
+    pub fn take_dirty(&mut self) -> Option<HashSet<PathBuf>> {
+        self.drain();
+        self.dirty.replace(HashSet::new())
     }
 
     /// The files written to since the last call. A write's event comes after its data, and its
@@ -154,8 +177,17 @@ impl Watcher {
                 }
                 let own = std::str::from_utf8(name)
                     .is_ok_and(|n| names::is_temp(n) || n == names::STATE_DIR);
-                if mask & IN_Q_OVERFLOW != 0 || !own {
+                if mask & IN_Q_OVERFLOW != 0 {
+                    self.dirty = None;
                     relevant = true;
+                } else if !own {
+                    relevant = true;
+                    if let (Some(d), Some(dir)) = (self.dirty.as_mut(), self.by_wd.get(&wd)) {
+                        d.insert(dir.clone());
+                    }
+                    if self.dirty.as_ref().is_some_and(|d| d.len() > MAX_DIRTY) {
+                        self.dirty = None;
+                    }
                 }
                 // IN_MODIFY only: it comes at the end of every write. IN_CLOSE_WRITE would also
                 // name files our puller closed after renaming them into place.
@@ -196,6 +228,10 @@ mod tests {
         assert!(!w.wait(Duration::from_millis(100)));
         std::fs::write(dir.join("sub/f"), b"data").unwrap();
         assert!(w.wait(Duration::from_secs(2)));
+        // Folders with events are remembered, once.
+        let dirty = w.take_dirty().expect("no overflow");
+        assert!(dirty.contains(&dir.join("sub")), "{dirty:?}");
+        assert!(w.take_dirty().is_some_and(|d| d.is_empty()));
         // Written files are remembered (not temp files), once.
         std::fs::write(dir.join("g"), b"more").unwrap();
         std::thread::sleep(Duration::from_millis(50));
