@@ -25,8 +25,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(90);
 const PING_EVERY: Duration = Duration::from_secs(30);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Block requests a peer may have outstanding with us.
-const MAX_PEER_REQUESTS: usize = 256;
 
 /// File data sent to peers since start.
 pub static SENT: AtomicU64 = AtomicU64::new(0);
@@ -414,7 +412,7 @@ fn read_loop(
     } = *routes;
     let mut r = FrameReader::new(stream, routes.pool.clone());
     let queue = |job: Out| -> Result<()> {
-        if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PEER_REQUESTS {
+        if pending.fetch_add(1, Ordering::AcqRel) >= wire::MAX_REQUESTS {
             return Err(Error::protocol("too many outstanding requests"));
         }
         out.send(job).map_err(|_| Error::msg("connection closing"))

@@ -82,9 +82,28 @@ pub struct BlockPlan {
     pub by_search: usize,
 }
 
+/// Most runs one block is fetched in: every run is a request, and a peer accepts only so many
+/// outstanding (a block of 8 MiB could otherwise need 1024).
+pub const MAX_RUNS: usize = 8;
+
 impl BlockPlan {
-    /// The ranges of the block (offset, length) to fetch, merged where they touch.
+    /// The ranges of the block (offset, length) to fetch, merged where they touch, and then
+    /// across the smallest gaps until there are at most [`MAX_RUNS`].
     pub fn runs(&self, len: usize) -> Vec<(usize, usize)> {
+        let mut runs = self.exact_runs(len);
+        while runs.len() > MAX_RUNS {
+            let Some(i) =
+                (0..runs.len() - 1).min_by_key(|&i| runs[i + 1].0 - (runs[i].0 + runs[i].1))
+            else {
+                break;
+            };
+            let (next_at, next_len) = runs.remove(i + 1);
+            runs[i].1 = next_at + next_len - runs[i].0;
+        }
+        runs
+    }
+
+    fn exact_runs(&self, len: usize) -> Vec<(usize, usize)> {
         let mut runs: Vec<(usize, usize)> = Vec::new();
         for (k, f) in self.found.iter().enumerate() {
             let start = k * SUB_BLOCK;
@@ -243,6 +262,11 @@ impl<'a, 'b> Pipe<'a, 'b> {
         let id = *self.next_id;
         *self.next_id = self.next_id.wrapping_add(1);
         id
+    }
+
+    /// Requests sent and not answered yet.
+    pub fn outstanding(&self) -> usize {
+        self.link.asked.load(Ordering::Acquire)
     }
 
     /// Asks for block `block` of `e`.
@@ -539,6 +563,32 @@ mod tests {
         let mut longer = new.clone();
         longer.extend_from_slice(&[1; 3000]);
         assert_eq!(runs(&longer, &new, 0, 10_000, 0).0, vec![]);
+    }
+
+    #[test]
+    fn runs_are_merged_across_the_smallest_gaps() {
+        // 40 sub-blocks; every other one missing, and the gap after sub-block 30 wider.
+        let found: Vec<Found> = (0..40)
+            .map(|k| (k % 2 == 1 || (31..34).contains(&k)).then_some(0))
+            .collect();
+        let plan = BlockPlan {
+            found,
+            ..BlockPlan::default()
+        };
+        let len = 40 * SUB_BLOCK;
+        assert_eq!(plan.exact_runs(len).len(), 19);
+        let runs = plan.runs(len);
+        assert_eq!(runs.len(), MAX_RUNS);
+        // Every missing sub-block is still fetched, inside the block.
+        for k in (0..40).filter(|k| k % 2 == 0 && !(31..34).contains(k)) {
+            let at = k * SUB_BLOCK;
+            assert!(
+                runs.iter()
+                    .any(|&(s, l)| s <= at && at + SUB_BLOCK <= s + l),
+                "{k}"
+            );
+        }
+        assert!(runs.iter().all(|&(s, l)| s + l <= len));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Entries taken per batch.
-const BATCH_ENTRIES: usize = 256;
+const BATCH_ENTRIES: usize = 1024;
 /// Bytes of files taken per batch (one larger file still makes a batch of its own).
 const BATCH_BYTES: u64 = 64 << 20;
 const RETRY_AFTER: Duration = Duration::from_secs(5);

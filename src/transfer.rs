@@ -11,7 +11,7 @@ use crate::index::{Entry, FAST_MIN_BLOCKS, Stat};
 use crate::model::Progress;
 use crate::names;
 use crate::puller::{self, Link, O_NOFOLLOW, RECEIVED, REUSED};
-use crate::wire::Status;
+use crate::wire::{self, Status};
 use std::collections::HashMap;
 use std::ffi::{c_int, c_uint};
 use std::fs::{self, File, OpenOptions};
@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 
 /// Bytes of block data in flight per connection: keeps a fast link full, memory small.
 const WINDOW_BYTES: u64 = 1 << 20;
+/// Requests for blocks and sub-block hashes in flight at most: half of what the peer accepts,
+/// the other half being room for the runs that delta blocks ask for on their own (at most 8
+/// per 64 KiB block, 16 such blocks in the window).
+const WINDOW_REQUESTS: usize = wire::MAX_REQUESTS / 2;
 /// Unchanged data is copied from the old version this much at a time.
 const COPY_PIECE: u64 = 8 << 20;
 /// Writeback of a temp file is started every this many bytes completed.
@@ -33,7 +37,7 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 /// Files under this size are installed in groups, sharing their filesystem syncs.
 const SMALL_FILE: u64 = 1 << 20;
 /// How many small files wait for a shared sync at most.
-const READY_BATCH: usize = 128;
+const READY_BATCH: usize = 1024;
 /// Files at least this large show progress in status and, every few seconds, in the log.
 const PROGRESS_MIN: u64 = 8 << 20;
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
@@ -303,8 +307,13 @@ pub fn transfer(
     })
 }
 
-/// Our files' blocks that the batch needs, by hash: where each can be read locally.
+/// Our files' blocks that the batch needs, by hash: where each can be read locally. Only for
+/// batches with a file of 1 MiB or more: finding them is a walk over the whole index, which for
+/// a batch of small files would cost more than the few KiB it could save.
 fn local_sources(link: &Link<'_>, files: &[Entry]) -> HashMap<Hash, (String, u64)> {
+    if files.iter().all(|e| e.size < SMALL_FILE) {
+        return HashMap::new();
+    }
     let needed: std::collections::HashSet<Hash> = files
         .iter()
         .flat_map(|e| e.blocks.iter().copied())
@@ -517,7 +526,10 @@ impl Run<'_, '_, '_> {
 
     /// Asks the peer for the next blocks, up to the window.
     fn fill_window(&mut self) -> Result<()> {
-        while self.sent < self.remote.len() && self.in_flight < WINDOW_BYTES {
+        while self.sent < self.remote.len()
+            && self.in_flight < WINDOW_BYTES
+            && self.pipe.outstanding() < WINDOW_REQUESTS
+        {
             let rj = self.remote[self.sent];
             self.sent += 1;
             let j = &self.jobs[rj];

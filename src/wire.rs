@@ -15,6 +15,9 @@ pub const PROTOCOL_VERSION: u16 = 2;
 pub const MAX_FRAME: usize = (8 << 20) + (64 << 10);
 /// Largest index batch a sender builds; one entry alone may be larger (big files have many blocks).
 pub const INDEX_BATCH: usize = 256 << 10;
+/// Requests (Request and SubHashes) one side may have outstanding with the other; past it the
+/// connection is a protocol error.
+pub const MAX_REQUESTS: usize = 256;
 /// Most devices one version vector may name.
 pub const MAX_VERSION_PAIRS: usize = 1024;
 

@@ -897,6 +897,15 @@ fn many_small_files() {
             .count(),
         40 * 75
     );
+    // Thousands of tiny files fit many requests in the byte window: the puller must still
+    // stay under what the sender accepts, and the connection must never have dropped.
+    for (name, log) in [("A", a.log_text()), ("B", b.log_text())] {
+        assert!(
+            !log.contains("outstanding") && !log.contains("ended"),
+            "{name}'s connection broke:\n{}",
+            tail(&log, 20)
+        );
+    }
 }
 
 /// Repeated data (a file of zeros, a block repeated) is copied locally, not sent again.
