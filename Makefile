@@ -53,6 +53,11 @@ tinycore-deps: ## as root: apt packages and rustup targets for the targets above
 # ---- Benchmark: the paper's test plan against rsync and syncthing (issue 6) ----
 .PHONY: bench
 
-bench: build ## as root: paper's tests in 2 netns vs rsync (SIZE_MB=500 RATE=100mbit SCALE_FILES=0 ...)
+# The benchmark runs the binary Tiny Core gets (static musl); LEFT_BIN=target/release/left for
+# the glibc build.
+LEFT_BIN ?= target/static/x86_64/left
+
+bench: ## as root: paper's tests in 2 netns vs rsync (SIZE_MB=500 RATE=100mbit SCALE_FILES=0 ...)
+	@if [ "$(LEFT_BIN)" = target/static/x86_64/left ]; then bash tinycore/build-static.sh x86_64; else $(CARGO) build --release; fi
 	SIZE_MB=$(SIZE_MB) RATE=$(RATE) SCALE_FILES=$(SCALE_FILES) IDLE_SECS=$(IDLE_SECS) \
-	SYNCTHING=$(SYNCTHING) STEPS=$(STEPS) bash tests/bench/bench.sh
+	SYNCTHING=$(SYNCTHING) STEPS=$(STEPS) LEFT_BIN=$(LEFT_BIN) bash tests/bench/bench.sh

@@ -1147,7 +1147,8 @@ def report(limits, elapsed):
     lines = []
     rate = RATE or "unshaped"
     lines.append(f"left benchmark: SIZE_MB={SIZE_MB}, link {rate} (veth, MTU 1500), "
-                 f"{os.cpu_count()} cores; left {E.get('LEFT_REV', '?')}; "
+                 f"{os.cpu_count()} cores; left {E.get('LEFT_REV', '?')} "
+                 f"({E.get('LEFT_BUILD', '?')} build); "
                  f"{time.strftime('%Y-%m-%d %H:%M')}; run took {elapsed / 60:.1f} min")
     lines.append("machine: MD5 {md5_MBps_one_core} MB/s on one core, one TCP stream "
                  "{tcp_MBps_one_stream} MB/s over the veth, disk write+fsync "
@@ -1189,6 +1190,7 @@ def report(limits, elapsed):
         "config": {"size_mb": SIZE_MB, "rate": RATE or None, "scale_files": SCALE_FILES,
                    "idle_s": IDLE_SECS, "steps": STEPS, "cores": os.cpu_count(),
                    "poll_s": POLL, "left": str(BIN), "left_rev": E.get("LEFT_REV"),
+                   "left_build": E.get("LEFT_BUILD"),
                    "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
                    "elapsed_s": round(elapsed)},
         "limits": limits, "rows": rows, "targets": targets, "notes": NOTES,

@@ -11,7 +11,7 @@
 #   SYNCTHING=auto     auto (run it where installed), 0 (skip), 1 (require it)
 #   STEPS=...          comma-separated subset of: tc1b,xfer,tc2a,kill40,tc2b,zeros,scale
 #   BENCH_DIR=target/bench   where data, shares, logs and results go (must not be tmpfs)
-#   LEFT_BIN=target/release/left
+#   LEFT_BIN=target/release/left   (make bench: target/static/x86_64/left, the Tiny Core build)
 #   KEEP=1             keep the data and shares afterwards (default: only results and logs)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,6 +30,7 @@ SRC_BIN=${LEFT_BIN:-target/release/left}
 need=()
 command -v rsync >/dev/null || need+=(rsync)
 [ -x /usr/bin/time ] || need+=(time)
+command -v file >/dev/null || need+=(file)
 if [ ${#need[@]} -gt 0 ]; then
   echo "bench: installing ${need[*]}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -51,6 +52,12 @@ LEFT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=$(git status --porcelain src Cargo.toml 2>/dev/null | wc -l)
 [ "$dirty" != 0 ] && LEFT_REV="$LEFT_REV+$dirty-uncommitted"
 export LEFT_REV
+# Which build: the static musl binary Tiny Core gets, or a dynamically linked one.
+if file "$SRC_BIN" 2>/dev/null | grep -q 'statically linked'; then
+  export LEFT_BUILD=static
+else
+  export LEFT_BUILD=dynamic
+fi
 
 export NS_A=leftbench-a NS_B=leftbench-b IF_A=lbveth-a IF_B=lbveth-b
 export IP_A=10.99.0.1 IP_B=10.99.0.2
