@@ -476,8 +476,11 @@ fn scan_loop(model: &Model) {
                 let _ = w.take_dirty();
             }
         }
-        // The pause after a scan scales with the cost of walking the tree, not of hashing what
-        // changed: a big file hashed once must not slow down noticing the next change.
+        // The pause after a scan scales with the cost of walking, not of hashing what changed
+        // (a big file hashed once must not slow down noticing the next change), and only that
+        // of the partial scans that events cause: the full walk of a big share says nothing
+        // of what the next event costs.
+        let partial = dirs.is_some();
         let took = match scanner::scan(model, generation, dirs.as_ref(), watcher.as_mut()) {
             Ok(s) => {
                 if s.changed + s.deleted > 0 {
@@ -496,7 +499,7 @@ fn scan_loop(model: &Model) {
             Some(w) if !w.incomplete => {
                 let woken = w.wait(RESCAN_EVERY);
                 if woken {
-                    std::thread::sleep(SETTLE.max(took * 3));
+                    std::thread::sleep(SETTLE.max(if partial { took * 3 } else { SETTLE }));
                 }
                 !woken
             }

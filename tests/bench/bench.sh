@@ -53,7 +53,7 @@ dirty=$(git status --porcelain src Cargo.toml 2>/dev/null | wc -l)
 [ "$dirty" != 0 ] && LEFT_REV="$LEFT_REV+$dirty-uncommitted"
 export LEFT_REV
 # Which build: the static musl binary Tiny Core gets, or a dynamically linked one.
-if file "$SRC_BIN" 2>/dev/null | grep -q 'statically linked'; then
+if file "$SRC_BIN" 2>/dev/null | grep -Eq 'static(ally|-pie) linked'; then
   export LEFT_BUILD=static
 else
   export LEFT_BUILD=dynamic
