@@ -354,29 +354,37 @@ def make_data():
         MD5[p.name] = md5_tree(p) if p.is_dir() else md5_file(p)
 
 
-def update(path, kind, seed):
-    """The TC_2B edits, in place: (a) SIZE/10 contiguous in the middle, (b) 10% of the file as
-    random 4 KiB writes, (c) 9 bytes at offset 0; and (i, TC_INS) 1 KiB inserted at the middle,
-    which moves the second half by 1 KiB."""
+def edits(path, kind, seed):
+    """The TC_2B edits, as (offset, bytes) writes to make in place: (a) SIZE/10 contiguous in
+    the middle, (b) 10% of the file as random 4 KiB writes, (c) 9 bytes at offset 0; and (i,
+    TC_INS) 1 KiB inserted at the middle, which moves the second half by 1 KiB. Computed before
+    the clock starts (making 50 MiB of random bytes takes Python 0.3 s): the act is the writes."""
     r = random.Random(seed)
+    if kind == "a":
+        n = SIZE // 10
+        return [((SIZE - n) // 2 // 4096 * 4096, r.randbytes(n))]
+    if kind == "b":
+        blocks = SIZE // 4096
+        return [(b * 4096, r.randbytes(4096)) for b in r.sample(range(blocks), blocks // 10)]
+    if kind == "i":
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            tail = os.pread(f.fileno(), size - size // 2, size // 2)
+        return [(size // 2, r.randbytes(1024)), (size // 2 + 1024, tail)]
+    return [(0, r.randbytes(9))]
+
+
+def apply(path, writes):
     fd = os.open(path, os.O_RDWR)
     try:
-        if kind == "a":
-            n = SIZE // 10
-            os.pwrite(fd, r.randbytes(n), (SIZE - n) // 2 // 4096 * 4096)
-        elif kind == "b":
-            blocks = SIZE // 4096
-            for b in r.sample(range(blocks), blocks // 10):
-                os.pwrite(fd, r.randbytes(4096), b * 4096)
-        elif kind == "i":
-            size = os.fstat(fd).st_size
-            tail = os.pread(fd, size - size // 2, size // 2)
-            os.pwrite(fd, r.randbytes(1024), size // 2)
-            os.pwrite(fd, tail, size // 2 + 1024)
-        else:
-            os.pwrite(fd, r.randbytes(9), 0)
+        for off, data in writes:
+            os.pwrite(fd, data, off)
     finally:
         os.close(fd)
+
+
+def update(path, kind, seed):
+    apply(path, edits(path, kind, seed))
 
 
 def matching_bytes(partial, source, block=64 * 1024):
@@ -703,8 +711,10 @@ def run_daemon_tool(tool, rs=None):
             flush_disk()
             m = Meter([A, B])
             w = Waiter({"f": (tool.share("B") / "tc2a.bin", want)})
+            writes = edits(tool.share("A") / "tc2a.bin", kind, 100 + i)
             t0, aw, off = time.monotonic(), time.time(), log_sizes(tool)
-            update(tool.share("A") / "tc2a.bin", kind, 100 + i)
+            apply(tool.share("A") / "tc2a.bin", writes)
+            del writes
             wall = w.go(t0).result().get("f")
             row(label, T, wall, *m.end(), payload=tool.wire_payload("B", "tc2a.bin", off["B"]),
                 act_utc=aw, **tool.breakdown("A", "B", "tc2a.bin", aw, off))
