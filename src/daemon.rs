@@ -90,6 +90,8 @@ fn save(model: &Model) {
 
 /// Runs until `--once` is satisfied (returns the exit code) or forever.
 pub fn run(opts: &Options) -> Result<i32> {
+    let files = crate::fds::raise();
+    debug!("open files allowed: {files}");
     let root = &opts.dir;
     fs::create_dir_all(root).at(root)?;
     let root = fs::canonicalize(root).at(root)?;

@@ -9,6 +9,7 @@ mod conn;
 mod daemon;
 mod delta;
 mod error;
+mod fds;
 mod hash;
 mod ignore;
 mod index;

@@ -54,7 +54,8 @@ pub struct Link<'a> {
 /// Pulls until the connection closes (the peer entry disappears) or shutdown.
 pub fn run(link: &Link<'_>) -> Result<()> {
     let mut next_id = 1u32;
-    while let Some(batch) = take_batch(link) {
+    let limit = crate::fds::limit();
+    while let Some(batch) = take_batch(link, limit) {
         let result = pull_batch(link, &batch, &mut next_id);
         let mut g = link.model.lock();
         for e in &batch {
@@ -73,7 +74,7 @@ pub fn run(link: &Link<'_>) -> Result<()> {
 
 /// Waits for needs of this connection and takes a batch, marking the paths busy. Also tells the
 /// peer when we hold everything it announced. `None` when the connection is gone.
-fn take_batch(link: &Link<'_>) -> Option<Vec<Entry>> {
+fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
     let mut g = link.model.lock();
     loop {
         if g.shutdown {
@@ -81,9 +82,12 @@ fn take_batch(link: &Link<'_>) -> Option<Vec<Entry>> {
         }
         let now = Instant::now();
         let st = &mut *g;
+        // Every connection may pull at once: each keeps its batch's files within its share of
+        // the open-file limit.
+        let max_files = crate::fds::batch_files(open_limit, st.peers.len());
         let p = st.peers.get_mut(&link.conn)?;
         let mut batch = Vec::new();
-        let mut bytes = 0u64;
+        let (mut bytes, mut files) = (0u64, 0usize);
         let mut moot = Vec::new();
         for (path, r) in &p.needs {
             if st.busy.contains(path) || p.retry.get(path).is_some_and(|t| *t > now) {
@@ -105,11 +109,13 @@ fn take_batch(link: &Link<'_>) -> Option<Vec<Entry>> {
                     // Deletions and folders always fit: a renamed big file and the deletion of
                     // its old name stay in one batch, so the file is moved, not copied.
                     let full = batch.len() >= BATCH_ENTRIES
+                        || (r.is_file() && files >= max_files)
                         || (r.size > 0 && bytes > 0 && bytes + r.size > BATCH_BYTES);
                     if full {
                         break;
                     }
                     bytes += r.size;
+                    files += usize::from(r.is_file());
                     batch.push(r.clone());
                 }
                 _ => moot.push(path.clone()),

@@ -908,6 +908,38 @@ fn many_small_files() {
     }
 }
 
+/// Kernel defaults (1024 open files, Tiny Core's as started from bootlocal.sh) once made a batch
+/// of 1024 small files fail with "Too many open files", over and over. Under a hard limit of 200
+/// descriptors, batches must shrink to fit and every file still arrive.
+#[test]
+fn many_small_files_under_a_low_open_file_limit() {
+    let t = TestDir::new("nofile");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start_limited(&t, "B", pb, &[pa], 200);
+    let staging = t.join("staging/tree");
+    for d in 0..6 {
+        let dir = staging.join(format!("d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..250 {
+            fs::write(
+                dir.join(format!("f{f:03}")),
+                format!("{d}/{f}\n").repeat(1 + f % 5),
+            )
+            .unwrap();
+        }
+    }
+    fs::rename(&staging, a.path("tree")).unwrap();
+    wait_identical(&a.dir, &b.dir, LONG);
+    let log = b.log_text();
+    assert!(
+        !log.contains("Too many open files") && !log.contains("not synced yet"),
+        "B ran out of descriptors or failed files:\n{}",
+        tail(&log, 20)
+    );
+    assert_eq!(received(&log).len(), 6 * 250);
+}
+
 /// Repeated data (a file of zeros, a block repeated) is copied locally, not sent again.
 #[test]
 fn repeated_blocks_cross_the_wire_once() {

@@ -136,9 +136,21 @@ fn new_log(t: &TestDir, name: &str) -> PathBuf {
 }
 
 fn spawn(args: &[String], log: &Path) -> Child {
+    spawn_via(&[], args, log)
+}
+
+/// Runs `PREFIX... BIN ARGS...` (`PREFIX` empty: `BIN` itself).
+fn spawn_via(prefix: &[&str], args: &[String], log: &Path) -> Child {
     let f = File::create(log).unwrap();
-    Command::new(BIN)
-        .args(args)
+    let mut cmd = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(f))
@@ -602,8 +614,28 @@ impl Peer {
     /// Starts `left ARGS` exactly as given (no --dir/--port added), stderr to a log, and waits
     /// until it serves on `port`. `dir` is where the test expects its folder.
     pub fn start_raw(t: &TestDir, name: &str, dir: &Path, port: u16, args: &[String]) -> Peer {
+        Peer::start_via(t, name, dir, port, &[], args)
+    }
+
+    /// As [`Peer::start`], under a limit of `files` open files (soft and hard, so `left` cannot
+    /// raise it).
+    pub fn start_limited(t: &TestDir, name: &str, port: u16, peers: &[u16], files: u32) -> Peer {
+        let dir = t.join(name);
+        let script = format!("ulimit -n {files} && exec \"$0\" \"$@\"");
+        let prefix = ["sh", "-c", script.as_str()];
+        Peer::start_via(t, name, &dir, port, &prefix, &peer_args(&dir, port, peers))
+    }
+
+    fn start_via(
+        t: &TestDir,
+        name: &str,
+        dir: &Path,
+        port: u16,
+        prefix: &[&str],
+        args: &[String],
+    ) -> Peer {
         let log = new_log(t, name);
-        let child = spawn(args, &log);
+        let child = spawn_via(prefix, args, &log);
         let mut p = Peer {
             name: name.to_string(),
             dir: dir.to_path_buf(),
