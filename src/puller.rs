@@ -10,14 +10,14 @@ use crate::model::{Decision, Model, Out, State, decide};
 use crate::names;
 use crate::transfer::{self, temp_path};
 use crate::wire::{Msg, Response};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -51,14 +51,28 @@ pub struct Link<'a> {
     pub pool: crate::pool::Pool,
 }
 
-/// Pulls until the connection closes (the peer entry disappears) or shutdown.
+/// Pulls until the connection closes (the peer entry disappears) or shutdown. Small files are
+/// installed by a second thread (`transfer::installer`) while the next batch comes in.
 pub fn run(link: &Link<'_>) -> Result<()> {
+    let (install, groups) = std::sync::mpsc::sync_channel(1);
+    let (model, conn) = (link.model, link.conn);
+    std::thread::scope(|s| {
+        s.spawn(move || transfer::installer(model, conn, groups));
+        let r = pull_loop(link, &install);
+        // Closing the channel lets the installer finish what it holds and end.
+        drop(install);
+        r
+    })
+}
+
+fn pull_loop(link: &Link<'_>, install: &SyncSender<transfer::Group>) -> Result<()> {
     let mut next_id = 1u32;
     let limit = crate::fds::limit();
     while let Some(batch) = take_batch(link, limit) {
-        let result = pull_batch(link, &batch, &mut next_id);
+        let mut handed = HashSet::new();
+        let result = pull_batch(link, &batch, install, &mut handed, &mut next_id);
         let mut g = link.model.lock();
-        for e in &batch {
+        for e in batch.iter().filter(|e| !handed.contains(&e.path)) {
             g.busy.remove(&e.path);
         }
         if let Some(p) = g.peers.get_mut(&link.conn) {
@@ -141,7 +155,15 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
     }
 }
 
-fn pull_batch(link: &Link<'_>, batch: &[Entry], next_id: &mut u32) -> Result<()> {
+/// Applies one batch. Small files go to the installer (their paths into `handed`, which then
+/// owns them); the rest is done when this returns.
+fn pull_batch(
+    link: &Link<'_>,
+    batch: &[Entry],
+    install: &SyncSender<transfer::Group>,
+    handed: &mut HashSet<String>,
+    next_id: &mut u32,
+) -> Result<()> {
     let model = link.model;
     // Deletions that stand in the way of a new file or folder (same path, or an ancestor of it)
     // go first; other deletions go last, so a renamed file's blocks can still be copied locally.
@@ -175,8 +197,13 @@ fn pull_batch(link: &Link<'_>, batch: &[Entry], next_id: &mut u32) -> Result<()>
     let result = if files.is_empty() {
         Ok(())
     } else {
-        transfer::transfer(link, files, &moved, next_id)
+        transfer::transfer(link, files, &moved, install, handed, next_id)
     };
+    // The batch's files are installed, their data durable, before the files it deletes are
+    // gone: blocks may have been copied from them.
+    if !late.is_empty() {
+        transfer::wait_installed(install);
+    }
     for e in late.iter().rev() {
         let r = apply_delete(model, e);
         finish_need(link, e, r);
@@ -232,8 +259,13 @@ fn abs(root: &Path, rel: &str) -> PathBuf {
 
 /// Records how a need ended: done (dropped), or failed (retried later).
 pub fn finish_need(link: &Link<'_>, e: &Entry, r: Result<()>) {
-    let mut g = link.model.lock();
-    let Some(p) = g.peers.get_mut(&link.conn) else {
+    need_done(link.model, link.conn, e, r)
+}
+
+/// [`finish_need`] for connection `conn`.
+pub fn need_done(model: &Model, conn: u64, e: &Entry, r: Result<()>) {
+    let mut g = model.lock();
+    let Some(p) = g.peers.get_mut(&conn) else {
         return;
     };
     match r {

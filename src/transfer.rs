@@ -8,11 +8,11 @@ use crate::delta::Pipe;
 use crate::error::{Context, Error, Result};
 use crate::hash::{Hash, md5, xxh64};
 use crate::index::{Entry, FAST_MIN_BLOCKS, Stat};
-use crate::model::Progress;
+use crate::model::{Model, Progress};
 use crate::names;
 use crate::puller::{self, Link, O_NOFOLLOW, RECEIVED, REUSED};
 use crate::wire::{self, Status};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{c_int, c_uint};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -226,6 +226,8 @@ pub fn transfer(
     link: &Link<'_>,
     files: Vec<Entry>,
     moved: &HashMap<String, Entry>,
+    install: &SyncSender<Group>,
+    handed: &mut HashSet<String>,
     next_id: &mut u32,
 ) -> Result<()> {
     // Which blocks our other files already hold, found in one pass over the index.
@@ -288,6 +290,8 @@ pub fn transfer(
             ids: HashMap::new(),
             in_flight: 0,
             ready: Vec::new(),
+            install,
+            handed,
             work: Some(work_tx),
             done: done_rx,
             busy: 0,
@@ -299,9 +303,8 @@ pub fn transfer(
         let r = run.run();
         // The helpers end once the queue closes; what they still report is dropped.
         run.work = None;
-        if r.is_ok() {
-            run.flush_ready();
-        }
+        // Verified files are installed even if the connection failed meanwhile.
+        run.hand_off();
         REUSED.fetch_add(run.pulls.iter().map(|p| p.reused).sum(), Ordering::Relaxed);
         r
     })
@@ -451,8 +454,11 @@ struct Run<'l, 'b, 'p> {
     /// Job → (request id, whether it is a delta request).
     ids: HashMap<usize, (u32, bool)>,
     in_flight: u64,
-    /// Small files verified but not installed yet: made durable together (`flush_ready`).
+    /// Small files verified but not installed yet: handed to the installer together.
     ready: Vec<usize>,
+    install: &'l SyncSender<Group>,
+    /// Paths handed to the installer, which clears their busy marks.
+    handed: &'l mut HashSet<String>,
     work: Option<SyncSender<Work>>,
     done: Receiver<Done>,
     /// Work handed to the helpers and not back yet.
@@ -483,7 +489,7 @@ impl Run<'_, '_, '_> {
                 self.on_done(d);
             }
             if self.ready.len() >= READY_BATCH {
-                self.flush_ready();
+                self.hand_off();
             }
             self.fill_window()?;
             let net_next = self.remote.get(ni).copied();
@@ -910,7 +916,7 @@ impl Run<'_, '_, '_> {
     }
 
     /// Gives a complete file its length, mode and mtime and installs it: big files now, after
-    /// an fsync; small ones in groups (`flush_ready`).
+    /// an fsync; small ones in groups, by the installer (`hand_off`).
     fn finish(&mut self, fi: usize) {
         let p = &mut self.pulls[fi];
         if p.fast_known && p.e.blocks.len() >= FAST_MIN_BLOCKS {
@@ -940,42 +946,108 @@ impl Run<'_, '_, '_> {
         })();
         match r {
             Ok(()) if !big => self.ready.push(fi),
-            r => received(self.link, p, r),
+            r => received(self.link.model, self.link.conn, &Ready::of(p), r),
         }
     }
 
-    /// Installs the small files waiting in `ready` with two filesystem syncs in all instead of
-    /// two per file: their data is made durable first, then they are renamed into place, then
-    /// the renames are made durable. A name never shows data that is not on disk.
-    fn flush_ready(&mut self) {
+    /// Hands the small files waiting in `ready` to the installer, which makes them durable and
+    /// renames them into place while this connection goes on with the next files.
+    fn hand_off(&mut self) {
         if self.ready.is_empty() {
             return;
         }
-        let link = self.link;
-        let root = &link.model.root;
-        link.model.lock().hold_save += 1;
-        let synced = sync_fs(root);
-        let mut results = Vec::with_capacity(self.ready.len());
-        for &fi in &self.ready {
-            let p = &self.pulls[fi];
-            let r = match &synced {
-                Ok(()) => puller::install(link.model, &p.e, &p.tmp_path, false),
-                Err(e) => Err(Error::msg(e.to_string())),
-            };
-            results.push(r);
-        }
-        if let Err(e) = sync_fs(root) {
-            warn!("syncing {}: {e}", root.display());
-        }
-        link.model.lock().hold_save -= 1;
-        for (fi, r) in self.ready.drain(..).zip(results) {
-            received(link, &self.pulls[fi], r);
+        let group: Vec<Ready> = self
+            .ready
+            .drain(..)
+            .map(|fi| Ready::of(&self.pulls[fi]))
+            .collect();
+        self.handed.extend(group.iter().map(|r| r.e.path.clone()));
+        if let Err(mpsc::SendError(Group::Files(group))) = self.install.send(Group::Files(group)) {
+            // The installer ends only after the puller; should it be gone, install here.
+            install_group(self.link.model, self.link.conn, group);
         }
     }
 }
 
+/// A small file complete and verified, waiting to be installed.
+pub struct Ready {
+    e: Entry,
+    tmp_path: PathBuf,
+    wire: u64,
+    reused: u64,
+    t0: Instant,
+}
+
+impl Ready {
+    fn of(p: &Pull) -> Ready {
+        Ready {
+            e: p.e.clone(),
+            tmp_path: p.tmp_path.clone(),
+            wire: p.wire,
+            reused: p.reused,
+            t0: p.t0,
+        }
+    }
+}
+
+/// Work for a connection's installer.
+pub enum Group {
+    Files(Vec<Ready>),
+    /// Answered once everything sent before it is installed.
+    Flushed(mpsc::Sender<()>),
+}
+
+/// The installer of connection `conn`: installs each group of small files with two filesystem
+/// syncs in all instead of two per file, until the puller closes the channel.
+pub fn installer(model: &Model, conn: u64, groups: Receiver<Group>) {
+    for g in groups {
+        match g {
+            Group::Files(files) => install_group(model, conn, files),
+            Group::Flushed(ack) => {
+                let _ = ack.send(());
+            }
+        }
+    }
+}
+
+/// Waits until the installer has installed everything handed to it.
+pub fn wait_installed(install: &SyncSender<Group>) {
+    let (tx, rx) = mpsc::channel();
+    if install.send(Group::Flushed(tx)).is_ok() {
+        let _ = rx.recv();
+    }
+}
+
+/// The files' data is made durable first, then they are renamed into place, then the renames
+/// are made durable. A name never shows data that is not on disk. Their paths stop being busy.
+fn install_group(model: &Model, conn: u64, files: Vec<Ready>) {
+    let root = &model.root;
+    model.lock().hold_save += 1;
+    let synced = sync_fs(root);
+    let mut results = Vec::with_capacity(files.len());
+    for r in &files {
+        results.push(match &synced {
+            Ok(()) => puller::install(model, &r.e, &r.tmp_path, false),
+            Err(e) => Err(Error::msg(e.to_string())),
+        });
+    }
+    if let Err(e) = sync_fs(root) {
+        warn!("syncing {}: {e}", root.display());
+    }
+    model.lock().hold_save -= 1;
+    for (r, res) in files.iter().zip(results) {
+        received(model, conn, r, res);
+    }
+    let mut g = model.lock();
+    for r in &files {
+        g.busy.remove(&r.e.path);
+    }
+    drop(g);
+    model.changed.notify_all();
+}
+
 /// Logs an installed file, and records how its need ended.
-fn received(link: &Link<'_>, p: &Pull, r: Result<()>) {
+fn received(model: &Model, conn: u64, p: &Ready, r: Result<()>) {
     if r.is_ok() {
         let secs = p.t0.elapsed().as_secs_f64();
         info!(
@@ -988,7 +1060,7 @@ fn received(link: &Link<'_>, p: &Pull, r: Result<()>) {
             p.e.size as f64 / secs.max(1e-6) / 1e6
         );
     }
-    puller::finish_need(link, &p.e, r);
+    puller::need_done(model, conn, &p.e, r);
 }
 
 fn read_at(f: &File, buf: &mut Vec<u8>, off: u64, len: usize) -> io::Result<()> {
