@@ -90,7 +90,7 @@ fn save(model: &Model) {
 
 /// Runs until `--once` is satisfied (returns the exit code) or forever.
 pub fn run(opts: &Options) -> Result<i32> {
-    let files = crate::fds::raise();
+    let files = crate::limits::raise();
     debug!("open files allowed: {files}");
     let root = &opts.dir;
     fs::create_dir_all(root).at(root)?;

@@ -192,10 +192,7 @@ pub fn file_blocks(
     let threads = if size < PARALLEL_MIN {
         1
     } else {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 4)
-            .min(nchunks)
+        crate::limits::cpus().clamp(1, 4).min(nchunks)
     };
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<io::Error>> = Mutex::new(None);

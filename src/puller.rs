@@ -17,7 +17,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -54,20 +54,20 @@ pub struct Link<'a> {
 /// Pulls until the connection closes (the peer entry disappears) or shutdown. Small files are
 /// installed by a second thread (`transfer::installer`) while the next batch comes in.
 pub fn run(link: &Link<'_>) -> Result<()> {
-    let (install, groups) = std::sync::mpsc::sync_channel(1);
+    let installs = transfer::Installs::default();
     let (model, conn) = (link.model, link.conn);
     std::thread::scope(|s| {
-        s.spawn(move || transfer::installer(model, conn, groups));
-        let r = pull_loop(link, &install);
-        // Closing the channel lets the installer finish what it holds and end.
-        drop(install);
+        s.spawn(|| transfer::installer(model, conn, &installs));
+        let r = pull_loop(link, &installs);
+        // The installer finishes what it holds, then ends.
+        installs.close();
         r
     })
 }
 
-fn pull_loop(link: &Link<'_>, install: &SyncSender<transfer::Group>) -> Result<()> {
+fn pull_loop(link: &Link<'_>, install: &transfer::Installs) -> Result<()> {
     let mut next_id = 1u32;
-    let limit = crate::fds::limit();
+    let limit = crate::limits::limit();
     while let Some(batch) = take_batch(link, limit) {
         let mut handed = HashSet::new();
         let result = pull_batch(link, &batch, install, &mut handed, &mut next_id);
@@ -98,7 +98,7 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
         let st = &mut *g;
         // Every connection may pull at once: each keeps its batch's files within its share of
         // the open-file limit.
-        let max_files = crate::fds::batch_files(open_limit, st.peers.len());
+        let max_files = crate::limits::batch_files(open_limit, st.peers.len());
         let p = st.peers.get_mut(&link.conn)?;
         let mut batch = Vec::new();
         let (mut bytes, mut files) = (0u64, 0usize);
@@ -160,7 +160,7 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
 fn pull_batch(
     link: &Link<'_>,
     batch: &[Entry],
-    install: &SyncSender<transfer::Group>,
+    install: &transfer::Installs,
     handed: &mut HashSet<String>,
     next_id: &mut u32,
 ) -> Result<()> {
@@ -202,7 +202,7 @@ fn pull_batch(
     // The batch's files are installed, their data durable, before the files it deletes are
     // gone: blocks may have been copied from them.
     if !late.is_empty() {
-        transfer::wait_installed(install);
+        install.wait_idle();
     }
     for e in late.iter().rev() {
         let r = apply_delete(model, e);

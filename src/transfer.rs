@@ -21,7 +21,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Bytes of block data in flight per connection: keeps a fast link full, memory small.
@@ -226,7 +226,7 @@ pub fn transfer(
     link: &Link<'_>,
     files: Vec<Entry>,
     moved: &HashMap<String, Entry>,
-    install: &SyncSender<Group>,
+    install: &Installs,
     handed: &mut HashSet<String>,
     next_id: &mut u32,
 ) -> Result<()> {
@@ -251,9 +251,7 @@ pub fn transfer(
         }
     }
     drop(sources);
-    let helpers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 4);
+    let helpers = crate::limits::cpus().clamp(1, 4);
     let (work_tx, work_rx) = mpsc::sync_channel::<Work>(helpers * 2);
     let (done_tx, done_rx) = mpsc::channel::<Done>();
     let work_rx = Arc::new(Mutex::new(work_rx));
@@ -456,7 +454,7 @@ struct Run<'l, 'b, 'p> {
     in_flight: u64,
     /// Small files verified but not installed yet: handed to the installer together.
     ready: Vec<usize>,
-    install: &'l SyncSender<Group>,
+    install: &'l Installs,
     /// Paths handed to the installer, which clears their busy marks.
     handed: &'l mut HashSet<String>,
     work: Option<SyncSender<Work>>,
@@ -962,10 +960,7 @@ impl Run<'_, '_, '_> {
             .map(|fi| Ready::of(&self.pulls[fi]))
             .collect();
         self.handed.extend(group.iter().map(|r| r.e.path.clone()));
-        if let Err(mpsc::SendError(Group::Files(group))) = self.install.send(Group::Files(group)) {
-            // The installer ends only after the puller; should it be gone, install here.
-            install_group(self.link.model, self.link.conn, group);
-        }
+        self.install.push(group);
     }
 }
 
@@ -990,31 +985,82 @@ impl Ready {
     }
 }
 
-/// Work for a connection's installer.
-pub enum Group {
-    Files(Vec<Ready>),
-    /// Answered once everything sent before it is installed.
-    Flushed(mpsc::Sender<()>),
+/// The queue between a connection's puller and its installer: at most one group waits while
+/// another is being installed.
+#[derive(Default)]
+pub struct Installs {
+    q: Mutex<Queue>,
+    cv: Condvar,
 }
 
-/// The installer of connection `conn`: installs each group of small files with two filesystem
-/// syncs in all instead of two per file, until the puller closes the channel.
-pub fn installer(model: &Model, conn: u64, groups: Receiver<Group>) {
-    for g in groups {
-        match g {
-            Group::Files(files) => install_group(model, conn, files),
-            Group::Flushed(ack) => {
-                let _ = ack.send(());
+#[derive(Default)]
+struct Queue {
+    waiting: Option<Vec<Ready>>,
+    installing: bool,
+    closed: bool,
+}
+
+impl Installs {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic aborts the process, so the lock is never poisoned in practice.
+        self.q.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait<'a>(&self, g: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+        self.cv.wait(g).unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a group, first waiting while one is already queued.
+    fn push(&self, group: Vec<Ready>) {
+        let mut g = self.lock();
+        while g.waiting.is_some() {
+            g = self.wait(g);
+        }
+        g.waiting = Some(group);
+        self.cv.notify_all();
+    }
+
+    /// Waits until everything queued is installed.
+    pub fn wait_idle(&self) {
+        let mut g = self.lock();
+        while g.waiting.is_some() || g.installing {
+            g = self.wait(g);
+        }
+    }
+
+    /// No more groups: the installer ends once the queue is empty.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.cv.notify_all();
+    }
+
+    fn next(&self, installed: bool) -> Option<Vec<Ready>> {
+        let mut g = self.lock();
+        if installed {
+            g.installing = false;
+            self.cv.notify_all();
+        }
+        loop {
+            if let Some(group) = g.waiting.take() {
+                g.installing = true;
+                self.cv.notify_all();
+                return Some(group);
             }
+            if g.closed {
+                return None;
+            }
+            g = self.wait(g);
         }
     }
 }
 
-/// Waits until the installer has installed everything handed to it.
-pub fn wait_installed(install: &SyncSender<Group>) {
-    let (tx, rx) = mpsc::channel();
-    if install.send(Group::Flushed(tx)).is_ok() {
-        let _ = rx.recv();
+/// The installer of connection `conn`: installs each group of small files with two filesystem
+/// syncs in all instead of two per file, until the puller closes the queue.
+pub fn installer(model: &Model, conn: u64, q: &Installs) {
+    let mut installed = false;
+    while let Some(files) = q.next(installed) {
+        install_group(model, conn, files);
+        installed = true;
     }
 }
 

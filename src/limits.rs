@@ -1,6 +1,7 @@
-//! The open-file limit: raised at start to what the system allows, and how many files a pull
-//! batch may hold open under it. Tiny Core starts `left` with the kernel's default of 1024 (soft)
-//! and 4096 (hard), and a batch of small files holds two descriptors per file.
+//! What the system gives `left`: open files (the soft limit raised at start to what the system
+//! allows, and how many files a pull batch may hold open under it) and the CPUs it may run on.
+//! Tiny Core starts `left` with the kernel's default of 1024 open files (soft) and 4096 (hard),
+//! and a batch of small files holds two descriptors per file.
 
 use std::ffi::c_int;
 
@@ -19,6 +20,7 @@ struct Rlimit {
 unsafe extern "C" {
     fn getrlimit(resource: c_int, rlim: *mut Rlimit) -> c_int;
     fn setrlimit(resource: c_int, rlim: *const Rlimit) -> c_int;
+    fn sched_getaffinity(pid: c_int, size: usize, set: *mut u64) -> c_int;
 }
 
 const RLIMIT_NOFILE: c_int = 7;
@@ -79,6 +81,19 @@ pub fn batch_files(limit: u64, pullers: usize) -> usize {
     share.clamp(1, MAX_BATCH_FILES as u64) as usize
 }
 
+/// How many CPUs this process may run on (at least 1). Unlike the standard library's
+/// `available_parallelism` it ignores cgroup CPU quotas, and so takes less code: there are none
+/// on the machines `left` is for.
+pub fn cpus() -> usize {
+    let mut set = [0u64; 16];
+    // SAFETY: a buffer of the size given (1024 CPUs, glibc's and musl's cpu_set_t).
+    let r = unsafe { sched_getaffinity(0, std::mem::size_of_val(&set), set.as_mut_ptr()) };
+    if r != 0 {
+        return 1;
+    }
+    (set.iter().map(|w| w.count_ones()).sum::<u32>() as usize).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +119,15 @@ mod tests {
         // A limit under the reserve still lets one file through at a time.
         assert_eq!(batch_files(10, 1), 1);
         assert_eq!(batch_files(u64::MAX, 0), MAX_BATCH_FILES);
+    }
+
+    #[test]
+    fn cpus_are_counted() {
+        let n = cpus();
+        assert!(n >= 1);
+        // The standard library's count can only be lower (a cgroup quota), never higher.
+        let std_n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(std_n <= n, "{std_n} > {n}");
     }
 
     #[test]
