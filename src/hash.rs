@@ -212,7 +212,9 @@ pub fn file_blocks(
     // Each thread hashes whole chunks and hands them back as (first block, hashes).
     let work = || -> Vec<Chunk> {
         let mut mine = Vec::new();
-        let mut buf = vec![0u8; bs as usize];
+        // No block is longer than the file: a small file gets a small buffer (musl maps and
+        // unmaps a 64 KiB one for each file, costing more than hashing it).
+        let mut buf = vec![0u8; bs.min(size) as usize];
         loop {
             let c = next.fetch_add(1, Ordering::Relaxed);
             if c >= nchunks || failed.lock().map_or(true, |g| g.is_some()) {
