@@ -39,6 +39,9 @@ IP = {"A": E["IP_A"], "B": E["IP_B"]}
 SCALE_FILES = int(E.get("SCALE_FILES", "100000"))
 IDLE_SECS = int(E.get("IDLE_SECS", "60"))
 SCALE_TIMEOUT = int(E.get("SCALE_TIMEOUT", "600"))
+# fresh: each tool's scale run on an ext4 made for it (a loop file under BENCH_DIR); here: in
+# BENCH_DIR as it is, whose state (inodes deleted by earlier runs) can cost either tool 10x.
+SCALE_FS = E.get("SCALE_FS", "fresh")
 STEPS = [s for s in E.get("STEPS", "").split(",") if s] or [
     "tc1b", "xfer", "tc2a", "kill40", "tc2b", "zeros", "scale"]
 POLL = 0.05
@@ -761,8 +764,8 @@ class Rsync:
     variants = ["rsync -a", "rsync -W"]
     flags = {"rsync -a": [], "rsync -W": ["--whole-file"], "rsync -a --partial": ["--partial"]}
 
-    def __init__(self):
-        self.root = fresh(WORK / "rsync")
+    def __init__(self, base=WORK):
+        self.root = fresh(base / "rsync")
         self.conf = {}
         for s in "AB":
             (self.root / "dst" / s).mkdir(parents=True)
@@ -949,12 +952,48 @@ def tree_matches(root, want):
     return seen == len(want)
 
 
+class FreshFs:
+    """An ext4 filesystem made anew for each tool's scale run (sparse loop file, journal, inode
+    tables written by mkfs rather than in the background during the run), mounted in WORK."""
+
+    def __init__(self):
+        self.img, self.mnt = WORK / "scalefs.img", WORK / "scalefs"
+
+    def make(self):
+        self.drop()
+        with open(self.img, "wb") as f:
+            f.truncate(max(4 << 30, SCALE_FILES * (40 << 10)))
+        # Inodes for both shares (left's run) with room to spare.
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-N", str(SCALE_FILES * 3 + 10000),
+                        "-E", "lazy_itable_init=0,lazy_journal_init=0", str(self.img)], check=True)
+        self.mnt.mkdir(exist_ok=True)
+        subprocess.run(["mount", "-o", "loop", str(self.img), str(self.mnt)], check=True)
+        return self.mnt
+
+    def drop(self):
+        if os.path.ismount(self.mnt):
+            subprocess.run(["umount", str(self.mnt)], check=True)
+        if self.img.exists():
+            self.img.unlink()
+
+
 def scale_run():
     n = SCALE_FILES
     tree = fresh(DATA / "scale")
     say(f"scale run: making {n} files")
     want = make_tree(tree, n)
-    root = fresh(WORK / "scale-left")
+    fs = FreshFs() if SCALE_FS == "fresh" else None
+    try:
+        scale_steps(tree, want, fs)
+    finally:
+        if fs:
+            fs.drop()
+
+
+def scale_steps(tree, want, fs):
+    n = SCALE_FILES
+    base = fs.make() if fs else WORK
+    root = fresh(base / "scale-left")
     for s in "AB":
         (root / s).mkdir()
     subprocess.run(["cp", "-a", f"{tree}/.", str(root / "A" / "share")], check=True)
@@ -1028,7 +1067,7 @@ def scale_run():
         x.kill(signal.SIGTERM)
 
     # rsync: the whole tree, then again after the same one-file change.
-    rs = Rsync()
+    rs = Rsync(fs.make() if fs else WORK)
     for label, edit in (("SCALE_INIT", False), ("SCALE_ONE", True)):
         if edit:
             (tree / rel).write_bytes(new)

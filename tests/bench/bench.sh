@@ -8,6 +8,8 @@
 #   SCALE_FILES=100000 files in the scale run (0: skip it)
 #   IDLE_SECS=60       how long idle CPU is measured in the scale run
 #   SCALE_TIMEOUT=600  how long the scale run's initial sync may take
+#   SCALE_FS=fresh     fresh: each tool's scale run on an ext4 made for it (loop file in
+#                      BENCH_DIR); here: in BENCH_DIR as it is
 #   SYNCTHING=auto     auto (run it where installed), 0 (skip), 1 (require it)
 #   STEPS=...          comma-separated subset of: tc1b,xfer,tc2a,kill40,tc2b,zeros,scale
 #   BENCH_DIR=target/bench   where data, shares, logs and results go (must not be tmpfs)
@@ -31,6 +33,9 @@ need=()
 command -v rsync >/dev/null || need+=(rsync)
 [ -x /usr/bin/time ] || need+=(time)
 command -v file >/dev/null || need+=(file)
+if [ "${SCALE_FS:-fresh}" = fresh ] && [ "$SCALE_FILES" != 0 ]; then
+  command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "bench: installing ${need[*]}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -75,6 +80,10 @@ cleanup() {
   for ns in "$NS_A" "$NS_B"; do
     ip netns del "$ns" 2>/dev/null || true
   done
+  if mountpoint -q "$WORK/scalefs" 2>/dev/null; then
+    umount "$WORK/scalefs" || true
+  fi
+  rm -f "$WORK/scalefs.img"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
