@@ -544,19 +544,23 @@ fn write_loop(
     }
 }
 
-/// Sends every entry changed after `sent`, in frames of bounded size; returns the new mark.
-/// Entries are encoded under the lock a batch at a time and written without it.
+/// Sends every entry changed after `sent`, up to the index's sequence number when called, in
+/// frames of bounded size; returns the new mark. Entries are encoded under the lock a batch at
+/// a time and written without it.
 fn announce(model: &Model, w: &mut FrameWriter, sent: u64) -> Result<u64> {
-    // Walks only what changed, in sequence order: an entry changed during the pass gets a new
-    // number past the cursor and is sent in this pass too.
+    // Walks only what changed, in sequence order. An entry changed during the pass gets a new
+    // number past `top`, and the change queued another announce: it goes in the next pass, so
+    // that block requests queued meanwhile are served between passes, not after a whole first
+    // scan of the share.
+    let top = model.lock().index.seq;
     let mut cursor = sent;
     loop {
-        let (n, body, top, done) = {
+        let (n, body, done) = {
             let g = model.lock();
             let mut e = Enc::default();
             let mut n = 0u32;
             let mut done = true;
-            for x in g.index.since(cursor) {
+            for x in g.index.since(cursor).take_while(|x| x.seq <= top) {
                 wire::put_entry(&mut e, x);
                 n += 1;
                 cursor = x.seq;
@@ -565,7 +569,7 @@ fn announce(model: &Model, w: &mut FrameWriter, sent: u64) -> Result<u64> {
                     break;
                 }
             }
-            (n, e.0, g.index.seq, done)
+            (n, e.0, done)
         };
         if n > 0 || (done && top > sent) {
             // Only the last frame of a pass carries the sequence number it completes.
