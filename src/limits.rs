@@ -33,8 +33,6 @@ const DEFAULT: u64 = 1024;
 const RESERVED: u64 = 64;
 /// Descriptors a file of a batch holds at most: its temp file and our old version.
 const PER_FILE: u64 = 2;
-/// The most files a batch takes, whatever the limit.
-pub const MAX_BATCH_FILES: usize = 1024;
 
 /// Raises the soft limit on open files to the hard one (at most 65,536); returns the soft limit
 /// in force afterwards.
@@ -76,9 +74,10 @@ fn get() -> Option<(u64, u64)> {
 
 /// How many files one connection's batch may take with `limit` open files allowed and
 /// `pullers` connections pulling at the same time: their descriptors all fit under the limit.
+/// (The puller's own cap on entries per batch applies as well.)
 pub fn batch_files(limit: u64, pullers: usize) -> usize {
     let share = limit.saturating_sub(RESERVED) / (PER_FILE * pullers.max(1) as u64);
-    share.clamp(1, MAX_BATCH_FILES as u64) as usize
+    usize::try_from(share).unwrap_or(usize::MAX).max(1)
 }
 
 /// How many CPUs this process may run on (at least 1). Unlike the standard library's
@@ -102,9 +101,9 @@ mod tests {
     fn batches_fit_the_limit() {
         // Tiny Core's defaults, before and after raising.
         assert_eq!(batch_files(1024, 1), 480);
-        assert_eq!(batch_files(4096, 1), MAX_BATCH_FILES);
+        assert_eq!(batch_files(4096, 1), 2016);
         assert_eq!(batch_files(4096, 3), 672);
-        assert_eq!(batch_files(1 << 16, 8), MAX_BATCH_FILES);
+        assert_eq!(batch_files(1 << 16, 8), 4092);
         // Whatever the limit, every puller's files fit in what is left after the reserve.
         for limit in [70, 128, 256, 1000, 1024, 3000] {
             for pullers in 1..6 {
@@ -118,7 +117,10 @@ mod tests {
         }
         // A limit under the reserve still lets one file through at a time.
         assert_eq!(batch_files(10, 1), 1);
-        assert_eq!(batch_files(u64::MAX, 0), MAX_BATCH_FILES);
+        assert_eq!(
+            batch_files(u64::MAX, 0) as u64,
+            ((u64::MAX - RESERVED) / PER_FILE).min(usize::MAX as u64)
+        );
     }
 
     #[test]

@@ -1034,12 +1034,9 @@ impl Installs {
         self.cv.notify_all();
     }
 
-    fn next(&self, installed: bool) -> Option<Vec<Ready>> {
+    /// Waits for the next group; `None` once the queue is closed and empty.
+    fn next(&self) -> Option<Vec<Ready>> {
         let mut g = self.lock();
-        if installed {
-            g.installing = false;
-            self.cv.notify_all();
-        }
         loop {
             if let Some(group) = g.waiting.take() {
                 g.installing = true;
@@ -1052,15 +1049,20 @@ impl Installs {
             g = self.wait(g);
         }
     }
+
+    /// The group `next` gave is installed.
+    fn done(&self) {
+        self.lock().installing = false;
+        self.cv.notify_all();
+    }
 }
 
 /// The installer of connection `conn`: installs each group of small files with two filesystem
 /// syncs in all instead of two per file, until the puller closes the queue.
 pub fn installer(model: &Model, conn: u64, q: &Installs) {
-    let mut installed = false;
-    while let Some(files) = q.next(installed) {
+    while let Some(files) = q.next() {
         install_group(model, conn, files);
-        installed = true;
+        q.done();
     }
 }
 

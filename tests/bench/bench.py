@@ -42,6 +42,8 @@ SCALE_TIMEOUT = int(E.get("SCALE_TIMEOUT", "600"))
 # fresh: each tool's scale run on an ext4 made for it (a loop file under BENCH_DIR); here: in
 # BENCH_DIR as it is, whose state (inodes deleted by earlier runs) can cost either tool 10x.
 SCALE_FS = E.get("SCALE_FS", "fresh")
+if SCALE_FS not in ("fresh", "here"):
+    raise SystemExit(f"bench: SCALE_FS must be fresh or here, not {SCALE_FS!r}")
 STEPS = [s for s in E.get("STEPS", "").split(",") if s] or [
     "tc1b", "xfer", "tc2a", "kill40", "tc2b", "zeros", "scale"]
 POLL = 0.05
