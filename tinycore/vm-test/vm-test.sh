@@ -207,7 +207,8 @@ show_new() { # vm: prints the new LEFTTEST lines of that VM's serial log
     local n
     n=$(printf '%s' "$lines" | grep -c '' || true)
     if [ "$n" -gt "${!var}" ]; then
-        printf '%s\n' "$lines" | tail -n +$((${!var} + 1)) | grep -v ' MD5 ' | sed "s/^/[$(elapsed)s] /"
+        # grep -v selects nothing when all the new lines are MD5 lines: not a failure.
+        printf '%s\n' "$lines" | tail -n +$((${!var} + 1)) | { grep -v ' MD5 ' || true; } | sed "s/^/[$(elapsed)s] /"
         printf -v "$var" '%s' "$n"
     fi
 }
