@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +33,8 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Largest frame accepted before the peer is authenticated.
 const MAX_HANDSHAKE_FRAME: usize = 256;
+/// Responses checked together at most (see `read_loop`).
+const RESPONSE_BATCH: usize = 16;
 
 /// Reads one frame: the length is checked against `max` before the body is allocated; with a
 /// session, the frame's MAC is checked and stripped before it is decoded.
@@ -98,6 +101,11 @@ impl<R: Read> FrameReader<R> {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Whether bytes of the next frame are buffered already.
+    fn buffered(&self) -> bool {
+        self.end > self.pos
     }
 
     /// Takes `n` bytes that fit in the buffer.
@@ -417,7 +425,24 @@ fn read_loop(
         }
         out.send(job).map_err(|_| Error::msg("connection closing"))
     };
+    // Responses are checked in batches, their MD5s side by side (md5x): a batch takes what has
+    // arrived and is handed on before the reader waits for more.
+    let most = crate::md5x::lanes().min(RESPONSE_BATCH);
+    let mut batch: Vec<wire::Response> = Vec::with_capacity(most);
+    let mut sums = Vec::with_capacity(most);
+    let fd = stream.as_raw_fd();
     loop {
+        if !batch.is_empty()
+            && (batch.len() >= most
+                || !(r.buffered() || crate::watch::readable(fd, Duration::ZERO)))
+        {
+            let data: Vec<&[u8]> = batch.iter().map(|b| &b.data[..]).collect();
+            sums.clear();
+            crate::md5x::md5_each(&data, &mut sums);
+            for (resp, md5) in batch.drain(..).zip(sums.iter().copied()) {
+                let _ = responses.send(puller::Answer { r: resp, md5 });
+            }
+        }
         let msg = match r
             .body(wire::MAX_FRAME)
             .and_then(|b| open_and_decode(b, session.as_mut()))
@@ -450,8 +475,7 @@ fn read_loop(
                 {
                     return Err(Error::protocol("a response nobody asked for"));
                 }
-                let md5 = crate::hash::md5(&resp.data);
-                let _ = responses.send(puller::Answer { r: resp, md5 });
+                batch.push(resp);
             }
             Msg::InSync { seq } => {
                 let mut g = model.lock();

@@ -174,6 +174,8 @@ type Chunk = (usize, Vec<(Hash, u64, bool)>);
 const PARALLEL_MIN: u64 = 4 << 20;
 /// Bytes a thread takes at a time: large enough for readahead, small enough to share the work.
 const CHUNK_BYTES: u64 = 4 << 20;
+/// Bytes of blocks a thread reads and hashes together (see [`crate::md5x`]).
+const GROUP_BYTES: u64 = 1 << 20;
 
 /// The MD5 and XXH64 of every `block_size` block of `size` bytes of `f`, on up to as many
 /// threads as there are cores. Fails with `UnexpectedEof` if the file is shorter than `size`,
@@ -209,12 +211,16 @@ pub fn file_blocks(
             .then(|| p.blocks.get(i).copied())
             .flatten()
     };
+    // Blocks whose MD5s are computed side by side: as many as the CPU has lanes, read together.
+    let group = crate::md5x::lanes().min((GROUP_BYTES / bs).max(1) as usize);
+    const MAX_LANES: usize = crate::md5x::MAX_LANES;
     // Each thread hashes whole chunks and hands them back as (first block, hashes).
     let work = || -> Vec<Chunk> {
         let mut mine = Vec::new();
-        // No block is longer than the file: a small file gets a small buffer (musl maps and
-        // unmaps a 64 KiB one for each file, costing more than hashing it).
-        let mut buf = vec![0u8; bs.min(size) as usize];
+        // No larger than the file: a small file gets a small buffer (musl maps and unmaps a
+        // 64 KiB one for each file, costing more than hashing it).
+        let mut buf = vec![0u8; (bs * group as u64).min(size) as usize];
+        let mut sums = Vec::with_capacity(group);
         loop {
             let c = next.fetch_add(1, Ordering::Relaxed);
             if c >= nchunks || failed.lock().map_or(true, |g| g.is_some()) {
@@ -229,20 +235,41 @@ pub fn file_blocks(
             let first = c * per_chunk;
             let last = (first + per_chunk).min(nblocks);
             let mut got = Vec::with_capacity(last - first);
-            for i in first..last {
+            let mut i = first;
+            while i < last {
+                let end = (i + group).min(last);
                 let off = i as u64 * bs;
-                let n = (size - off).min(bs) as usize;
+                let n = ((end as u64 * bs).min(size) - off) as usize;
                 if let Err(e) = f.read_exact_at(&mut buf[..n], off) {
                     if let Ok(mut g) = failed.lock() {
                         g.get_or_insert(e);
                     }
                     return mine;
                 }
-                let fast = xxh64(&buf[..n]);
-                got.push(match unchanged(i, fast) {
-                    Some(h) => (h, fast, false),
-                    None => (md5(&buf[..n]), fast, true),
-                });
+                // Each block's XXH64 tells whether its MD5 is known; the others are hashed
+                // side by side.
+                let mut fast = [0u64; MAX_LANES];
+                let mut known = [None; MAX_LANES];
+                let mut todo: [&[u8]; MAX_LANES] = [&[]; MAX_LANES];
+                let mut ntodo = 0;
+                for (k, b) in buf[..n].chunks(bs as usize).enumerate() {
+                    fast[k] = xxh64(b);
+                    known[k] = unchanged(i + k, fast[k]);
+                    if known[k].is_none() {
+                        todo[ntodo] = b;
+                        ntodo += 1;
+                    }
+                }
+                sums.clear();
+                crate::md5x::md5_each(&todo[..ntodo], &mut sums);
+                let mut computed = sums.iter();
+                for k in 0..end - i {
+                    got.push(match known[k] {
+                        Some(h) => (h, fast[k], false),
+                        None => (computed.next().copied().unwrap_or_default(), fast[k], true),
+                    });
+                }
+                i = end;
             }
             mine.push((first, got));
         }

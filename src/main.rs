@@ -13,6 +13,7 @@ mod hash;
 mod ignore;
 mod index;
 mod limits;
+mod md5x;
 mod model;
 mod names;
 mod pool;

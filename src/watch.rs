@@ -23,6 +23,18 @@ struct PollFd {
     revents: i16,
 }
 
+/// Whether `fd` has something to read, waiting up to `timeout` for it (poll).
+pub fn readable(fd: c_int, timeout: Duration) -> bool {
+    let mut p = PollFd {
+        fd,
+        events: POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as c_int;
+    // SAFETY: one valid pollfd.
+    unsafe { poll(&mut p, 1, ms) > 0 }
+}
+
 const IN_MODIFY: u32 = 0x2;
 const IN_NONBLOCK: c_int = 0o4000;
 const IN_CLOEXEC: c_int = 0o2000000;
@@ -108,14 +120,7 @@ impl Watcher {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let mut p = PollFd {
-                fd: self.fd,
-                events: POLLIN,
-                revents: 0,
-            };
-            let ms = left.as_millis().min(i32::MAX as u128) as c_int;
-            // SAFETY: one valid pollfd.
-            if unsafe { poll(&mut p, 1, ms) } <= 0 {
+            if !readable(self.fd, left) {
                 return false;
             }
             if self.drain() {
