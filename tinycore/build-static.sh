@@ -19,10 +19,15 @@
 # backtrace, which RUST_BACKTRACE would ask for, is gone. STATIC_BUILD_STD=0
 # builds with the prebuilt std instead; if the std rebuild fails, the script
 # says so and falls back to it.
+#
+# Unwind tables (.eh_frame, about 45 KiB) are left out too: with panic =
+# "abort" nothing unwinds, and without the symbolizer no backtrace is printed
+# from them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CARGO=${CARGO:-cargo}
+export RUSTFLAGS="${RUSTFLAGS:-} -C force-unwind-tables=no"
 MAX_KIB=${STATIC_MAX_KIB:-600}
 [ $# -gt 0 ] || set -- x86_64 x86
 
