@@ -436,10 +436,17 @@ fn read_loop(
             && (batch.len() >= most
                 || !(r.buffered() || crate::watch::readable(fd, Duration::ZERO)))
         {
-            let data: Vec<&[u8]> = batch.iter().map(|b| &b.data[..]).collect();
+            let block = |r: &wire::Response| r.id & crate::delta::NOT_A_BLOCK == 0;
+            let data: Vec<&[u8]> = batch
+                .iter()
+                .filter(|r| block(r))
+                .map(|r| &r.data[..])
+                .collect();
             sums.clear();
             crate::md5x::md5_each(&data, &mut sums);
-            for (resp, md5) in batch.drain(..).zip(sums.iter().copied()) {
+            let mut sums = sums.iter().copied();
+            for resp in batch.drain(..) {
+                let md5 = if block(&resp) { sums.next() } else { None };
                 let _ = responses.send(puller::Answer { r: resp, md5 });
             }
         }

@@ -20,6 +20,10 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
+/// Set in the ids of requests answered by something other than a whole block (sub-block
+/// hashes, delta runs): the connection's reader computes MD5s only for blocks.
+pub const NOT_A_BLOCK: u32 = 1 << 31;
+
 /// How long to wait for a response before the connection is given up.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -258,10 +262,11 @@ impl<'a, 'b> Pipe<'a, 'b> {
             .map_err(|_| Error::msg("connection closed"))
     }
 
-    fn id(&mut self) -> u32 {
-        let id = *self.next_id;
+    /// A fresh request id; [`NOT_A_BLOCK`] marks those whose answer is not a whole block.
+    fn id(&mut self, block: bool) -> u32 {
+        let id = *self.next_id & !NOT_A_BLOCK;
         *self.next_id = self.next_id.wrapping_add(1);
-        id
+        if block { id } else { id | NOT_A_BLOCK }
     }
 
     /// Requests sent and not answered yet.
@@ -271,7 +276,7 @@ impl<'a, 'b> Pipe<'a, 'b> {
 
     /// Asks for block `block` of `e`.
     pub fn request(&mut self, e: &Entry, block: usize) -> Result<u32> {
-        let id = self.id();
+        let id = self.id(true);
         let (offset, len) = e.block_range(block);
         let req = Request {
             id,
@@ -287,7 +292,7 @@ impl<'a, 'b> Pipe<'a, 'b> {
     /// Asks for the sub-block hashes of block `block` of `e`, to be compared with the same
     /// range of our old version `old`.
     pub fn request_delta(&mut self, e: &Entry, block: usize, old: Arc<File>) -> Result<u32> {
-        let id = self.id();
+        let id = self.id(false);
         let (off, len) = e.block_range(block);
         let req = Request {
             id,
@@ -464,7 +469,7 @@ impl<'a, 'b> Pipe<'a, 'b> {
             st.1 = if plan.by_search > 0 { 0 } else { st.1 + 1 };
         }
         for (at, len) in runs {
-            let id = self.id();
+            let id = self.id(false);
             let req = Request {
                 id,
                 path: path.clone(),

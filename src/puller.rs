@@ -32,11 +32,12 @@ pub static RECEIVED: AtomicU64 = AtomicU64::new(0);
 /// Bytes of file data taken from local copies instead of the wire.
 pub static REUSED: AtomicU64 = AtomicU64::new(0);
 
-/// A response to one of our requests, with the MD5 of its data: the connection's reader computes
-/// it as the frame arrives, so blocks are checked on that thread while the puller writes.
+/// A response to one of our requests, with the MD5 of its data if it is a block: the
+/// connection's reader computes it as the frame arrives, so blocks are checked on that thread
+/// while the puller writes.
 pub struct Answer {
     pub r: Response,
-    pub md5: crate::hash::Hash,
+    pub md5: Option<crate::hash::Hash>,
 }
 
 /// What the puller of one connection works with.

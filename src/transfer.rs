@@ -34,6 +34,8 @@ const WINDOW_REQUESTS: usize = wire::MAX_REQUESTS / 2;
 const COPY_PIECE: u64 = 8 << 20;
 /// Writeback of a temp file is started every this many bytes completed.
 const WRITEBACK_EVERY: u64 = 8 << 20;
+/// Blocks a helper thread checks together at most.
+const HELPER_BATCH: usize = 8;
 /// Files under this size are installed in groups, sharing their filesystem syncs.
 const SMALL_FILE: u64 = 1 << 20;
 /// How many small files wait for a shared sync at most.
@@ -153,52 +155,67 @@ struct Done {
     buf: Vec<u8>,
 }
 
-fn work(w: Work) -> Done {
-    match w {
-        Work::Check {
-            tag,
-            tmp,
-            off,
-            data,
-            want,
-            write,
-        } => {
-            let outcome = if md5(&data) != want {
-                Outcome::Mismatch
-            } else if !write {
-                Outcome::Ok(Some(xxh64(&data)))
-            } else {
-                match tmp.write_all_at(&data, off) {
-                    Ok(()) => Outcome::Ok(Some(xxh64(&data))),
+/// Does a batch of work: the MD5s of its checks side by side ([`crate::md5x`]), then each
+/// piece's writing or copying.
+fn work(batch: Vec<Work>, out: &mut Vec<Done>) {
+    let data: Vec<&[u8]> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Work::Check { data, .. } => Some(&data[..]),
+            Work::Copy { .. } => None,
+        })
+        .collect();
+    let mut sums = Vec::with_capacity(data.len());
+    crate::md5x::md5_each(&data, &mut sums);
+    drop(data);
+    let mut sums = sums.into_iter();
+    for w in batch {
+        out.push(match w {
+            Work::Check {
+                tag,
+                tmp,
+                off,
+                data,
+                want,
+                write,
+            } => {
+                let outcome = if sums.next() != Some(want) {
+                    Outcome::Mismatch
+                } else if !write {
+                    Outcome::Ok(Some(xxh64(&data)))
+                } else {
+                    match tmp.write_all_at(&data, off) {
+                        Ok(()) => Outcome::Ok(Some(xxh64(&data))),
+                        Err(e) => Outcome::Io(e),
+                    }
+                };
+                Done {
+                    tag,
+                    outcome,
+                    buf: data,
+                }
+            }
+            Work::Copy {
+                tag,
+                tmp,
+                from,
+                from_off,
+                off,
+            } => {
+                let outcome = match copy_range(&from, from_off, &tmp, off, tag.bytes) {
+                    Ok(()) => {
+                        start_writeback(&tmp, off, tag.bytes);
+                        Outcome::Ok(None)
+                    }
                     Err(e) => Outcome::Io(e),
+                };
+                Done {
+                    tag,
+                    outcome,
+                    buf: Vec::new(),
                 }
-            };
-            Done {
-                tag,
-                outcome,
-                buf: data,
             }
-        }
-        Work::Copy {
-            tag,
-            tmp,
-            from,
-            from_off,
-            off,
-        } => {
-            let outcome = match copy_range(&from, from_off, &tmp, off, tag.bytes) {
-                Ok(()) => {
-                    start_writeback(&tmp, off, tag.bytes);
-                    Outcome::Ok(None)
-                }
-                Err(e) => Outcome::Io(e),
-            };
-            Done {
-                tag,
-                outcome,
-                buf: Vec::new(),
-            }
-        }
+        });
     }
 }
 
@@ -252,21 +269,32 @@ pub fn transfer(
     }
     drop(sources);
     let helpers = crate::limits::cpus().clamp(1, 4);
-    let (work_tx, work_rx) = mpsc::sync_channel::<Work>(helpers * 2);
+    // Room for a batch of checks per helper (their MD5s are computed side by side).
+    let batch = crate::md5x::lanes().clamp(2, HELPER_BATCH);
+    let (work_tx, work_rx) = mpsc::sync_channel::<Work>(batch);
     let (done_tx, done_rx) = mpsc::channel::<Done>();
     let work_rx = Arc::new(Mutex::new(work_rx));
     std::thread::scope(|s| {
         for _ in 0..helpers {
             let (rx, tx) = (work_rx.clone(), done_tx.clone());
             s.spawn(move || {
+                let mut done = Vec::new();
                 loop {
-                    let w = match rx.lock() {
-                        Ok(g) => g.recv(),
+                    // One piece of work, waited for, and whatever else is queued already.
+                    let taken = match rx.lock() {
+                        Ok(g) => g.recv().map(|w| {
+                            let mut ws = vec![w];
+                            ws.extend(std::iter::from_fn(|| g.try_recv().ok()).take(batch - 1));
+                            ws
+                        }),
                         Err(_) => return,
                     };
-                    let Ok(w) = w else { return };
-                    if tx.send(work(w)).is_err() {
-                        return;
+                    let Ok(ws) = taken else { return };
+                    work(ws, &mut done);
+                    for d in done.drain(..) {
+                        if tx.send(d).is_err() {
+                            return;
+                        }
                     }
                 }
             });
@@ -800,7 +828,7 @@ impl Run<'_, '_, '_> {
         RECEIVED.fetch_add(r.data.len() as u64, Ordering::Relaxed);
         let why = match r.status {
             // Checked by the reader as it arrived: written here, without another handoff.
-            Status::Ok if r.data.len() == len && a.md5 == p.e.blocks[block] => {
+            Status::Ok if r.data.len() == len && a.md5 == Some(p.e.blocks[block]) => {
                 let off = p.e.block_range(block).0;
                 match p.tmp.write_all_at(&r.data, off) {
                     Ok(()) => {
