@@ -76,16 +76,31 @@ fn open_index(state: &Path, device: u64) -> Index {
     }
 }
 
+/// Saves what changed in the index: a journal record, written without the lock, or (now and
+/// then) the whole index, written under it so no change slips between the write and the flag.
 fn save(model: &Model) {
+    let path = model.root.join(STATE_DIR).join("index");
     let mut g = model.lock();
     if !g.dirty || g.hold_save > 0 {
         return;
     }
-    // Saved under the lock so no change slips between the write and the flag.
-    match g.index.save(&model.root.join(STATE_DIR).join("index")) {
-        Ok(()) => g.dirty = false,
-        Err(e) => warn!("saving the index: {e}"),
+    let Some(record) = g.index.journal_record() else {
+        match g.index.save(&path) {
+            Ok(()) => g.dirty = false,
+            Err(e) => warn!("saving the index: {e}"),
+        }
+        return;
+    };
+    // Changes made from here on have later numbers, or mark their paths again: the next save.
+    g.dirty = false;
+    drop(g);
+    let written = crate::index::append(&path, &record);
+    let mut g = model.lock();
+    if let Err(e) = &written {
+        warn!("saving the index: {e}");
+        g.dirty = true;
     }
+    g.index.appended(&record, written.map_err(|_| ()));
 }
 
 /// Runs until `--once` is satisfied (returns the exit code) or forever.

@@ -1,15 +1,17 @@
 //! The index: what the share holds (per file its size, mtime, mode, block hashes, file hash and
-//! version), persisted under the state directory so a restart re-hashes only what changed.
+//! version), persisted under the state directory so a restart re-hashes only what changed. On
+//! disk it is a base file, rewritten whole now and then, and a journal of the entries changed
+//! since, appended to at each save: a save costs what changed, not the whole index.
 
 use crate::error::{Context, Error, Result};
 pub use crate::hash::Hash;
 use crate::version::Version;
 use crate::wire::{self, Dec, Enc};
 use md5::{Digest, Md5};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Smallest block: 64 KiB. See the README for why.
 pub const MIN_BLOCK: u32 = 64 << 10;
@@ -149,15 +151,63 @@ pub struct Index {
     pub device: u64,
     /// The last sequence number handed out.
     pub seq: u64,
+    /// Changes to what is persisted go through `put`, `purge` and `set_local`, which keep
+    /// `by_seq` and the journal in step; only `scan_gen` may be changed in place.
     pub entries: BTreeMap<String, Entry>,
     /// Path of each entry by its sequence number, so that what changed since a given number is
     /// found without walking the whole index. Kept in step by `put`, `load` and `purge`.
     by_seq: BTreeMap<u64, String>,
+    disk: Disk,
+}
+
+/// What the index files hold, so that a save writes only what changed.
+#[derive(Debug, Default)]
+struct Disk {
+    /// Entries numbered up to this are on disk (in the base file or the journal).
+    seq: u64,
+    /// Entries changed in place since (their local stat and checksums), by path.
+    touched: HashSet<String>,
+    /// The next save rewrites the base: entries were removed, or the journal is unusable.
+    full: bool,
+    /// The digest of the base file, which the journal names in its header; `None` until a
+    /// base is written or read.
+    base: Option<Hash>,
+    base_bytes: u64,
+    log_bytes: u64,
+}
+
+/// What [`Index::replay`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Journal {
+    /// Read to its end.
+    Whole,
+    /// Missing, or the journal of another base file (one replaced after a crash).
+    None,
+    /// A record is torn or damaged: what follows it is not read.
+    CutShort,
+}
+
+/// A save that appends to the journal: built under the model's lock by
+/// [`Index::journal_record`], written without it by [`append`], then recorded by
+/// [`Index::appended`].
+pub struct Record {
+    pub bytes: Vec<u8>,
+    seq: u64,
 }
 
 const MAGIC: &[u8; 8] = b"LEFTIDX2";
 /// The format before file hashes were derived from block lists: read as "rebuild".
 const OLD_MAGIC: &[u8; 8] = b"LEFTIDX1";
+/// The journal's header: this, then the digest of the base file it continues.
+const LOG_MAGIC: &[u8; 8] = b"LEFTLOG1";
+const LOG_HEADER: u64 = 24;
+/// The journal is folded into a new base once it is larger than the base and than this.
+const LOG_COMPACT_MIN: u64 = 1 << 20;
+
+/// The journal beside the base file `path`.
+pub fn log_path(path: &Path) -> PathBuf {
+    path.with_extension("log")
+}
 
 impl Index {
     pub fn new(device: u64) -> Index {
@@ -196,17 +246,143 @@ impl Index {
             self.entries.remove(p);
             self.by_seq.remove(s);
         }
+        // The journal only adds and replaces entries: removals need a new base.
+        self.disk.full |= !gone.is_empty();
         gone.len()
     }
 
-    /// Writes the index atomically: a temp file, fsync, rename.
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// Records what a file looks like on disk now (its stat and block checksums), its content
+    /// and version unchanged.
+    pub fn set_local(&mut self, path: &str, stat: Stat, fast: Vec<u64>) {
+        if let Some(e) = self.entries.get_mut(path) {
+            e.stat = stat;
+            e.fast = fast;
+            self.disk.touched.insert(path.to_string());
+        }
+    }
+
+    /// One entry as the files hold it: its wire form, then what is only local.
+    fn encode_local(x: &mut Enc, e: &Entry) {
+        let at = x.0.len();
+        x.u32(0);
+        wire::put_entry(x, e);
+        x.u64(e.seq);
+        let s = &e.stat;
+        for v in [s.ino, s.size, s.mtime as u64] {
+            x.u64(v);
+        }
+        x.u32(s.mtime_ns);
+        x.u32(s.mode);
+        x.u32(e.fast.len() as u32);
+        for f in &e.fast {
+            x.u64(*f);
+        }
+        let n = (x.0.len() - at - 4) as u32;
+        x.0[at..at + 4].copy_from_slice(&n.to_be_bytes());
+    }
+
+    /// Reads what `encode_local` wrote (after its length).
+    fn decode_local(buf: &[u8]) -> std::result::Result<Entry, String> {
+        let mut d = Dec::new(buf);
+        let mut e = wire::get_entry(&mut d).map_err(|e| e.to_string())?;
+        let local = (|| -> Result<()> {
+            e.seq = d.u64()?;
+            e.stat = Stat {
+                ino: d.u64()?,
+                size: d.u64()?,
+                mtime: d.u64()? as i64,
+                mtime_ns: d.u32()?,
+                mode: d.u32()?,
+            };
+            let nfast = d.u32()? as usize;
+            if nfast.checked_mul(8) != Some(d.remaining())
+                || (nfast != 0 && nfast != e.blocks.len())
+            {
+                return Err(Error::msg("bad block checksums"));
+            }
+            e.fast = (0..nfast).map(|_| d.u64()).collect::<Result<_>>()?;
+            d.end()
+        })();
+        local.map_err(|e| e.to_string())?;
+        Ok(e)
+    }
+
+    /// Adds or replaces an entry read from disk.
+    fn insert_loaded(&mut self, e: Entry) {
+        if let Some(old) = self.entries.get(&e.path) {
+            self.by_seq.remove(&old.seq);
+        }
+        self.seq = self.seq.max(e.seq);
+        self.by_seq.insert(e.seq, e.path.clone());
+        self.entries.insert(e.path.clone(), e);
+    }
+
+    /// The journal record of what changed since the last save, or `None` when the base must
+    /// be rewritten instead ([`Index::save`]): there is none yet, entries were removed, the
+    /// journal outgrew the base, or most of the index changed.
+    pub fn journal_record(&mut self) -> Option<Record> {
+        let d = &self.disk;
+        let changed = self.by_seq.range(d.seq + 1..).count() + d.touched.len();
+        if d.base.is_none()
+            || d.full
+            || changed * 2 > self.entries.len()
+            || d.log_bytes > d.base_bytes.max(LOG_COMPACT_MIN)
+        {
+            return None;
+        }
+        // Entries with new numbers, then those changed in place only (an entry changed both
+        // ways has a new number).
+        let renumbered = self.by_seq.range(d.seq + 1..).map(|(_, p)| p);
+        let in_place = d
+            .touched
+            .iter()
+            .filter(|p| self.entries.get(p.as_str()).is_some_and(|e| e.seq <= d.seq));
+        let entries: Vec<&Entry> = renumbered
+            .chain(in_place)
+            .filter_map(|p| self.entries.get(p.as_str()))
+            .collect();
+        let mut x = Enc::default();
+        x.u32(0);
+        x.u64(self.seq);
+        x.u32(entries.len() as u32);
+        for e in entries {
+            Self::encode_local(&mut x, e);
+        }
+        let n = (x.0.len() - 4) as u32;
+        x.0[..4].copy_from_slice(&n.to_be_bytes());
+        let digest: Hash = Md5::digest(&x.0[4..]).into();
+        x.0.extend_from_slice(&digest);
+        self.disk.touched.clear();
+        Some(Record {
+            bytes: x.0,
+            seq: self.seq,
+        })
+    }
+
+    /// A record written by [`append`] is on disk; `Err` if writing it failed, and then the next
+    /// save rewrites the base.
+    pub fn appended(&mut self, r: &Record, written: std::result::Result<(), ()>) {
+        match written {
+            Ok(()) => {
+                self.disk.seq = self.disk.seq.max(r.seq);
+                self.disk.log_bytes += r.bytes.len() as u64;
+            }
+            Err(()) => self.disk.full = true,
+        }
+    }
+
+    /// Writes the whole index as a new base file, and a new empty journal after it: temp files,
+    /// fsync, renames (a journal whose header names another base is ignored, so a crash
+    /// between the renames loses nothing).
+    pub fn save(&mut self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("tmp");
         let f = File::create(&tmp).at(&tmp)?;
         let mut w = BufWriter::with_capacity(64 << 10, f);
         let mut sum = Md5::new();
+        let mut bytes = 0u64;
         let mut put = |w: &mut BufWriter<File>, b: &[u8]| -> Result<()> {
             sum.update(b);
+            bytes += b.len() as u64;
             w.write_all(b).at(&tmp)
         };
         let mut head = Enc::default();
@@ -215,40 +391,44 @@ impl Index {
         head.u64(self.seq);
         head.u64(self.entries.len() as u64);
         put(&mut w, &head.0)?;
+        let mut x = Enc::default();
         for e in self.entries.values() {
-            let mut x = Enc::default();
-            x.u32(0);
-            wire::put_entry(&mut x, e);
-            x.u64(e.seq);
-            let s = &e.stat;
-            for v in [s.ino, s.size, s.mtime as u64] {
-                x.u64(v);
-            }
-            x.u32(s.mtime_ns);
-            x.u32(s.mode);
-            x.u32(e.fast.len() as u32);
-            for f in &e.fast {
-                x.u64(*f);
-            }
-            let n = (x.0.len() - 4) as u32;
-            x.0[..4].copy_from_slice(&n.to_be_bytes());
+            x.0.clear();
+            Self::encode_local(&mut x, e);
             put(&mut w, &x.0)?;
         }
-        let digest = sum.finalize();
+        let digest: Hash = sum.finalize().into();
         w.write_all(&digest).at(&tmp)?;
         let f = w
             .into_inner()
             .map_err(|e| Error::from(e.into_error()).at(&tmp))?;
         f.sync_all().at(&tmp)?;
+        let log = log_path(path);
+        let log_tmp = log.with_extension("log.tmp");
+        let mut header = LOG_MAGIC.to_vec();
+        header.extend_from_slice(&digest);
+        fs::write(&log_tmp, &header).at(&log_tmp)?;
+        File::open(&log_tmp)
+            .and_then(|f| f.sync_all())
+            .at(&log_tmp)?;
         fs::rename(&tmp, path).at(path)?;
+        fs::rename(&log_tmp, &log).at(&log)?;
         if let Some(dir) = path.parent() {
             File::open(dir).and_then(|d| d.sync_all()).at(dir)?;
         }
+        self.disk = Disk {
+            seq: self.seq,
+            base: Some(digest),
+            base_bytes: bytes + 16,
+            log_bytes: LOG_HEADER,
+            ..Disk::default()
+        };
         Ok(())
     }
 
-    /// Reads an index written by [`Index::save`], checking its digest; one entry at a time so
-    /// memory stays proportional to the index, not twice it.
+    /// Reads an index written by [`Index::save`], checking its digest, then the records of its
+    /// journal that are whole and intact; one entry at a time so memory stays proportional to
+    /// the index, not twice it.
     pub fn load(path: &Path) -> Result<Index> {
         let f = File::open(path).at(path)?;
         let len = f.metadata().at(path)?.len();
@@ -283,26 +463,8 @@ impl Index {
             buf.resize(n, 0);
             r.read_exact(&mut buf).map_err(|_| corrupt("truncated"))?;
             sum.update(&buf);
-            let mut d = Dec::new(&buf);
-            let mut e = wire::get_entry(&mut d).map_err(|e| corrupt(&e.to_string()))?;
-            e.seq = d.u64()?;
-            e.stat = Stat {
-                ino: d.u64()?,
-                size: d.u64()?,
-                mtime: d.u64()? as i64,
-                mtime_ns: d.u32()?,
-                mode: d.u32()?,
-            };
-            let nfast = d.u32()? as usize;
-            if nfast.checked_mul(8) != Some(d.remaining())
-                || (nfast != 0 && nfast != e.blocks.len())
-            {
-                return Err(corrupt("bad block checksums"));
-            }
-            e.fast = (0..nfast).map(|_| d.u64()).collect::<Result<_>>()?;
-            d.end().map_err(|_| corrupt("entry has stray bytes"))?;
-            ix.by_seq.insert(e.seq, e.path.clone());
-            ix.entries.insert(e.path.clone(), e);
+            let e = Self::decode_local(&buf).map_err(|why| corrupt(&why))?;
+            ix.insert_loaded(e);
         }
         let mut digest = [0u8; 16];
         r.read_exact(&mut digest)
@@ -310,8 +472,97 @@ impl Index {
         if digest[..] != sum.finalize()[..] {
             return Err(corrupt("checksum mismatch"));
         }
+        ix.disk.base = Some(digest);
+        ix.disk.base_bytes = len;
+        let (applied, journal) = ix.replay(&log_path(path), digest);
+        if journal == Journal::CutShort {
+            warn!(
+                "{}: the index journal ends in a damaged record (a crash while saving?); \
+                 the changes before it are kept",
+                path.display()
+            );
+        }
+        ix.disk.log_bytes = applied;
+        // A journal missing, continuing another base or damaged is not appended to: the next
+        // save writes both files anew.
+        ix.disk.full = journal != Journal::Whole;
+        ix.disk.seq = ix.seq;
         Ok(ix)
     }
+
+    /// Applies the journal's records, in order, up to the first that is not whole and intact.
+    /// Returns the bytes applied and what the journal was.
+    fn replay(&mut self, log: &Path, base: Hash) -> (u64, Journal) {
+        let Ok(f) = File::open(log) else {
+            return (0, Journal::None);
+        };
+        let len = f.metadata().map_or(0, |m| m.len());
+        let mut r = BufReader::with_capacity(64 << 10, f);
+        let mut header = [0u8; LOG_HEADER as usize];
+        if r.read_exact(&mut header).is_err()
+            || &header[..8] != LOG_MAGIC
+            || header[8..] != base[..]
+        {
+            return (0, Journal::None);
+        }
+        let mut at = LOG_HEADER;
+        let mut buf = Vec::new();
+        loop {
+            let mut n = [0u8; 4];
+            if r.read_exact(&mut n).is_err() {
+                let end = if at == len {
+                    Journal::Whole
+                } else {
+                    Journal::CutShort
+                };
+                return (at, end);
+            }
+            let n = u32::from_be_bytes(n) as u64;
+            if n + 20 > len - at {
+                return (at, Journal::CutShort);
+            }
+            buf.resize(n as usize + 16, 0);
+            if r.read_exact(&mut buf).is_err() {
+                return (at, Journal::CutShort);
+            }
+            let (payload, digest) = buf.split_at(n as usize);
+            if Md5::digest(payload)[..] != digest[..] {
+                return (at, Journal::CutShort);
+            }
+            // Checked whole first: a record is applied entirely or not at all.
+            let Some((seq, entries)) = Self::record_entries(payload) else {
+                return (at, Journal::CutShort);
+            };
+            for e in entries {
+                self.insert_loaded(e);
+            }
+            self.seq = self.seq.max(seq);
+            at += n + 20;
+        }
+    }
+
+    /// The index's sequence number and the entries of a journal record's payload, or `None` if
+    /// it does not parse.
+    fn record_entries(payload: &[u8]) -> Option<(u64, Vec<Entry>)> {
+        let mut d = Dec::new(payload);
+        let seq = d.u64().ok()?;
+        let count = d.u32().ok()? as usize;
+        let mut out = Vec::with_capacity(count.min(payload.len() / 16));
+        for _ in 0..count {
+            let n = d.u32().ok()? as usize;
+            out.push(Self::decode_local(d.take(n).ok()?).ok()?);
+        }
+        d.end().ok()?;
+        Some((seq, out))
+    }
+}
+
+/// Appends a record to the journal beside the base file `path` and makes it durable.
+pub fn append(path: &Path, r: &Record) -> Result<()> {
+    let log = log_path(path);
+    let mut f = fs::OpenOptions::new().append(true).open(&log).at(&log)?;
+    f.write_all(&r.bytes).at(&log)?;
+    f.sync_data().at(&log)
 }
 
 #[cfg(test)]
@@ -393,6 +644,142 @@ mod tests {
         }
         fs::write(&p, &good[..good.len() - 1]).unwrap();
         assert!(Index::load(&p).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn file(path: &str, n: u8) -> Entry {
+        Entry {
+            path: path.into(),
+            size: n as u64 + 1,
+            block_size: MIN_BLOCK,
+            blocks: vec![[n; 16]],
+            file_hash: crate::hash::list_hash(&[[n; 16]]),
+            version: Version::from_pairs(vec![(9, n as u64)]),
+            ..Entry::default()
+        }
+    }
+
+    /// Saves the way the daemon does: a journal record if the index allows one, else whole.
+    fn save_changes(ix: &mut Index, p: &Path) -> bool {
+        match ix.journal_record() {
+            Some(r) => {
+                let w = append(p, &r);
+                ix.appended(&r, w.map_err(|_| ()));
+                true
+            }
+            None => {
+                ix.save(p).unwrap();
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn journal_holds_the_changes_between_whole_saves() {
+        let dir = std::env::temp_dir().join(format!("left-journal-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("index");
+        let mut ix = Index::new(9);
+        for i in 0..40 {
+            ix.put(file(&format!("f{i:02}"), i));
+        }
+        assert!(!save_changes(&mut ix, &p), "the first save writes the base");
+        let base = fs::read(&p).unwrap();
+        // A few changes: a new version, a new file, a stat changed in place.
+        ix.put(file("f03", 200));
+        ix.put(file("new", 201));
+        let stat = Stat {
+            ino: 77,
+            size: 5,
+            ..Stat::default()
+        };
+        ix.set_local("f07", stat, vec![]);
+        assert!(save_changes(&mut ix, &p), "a journal record");
+        assert_eq!(fs::read(&p).unwrap(), base, "the base is not rewritten");
+        ix.put(file("f04", 202));
+        assert!(save_changes(&mut ix, &p));
+        let back = Index::load(&p).unwrap();
+        assert_eq!(back.entries, ix.entries);
+        assert_eq!(back.seq, ix.seq);
+        assert_eq!(back.entries["f07"].stat, stat);
+        assert_eq!(
+            back.since(40).map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            vec!["f03", "new", "f04"]
+        );
+        assert!(!back.disk.full, "an intact journal is appended to");
+
+        // A record cut short by a crash: the changes before it stay, it is not applied, and
+        // the next save writes both files anew.
+        let log = log_path(&p);
+        let whole = fs::read(&log).unwrap();
+        assert_eq!(back.disk.log_bytes, whole.len() as u64);
+        fs::write(&log, &whole[..whole.len() - 3]).unwrap();
+        let mut cut = Index::load(&p).unwrap();
+        assert_eq!(cut.entries["f03"].blocks, vec![[200; 16]]);
+        assert_eq!(
+            cut.entries["f04"].blocks,
+            vec![[4; 16]],
+            "the torn record is not applied"
+        );
+        assert!(cut.disk.full);
+        cut.put(file("f05", 203));
+        assert!(
+            !save_changes(&mut cut, &p),
+            "written whole after a torn journal"
+        );
+        let again = Index::load(&p).unwrap();
+        assert_eq!(again.entries, cut.entries);
+        assert!(!again.disk.full);
+
+        // A damaged byte anywhere in a record stops the replay there.
+        let mut ix = again;
+        ix.put(file("f06", 204));
+        assert!(save_changes(&mut ix, &p));
+        let good = fs::read(&log).unwrap();
+        for i in LOG_HEADER as usize..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            fs::write(&log, &bad).unwrap();
+            let b = Index::load(&p).unwrap();
+            assert_eq!(
+                b.entries["f06"].blocks,
+                vec![[6; 16]],
+                "flip at {i} applied"
+            );
+            assert!(b.disk.full);
+        }
+        fs::write(&log, &good).unwrap();
+
+        // A journal of another base (a crash between the renames of a whole save) is ignored.
+        let other = dir.join("other");
+        let mut o = Index::new(9);
+        o.put(file("x", 1));
+        o.save(&other).unwrap();
+        fs::copy(log_path(&other), &log).unwrap();
+        let b = Index::load(&p).unwrap();
+        assert_eq!(b.entries["f06"].blocks, vec![[6; 16]]);
+        assert!(b.disk.full);
+        fs::write(&log, &good).unwrap();
+
+        // Removals, and a journal larger than the base, make the next save a whole one.
+        let mut ix = Index::load(&p).unwrap();
+        assert_eq!(ix.entries["f06"].blocks, vec![[204; 16]]);
+        ix.purge(|e| e.path == "f01");
+        assert!(ix.journal_record().is_none());
+        ix.save(&p).unwrap();
+        let mut appends = 0;
+        loop {
+            ix.put(file("f02", appends as u8));
+            if !save_changes(&mut ix, &p) {
+                break;
+            }
+            appends += 1;
+        }
+        assert!(
+            ix.disk.base_bytes < LOG_COMPACT_MIN && appends > 100,
+            "{appends}"
+        );
+        assert_eq!(Index::load(&p).unwrap().entries, ix.entries);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -469,8 +469,8 @@ fn record(
         fast = Vec::new();
     }
     let file_hash = hash::list_hash(&blocks);
-    let cur = st.index.entries.get_mut(&c.path);
-    if cur.as_ref().map(|e| e.seq) != c.seq {
+    let cur = st.index.entries.get(&c.path);
+    if cur.map(|e| e.seq) != c.seq {
         return false; // a pull replaced it meanwhile
     }
     if let Some(e) = cur
@@ -480,8 +480,7 @@ fn record(
         && e.mode == before.mode
     {
         // Same content (touched, or installed by us before a crash): no new version.
-        e.stat = before;
-        e.fast = fast;
+        st.index.set_local(&c.path, before, fast);
         st.dirty = true;
         return false;
     }

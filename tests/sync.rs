@@ -587,6 +587,54 @@ fn restart_without_changes_sends_no_file_data() {
     wait_identical(&a.dir, &t.join("B"), SOON);
 }
 
+/// Changes saved after the first save go to the index's journal; they survive a kill -9: a
+/// restart finds every file as its index says, re-hashes nothing new and takes nothing.
+#[test]
+fn index_journal_survives_kill_9() {
+    let t = TestDir::new("journal");
+    let (pa, pb) = two_ports();
+    let mut a = Peer::start(&t, "A", pa, &[pb]);
+    let mut b = Peer::start(&t, "B", pb, &[pa]);
+    write_random(&a.path("one.bin"), 200_000, 1);
+    // Enough entries that a few changes are saved as a journal record, not a whole index.
+    for i in 0..20 {
+        write_random(&a.path(&format!("many/f{i}")), 100 + i, 10 + i);
+    }
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = b.path(".left/index.log");
+    let after_base = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    // Later changes: a new file, a new folder, an edit, a deletion.
+    write_random(&a.path("d/two.bin"), 70_000, 2);
+    fs::create_dir_all(a.path("empty")).unwrap();
+    write_random(&a.path("one.bin"), 200_000, 3);
+    write_random(&a.path("gone.bin"), 10, 4);
+    wait_identical(&a.dir, &b.dir, SOON);
+    fs::remove_file(a.path("gone.bin")).unwrap();
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_millis(1500));
+    let grown = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        grown > after_base && grown > 24,
+        "B saved no journal record ({after_base} -> {grown} bytes)\n{}",
+        tail(&b.log_text(), 30)
+    );
+    b.kill();
+    a.kill();
+
+    let _a = Peer::start(&t, "A", pa, &[pb]);
+    let (st, log) = run_once(&t, "B", pb, &[pa], 30);
+    assert!(st.success(), "--once failed: {st:?}\n{}", tail(&log, 30));
+    let totals = once_totals(&log).unwrap_or_else(|| panic!("no totals line:\n{log}"));
+    assert_eq!((totals.0, totals.1), (0, 0), "file data crossed:\n{log}");
+    assert!(received(&log).is_empty(), "{log}");
+    assert!(
+        lines_starting(&log, "changed locally").is_empty(),
+        "the restart re-versioned files the journal held:\n{log}"
+    );
+    wait_identical(&t.join("A"), &t.join("B"), SOON);
+}
+
 /// Both sides run `--once` against each other: both agree, so both should exit 0.
 /// Engine bug (open): the first to finish exits and the other, which then never sees it again,
 /// waits for it forever (its `--timeout` only counts while a peer was never reached).
