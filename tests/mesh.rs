@@ -558,6 +558,13 @@ fn renaming_a_100_mb_file_sends_almost_nothing() {
         assert!(arrived, "{old} -> {new} not applied on {}", dst.name);
         wait_identical(&a.dir, &b.dir, SOON);
         assert_eq!(md5sum(&dst.path(new)), want, "{new} on {}", dst.name);
+        // The file is logged just after it appears.
+        wait_until(Duration::from_secs(10), || {
+            received(&dst.log_text())
+                .iter()
+                .skip(before)
+                .any(|x| x.path == new)
+        });
         let log = dst.log_text();
         let r: Vec<Received> = received(&log).into_iter().skip(before).collect();
         let wire: u64 = r.iter().map(|x| x.wire).sum();

@@ -65,8 +65,8 @@ fn new_file_each_way() {
     assert_eq!(md5sum(&a.path("from-a.txt")), md5sum(&b.path("from-a.txt")));
 
     // Each side logged the file it installed, with its size.
-    let rb = received(&b.log_text());
-    let ra = received(&a.log_text());
+    let rb = received_when(&b, 1, |r| r.path == "from-a.txt");
+    let ra = received_when(&a, 1, |r| r.path == "from-b.txt");
     assert_eq!(
         received_of(&rb, "from-a.txt")
             .iter()
@@ -142,7 +142,7 @@ fn nested_empty_and_hidden() {
         "{listing_b:?}"
     );
     // Every leaf file was logged as received on B, once each.
-    let rb = received(&b.log_text());
+    let rb = received_when(&b, 50, |r| r.path.starts_with("top/mid/leaf/"));
     for i in 0..50 {
         let p = format!("top/mid/leaf/f{i:02}.bin");
         assert!(!received_of(&rb, &p).is_empty(), "{p} not in B's log");
@@ -193,7 +193,7 @@ fn overwrite_in_place_converges() {
     assert_eq!(names, vec![("doc.bin".to_string(), Some(0))]);
 
     // The same-size rewrite changed 2 of 5 blocks: only those crossed the wire.
-    let rb = received(&b.log_text());
+    let rb = received_when(&b, 1, |r| r.path == "doc.bin" && r.size == 0);
     let v2_pull = rb
         .iter()
         .filter(|r| r.path == "doc.bin" && r.size == 300_000)
@@ -326,7 +326,7 @@ fn large_file_arrives_intact() {
     );
     wait_identical(&a.dir, &b.dir, SOON);
 
-    let rb = received(&b.log_text());
+    let rb = received_when(&b, 1, |r| r.path == "big.bin");
     let r = received_of(&rb, "big.bin");
     assert_eq!(r.len(), 1, "{rb:?}");
     assert_eq!(r[0].size, size);
@@ -446,7 +446,7 @@ fn kill_9_of_sender_mid_transfer_then_restart() {
         "big.bin not completed after the sender restarted"
     );
     assert_eq!(md5sum(&b.path("big.bin")), want);
-    let rb = received(&b.log_text());
+    let rb = received_when(&b, 1, |r| r.path == "big.bin");
     let r = received_of(&rb, "big.bin");
     assert_eq!(r.len(), 1, "{rb:?}");
     assert!(
@@ -795,7 +795,7 @@ fn copy_and_rename_of_big_file_reuse_local_data() {
     fs::rename(t.join("staging/copy.bin"), a.path("copy.bin")).unwrap();
     wait_identical(&a.dir, &b.dir, SOON);
     assert_eq!(md5sum(&b.path("copy.bin")), want);
-    let rb = received(&b.log_text());
+    let rb = received_when(&b, 1, |r| r.path == "copy.bin");
     let r = received_of(&rb, "copy.bin");
     assert_eq!(r.len(), 1, "{rb:?}");
     eprintln!("copy: {:?}", r[0]);
@@ -818,7 +818,7 @@ fn copy_and_rename_of_big_file_reuse_local_data() {
     wait_identical(&a.dir, &b.dir, SOON);
     assert_eq!(md5sum(&b.path("archive/movie-renamed.bin")), want);
 
-    let rb = received(&b.log_text());
+    let rb = received_when(&b, 1, |r| r.path == "archive/movie-renamed.bin");
     let r = received_of(&rb, "archive/movie-renamed.bin");
     assert_eq!(r.len(), 1, "{rb:?}");
     eprintln!("rename: {:?}", r[0]);
@@ -1005,7 +1005,7 @@ fn repeated_blocks_cross_the_wire_once() {
             .iter()
             .all(|&x| x == 0)
     );
-    let rb = received(&b.log_text());
+    let rb = received_when(&b, 1, |r| r.path == "zeros.img");
     let r = received_of(&rb, "zeros.img");
     assert_eq!(r.len(), 1, "{rb:?}");
     assert!(

@@ -369,6 +369,15 @@ pub fn received(log: &str) -> Vec<Received> {
     out
 }
 
+/// The files a peer's log reports as received, once it reports `n` that `pick` accepts: a
+/// file is logged just after it appears (a small one once its group's renames are durable),
+/// so a test that saw it arrive waits for its line.
+pub fn received_when(p: &Peer, n: usize, pick: impl Fn(&Received) -> bool) -> Vec<Received> {
+    let count = || received(&p.log_text()).iter().filter(|r| pick(r)).count();
+    wait_until(Duration::from_secs(10), || count() >= n);
+    received(&p.log_text())
+}
+
 /// The totals of the `--once` exit line: (received, sent, reused locally).
 pub fn once_totals(log: &str) -> Option<(u64, u64, u64)> {
     let line = log
