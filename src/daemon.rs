@@ -107,6 +107,7 @@ fn save(model: &Model) {
 pub fn run(opts: &Options) -> Result<i32> {
     let files = crate::limits::raise();
     debug!("open files allowed: {files}");
+    debug!("MD5s side by side: {}", crate::md5x::describe());
     let root = &opts.dir;
     fs::create_dir_all(root).at(root)?;
     let root = fs::canonicalize(root).at(root)?;

@@ -22,11 +22,11 @@ pub fn line(level: u8, args: std::fmt::Arguments<'_>) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let msg = format!(
-        "{} {}\n",
-        timestamp(now.as_secs() as i64, now.subsec_millis()),
-        args
-    );
+    // Built in one buffer sized for a usual line, not grown a piece at a time.
+    let mut msg = String::with_capacity(192);
+    use std::fmt::Write as _;
+    let _ = write_timestamp(&mut msg, now.as_secs() as i64, now.subsec_millis());
+    let _ = writeln!(msg, " {args}");
     // One write call per line keeps lines whole when several threads log at once.
     use std::io::Write;
     let _ = std::io::stderr().write_all(msg.as_bytes());
@@ -47,8 +47,17 @@ pub fn err(text: &str) {
 
 /// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn timestamp(secs: i64, millis: u32) -> String {
+    let mut out = String::with_capacity(24);
+    let _ = write_timestamp(&mut out, secs, millis);
+    out
+}
+
+fn write_timestamp(out: &mut impl std::fmt::Write, secs: i64, millis: u32) -> std::fmt::Result {
     let (y, mo, d, h, mi, s) = civil(secs);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{millis:03}Z")
+    write!(
+        out,
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{millis:03}Z"
+    )
 }
 
 /// Splits seconds since the epoch into UTC (year, month, day, hour, minute, second).

@@ -444,6 +444,12 @@ pub fn lanes() -> usize {
     isa().lanes()
 }
 
+/// The kernels in use, for the log.
+pub fn describe() -> String {
+    let i = isa();
+    format!("{} lanes ({i:?})", i.lanes())
+}
+
 /// Runs `chunks` chunks of up to `isa.lanes()` messages through the kernel that fits them.
 fn run_any(st: &mut [[u32; 4]; MAX_LANES], data: &[&[u8]], chunks: usize, isa: Isa) {
     let n = data.len();
