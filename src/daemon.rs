@@ -25,7 +25,10 @@ const SCAN_EVERY: Duration = Duration::from_millis(300);
 const RESCAN_EVERY: Duration = Duration::from_secs(600);
 /// With inotify: how long to let a burst of changes settle before scanning.
 const SETTLE: Duration = Duration::from_millis(30);
-const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// How often changes to the index are saved (a journal record: a small append and an
+/// fdatasync, so a kill -9 leaves the index at most this far behind the files).
+const SAVE_EVERY: Duration = Duration::from_millis(250);
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 const MAX_CONNECTIONS: usize = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const TEMP_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
@@ -168,6 +171,7 @@ pub fn run(opts: &Options) -> Result<i32> {
     }
 
     let mut last_save = Instant::now();
+    let mut last_status = Instant::now();
     let mut last_purge: Option<Instant> = None;
     let mut last_why = Instant::now();
     let mut status = status::Writer::default();
@@ -186,8 +190,11 @@ pub fn run(opts: &Options) -> Result<i32> {
         }
         if last_save.elapsed() >= SAVE_EVERY {
             save(&model);
-            status.write(&model, opts);
             last_save = Instant::now();
+        }
+        if last_status.elapsed() >= STATUS_EVERY {
+            status.write(&model, opts);
+            last_status = Instant::now();
         }
         if !opts.once {
             continue;

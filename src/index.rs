@@ -203,6 +203,9 @@ const LOG_MAGIC: &[u8; 8] = b"LEFTLOG1";
 const LOG_HEADER: u64 = 24;
 /// The journal is folded into a new base once it is larger than the base and than this.
 const LOG_COMPACT_MIN: u64 = 1 << 20;
+/// Entries a journal record holds at most (it is built in memory); more changed at once are
+/// saved by writing the base anew.
+const RECORD_MAX: usize = 32_768;
 
 /// The journal beside the base file `path`.
 pub fn log_path(path: &Path) -> PathBuf {
@@ -319,13 +322,13 @@ impl Index {
 
     /// The journal record of what changed since the last save, or `None` when the base must
     /// be rewritten instead ([`Index::save`]): there is none yet, entries were removed, the
-    /// journal outgrew the base, or most of the index changed.
+    /// journal outgrew the base, or more changed than a record holds.
     pub fn journal_record(&mut self) -> Option<Record> {
         let d = &self.disk;
         let changed = self.by_seq.range(d.seq + 1..).count() + d.touched.len();
         if d.base.is_none()
             || d.full
-            || changed * 2 > self.entries.len()
+            || changed > RECORD_MAX
             || d.log_bytes > d.base_bytes.max(LOG_COMPACT_MIN)
         {
             return None;

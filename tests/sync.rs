@@ -556,7 +556,7 @@ fn synced_and_stopped(t: &TestDir) -> (u16, u16) {
     write_random(&b.path("three.bin"), 1, 3);
     fs::create_dir_all(b.path("empty")).unwrap();
     wait_identical(&a.dir, &b.dir, SOON);
-    // Let both settle and save their index (once a second).
+    // Let both settle and save their index.
     std::thread::sleep(Duration::from_millis(2000));
     wait_identical(&a.dir, &b.dir, SOON);
     (pa, pb)
