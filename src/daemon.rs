@@ -49,8 +49,12 @@ fn device_id(state: &Path) -> Result<u64> {
                 .at("/dev/urandom")?;
             let id = u64::from_be_bytes(b).max(1);
             let tmp = state.join("device.tmp");
-            fs::write(&tmp, format!("{id:016x}\n")).at(&tmp)?;
-            fs::File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)?;
+            crate::names::create_own(&tmp)
+                .and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, format!("{id:016x}\n").as_bytes())?;
+                    f.sync_all()
+                })
+                .at(&tmp)?;
             fs::rename(&tmp, &p).at(&p)?;
             Ok(id)
         }

@@ -11,6 +11,7 @@ use md5::{Digest, Md5};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Smallest block: 64 KiB. See the README for why.
@@ -379,7 +380,7 @@ impl Index {
     /// between the renames loses nothing).
     pub fn save(&mut self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("tmp");
-        let f = File::create(&tmp).at(&tmp)?;
+        let f = crate::names::create_own(&tmp).at(&tmp)?;
         let mut w = BufWriter::with_capacity(64 << 10, f);
         let mut sum = Md5::new();
         let mut bytes = 0u64;
@@ -410,9 +411,11 @@ impl Index {
         let log_tmp = log.with_extension("log.tmp");
         let mut header = LOG_MAGIC.to_vec();
         header.extend_from_slice(&digest);
-        fs::write(&log_tmp, &header).at(&log_tmp)?;
-        File::open(&log_tmp)
-            .and_then(|f| f.sync_all())
+        crate::names::create_own(&log_tmp)
+            .and_then(|mut f| {
+                f.write_all(&header)?;
+                f.sync_all()
+            })
             .at(&log_tmp)?;
         fs::rename(&tmp, path).at(path)?;
         fs::rename(&log_tmp, &log).at(&log)?;
@@ -563,7 +566,11 @@ impl Index {
 /// Appends a record to the journal beside the base file `path` and makes it durable.
 pub fn append(path: &Path, r: &Record) -> Result<()> {
     let log = log_path(path);
-    let mut f = fs::OpenOptions::new().append(true).open(&log).at(&log)?;
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(crate::puller::O_NOFOLLOW)
+        .open(&log)
+        .at(&log)?;
     f.write_all(&r.bytes).at(&log)?;
     f.sync_data().at(&log)
 }

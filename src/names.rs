@@ -63,6 +63,30 @@ pub fn check_ancestors(root: &std::path::Path, rel: &str) -> Result<()> {
     Ok(())
 }
 
+/// Creates (or empties) one of `left`'s own files — state files in the state directory, temp
+/// files — never through a symlink: one in its place (the name is ours) is removed first.
+pub fn create_own(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(crate::puller::O_NOFOLLOW)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.raw_os_error() == Some(ELOOP) => {
+            std::fs::remove_file(path)?;
+            open()
+        }
+        r => r,
+    }
+}
+
+/// The errno `open` gives for a symlink under `O_NOFOLLOW`.
+pub const ELOOP: i32 = 40;
+
 /// Whether a file name (one component) is one of `left`'s temp files.
 pub fn is_temp(name: &str) -> bool {
     name.len() > TEMP_SUFFIX.len() + 1 && name.starts_with('.') && name.ends_with(TEMP_SUFFIX)
@@ -108,6 +132,25 @@ pub fn conflict_name(path: &str, mtime: i64, device: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_files_are_not_created_through_a_symlink() {
+        let dir = std::env::temp_dir().join(format!("left-own-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let outside = dir.join("outside");
+        std::fs::write(&outside, b"keep").unwrap();
+        let p = dir.join("index.tmp");
+        std::os::unix::fs::symlink(&outside, &p).unwrap();
+        use std::io::Write;
+        create_own(&p).unwrap().write_all(b"state").unwrap();
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
+        assert!(!std::fs::symlink_metadata(&p).unwrap().is_symlink());
+        assert_eq!(std::fs::read(&p).unwrap(), b"state");
+        // An existing file of ours is emptied and written again.
+        create_own(&p).unwrap().write_all(b"new").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn good_names() {

@@ -129,7 +129,9 @@ impl Writer {
         }
         let dir = model.root.join(STATE_DIR);
         let tmp = dir.join("status.tmp");
-        if fs::write(&tmp, &text).is_ok() && fs::rename(&tmp, dir.join("status")).is_ok() {
+        let written = crate::names::create_own(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+        if written.is_ok() && fs::rename(&tmp, dir.join("status")).is_ok() {
             self.last = text;
             self.at = Some(std::time::Instant::now());
         }

@@ -372,17 +372,32 @@ fn plan(
     let tmp_path = temp_path(root, &e.path);
     let opened = (|| -> Result<(File, u64)> {
         names::check_ancestors(root, &e.path)?;
-        if let Some(dir) = tmp_path.parent() {
-            fs::create_dir_all(dir).at(dir)?;
+        // Never through a symlink: one in the temp file's place (the name is ours) is removed.
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(O_NOFOLLOW)
+                .open(&tmp_path)
+        };
+        // The folder usually exists: it is made only when the open says it is missing.
+        let f = match open() {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                if let Some(dir) = tmp_path.parent() {
+                    fs::create_dir_all(dir).at(dir)?;
+                }
+                open()
+            }
+            Err(err) if err.raw_os_error() == Some(names::ELOOP) => {
+                fs::remove_file(&tmp_path).at(&tmp_path)?;
+                open()
+            }
+            r => r,
         }
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&tmp_path)
-            .at(&tmp_path)?;
+        .at(&tmp_path)?;
         let mut len = f.metadata().at(&tmp_path)?.len();
         if len > e.size {
             f.set_len(e.size).at(&tmp_path)?;

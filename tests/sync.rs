@@ -1066,6 +1066,27 @@ fn symlinks_are_not_synced() {
     );
 }
 
+/// A symlink put where the receiver's temp file goes is not written through: the file arrives,
+/// the symlink's target outside the share is untouched.
+#[test]
+fn symlink_in_a_temp_files_place_is_not_followed() {
+    let t = TestDir::new("temp-symlink");
+    let (a, b) = pair(&t);
+    let outside = t.join("outside.txt");
+    fs::write(&outside, b"outside the share").unwrap();
+    fs::create_dir_all(b.path("d")).unwrap();
+    std::os::unix::fs::symlink(&outside, b.path("d/.victim.bin.left-tmp")).unwrap();
+    let data = random_bytes(41, 300_000);
+    fs::create_dir_all(a.path("d")).unwrap();
+    fs::write(a.path("d/victim.bin"), &data).unwrap();
+    wait_content(&b, "d/victim.bin", &data, SOON);
+    assert!(
+        fs::read(&outside).unwrap() == b"outside the share",
+        "the file outside the share was written through the symlink"
+    );
+    wait_identical(&a.dir, &b.dir, SOON);
+}
+
 /// Deleted on one side and edited on the other while apart: the edit wins on both.
 #[test]
 fn edit_beats_concurrent_delete() {
