@@ -453,7 +453,8 @@ fn names_that_escape_the_share_are_refused() {
         let evil = format!("written through {name:?}\n").into_bytes();
         f.offer(name, evil.clone());
         assert!(f.send(&wire::index(1, &[WEntry::file(name, &evil, dev, 1)])));
-        assert!(f.send(&wire::seq_frame(wire::T_INDEX_DONE, 1)));
+        // B may already have closed on the name: this send is allowed to fail.
+        let _ = f.send(&wire::seq_frame(wire::T_INDEX_DONE, 1));
         assert!(
             f.wait_closed(DROP),
             "{what}: B kept the connection open (the name should be refused where it arrives)"
