@@ -288,6 +288,10 @@ pub fn need_done(model: &Model, conn: u64, e: &Entry, r: Result<()>) {
 pub const O_NOFOLLOW: i32 = 0o400000;
 #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
 pub const O_NOFOLLOW: i32 = 0o100000;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+const O_DIRECTORY: i32 = 0o200000;
+#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+const O_DIRECTORY: i32 = 0o40000;
 
 /// An entry's mtime as a time; one outside what the system can hold (a peer can send any
 /// number) becomes the epoch rather than an overflow.
@@ -418,7 +422,13 @@ fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
         Ok(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
         Err(_) => fs::create_dir_all(target).at(target)?,
     }
-    fs::set_permissions(target, fs::Permissions::from_mode(e.mode & 0o7777 | 0o700)).at(target)?;
+    // Through the folder itself: a chmod by name would follow a symlink swapped in meanwhile.
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NOFOLLOW | O_DIRECTORY)
+        .open(target)
+        .and_then(|d| d.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777 | 0o700)))
+        .at(target)?;
     a.record(e, true)
 }
 
