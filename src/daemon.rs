@@ -120,6 +120,10 @@ pub fn run(opts: &Options) -> Result<i32> {
     let root = fs::canonicalize(root).at(root)?;
     let state = root.join(STATE_DIR);
     fs::create_dir_all(&state).at(&state)?;
+    // The state is written only into a real folder of the share, never through a symlink.
+    if !fs::symlink_metadata(&state).at(&state)?.is_dir() {
+        return Err(Error::msg("is not a folder (a symlink?); move it away").at(&state));
+    }
     let device = device_id(&state)?;
     let index = open_index(&state, device);
     let mut model = Model::new(root.clone(), index);

@@ -141,3 +141,21 @@ fn dir_is_created_if_missing() {
         "--dir deep/er/A was not created"
     );
 }
+
+#[test]
+fn a_state_folder_that_is_a_symlink_is_refused() {
+    let t = TestDir::new("state-link");
+    let (pa, pb) = two_ports();
+    let elsewhere = t.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(t.join("A")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, t.join("A/.left")).unwrap();
+    let (st, log) = run_once(&t, "A", pa, &[pb], 2);
+    assert_eq!(st.code(), Some(1), "exit status {st:?}; log:\n{log}");
+    assert!(log.contains(".left: is not a folder"), "{log}");
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "state written through the symlink"
+    );
+}
