@@ -379,6 +379,9 @@ impl Index {
     /// fsync, renames (a journal whose header names another base is ignored, so a crash
     /// between the renames loses nothing).
     pub fn save(&mut self, path: &Path) -> Result<()> {
+        // Until both files are in place the journal on disk may continue another base: the
+        // next save must be a whole one again if this one fails.
+        self.disk.full = true;
         let tmp = path.with_extension("tmp");
         let f = crate::names::create_own(&tmp).at(&tmp)?;
         let mut w = BufWriter::with_capacity(64 << 10, f);
