@@ -107,7 +107,7 @@ fn save(model: &Model) {
         warn!("saving the index: {e}");
         g.dirty = true;
     }
-    g.index.appended(&record, written.map_err(|_| ()));
+    g.index.appended(&record, written.is_ok());
 }
 
 /// Runs until `--once` is satisfied (returns the exit code) or forever.

@@ -363,15 +363,14 @@ impl Index {
         })
     }
 
-    /// A record written by [`append`] is on disk; `Err` if writing it failed, and then the next
-    /// save rewrites the base.
-    pub fn appended(&mut self, r: &Record, written: std::result::Result<(), ()>) {
-        match written {
-            Ok(()) => {
-                self.disk.seq = self.disk.seq.max(r.seq);
-                self.disk.log_bytes += r.bytes.len() as u64;
-            }
-            Err(()) => self.disk.full = true,
+    /// Whether a record written by [`append`] is on disk; if not, the next save rewrites the
+    /// base.
+    pub fn appended(&mut self, r: &Record, written: bool) {
+        if written {
+            self.disk.seq = self.disk.seq.max(r.seq);
+            self.disk.log_bytes += r.bytes.len() as u64;
+        } else {
+            self.disk.full = true;
         }
     }
 
@@ -571,7 +570,7 @@ pub fn append(path: &Path, r: &Record) -> Result<()> {
     let log = log_path(path);
     let mut f = fs::OpenOptions::new()
         .append(true)
-        .custom_flags(crate::puller::O_NOFOLLOW)
+        .custom_flags(crate::names::O_NOFOLLOW)
         .open(&log)
         .at(&log)?;
     f.write_all(&r.bytes).at(&log)?;
@@ -677,7 +676,7 @@ mod tests {
         match ix.journal_record() {
             Some(r) => {
                 let w = append(p, &r);
-                ix.appended(&r, w.map_err(|_| ()));
+                ix.appended(&r, w.is_ok());
                 true
             }
             None => {

@@ -1,6 +1,6 @@
 //! Many MD5s at once: the MD5 of several messages computed side by side, one per lane of the
-//! CPU's vector registers (16 lanes with AVX-512, 8 with AVX2, 4 with SSE2, in two registers
-//! at a time with SSE2). MD5 is a chain of dependent steps, so one message keeps a core mostly
+//! CPU's vector registers (16 lanes with AVX-512, 8 with AVX2, 8 with SSE2 in two registers of
+//! 4). MD5 is a chain of dependent steps, so one message keeps a core mostly
 //! waiting; independent blocks hashed in lanes run several times faster per core. Checked
 //! against the `md-5` crate in the tests.
 
@@ -47,16 +47,17 @@ const WORDS: [[usize; 16]; 4] = {
     t
 };
 
-/// Defines a kernel: `chunks` 64-byte chunks of each of `$w * $groups` lanes through the MD5
-/// compression, lane `l` reading chunk `k` at `data[l][64 * k..]`. A vector holds `$w` lanes;
+/// Defines kernels, one per name with its number of groups: `chunks` 64-byte chunks of each of
+/// `$w * $groups` lanes through the MD5 compression, lane `l` reading chunk `k` at
+/// `data[l][64 * k..]`. A vector holds `$w` lanes;
 /// `$groups` vectors of independent lanes are interleaved, so that one group's steps fill the
 /// time another waits for its previous step. `$words` gives chunk `k` of the `$w` lanes at the
 /// start of a slice as 16 vectors (word `j` of every lane in vector `j`); `$f`, `$g`, `$h`,
 /// `$i` are the round functions and `$rotl` the rotation, as macros over vectors.
 macro_rules! kernel {
-    ($name:ident, $feat:literal, $w:literal, $groups:literal, $v:ty, $add:path, $set1:path,
-     $load:path, $store:path, $words:ident, $f:ident, $g:ident, $h:ident, $i:ident,
-     $rotl:ident) => {
+    ([$($name:ident: $groups:literal),+], $feat:literal, $w:literal, $v:ty, $add:path,
+     $set1:path, $load:path, $store:path, $words:ident, $f:ident, $g:ident, $h:ident, $i:ident,
+     $rotl:ident) => {$(
         #[target_feature(enable = $feat)]
         pub unsafe fn $name(
             st: &mut [[u32; $w * $groups]; 4],
@@ -118,7 +119,7 @@ macro_rules! kernel {
                 }
             }
         }
-    };
+    )+};
 }
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
@@ -254,10 +255,9 @@ mod x86 {
         };
     }
     kernel!(
-        run16,
+        [run16: 1],
         "avx512f",
         16,
-        1,
         __m512i,
         _mm512_add_epi32,
         _mm512_set1_epi32,
@@ -271,44 +271,72 @@ mod x86 {
         rotl512
     );
 
-    // AVX2 and SSE2: a rotation is two shifts, the round functions plain bitwise operations.
-    macro_rules! rotl256 {
-        ($x:expr, $s:expr) => {{
-            let x = $x;
-            _mm256_or_si256(
-                _mm256_slli_epi32::<{ $s as i32 }>(x),
-                _mm256_srli_epi32::<{ 32 - $s as i32 }>(x),
-            )
-        }};
-    }
-    macro_rules! f256 {
-        ($b:expr, $c:expr, $d:expr) => {
-            _mm256_xor_si256($d, _mm256_and_si256($b, _mm256_xor_si256($c, $d)))
+    // AVX2 and SSE2: a rotation is two shifts, the round functions plain bitwise operations,
+    // the same over either width. `$d` is a `$` passed in, so that the macros made here can
+    // have arguments of their own.
+    macro_rules! bitwise_ops {
+        ($d:tt, $and:ident, $or:ident, $xor:ident, $set1:ident, $sl:ident, $sr:ident,
+         $rotl:ident, $f:ident, $g:ident, $h:ident, $i:ident) => {
+            macro_rules! $rotl {
+                            ($d x:expr, $d s:expr) => {{
+                                let x = $d x;
+                                $or($sl::<{ $d s as i32 }>(x), $sr::<{ 32 - $d s as i32 }>(x))
+                            }};
+                        }
+            macro_rules! $f {
+                            ($d b:expr, $d c:expr, $d dd:expr) => {
+                                $xor($d dd, $and($d b, $xor($d c, $d dd)))
+                            };
+                        }
+            macro_rules! $g {
+                            ($d b:expr, $d c:expr, $d dd:expr) => {
+                                $xor($d c, $and($d dd, $xor($d b, $d c)))
+                            };
+                        }
+            macro_rules! $h {
+                            ($d b:expr, $d c:expr, $d dd:expr) => {
+                                $xor($xor($d b, $d c), $d dd)
+                            };
+                        }
+            macro_rules! $i {
+                            ($d b:expr, $d c:expr, $d dd:expr) => {
+                                $xor($d c, $or($d b, $xor($d dd, $set1(-1))))
+                            };
+                        }
         };
     }
-    macro_rules! g256 {
-        ($b:expr, $c:expr, $d:expr) => {
-            _mm256_xor_si256($c, _mm256_and_si256($d, _mm256_xor_si256($b, $c)))
-        };
-    }
-    macro_rules! h256 {
-        ($b:expr, $c:expr, $d:expr) => {
-            _mm256_xor_si256(_mm256_xor_si256($b, $c), $d)
-        };
-    }
-    macro_rules! i256 {
-        ($b:expr, $c:expr, $d:expr) => {
-            _mm256_xor_si256(
-                $c,
-                _mm256_or_si256($b, _mm256_xor_si256($d, _mm256_set1_epi32(-1))),
-            )
-        };
-    }
+    bitwise_ops!(
+        $,
+        _mm256_and_si256,
+        _mm256_or_si256,
+        _mm256_xor_si256,
+        _mm256_set1_epi32,
+        _mm256_slli_epi32,
+        _mm256_srli_epi32,
+        rotl256,
+        f256,
+        g256,
+        h256,
+        i256
+    );
+    bitwise_ops!(
+        $,
+        _mm_and_si128,
+        _mm_or_si128,
+        _mm_xor_si128,
+        _mm_set1_epi32,
+        _mm_slli_epi32,
+        _mm_srli_epi32,
+        rotl128,
+        f128,
+        g128,
+        h128,
+        i128
+    );
     kernel!(
-        run8,
+        [run8: 1],
         "avx2",
         8,
-        1,
         __m256i,
         _mm256_add_epi32,
         _mm256_set1_epi32,
@@ -321,57 +349,10 @@ mod x86 {
         i256,
         rotl256
     );
-    macro_rules! rotl128 {
-        ($x:expr, $s:expr) => {{
-            let x = $x;
-            _mm_or_si128(
-                _mm_slli_epi32::<{ $s as i32 }>(x),
-                _mm_srli_epi32::<{ 32 - $s as i32 }>(x),
-            )
-        }};
-    }
-    macro_rules! f128 {
-        ($b:expr, $c:expr, $d:expr) => {
-            _mm_xor_si128($d, _mm_and_si128($b, _mm_xor_si128($c, $d)))
-        };
-    }
-    macro_rules! g128 {
-        ($b:expr, $c:expr, $d:expr) => {
-            _mm_xor_si128($c, _mm_and_si128($d, _mm_xor_si128($b, $c)))
-        };
-    }
-    macro_rules! h128 {
-        ($b:expr, $c:expr, $d:expr) => {
-            _mm_xor_si128(_mm_xor_si128($b, $c), $d)
-        };
-    }
-    macro_rules! i128 {
-        ($b:expr, $c:expr, $d:expr) => {
-            _mm_xor_si128($c, _mm_or_si128($b, _mm_xor_si128($d, _mm_set1_epi32(-1))))
-        };
-    }
     kernel!(
-        run4,
+        [run4: 1, run4x2: 2],
         "sse2",
         4,
-        1,
-        __m128i,
-        _mm_add_epi32,
-        _mm_set1_epi32,
-        _mm_loadu_si128,
-        _mm_storeu_si128,
-        words4,
-        f128,
-        g128,
-        h128,
-        i128,
-        rotl128
-    );
-    kernel!(
-        run4x2,
-        "sse2",
-        4,
-        2,
         __m128i,
         _mm_add_epi32,
         _mm_set1_epi32,

@@ -72,7 +72,7 @@ pub fn create_own(path: &std::path::Path) -> std::io::Result<std::fs::File> {
             .write(true)
             .create(true)
             .truncate(true)
-            .custom_flags(crate::puller::O_NOFOLLOW)
+            .custom_flags(O_NOFOLLOW)
             .open(path)
     };
     match open() {
@@ -84,6 +84,15 @@ pub fn create_own(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     }
 }
 
+/// `open` flags (Linux; x86 and x86_64 values, then the generic ones).
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+pub const O_NOFOLLOW: i32 = 0o400000;
+#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+pub const O_NOFOLLOW: i32 = 0o100000;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+pub const O_DIRECTORY: i32 = 0o200000;
+#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+pub const O_DIRECTORY: i32 = 0o40000;
 /// The errno `open` gives for a symlink under `O_NOFOLLOW`.
 pub const ELOOP: i32 = 40;
 

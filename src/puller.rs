@@ -284,15 +284,6 @@ pub fn need_done(model: &Model, conn: u64, e: &Entry, r: Result<()>) {
     }
 }
 
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-pub const O_NOFOLLOW: i32 = 0o400000;
-#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-pub const O_NOFOLLOW: i32 = 0o100000;
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-const O_DIRECTORY: i32 = 0o200000;
-#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-const O_DIRECTORY: i32 = 0o40000;
-
 /// An entry's mtime as a time; one outside what the system can hold (a peer can send any
 /// number) becomes the epoch rather than an overflow.
 pub fn mtime_of(e: &Entry) -> SystemTime {
@@ -311,7 +302,7 @@ pub fn set_meta(root: &Path, e: &Entry) -> Result<Stat> {
     let path = abs(root, &e.path);
     let f = OpenOptions::new()
         .write(true)
-        .custom_flags(O_NOFOLLOW)
+        .custom_flags(names::O_NOFOLLOW)
         .open(&path)
         .at(&path)?;
     f.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777))
@@ -425,7 +416,7 @@ fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
     // Through the folder itself: a chmod by name would follow a symlink swapped in meanwhile.
     OpenOptions::new()
         .read(true)
-        .custom_flags(O_NOFOLLOW | O_DIRECTORY)
+        .custom_flags(names::O_NOFOLLOW | names::O_DIRECTORY)
         .open(target)
         .and_then(|d| d.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777 | 0o700)))
         .at(target)?;

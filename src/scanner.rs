@@ -9,7 +9,7 @@ use crate::ignore::{self, Ignore};
 use crate::index::{Entry, FAST_MIN_BLOCKS, Kind, Stat, block_size_for};
 use crate::model::{Model, State};
 use crate::names;
-use crate::puller::O_NOFOLLOW;
+use crate::names::O_NOFOLLOW;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io;
