@@ -21,6 +21,8 @@ options:
   --key-file FILE  shared key: only peers holding the same key get in (recommended)
   --config FILE    read options from FILE (default: /opt/left.conf if present);
                    the command line wins over the file
+  --max-pending N  entries to receive from a peer kept in memory (default: 2048);
+                   the rest wait in a file under DIR/.left
   --allow ADDR     also accept connections from ADDR (an IP address, or \"any\");
                    by default only the listed peers' addresses may connect
   -q, --quiet      log errors only
@@ -59,6 +61,8 @@ pub struct Options {
     pub key_file: Option<PathBuf>,
     /// Addresses allowed to connect besides the peers (`any` for all).
     pub allow: Vec<Allow>,
+    /// Entries pending from one peer kept in memory.
+    pub max_pending: usize,
 }
 
 /// Who may connect besides the listed peers.
@@ -66,6 +70,14 @@ pub struct Options {
 pub enum Allow {
     Any,
     Ip(std::net::IpAddr),
+}
+
+/// A number of pending entries kept in memory: 2 or more.
+pub fn parse_pending(s: &str, what: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 2 => Ok(n),
+        _ => Err(format!("{what}: {s:?} is not a whole number of 2 or more")),
+    }
 }
 
 pub fn parse_allow(s: &str) -> Result<Allow, String> {
@@ -213,6 +225,7 @@ pub fn parse_with(
     let mut verbosity = cfg.verbosity.unwrap_or(1);
     let mut peers = Vec::new();
     let mut key_file = cfg.key_file.clone();
+    let mut max_pending = cfg.max_pending.unwrap_or(crate::needs::DEFAULT_IN_MEMORY);
     let mut allow = Vec::new();
     let mut it = args.iter();
     let mut only_peers = false;
@@ -255,6 +268,9 @@ pub fn parse_with(
                 timeout = Duration::from_secs(secs);
             }
             "--key-file" => key_file = Some(PathBuf::from(value("--key-file")?)),
+            "--max-pending" => {
+                max_pending = parse_pending(&value("--max-pending")?, "--max-pending")?
+            }
             "--config" => {
                 value("--config")?;
             }
@@ -305,6 +321,7 @@ pub fn parse_with(
         verbosity,
         key_file,
         allow,
+        max_pending,
     }))
 }
 
@@ -376,6 +393,7 @@ mod tests {
             "--once",
             "--timeout",
             "5",
+            "--max-pending=64",
             "1.2.3.4",
             "h:9",
         ])
@@ -384,6 +402,7 @@ mod tests {
         assert_eq!(o.port, 1234);
         assert!(o.once);
         assert_eq!(o.timeout, Duration::from_secs(5));
+        assert_eq!(o.max_pending, 64);
         assert_eq!(
             o.peers[0],
             PeerAddr {
@@ -466,6 +485,7 @@ mod tests {
         assert!(err(&["--port", "x", "h"]).contains("port"));
         assert!(err(&["--bogus", "h"]).contains("unknown option"));
         assert!(err(&["--timeout", "-1", "h"]).contains("--timeout"));
+        assert!(err(&["--max-pending", "1", "h"]).contains("2 or more"));
         assert!(err(&["--once=1", "h"]).contains("takes no value"));
         assert_eq!(parse(&["-h".to_string()]).unwrap(), Command::Help);
         let st = |a: &[&str]| parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());

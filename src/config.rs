@@ -3,8 +3,8 @@
 //! The format, line by line:
 //!
 //! - `key = value`; whitespace around the key and the value is dropped. Keys are the long
-//!   options without their dashes: `dir`, `port`, `peer`, `once`, `timeout`, `log`, `verbose`,
-//!   `quiet`, `key-file`, `allow`.
+//!   options without their dashes: `dir`, `port`, `peer`, `once`, `timeout`, `max-pending`,
+//!   `log`, `verbose`, `quiet`, `key-file`, `allow`.
 //! - Blank lines are skipped. `#` starts a comment when it begins the line or the value, or
 //!   follows a space or tab; a `#` inside a word (`a#b`) is kept.
 //! - A value may be wrapped in double quotes to keep a ` #` or leading or trailing spaces:
@@ -28,7 +28,8 @@ pub const DEFAULT_PATH: &str = "/opt/left.conf";
 /// Larger files are refused.
 pub const MAX_SIZE: u64 = 1 << 20;
 
-const KEYS: &str = "dir, port, peer, once, timeout, log, verbose, quiet, key-file, allow";
+const KEYS: &str =
+    "dir, port, peer, once, timeout, max-pending, log, verbose, quiet, key-file, allow";
 
 /// What a config file sets; `None` or empty where it says nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,6 +41,7 @@ pub struct Config {
     pub once: Option<bool>,
     /// Seconds.
     pub timeout: Option<u64>,
+    pub max_pending: Option<usize>,
     /// 0 quiet, 1 normal, 2 verbose.
     pub verbosity: Option<u8>,
     pub key_file: Option<PathBuf>,
@@ -144,7 +146,7 @@ fn set_line<'a>(
     // Single-valued settings are named for the duplicate check; `peer` and `allow` repeat.
     let setting = match key {
         "log" | "verbose" | "quiet" => Some("the log level"),
-        "dir" | "port" | "once" | "timeout" | "key-file" => Some(key),
+        "dir" | "port" | "once" | "timeout" | "max-pending" | "key-file" => Some(key),
         "peer" | "allow" => None,
         _ => return Err(format!("unknown key {key:?} (known: {KEYS})")),
     };
@@ -177,6 +179,7 @@ fn set_line<'a>(
                 .map_err(|_| format!("timeout: {value:?} is not a whole number of seconds"))?;
             cfg.timeout = Some(secs);
         }
+        "max-pending" => cfg.max_pending = Some(crate::cli::parse_pending(value, key)?),
         "once" => cfg.once = Some(boolean(key, value)?),
         "verbose" => cfg.verbosity = Some(if boolean(key, value)? { 2 } else { 1 }),
         "quiet" => cfg.verbosity = Some(if boolean(key, value)? { 0 } else { 1 }),
@@ -266,6 +269,7 @@ peer = 10.0.0.2
 peer = box-2.lan:9000, [fe80::1]:7 10.0.0.3
 once = yes
 timeout = 60
+max-pending = 500
 log = verbose
 key-file = /opt/left.key
 allow = 10.0.0.9,any
@@ -278,12 +282,13 @@ allow = 10.0.0.9,any
         );
         assert_eq!(c.once, Some(true));
         assert_eq!(c.timeout, Some(60));
+        assert_eq!(c.max_pending, Some(500));
         assert_eq!(c.verbosity, Some(2));
         assert_eq!(c.key_file, Some(PathBuf::from("/opt/left.key")));
         assert_eq!(c.allow, ["10.0.0.9", "any"]);
         assert_eq!(c.peer_origin(0), "t.conf:4");
         assert_eq!(c.peer_origin(3), "t.conf:5");
-        assert_eq!(c.allow_origin(1), "t.conf:10");
+        assert_eq!(c.allow_origin(1), "t.conf:11");
         assert_eq!(c.allow_origin(2), "t.conf");
     }
 

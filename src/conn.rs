@@ -262,7 +262,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
             since: Instant::now(),
             out: out_tx.clone(),
             stream: stream.try_clone()?,
-            needs: BTreeMap::new(),
+            needs: model.new_needs(),
             retry: BTreeMap::new(),
             remote_done: false,
             remote_seq: 0,

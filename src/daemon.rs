@@ -127,6 +127,7 @@ pub fn run(opts: &Options) -> Result<i32> {
     let device = device_id(&state)?;
     let index = open_index(&state, device);
     let mut model = Model::new(root.clone(), index);
+    model.max_pending = opts.max_pending;
     if let Some(k) = &opts.key_file {
         model.key = Some(crate::auth::load_key(k)?);
     }

@@ -16,6 +16,7 @@ mod limits;
 mod md5x;
 mod model;
 mod names;
+mod needs;
 mod pool;
 mod puller;
 mod scanner;

@@ -3,6 +3,7 @@
 
 use crate::ignore::Ignore;
 use crate::index::{Entry, Index, Kind};
+use crate::needs::Needs;
 use crate::version::Order;
 use crate::wire::Request;
 use std::collections::{BTreeMap, HashSet};
@@ -11,9 +12,6 @@ use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
-
-/// Most entries one peer may have pending with us (memory stays bounded on a 512 MB machine).
-pub const MAX_NEEDS: usize = 500_000;
 
 /// What to do with a version a peer announced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,8 +82,8 @@ pub struct Peer {
     pub out: Sender<Out>,
     /// Closes the socket, which ends the connection's threads.
     pub stream: std::net::TcpStream,
-    /// Entries the peer has that we should take, by path.
-    pub needs: BTreeMap<String, Entry>,
+    /// Entries the peer has that we should take.
+    pub needs: Needs,
     /// Paths whose last pull failed, with when to try again.
     pub retry: BTreeMap<String, Instant>,
     /// The peer's initial index has arrived in full.
@@ -178,6 +176,8 @@ pub struct Model {
     pub state: Mutex<State>,
     /// Signalled whenever needs, the index or the set of peers change.
     pub changed: Condvar,
+    /// Entries pending from one peer kept in memory; the rest wait on disk ([`Needs`]).
+    pub max_pending: usize,
 }
 
 impl Model {
@@ -202,7 +202,13 @@ impl Model {
             port: Default::default(),
             state: Mutex::new(state),
             changed: Condvar::new(),
+            max_pending: crate::needs::DEFAULT_IN_MEMORY,
         }
+    }
+
+    /// An empty set of needs for a new connection.
+    pub fn new_needs(&self) -> Needs {
+        Needs::new(self.root.join(crate::names::STATE_DIR), self.max_pending)
     }
 
     /// Locks the state. A poisoned lock (a thread panicked holding it) cannot happen with
@@ -223,8 +229,7 @@ impl Model {
     }
 
     /// Takes in entries a peer announced: each is decided against ours, and recorded as a need of
-    /// that connection or merged at once. Fails when a peer asks us to hold more than
-    /// [`MAX_NEEDS`] pending entries.
+    /// that connection or merged at once. Fails when what is pending cannot be kept.
     pub fn remote_entries(
         &self,
         conn: u64,
@@ -234,50 +239,71 @@ impl Model {
         let mut g = self.lock();
         let st = &mut *g;
         for r in entries {
-            if !st.ignore.is_empty() && st.ignore.is_ignored(&r.path, r.kind == Kind::Dir) {
-                continue;
-            }
-            let local = st.index.entries.get(&r.path);
-            match decide(local, &r) {
-                Decision::Keep => {
-                    if let Some(p) = st.peers.get_mut(&conn) {
-                        p.needs.remove(&r.path);
-                    }
-                }
-                Decision::Take { .. } => {
-                    if let Some(p) = st.peers.get_mut(&conn) {
-                        if p.needs.len() >= MAX_NEEDS {
-                            return Err(crate::error::Error::protocol(
-                                "peer announced too many entries at once",
-                            ));
-                        }
-                        p.retry.remove(&r.path);
-                        p.needs.insert(r.path.clone(), r);
-                    }
-                }
-                Decision::Merge(m) => {
-                    // Same content: take over the winner's metadata where it is the peer's.
-                    if let Some(l) = local
-                        && (l.mtime, l.mtime_ns, l.mode) != (m.mtime, m.mtime_ns, m.mode)
-                        && m.is_file()
-                        && let Ok(stat) = crate::puller::set_meta(&self.root, &m)
-                    {
-                        let mut m = m;
-                        m.stat = stat;
-                        st.put(m);
-                    } else {
-                        st.put(m);
-                    }
-                    if let Some(p) = st.peers.get_mut(&conn) {
-                        p.needs.remove(&r.path);
-                    }
-                }
-            }
+            self.take_in(st, conn, r, false)?;
         }
         if let Some(p) = st.peers.get_mut(&conn) {
             p.remote_seq = p.remote_seq.max(seq);
         }
         self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Brings back needs of `conn` that waited on disk, once there is room for them in memory;
+    /// each is decided again, as what we hold may have changed meanwhile.
+    pub fn refill_needs(&self, st: &mut State, conn: u64) -> crate::error::Result<()> {
+        let Some(p) = st.peers.get_mut(&conn) else {
+            return Ok(());
+        };
+        for r in p.needs.refill()? {
+            self.take_in(st, conn, r, true)?;
+        }
+        Ok(())
+    }
+
+    /// Decides one entry of a peer's; `back`: it is one that waited on disk.
+    fn take_in(&self, st: &mut State, conn: u64, r: Entry, back: bool) -> crate::error::Result<()> {
+        if !st.ignore.is_empty() && st.ignore.is_ignored(&r.path, r.kind == Kind::Dir) {
+            return Ok(());
+        }
+        let local = st.index.entries.get(&r.path);
+        match decide(local, &r) {
+            Decision::Keep => {
+                if let Some(p) = st.peers.get_mut(&conn)
+                    && !back
+                {
+                    p.needs.remove(&r.path);
+                }
+            }
+            Decision::Take { .. } => {
+                if let Some(p) = st.peers.get_mut(&conn) {
+                    p.retry.remove(&r.path);
+                    if back {
+                        p.needs.restore(r);
+                    } else {
+                        p.needs.add(r)?;
+                    }
+                }
+            }
+            Decision::Merge(m) => {
+                // Same content: take over the winner's metadata where it is the peer's.
+                if let Some(l) = local
+                    && (l.mtime, l.mtime_ns, l.mode) != (m.mtime, m.mtime_ns, m.mode)
+                    && m.is_file()
+                    && let Ok(stat) = crate::puller::set_meta(&self.root, &m)
+                {
+                    let mut m = m;
+                    m.stat = stat;
+                    st.put(m);
+                } else {
+                    st.put(m);
+                }
+                if let Some(p) = st.peers.get_mut(&conn)
+                    && !back
+                {
+                    p.needs.remove(&r.path);
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -100,18 +100,30 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
         // Every connection may pull at once: each keeps its batch's files within its share of
         // the open-file limit.
         let max_files = crate::limits::batch_files(open_limit, st.peers.len());
+        if let Err(e) = link.model.refill_needs(st, link.conn) {
+            // What the peer announced cannot be read back: the connection starts over.
+            warn!("{e}");
+            let p = st.peers.get(&link.conn)?;
+            let _ = p.stream.shutdown(std::net::Shutdown::Both);
+            return None;
+        }
         let p = st.peers.get_mut(&link.conn)?;
         let mut batch = Vec::new();
         let (mut bytes, mut files) = (0u64, 0usize);
         let mut moot = Vec::new();
-        for (path, r) in &p.needs {
+        for (path, r) in p.needs.mem() {
             if st.busy.contains(path) || p.retry.get(path).is_some_and(|t| *t > now) {
                 continue;
             }
-            // A folder's deletion waits until the deletions of what is inside it are done.
+            // A folder's deletion waits until the deletions of what is inside it are done (and
+            // while entries wait on disk: they may be inside it).
             if r.deleted && r.kind == Kind::Dir {
+                if p.needs.waiting() {
+                    continue;
+                }
                 let inside = format!("{path}/");
                 if p.needs
+                    .mem()
                     .range(inside.clone()..)
                     .next()
                     .is_some_and(|(k, _)| k.starts_with(&inside))

@@ -276,7 +276,7 @@ pub fn scan(
             gone
         }
     };
-    let gone: Vec<String> = gone
+    let mut gone: Vec<String> = gone
         .into_iter()
         .filter(|p| {
             ignore.is_empty()
@@ -287,6 +287,10 @@ pub fn scan(
                     .is_some_and(|e| ignore.is_ignored(&e.path, e.kind == Kind::Dir))
         })
         .collect();
+    // What a folder held is deleted before the folder (a name sorts after its folder's): a
+    // peer takes deletions in this order.
+    gone.sort_unstable_by(|a, b| b.cmp(a));
+    gone.dedup();
     for path in gone {
         if fs::symlink_metadata(root.join(&path)).is_ok() {
             continue; // created since the folder was read (by a pull): next scan sees it

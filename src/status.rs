@@ -54,7 +54,7 @@ pub fn render(model: &Model, opts: &Options, totals: &mut (u64, usize, u64)) -> 
         p.shown_in_sync = in_sync;
         all_in_sync &= in_sync;
         let recv_files = p.needs.len();
-        let recv_bytes: u64 = p.needs.values().map(|e| e.size).sum();
+        let recv_bytes = p.needs.bytes();
         let send = st.index.since(p.peer_in_sync).count();
         let since = now.checked_sub(p.since.elapsed()).unwrap_or(now);
         let _ = writeln!(

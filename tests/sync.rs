@@ -1116,3 +1116,41 @@ fn edit_beats_concurrent_delete() {
         b"edited while A deleted it"
     );
 }
+
+#[test]
+fn entries_beyond_max_pending_wait_on_disk_and_all_arrive() {
+    let t = TestDir::new("max-pending");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    // Nested folders, empty ones, and a folder whose content is deleted later.
+    for d in 0..6 {
+        for f in 0..40 {
+            let p = a.path(&format!("d{d}/e{}/f{f}.txt", f % 3));
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, format!("file {d}/{f}\n")).unwrap();
+        }
+        fs::create_dir_all(a.path(&format!("d{d}/empty"))).unwrap();
+    }
+    let b = Peer::start_with(&t, "B", pb, &[pa], &["-v", "--max-pending", "4"]);
+    wait_identical(&a.dir, &b.dir, LONG);
+    assert!(
+        b.log_text().contains("more than 4 entries to receive"),
+        "B never had entries wait on disk:\n{}",
+        tail(&b.log_text(), 20)
+    );
+    // A folder's deletion is taken after the deletions of what it holds, and new files that
+    // came after them in the peer's order arrive too.
+    fs::remove_dir_all(a.path("d2")).unwrap();
+    for f in 0..30 {
+        fs::write(a.path(&format!("d5/new{f}")), format!("new {f}\n")).unwrap();
+    }
+    wait_identical(&a.dir, &b.dir, LONG);
+    assert!(!b.path("d2").exists());
+    // The waiting file was unlinked when it was made: nothing is left in the state folder.
+    let left: Vec<String> = fs::read_dir(b.path(".left"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("needs-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -1,0 +1,433 @@
+//! What one peer has that we are to take: the entries it announced, kept in memory up to a bound
+//! and, beyond it, waiting in the order they came in a file under the state folder. A peer with
+//! any number of files costs a bounded amount of memory.
+//!
+//! Once an entry has waited in the file, every later one waits too (except a newer version of a
+//! path already in memory, which replaces it): memory holds the oldest announcements and the file
+//! the rest, so entries are taken in the order the peer made them (a folder's content before its
+//! deletion). The file is unlinked as soon as it is made: it goes away with the connection, or
+//! with the process, whatever ends it.
+
+use crate::error::{Context, Error, Result};
+use crate::index::Entry;
+use crate::wire::{self, Dec, Enc};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+
+/// Entries kept in memory per connection unless told otherwise (`--max-pending`): about 1.5 MiB
+/// for small files.
+pub const DEFAULT_IN_MEMORY: usize = 2048;
+/// The waiting file is written in pieces of this size.
+const WRITE_CHUNK: usize = 64 << 10;
+/// More than this waiting on disk is refused: a peer cannot fill our disk with announcements.
+const MAX_WAITING_BYTES: u64 = 4 << 30;
+
+/// A peer's entries to take.
+pub struct Needs {
+    mem: BTreeMap<String, Entry>,
+    /// Folder deletions in `mem`: they wait for what is inside the folder, which may still be
+    /// on disk, so they do not count against `cap` (else a memory full of them would wait
+    /// forever).
+    folder_deletes: usize,
+    cap: usize,
+    /// Where the waiting file is made.
+    dir: PathBuf,
+    waiting: Option<Waiting>,
+}
+
+/// The entries waiting on disk.
+struct Waiting {
+    file: File,
+    /// Its name when made (for messages: it is unlinked at once).
+    path: PathBuf,
+    /// Next record to read, and where the next is written.
+    read: u64,
+    write: u64,
+    /// Records not yet written out.
+    buf: Vec<u8>,
+    files: usize,
+    bytes: u64,
+}
+
+impl Needs {
+    /// `cap` entries at most in memory (at least 2); the waiting file is made in `dir`.
+    pub fn new(dir: PathBuf, cap: usize) -> Needs {
+        Needs {
+            mem: BTreeMap::new(),
+            folder_deletes: 0,
+            cap: cap.max(2),
+            dir,
+            waiting: None,
+        }
+    }
+
+    /// The entries in memory, by path: the ones to take next.
+    pub fn mem(&self) -> &BTreeMap<String, Entry> {
+        &self.mem
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.mem.get(path)
+    }
+
+    /// Forgets the entry in memory for `path` (an older one may still wait on disk: it is
+    /// decided again when it comes back, and then found not needed).
+    pub fn remove(&mut self, path: &str) -> Option<Entry> {
+        let e = self.mem.remove(path)?;
+        self.folder_deletes -= usize::from(is_folder_delete(&e));
+        Some(e)
+    }
+
+    /// Keeps `e` in memory, replacing what it held for the path.
+    fn keep(&mut self, e: Entry) {
+        self.folder_deletes += usize::from(is_folder_delete(&e));
+        if let Some(old) = self.mem.insert(e.path.clone(), e) {
+            self.folder_deletes -= usize::from(is_folder_delete(&old));
+        }
+    }
+
+    /// Whether entries wait on disk (a folder's deletion waits for them: they may be inside).
+    pub fn waiting(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    /// Entries in memory that count against the bound.
+    fn counted(&self) -> usize {
+        self.mem.len() - self.folder_deletes
+    }
+
+    /// Entries to take, in memory and waiting.
+    pub fn len(&self) -> usize {
+        self.mem.len() + self.waiting.as_ref().map_or(0, |w| w.files)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes of the entries to take.
+    pub fn bytes(&self) -> u64 {
+        let mem: u64 = self.mem.values().map(|e| e.size).sum();
+        mem + self.waiting.as_ref().map_or(0, |w| w.bytes)
+    }
+
+    /// Adds an entry the peer announced: into memory if it replaces one there, or if there is
+    /// room and nothing waits; else at the end of the waiting file.
+    pub fn add(&mut self, e: Entry) -> Result<()> {
+        if self.mem.contains_key(&e.path) || (self.waiting.is_none() && self.counted() < self.cap) {
+            self.keep(e);
+            return Ok(());
+        }
+        let w = match &mut self.waiting {
+            Some(w) => w,
+            None => {
+                let w = Waiting::create(&self.dir)?;
+                debug!(
+                    "more than {} entries to receive: the rest wait in {} (unlinked)",
+                    self.cap,
+                    w.path.display()
+                );
+                self.waiting.insert(w)
+            }
+        };
+        let at = w.buf.len();
+        let mut x = Enc(std::mem::take(&mut w.buf));
+        x.u32(0);
+        wire::put_entry(&mut x, &e);
+        let n = (x.0.len() - at - 4) as u32;
+        x.0[at..at + 4].copy_from_slice(&n.to_be_bytes());
+        w.buf = x.0;
+        w.files += 1;
+        w.bytes += e.size;
+        if w.write + w.buf.len() as u64 > MAX_WAITING_BYTES {
+            return Err(Error::protocol("peer announced too many entries to take"));
+        }
+        if w.buf.len() >= WRITE_CHUNK {
+            w.flush()?;
+        }
+        Ok(())
+    }
+
+    /// When memory is half empty, reads back waiting entries, oldest first, as many as fit.
+    /// They are to be decided again (what we hold may have changed) and those still needed
+    /// given to [`Needs::restore`].
+    pub fn refill(&mut self) -> Result<Vec<Entry>> {
+        let room = self.cap - self.counted().min(self.cap);
+        let Some(w) = &mut self.waiting else {
+            return Ok(Vec::new());
+        };
+        if room < self.cap / 2 {
+            return Ok(Vec::new());
+        }
+        w.flush()?;
+        let mut out = Vec::new();
+        let mut chunk = Vec::new();
+        while out.len() < room && w.read < w.write {
+            // A chunk of whole records, or one record larger than a chunk.
+            chunk.resize(WRITE_CHUNK.min((w.write - w.read) as usize), 0);
+            w.file.read_exact_at(&mut chunk, w.read).at(&w.path)?;
+            let mut used = 0;
+            while out.len() < room {
+                let rest = &chunk[used..];
+                let Some(len) = rest.get(..4) else { break };
+                let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                if n > wire::MAX_FRAME || w.read + (used + 4 + n) as u64 > w.write {
+                    return Err(Error::msg("damaged record").at(&w.path));
+                }
+                if rest.len() < 4 + n {
+                    if used == 0 {
+                        // Larger than a chunk: read it whole.
+                        chunk.resize(4 + n, 0);
+                        w.file.read_exact_at(&mut chunk, w.read).at(&w.path)?;
+                        continue;
+                    }
+                    break;
+                }
+                let mut d = Dec::new(&rest[4..4 + n]);
+                let e = wire::get_entry(&mut d)
+                    .and_then(|e| d.end().map(|_| e))
+                    .map_err(|e| e.at(&w.path))?;
+                used += 4 + n;
+                w.files -= 1;
+                w.bytes -= e.size;
+                out.push(e);
+            }
+            w.read += used as u64;
+        }
+        if w.read == w.write {
+            self.waiting = None;
+        }
+        Ok(out)
+    }
+
+    /// Puts back an entry read by [`Needs::refill`], unless a newer announcement of its path is
+    /// already in memory.
+    pub fn restore(&mut self, e: Entry) {
+        if !self.mem.contains_key(&e.path) {
+            self.keep(e);
+        }
+    }
+}
+
+fn is_folder_delete(e: &Entry) -> bool {
+    e.deleted && e.kind == crate::index::Kind::Dir
+}
+
+impl Waiting {
+    fn create(dir: &std::path::Path) -> Result<Waiting> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("needs-{}-{n}.tmp", std::process::id()));
+        let open = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(crate::names::O_NOFOLLOW)
+                .open(&path)
+        };
+        let file = match open() {
+            // Left by an earlier process with our pid: not ours to keep.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(&path).and_then(|_| open())
+            }
+            r => r,
+        }
+        .at(&path)?;
+        std::fs::remove_file(&path).at(&path)?;
+        Ok(Waiting {
+            file,
+            path,
+            read: 0,
+            write: 0,
+            buf: Vec::new(),
+            files: 0,
+            bytes: 0,
+        })
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.file
+            .write_all_at(&self.buf, self.write)
+            .at(&self.path)?;
+        self.write += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{Kind, MIN_BLOCK};
+    use crate::version::Version;
+
+    fn entry(path: &str, v: u64) -> Entry {
+        let blocks = vec![[v as u8; 16]];
+        Entry {
+            path: path.into(),
+            size: 10 + v,
+            block_size: MIN_BLOCK,
+            file_hash: crate::hash::list_hash(&blocks),
+            blocks,
+            version: Version::from_pairs(vec![(9, v)]),
+            ..Entry::default()
+        }
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("left-needs-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn beyond_the_bound_entries_wait_on_disk_in_order() {
+        let d = dir("order");
+        let mut n = Needs::new(d.clone(), 4);
+        for i in 0..10 {
+            n.add(entry(&format!("f{i}"), 1)).unwrap();
+        }
+        assert_eq!(n.mem().len(), 4);
+        assert_eq!(n.len(), 10);
+        assert_eq!(n.bytes(), 110);
+        // The waiting file is unlinked at once.
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
+        // A newer version of a path in memory replaces it there; of one waiting, it waits too.
+        n.add(entry("f0", 2)).unwrap();
+        n.add(entry("f5", 2)).unwrap();
+        assert_eq!(
+            n.get("f0").unwrap().version,
+            Version::from_pairs(vec![(9, 2)])
+        );
+        assert_eq!(n.len(), 11);
+        // Nothing comes back until memory is half empty.
+        n.remove("f0");
+        assert!(n.refill().unwrap().is_empty());
+        n.remove("f1");
+        let back = n.refill().unwrap();
+        let names: Vec<&str> = back.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(names, ["f4", "f5"]);
+        for e in back {
+            n.restore(e);
+        }
+        for p in ["f2", "f3", "f4", "f5"] {
+            n.remove(p);
+        }
+        let back = n.refill().unwrap();
+        let names: Vec<&str> = back.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(names, ["f6", "f7", "f8", "f9"]);
+        for e in back {
+            n.restore(e);
+        }
+        // The newer f5 comes last; it replaces nothing in memory that is newer.
+        n.remove("f6");
+        n.remove("f7");
+        let back = n.refill().unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].path, "f5");
+        assert_eq!(back[0].version, Version::from_pairs(vec![(9, 2)]));
+        n.restore(back[0].clone());
+        assert_eq!(n.len(), 3);
+        assert!(n.waiting.is_none());
+        // A path already in memory keeps the entry there (it was announced later).
+        n.add(entry("g", 1)).unwrap();
+        n.restore(entry("g", 0));
+        assert_eq!(
+            n.get("g").unwrap().version,
+            Version::from_pairs(vec![(9, 1)])
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn folder_deletions_do_not_count_against_the_bound() {
+        let d = dir("folders");
+        let mut n = Needs::new(d.clone(), 2);
+        let gone = |p: &str| Entry {
+            path: p.into(),
+            kind: Kind::Dir,
+            deleted: true,
+            version: Version::from_pairs(vec![(9, 1)]),
+            ..Entry::default()
+        };
+        n.add(gone("x")).unwrap();
+        n.add(gone("y")).unwrap();
+        n.add(entry("a", 1)).unwrap();
+        n.add(entry("b", 1)).unwrap();
+        assert!(!n.waiting());
+        n.add(entry("c", 1)).unwrap();
+        assert!(n.waiting());
+        assert_eq!((n.mem().len(), n.len()), (4, 5));
+        // Taking the files makes room, though both folder deletions are still in memory.
+        n.remove("a");
+        n.remove("b");
+        assert_eq!(n.refill().unwrap(), vec![entry("c", 1)]);
+        assert!(!n.waiting());
+        n.remove("x");
+        n.remove("y");
+        assert_eq!(n.counted(), 0);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn large_entries_and_folders_come_back_whole() {
+        let d = dir("large");
+        let mut n = Needs::new(d.clone(), 2);
+        n.add(entry("a", 1)).unwrap();
+        n.add(entry("b", 1)).unwrap();
+        // Over 64 KiB of block hashes: larger than a read chunk.
+        let blocks: Vec<_> = (0..5000u32)
+            .map(|i| {
+                let mut h = [0u8; 16];
+                h[..4].copy_from_slice(&i.to_be_bytes());
+                h
+            })
+            .collect();
+        let big = Entry {
+            path: "big".into(),
+            size: 5000 * MIN_BLOCK as u64,
+            block_size: MIN_BLOCK,
+            file_hash: crate::hash::list_hash(&blocks),
+            blocks,
+            version: Version::from_pairs(vec![(9, 1)]),
+            ..Entry::default()
+        };
+        n.add(big.clone()).unwrap();
+        let folder = Entry {
+            path: "d".into(),
+            kind: Kind::Dir,
+            version: Version::from_pairs(vec![(9, 1)]),
+            ..Entry::default()
+        };
+        n.add(folder.clone()).unwrap();
+        n.remove("a");
+        n.remove("b");
+        let back = n.refill().unwrap();
+        assert_eq!(back, vec![big, folder]);
+        assert!(n.is_empty() || n.mem().is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_waiting_file_is_an_error() {
+        let d = dir("damaged");
+        let mut n = Needs::new(d.clone(), 2);
+        for i in 0..6 {
+            n.add(entry(&format!("f{i}"), 1)).unwrap();
+        }
+        n.remove("f0");
+        n.remove("f1");
+        let w = n.waiting.as_mut().unwrap();
+        w.flush().unwrap();
+        // A length that runs past the end.
+        w.file.write_all_at(&[0xff; 4], 0).unwrap();
+        assert!(n.refill().is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
