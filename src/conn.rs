@@ -629,7 +629,7 @@ fn serve(
     let fail = |frame, status| wire::response_frame(frame, req.id, status, 0);
     let stat = {
         let g = model.lock();
-        g.index.entries.get(&req.path).and_then(|e| {
+        g.index.get(&req.path).and_then(|e| {
             let bs = e.block_size as u64;
             let end = req.offset.checked_add(req.len as u64)?;
             let fits = if req.hash == wire::ANY_HASH && !subs {

@@ -265,7 +265,7 @@ impl Model {
         if !st.ignore.is_empty() && st.ignore.is_ignored(&r.path, r.kind == Kind::Dir) {
             return Ok(());
         }
-        let local = st.index.entries.get(&r.path);
+        let local = st.index.get(&r.path);
         match decide(local, &r) {
             Decision::Keep => {
                 if let Some(p) = st.peers.get_mut(&conn)

@@ -131,7 +131,7 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
                     continue;
                 }
             }
-            match decide(st.index.entries.get(path), r) {
+            match decide(st.index.get(path), r) {
                 Decision::Take { .. } => {
                     // Deletions and folders always fit: a renamed big file and the deletion of
                     // its old name stay in one batch, so the file is moved, not copied.
@@ -234,7 +234,7 @@ fn rename_if_moved(model: &Model, e: &Entry, deleted: &[&Entry]) -> Option<Entry
     }
     let mut g = model.lock();
     for t in deleted {
-        let Some(old) = g.index.entries.get(&t.path) else {
+        let Some(old) = g.index.get(&t.path) else {
             continue;
         };
         if !(old.is_file() && old.size == e.size && old.file_hash == e.file_hash) {
@@ -339,7 +339,7 @@ struct Apply<'a> {
 
 fn begin<'a>(model: &'a Model, e: &Entry) -> Result<Option<Apply<'a>>> {
     let g = model.lock();
-    let cur = g.index.entries.get(&e.path).cloned();
+    let cur = g.index.get(&e.path).cloned();
     let Decision::Take { conflict } = decide(cur.as_ref(), e) else {
         return Ok(None);
     };

@@ -10,7 +10,7 @@ use crate::index::{Entry, FAST_MIN_BLOCKS, Kind, Stat, block_size_for};
 use crate::model::{Model, State};
 use crate::names;
 use crate::names::O_NOFOLLOW;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::ops::Bound;
@@ -119,9 +119,10 @@ pub fn scan(
         }
         let mut g = model.lock();
         let st = &mut *g;
+        let device = st.index.device;
         for (path, md) in children {
             let stat = Stat::of(&md);
-            let cur = st.index.entries.get_mut(&path);
+            let cur = st.index.get_mut(&path);
             if !md.is_dir()
                 && cur
                     .as_ref()
@@ -152,17 +153,15 @@ pub fn scan(
                     }
                     _ => {
                         let version = cur
-                            .map(|e| e.version.bumped(st.index.device))
-                            .unwrap_or_else(|| {
-                                crate::version::Version::default().bumped(st.index.device)
-                            });
+                            .map(|e| e.version.bumped(device))
+                            .unwrap_or_else(|| crate::version::Version::default().bumped(device));
                         let e = Entry {
                             path: path.clone(),
                             kind: Kind::Dir,
                             mode: stat.mode,
                             mtime: stat.mtime,
                             mtime_ns: stat.mtime_ns,
-                            modified_by: st.index.device,
+                            modified_by: device,
                             version,
                             stat,
                             scan_gen: generation,
@@ -239,7 +238,6 @@ pub fn scan(
     let gone: Vec<String> = match dirs {
         None => st
             .index
-            .entries
             .values()
             .filter(|e| unseen(e))
             .filter(|e| {
@@ -251,14 +249,14 @@ pub fn scan(
             .collect(),
         // What a walked folder held and no longer does, and whatever was inside a folder gone.
         Some(_) => {
-            let entries = &st.index.entries;
+            let entries = &st.index;
             let inside = |dir: &str| -> Vec<String> {
                 let prefix = format!("{dir}/");
                 entries
-                    .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
-                    .take_while(|(k, _)| k.starts_with(&prefix))
-                    .filter(|(_, x)| !x.deleted)
-                    .map(|(k, _)| k.clone())
+                    .from(Bound::Included(prefix.as_str()))
+                    .take_while(|x| x.path.starts_with(&prefix))
+                    .filter(|x| !x.deleted)
+                    .map(|x| x.path.clone())
                     .collect()
             };
             let mut gone = Vec::new();
@@ -282,7 +280,6 @@ pub fn scan(
             ignore.is_empty()
                 || !st
                     .index
-                    .entries
                     .get(p)
                     .is_some_and(|e| ignore.is_ignored(&e.path, e.kind == Kind::Dir))
         })
@@ -295,7 +292,7 @@ pub fn scan(
         if fs::symlink_metadata(root.join(&path)).is_ok() {
             continue; // created since the folder was read (by a pull): next scan sees it
         }
-        let Some(old) = st.index.entries.get(&path) else {
+        let Some(old) = st.index.get(&path) else {
             continue;
         };
         let e = Entry {
@@ -324,7 +321,7 @@ pub fn scan(
 
 /// The entries directly inside folder `dir` ("" for the top), found without walking what is
 /// deeper: each subfolder's range of names is skipped over.
-fn children<'a>(entries: &'a BTreeMap<String, Entry>, dir: &str) -> Vec<&'a Entry> {
+fn children<'a>(entries: &'a crate::index::Index, dir: &str) -> Vec<&'a Entry> {
     let prefix = if dir.is_empty() {
         String::new()
     } else {
@@ -338,9 +335,10 @@ fn children<'a>(entries: &'a BTreeMap<String, Entry>, dir: &str) -> Vec<&'a Entr
             Bound::Excluded(s) => Bound::Excluded(s.as_str()),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let Some((k, e)) = entries.range::<str, _>((bound, Bound::Unbounded)).next() else {
+        let Some(e) = entries.from(bound).next() else {
             break;
         };
+        let k = &e.path;
         let Some(rest) = k.strip_prefix(&prefix) else {
             break;
         };
@@ -408,7 +406,7 @@ fn find_moved(model: &Model, candidates: &[Candidate]) -> std::collections::Hash
         return out;
     }
     let g = model.lock();
-    for e in g.index.entries.values().filter(|e| e.is_file()) {
+    for e in g.index.values().filter(|e| e.is_file()) {
         if let Some(c) = fresh.get(&e.stat.ino)
             && e.stat == c.stat
             && e.path != c.path
@@ -438,7 +436,6 @@ fn hash_one(model: &Model, c: &Candidate) -> Result<bool> {
     let prev = {
         let g = model.lock();
         g.index
-            .entries
             .get(&c.path)
             .filter(|e| e.is_file() && e.block_size == bs && !e.fast.is_empty())
             .map(|e| (e.size, e.blocks.clone(), e.fast.clone()))
@@ -473,7 +470,7 @@ fn record(
         fast = Vec::new();
     }
     let file_hash = hash::list_hash(&blocks);
-    let cur = st.index.entries.get(&c.path);
+    let cur = st.index.get(&c.path);
     if cur.map(|e| e.seq) != c.seq {
         return false; // a pull replaced it meanwhile
     }
@@ -489,7 +486,7 @@ fn record(
         return false;
     }
     let device = st.index.device;
-    let version = match st.index.entries.get(&c.path) {
+    let version = match st.index.get(&c.path) {
         Some(e) => e.version.bumped(device),
         None => crate::version::Version::default().bumped(device),
     };
@@ -546,17 +543,14 @@ mod tests {
 
     #[test]
     fn children_are_found_without_walking_deeper() {
-        let mut m = BTreeMap::new();
+        let mut m = crate::index::Index::new(1);
         for p in [
             "a", "a.txt", "a/b", "a/b/c", "a/b/c/d", "a/b.txt", "a/z", "a0", "b", "b/x", "ab/y",
         ] {
-            m.insert(
-                p.to_string(),
-                Entry {
-                    path: p.to_string(),
-                    ..Entry::default()
-                },
-            );
+            m.put(Entry {
+                path: p.to_string(),
+                ..Entry::default()
+            });
         }
         let names =
             |d: &str| -> Vec<String> { children(&m, d).iter().map(|e| e.path.clone()).collect() };

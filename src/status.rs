@@ -40,7 +40,7 @@ pub fn render(model: &Model, opts: &Options, totals: &mut (u64, usize, u64)) -> 
     );
     // Totals change only with the index's sequence number: counted again only then.
     if totals.0 != seq || totals.0 == 0 {
-        let files = st.index.entries.values().filter(|e| e.is_file());
+        let files = st.index.values().filter(|e| e.is_file());
         *totals = files.fold((seq, 0, 0), |(s, n, b), e| (s, n + 1, b + e.size));
     }
     let (_, files, bytes) = *totals;

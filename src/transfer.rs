@@ -350,7 +350,7 @@ fn local_sources(link: &Link<'_>, files: &[Entry]) -> HashMap<Hash, (String, u64
         .collect();
     let mut sources = HashMap::new();
     let g = link.model.lock();
-    for e in g.index.entries.values().filter(|e| e.is_file()) {
+    for e in g.index.values().filter(|e| e.is_file()) {
         for (i, b) in e.blocks.iter().enumerate() {
             if needed.contains(b) && !sources.contains_key(b) {
                 sources.insert(*b, (e.path.clone(), e.block_range(i).0));
@@ -414,7 +414,6 @@ fn plan(
     let cur = {
         let g = link.model.lock();
         g.index
-            .entries
             .get(&e.path)
             .filter(|c| c.is_file() && c.size > 0)
             .cloned()
