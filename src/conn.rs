@@ -7,16 +7,15 @@ use crate::error::{Context, Error, Result};
 use crate::hash::short_id;
 use crate::index::Stat;
 use crate::model::{Model, Out, Peer};
-use crate::names::O_NOFOLLOW;
 use crate::pool::Pool;
 use crate::puller::{self, Link};
 use crate::wire::{self, Enc, Hello, MAGIC, Msg, PROTOCOL_VERSION, Request, Status};
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -653,15 +652,12 @@ fn serve(
         .is_none_or(|(p, st, _)| *p != req.path || *st != stat)
     {
         *open = None;
-        if crate::names::check_ancestors(&model.root, &req.path).is_err() {
-            return fail(frame, Status::Failed);
-        }
-        match OpenOptions::new()
-            .read(true)
-            .custom_flags(O_NOFOLLOW)
-            .open(model.root.join(&req.path))
-        {
+        match crate::names::open_in(&model.root, &req.path, crate::names::Open::Read) {
             Ok(f) => *open = Some((req.path.clone(), stat, f)),
+            // A symlink on the way, or in the file's place.
+            Err(e) if e.raw_os_error() == Some(crate::names::ELOOP) => {
+                return fail(frame, Status::Failed);
+            }
             Err(_) => return fail(frame, Status::Changed),
         }
     }

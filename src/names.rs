@@ -95,6 +95,113 @@ pub const O_DIRECTORY: i32 = 0o200000;
 pub const O_DIRECTORY: i32 = 0o40000;
 /// The errno `open` gives for a symlink under `O_NOFOLLOW`.
 pub const ELOOP: i32 = 40;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+const O_LARGEFILE: u64 = 0o100000;
+#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+const O_LARGEFILE: u64 = 0o400000;
+const O_RDWR: u64 = 2;
+const O_CREAT: u64 = 0o100;
+const O_CLOEXEC: u64 = 0o2000000;
+const ENOSYS: i32 = 38;
+const EPERM: i32 = 1;
+
+/// How [`open_in`] opens a file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    Read,
+    /// Read and write, created (mode 0600) if missing.
+    Create,
+}
+
+/// Opens `rel` inside the share at `root` (a canonical path, as the daemon uses) refusing a
+/// symlink anywhere on the way, the name itself included: with `openat2` and
+/// `RESOLVE_NO_SYMLINKS` (Linux 5.6 and later) the check and the open are one step, with no
+/// window between them, and no `stat` per folder on the way. On older kernels, or where
+/// `openat2` is not allowed, the folders are checked ([`check_ancestors`]) and the file opened
+/// with `O_NOFOLLOW`. A symlink gives `ELOOP` (or, from the check, an error naming it).
+pub fn open_in(root: &std::path::Path, rel: &str, how: Open) -> std::io::Result<std::fs::File> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// `openat2` failed with ENOSYS or EPERM once: not tried again.
+    static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        match open_beneath(root, rel, how) {
+            Some(r) => return r,
+            None => NO_OPENAT2.store(true, Ordering::Relaxed),
+        }
+    }
+    open_checked(root, rel, how)
+}
+
+/// [`open_in`] with `openat2`; `None` where it is not available.
+fn open_beneath(
+    root: &std::path::Path,
+    rel: &str,
+    how: Open,
+) -> Option<std::io::Result<std::fs::File>> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let path = root.join(rel);
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    unsafe extern "C" {
+        fn syscall(num: std::ffi::c_long, ...) -> std::ffi::c_long;
+    }
+    const SYS_OPENAT2: std::ffi::c_long = 437;
+    const AT_FDCWD: std::ffi::c_long = -100;
+    const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+    let mut c = path.as_os_str().as_bytes().to_vec();
+    c.push(0);
+    let how = OpenHow {
+        flags: O_CLOEXEC
+            | O_LARGEFILE
+            | match how {
+                Open::Read => 0,
+                Open::Create => O_RDWR | O_CREAT,
+            },
+        mode: if how == Open::Create { 0o600 } else { 0 },
+        resolve: RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: `c` is NUL-terminated and `how` is the size given; both outlive the call.
+    let fd = unsafe {
+        syscall(
+            SYS_OPENAT2,
+            AT_FDCWD,
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a new descriptor that nothing else owns.
+        return Some(Ok(unsafe {
+            std::fs::File::from_raw_fd(fd as std::ffi::c_int)
+        }));
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(ENOSYS | EPERM) => None,
+        _ => Some(Err(err)),
+    }
+}
+
+/// [`open_in`] without `openat2`: the folders on the way are checked, then the file is opened
+/// with `O_NOFOLLOW`.
+fn open_checked(root: &std::path::Path, rel: &str, how: Open) -> std::io::Result<std::fs::File> {
+    if check_ancestors(root, rel).is_err() {
+        return Err(std::io::Error::from_raw_os_error(ELOOP));
+    }
+    let mut o = std::fs::OpenOptions::new();
+    use std::os::unix::fs::OpenOptionsExt;
+    o.read(true).custom_flags(O_NOFOLLOW);
+    if how == Open::Create {
+        o.write(true).create(true).truncate(false).mode(0o600);
+    }
+    o.open(root.join(rel))
+}
 
 /// Whether a file name (one component) is one of `left`'s temp files.
 pub fn is_temp(name: &str) -> bool {
@@ -114,6 +221,14 @@ pub fn temp_for(name: &str) -> String {
 }
 
 /// Splits `a/b/c` into (`a/b`, `c`); the parent is empty at the top.
+/// The temp file's name for `rel`, relative like it.
+pub fn temp_rel(rel: &str) -> String {
+    match split(rel) {
+        ("", name) => temp_for(name),
+        (dir, name) => format!("{dir}/{}", temp_for(name)),
+    }
+}
+
 pub fn split(path: &str) -> (&str, &str) {
     match path.rfind('/') {
         Some(i) => (&path[..i], &path[i + 1..]),
@@ -217,6 +332,55 @@ mod tests {
         assert!(check_ancestors(&root, "link/a/b").is_err());
         assert!(check_ancestors(&root, "file/x").is_err());
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn open_in_refuses_symlinks_on_the_way_and_in_place() {
+        let root = std::env::temp_dir().join(format!("left-open-in-{}", std::process::id()));
+        let outside = root.with_extension("outside");
+        std::fs::create_dir_all(root.join("real/sub")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("f"), b"outside").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.join("f"), root.join("real/sub/l")).unwrap();
+        std::fs::write(root.join("real/sub/x"), b"inside").unwrap();
+        // With openat2 (where the kernel has it), and the fallback.
+        for openat2 in [true, false] {
+            let open = |rel: &str, how| match openat2 {
+                true => {
+                    open_beneath(&root, rel, how).unwrap_or_else(|| open_checked(&root, rel, how))
+                }
+                false => open_checked(&root, rel, how),
+            };
+            let mut s = String::new();
+            use std::io::Read;
+            open("real/sub/x", Open::Read)
+                .unwrap()
+                .read_to_string(&mut s)
+                .unwrap();
+            assert_eq!(s, "inside");
+            for (rel, how) in [
+                ("link/f", Open::Read),
+                ("link/new", Open::Create),
+                ("real/sub/l", Open::Read),
+                ("real/sub/l", Open::Create),
+            ] {
+                let e = open(rel, how).unwrap_err();
+                assert_eq!(
+                    e.raw_os_error(),
+                    Some(ELOOP),
+                    "{rel} (openat2: {openat2}): {e}"
+                );
+            }
+            open("real/sub/made", Open::Create).unwrap();
+            assert!(root.join("real/sub/made").is_file());
+            std::fs::remove_file(root.join("real/sub/made")).unwrap();
+        }
+        // Nothing was made or changed outside.
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+        assert_eq!(std::fs::read(outside.join("f")).unwrap(), b"outside");
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::remove_dir_all(&outside).unwrap();
     }
 
     #[test]

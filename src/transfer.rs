@@ -372,27 +372,22 @@ fn plan(
     let root = &link.model.root;
     let tmp_path = temp_path(root, &e.path);
     let opened = (|| -> Result<(File, u64)> {
-        names::check_ancestors(root, &e.path)?;
-        // Never through a symlink: one in the temp file's place (the name is ours) is removed.
-        let open = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .custom_flags(O_NOFOLLOW)
-                .open(&tmp_path)
-        };
+        // Never through a symlink, on the way or in the temp file's place (the name is ours:
+        // one there is removed).
+        let rel = names::temp_rel(&e.path);
+        let open = || names::open_in(root, &rel, names::Open::Create);
         // The folder usually exists: it is made only when the open says it is missing.
         let f = match open() {
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                names::check_ancestors(root, &e.path)?;
                 if let Some(dir) = tmp_path.parent() {
                     fs::create_dir_all(dir).at(dir)?;
                 }
                 open()
             }
             Err(err) if err.raw_os_error() == Some(names::ELOOP) => {
+                // A folder on the way (an error naming it), or the temp name itself.
+                names::check_ancestors(root, &e.path)?;
                 fs::remove_file(&tmp_path).at(&tmp_path)?;
                 open()
             }
