@@ -1154,3 +1154,34 @@ fn entries_beyond_max_pending_wait_on_disk_and_all_arrive() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn a_receiver_killed_while_entries_wait_on_disk_takes_them_all_after_a_restart() {
+    let t = TestDir::new("max-pending-kill");
+    let (pa, pb) = two_ports();
+    for d in 0..12 {
+        for f in 0..100 {
+            let p = t.join(&format!("A/d{d}/f{f}"));
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, format!("{d} {f}\n")).unwrap();
+        }
+    }
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let args = ["-v", "--max-pending", "4"];
+    let mut b = Peer::start_with(&t, "B", pb, &[pa], &args);
+    assert!(
+        wait_until(LONG, || received(&b.log_text()).len() >= 50),
+        "B received nothing:\n{}",
+        tail(&b.log_text(), 20)
+    );
+    b.kill();
+    let arrived = received(&b.log_text()).len();
+    assert!(
+        b.log_text().contains("more than 4 entries to receive"),
+        "nothing waited on disk"
+    );
+    assert!(arrived < 1200, "everything had arrived before the kill");
+    // What waited on disk went with the process; the peer announces it again.
+    let b = Peer::start_with(&t, "B", pb, &[pa], &args);
+    wait_identical(&a.dir, &b.dir, LONG);
+}
