@@ -202,10 +202,15 @@ impl Needs {
         Ok(out)
     }
 
-    /// Puts back an entry read by [`Needs::refill`], unless a newer announcement of its path is
-    /// already in memory.
+    /// Puts back an entry read by [`Needs::refill`], unless the one in memory for its path is
+    /// as new: what is in memory may have waited on disk before it (then this one is newer) or
+    /// been announced after it (the peer's versions of a file only move forward).
     pub fn restore(&mut self, e: Entry) {
-        if !self.mem.contains_key(&e.path) {
+        let newer = match self.mem.get(&e.path) {
+            Some(cur) => e.version.compare(&cur.version) == crate::version::Order::Newer,
+            None => true,
+        };
+        if newer {
             self.keep(e);
         }
     }
@@ -335,12 +340,41 @@ mod tests {
         n.restore(back[0].clone());
         assert_eq!(n.len(), 3);
         assert!(n.waiting.is_none());
-        // A path already in memory keeps the entry there (it was announced later).
-        n.add(entry("g", 1)).unwrap();
-        n.restore(entry("g", 0));
+        // A path already in memory keeps the entry there if it is as new (it was announced
+        // later); an older one there is replaced.
+        n.add(entry("g", 2)).unwrap();
+        n.restore(entry("g", 1));
         assert_eq!(
             n.get("g").unwrap().version,
-            Version::from_pairs(vec![(9, 1)])
+            Version::from_pairs(vec![(9, 2)])
+        );
+        n.restore(entry("g", 3));
+        assert_eq!(
+            n.get("g").unwrap().version,
+            Version::from_pairs(vec![(9, 3)])
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn two_versions_waiting_come_back_newest_last() {
+        let d = dir("versions");
+        let mut n = Needs::new(d.clone(), 2);
+        n.add(entry("a", 1)).unwrap();
+        n.add(entry("b", 1)).unwrap();
+        // Both versions of f wait, in order; a newer one of b replaces b in memory.
+        n.add(entry("f", 1)).unwrap();
+        n.add(entry("f", 2)).unwrap();
+        n.add(entry("b", 2)).unwrap();
+        assert_eq!(n.len(), 4);
+        n.remove("a");
+        n.remove("b");
+        for e in n.refill().unwrap() {
+            n.restore(e);
+        }
+        assert_eq!(
+            n.get("f").unwrap().version,
+            Version::from_pairs(vec![(9, 2)])
         );
         std::fs::remove_dir_all(&d).unwrap();
     }
