@@ -190,9 +190,13 @@ impl Needs {
                     .and_then(|e| d.end().map(|_| e))
                     .map_err(|e| e.at(&w.path))?;
                 used += 4 + n;
-                w.files -= 1;
-                w.bytes -= e.size;
+                w.files = w.files.saturating_sub(1);
+                w.bytes = w.bytes.saturating_sub(e.size);
                 out.push(e);
+            }
+            if used == 0 {
+                // Not even a record's length before the end: only a damaged file ends so.
+                return Err(Error::msg("damaged record").at(&w.path));
             }
             w.read += used as u64;
         }
@@ -461,6 +465,10 @@ mod tests {
         w.flush().unwrap();
         // A length that runs past the end.
         w.file.write_all_at(&[0xff; 4], 0).unwrap();
+        assert!(n.refill().is_err());
+        // A file cut short within a record's length.
+        let w = n.waiting.as_mut().unwrap();
+        w.write = w.read + 3;
         assert!(n.refill().is_err());
         std::fs::remove_dir_all(&d).unwrap();
     }
