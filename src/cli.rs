@@ -21,8 +21,8 @@ options:
   --key-file FILE  shared key: only peers holding the same key get in (recommended)
   --config FILE    read options from FILE (default: /opt/left.conf if present);
                    the command line wins over the file
-  --max-pending N  entries to receive from a peer kept in memory (default: 2048);
-                   the rest wait in a file under DIR/.left
+  --max-pending N  entries to receive from a peer kept in memory (default: 2048),
+                   and N x 2 KiB of them; the rest wait in a file under DIR/.left
   --allow ADDR     also accept connections from ADDR (an IP address, or \"any\");
                    by default only the listed peers' addresses may connect
   -q, --quiet      log errors only

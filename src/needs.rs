@@ -16,9 +16,12 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 
-/// Entries kept in memory per connection unless told otherwise (`--max-pending`): about 1.5 MiB
+/// Entries kept in memory per connection unless told otherwise (`--max-pending`): about 0.5 MiB
 /// for small files.
 pub const DEFAULT_IN_MEMORY: usize = 2048;
+/// Bytes of entries kept in memory per entry of the bound: an entry of a large file holds a
+/// hash per block (128 KiB for a 500 MiB file), so the bound is in bytes too: 4 MiB by default.
+const BYTES_PER_ENTRY: usize = 2048;
 /// The waiting file is written in pieces of this size.
 const WRITE_CHUNK: usize = 64 << 10;
 /// More than this waiting on disk is refused: a peer cannot fill our disk with announcements.
@@ -31,6 +34,8 @@ pub struct Needs {
     /// on disk, so they do not count against `cap` (else a memory full of them would wait
     /// forever).
     folder_deletes: usize,
+    /// What the entries in `mem` other than folder deletions take, about ([`cost`]).
+    bytes: usize,
     cap: usize,
     /// Where the waiting file is made.
     dir: PathBuf,
@@ -57,6 +62,7 @@ impl Needs {
         Needs {
             mem: BTreeMap::new(),
             folder_deletes: 0,
+            bytes: 0,
             cap: cap.max(2),
             dir,
             waiting: None,
@@ -76,16 +82,34 @@ impl Needs {
     /// decided again when it comes back, and then found not needed).
     pub fn remove(&mut self, path: &str) -> Option<Entry> {
         let e = self.mem.remove(path)?;
-        self.folder_deletes -= usize::from(is_folder_delete(&e));
+        self.forget(&e);
         Some(e)
     }
 
     /// Keeps `e` in memory, replacing what it held for the path.
     fn keep(&mut self, e: Entry) {
-        self.folder_deletes += usize::from(is_folder_delete(&e));
-        if let Some(old) = self.mem.insert(e.path.clone(), e) {
-            self.folder_deletes -= usize::from(is_folder_delete(&old));
+        if is_folder_delete(&e) {
+            self.folder_deletes += 1;
+        } else {
+            self.bytes += cost(&e);
         }
+        if let Some(old) = self.mem.insert(e.path.clone(), e) {
+            self.forget(&old);
+        }
+    }
+
+    /// Takes an entry that left `mem` out of the counts.
+    fn forget(&mut self, e: &Entry) {
+        if is_folder_delete(e) {
+            self.folder_deletes -= 1;
+        } else {
+            self.bytes -= cost(e);
+        }
+    }
+
+    /// Whether memory has room for more entries (folder deletions aside).
+    fn room(&self) -> bool {
+        self.counted() < self.cap && self.bytes < self.cap * BYTES_PER_ENTRY
     }
 
     /// Whether entries wait on disk (a folder's deletion waits for them: they may be inside).
@@ -116,7 +140,7 @@ impl Needs {
     /// Adds an entry the peer announced: into memory if it replaces one there, or if there is
     /// room and nothing waits; else at the end of the waiting file.
     pub fn add(&mut self, e: Entry) -> Result<()> {
-        if self.mem.contains_key(&e.path) || (self.waiting.is_none() && self.counted() < self.cap) {
+        if self.mem.contains_key(&e.path) || (self.waiting.is_none() && self.room()) {
             self.keep(e);
             return Ok(());
         }
@@ -150,26 +174,28 @@ impl Needs {
         Ok(())
     }
 
-    /// When memory is half empty, reads back waiting entries, oldest first, as many as fit.
-    /// They are to be decided again (what we hold may have changed) and those still needed
-    /// given to [`Needs::restore`].
+    /// When memory is half empty, reads back waiting entries, oldest first, as many as fit (at
+    /// least one, however large). They are to be decided again (what we hold may have changed)
+    /// and those still needed given to [`Needs::restore`].
     pub fn refill(&mut self) -> Result<Vec<Entry>> {
         let room = self.cap - self.counted().min(self.cap);
+        let budget = self.cap * BYTES_PER_ENTRY;
+        let mut bytes = self.bytes;
         let Some(w) = &mut self.waiting else {
             return Ok(Vec::new());
         };
-        if room < self.cap / 2 {
+        if room < self.cap / 2 || bytes > budget / 2 {
             return Ok(Vec::new());
         }
         w.flush()?;
         let mut out = Vec::new();
         let mut chunk = Vec::new();
-        while out.len() < room && w.read < w.write {
+        while out.len() < room && bytes < budget && w.read < w.write {
             // A chunk of whole records, or one record larger than a chunk.
             chunk.resize(WRITE_CHUNK.min((w.write - w.read) as usize), 0);
             w.file.read_exact_at(&mut chunk, w.read).at(&w.path)?;
             let mut used = 0;
-            while out.len() < room {
+            while out.len() < room && bytes < budget {
                 let rest = &chunk[used..];
                 let Some(len) = rest.get(..4) else { break };
                 let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
@@ -190,6 +216,7 @@ impl Needs {
                     .and_then(|e| d.end().map(|_| e))
                     .map_err(|e| e.at(&w.path))?;
                 used += 4 + n;
+                bytes += cost(&e);
                 w.files = w.files.saturating_sub(1);
                 w.bytes = w.bytes.saturating_sub(e.size);
                 out.push(e);
@@ -218,6 +245,11 @@ impl Needs {
             self.keep(e);
         }
     }
+}
+
+/// About what an entry takes in memory.
+fn cost(e: &Entry) -> usize {
+    std::mem::size_of::<Entry>() + e.path.len() + 16 * e.blocks.len() + 8 * e.fast.len()
 }
 
 fn is_folder_delete(e: &Entry) -> bool {
@@ -384,6 +416,42 @@ mod tests {
     }
 
     #[test]
+    fn large_files_entries_are_bounded_by_bytes() {
+        let d = dir("bytes");
+        // 4 entries, 8 KiB: one entry of a 1000-block file takes 16 KiB of hashes.
+        let mut n = Needs::new(d.clone(), 4);
+        let big = |p: &str| {
+            let blocks = vec![[7u8; 16]; 1000];
+            Entry {
+                path: p.into(),
+                size: 1000 * MIN_BLOCK as u64,
+                block_size: MIN_BLOCK,
+                file_hash: crate::hash::list_hash(&blocks),
+                blocks,
+                version: Version::from_pairs(vec![(9, 1)]),
+                ..Entry::default()
+            }
+        };
+        for p in ["b1", "b2", "b3"] {
+            n.add(big(p)).unwrap();
+        }
+        // The first is kept however large; the others wait.
+        assert_eq!(n.mem().len(), 1);
+        assert_eq!(n.len(), 3);
+        n.remove("b1");
+        let back = n.refill().unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].path, "b2");
+        n.restore(back.into_iter().next().unwrap());
+        // Memory is more than half full (in bytes): nothing comes back yet.
+        assert!(n.refill().unwrap().is_empty());
+        n.remove("b2");
+        assert_eq!(n.refill().unwrap()[0].path, "b3");
+        assert_eq!(n.bytes, 0);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn folder_deletions_do_not_count_against_the_bound() {
         let d = dir("folders");
         let mut n = Needs::new(d.clone(), 2);
@@ -446,9 +514,13 @@ mod tests {
         n.add(folder.clone()).unwrap();
         n.remove("a");
         n.remove("b");
+        // The large entry fills the bytes allowed on its own: it comes back alone.
         let back = n.refill().unwrap();
-        assert_eq!(back, vec![big, folder]);
-        assert!(n.is_empty() || n.mem().is_empty());
+        assert!(back == vec![big.clone()], "not the large entry");
+        n.restore(big);
+        n.remove("big");
+        assert_eq!(n.refill().unwrap(), vec![folder]);
+        assert!(!n.waiting());
         std::fs::remove_dir_all(&d).unwrap();
     }
 
