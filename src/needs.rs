@@ -310,12 +310,21 @@ mod tests {
     fn entry(path: &str, v: u64) -> Entry {
         let blocks = vec![[v as u8; 16]];
         Entry {
-            path: path.into(),
             size: 10 + v,
+            version: Version::from_pairs(vec![(9, v)]),
+            ..with_blocks(path, blocks)
+        }
+    }
+
+    /// A file of whole 64 KiB blocks with these hashes.
+    fn with_blocks(path: &str, blocks: Vec<crate::hash::Hash>) -> Entry {
+        Entry {
+            path: path.into(),
+            size: blocks.len() as u64 * MIN_BLOCK as u64,
             block_size: MIN_BLOCK,
             file_hash: crate::hash::list_hash(&blocks),
             blocks,
-            version: Version::from_pairs(vec![(9, v)]),
+            version: Version::from_pairs(vec![(9, 1)]),
             ..Entry::default()
         }
     }
@@ -420,18 +429,7 @@ mod tests {
         let d = dir("bytes");
         // 4 entries, 8 KiB: one entry of a 1000-block file takes 16 KiB of hashes.
         let mut n = Needs::new(d.clone(), 4);
-        let big = |p: &str| {
-            let blocks = vec![[7u8; 16]; 1000];
-            Entry {
-                path: p.into(),
-                size: 1000 * MIN_BLOCK as u64,
-                block_size: MIN_BLOCK,
-                file_hash: crate::hash::list_hash(&blocks),
-                blocks,
-                version: Version::from_pairs(vec![(9, 1)]),
-                ..Entry::default()
-            }
-        };
+        let big = |p: &str| with_blocks(p, vec![[7u8; 16]; 1000]);
         for p in ["b1", "b2", "b3"] {
             n.add(big(p)).unwrap();
         }
@@ -495,15 +493,7 @@ mod tests {
                 h
             })
             .collect();
-        let big = Entry {
-            path: "big".into(),
-            size: 5000 * MIN_BLOCK as u64,
-            block_size: MIN_BLOCK,
-            file_hash: crate::hash::list_hash(&blocks),
-            blocks,
-            version: Version::from_pairs(vec![(9, 1)]),
-            ..Entry::default()
-        };
+        let big = with_blocks("big", blocks);
         n.add(big.clone()).unwrap();
         let folder = Entry {
             path: "d".into(),
