@@ -70,13 +70,13 @@ pub struct Entry {
     pub modified_by: u64,
     pub version: Version,
     pub block_size: u32,
-    pub blocks: Vec<Hash>,
+    pub blocks: Box<[Hash]>,
     /// The file's hash: the MD5 of `blocks` ([`crate::hash::list_hash`]).
     pub file_hash: Hash,
     // Local bookkeeping.
     /// XXH64 of each block as it is on disk (files of [`FAST_MIN_BLOCKS`] blocks or more, else
     /// empty): the scanner re-hashes with MD5 only the blocks whose XXH64 changed.
-    pub fast: Vec<u64>,
+    pub fast: Box<[u64]>,
     /// Local sequence number of the last change to this entry.
     pub seq: u64,
     pub stat: Stat,
@@ -284,7 +284,7 @@ impl Index {
     pub fn set_local(&mut self, path: &str, stat: Stat, fast: Vec<u64>) {
         if let Some(e) = self.entries.get_mut(path) {
             e.stat = stat;
-            e.fast = fast;
+            e.fast = fast.into();
             self.disk.touched.insert(path.to_string());
         }
     }
@@ -624,9 +624,9 @@ mod tests {
             path: "a/b".into(),
             size: 3,
             block_size: MIN_BLOCK,
-            blocks: vec![[1; 16]],
+            blocks: vec![[1; 16]].into(),
             file_hash: crate::hash::list_hash(&[[1; 16]]),
-            fast: vec![0x1234_5678_9abc_def0],
+            fast: vec![0x1234_5678_9abc_def0].into(),
             version: Version::from_pairs(vec![(77, 1)]),
             stat: Stat {
                 ino: 5,
@@ -689,7 +689,7 @@ mod tests {
             path: path.into(),
             size: n as u64 + 1,
             block_size: MIN_BLOCK,
-            blocks: vec![[n; 16]],
+            blocks: vec![[n; 16]].into(),
             file_hash: crate::hash::list_hash(&[[n; 16]]),
             version: Version::from_pairs(vec![(9, n as u64)]),
             ..Entry::default()
@@ -752,10 +752,10 @@ mod tests {
         assert_eq!(back.disk.log_bytes, whole.len() as u64);
         fs::write(&log, &whole[..whole.len() - 3]).unwrap();
         let mut cut = Index::load(&p).unwrap();
-        assert_eq!(cut.entries["f03"].blocks, vec![[200; 16]]);
+        assert_eq!(cut.entries["f03"].blocks[..], [[200; 16]]);
         assert_eq!(
-            cut.entries["f04"].blocks,
-            vec![[4; 16]],
+            cut.entries["f04"].blocks[..],
+            [[4; 16]],
             "the torn record is not applied"
         );
         assert!(cut.disk.full);
@@ -779,8 +779,8 @@ mod tests {
             fs::write(&log, &bad).unwrap();
             let b = Index::load(&p).unwrap();
             assert_eq!(
-                b.entries["f06"].blocks,
-                vec![[6; 16]],
+                b.entries["f06"].blocks[..],
+                [[6; 16]],
                 "flip at {i} applied"
             );
             assert!(b.disk.full);
@@ -794,13 +794,13 @@ mod tests {
         o.save(&other).unwrap();
         fs::copy(log_path(&other), &log).unwrap();
         let b = Index::load(&p).unwrap();
-        assert_eq!(b.entries["f06"].blocks, vec![[6; 16]]);
+        assert_eq!(b.entries["f06"].blocks[..], [[6; 16]]);
         assert!(b.disk.full);
         fs::write(&log, &good).unwrap();
 
         // Removals, and a journal larger than the base, make the next save a whole one.
         let mut ix = Index::load(&p).unwrap();
-        assert_eq!(ix.entries["f06"].blocks, vec![[204; 16]]);
+        assert_eq!(ix.entries["f06"].blocks[..], [[204; 16]]);
         ix.purge(|e| e.path == "f01");
         assert!(ix.journal_record().is_none());
         ix.save(&p).unwrap();

@@ -323,7 +323,7 @@ mod tests {
             modified_by: by,
             version: Version::from_pairs(v.to_vec()),
             block_size: crate::index::MIN_BLOCK,
-            blocks: vec![[content; 16]],
+            blocks: vec![[content; 16]].into(),
             ..Entry::default()
         }
     }
@@ -362,7 +362,7 @@ mod tests {
         let edit = file(1, 10, 1, &[(1, 2)]);
         let mut del = file(0, 99, 2, &[(1, 1), (2, 1)]);
         del.deleted = true;
-        del.blocks.clear();
+        del.blocks = Box::default();
         del.size = 0;
         assert_eq!(decide(Some(&edit), &del), Decision::Keep);
         assert_eq!(

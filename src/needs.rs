@@ -323,7 +323,7 @@ mod tests {
             size: blocks.len() as u64 * MIN_BLOCK as u64,
             block_size: MIN_BLOCK,
             file_hash: crate::hash::list_hash(&blocks),
-            blocks,
+            blocks: blocks.into(),
             version: Version::from_pairs(vec![(9, 1)]),
             ..Entry::default()
         }

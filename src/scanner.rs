@@ -229,7 +229,13 @@ pub fn scan(
     // A moved file's new name and its old name's deletion are recorded together, so a peer
     // learns both at once and can move its copy instead of copying it.
     for (c, old) in moves {
-        if record(st, &c, old.blocks.clone(), old.fast.clone(), old.block_size) {
+        if record(
+            st,
+            &c,
+            old.blocks.to_vec(),
+            old.fast.to_vec(),
+            old.block_size,
+        ) {
             out.changed += 1;
         }
     }
@@ -501,9 +507,9 @@ fn record(
         modified_by: device,
         version,
         block_size: bs,
-        blocks,
+        blocks: blocks.into(),
         file_hash,
-        fast,
+        fast: fast.into(),
         seq: 0,
         stat: before,
         scan_gen: u32::MAX,

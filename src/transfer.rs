@@ -460,8 +460,8 @@ fn plan(
         reused: 0,
         done: 0,
         old,
-        old_fast: keep.map(|c| c.fast.clone()).unwrap_or_default(),
-        moved_fast: moved.map(|m| m.fast.clone()).unwrap_or_default(),
+        old_fast: keep.map(|c| c.fast.to_vec()).unwrap_or_default(),
+        moved_fast: moved.map(|m| m.fast.to_vec()).unwrap_or_default(),
         fresh_from: tlen,
         left: n,
         busy: 0,
@@ -956,7 +956,7 @@ impl Run<'_, '_, '_> {
     fn finish(&mut self, fi: usize) {
         let p = &mut self.pulls[fi];
         if p.fast_known && p.e.blocks.len() >= FAST_MIN_BLOCKS {
-            p.e.fast = std::mem::take(&mut p.fast);
+            p.e.fast = std::mem::take(&mut p.fast).into();
         }
         let big = p.e.size >= SMALL_FILE;
         let r = (|| -> Result<()> {

@@ -272,7 +272,7 @@ pub fn get_entry(d: &mut Dec<'_>) -> Result<Entry> {
         modified_by,
         version: Version::from_pairs(pairs),
         block_size,
-        blocks,
+        blocks: blocks.into(),
         file_hash,
         ..Entry::default()
     };
@@ -497,7 +497,7 @@ mod tests {
             modified_by: 7,
             version: Version::from_pairs(vec![(7, 2), (9, 1)]),
             block_size: 64 << 10,
-            blocks: vec![[1; 16], [2; 16]],
+            blocks: vec![[1; 16], [2; 16]].into(),
             file_hash: crate::hash::list_hash(&[[1; 16], [2; 16]]),
             ..Entry::default()
         }
@@ -633,7 +633,7 @@ mod tests {
         assert!(decode_stream(&f).is_err());
         // Blocks that do not fit the size.
         let mut e = entry();
-        e.blocks.push([4; 16]);
+        e.blocks = [&e.blocks[..], &[[4; 16]]].concat().into();
         assert!(
             decode_stream(&encode(&Msg::Index {
                 seq: 1,
@@ -671,7 +671,7 @@ mod fuzz {
             path: "a/b/c.bin".into(),
             size: 3 * 65536 + 1,
             block_size: 65536,
-            blocks: vec![[1; 16], [2; 16], [3; 16], [4; 16]],
+            blocks: vec![[1; 16], [2; 16], [3; 16], [4; 16]].into(),
             version: Version::from_pairs(vec![(1, 1), (2, 7)]),
             ..Entry::default()
         };
