@@ -266,24 +266,9 @@ impl Model {
             return Ok(());
         }
         let local = st.index.get(&r.path);
-        match decide(local, &r) {
-            Decision::Keep => {
-                if let Some(p) = st.peers.get_mut(&conn)
-                    && !back
-                {
-                    p.needs.remove(&r.path);
-                }
-            }
-            Decision::Take { .. } => {
-                if let Some(p) = st.peers.get_mut(&conn) {
-                    p.retry.remove(&r.path);
-                    if back {
-                        p.needs.restore(r);
-                    } else {
-                        p.needs.add(r)?;
-                    }
-                }
-            }
+        let take = match decide(local, &r) {
+            Decision::Keep => false,
+            Decision::Take { .. } => true,
             Decision::Merge(m) => {
                 // Same content: take over the winner's metadata where it is the peer's.
                 if let Some(l) = local
@@ -297,12 +282,23 @@ impl Model {
                 } else {
                     st.put(m);
                 }
-                if let Some(p) = st.peers.get_mut(&conn)
-                    && !back
-                {
-                    p.needs.remove(&r.path);
-                }
+                false
             }
+        };
+        let Some(p) = st.peers.get_mut(&conn) else {
+            return Ok(());
+        };
+        if take {
+            p.retry.remove(&r.path);
+            if back {
+                p.needs.restore(r);
+            } else {
+                p.needs.add(r)?;
+            }
+        } else if !back {
+            // An earlier announcement of the path may be pending in memory (one back from disk
+            // never is).
+            p.needs.remove(&r.path);
         }
         Ok(())
     }

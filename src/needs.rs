@@ -30,9 +30,10 @@ const MAX_WAITING_BYTES: u64 = 4 << 30;
 /// A peer's entries to take.
 pub struct Needs {
     mem: BTreeMap<String, Entry>,
-    /// Folder deletions in `mem`: they wait for what is inside the folder, which may still be
-    /// on disk, so they do not count against `cap` (else a memory full of them would wait
-    /// forever).
+    /// Folder deletions in `mem`. They wait for what is inside the folder, which may still be
+    /// on disk, so the entries that come back from disk are not limited by them: memory holds
+    /// up to `cap` entries as the peer announces them, and up to twice that with what comes
+    /// back ([`Needs::crowded`] says when folder deletions stop waiting).
     folder_deletes: usize,
     /// What the entries in `mem` other than folder deletions take, about ([`cost`]).
     bytes: usize,
@@ -109,12 +110,26 @@ impl Needs {
 
     /// Whether memory has room for more entries (folder deletions aside).
     fn room(&self) -> bool {
-        self.counted() < self.cap && self.bytes < self.cap * BYTES_PER_ENTRY
+        self.mem.len() < self.cap && self.bytes < self.cap * BYTES_PER_ENTRY
     }
 
     /// Whether entries wait on disk (a folder's deletion waits for them: they may be inside).
     pub fn waiting(&self) -> bool {
         self.waiting.is_some()
+    }
+
+    /// Whether memory is so full of folder deletions that they must go ahead of what waits on
+    /// disk (else nothing would come back). Announced deepest first, a folder's content is
+    /// ahead of it anyway; only an older peer, or a folder deleted again, orders them otherwise.
+    pub fn crowded(&self) -> bool {
+        self.mem.len() > self.cap + self.cap / 2
+    }
+
+    /// How many entries may come back from disk: the bound, less what counts against it, and
+    /// never more than twice the bound in all.
+    fn refill_room(&self) -> usize {
+        let counted = self.cap.saturating_sub(self.counted());
+        counted.min((2 * self.cap).saturating_sub(self.mem.len()))
     }
 
     /// Entries in memory that count against the bound.
@@ -178,7 +193,7 @@ impl Needs {
     /// least one, however large). They are to be decided again (what we hold may have changed)
     /// and those still needed given to [`Needs::restore`].
     pub fn refill(&mut self) -> Result<Vec<Entry>> {
-        let room = self.cap - self.counted().min(self.cap);
+        let room = self.refill_room();
         let budget = self.cap * BYTES_PER_ENTRY;
         let mut bytes = self.bytes;
         let Some(w) = &mut self.waiting else {
@@ -307,11 +322,16 @@ mod tests {
     use crate::index::{Kind, MIN_BLOCK};
     use crate::version::Version;
 
-    fn entry(path: &str, v: u64) -> Entry {
-        let blocks = vec![[v as u8; 16]];
+    /// A version made by the peer (device 9).
+    fn v(n: u64) -> Version {
+        Version::from_pairs(vec![(9, n)])
+    }
+
+    fn entry(path: &str, n: u64) -> Entry {
+        let blocks = vec![[n as u8; 16]];
         Entry {
-            size: 10 + v,
-            version: Version::from_pairs(vec![(9, v)]),
+            size: 10 + n,
+            version: v(n),
             ..with_blocks(path, blocks)
         }
     }
@@ -324,7 +344,7 @@ mod tests {
             block_size: MIN_BLOCK,
             file_hash: crate::hash::list_hash(&blocks),
             blocks: blocks.into(),
-            version: Version::from_pairs(vec![(9, 1)]),
+            version: v(1),
             ..Entry::default()
         }
     }
@@ -351,10 +371,7 @@ mod tests {
         // A newer version of a path in memory replaces it there; of one waiting, it waits too.
         n.add(entry("f0", 2)).unwrap();
         n.add(entry("f5", 2)).unwrap();
-        assert_eq!(
-            n.get("f0").unwrap().version,
-            Version::from_pairs(vec![(9, 2)])
-        );
+        assert_eq!(n.get("f0").unwrap().version, v(2));
         assert_eq!(n.len(), 11);
         // Nothing comes back until memory is half empty.
         n.remove("f0");
@@ -381,7 +398,7 @@ mod tests {
         let back = n.refill().unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].path, "f5");
-        assert_eq!(back[0].version, Version::from_pairs(vec![(9, 2)]));
+        assert_eq!(back[0].version, v(2));
         n.restore(back[0].clone());
         assert_eq!(n.len(), 3);
         assert!(n.waiting.is_none());
@@ -389,15 +406,9 @@ mod tests {
         // later); an older one there is replaced.
         n.add(entry("g", 2)).unwrap();
         n.restore(entry("g", 1));
-        assert_eq!(
-            n.get("g").unwrap().version,
-            Version::from_pairs(vec![(9, 2)])
-        );
+        assert_eq!(n.get("g").unwrap().version, v(2));
         n.restore(entry("g", 3));
-        assert_eq!(
-            n.get("g").unwrap().version,
-            Version::from_pairs(vec![(9, 3)])
-        );
+        assert_eq!(n.get("g").unwrap().version, v(3));
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -417,10 +428,7 @@ mod tests {
         for e in n.refill().unwrap() {
             n.restore(e);
         }
-        assert_eq!(
-            n.get("f").unwrap().version,
-            Version::from_pairs(vec![(9, 2)])
-        );
+        assert_eq!(n.get("f").unwrap().version, v(2));
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -450,32 +458,48 @@ mod tests {
     }
 
     #[test]
-    fn folder_deletions_do_not_count_against_the_bound() {
+    fn folder_deletions_wait_but_memory_stays_bounded() {
         let d = dir("folders");
-        let mut n = Needs::new(d.clone(), 2);
+        let mut n = Needs::new(d.clone(), 4);
         let gone = |p: &str| Entry {
             path: p.into(),
             kind: Kind::Dir,
             deleted: true,
-            version: Version::from_pairs(vec![(9, 1)]),
+            version: v(1),
             ..Entry::default()
         };
-        n.add(gone("x")).unwrap();
-        n.add(gone("y")).unwrap();
+        // A peer's announcements fill memory up to the bound, folder deletions included: a
+        // peer cannot make us hold any number of them.
+        for p in ["x", "y", "z"] {
+            n.add(gone(p)).unwrap();
+        }
         n.add(entry("a", 1)).unwrap();
-        n.add(entry("b", 1)).unwrap();
         assert!(!n.waiting());
-        n.add(entry("c", 1)).unwrap();
+        for p in ["b", "c", "d", "e"] {
+            n.add(gone(p)).unwrap();
+        }
+        n.add(entry("f", 1)).unwrap();
         assert!(n.waiting());
-        assert_eq!((n.mem().len(), n.len()), (4, 5));
-        // Taking the files makes room, though both folder deletions are still in memory.
+        assert_eq!((n.mem().len(), n.len()), (4, 9));
+        // Taking the file makes room for what waits, though the folder deletions are still
+        // in memory (waiting for it): up to twice the bound in all.
         n.remove("a");
-        n.remove("b");
-        assert_eq!(n.refill().unwrap(), vec![entry("c", 1)]);
+        let back = n.refill().unwrap();
+        assert_eq!(back.len(), 4, "{back:?}");
+        for e in back {
+            n.restore(e);
+        }
+        assert_eq!(n.mem().len(), 7);
+        assert!(n.waiting());
+        // Now folder deletions go ahead: nothing else could come back.
+        assert!(n.crowded());
+        assert!(n.refill().unwrap().is_empty());
+        for p in ["x", "y", "z", "b", "c", "d"] {
+            n.remove(p);
+        }
+        assert!(!n.crowded());
+        assert_eq!(n.refill().unwrap(), vec![entry("f", 1)]);
         assert!(!n.waiting());
-        n.remove("x");
-        n.remove("y");
-        assert_eq!(n.counted(), 0);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -498,7 +522,7 @@ mod tests {
         let folder = Entry {
             path: "d".into(),
             kind: Kind::Dir,
-            version: Version::from_pairs(vec![(9, 1)]),
+            version: v(1),
             ..Entry::default()
         };
         n.add(folder.clone()).unwrap();

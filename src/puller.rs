@@ -116,9 +116,9 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
                 continue;
             }
             // A folder's deletion waits until the deletions of what is inside it are done (and
-            // while entries wait on disk: they may be inside it).
+            // while entries wait on disk: they may be inside it, unless memory is crowded).
             if r.deleted && r.kind == Kind::Dir {
-                if p.needs.waiting() {
+                if p.needs.waiting() && !p.needs.crowded() {
                     continue;
                 }
                 let inside = format!("{path}/");
