@@ -265,6 +265,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
             retry: BTreeMap::new(),
             remote_done: false,
             remote_seq: 0,
+            pass_open: false,
             peer_in_sync: 0,
             sent_in_sync: None,
             pulling: false,
@@ -579,29 +580,26 @@ fn write_loop(
 /// frames of bounded size; returns the new mark. Entries are encoded under the lock a batch at
 /// a time and written without it.
 fn announce(model: &Model, w: &mut FrameWriter, sent: u64) -> Result<u64> {
-    // Walks only what changed, in sequence order. An entry changed during the pass gets a new
-    // number past `top`, and the change queued another announce: it goes in the next pass, so
-    // that block requests queued meanwhile are served between passes, not after a whole first
-    // scan of the share.
+    // Walks only what changed: entries in memory by number, then those of the base file by
+    // path (the base holds numbers past `sent` only after it was rewritten). An entry changed
+    // during the pass gets a new number past `top`, and the change queued another announce: it
+    // goes in the next pass, so that block requests queued meanwhile are served between passes,
+    // not after a whole first scan of the share.
     let top = model.lock().index.seq;
-    let mut cursor = sent;
+    let mut at = crate::index::Pass::Over(sent);
     loop {
-        let (n, body, done) = {
+        let (n, body) = {
             let g = model.lock();
             let mut e = Enc::default();
             let mut n = 0u32;
-            let mut done = true;
-            for x in g.index.since(cursor).take_while(|x| x.seq <= top) {
+            g.index.changed(sent, top, &mut at, |x| {
                 wire::put_entry(&mut e, x);
                 n += 1;
-                cursor = x.seq;
-                if e.0.len() >= wire::INDEX_BATCH {
-                    done = false;
-                    break;
-                }
-            }
-            (n, e.0, done)
+                e.0.len() < wire::INDEX_BATCH
+            });
+            (n, e.0)
         };
+        let done = at == crate::index::Pass::Done;
         if n > 0 || (done && top > sent) {
             // Only the last frame of a pass carries the sequence number it completes.
             w.send(wire::index_frame(if done { top } else { 0 }, n, &body))?;

@@ -85,15 +85,23 @@ fn open_index(state: &Path, device: u64) -> Index {
 
 /// Saves what changed in the index: a journal record, written without the lock, or (now and
 /// then) the whole index, written under it so no change slips between the write and the flag.
-fn save(model: &Model) {
+pub fn save(model: &Model) {
     let path = model.root.join(STATE_DIR).join("index");
     let mut g = model.lock();
     if !g.dirty || g.hold_save > 0 {
         return;
     }
     let Some(record) = g.index.journal_record() else {
+        let t = Instant::now();
         match g.index.save(&path) {
-            Ok(()) => g.dirty = false,
+            Ok(()) => {
+                g.dirty = false;
+                let n = g.index.totals().entries;
+                debug!(
+                    "index written whole: {n} entries in {} ms",
+                    t.elapsed().as_millis()
+                );
+            }
             Err(e) => warn!("saving the index: {e}"),
         }
         return;
@@ -197,7 +205,8 @@ pub fn run(opts: &Options) -> Result<i32> {
             last_purge = Some(Instant::now());
             purge_tombstones(&model);
         }
-        if last_save.elapsed() >= SAVE_EVERY {
+        // Early too when memory holds many changes: the save writes them into a new base.
+        if last_save.elapsed() >= SAVE_EVERY || model.lock().index.wants_fold() {
             save(&model);
             last_save = Instant::now();
         }
@@ -479,7 +488,6 @@ fn set_dial(model: &Model, peer: &PeerAddr, device: Option<u64>, err: Option<Str
 }
 
 fn scan_loop(model: &Model) {
-    let mut generation = 0u32;
     let mut watcher = crate::watch::Watcher::new();
     if watcher.is_none() {
         info!(
@@ -491,7 +499,6 @@ fn scan_loop(model: &Model) {
     // only the folders inotify named.
     let mut full = true;
     loop {
-        generation = generation.wrapping_add(1);
         let t = Instant::now();
         let dirs: Option<HashSet<String>> = match watcher.as_mut() {
             Some(w) if !full => w.take_dirty().map(|d| {
@@ -515,7 +522,7 @@ fn scan_loop(model: &Model) {
         // of the partial scans that events cause: the full walk of a big share says nothing
         // of what the next event costs.
         let partial = dirs.is_some();
-        let took = match scanner::scan(model, generation, dirs.as_ref(), watcher.as_mut()) {
+        let took = match scanner::scan(model, dirs.as_ref(), watcher.as_mut()) {
             Ok(s) => {
                 if s.changed + s.deleted > 0 {
                     debug!("scan: {s:?} in {:?}", t.elapsed());

@@ -90,6 +90,9 @@ pub struct Peer {
     pub remote_done: bool,
     /// The peer's sequence number up to which its index has been processed.
     pub remote_seq: u64,
+    /// The peer's announce pass is not complete: more frames of it are to come. A pass sends
+    /// the entries of its index file in path order, a folder before what it held.
+    pub pass_open: bool,
     /// The peer says it has all of our index up to this sequence number.
     pub peer_in_sync: u64,
     /// Last InSync we sent.
@@ -243,6 +246,8 @@ impl Model {
         }
         if let Some(p) = st.peers.get_mut(&conn) {
             p.remote_seq = p.remote_seq.max(seq);
+            // Only a pass's last frame carries a number.
+            p.pass_open = seq == 0;
         }
         self.changed.notify_all();
         Ok(())
@@ -266,7 +271,7 @@ impl Model {
             return Ok(());
         }
         let local = st.index.get(&r.path);
-        let take = match decide(local, &r) {
+        let take = match decide(local.as_deref(), &r) {
             Decision::Keep => false,
             Decision::Take { .. } => true,
             Decision::Merge(m) => {

@@ -115,10 +115,11 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
             if st.busy.contains(path) || p.retry.get(path).is_some_and(|t| *t > now) {
                 continue;
             }
-            // A folder's deletion waits until the deletions of what is inside it are done (and
-            // while entries wait on disk: they may be inside it, unless memory is crowded).
+            // A folder's deletion waits until the deletions of what is inside it are done: until
+            // the pass that announced it is complete (what it held may come after it), and
+            // while entries wait on disk (they may be inside it, unless memory is crowded).
             if r.deleted && r.kind == Kind::Dir {
-                if p.needs.waiting() && !p.needs.crowded() {
+                if p.pass_open || (p.needs.waiting() && !p.needs.crowded()) {
                     continue;
                 }
                 let inside = format!("{path}/");
@@ -131,7 +132,7 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
                     continue;
                 }
             }
-            match decide(st.index.get(path), r) {
+            match decide(st.index.get(path).as_deref(), r) {
                 Decision::Take { .. } => {
                     // Deletions and folders always fit: a renamed big file and the deletion of
                     // its old name stay in one batch, so the file is moved, not copied.
@@ -234,13 +235,13 @@ fn rename_if_moved(model: &Model, e: &Entry, deleted: &[&Entry]) -> Option<Entry
     }
     let mut g = model.lock();
     for t in deleted {
-        let Some(old) = g.index.get(&t.path) else {
+        let Some(old) = g.index.get(&t.path).map(std::borrow::Cow::into_owned) else {
             continue;
         };
         if !(old.is_file() && old.size == e.size && old.file_hash == e.file_hash) {
             continue;
         }
-        if !matches!(decide(Some(old), t), Decision::Take { .. }) {
+        if !matches!(decide(Some(&old), t), Decision::Take { .. }) {
             continue;
         }
         let from = abs(&model.root, &t.path);
@@ -255,7 +256,6 @@ fn rename_if_moved(model: &Model, e: &Entry, deleted: &[&Entry]) -> Option<Entry
         }
         if fs::rename(&from, &to).is_ok() {
             info!("renamed {} -> {}", t.path, e.path);
-            let old = old.clone();
             // The old name's deletion is applied now, so no scan mistakes it for a local one.
             let mut gone = (*t).clone();
             gone.stat = Stat::default();
@@ -339,7 +339,7 @@ struct Apply<'a> {
 
 fn begin<'a>(model: &'a Model, e: &Entry) -> Result<Option<Apply<'a>>> {
     let g = model.lock();
-    let cur = g.index.get(&e.path).cloned();
+    let cur = g.index.get(&e.path).map(std::borrow::Cow::into_owned);
     let Decision::Take { conflict } = decide(cur.as_ref(), e) else {
         return Ok(None);
     };

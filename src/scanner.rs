@@ -29,6 +29,35 @@ pub struct Scan {
     pub walk: std::time::Duration,
 }
 
+/// Files to hash found before they are hashed: past this many, the walk stops for them.
+const CANDIDATES_AT_ONCE: usize = 1024;
+
+/// Hashes files found changed or new, except those found moved (into `moves`).
+fn hash_candidates(
+    model: &Model,
+    candidates: Vec<Candidate>,
+    (gone, emptied): (&[String], &[String]),
+    moves: &mut Vec<(Candidate, Entry)>,
+    out: &mut Scan,
+) {
+    let mut moved = find_moved(model, &candidates, gone, emptied);
+    for c in candidates {
+        if let Some(old) = moved.remove(&c.path) {
+            moves.push((c, old));
+            continue;
+        }
+        match hash_one(model, &c) {
+            Ok(true) => out.changed += 1,
+            Ok(false) => {}
+            Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => {}
+            Err(e) => {
+                debug!("{e}");
+                out.unstable += 1;
+            }
+        }
+    }
+}
+
 /// A file to hash: its path, what it looked like, and the index entry's seq when seen.
 struct Candidate {
     path: String,
@@ -37,10 +66,9 @@ struct Candidate {
 }
 
 /// Scans the share once: all of it, or (`dirs`) only those folders, relative to the share, and
-/// new folders found in them. `generation` must differ from the previous call's.
+/// new folders found in them.
 pub fn scan(
     model: &Model,
-    generation: u32,
     dirs: Option<&HashSet<String>>,
     mut watcher: Option<&mut crate::watch::Watcher>,
 ) -> Result<Scan> {
@@ -58,19 +86,35 @@ pub fn scan(
         .filter_map(|p| p.strip_prefix(root).ok()?.to_str().map(str::to_string))
         .collect();
     let mut out = Scan::default();
-    let mut failed: Vec<String> = Vec::new();
     let mut candidates = Vec::new();
     let started = std::time::Instant::now();
     let mut stack: Vec<String> = match dirs {
         Some(d) => d.iter().cloned().collect(),
         None => vec![String::new()],
     };
-    let mut walked: Vec<String> = Vec::new();
-    // Folders of the index that are something else now: what they held is gone.
-    let mut not_dirs: Vec<String> = Vec::new();
+    // What the index has that is gone from the folders walked, and the folders (of the index,
+    // or implied by its names) whose content is gone with them.
+    let mut gone: Vec<String> = Vec::new();
+    let mut emptied: Vec<String> = Vec::new();
     let mut visited: HashSet<String> = HashSet::new();
     let mut warned_names = HashSet::new();
+    // Files found to have moved, recorded at the end with the deletions of their old names.
+    let mut moves = Vec::new();
+    let mut hashing = std::time::Duration::ZERO;
     while let Some(dir) = stack.pop() {
+        // Files to hash are taken a bounded number at a time, so a large new tree is never
+        // all in memory.
+        if candidates.len() >= CANDIDATES_AT_ONCE {
+            let t = std::time::Instant::now();
+            hash_candidates(
+                model,
+                std::mem::take(&mut candidates),
+                (&gone, &emptied),
+                &mut moves,
+                &mut out,
+            );
+            hashing += t.elapsed();
+        }
         if !visited.insert(dir.clone()) {
             continue;
         }
@@ -85,18 +129,24 @@ pub fn scan(
                 continue;
             }
             Err(e) => {
+                // Nothing inside it is taken for deleted: it is not compared with the index.
                 warn!("{}: cannot read folder: {e}", abs.display());
-                failed.push(dir);
                 continue;
             }
         };
         if let Some(w) = watcher.as_deref_mut() {
             w.add(&abs);
         }
-        walked.push(dir.clone());
         let mut children = Vec::new();
+        // Names whose type could not be read: they are there, but not looked at.
+        let mut unlisted = Vec::new();
+        // A listing cut short by an error says nothing of what is missing.
+        let mut complete = true;
         for ent in rd {
-            let Ok(ent) = ent else { continue };
+            let Ok(ent) = ent else {
+                complete = false;
+                continue;
+            };
             let name = ent.file_name();
             let Some(name) = name.to_str() else {
                 if warned_names.insert(ent.path()) {
@@ -114,44 +164,47 @@ pub fn scan(
             };
             match ent.metadata() {
                 Ok(md) => children.push((path, md)),
-                Err(_) => failed.push(path),
+                Err(_) => unlisted.push(path),
             }
         }
         let mut g = model.lock();
         let st = &mut *g;
         let device = st.index.device;
-        for (path, md) in children {
-            let stat = Stat::of(&md);
-            let cur = st.index.get_mut(&path);
-            if !md.is_dir()
-                && cur
-                    .as_ref()
-                    .is_some_and(|e| e.kind == Kind::Dir && !e.deleted)
-            {
-                not_dirs.push(path.clone());
-            }
-            if !ignore.is_empty() && ignore.is_ignored(&path, md.is_dir()) {
+        // What the index holds directly in this folder, by path.
+        let known = known_children(&st.index, &dir);
+        let find = |p: &str| {
+            known
+                .binary_search_by(|k| k.path.as_str().cmp(p))
+                .ok()
+                .map(|i| &known[i])
+        };
+        for (path, md) in &children {
+            let stat = Stat::of(md);
+            let cur = find(path).and_then(|k| k.entry.as_ref());
+            if !ignore.is_empty() && ignore.is_ignored(path, md.is_dir()) {
                 // Ignored: neither sent nor deleted; what the index had stays as it was.
-                if let Some(e) = cur {
-                    e.scan_gen = generation;
-                }
                 continue;
             }
             if md.is_dir() {
                 match cur {
                     Some(e) if e.kind == Kind::Dir && !e.deleted => {
-                        e.scan_gen = generation;
                         // A partial scan walks a folder we knew only if it had events, or if
                         // it is not watched yet (made by a pull: what came into it since would
                         // have made no event).
                         let watched = watcher
                             .as_deref()
-                            .is_some_and(|w| w.watches(&root.join(&path)));
+                            .is_some_and(|w| w.watches(&root.join(path)));
                         if dirs.is_some() && watched {
                             continue;
                         }
                     }
                     _ => {
+                        // The listing was read before the lock was taken: a pull may have
+                        // deleted the folder since, and recorded it. Looked at again, under
+                        // the lock, so as not to bring it back.
+                        if !fs::symlink_metadata(root.join(path)).is_ok_and(|m| m.is_dir()) {
+                            continue;
+                        }
                         let version = cur
                             .map(|e| e.version.bumped(device))
                             .unwrap_or_else(|| crate::version::Version::default().bumped(device));
@@ -164,7 +217,6 @@ pub fn scan(
                             modified_by: device,
                             version,
                             stat,
-                            scan_gen: generation,
                             ..Entry::default()
                         };
                         info!("new folder {path}/");
@@ -172,57 +224,64 @@ pub fn scan(
                         out.changed += 1;
                     }
                 }
-                stack.push(path);
+                stack.push(path.clone());
             } else if md.is_file() {
                 match cur {
-                    Some(e) if e.is_file() && e.stat == stat && !written.contains(&path) => {
-                        e.scan_gen = generation
-                    }
+                    Some(e) if e.is_file() && e.stat == stat && !written.contains(path) => {}
                     Some(e) => {
-                        e.scan_gen = generation;
                         if e.stat == stat {
                             debug!("{path}: written since the last scan");
                         } else {
                             debug!("{path}: stat {:?} -> {stat:?}", e.stat);
                         }
                         candidates.push(Candidate {
-                            path,
+                            path: path.clone(),
                             stat,
                             seq: Some(e.seq),
                         })
                     }
                     None => candidates.push(Candidate {
-                        path,
+                        path: path.clone(),
                         stat,
                         seq: None,
                     }),
                 }
-            } else {
-                // Symlinks and special files are not synced (see the README).
-                if let Some(e) = cur {
-                    e.scan_gen = generation;
+            }
+            // Symlinks and special files are not synced (see the README).
+        }
+        // What the index has here and the folder does not is gone; so is what was inside a
+        // folder that is gone or is something else now.
+        let on_disk: std::collections::HashMap<&str, bool> = children
+            .iter()
+            .map(|(p, md)| (p.as_str(), md.is_dir()))
+            .chain(unlisted.iter().map(|p| (p.as_str(), true)))
+            .collect();
+        for k in known.iter().filter(|_| complete) {
+            let holds = k.entry.as_ref().is_none_or(|e| e.kind == Kind::Dir);
+            match on_disk.get(k.path.as_str()) {
+                None => {
+                    if k.entry.as_ref().is_some_and(|e| !e.deleted) {
+                        gone.push(k.path.clone());
+                    }
+                    if holds {
+                        emptied.push(k.path.clone());
+                    }
                 }
+                Some(false) if holds => emptied.push(k.path.clone()),
+                Some(_) => {}
             }
         }
     }
-    out.walk = started.elapsed();
-    let moved = find_moved(model, &candidates);
-    let mut moves = Vec::new();
-    for c in candidates {
-        if let Some(old) = moved.get(&c.path) {
-            moves.push((c, old));
-            continue;
-        }
-        match hash_one(model, &c) {
-            Ok(true) => out.changed += 1,
-            Ok(false) => {}
-            Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => {}
-            Err(e) => {
-                debug!("{e}");
-                out.unstable += 1;
-            }
-        }
-    }
+    let t = std::time::Instant::now();
+    hash_candidates(
+        model,
+        std::mem::take(&mut candidates),
+        (&gone, &emptied),
+        &mut moves,
+        &mut out,
+    );
+    hashing += t.elapsed();
+    out.walk = started.elapsed().saturating_sub(hashing);
     // Whatever the index has that this scan did not see is gone, unless its folder was unreadable.
     let mut g = model.lock();
     let st = &mut *g;
@@ -240,46 +299,16 @@ pub fn scan(
         }
     }
     let device = st.index.device;
-    let unseen = |e: &Entry| !e.deleted && e.scan_gen != generation;
-    let gone: Vec<String> = match dirs {
-        None => st
-            .index
-            .values()
-            .filter(|e| unseen(e))
-            .filter(|e| {
-                !failed
-                    .iter()
-                    .any(|f| e.path == *f || e.path.starts_with(&format!("{f}/")) || f.is_empty())
-            })
-            .map(|e| e.path.clone())
-            .collect(),
-        // What a walked folder held and no longer does, and whatever was inside a folder gone.
-        Some(_) => {
-            let entries = &st.index;
-            let inside = |dir: &str| -> Vec<String> {
-                let prefix = format!("{dir}/");
-                entries
-                    .from(Bound::Included(prefix.as_str()))
-                    .take_while(|x| x.path.starts_with(&prefix))
-                    .filter(|x| !x.deleted)
-                    .map(|x| x.path.clone())
-                    .collect()
-            };
-            let mut gone = Vec::new();
-            for d in &walked {
-                for e in children(entries, d).into_iter().filter(|e| unseen(e)) {
-                    if e.kind == Kind::Dir {
-                        gone.extend(inside(&e.path));
-                    }
-                    gone.push(e.path.clone());
-                }
-            }
-            for d in &not_dirs {
-                gone.extend(inside(d));
-            }
-            gone
-        }
-    };
+    for d in &emptied {
+        let prefix = format!("{d}/");
+        gone.extend(
+            st.index
+                .from(Bound::Included(prefix.as_str()))
+                .take_while(|x| x.path.starts_with(&prefix))
+                .filter(|x| !x.deleted)
+                .map(|x| x.path.clone()),
+        );
+    }
     let mut gone: Vec<String> = gone
         .into_iter()
         .filter(|p| {
@@ -298,8 +327,8 @@ pub fn scan(
         if fs::symlink_metadata(root.join(&path)).is_ok() {
             continue; // created since the folder was read (by a pull): next scan sees it
         }
-        let Some(old) = st.index.get(&path) else {
-            continue;
+        let Some(old) = st.index.get(&path).filter(|e| !e.deleted) else {
+            continue; // deleted meanwhile (by a pull)
         };
         let e = Entry {
             path: path.clone(),
@@ -308,7 +337,6 @@ pub fn scan(
             mtime: now_secs(),
             modified_by: device,
             version: old.version.bumped(device),
-            scan_gen: generation,
             ..Entry::default()
         };
         info!("deleted locally: {path}");
@@ -325,38 +353,53 @@ pub fn scan(
     Ok(out)
 }
 
-/// The entries directly inside folder `dir` ("" for the top), found without walking what is
-/// deeper: each subfolder's range of names is skipped over.
-fn children<'a>(entries: &'a crate::index::Index, dir: &str) -> Vec<&'a Entry> {
+/// A name directly inside a folder, as the index knows it: its entry, or `None` for a folder
+/// the index has no entry of but holds names inside.
+struct Known {
+    path: String,
+    entry: Option<Entry>,
+}
+
+/// What the index holds directly inside folder `dir` ("" for the top), sorted by path, found
+/// without walking what is deeper: the index is read on from each name, and each subfolder's
+/// range of names is skipped over.
+fn known_children(index: &crate::index::Index, dir: &str) -> Vec<Known> {
     let prefix = if dir.is_empty() {
         String::new()
     } else {
         format!("{dir}/")
     };
-    let mut out = Vec::new();
-    let mut from = Bound::Included(prefix.clone());
-    loop {
-        let bound = match &from {
-            Bound::Included(s) => Bound::Included(s.as_str()),
-            Bound::Excluded(s) => Bound::Excluded(s.as_str()),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let Some(e) = entries.from(bound).next() else {
-            break;
-        };
-        let k = &e.path;
-        let Some(rest) = k.strip_prefix(&prefix) else {
-            break;
-        };
-        match rest.find('/') {
-            None => {
-                out.push(e);
-                from = Bound::Excluded(k.clone());
+    let mut out: Vec<Known> = Vec::new();
+    let mut from = prefix.clone();
+    'seek: loop {
+        for e in index.from(Bound::Included(from.as_str())) {
+            let Some(rest) = e.path.strip_prefix(&prefix) else {
+                break 'seek;
+            };
+            match rest.find('/') {
+                None => out.push(Known {
+                    path: e.path.clone(),
+                    entry: Some(e.into_owned()),
+                }),
+                // Deeper: go on after every name that starts with "prefix/sub/" ('0' follows
+                // '/').
+                Some(i) => {
+                    let sub = &e.path[..prefix.len() + i];
+                    out.push(Known {
+                        path: sub.to_string(),
+                        entry: None,
+                    });
+                    from = format!("{sub}0");
+                    continue 'seek;
+                }
             }
-            // Deeper: go on after every name that starts with "prefix/sub/" ('0' follows '/').
-            Some(i) => from = Bound::Included(format!("{prefix}{}0", &rest[..i])),
         }
+        break;
     }
+    // A folder's own entry sorts before its implied name ("a/b", "a/b.txt", then "a/b/c"):
+    // the implied one goes.
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out.dedup_by(|later, first| later.path == first.path);
     out
 }
 
@@ -400,25 +443,48 @@ fn now_secs() -> i64 {
 }
 
 /// New paths that are a file the index knows under another name, now gone (renamed or moved):
-/// same inode, size and mtime. Their hashes are taken over instead of hashing again.
-fn find_moved(model: &Model, candidates: &[Candidate]) -> std::collections::HashMap<String, Entry> {
+/// same inode, size and mtime. Their hashes are taken over instead of hashing again. The old
+/// names are looked for among what the scan found gone so far (`gone`, and what was inside the
+/// folders in `emptied`), not in the whole index.
+fn find_moved(
+    model: &Model,
+    candidates: &[Candidate],
+    gone: &[String],
+    emptied: &[String],
+) -> std::collections::HashMap<String, Entry> {
     let mut out = std::collections::HashMap::new();
     let fresh: std::collections::HashMap<u64, &Candidate> = candidates
         .iter()
         .filter(|c| c.seq.is_none())
         .map(|c| (c.stat.ino, c))
         .collect();
-    if fresh.is_empty() {
+    if fresh.is_empty() || (gone.is_empty() && emptied.is_empty()) {
         return out;
     }
     let g = model.lock();
-    for e in g.index.values().filter(|e| e.is_file()) {
+    let mut check = |e: &Entry| {
         if let Some(c) = fresh.get(&e.stat.ino)
+            && e.is_file()
             && e.stat == c.stat
             && e.path != c.path
             && fs::symlink_metadata(model.root.join(&e.path)).is_err()
         {
             out.insert(c.path.clone(), e.clone());
+        }
+    };
+    for p in gone {
+        if let Some(e) = g.index.get(p) {
+            check(&e);
+        }
+    }
+    for d in emptied {
+        let prefix = format!("{d}/");
+        for e in g
+            .index
+            .from(Bound::Included(prefix.as_str()))
+            .take_while(|x| x.path.starts_with(&prefix))
+        {
+            check(&e);
         }
     }
     out
@@ -477,7 +543,7 @@ fn record(
     }
     let file_hash = hash::list_hash(&blocks);
     let cur = st.index.get(&c.path);
-    if cur.map(|e| e.seq) != c.seq {
+    if cur.as_ref().map(|e| e.seq) != c.seq {
         return false; // a pull replaced it meanwhile
     }
     if let Some(e) = cur
@@ -512,7 +578,6 @@ fn record(
         fast: fast.into(),
         seq: 0,
         stat: before,
-        scan_gen: u32::MAX,
     };
     info!("changed locally: {} ({} bytes)", c.path, before.size);
     st.put(e);
@@ -558,9 +623,16 @@ mod tests {
                 ..Entry::default()
             });
         }
-        let names =
-            |d: &str| -> Vec<String> { children(&m, d).iter().map(|e| e.path.clone()).collect() };
-        assert_eq!(names(""), vec!["a", "a.txt", "a0", "b"]);
+        let names = |d: &str| -> Vec<String> {
+            known_children(&m, d)
+                .iter()
+                .map(|e| e.path.clone())
+                .collect()
+        };
+        // "ab" has no entry of its own, only a name inside it.
+        assert_eq!(names(""), vec!["a", "a.txt", "a0", "ab", "b"]);
+        let top = known_children(&m, "");
+        assert!(top.iter().all(|k| k.entry.is_some() == (k.path != "ab")));
         assert_eq!(names("a"), vec!["a/b", "a/b.txt", "a/z"]);
         assert_eq!(names("a/b"), vec!["a/b/c"]);
         assert_eq!(names("ab"), vec!["ab/y"]);

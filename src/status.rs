@@ -23,7 +23,7 @@ fn when(t: SystemTime) -> String {
 }
 
 /// Renders the status text; also records when each peer was last seen in sync.
-pub fn render(model: &Model, opts: &Options, totals: &mut (u64, usize, u64)) -> (String, bool) {
+pub fn render(model: &Model, opts: &Options) -> (String, bool) {
     let mut g = model.lock();
     let st = &mut *g;
     let seq = st.index.seq;
@@ -38,12 +38,8 @@ pub fn render(model: &Model, opts: &Options, totals: &mut (u64, usize, u64)) -> 
         short_id(st.index.device),
         model.root.display()
     );
-    // Totals change only with the index's sequence number: counted again only then.
-    if totals.0 != seq || totals.0 == 0 {
-        let files = st.index.values().filter(|e| e.is_file());
-        *totals = files.fold((seq, 0, 0), |(s, n, b), e| (s, n + 1, b + e.size));
-    }
-    let (_, files, bytes) = *totals;
+    let t = st.index.totals();
+    let (files, bytes) = (t.files, t.bytes);
     let mut body = String::new();
     for p in st.peers.values_mut() {
         let in_sync = p.in_sync(seq);
@@ -55,7 +51,7 @@ pub fn render(model: &Model, opts: &Options, totals: &mut (u64, usize, u64)) -> 
         all_in_sync &= in_sync;
         let recv_files = p.needs.len();
         let recv_bytes = p.needs.bytes();
-        let send = st.index.since(p.peer_in_sync).count();
+        let send = st.index.count_since(p.peer_in_sync);
         let since = now.checked_sub(p.since.elapsed()).unwrap_or(now);
         let _ = writeln!(
             body,
@@ -110,20 +106,17 @@ pub fn render(model: &Model, opts: &Options, totals: &mut (u64, usize, u64)) -> 
     (s, all_in_sync)
 }
 
-/// Writes the status file atomically.
 /// Keeps the status file current: rewritten when its text changes, and every few seconds
 /// anyway so that `left status` can tell a live daemon from a dead one.
 #[derive(Default)]
 pub struct Writer {
     last: String,
     at: Option<std::time::Instant>,
-    /// (index sequence number, files, bytes) of the last count.
-    totals: (u64, usize, u64),
 }
 
 impl Writer {
     pub fn write(&mut self, model: &Model, opts: &Options) {
-        let (text, _) = render(model, opts, &mut self.totals);
+        let (text, _) = render(model, opts);
         if text == self.last && self.at.is_some_and(|t| t.elapsed() < REFRESH) {
             return;
         }

@@ -411,7 +411,7 @@ fn plan(
         g.index
             .get(&e.path)
             .filter(|c| c.is_file() && c.size > 0)
-            .cloned()
+            .map(std::borrow::Cow::into_owned)
     };
     let old = cur.as_ref().and_then(|c| {
         let f = OpenOptions::new()
@@ -1120,7 +1120,16 @@ fn install_group(model: &Model, conn: u64, files: Vec<Ready>) {
     if let Err(e) = sync_fs(root) {
         warn!("syncing {}: {e}", root.display());
     }
-    model.lock().hold_save -= 1;
+    let fold = {
+        let mut g = model.lock();
+        g.hold_save -= 1;
+        g.hold_save == 0 && g.index.wants_fold()
+    };
+    // Saves are held while installs are not durable: memory would fill with changed entries
+    // if the daemon's next try came in another group's hold. The first moment is now.
+    if fold {
+        crate::daemon::save(model);
+    }
     for (r, res) in files.iter().zip(results) {
         received(model, conn, r, res);
     }

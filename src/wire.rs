@@ -223,6 +223,14 @@ pub fn put_entry(e: &mut Enc, x: &Entry) {
 /// Decodes and validates an index entry: the name is checked, counts are bounded by the bytes
 /// actually present before anything is allocated, and the block list must fit the size.
 pub fn get_entry(d: &mut Dec<'_>) -> Result<Entry> {
+    let entry = get_entry_unhashed(d)?;
+    check_geometry(&entry)?;
+    Ok(entry)
+}
+
+/// [`get_entry`] without checking the file hash against the block list: for entries of our
+/// own index file, whose digest was checked when it was read or written.
+pub fn get_entry_unhashed(d: &mut Dec<'_>) -> Result<Entry> {
     let path = d.str()?;
     names::check(&path)?;
     let kind = match d.u8()? {
@@ -276,8 +284,26 @@ pub fn get_entry(d: &mut Dec<'_>) -> Result<Entry> {
         file_hash,
         ..Entry::default()
     };
-    check_geometry(&entry)?;
+    if entry.kind == Kind::File && !entry.deleted {
+        let bs = entry.block_size;
+        if !bs.is_power_of_two() || entry.size.div_ceil(bs.max(1) as u64) != nblocks as u64 {
+            return Err(Error::protocol(format!("{}: bad block list", entry.path)));
+        }
+    }
     Ok(entry)
+}
+
+/// The local sequence number of an entry of our index file (`encode_local`'s layout: the wire
+/// form, then the number), read without decoding the entry.
+pub fn seq_of_local(buf: &[u8]) -> Option<u64> {
+    let mut d = Dec::new(buf);
+    let n = d.u16().ok()? as usize;
+    d.take(n + 1 + 1 + 8 + 8 + 4 + 4 + 8).ok()?;
+    let pairs = d.u16().ok()? as usize;
+    d.take(pairs * 16 + 4).ok()?;
+    let blocks = d.u32().ok()? as usize;
+    d.take(blocks.checked_mul(16)?.checked_add(16)?).ok()?;
+    d.u64().ok()
 }
 
 /// Encodes one message as a whole frame, length prefix included.

@@ -1185,3 +1185,44 @@ fn a_receiver_killed_while_entries_wait_on_disk_takes_them_all_after_a_restart()
     let b = Peer::start_with(&t, "B", pb, &[pa], &args);
     wait_identical(&a.dir, &b.dir, LONG);
 }
+
+/// A folder tree deleted while a peer was away, its deletions written into the index file (too
+/// many to keep in memory): the file's entries are announced in path order, a folder before
+/// what it held, so the peer's deletion of the folder must wait for the rest of the pass.
+#[test]
+fn a_tree_deleted_while_a_peer_was_away_is_deleted_there_for_good() {
+    let t = TestDir::new("away-delete");
+    let (pa, pb) = two_ports();
+    for s in 0..30 {
+        for f in 0..100 {
+            let p = t.join(&format!("A/d/s{s:02}/f{f:03}"));
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, format!("{s} {f}\n")).unwrap();
+        }
+    }
+    fs::write(t.join("A/stays"), b"x").unwrap();
+    let a = Peer::start_with(&t, "A", pa, &[pb], &["-v"]);
+    let mut b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, LONG);
+    std::thread::sleep(Duration::from_millis(1000));
+    b.kill();
+    let written = |log: &str| log.matches("index written whole").count();
+    let before = written(&a.log_text());
+    fs::remove_dir_all(a.path("d")).unwrap();
+    assert!(
+        wait_until(LONG, || written(&a.log_text()) > before
+            && a.log_text().contains("deleted locally: d\n")),
+        "the deletions were not written into the index file:\n{}",
+        tail(&a.log_text(), 20)
+    );
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, LONG);
+    // Nothing comes back: no folder was left behind to be found again by a scan.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!a.path("d").exists() && !b.path("d").exists());
+    assert!(!b.log_text().contains("new folder"), "{}", b.log_text());
+    assert_eq!(
+        listing(&b.dir).unwrap(),
+        vec![("stays".to_string(), Some(1))]
+    );
+}
