@@ -83,15 +83,20 @@ fn open_index(state: &Path, device: u64) -> Index {
     }
 }
 
-/// Saves what changed in the index: a journal record, written without the lock, or (now and
-/// then) the whole index, written under it so no change slips between the write and the flag.
+/// Saves what changed in the index: a journal record, written without the model's lock, or
+/// (now and then) a new base file, written under it. One save at a time: the daemon's loop and
+/// an installer both save.
 pub fn save(model: &Model) {
     let path = model.root.join(STATE_DIR).join("index");
+    let _one = model.saving.lock().unwrap_or_else(|p| p.into_inner());
     let mut g = model.lock();
     if !g.dirty || g.hold_save > 0 {
         return;
     }
     let Some(record) = g.index.journal_record() else {
+        // Under the lock: written without it, the changes made meanwhile would pile up in
+        // memory (a fold of 100,000 entries takes 50-100 ms here), and memory is what the
+        // index file is for.
         let t = Instant::now();
         match g.index.save(&path) {
             Ok(()) => {

@@ -181,6 +181,8 @@ pub struct Model {
     pub changed: Condvar,
     /// Entries pending from one peer kept in memory; the rest wait on disk ([`Needs`]).
     pub max_pending: usize,
+    /// Held while the index is saved: one save at a time.
+    pub saving: Mutex<()>,
 }
 
 impl Model {
@@ -206,6 +208,7 @@ impl Model {
             state: Mutex::new(state),
             changed: Condvar::new(),
             max_pending: crate::needs::DEFAULT_IN_MEMORY,
+            saving: Mutex::new(()),
         }
     }
 
