@@ -258,24 +258,6 @@ pub enum Pass {
     Done,
 }
 
-/// A new base file in the making: the old base and the changed entries, taken under the lock
-/// ([`Index::fold_start`]) and merged into a new file without it ([`Fold::write`]).
-pub struct Fold {
-    device: u64,
-    seq: u64,
-    /// Entries the new base holds.
-    count: u64,
-    base: Option<Base>,
-    /// The old base could not be opened again: nothing is written.
-    lost_base: bool,
-    /// Each changed path, the number of its entry and the entry encoded (`None`: removed).
-    changed: Vec<Changed>,
-}
-
-/// A changed path of a [`Fold`]: the number of its entry and the entry encoded (`None`:
-/// removed).
-type Changed = (Box<str>, u64, Option<Box<[u8]>>);
-
 /// Hashes and writes the base's bytes from `from` to `to`.
 fn copy(b: &Base, from: u64, to: u64, sum: &mut Md5, w: &mut impl Write) -> std::io::Result<()> {
     if to > from {
@@ -285,129 +267,6 @@ fn copy(b: &Base, from: u64, to: u64, sum: &mut Md5, w: &mut impl Write) -> std:
         })?;
     }
     Ok(())
-}
-
-/// What [`Fold::write`] made.
-pub struct Written {
-    base: Base,
-    digest: Hash,
-    base_bytes: u64,
-}
-
-/// The error of a fold that counted entries wrongly (a bug): the totals are counted again.
-const COUNT_OFF: &str = "the index's entry count was off";
-
-impl Fold {
-    /// Writes the new base beside the old one, then an empty journal naming it: temp files,
-    /// fsync, renames (a journal whose header names another base is ignored, so a crash
-    /// between the renames loses nothing). The base's entries are copied as they are and the
-    /// changed ones written in their place: a merge of two lists sorted by path.
-    pub fn write(&self, path: &Path) -> Result<Written> {
-        if self.lost_base {
-            return Err(Error::msg("cannot open the index file again").at(path));
-        }
-        let tmp = path.with_extension("tmp");
-        let f = crate::names::create_own(&tmp).at(&tmp)?;
-        let mut w = BufWriter::with_capacity(64 << 10, f);
-        let mut sum = Md5::new();
-        let mut head = Enc::default();
-        head.bytes(MAGIC);
-        head.u64(self.device);
-        head.u64(self.seq);
-        head.u64(self.count);
-        sum.update(&head.0);
-        w.write_all(&head.0).at(&tmp)?;
-        let mut at = HEADER;
-        let mut pages: Vec<(Box<str>, u64)> = Vec::new();
-        let (mut count, mut max_seq) = (0u64, 0u64);
-        let mut off = self.base.as_ref().map_or(0, |b| b.start);
-        let mut changed = self.changed.iter().peekable();
-        loop {
-            // The run of the base's entries before the next changed path, copied in bulk; a
-            // page begins at the first entry past each PAGE bytes of the new file.
-            if let Some(b) = self.base.as_ref().filter(|b| off < b.end) {
-                let key = changed.peek().map(|(k, _, _)| &**k);
-                let mut run = off;
-                while off < b.end && key.is_none_or(|k| b.cmp_path(off, k).0.is_lt()) {
-                    if pages.last().is_none_or(|(_, p)| at - p >= PAGE) {
-                        pages.push((b.path_at(off).into(), at));
-                    }
-                    let next = b.len_at(off).1;
-                    if next - run > WINDOW as u64 && off > run {
-                        copy(b, run, off, &mut sum, &mut w).at(&tmp)?;
-                        run = off;
-                    }
-                    at += next - off;
-                    off = next;
-                    count += 1;
-                }
-                copy(b, run, off, &mut sum, &mut w).at(&tmp)?;
-                max_seq = max_seq.max(b.max_seq);
-                if let Some((k, _, _)) = changed.peek()
-                    && off < b.end
-                    && b.cmp_path(off, k).0.is_eq()
-                {
-                    off = b.len_at(off).1; // changed since: written below instead
-                }
-            }
-            let Some((p, seq, bytes)) = changed.next() else {
-                break;
-            };
-            let Some(raw) = bytes else {
-                continue; // removed since the base was written
-            };
-            if pages.last().is_none_or(|(_, p)| at - p >= PAGE) {
-                pages.push((p.clone(), at));
-            }
-            sum.update(raw);
-            w.write_all(raw).at(&tmp)?;
-            at += raw.len() as u64;
-            count += 1;
-            max_seq = max_seq.max(*seq);
-        }
-        if count != self.count {
-            return Err(Error::msg(format!("{COUNT_OFF}; saving again")).at(&tmp));
-        }
-        let digest: Hash = sum.finalize().into();
-        w.write_all(&digest).at(&tmp)?;
-        let f = w
-            .into_inner()
-            .map_err(|e| Error::from(e.into_error()).at(&tmp))?;
-        f.sync_all().at(&tmp)?;
-        drop(f);
-        let log = log_path(path);
-        let log_tmp = log.with_extension("log.tmp");
-        let mut header = LOG_MAGIC.to_vec();
-        header.extend_from_slice(&digest);
-        crate::names::create_own(&log_tmp)
-            .and_then(|mut f| {
-                f.write_all(&header)?;
-                f.sync_all()
-            })
-            .at(&log_tmp)?;
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(crate::names::O_NOFOLLOW)
-            .open(&tmp)
-            .at(&tmp)?;
-        fs::rename(&tmp, path).at(path)?;
-        fs::rename(&log_tmp, &log).at(&log)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).at(dir)?;
-        }
-        Ok(Written {
-            base: Base {
-                file,
-                pages,
-                start: HEADER,
-                end: at,
-                max_seq,
-                window: RefCell::default(),
-            },
-            digest,
-            base_bytes: at + 16,
-        })
-    }
 }
 
 const MAGIC: &[u8; 8] = b"LEFTIDX2";
@@ -868,98 +727,127 @@ impl Index {
         }
     }
 
-    /// Writes the whole index as a new base file, and a new empty journal after it:
-    /// [`Index::fold_start`], [`Fold::write`], [`Index::fold_end`] in a row. (They can also run
-    /// with the changes made while the file is written kept apart.)
+    /// Writes the whole index as a new base file, and a new empty journal after it: temp files,
+    /// fsync, renames (a journal whose header names another base is ignored, so a crash
+    /// between the renames loses nothing). The old base's entries are copied as they are, in
+    /// runs, and the changed ones written in their place: a merge of two lists sorted by path.
+    /// What memory held is then read from the new base.
     pub fn save(&mut self, path: &Path) -> Result<()> {
-        let fold = self.fold_start();
-        let written = fold.write(path);
-        self.fold_end(fold, written)
-    }
-
-    /// Takes what a new base file is made of: the base as it is and a copy of the entries
-    /// changed since, encoded. Changes made from here on stay in memory, after the fold too.
-    pub fn fold_start(&mut self) -> Fold {
         // Until both files are in place the journal on disk may continue another base: the
         // next save must be a whole one again if this one fails.
         self.disk.full = true;
-        // What was changed in place is in the copy; what is changed from now on is recorded.
-        self.disk.touched.clear();
+        let tmp = path.with_extension("tmp");
+        let f = crate::names::create_own(&tmp).at(&tmp)?;
+        let mut w = BufWriter::with_capacity(64 << 10, f);
+        let mut sum = Md5::new();
         let mut x = Enc::default();
-        let changed = self
-            .over
-            .iter()
-            .map(|(p, slot)| {
-                let bytes = slot.as_ref().map(|e| {
-                    x.0.clear();
-                    Self::encode_local(&mut x, e);
-                    x.0.as_slice().into()
-                });
-                (p.clone(), slot.as_ref().map_or(0, |e| e.seq), bytes)
-            })
-            .collect();
-        let base = self.base.as_ref().and_then(|b| {
-            Some(Base {
-                file: b.file.try_clone().ok()?,
-                // Read from start to end: no page is looked for.
-                pages: Vec::new(),
-                start: b.start,
-                end: b.end,
-                max_seq: b.max_seq,
-                window: RefCell::default(),
-            })
-        });
-        Fold {
-            device: self.device,
-            seq: self.seq,
-            count: self.totals.entries,
-            lost_base: self.base.is_some() && base.is_none(),
-            base,
-            changed,
-        }
-    }
-
-    /// Installs the base a fold wrote: the entries it holds leave memory, unless they changed
-    /// again meanwhile.
-    pub fn fold_end(&mut self, fold: Fold, written: Result<Written>) -> Result<()> {
-        let w = match written {
-            Ok(w) => w,
-            Err(e) => {
-                if e.to_string().contains(COUNT_OFF) {
-                    // Written with a wrong count, the file would not load: counted again.
-                    self.totals = self.values().fold(Totals::default(), |mut t, e| {
-                        t.add(&e, 1);
-                        t
-                    });
+        x.bytes(MAGIC);
+        x.u64(self.device);
+        x.u64(self.seq);
+        x.u64(self.totals.entries);
+        sum.update(&x.0);
+        w.write_all(&x.0).at(&tmp)?;
+        let mut at = HEADER;
+        let mut pages: Vec<(Box<str>, u64)> = Vec::new();
+        let (mut count, mut max_seq) = (0u64, 0u64);
+        let mut off = self.base.as_ref().map_or(0, |b| b.start);
+        let mut over = self.over.iter().peekable();
+        loop {
+            // The run of the base's entries before the next changed path; a page begins at
+            // the first entry past each PAGE bytes of the new file.
+            if let Some(b) = self.base.as_ref().filter(|b| off < b.end) {
+                let key = over.peek().map(|(k, _)| &***k);
+                let mut run = off;
+                while off < b.end && key.is_none_or(|k| b.cmp_path(off, k).0.is_lt()) {
+                    if pages.last().is_none_or(|(_, p)| at - p >= PAGE) {
+                        pages.push((b.path_at(off).into(), at));
+                    }
+                    let next = b.len_at(off).1;
+                    if next - run > WINDOW as u64 && off > run {
+                        copy(b, run, off, &mut sum, &mut w).at(&tmp)?;
+                        run = off;
+                    }
+                    at += next - off;
+                    off = next;
+                    count += 1;
                 }
-                return Err(e);
+                copy(b, run, off, &mut sum, &mut w).at(&tmp)?;
+                max_seq = max_seq.max(b.max_seq);
+                if let Some(k) = key
+                    && off < b.end
+                    && b.cmp_path(off, k).0.is_eq()
+                {
+                    off = b.len_at(off).1; // changed since: written below instead
+                }
             }
-        };
-        self.base = Some(w.base);
-        for (path, seq, bytes) in fold.changed {
-            let same = match self.over.get(&path) {
-                Some(Some(e)) => {
-                    bytes.is_some() && e.seq == seq && !self.disk.touched.contains(&*path)
-                }
-                Some(None) => bytes.is_none(),
-                None => false,
+            let Some((_, slot)) = over.next() else {
+                break;
             };
-            if same {
-                self.over.remove(&path);
-                if bytes.is_some() && self.over_seq.get(&seq).is_some_and(|p| *p == path) {
-                    self.over_seq.remove(&seq);
-                }
+            let Some(e) = slot else {
+                continue; // removed since the base was written
+            };
+            if pages.last().is_none_or(|(_, p)| at - p >= PAGE) {
+                pages.push((e.path.as_str().into(), at));
             }
+            x.0.clear();
+            Self::encode_local(&mut x, e);
+            sum.update(&x.0);
+            w.write_all(&x.0).at(&tmp)?;
+            at += x.0.len() as u64;
+            count += 1;
+            max_seq = max_seq.max(e.seq);
         }
-        let touched = std::mem::take(&mut self.disk.touched);
+        if count != self.totals.entries {
+            // Written with a wrong count, the file would not load: counted again instead.
+            self.totals = self.values().fold(Totals::default(), |mut t, e| {
+                t.add(&e, 1);
+                t
+            });
+            return Err(Error::msg("the index's entry count was off; saving again").at(&tmp));
+        }
+        let digest: Hash = sum.finalize().into();
+        w.write_all(&digest).at(&tmp)?;
+        let f = w
+            .into_inner()
+            .map_err(|e| Error::from(e.into_error()).at(&tmp))?;
+        f.sync_all().at(&tmp)?;
+        drop(f);
+        let log = log_path(path);
+        let log_tmp = log.with_extension("log.tmp");
+        let mut header = LOG_MAGIC.to_vec();
+        header.extend_from_slice(&digest);
+        crate::names::create_own(&log_tmp)
+            .and_then(|mut f| {
+                f.write_all(&header)?;
+                f.sync_all()
+            })
+            .at(&log_tmp)?;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(crate::names::O_NOFOLLOW)
+            .open(&tmp)
+            .at(&tmp)?;
+        fs::rename(&tmp, path).at(path)?;
+        fs::rename(&log_tmp, &log).at(&log)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).at(dir)?;
+        }
+        self.base = Some(Base {
+            file,
+            pages,
+            start: HEADER,
+            end: at,
+            max_seq,
+            window: RefCell::default(),
+        });
+        self.over.clear();
+        self.over_seq.clear();
         self.disk = Disk {
-            seq: fold.seq,
-            touched,
-            // Removed meanwhile: the journal cannot say so, the next save writes a new base.
-            full: self.over.values().any(Option::is_none),
-            base: Some(w.digest),
-            base_bytes: w.base_bytes,
+            seq: self.seq,
+            base: Some(digest),
+            base_bytes: at + 16,
             log_bytes: LOG_HEADER,
+            ..Disk::default()
         };
         Ok(())
     }
@@ -1477,60 +1365,6 @@ mod tests {
         fs::write(&p, &bytes).unwrap();
         let err = Index::load(&p).unwrap_err().to_string();
         assert!(err.contains("out of order"), "{err}");
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn changes_made_while_a_fold_writes_stay_in_memory_and_are_journaled() {
-        let dir = std::env::temp_dir().join(format!("left-fold-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("index");
-        let mut ix = Index::new(3);
-        for i in 0..50 {
-            ix.put(file(&format!("f{i:02}"), i));
-        }
-        ix.save(&p).unwrap();
-        ix.put(file("f01", 101));
-        ix.put(file("f02", 102));
-        ix.put(file("new", 103));
-        ix.purge(|e| e.path == "f03");
-        let fold = ix.fold_start();
-        // While the fold writes: a path of the fold changed again, one changed in place, a
-        // new one, a removal.
-        ix.put(file("f01", 201));
-        let stat = Stat {
-            ino: 9,
-            ..Stat::default()
-        };
-        ix.set_local("f02", stat, vec![]);
-        ix.put(file("later", 202));
-        ix.purge(|e| e.path == "f04");
-        let written = fold.write(&p);
-        ix.fold_end(fold, written).unwrap();
-        let want = all(&ix);
-        assert_eq!(at(&ix, "f01").blocks[..], [[201; 16]]);
-        assert_eq!(at(&ix, "f02").stat, stat);
-        assert!(ix.get("f03").is_none() && ix.get("f04").is_none());
-        // In memory: only what changed after the fold began.
-        let mut mem: Vec<&str> = ix.over.keys().map(|k| &**k).collect();
-        mem.sort();
-        assert_eq!(mem, vec!["f01", "f02", "f04", "later"]);
-        // The file holds the fold's state; a removal is written whole, the rest journaled.
-        let on_disk = Index::load(&p).unwrap();
-        assert_eq!(at(&on_disk, "f01").blocks[..], [[101; 16]]);
-        assert!(on_disk.get("later").is_none() && on_disk.get("f03").is_none());
-        assert!(ix.journal_record().is_none(), "a removal needs a new base");
-        ix.save(&p).unwrap();
-        assert_eq!(all(&Index::load(&p).unwrap()), want);
-        // Without a removal, what changed during a fold goes to the journal.
-        let fold = ix.fold_start();
-        ix.put(file("during", 7));
-        let written = fold.write(&p);
-        ix.fold_end(fold, written).unwrap();
-        let r = ix.journal_record().expect("a journal record");
-        append(&p, &r).unwrap();
-        ix.appended(&r, true);
-        assert_eq!(all(&Index::load(&p).unwrap()), all(&ix));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -250,15 +250,18 @@ pub fn scan(
             // Symlinks and special files are not synced (see the README).
         }
         // What the index has here and the folder does not is gone; so is what was inside a
-        // folder that is gone or is something else now.
-        let on_disk: std::collections::HashMap<&str, bool> = children
-            .iter()
-            .map(|(p, md)| (p.as_str(), md.is_dir()))
-            .chain(unlisted.iter().map(|p| (p.as_str(), true)))
-            .collect();
-        for k in known.iter().filter(|_| complete) {
+        // folder that is gone or is something else now. Per name the index knows: whether
+        // the folder holds it, and as a folder.
+        let mut on_disk: Vec<Option<bool>> = vec![None; known.len()];
+        let listed = children.iter().map(|(p, md)| (p, md.is_dir()));
+        for (p, is_dir) in listed.chain(unlisted.iter().map(|p| (p, true))) {
+            if let Ok(i) = known.binary_search_by(|k| k.path.as_str().cmp(p)) {
+                on_disk[i] = Some(is_dir);
+            }
+        }
+        for (k, seen) in known.iter().zip(on_disk).filter(|_| complete) {
             let holds = k.entry.as_ref().is_none_or(|e| e.kind == Kind::Dir);
-            match on_disk.get(k.path.as_str()) {
+            match seen {
                 None => {
                     if k.entry.as_ref().is_some_and(|e| !e.deleted) {
                         gone.push(k.path.clone());
@@ -384,11 +387,14 @@ fn known_children(index: &crate::index::Index, dir: &str) -> Vec<Known> {
                 // Deeper: go on after every name that starts with "prefix/sub/" ('0' follows
                 // '/').
                 Some(i) => {
+                    // Unless the folder has its own entry, which came before ("a/b",
+                    // "a/b.txt", then "a/b/c"), its name goes where it sorts.
                     let sub = &e.path[..prefix.len() + i];
-                    out.push(Known {
-                        path: sub.to_string(),
-                        entry: None,
-                    });
+                    let at = out.partition_point(|k| k.path.as_str() < sub);
+                    if out.get(at).is_none_or(|k| k.path != sub) {
+                        let path = sub.to_string();
+                        out.insert(at, Known { path, entry: None });
+                    }
                     from = format!("{sub}0");
                     continue 'seek;
                 }
@@ -396,10 +402,6 @@ fn known_children(index: &crate::index::Index, dir: &str) -> Vec<Known> {
         }
         break;
     }
-    // A folder's own entry sorts before its implied name ("a/b", "a/b.txt", then "a/b/c"):
-    // the implied one goes.
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    out.dedup_by(|later, first| later.path == first.path);
     out
 }
 

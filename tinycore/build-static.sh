@@ -15,8 +15,11 @@
 # is rebuilt from rust-src with the project's release profile and without
 # its default features (-Zbuild-std, allowed on the stable toolchain by
 # RUSTC_BOOTSTRAP=1 for this build only). Panics still print their message
-# and location (panic = "abort" as in Cargo.toml); only the symbolized
-# backtrace, which RUST_BACKTRACE would ask for, is gone. STATIC_BUILD_STD=0
+# (panic = "abort" as in Cargo.toml), without the symbolized backtrace, which
+# RUST_BACKTRACE would ask for, and without their source location
+# (-Zlocation-detail=none: the file:line:column strings of every place that
+# could panic, about 20 KiB; a panic is a bug, and its message says which
+# one). STATIC_BUILD_STD=0
 # builds with the prebuilt std instead; if the std rebuild fails, the script
 # says so and falls back to it.
 #
@@ -53,7 +56,8 @@ for arch in "$@"; do
             echo "build-static: rustup component add rust-src"
             rustup component add rust-src || true
         fi
-        if RUSTC_BOOTSTRAP=1 "$CARGO" build --release --target "$triple" \
+        if RUSTFLAGS="$RUSTFLAGS -Zlocation-detail=none" RUSTC_BOOTSTRAP=1 \
+            "$CARGO" build --release --target "$triple" \
             -Zbuild-std=std,panic_abort -Zbuild-std-features=; then
             mode="std rebuilt without backtrace symbolizer"
         else
