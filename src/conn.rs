@@ -5,7 +5,7 @@
 use crate::auth::{self, Sealer};
 use crate::error::{Context, Error, Result};
 use crate::hash::short_id;
-use crate::index::Stat;
+use crate::index::{Entry, Stat};
 use crate::model::{Model, Out, Peer};
 use crate::pool::Pool;
 use crate::puller::{self, Link};
@@ -527,6 +527,8 @@ fn write_loop(
 ) -> Result<()> {
     let mut sent_seq = 0u64;
     let mut open: Option<(String, Stat, File)> = None;
+    // The index's entry of the file last served.
+    let mut known: Option<Entry> = None;
     let mut buf = Vec::new();
     // The frame that carries blocks, reused.
     let mut frame = Vec::new();
@@ -563,7 +565,7 @@ fn write_loop(
                     let _ = ack.send(());
                 }
                 Out::Serve(req) | Out::ServeSubs(req) => {
-                    let f = serve(model, &req, subs, &mut open, &mut buf, frame);
+                    let f = serve(model, &req, subs, (&mut open, &mut known), &mut buf, frame);
                     pending.fetch_sub(1, Ordering::AcqRel);
                     let data = f.len() - wire::RESPONSE_HEADER;
                     SENT.fetch_add(data as u64, Ordering::Relaxed);
@@ -619,14 +621,26 @@ fn serve(
     model: &Model,
     req: &Request,
     subs: bool,
-    open: &mut Option<(String, Stat, File)>,
+    (open, known): (&mut Option<(String, Stat, File)>, &mut Option<Entry>),
     buf: &mut Vec<u8>,
     frame: Vec<u8>,
 ) -> Vec<u8> {
     let fail = |frame, status| wire::response_frame(frame, req.id, status, 0);
     let stat = {
+        // The entry is read from the index again only when its number or stat changed: a
+        // big file's block list is read from the index file otherwise, for every request.
         let g = model.lock();
-        g.index.get(&req.path).and_then(|e| {
+        let now = g.index.seq_stat(&req.path);
+        if known
+            .as_ref()
+            .is_none_or(|e| e.path != req.path || now != Some((e.seq, e.stat)))
+        {
+            *known = now
+                .and(g.index.get(&req.path))
+                .map(std::borrow::Cow::into_owned);
+        }
+        drop(g);
+        known.as_ref().and_then(|e| {
             let bs = e.block_size as u64;
             let end = req.offset.checked_add(req.len as u64)?;
             let fits = if req.hash == wire::ANY_HASH && !subs {

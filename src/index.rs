@@ -340,42 +340,57 @@ impl Base {
 
     /// How the path of the entry at `off` compares with `key`, and where the next entry starts.
     fn cmp_path(&self, off: u64, key: &str) -> (std::cmp::Ordering, u64) {
-        let (n, next) = self.len_at(off);
-        let ord = self.bytes(off + 4, n, |b| {
-            let len = b
-                .get(..2)
-                .map(|l| u16::from_be_bytes([l[0], l[1]]) as usize);
-            match len.and_then(|l| b.get(2..2 + l)) {
-                Some(p) => p.cmp(key.as_bytes()),
-                None => unreadable(format!("a damaged entry at {off}")),
-            }
-        });
-        (ord, next)
+        let (at, len, next) = self.path_span(off);
+        (self.bytes(at, len, |p| p.cmp(key.as_bytes())), next)
     }
 
     /// The path of the entry at `off`.
     fn path_at(&self, off: u64) -> String {
-        let (n, _) = self.len_at(off);
-        self.bytes(off + 4, n, |b| {
-            let len = b
-                .get(..2)
-                .map(|l| u16::from_be_bytes([l[0], l[1]]) as usize);
-            match len.and_then(|l| b.get(2..2 + l)) {
-                Some(p) => String::from_utf8_lossy(p).into_owned(),
-                None => unreadable(format!("a damaged entry at {off}")),
-            }
-        })
+        let (at, len, _) = self.path_span(off);
+        self.bytes(at, len, |p| String::from_utf8_lossy(p).into_owned())
     }
 
-    /// The sequence number of the entry at `off`, read without decoding it, and where the next
-    /// entry starts.
-    fn seq_at(&self, off: u64) -> (u64, u64) {
-        let (n, next) = self.len_at(off);
-        let seq = self.bytes(off + 4, n, wire::seq_of_local);
-        (
-            seq.unwrap_or_else(|| unreadable(format!("a damaged entry at {off}"))),
-            next,
-        )
+    /// Where the path of the entry at `off` is and how long, and where the next entry starts:
+    /// only the path is read, however long the entry.
+    fn path_span(&self, off: u64) -> (u64, usize, u64) {
+        let (_, next) = self.len_at(off);
+        let len = Cursor {
+            base: self,
+            at: off + 4,
+            end: next,
+        }
+        .num(2);
+        if off + 6 + len > next {
+            unreadable(format!("a damaged entry at {off}"));
+        }
+        (off + 6, len as usize, next)
+    }
+
+    /// The sequence number and stat of the entry at `off`, read without decoding it (its block
+    /// list is skipped over, found from the counts before it), and where the next entry starts.
+    fn local_at(&self, off: u64) -> (u64, Stat, u64) {
+        let (_, next) = self.len_at(off);
+        let mut c = Cursor {
+            base: self,
+            at: off + 4,
+            end: next,
+        };
+        let path = c.num(2);
+        // The path, then kind, deleted, size, mtime, mtime_ns, mode and modified_by.
+        c.skip(path + 34);
+        let pairs = c.num(2);
+        c.skip(pairs * 16 + 4);
+        let blocks = c.num(4);
+        c.skip(blocks * 16 + 16);
+        let seq = c.num(8);
+        let stat = Stat {
+            ino: c.num(8),
+            size: c.num(8),
+            mtime: c.num(8) as i64,
+            mtime_ns: c.num(4) as u32,
+            mode: c.num(4) as u32,
+        };
+        (seq, stat, next)
     }
 
     /// The entry at `off` and where the next one starts.
@@ -411,6 +426,31 @@ impl Base {
     fn get(&self, path: &str) -> Option<Entry> {
         let off = self.seek(Bound::Included(path));
         (off < self.end && self.cmp_path(off, path).0.is_eq()).then(|| self.entry_at(off).0)
+    }
+}
+
+/// Reads the numbers of one entry of the base in order.
+struct Cursor<'a> {
+    base: &'a Base,
+    at: u64,
+    end: u64,
+}
+
+impl Cursor<'_> {
+    fn skip(&mut self, n: u64) {
+        self.at = self.at.saturating_add(n);
+    }
+
+    /// The big-endian number of `k` bytes next.
+    fn num(&mut self, k: usize) -> u64 {
+        if self.at.checked_add(k as u64).is_none_or(|e| e > self.end) {
+            unreadable(format!("a damaged entry before {}", self.end));
+        }
+        let v = self.base.bytes(self.at, k, |b| {
+            b.iter().fold(0u64, |v, x| v << 8 | *x as u64)
+        });
+        self.at += k as u64;
+        v
     }
 }
 
@@ -471,6 +511,22 @@ impl Index {
         match self.over.get(path) {
             Some(slot) => slot.as_deref().map(Cow::Borrowed),
             None => self.base.as_ref()?.get(path).map(Cow::Owned),
+        }
+    }
+
+    /// The number and stat of the entry of `path`, without reading its block list: enough to
+    /// tell whether an entry read before is still the one the index holds.
+    pub fn seq_stat(&self, path: &str) -> Option<(u64, Stat)> {
+        match self.over.get(path) {
+            Some(slot) => slot.as_deref().map(|e| (e.seq, e.stat)),
+            None => {
+                let b = self.base.as_ref()?;
+                let off = b.seek(Bound::Included(path));
+                let found = off < b.end && b.cmp_path(off, path).0.is_eq();
+                found
+                    .then(|| b.local_at(off))
+                    .map(|(seq, stat, _)| (seq, stat))
+            }
         }
     }
 
@@ -556,7 +612,7 @@ impl Index {
                 Some(p) => b.seek(Bound::Excluded(p)),
             };
             while off < b.end {
-                let (seq, next) = b.seq_at(off);
+                let (seq, _, next) = b.local_at(off);
                 if seq <= from || seq > to {
                     off = next;
                     continue;

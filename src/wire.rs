@@ -293,19 +293,6 @@ pub fn get_entry_unhashed(d: &mut Dec<'_>) -> Result<Entry> {
     Ok(entry)
 }
 
-/// The local sequence number of an entry of our index file (`encode_local`'s layout: the wire
-/// form, then the number), read without decoding the entry.
-pub fn seq_of_local(buf: &[u8]) -> Option<u64> {
-    let mut d = Dec::new(buf);
-    let n = d.u16().ok()? as usize;
-    d.take(n + 1 + 1 + 8 + 8 + 4 + 4 + 8).ok()?;
-    let pairs = d.u16().ok()? as usize;
-    d.take(pairs * 16 + 4).ok()?;
-    let blocks = d.u32().ok()? as usize;
-    d.take(blocks.checked_mul(16)?.checked_add(16)?).ok()?;
-    d.u64().ok()
-}
-
 /// Encodes one message as a whole frame, length prefix included.
 pub fn encode(msg: &Msg) -> Vec<u8> {
     let mut e = Enc(Vec::with_capacity(64));
