@@ -27,6 +27,8 @@ pub struct Scan {
     pub unstable: usize,
     /// Time spent walking the tree (metadata only, no hashing).
     pub walk: std::time::Duration,
+    /// Time spent hashing.
+    pub hashing: std::time::Duration,
 }
 
 /// Files to hash found before they are hashed: past this many, the walk stops for them.
@@ -35,11 +37,13 @@ const CANDIDATES_AT_ONCE: usize = 1024;
 /// Hashes files found changed or new, except those found moved (into `moves`).
 fn hash_candidates(
     model: &Model,
-    candidates: Vec<Candidate>,
+    candidates: &mut Vec<Candidate>,
     (gone, emptied): (&[String], &[String]),
     moves: &mut Vec<(Candidate, Entry)>,
     out: &mut Scan,
 ) {
+    let t = std::time::Instant::now();
+    let candidates = std::mem::take(candidates);
     let mut moved = find_moved(model, &candidates, gone, emptied);
     for c in candidates {
         if let Some(old) = moved.remove(&c.path) {
@@ -56,6 +60,7 @@ fn hash_candidates(
             }
         }
     }
+    out.hashing += t.elapsed();
 }
 
 /// A file to hash: its path, what it looked like, and the index entry's seq when seen.
@@ -100,20 +105,17 @@ pub fn scan(
     let mut warned_names = HashSet::new();
     // Files found to have moved, recorded at the end with the deletions of their old names.
     let mut moves = Vec::new();
-    let mut hashing = std::time::Duration::ZERO;
     while let Some(dir) = stack.pop() {
         // Files to hash are taken a bounded number at a time, so a large new tree is never
         // all in memory.
         if candidates.len() >= CANDIDATES_AT_ONCE {
-            let t = std::time::Instant::now();
             hash_candidates(
                 model,
-                std::mem::take(&mut candidates),
+                &mut candidates,
                 (&gone, &emptied),
                 &mut moves,
                 &mut out,
             );
-            hashing += t.elapsed();
         }
         if !visited.insert(dir.clone()) {
             continue;
@@ -275,16 +277,14 @@ pub fn scan(
             }
         }
     }
-    let t = std::time::Instant::now();
     hash_candidates(
         model,
-        std::mem::take(&mut candidates),
+        &mut candidates,
         (&gone, &emptied),
         &mut moves,
         &mut out,
     );
-    hashing += t.elapsed();
-    out.walk = started.elapsed().saturating_sub(hashing);
+    out.walk = started.elapsed().saturating_sub(out.hashing);
     // Whatever the index has that this scan did not see is gone, unless its folder was unreadable.
     let mut g = model.lock();
     let st = &mut *g;
