@@ -1325,12 +1325,37 @@ mod tests {
             ..Entry::default()
         });
         want.insert("d3".into(), at(&ix, "d3"));
+        // Entries larger than the read window, among the others: 5000 blocks, their checksums
+        // and a longer version vector.
+        for (n, path) in [(5000usize, "d2/big"), (4097, "d4/big")] {
+            let blocks: Vec<Hash> = (0..n).map(|i| [(i % 251) as u8; 16]).collect();
+            let big = Entry {
+                path: path.into(),
+                size: n as u64 * MIN_BLOCK as u64,
+                block_size: MIN_BLOCK,
+                file_hash: crate::hash::list_hash(&blocks),
+                blocks: blocks.into(),
+                fast: (0..n as u64).collect(),
+                version: Version::from_pairs(vec![(1, 2), (3, 4), (5, 6)]),
+                stat: Stat {
+                    ino: 42,
+                    size: 7,
+                    mtime: -3,
+                    mtime_ns: 8,
+                    mode: 0o644,
+                },
+                ..Entry::default()
+            };
+            put(&mut ix, &mut want, big);
+        }
         ix.save(&p).unwrap();
         assert!(ix.over.is_empty(), "the save moved every entry to the base");
         assert!(ix.base.as_ref().unwrap().pages.len() > 50);
         let check = |ix: &Index, want: &BTreeMap<String, Entry>| {
             for (k, e) in want {
                 assert_eq!(&at(ix, k), e);
+                // Read without the block list, from the base as from memory.
+                assert_eq!(ix.seq_stat(k), Some((e.seq, e.stat)), "{k}");
             }
             for absent in ["", "a", "d0/", "d3/some", "d9", "d6/some longer name 99999"] {
                 assert!(ix.get(absent).is_none(), "{absent}");
