@@ -75,7 +75,8 @@ fn open_index(state: &Path, device: u64) -> Index {
         }
         Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => Index::new(device),
         Err(e) => {
-            // Nothing is lost: every file is hashed again and versions merge with the peers'.
+            // Nothing is lost: every file is hashed again, its version counting from the time
+            // (past the ones this device made before), and merges with the peers'.
             warn!("{e}; kept as index.damaged, rebuilding from the files");
             let _ = fs::rename(&p, state.join("index.damaged"));
             Index::new(device)

@@ -43,13 +43,22 @@ impl Version {
         self.0.iter().find(|p| p.0 == device).map_or(0, |p| p.1)
     }
 
-    /// This version with `device`'s counter moved past every counter in it, so the result is
-    /// newer than this version and than anything this device made before.
+    /// This version with `device`'s counter moved past every counter in it and to at least the
+    /// time in seconds, so the result is newer than this version and than anything this device
+    /// made before, even with an index that was lost and rebuilt since (its files then get
+    /// versions that count from the time, past those the peers hold of them).
     pub fn bumped(&self, device: u64) -> Version {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.bumped_at(device, now)
+    }
+
+    fn bumped_at(&self, device: u64, now: u64) -> Version {
         let top = self.0.iter().map(|p| p.1).max().unwrap_or(0);
         let mut pairs = self.0.clone();
         pairs.retain(|p| p.0 != device);
-        pairs.push((device, top.saturating_add(1)));
+        pairs.push((device, top.saturating_add(1).max(now)));
         Version::from_pairs(pairs)
     }
 
@@ -129,8 +138,17 @@ mod tests {
     #[test]
     fn bump_and_merge() {
         let a = v(&[(1, 3), (2, 5)]);
-        let b = a.bumped(1);
+        let b = a.bumped_at(1, 0);
         assert_eq!(b.get(1), 6);
+        // The counter is at least the time: a device whose index was rebuilt starts past the
+        // versions it made before, and two bumps in one second still order.
+        let fresh = Version::default().bumped_at(1, 1_000);
+        assert_eq!(fresh.get(1), 1_000);
+        assert_eq!(fresh.bumped_at(1, 1_000).get(1), 1_001);
+        assert_eq!(
+            Version::default().bumped(1).compare(&v(&[(1, 3)])),
+            Order::Newer
+        );
         assert_eq!(b.compare(&a), Order::Newer);
         let c = a.bumped(2).bumped(3);
         let m = b.merged(&c);
