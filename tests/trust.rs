@@ -1004,3 +1004,64 @@ fn unsolicited_big_responses_are_not_hoarded() {
     drop(f);
     w.healthy("unsolicited 8 MiB responses");
 }
+
+/// The index file changed under a running daemon (a bad disk, another program): the next read
+/// of it stops the daemon with one line, before it can take a file for new or deleted; the
+/// restart finds the file damaged, sets it aside and rebuilds the index from the files, and
+/// nothing is lost on either side.
+#[test]
+fn an_index_file_damaged_while_running_stops_the_daemon_and_a_restart_rebuilds_it() {
+    let t = TestDir::new("index-damaged");
+    let (pa, pb) = two_ports();
+    for i in 0..30 {
+        let p = t.join(&format!("A/f{i:02}"));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, format!("file {i}\n")).unwrap();
+    }
+    let mut a = Peer::start_with(&t, "A", pa, &[pb], &["-v"]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    assert!(
+        a.wait_log(SOON, "index written whole"),
+        "no index file written"
+    );
+    // Garbage over the first entries' lengths, in place: the daemon's open file sees it.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(a.path(".left/index"))
+            .unwrap();
+        f.write_all_at(&[0xff; 64], 32).unwrap();
+    }
+    fs::write(a.path("f05"), b"changed after the damage\n").unwrap();
+    assert!(
+        wait_until(SOON, || a.exit_status().is_some()),
+        "still running with a damaged index file:\n{}",
+        tail(&a.log_text(), 10)
+    );
+    assert_eq!(a.exit_status().unwrap().code(), Some(70));
+    let log = a.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("the index file cannot be read back"))
+        .unwrap_or_else(|| panic!("no line says why:\n{}", tail(&log, 10)));
+    assert!(line.contains("stopping"), "{line}");
+    // Nothing was recorded from the damaged file: no file was taken for deleted.
+    assert!(!log.contains("deleted locally"), "{}", tail(&log, 20));
+
+    // Versions count from the time in seconds: the rebuilt ones are past those made before.
+    std::thread::sleep(Duration::from_millis(1100));
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    assert!(
+        a.wait_log(SOON, "kept as index.damaged, rebuilding from the files"),
+        "{}",
+        tail(&a.log_text(), 10)
+    );
+    wait_identical(&a.dir, &b.dir, SOON);
+    assert_eq!(
+        fs::read(b.path("f05")).unwrap(),
+        b"changed after the damage\n"
+    );
+    assert_eq!(listing(&b.dir).unwrap().len(), 30);
+}
