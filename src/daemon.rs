@@ -84,46 +84,6 @@ fn open_index(state: &Path, device: u64) -> Index {
     }
 }
 
-/// Saves what changed in the index: a journal record, written without the model's lock, or
-/// (now and then) a new base file, written under it. One save at a time: the daemon's loop and
-/// an installer both save.
-pub fn save(model: &Model) {
-    let path = model.root.join(STATE_DIR).join("index");
-    let _one = model.saving.lock().unwrap_or_else(|p| p.into_inner());
-    let mut g = model.lock();
-    if !g.dirty || g.hold_save > 0 {
-        return;
-    }
-    let Some(record) = g.index.journal_record() else {
-        // Under the lock: written without it, the changes made meanwhile would pile up in
-        // memory (a fold of 100,000 entries takes 50-100 ms here), and memory is what the
-        // index file is for.
-        let t = Instant::now();
-        match g.index.save(&path) {
-            Ok(()) => {
-                g.dirty = false;
-                let n = g.index.totals().entries;
-                debug!(
-                    "index written whole: {n} entries in {} ms",
-                    t.elapsed().as_millis()
-                );
-            }
-            Err(e) => warn!("saving the index: {e}"),
-        }
-        return;
-    };
-    // Changes made from here on have later numbers, or mark their paths again: the next save.
-    g.dirty = false;
-    drop(g);
-    let written = crate::index::append(&path, &record);
-    let mut g = model.lock();
-    if let Err(e) = &written {
-        warn!("saving the index: {e}");
-        g.dirty = true;
-    }
-    g.index.appended(&record, written.is_ok());
-}
-
 /// Runs until `--once` is satisfied (returns the exit code) or forever.
 pub fn run(opts: &Options) -> Result<i32> {
     let files = crate::limits::raise();
@@ -202,7 +162,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         std::thread::sleep(Duration::from_millis(100));
         if signal::stop_requested() {
             model.lock().shutdown = true;
-            save(&model);
+            model.save_index();
             info!("stopping on signal; index saved");
             let _ = fs::remove_file(state.join("status"));
             return Ok(0);
@@ -213,7 +173,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         }
         // Early too when memory holds many changes: the save writes them into a new base.
         if last_save.elapsed() >= SAVE_EVERY || model.lock().index.wants_fold() {
-            save(&model);
+            model.save_index();
             last_save = Instant::now();
         }
         if last_status.elapsed() >= STATUS_EVERY {
@@ -230,7 +190,7 @@ pub fn run(opts: &Options) -> Result<i32> {
             }
         }
         if once_done(&model) {
-            save(&model);
+            model.save_index();
             flush_all(&model);
             info!(
                 "in sync with every peer; file data received {} bytes, sent {} bytes, reused locally {} bytes",
@@ -252,7 +212,7 @@ pub fn run(opts: &Options) -> Result<i32> {
                 .collect()
         };
         if !down.is_empty() {
-            save(&model);
+            model.save_index();
             warn!(
                 "peer unreachable for {} s: {}",
                 opts.timeout.as_secs(),

@@ -116,8 +116,20 @@ pub fn block_size_for(size: u64) -> u32 {
     bs
 }
 
-/// Checks that an entry's block list fits its size (for entries from peers and from disk).
-pub fn check_geometry(e: &Entry) -> Result<()> {
+/// Checks that a file's hash is the hash of its block list (for entries from peers and from
+/// disk; [`check_shape`] checks the rest).
+pub fn check_file_hash(e: &Entry) -> Result<()> {
+    if e.is_file() && crate::hash::list_hash(&e.blocks) != e.file_hash {
+        return Err(Error::protocol(format!(
+            "{}: the file hash does not match its blocks",
+            e.path
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that an entry's block list fits its size.
+pub fn check_shape(e: &Entry) -> Result<()> {
     if e.deleted || e.kind == Kind::Dir {
         if !e.blocks.is_empty() || e.size != 0 {
             return Err(Error::protocol(format!(
@@ -137,12 +149,6 @@ pub fn check_geometry(e: &Entry) -> Result<()> {
             e.path,
             e.blocks.len(),
             e.size
-        )));
-    }
-    if crate::hash::list_hash(&e.blocks) != e.file_hash {
-        return Err(Error::protocol(format!(
-            "{}: the file hash does not match its blocks",
-            e.path
         )));
     }
     Ok(())
@@ -180,20 +186,28 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn add(&mut self, e: &Entry, sign: i64) {
-        let n = |v: &mut u64, d: u64| {
-            *v = if sign > 0 {
-                v.saturating_add(d)
-            } else {
-                v.saturating_sub(d)
-            }
-        };
-        n(&mut self.entries, 1);
-        if e.is_file() {
-            n(&mut self.files, 1);
-            n(&mut self.bytes, e.size);
+    /// Counts an entry in: `file` is its size if it is a live file.
+    fn add(&mut self, file: Option<u64>) {
+        self.entries += 1;
+        if let Some(size) = file {
+            self.files += 1;
+            self.bytes += size;
         }
     }
+
+    /// Counts an entry out.
+    fn remove(&mut self, file: Option<u64>) {
+        self.entries = self.entries.saturating_sub(1);
+        if let Some(size) = file {
+            self.files = self.files.saturating_sub(1);
+            self.bytes = self.bytes.saturating_sub(size);
+        }
+    }
+}
+
+/// An entry as [`Totals`] counts it: its size if it is a live file.
+fn file_size(e: &Entry) -> Option<u64> {
+    e.is_file().then_some(e.size)
 }
 
 /// The base file as it is read: its pages, and a window of its bytes.
@@ -423,9 +437,28 @@ impl Base {
         off
     }
 
-    fn get(&self, path: &str) -> Option<Entry> {
+    /// Where the entry of `path` begins, if the base has one.
+    fn find(&self, path: &str) -> Option<u64> {
         let off = self.seek(Bound::Included(path));
-        (off < self.end && self.cmp_path(off, path).0.is_eq()).then(|| self.entry_at(off).0)
+        (off < self.end && self.cmp_path(off, path).0.is_eq()).then_some(off)
+    }
+
+    fn get(&self, path: &str) -> Option<Entry> {
+        self.find(path).map(|off| self.entry_at(off).0)
+    }
+
+    /// The size of the entry at `off` if it is a live file, read without decoding it.
+    fn file_size_at(&self, off: u64) -> Option<u64> {
+        let (_, next) = self.len_at(off);
+        let mut c = Cursor {
+            base: self,
+            at: off + 4,
+            end: next,
+        };
+        let path = c.num(2);
+        c.skip(path);
+        let (kind, deleted, size) = (c.num(1), c.num(1), c.num(8));
+        (kind == Kind::File as u64 && deleted == 0).then_some(size)
     }
 }
 
@@ -521,11 +554,10 @@ impl Index {
             Some(slot) => slot.as_deref().map(|e| (e.seq, e.stat)),
             None => {
                 let b = self.base.as_ref()?;
-                let off = b.seek(Bound::Included(path));
-                let found = off < b.end && b.cmp_path(off, path).0.is_eq();
-                found
-                    .then(|| b.local_at(off))
-                    .map(|(seq, stat, _)| (seq, stat))
+                b.find(path).map(|off| {
+                    let (seq, stat, _) = b.local_at(off);
+                    (seq, stat)
+                })
             }
         }
     }
@@ -561,18 +593,26 @@ impl Index {
 
     /// Stores `e` in memory as the entry of its path, keeping the totals and `over_seq` in step.
     fn store(&mut self, e: Entry) {
-        if let Some(old) = self.get(&e.path) {
-            let old = old.into_owned();
-            self.totals.add(&old, -1);
-            if self
-                .over_seq
-                .get(&old.seq)
-                .is_some_and(|p| **p == *old.path)
-            {
-                self.over_seq.remove(&old.seq);
+        // What is counted out: the entry in memory, or the base's, read without decoding it.
+        let old = match self.over.get(e.path.as_str()) {
+            Some(slot) => slot.as_deref().map(|old| {
+                if self
+                    .over_seq
+                    .get(&old.seq)
+                    .is_some_and(|p| **p == *old.path)
+                {
+                    self.over_seq.remove(&old.seq);
+                }
+                file_size(old)
+            }),
+            None => {
+                (self.base.as_ref()).and_then(|b| b.find(&e.path).map(|off| b.file_size_at(off)))
             }
+        };
+        if let Some(old) = old {
+            self.totals.remove(old);
         }
-        self.totals.add(&e, 1);
+        self.totals.add(file_size(&e));
         self.seq = self.seq.max(e.seq);
         self.over_seq.insert(e.seq, e.path.as_str().into());
         self.over.insert(e.path.as_str().into(), Some(Box::new(e)));
@@ -648,11 +688,14 @@ impl Index {
             .map(Cow::into_owned)
             .collect();
         for e in &gone {
-            self.totals.add(e, -1);
+            self.totals.remove(file_size(e));
             if self.over_seq.get(&e.seq).is_some_and(|p| **p == *e.path) {
                 self.over_seq.remove(&e.seq);
             }
-            let in_base = self.base.as_ref().is_some_and(|b| b.get(&e.path).is_some());
+            let in_base = self
+                .base
+                .as_ref()
+                .is_some_and(|b| b.find(&e.path).is_some());
             if in_base {
                 self.over.insert(e.path.as_str().into(), None);
             } else {
@@ -856,7 +899,7 @@ impl Index {
         if count != self.totals.entries {
             // Written with a wrong count, the file would not load: counted again instead.
             self.totals = self.values().fold(Totals::default(), |mut t, e| {
-                t.add(&e, 1);
+                t.add(file_size(&e));
                 t
             });
             return Err(Error::msg("the index's entry count was off; saving again").at(&tmp));
@@ -965,7 +1008,7 @@ impl Index {
             }
             at += 4 + n as u64;
             max_seq = max_seq.max(e.seq);
-            ix.totals.add(&e, 1);
+            ix.totals.add(file_size(&e));
             prev.clear();
             prev.push_str(&e.path);
         }

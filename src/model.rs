@@ -212,6 +212,46 @@ impl Model {
         }
     }
 
+    /// Saves what changed in the index: a journal record, written without the model's lock,
+    /// or (now and then) a new base file, written under it. One save at a time: the daemon's
+    /// loop and an installer both save.
+    pub fn save_index(&self) {
+        let path = self.root.join(crate::names::STATE_DIR).join("index");
+        let _one = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.lock();
+        if !g.dirty || g.hold_save > 0 {
+            return;
+        }
+        let Some(record) = g.index.journal_record() else {
+            // Under the lock: written without it, the changes made meanwhile would pile up in
+            // memory (a fold of 100,000 entries takes 50-100 ms here), and memory is what the
+            // index file is for.
+            let t = Instant::now();
+            match g.index.save(&path) {
+                Ok(()) => {
+                    g.dirty = false;
+                    let n = g.index.totals().entries;
+                    debug!(
+                        "index written whole: {n} entries in {} ms",
+                        t.elapsed().as_millis()
+                    );
+                }
+                Err(e) => warn!("saving the index: {e}"),
+            }
+            return;
+        };
+        // Changes made from here on have later numbers, or mark their paths again: the next save.
+        g.dirty = false;
+        drop(g);
+        let written = crate::index::append(&path, &record);
+        let mut g = self.lock();
+        if let Err(e) = &written {
+            warn!("saving the index: {e}");
+            g.dirty = true;
+        }
+        g.index.appended(&record, written.is_ok());
+    }
+
     /// An empty set of needs for a new connection.
     pub fn new_needs(&self) -> Needs {
         Needs::new(self.root.join(crate::names::STATE_DIR), self.max_pending)

@@ -1128,7 +1128,7 @@ fn install_group(model: &Model, conn: u64, files: Vec<Ready>) {
     // Saves are held while installs are not durable: memory would fill with changed entries
     // if the daemon's next try came in another group's hold. The first moment is now.
     if fold {
-        crate::daemon::save(model);
+        model.save_index();
     }
     for (r, res) in files.iter().zip(results) {
         received(model, conn, r, res);

@@ -5,7 +5,7 @@
 //! and frames of a type it does not know are skipped, so the protocol can grow.
 
 use crate::error::{Error, Result};
-use crate::index::{Entry, Hash, Kind, check_geometry};
+use crate::index::{Entry, Hash, Kind, check_file_hash, check_shape};
 use crate::names;
 use crate::version::Version;
 
@@ -224,7 +224,7 @@ pub fn put_entry(e: &mut Enc, x: &Entry) {
 /// actually present before anything is allocated, and the block list must fit the size.
 pub fn get_entry(d: &mut Dec<'_>) -> Result<Entry> {
     let entry = get_entry_unhashed(d)?;
-    check_geometry(&entry)?;
+    check_file_hash(&entry)?;
     Ok(entry)
 }
 
@@ -284,12 +284,7 @@ pub fn get_entry_unhashed(d: &mut Dec<'_>) -> Result<Entry> {
         file_hash,
         ..Entry::default()
     };
-    if entry.kind == Kind::File && !entry.deleted {
-        let bs = entry.block_size;
-        if !bs.is_power_of_two() || entry.size.div_ceil(bs.max(1) as u64) != nblocks as u64 {
-            return Err(Error::protocol(format!("{}: bad block list", entry.path)));
-        }
-    }
+    check_shape(&entry)?;
     Ok(entry)
 }
 
