@@ -367,28 +367,27 @@ impl Base {
     /// Where the path of the entry at `off` is and how long, and where the next entry starts:
     /// only the path is read, however long the entry.
     fn path_span(&self, off: u64) -> (u64, usize, u64) {
-        let (_, next) = self.len_at(off);
-        let len = Cursor {
-            base: self,
-            at: off + 4,
-            end: next,
-        }
-        .num(2);
-        if off + 6 + len > next {
+        let mut c = self.cursor(off);
+        let len = c.num(2);
+        if off + 6 + len > c.end {
             unreadable(format!("a damaged entry at {off}"));
         }
-        (off + 6, len as usize, next)
+        (off + 6, len as usize, c.end)
+    }
+
+    /// A cursor over the fields of the entry at `off`; its end is where the next one starts.
+    fn cursor(&self, off: u64) -> Cursor<'_> {
+        Cursor {
+            base: self,
+            at: off + 4,
+            end: self.len_at(off).1,
+        }
     }
 
     /// The sequence number and stat of the entry at `off`, read without decoding it (its block
     /// list is skipped over, found from the counts before it), and where the next entry starts.
     fn local_at(&self, off: u64) -> (u64, Stat, u64) {
-        let (_, next) = self.len_at(off);
-        let mut c = Cursor {
-            base: self,
-            at: off + 4,
-            end: next,
-        };
+        let mut c = self.cursor(off);
         let path = c.num(2);
         // The path, then kind, deleted, size, mtime, mtime_ns, mode and modified_by.
         c.skip(path + 34);
@@ -404,7 +403,7 @@ impl Base {
             mtime_ns: c.num(4) as u32,
             mode: c.num(4) as u32,
         };
-        (seq, stat, next)
+        (seq, stat, c.end)
     }
 
     /// The entry at `off` and where the next one starts.
@@ -449,12 +448,7 @@ impl Base {
 
     /// The size of the entry at `off` if it is a live file, read without decoding it.
     fn file_size_at(&self, off: u64) -> Option<u64> {
-        let (_, next) = self.len_at(off);
-        let mut c = Cursor {
-            base: self,
-            at: off + 4,
-            end: next,
-        };
+        let mut c = self.cursor(off);
         let path = c.num(2);
         c.skip(path);
         let (kind, deleted, size) = (c.num(1), c.num(1), c.num(8));

@@ -105,10 +105,10 @@ pub fn scan(
     let mut warned_names = HashSet::new();
     // Files found to have moved, recorded at the end with the deletions of their old names.
     let mut moves = Vec::new();
-    while let Some(dir) = stack.pop() {
+    loop {
         // Files to hash are taken a bounded number at a time, so a large new tree is never
-        // all in memory.
-        if candidates.len() >= CANDIDATES_AT_ONCE {
+        // all in memory; the rest once the walk is done.
+        if candidates.len() >= CANDIDATES_AT_ONCE || stack.is_empty() {
             hash_candidates(
                 model,
                 &mut candidates,
@@ -117,6 +117,9 @@ pub fn scan(
                 &mut out,
             );
         }
+        let Some(dir) = stack.pop() else {
+            break;
+        };
         if !visited.insert(dir.clone()) {
             continue;
         }
@@ -277,13 +280,6 @@ pub fn scan(
             }
         }
     }
-    hash_candidates(
-        model,
-        &mut candidates,
-        (&gone, &emptied),
-        &mut moves,
-        &mut out,
-    );
     out.walk = started.elapsed().saturating_sub(out.hashing);
     // Whatever the index has that this scan did not see is gone, unless its folder was unreadable.
     let mut g = model.lock();
