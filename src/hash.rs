@@ -60,24 +60,34 @@ fn le64(b: &[u8]) -> u64 {
 /// only tells which blocks of our own files changed, and which 4 KiB sub-blocks of a changed
 /// block differ from our old copy — anything it lets through is still checked by MD5.
 pub fn xxh64(data: &[u8]) -> u64 {
-    let len = data.len() as u64;
-    let mut rest = data;
-    let mut h = if data.len() >= 32 {
-        let mut v = [P1.wrapping_add(P2), P2, 0, 0u64.wrapping_sub(P1)];
-        let mut stripes = data.chunks_exact(32);
-        for s in &mut stripes {
-            v[0] = xround(v[0], le64(&s[0..]));
-            v[1] = xround(v[1], le64(&s[8..]));
-            v[2] = xround(v[2], le64(&s[16..]));
-            v[3] = xround(v[3], le64(&s[24..]));
-        }
-        rest = stripes.remainder();
+    let mut v = XXH_INIT;
+    let rest = stripes(&mut v, data);
+    xxh_finish(&v, data.len() as u64, rest)
+}
+
+const XXH_INIT: [u64; 4] = [P1.wrapping_add(P2), P2, 0, 0u64.wrapping_sub(P1)];
+
+/// Folds the whole 32-byte stripes of `data` into the accumulators; returns what is left.
+fn stripes<'a>(v: &mut [u64; 4], data: &'a [u8]) -> &'a [u8] {
+    let mut it = data.chunks_exact(32);
+    for s in &mut it {
+        v[0] = xround(v[0], le64(&s[0..]));
+        v[1] = xround(v[1], le64(&s[8..]));
+        v[2] = xround(v[2], le64(&s[16..]));
+        v[3] = xround(v[3], le64(&s[24..]));
+    }
+    it.remainder()
+}
+
+/// The digest of `len` bytes whose stripes made `v`, `rest` (under 32 bytes) being the tail.
+fn xxh_finish(v: &[u64; 4], len: u64, mut rest: &[u8]) -> u64 {
+    let mut h = if len >= 32 {
         let mut h = v[0]
             .rotate_left(1)
             .wrapping_add(v[1].rotate_left(7))
             .wrapping_add(v[2].rotate_left(12))
             .wrapping_add(v[3].rotate_left(18));
-        for x in v {
+        for &x in v {
             h = xmerge(h, x);
         }
         h
@@ -111,6 +121,47 @@ pub fn xxh64(data: &[u8]) -> u64 {
     h ^= h >> 29;
     h = h.wrapping_mul(P3);
     h ^ (h >> 32)
+}
+
+/// XXH64 of bytes given in pieces: the same digest as [`xxh64`] of them all at once. The index
+/// file's checksum, where MD5 cost as much as writing the file.
+pub struct Xxh64 {
+    v: [u64; 4],
+    len: u64,
+    tail: [u8; 32],
+}
+
+impl Default for Xxh64 {
+    fn default() -> Self {
+        Xxh64 {
+            v: XXH_INIT,
+            len: 0,
+            tail: [0; 32],
+        }
+    }
+}
+
+impl Xxh64 {
+    pub fn update(&mut self, mut data: &[u8]) {
+        let held = (self.len % 32) as usize;
+        self.len += data.len() as u64;
+        if held > 0 {
+            let n = data.len().min(32 - held);
+            self.tail[held..held + n].copy_from_slice(&data[..n]);
+            data = &data[n..];
+            if held + n < 32 {
+                return;
+            }
+            let stripe = self.tail;
+            stripes(&mut self.v, &stripe);
+        }
+        let rest = stripes(&mut self.v, data);
+        self.tail[..rest.len()].copy_from_slice(rest);
+    }
+
+    pub fn digest(&self) -> u64 {
+        xxh_finish(&self.v, self.len, &self.tail[..(self.len % 32) as usize])
+    }
 }
 
 /// A rolling checksum of a window (rsync's weak sum: the byte sum and the position-weighted sum,
@@ -513,5 +564,21 @@ mod tests {
         ] {
             assert_eq!(xxh64(data), want, "length {}", data.len());
         }
+    }
+
+    #[test]
+    fn xxh64_in_pieces_is_xxh64_at_once() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        for cut in [0, 1, 5, 31, 32, 33, 63, 64, 100, 999, 1000] {
+            for piece in [1, 3, 32, 40, 1000] {
+                let mut x = Xxh64::default();
+                x.update(&data[..cut]);
+                for p in data[cut..].chunks(piece) {
+                    x.update(p);
+                }
+                assert_eq!(x.digest(), xxh64(&data), "cut {cut}, pieces of {piece}");
+            }
+        }
+        assert_eq!(Xxh64::default().digest(), xxh64(b""));
     }
 }

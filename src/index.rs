@@ -273,7 +273,7 @@ pub enum Pass {
 }
 
 /// Hashes and writes the base's bytes from `from` to `to`.
-fn copy(b: &Base, from: u64, to: u64, sum: &mut Md5, w: &mut impl Write) -> std::io::Result<()> {
+fn copy(b: &Base, from: u64, to: u64, sum: &mut Sum, w: &mut impl Write) -> std::io::Result<()> {
     if to > from {
         b.bytes(from, (to - from) as usize, |raw| {
             sum.update(raw);
@@ -283,9 +283,47 @@ fn copy(b: &Base, from: u64, to: u64, sum: &mut Md5, w: &mut impl Write) -> std:
     Ok(())
 }
 
-const MAGIC: &[u8; 8] = b"LEFTIDX2";
+const MAGIC: &[u8; 8] = b"LEFTIDX3";
+/// The same entries with an MD5 of the file as its digest: still read.
+const MD5_MAGIC: &[u8; 8] = b"LEFTIDX2";
 /// The format before file hashes were derived from block lists: read as "rebuild".
 const OLD_MAGIC: &[u8; 8] = b"LEFTIDX1";
+
+/// The digest a base file ends with, over all that comes before it. It finds damage and names
+/// the base a journal continues. It was the file's MD5, which cost about as much as writing the
+/// file each time it was rewritten; it is now its XXH64 followed by its length.
+enum Sum {
+    Md5(Md5),
+    Xxh(crate::hash::Xxh64, u64),
+}
+
+impl Sum {
+    fn new() -> Sum {
+        Sum::Xxh(crate::hash::Xxh64::default(), 0)
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Sum::Md5(m) => m.update(data),
+            Sum::Xxh(x, n) => {
+                x.update(data);
+                *n += data.len() as u64;
+            }
+        }
+    }
+
+    fn digest(self) -> Hash {
+        match self {
+            Sum::Md5(m) => m.finalize().into(),
+            Sum::Xxh(x, n) => {
+                let mut d = [0u8; 16];
+                d[..8].copy_from_slice(&x.digest().to_be_bytes());
+                d[8..].copy_from_slice(&n.to_be_bytes());
+                d
+            }
+        }
+    }
+}
 const HEADER: u64 = 32;
 /// The journal's header: this, then the digest of the base file it continues.
 const LOG_MAGIC: &[u8; 8] = b"LEFTLOG1";
@@ -832,7 +870,7 @@ impl Index {
         let tmp = path.with_extension("tmp");
         let f = crate::names::create_own(&tmp).at(&tmp)?;
         let mut w = BufWriter::with_capacity(64 << 10, f);
-        let mut sum = Md5::new();
+        let mut sum = Sum::new();
         let mut x = Enc::default();
         x.bytes(MAGIC);
         x.u64(self.device);
@@ -898,7 +936,7 @@ impl Index {
             });
             return Err(Error::msg("the index's entry count was off; saving again").at(&tmp));
         }
-        let digest: Hash = sum.finalize().into();
+        let digest = sum.digest();
         w.write_all(&digest).at(&tmp)?;
         let f = w
             .into_inner()
@@ -956,18 +994,18 @@ impl Index {
             .at(path)?;
         let len = f.metadata().at(path)?.len();
         let mut r = BufReader::with_capacity(64 << 10, f);
-        let mut sum = Md5::new();
         let corrupt = |why: &str| Error::msg(format!("index is damaged ({why})")).at(path);
         let mut head = [0u8; HEADER as usize];
         r.read_exact(&mut head)
             .map_err(|_| corrupt("short header"))?;
-        sum.update(head);
         let mut d = Dec::new(&head);
-        match d.take(8)? {
-            m if m == MAGIC => {}
+        let mut sum = match d.take(8)? {
+            m if m == MAGIC => Sum::new(),
+            m if m == MD5_MAGIC => Sum::Md5(Md5::new()),
             m if m == OLD_MAGIC => return Err(corrupt("written by an older version of left")),
             _ => return Err(corrupt("not an index file")),
-        }
+        };
+        sum.update(&head);
         let mut ix = Index::new(d.u64()?);
         let seq = d.u64()?;
         let count = d.u64()?;
@@ -982,7 +1020,7 @@ impl Index {
         for i in 0..count {
             let mut n = [0u8; 4];
             r.read_exact(&mut n).map_err(|_| corrupt("truncated"))?;
-            sum.update(n);
+            sum.update(&n);
             let n = u32::from_be_bytes(n) as usize;
             if n as u64 > len || n > wire::MAX_FRAME {
                 return Err(corrupt("entry too large"));
@@ -1009,7 +1047,7 @@ impl Index {
         let mut digest = [0u8; 16];
         r.read_exact(&mut digest)
             .map_err(|_| corrupt("truncated"))?;
-        if digest[..] != sum.finalize()[..] {
+        if digest != sum.digest() {
             return Err(corrupt("checksum mismatch"));
         }
         ix.seq = seq;
@@ -1207,6 +1245,28 @@ mod tests {
             assert!(Index::load(&p).is_err(), "flip at {i} not detected");
         }
         fs::write(&p, &good[..good.len() - 1]).unwrap();
+        assert!(Index::load(&p).is_err());
+
+        // A base written by the version before, with an MD5 of the file as its digest, still
+        // loads, and so does the journal that continues it.
+        let mut old = good.clone();
+        let end = old.len() - 16;
+        old[..8].copy_from_slice(MD5_MAGIC);
+        let md5 = Md5::digest(&old[..end]);
+        old[end..].copy_from_slice(&md5);
+        fs::write(&p, &old).unwrap();
+        fs::write(log_path(&p), [&LOG_MAGIC[..], &md5[..]].concat()).unwrap();
+        let mut back = Index::load(&p).unwrap();
+        assert_eq!(all(&back), all(&ix));
+        back.put(file("later", 4));
+        assert!(
+            save_changes(&mut back, &p),
+            "appended to the old base's journal"
+        );
+        let again = Index::load(&p).unwrap();
+        assert_eq!(all(&again), all(&back));
+        old[3] ^= 1;
+        fs::write(&p, &old).unwrap();
         assert!(Index::load(&p).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -1478,8 +1538,9 @@ mod tests {
         );
         bytes.splice(first..first + n1 + n2, b.into_iter().chain(a));
         let end = bytes.len() - 16;
-        let digest = Md5::digest(&bytes[..end]);
-        bytes[end..].copy_from_slice(&digest);
+        let mut sum = Sum::new();
+        sum.update(&bytes[..end]);
+        bytes[end..].copy_from_slice(&sum.digest());
         fs::write(&p, &bytes).unwrap();
         let err = Index::load(&p).unwrap_err().to_string();
         assert!(err.contains("out of order"), "{err}");

@@ -544,7 +544,7 @@ fn record(
     if cur.as_ref().map(|e| e.seq) != c.seq {
         return false; // a pull replaced it meanwhile
     }
-    if let Some(e) = cur
+    if let Some(e) = &cur
         && e.is_file()
         && e.file_hash == file_hash
         && e.size == before.size
@@ -556,7 +556,7 @@ fn record(
         return false;
     }
     let device = st.index.device;
-    let version = match st.index.get(&c.path) {
+    let version = match cur {
         Some(e) => e.version.bumped(device),
         None => crate::version::Version::default().bumped(device),
     };
