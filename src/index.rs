@@ -703,12 +703,27 @@ impl Index {
     }
 
     /// How many entries changed after number `from`.
+    /// The entries [`Index::changed`] would give, counted without decoding them: status asks
+    /// every second, under the lock.
     pub fn count_since(&self, from: u64) -> usize {
-        let mut n = 0;
-        self.changed(from, u64::MAX, &mut Pass::Over(from), |_| {
-            n += 1;
-            true
-        });
+        let live = |p: &str| matches!(self.over.get(p), Some(Some(_)));
+        let mut n = (self.over_seq.range(from.saturating_add(1)..))
+            .filter(|(_, p)| live(p))
+            .count();
+        if let Some(b) = self.base.as_ref().filter(|b| b.max_seq > from) {
+            let mut off = b.start;
+            while off < b.end {
+                let (seq, _, next) = b.local_at(off);
+                if seq > from {
+                    let (at, len, _) = b.path_span(off);
+                    let shadowed = b.bytes(at, len, |p| {
+                        std::str::from_utf8(p).is_ok_and(|p| self.over.contains_key(p))
+                    });
+                    n += usize::from(!shadowed);
+                }
+                off = next;
+            }
+        }
         n
     }
 
@@ -1499,6 +1514,10 @@ mod tests {
         exp.sort();
         assert_eq!(changed, exp);
         assert_eq!(ix.count_since(base_seq), exp.len());
+        for from in [0, base_seq / 3, base_seq - 1, ix.seq - 5, ix.seq] {
+            let n = want.values().filter(|e| e.seq > from).count();
+            assert_eq!(ix.count_since(from), n, "from {from}");
+        }
 
         // A walk over what changed, resumed after the base was rewritten, misses nothing.
         let top = ix.seq;
