@@ -960,7 +960,10 @@ impl Run<'_, '_, '_> {
         }
         let big = p.e.size >= SMALL_FILE;
         let r = (|| -> Result<()> {
-            p.tmp.set_len(p.e.size).at(&p.tmp_path)?;
+            // Written to its end unless it ends in zeros never written: then it gets its length.
+            if p.tmp.metadata().at(&p.tmp_path)?.len() != p.e.size {
+                p.tmp.set_len(p.e.size).at(&p.tmp_path)?;
+            }
             p.tmp
                 .set_permissions(fs::Permissions::from_mode(p.e.mode & 0o7777))
                 .at(&p.tmp_path)?;
