@@ -588,14 +588,16 @@ pub fn clean_temps(root: &Path, max_age: std::time::Duration) {
     while let Some(d) = stack.pop() {
         let Ok(rd) = fs::read_dir(&d) else { continue };
         for ent in rd.flatten() {
-            let Ok(md) = ent.metadata() else { continue };
+            // The listing's types: only temp files are looked at (a stat each).
+            let Ok(ft) = ent.file_type() else { continue };
             let name = ent.file_name();
-            if md.is_dir() && !(d == root && name == names::STATE_DIR) {
+            if ft.is_dir() && !(d == root && name == names::STATE_DIR) {
                 stack.push(ent.path());
-            } else if md.is_file()
+            } else if ft.is_file()
                 && name.to_str().is_some_and(names::is_temp)
-                && md
-                    .modified()
+                && ent
+                    .metadata()
+                    .and_then(|md| md.modified())
                     .ok()
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|a| a > max_age)
@@ -636,5 +638,42 @@ mod tests {
         assert_eq!(names("ab"), vec!["ab/y"]);
         assert!(names("a/b/c/d").is_empty());
         assert!(names("nothing").is_empty());
+    }
+
+    #[test]
+    fn old_temp_files_are_removed_and_nothing_else() {
+        let root = std::env::temp_dir().join(format!("left-temps-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let outside = root.with_extension("outside");
+        fs::create_dir_all(root.join("d/e")).unwrap();
+        fs::create_dir_all(root.join(names::STATE_DIR)).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let put = |p: &Path, aged: bool| {
+            let f = fs::File::create(p).unwrap();
+            if aged {
+                f.set_modified(old).unwrap();
+            }
+        };
+        let temp = |dir: &Path, name: &str| dir.join(names::temp_for(name));
+        put(&temp(&root, "a"), true);
+        put(&temp(&root.join("d/e"), "b"), true);
+        put(&temp(&root.join("d"), "fresh"), false);
+        put(&root.join("d/plain"), true);
+        put(&temp(&root.join(names::STATE_DIR), "ours"), true);
+        put(&temp(&outside, "c"), true);
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        clean_temps(&root, std::time::Duration::from_secs(60));
+        assert!(!temp(&root, "a").exists());
+        assert!(!temp(&root.join("d/e"), "b").exists());
+        assert!(temp(&root.join("d"), "fresh").exists());
+        assert!(root.join("d/plain").exists());
+        assert!(temp(&root.join(names::STATE_DIR), "ours").exists());
+        assert!(
+            temp(&outside, "c").exists(),
+            "a symlinked folder was followed"
+        );
+        fs::remove_dir_all(&root).unwrap();
+        fs::remove_dir_all(&outside).unwrap();
     }
 }
