@@ -16,6 +16,7 @@ use std::io;
 use std::ops::Bound;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What one scan found.
@@ -45,22 +46,60 @@ fn hash_candidates(
     let t = std::time::Instant::now();
     let candidates = std::mem::take(candidates);
     let mut moved = find_moved(model, &candidates, gone, emptied);
+    let (mut small, mut big) = (Vec::new(), Vec::new());
     for c in candidates {
         if let Some(old) = moved.remove(&c.path) {
             moves.push((c, old));
-            continue;
-        }
-        match hash_one(model, &c) {
-            Ok(true) => out.changed += 1,
-            Ok(false) => {}
-            Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => {}
-            Err(e) => {
-                debug!("{e}");
-                out.unstable += 1;
-            }
+        } else if c.stat.size < SIDE_BY_SIDE_BELOW {
+            small.push(c);
+        } else {
+            big.push(c);
         }
     }
+    // Large files are hashed one at a time, each on every core (`hash::file_blocks`).
+    for (cs, threads) in [(small, SIDE_BY_SIDE), (big, 1)] {
+        let (changed, unstable) = hash_each(model, &cs, threads);
+        out.changed += changed;
+        out.unstable += unstable;
+    }
     out.hashing += t.elapsed();
+}
+
+/// Files under this size are hashed `SIDE_BY_SIDE` at a time: reading them is most of the work
+/// (a cold disk serves several reads at once), and each needs a buffer of its size at most.
+const SIDE_BY_SIDE_BELOW: u64 = 1 << 20;
+const SIDE_BY_SIDE: usize = 2;
+
+/// Hashes and records files on `threads` threads; returns how many changed and how many were
+/// seen changing while hashed.
+fn hash_each(model: &Model, cs: &[Candidate], threads: usize) -> (usize, usize) {
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let (mut changed, mut unstable) = (0, 0);
+        while let Some(c) = cs.get(next.fetch_add(1, Ordering::Relaxed)) {
+            match hash_one(model, c) {
+                Ok(true) => changed += 1,
+                Ok(false) => {}
+                Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => {}
+                Err(e) => {
+                    debug!("{e}");
+                    unstable += 1;
+                }
+            }
+        }
+        (changed, unstable)
+    };
+    if threads <= 1 || cs.len() < 2 {
+        return work();
+    }
+    std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let mine = work();
+        others.into_iter().fold(mine, |(a, b), h| {
+            let (c, d) = h.join().unwrap_or_default();
+            (a + c, b + d)
+        })
+    })
 }
 
 /// A file to hash: its path, what it looked like, and the index entry's seq when seen.
