@@ -288,6 +288,22 @@ const MAGIC: &[u8; 8] = b"LEFTIDX3";
 const MD5_MAGIC: &[u8; 8] = b"LEFTIDX2";
 /// The format before file hashes were derived from block lists: read as "rebuild".
 const OLD_MAGIC: &[u8; 8] = b"LEFTIDX1";
+const HEADER: u64 = 32;
+/// The journal's header: this, then the digest of the base file it continues.
+const LOG_MAGIC: &[u8; 8] = b"LEFTLOG1";
+const LOG_HEADER: u64 = 24;
+/// The journal is folded into a new base once it is larger than the base and than this.
+const LOG_COMPACT_MIN: u64 = 1 << 20;
+/// Entries a journal record holds at most (it is built in memory); more changed at once are
+/// saved by writing the base anew.
+const RECORD_MAX: usize = 32_768;
+/// Bytes of the base file a page spans: a lookup reads about this much.
+const PAGE: u64 = 4096;
+/// Bytes of the base file read at once.
+const WINDOW: usize = 64 << 10;
+/// Entries changed since the base was written that memory holds: past this, the next save
+/// writes a new base (the daemon saves early for it, [`Index::wants_fold`]).
+pub const OVERLAY_MAX: usize = 2048;
 
 /// The digest a base file ends with, over all that comes before it. It finds damage and names
 /// the base a journal continues. It was the file's MD5, which cost about as much as writing the
@@ -324,22 +340,6 @@ impl Sum {
         }
     }
 }
-const HEADER: u64 = 32;
-/// The journal's header: this, then the digest of the base file it continues.
-const LOG_MAGIC: &[u8; 8] = b"LEFTLOG1";
-const LOG_HEADER: u64 = 24;
-/// The journal is folded into a new base once it is larger than the base and than this.
-const LOG_COMPACT_MIN: u64 = 1 << 20;
-/// Entries a journal record holds at most (it is built in memory); more changed at once are
-/// saved by writing the base anew.
-const RECORD_MAX: usize = 32_768;
-/// Bytes of the base file a page spans: a lookup reads about this much.
-const PAGE: u64 = 4096;
-/// Bytes of the base file read at once.
-const WINDOW: usize = 64 << 10;
-/// Entries changed since the base was written that memory holds: past this, the next save
-/// writes a new base (the daemon saves early for it, [`Index::wants_fold`]).
-pub const OVERLAY_MAX: usize = 2048;
 
 /// The journal beside the base file `path`.
 pub fn log_path(path: &Path) -> PathBuf {
@@ -702,9 +702,8 @@ impl Index {
         *at = Pass::Done;
     }
 
-    /// How many entries changed after number `from`.
-    /// The entries [`Index::changed`] would give, counted without decoding them: status asks
-    /// every second, under the lock.
+    /// How many entries changed after number `from`: those [`Index::changed`] would give,
+    /// counted without decoding them (status asks every second, under the lock).
     pub fn count_since(&self, from: u64) -> usize {
         let live = |p: &str| matches!(self.over.get(p), Some(Some(_)));
         let mut n = (self.over_seq.range(from.saturating_add(1)..))
