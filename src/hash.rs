@@ -159,6 +159,11 @@ impl Xxh64 {
         self.tail[..rest.len()].copy_from_slice(rest);
     }
 
+    /// Bytes given so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
     pub fn digest(&self) -> u64 {
         xxh_finish(&self.v, self.len, &self.tail[..(self.len % 32) as usize])
     }

@@ -310,31 +310,28 @@ pub const OVERLAY_MAX: usize = 2048;
 /// file each time it was rewritten; it is now its XXH64 followed by its length.
 enum Sum {
     Md5(Md5),
-    Xxh(crate::hash::Xxh64, u64),
+    Xxh(crate::hash::Xxh64),
 }
 
 impl Sum {
     fn new() -> Sum {
-        Sum::Xxh(crate::hash::Xxh64::default(), 0)
+        Sum::Xxh(crate::hash::Xxh64::default())
     }
 
     fn update(&mut self, data: &[u8]) {
         match self {
             Sum::Md5(m) => m.update(data),
-            Sum::Xxh(x, n) => {
-                x.update(data);
-                *n += data.len() as u64;
-            }
+            Sum::Xxh(x) => x.update(data),
         }
     }
 
     fn digest(self) -> Hash {
         match self {
             Sum::Md5(m) => m.finalize().into(),
-            Sum::Xxh(x, n) => {
+            Sum::Xxh(x) => {
                 let mut d = [0u8; 16];
                 d[..8].copy_from_slice(&x.digest().to_be_bytes());
-                d[8..].copy_from_slice(&n.to_be_bytes());
+                d[8..].copy_from_slice(&x.len().to_be_bytes());
                 d
             }
         }

@@ -224,7 +224,7 @@ impl Model {
         }
         let Some(record) = g.index.journal_record() else {
             // Under the lock: written without it, the changes made meanwhile would pile up in
-            // memory (a fold of 100,000 entries takes 50-100 ms here), and memory is what the
+            // memory (a fold of 100,000 entries takes 25-30 ms here), and memory is what the
             // index file is for.
             let t = Instant::now();
             match g.index.save(&path) {

@@ -1030,9 +1030,7 @@ fn unusual_names() {
         "dots.../...x".to_string(),
     ];
     for (i, n) in names.iter().enumerate() {
-        let p = a.path(n);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, random_bytes(500 + i as u64, 70_000 + i)).unwrap();
+        write_file(&a.path(n), random_bytes(500 + i as u64, 70_000 + i));
     }
     wait_identical(&a.dir, &b.dir, SOON);
     for (i, n) in names.iter().enumerate() {
@@ -1125,9 +1123,10 @@ fn entries_beyond_max_pending_wait_on_disk_and_all_arrive() {
     // Nested folders, empty ones, and a folder whose content is deleted later.
     for d in 0..6 {
         for f in 0..40 {
-            let p = a.path(&format!("d{d}/e{}/f{f}.txt", f % 3));
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(&p, format!("file {d}/{f}\n")).unwrap();
+            write_file(
+                &a.path(&format!("d{d}/e{}/f{f}.txt", f % 3)),
+                format!("file {d}/{f}\n"),
+            );
         }
         fs::create_dir_all(a.path(&format!("d{d}/empty"))).unwrap();
     }
@@ -1161,9 +1160,7 @@ fn a_receiver_killed_while_entries_wait_on_disk_takes_them_all_after_a_restart()
     let (pa, pb) = two_ports();
     for d in 0..12 {
         for f in 0..100 {
-            let p = t.join(&format!("A/d{d}/f{f}"));
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(&p, format!("{d} {f}\n")).unwrap();
+            write_file(&t.join(&format!("A/d{d}/f{f}")), format!("{d} {f}\n"));
         }
     }
     let a = Peer::start(&t, "A", pa, &[pb]);
@@ -1195,9 +1192,10 @@ fn a_tree_deleted_while_a_peer_was_away_is_deleted_there_for_good() {
     let (pa, pb) = two_ports();
     for s in 0..30 {
         for f in 0..100 {
-            let p = t.join(&format!("A/d/s{s:02}/f{f:03}"));
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(&p, format!("{s} {f}\n")).unwrap();
+            write_file(
+                &t.join(&format!("A/d/s{s:02}/f{f:03}")),
+                format!("{s} {f}\n"),
+            );
         }
     }
     fs::write(t.join("A/stays"), b"x").unwrap();

@@ -1014,9 +1014,7 @@ fn an_index_file_damaged_while_running_stops_the_daemon_and_a_restart_rebuilds_i
     let t = TestDir::new("index-damaged");
     let (pa, pb) = two_ports();
     for i in 0..30 {
-        let p = t.join(&format!("A/f{i:02}"));
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, format!("file {i}\n")).unwrap();
+        write_file(&t.join(&format!("A/f{i:02}")), format!("file {i}\n"));
     }
     let mut a = Peer::start_with(&t, "A", pa, &[pb], &["-v"]);
     let b = Peer::start(&t, "B", pb, &[pa]);

@@ -474,6 +474,14 @@ pub fn write_random(path: &Path, size: u64, seed: u64) {
     f.sync_all().unwrap();
 }
 
+/// Writes a file, creating the folders on its way.
+pub fn write_file(path: &Path, data: impl AsRef<[u8]>) {
+    if let Some(d) = path.parent() {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(path, data).unwrap();
+}
+
 /// Writes a file outside the share, then renames it in, so no scan sees it half-written.
 pub fn put_file(staging: &Path, dest: &Path, data: &[u8]) {
     fs::create_dir_all(staging).unwrap();
