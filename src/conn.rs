@@ -640,19 +640,11 @@ fn serve(
                 .map(std::borrow::Cow::into_owned);
         }
         drop(g);
-        known.as_ref().and_then(|e| {
-            let bs = e.block_size as u64;
-            let end = req.offset.checked_add(req.len as u64)?;
-            let fits = if req.hash == wire::ANY_HASH && !subs {
-                req.len as u64 <= bs && end <= e.size
-            } else {
-                let i = usize::try_from(req.offset / bs).unwrap_or(usize::MAX);
-                req.offset.is_multiple_of(bs)
-                    && e.blocks.get(i) == Some(&req.hash)
-                    && e.block_range(i).1 == req.len as usize
-            };
-            (e.is_file() && fits).then_some(e.stat)
-        })
+        let any = req.hash == wire::ANY_HASH && !subs;
+        known
+            .as_ref()
+            .filter(|e| e.holds(req.offset, req.len, &req.hash, any))
+            .map(|e| e.stat)
     };
     let Some(stat) = stat else {
         return fail(frame, Status::Changed);

@@ -53,7 +53,9 @@ impl Stat {
             size: md.len(),
             mtime: md.mtime(),
             mtime_ns: md.mtime_nsec() as u32,
-            mode: md.mode() & 0o7777,
+            // Permission bits only: set-uid, set-gid and sticky bits are neither synced
+            // nor taken from peers.
+            mode: md.mode() & 0o777,
         }
     }
 }
@@ -98,6 +100,29 @@ impl Entry {
             && (self.deleted
                 || self.kind == Kind::Dir
                 || (self.size == o.size && self.file_hash == o.file_hash))
+    }
+
+    /// Whether a peer may ask for `len` bytes at `offset` of this entry: a live file's block
+    /// `hash` at its own offset and length, or (`any`) any range of at most one block inside
+    /// the file. A folder or a tombstone holds nothing (and has no block size).
+    pub fn holds(&self, offset: u64, len: u32, hash: &Hash, any: bool) -> bool {
+        let bs = self.block_size as u64;
+        if !self.is_file() || bs == 0 {
+            return false;
+        }
+        let Some(end) = offset.checked_add(len as u64) else {
+            return false;
+        };
+        if any {
+            return len as u64 <= bs && end <= self.size;
+        }
+        let Ok(i) = usize::try_from(offset / bs) else {
+            return false;
+        };
+        offset.is_multiple_of(bs)
+            && self.blocks.get(i) == Some(hash)
+            && offset < self.size
+            && self.block_range(i).1 == len as usize
     }
 
     /// Block `i`'s offset and length.
@@ -1186,6 +1211,41 @@ mod tests {
             true
         });
         out
+    }
+
+    #[test]
+    fn what_an_entry_holds_for_a_peer() {
+        let file = Entry {
+            size: MIN_BLOCK as u64 + 10,
+            block_size: MIN_BLOCK,
+            blocks: vec![[1; 16], [2; 16]].into(),
+            ..Entry::default()
+        };
+        let bs = MIN_BLOCK;
+        assert!(file.holds(0, bs, &[1; 16], false));
+        assert!(file.holds(bs as u64, 10, &[2; 16], false));
+        assert!(!file.holds(bs as u64, 11, &[2; 16], false));
+        assert!(!file.holds(0, bs, &[2; 16], false));
+        assert!(!file.holds(5, bs, &[1; 16], false));
+        assert!(file.holds(5, bs, &[0; 16], true));
+        assert!(!file.holds(11, bs, &[0; 16], true));
+        assert!(!file.holds(u64::MAX, 10, &[0; 16], true));
+        assert!(!file.holds(u64::MAX - 5, 1, &[1; 16], false));
+        // A folder or a tombstone: no blocks, block size 0. Never a division by it.
+        for e in [
+            Entry {
+                kind: Kind::Dir,
+                ..Entry::default()
+            },
+            Entry {
+                deleted: true,
+                ..file.clone()
+            },
+        ] {
+            for (off, any) in [(0, false), (0, true), (7, false), (1 << 20, true)] {
+                assert!(!e.holds(off, 100, &[1; 16], any), "{e:?}");
+            }
+        }
     }
 
     #[test]
