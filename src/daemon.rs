@@ -101,6 +101,9 @@ pub fn run(opts: &Options) -> Result<i32> {
     let device = device_id(&state)?;
     let index = open_index(&state, device);
     let mut model = Model::new(root.clone(), index);
+    if let Ok(st) = model.state.get_mut() {
+        st.received = crate::intents::load(&state);
+    }
     model.max_pending = opts.max_pending;
     if let Some(k) = &opts.key_file {
         model.key = Some(crate::auth::load_key(k)?);
@@ -176,8 +179,9 @@ pub fn run(opts: &Options) -> Result<i32> {
             model.save_index();
             last_save = Instant::now();
         }
-        if last_status.elapsed() >= STATUS_EVERY {
-            status.write(&model, opts);
+        let asked = signal::status_requested();
+        if asked || last_status.elapsed() >= STATUS_EVERY {
+            status.write(&model, opts, asked);
             last_status = Instant::now();
         }
         if !opts.once {
@@ -455,6 +459,9 @@ fn set_dial(model: &Model, peer: &PeerAddr, device: Option<u64>, err: Option<Str
 
 fn scan_loop(model: &Model) {
     let mut watcher = crate::watch::Watcher::new();
+    if let Some(w) = &watcher {
+        model.watch_fd.store(w.fd(), Ordering::Relaxed);
+    }
     if watcher.is_none() {
         info!(
             "inotify unavailable: polling the share every {} ms",
@@ -500,11 +507,15 @@ fn scan_loop(model: &Model) {
                 t.elapsed()
             }
         };
+        // What the scan saw is recorded: peers may be told we hold nothing more for them.
+        model.lock().scan_pending = false;
+        model.changed.notify_all();
         full = match watcher.as_mut() {
             // Woken by a change (after a short settle, a few times the scan's cost at least), or
             // a full rescan now and then as a safety net.
             Some(w) if !w.incomplete => {
                 let woken = w.wait(RESCAN_EVERY);
+                model.lock().scan_pending = true;
                 if woken {
                     std::thread::sleep(SETTLE.max(if partial { took * 3 } else { SETTLE }));
                 }
@@ -513,6 +524,7 @@ fn scan_loop(model: &Model) {
             // Polling: never more than about a tenth of a core, however large the share.
             _ => {
                 std::thread::sleep(SCAN_EVERY.max(took * 10));
+                model.lock().scan_pending = true;
                 true
             }
         };

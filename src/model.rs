@@ -143,6 +143,8 @@ pub struct State {
     pub busy: HashSet<String>,
     /// The first scan of the share has finished.
     pub scanned: bool,
+    /// Changes were seen that no scan has recorded yet (a scan is due or running).
+    pub scan_pending: bool,
     pub shutdown: bool,
     /// Per configured peer (as given on the command line).
     pub dialers: BTreeMap<String, DialInfo>,
@@ -157,6 +159,9 @@ pub struct State {
     pub ignore: Ignore,
     /// The `.leftignore` text `ignore` was built from.
     pub ignore_text: String,
+    /// Installs logged before the last stop and perhaps missing from the index (the install
+    /// log, read at start): the first scan takes their versions for files that hold them.
+    pub received: std::collections::HashMap<String, Entry>,
 }
 
 impl State {
@@ -183,16 +188,23 @@ pub struct Model {
     pub max_pending: usize,
     /// Held while the index is saved: one save at a time.
     pub saving: Mutex<()>,
+    /// The scanner's inotify descriptor (-1: none): events waiting in it are changes no scan
+    /// has seen yet.
+    pub watch_fd: std::sync::atomic::AtomicI32,
+    /// Entries of files about to be installed, logged ahead ([`crate::intents`]).
+    pub installs: Mutex<crate::intents::Log>,
 }
 
 impl Model {
     pub fn new(root: PathBuf, index: Index) -> Model {
+        let installs = crate::intents::Log::new(&root.join(crate::names::STATE_DIR));
         let state = State {
             index,
             dirty: false,
             peers: BTreeMap::new(),
             busy: HashSet::new(),
             scanned: false,
+            scan_pending: true,
             shutdown: false,
             dialers: BTreeMap::new(),
             last_error: None,
@@ -200,6 +212,7 @@ impl Model {
             hold_save: 0,
             ignore: Ignore::default(),
             ignore_text: String::new(),
+            received: Default::default(),
         };
         Model {
             root,
@@ -209,6 +222,8 @@ impl Model {
             changed: Condvar::new(),
             max_pending: crate::needs::DEFAULT_IN_MEMORY,
             saving: Mutex::new(()),
+            installs: Mutex::new(installs),
+            watch_fd: std::sync::atomic::AtomicI32::new(-1),
         }
     }
 
@@ -222,6 +237,9 @@ impl Model {
         if !g.dirty || g.hold_save > 0 {
             return;
         }
+        // Every install logged so far is in the index now (none is under way): once the index
+        // is saved, the log can go, unless more is logged meanwhile.
+        let logged = self.installs().len();
         let Some(record) = g.index.journal_record() else {
             // Under the lock: written without it, the changes made meanwhile would pile up in
             // memory (a fold of 100,000 entries takes 25-30 ms here), and memory is what the
@@ -230,6 +248,7 @@ impl Model {
             match g.index.save(&path) {
                 Ok(()) => {
                     g.dirty = false;
+                    self.installs().clear_if(logged);
                     let n = g.index.totals().entries;
                     debug!(
                         "index written whole: {n} entries in {} ms",
@@ -250,6 +269,21 @@ impl Model {
             g.dirty = true;
         }
         g.index.appended(&record, written.is_ok());
+        if written.is_ok() {
+            self.installs().clear_if(logged);
+        }
+    }
+
+    /// Whether changes on disk wait for a scan: one is due or running, or inotify holds
+    /// events not read yet.
+    pub fn unscanned(&self, st: &State) -> bool {
+        let fd = self.watch_fd.load(std::sync::atomic::Ordering::Relaxed);
+        st.scan_pending || (fd >= 0 && crate::watch::readable(fd, std::time::Duration::ZERO))
+    }
+
+    /// The install log.
+    pub fn installs(&self) -> MutexGuard<'_, crate::intents::Log> {
+        self.installs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// An empty set of needs for a new connection.
@@ -317,19 +351,22 @@ impl Model {
         let take = match decide(local.as_deref(), &r) {
             Decision::Keep => false,
             Decision::Take { .. } => true,
-            Decision::Merge(m) => {
+            Decision::Merge(mut m) => {
                 // Same content: take over the winner's metadata where it is the peer's.
-                if let Some(l) = local
-                    && (l.mtime, l.mtime_ns, l.mode) != (m.mtime, m.mtime_ns, m.mode)
-                    && m.is_file()
+                let differs = local.is_some_and(|l| {
+                    if m.kind == Kind::Dir {
+                        l.mode != m.mode
+                    } else {
+                        (l.mtime, l.mtime_ns, l.mode) != (m.mtime, m.mtime_ns, m.mode)
+                    }
+                });
+                if !m.deleted
+                    && differs
                     && let Ok(stat) = crate::puller::set_meta(&self.root, &m)
                 {
-                    let mut m = m;
                     m.stat = stat;
-                    st.put(m);
-                } else {
-                    st.put(m);
                 }
+                st.put(m);
                 false
             }
         };
@@ -345,8 +382,10 @@ impl Model {
             }
         } else if !back {
             // An earlier announcement of the path may be pending in memory (one back from disk
-            // never is).
-            p.needs.remove(&r.path);
+            // never is); a pull of it left a temp file only if it began.
+            if p.needs.remove(&r.path).is_some() && !st.busy.contains(&r.path) {
+                crate::puller::remove_temp(&self.root, &r.path);
+            }
         }
         Ok(())
     }

@@ -236,15 +236,19 @@ pub fn split(path: &str) -> (&str, &str) {
     }
 }
 
-/// The name a conflict copy gets: `NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.EXT`.
-pub fn conflict_name(path: &str, mtime: i64, device: u64) -> String {
+/// The name a conflict copy gets: `NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.EXT`, or with
+/// `n` over 1, `NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE-N.EXT` (the first name was taken).
+pub fn conflict_name(path: &str, mtime: i64, device: u64, n: u32) -> String {
     let (dir, name) = split(path);
     let (stem, ext) = match name.rfind('.') {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, ""),
     };
     let (y, mo, d, h, mi, s) = crate::log::civil(mtime);
-    let dev = crate::hash::short_id(device);
+    let mut dev = crate::hash::short_id(device);
+    if n > 1 {
+        dev = format!("{dev}-{n}");
+    }
     let file = format!("{stem}.sync-conflict-{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{dev}{ext}");
     if dir.is_empty() {
         file
@@ -399,16 +403,16 @@ mod tests {
         let t = 1_795_622_625; // 2026-11-25 16:03:45 UTC
         let dev = crate::hash::short_id(0xabcdef);
         assert_eq!(
-            conflict_name("d/report.txt", t, 0xabcdef),
+            conflict_name("d/report.txt", t, 0xabcdef, 1),
             format!("d/report.sync-conflict-20261125-160345-{dev}.txt")
         );
         assert_eq!(
-            conflict_name("Makefile", t, 0xabcdef),
+            conflict_name("Makefile", t, 0xabcdef, 1),
             format!("Makefile.sync-conflict-20261125-160345-{dev}")
         );
         assert_eq!(
-            conflict_name(".bashrc", t, 0xabcdef),
-            format!(".bashrc.sync-conflict-20261125-160345-{dev}")
+            conflict_name(".bashrc", t, 0xabcdef, 3),
+            format!(".bashrc.sync-conflict-20261125-160345-{dev}-3")
         );
     }
 }

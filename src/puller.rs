@@ -4,17 +4,18 @@
 //! a rename into place, under the lock, if nothing changed locally meanwhile. Temp files stay for
 //! resume when anything fails.
 
+use crate::dirfd::Dir;
 use crate::error::{Context, Error, Result};
 use crate::index::{Entry, Kind, Stat};
 use crate::model::{Decision, Model, Out, State, decide};
 use crate::names;
-use crate::transfer::{self, temp_path};
+use crate::transfer;
 use crate::wire::{Msg, Response};
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc::{Receiver, Sender};
@@ -132,7 +133,18 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
                     continue;
                 }
             }
-            match decide(st.index.get(path).as_deref(), r) {
+            let local = st.index.get(path);
+            // A file that replaces a folder holding files waits, like a folder's deletion,
+            // for the deletions of what the folder held, which come after it in the pass.
+            if r.is_file()
+                && p.pass_open
+                && local
+                    .as_ref()
+                    .is_some_and(|l| l.kind == Kind::Dir && !l.deleted)
+            {
+                continue;
+            }
+            match decide(local.as_deref(), r) {
                 Decision::Take { .. } => {
                     // Deletions and folders always fit: a renamed big file and the deletion of
                     // its old name stay in one batch, so the file is moved, not copied.
@@ -149,9 +161,35 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
                 _ => moot.push(path.clone()),
             }
         }
+        // Not needed any more (ours is newer, or won): a pull of it that failed earlier is not
+        // to be resumed.
         for m in moot {
             p.needs.remove(&m);
+            p.retry.remove(&m);
+            remove_temp(&link.model.root, &m);
         }
+        // A file that replaces a folder of ours waits while needs under the folder stay out of
+        // this batch: their deletions (deepest first, in the batch) empty the folder.
+        let waits: Vec<String> = batch
+            .iter()
+            .filter(|r| {
+                r.is_file()
+                    && st
+                        .index
+                        .get(&r.path)
+                        .is_some_and(|l| l.kind == Kind::Dir && !l.deleted)
+            })
+            .filter(|r| {
+                let inside = format!("{}/", r.path);
+                p.needs
+                    .mem()
+                    .range(inside.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&inside))
+                    .any(|(k, _)| !batch.iter().any(|b| b.path == *k))
+            })
+            .map(|r| r.path.clone())
+            .collect();
+        batch.retain(|r| !waits.contains(&r.path));
         if !batch.is_empty() {
             p.pulling = true;
             for e in &batch {
@@ -159,7 +197,12 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
             }
             return Some(batch);
         }
-        if p.remote_done && p.needs.is_empty() && p.sent_in_sync != Some(p.remote_seq) {
+        // Not while changes here wait for a scan: the peer would take itself for in sync.
+        if p.remote_done
+            && p.needs.is_empty()
+            && !st.scan_pending
+            && p.sent_in_sync != Some(p.remote_seq)
+        {
             p.sent_in_sync = Some(p.remote_seq);
             let _ = p.out.send(Out::Frame(crate::wire::encode(&Msg::InSync {
                 seq: p.remote_seq,
@@ -233,6 +276,7 @@ fn rename_if_moved(model: &Model, e: &Entry, deleted: &[&Entry]) -> Option<Entry
     if e.size == 0 {
         return None;
     }
+    let root = &model.root;
     let mut g = model.lock();
     for t in deleted {
         let Some(old) = g.index.get(&t.path).map(std::borrow::Cow::into_owned) else {
@@ -244,17 +288,19 @@ fn rename_if_moved(model: &Model, e: &Entry, deleted: &[&Entry]) -> Option<Entry
         if !matches!(decide(Some(&old), t), Decision::Take { .. }) {
             continue;
         }
-        let from = abs(&model.root, &t.path);
-        let unchanged =
-            fs::symlink_metadata(&from).is_ok_and(|md| md.is_file() && Stat::of(&md) == old.stat);
-        if !unchanged || names::check_ancestors(&model.root, &e.path).is_err() {
+        let Ok((from_dir, from)) = Dir::parent(root, &t.path, false) else {
+            continue;
+        };
+        let unchanged = from_dir
+            .stat(from)
+            .is_ok_and(|md| md.is_some_and(|md| md.is_file() && Stat::of(&md) == old.stat));
+        if !unchanged {
             continue;
         }
-        let to = temp_path(&model.root, &e.path);
-        if let Some(dir) = to.parent() {
-            let _ = fs::create_dir_all(dir);
-        }
-        if fs::rename(&from, &to).is_ok() {
+        let Ok((to_dir, to)) = Dir::parent(root, &e.path, true) else {
+            continue;
+        };
+        if from_dir.rename(from, &to_dir, &names::temp_for(to)).is_ok() {
             info!("renamed {} -> {}", t.path, e.path);
             // The old name's deletion is applied now, so no scan mistakes it for a local one.
             let mut gone = (*t).clone();
@@ -264,10 +310,6 @@ fn rename_if_moved(model: &Model, e: &Entry, deleted: &[&Entry]) -> Option<Entry
         }
     }
     None
-}
-
-fn abs(root: &Path, rel: &str) -> PathBuf {
-    root.join(rel)
 }
 
 /// Records how a need ended: done (dropped), or failed (retried later).
@@ -309,47 +351,131 @@ pub fn mtime_of(e: &Entry) -> SystemTime {
     t.unwrap_or(UNIX_EPOCH)
 }
 
-/// Sets mode and mtime of a local file to an entry's; returns its stat afterwards.
-pub fn set_meta(root: &Path, e: &Entry) -> Result<Stat> {
-    let path = abs(root, &e.path);
-    let f = OpenOptions::new()
-        .write(true)
-        .custom_flags(names::O_NOFOLLOW)
-        .open(&path)
-        .at(&path)?;
-    f.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777))
-        .at(&path)?;
-    f.set_modified(mtime_of(e)).at(&path)?;
-    Ok(Stat::of(&f.metadata().at(&path)?))
+/// The mode bits a peer's entry may set: permissions only, never set-uid, set-gid or sticky.
+pub fn file_mode(e: &Entry) -> u32 {
+    e.mode & 0o777
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+/// A folder's mode from a peer's entry: its permissions, and always ours to enter and change.
+pub fn dir_mode(e: &Entry) -> u32 {
+    e.mode & 0o777 | 0o700
+}
+
+/// Sets mode and mtime of a local file or folder to an entry's, through the file itself,
+/// opened without following a symlink on the way; returns its stat afterwards.
+pub fn set_meta(root: &Path, e: &Entry) -> Result<Stat> {
+    let (dir, name) = Dir::parent(root, &e.path, false).at(&e.path)?;
+    if e.kind == Kind::Dir {
+        let d = dir.sub(name).at(&e.path)?;
+        d.chmod(dir_mode(e)).at(&e.path)?;
+        return Ok(Stat::of(&d.metadata().at(&e.path)?));
+    }
+    let f = dir.open_file(name, false).at(&e.path)?;
+    f.set_permissions(fs::Permissions::from_mode(file_mode(e)))
+        .at(&e.path)?;
+    f.set_modified(mtime_of(e)).at(&e.path)?;
+    Ok(Stat::of(&f.metadata().at(&e.path)?))
+}
+
+/// Removes the temp file of `path` if there is one (a pull that will not be finished).
+pub fn remove_temp(root: &Path, path: &str) {
+    if let Ok((dir, name)) = Dir::parent(root, path, false) {
+        let tmp = names::temp_for(name);
+        if dir.stat(&tmp).is_ok_and(|m| m.is_some_and(|m| m.is_file())) {
+            let _ = dir.unlink(&tmp);
+        }
+    }
+}
+
+/// Removes `left`'s temp files directly inside folder `name` of `dir`, so that they do not
+/// keep it alive.
+fn clear_temps(root: &Path, path: &str, dir: &Dir, name: &str) {
+    let Ok(sub) = dir.sub(name) else { return };
+    let Ok(rd) = fs::read_dir(root.join(path)) else {
+        return;
+    };
+    for x in rd.flatten() {
+        if let Some(n) = x.file_name().to_str().filter(|n| names::is_temp(n))
+            && sub.stat(n).is_ok_and(|m| m.is_some_and(|m| m.is_file()))
+        {
+            let _ = sub.unlink(n);
+        }
+    }
+}
+
+/// Moves `from` (a file in `dir`) to a conflict name for `path`, made from `mtime` and
+/// `device`, never replacing anything: a name taken by other content gets a number. Where the
+/// name already holds this very content (`hash`, as the index knows it), `from` is removed
+/// instead: it is kept there. Returns the name used.
+fn keep_aside(
+    st: &State,
+    dir: &Dir,
+    from: &str,
+    path: &str,
+    (mtime, device, hash): (i64, u64, &crate::hash::Hash),
+) -> Result<String> {
+    for n in 1..=1000 {
+        let name = names::conflict_name(path, mtime, device, n);
+        let (_, file) = names::split(&name);
+        match dir.rename_noreplace(from, file) {
+            Ok(()) => return Ok(name),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                let same = st.index.get(&name).is_some_and(|c| {
+                    c.is_file()
+                        && c.file_hash == *hash
+                        && dir
+                            .stat(file)
+                            .is_ok_and(|m| m.is_some_and(|m| Stat::of(&m) == c.stat))
+                });
+                if same {
+                    dir.unlink(from).at(&name)?;
+                    return Ok(name);
+                }
+            }
+            Err(err) => return Err(Error::from(err).at(&name)),
+        }
+    }
+    Err(Error::msg("no free name for a conflict copy").at(path))
 }
 
 /// Applying a peer's entry to disk (a file, a folder, a deletion) starts the same way: under the
-/// lock, the decision must still be to take it, and no folder on the way may be a symlink. This
-/// holds the lock, our entry, whether ours is a losing concurrent edit, and the target path.
+/// lock, the decision must still be to take it, and the folder that holds the target is opened
+/// without following a symlink on the way. This holds the lock, our entry, whether ours is a
+/// losing concurrent edit, that folder (`None` for a deletion whose folder is missing or is
+/// not a folder: nothing is there to delete) and the target's name.
 struct Apply<'a> {
     g: MutexGuard<'a, State>,
     cur: Option<Entry>,
     conflict: bool,
-    target: PathBuf,
+    dir: Option<Dir>,
+    name: String,
 }
 
-fn begin<'a>(model: &'a Model, e: &Entry) -> Result<Option<Apply<'a>>> {
+fn begin<'a>(model: &'a Model, e: &Entry, create: bool) -> Result<Option<Apply<'a>>> {
     let g = model.lock();
     let cur = g.index.get(&e.path).map(std::borrow::Cow::into_owned);
     let Decision::Take { conflict } = decide(cur.as_ref(), e) else {
         return Ok(None);
     };
-    names::check_ancestors(&model.root, &e.path)?;
-    let target = abs(&model.root, &e.path);
+    let (dir, name) = match Dir::parent(&model.root, &e.path, create) {
+        Ok((d, n)) => (Some(d), n),
+        Err(_) if e.deleted => (None, names::split(&e.path).1),
+        Err(err) => {
+            let why = if err.raw_os_error() == Some(names::ELOOP) || err.raw_os_error() == Some(20)
+            {
+                "a folder on the way is not a folder (a symlink or a file?)".to_string()
+            } else {
+                err.to_string()
+            };
+            return Err(Error::msg(why).at(&e.path));
+        }
+    };
     Ok(Some(Apply {
         g,
         cur,
         conflict,
-        target,
+        dir,
+        name: name.to_string(),
     }))
 }
 
@@ -361,110 +487,188 @@ impl Apply<'_> {
             .is_some_and(|c| c.is_file() && c.stat == Stat::of(md))
     }
 
-    /// Records the peer's entry as ours, with the target's stat now.
-    fn record(mut self, e: &Entry, exists: bool) -> Result<()> {
+    /// The folder that holds the target (there for anything but deletions).
+    fn dir(&self, e: &Entry) -> Result<&Dir> {
+        self.dir
+            .as_ref()
+            .ok_or_else(|| Error::msg("its folder is missing").at(&e.path))
+    }
+
+    /// What is at the target now.
+    fn target(&self, e: &Entry) -> Result<Option<fs::Metadata>> {
+        match &self.dir {
+            Some(d) => d.stat(&self.name).at(&e.path),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the peer's entry as ours, with the target's stat now (`None`: nothing there).
+    fn record(mut self, e: &Entry, md: Option<&fs::Metadata>) {
         let mut ne = e.clone();
-        ne.stat = if exists {
-            Stat::of(&fs::symlink_metadata(&self.target).at(&self.target)?)
-        } else {
-            Stat::default()
-        };
+        ne.stat = md.map(Stat::of).unwrap_or_default();
         self.g.put(ne);
-        Ok(())
     }
 }
 
 /// Under the lock: checks the decision still holds and that nothing changed on disk behind the
-/// index's back, keeps a losing local edit as a conflict copy, then renames the temp into place.
-pub fn install(model: &Model, e: &Entry, tmp: &Path, durable: bool) -> Result<()> {
-    let Some(a) = begin(model, e)? else {
-        let _ = fs::remove_file(tmp);
+/// index's back, keeps a losing local edit as a conflict copy, then renames the temp file into
+/// place. A folder holding files where the file goes stays: the file is kept beside it.
+pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
+    let Some(mut a) = begin(model, e, false)? else {
+        remove_temp(&model.root, &e.path);
         return Ok(());
     };
-    let target = &a.target;
-    match fs::symlink_metadata(target) {
-        Ok(md) if md.is_file() => {
+    let tmp = names::temp_for(&a.name);
+    match a.target(e)? {
+        Some(md) if md.is_file() => {
             if !a.known_file(&md) {
                 return Err(
                     Error::msg("changed locally; will look again after the next scan").at(&e.path),
                 );
             }
             if a.conflict {
-                let c = a.cur.as_ref().unwrap_or(e);
-                let name = names::conflict_name(&e.path, c.mtime, c.modified_by);
-                fs::rename(target, abs(&model.root, &name)).at(target)?;
+                let c = a.cur.clone().unwrap_or_else(|| e.clone());
+                let dir = a.dir(e)?;
+                let name = keep_aside(
+                    &a.g,
+                    dir,
+                    &a.name,
+                    &e.path,
+                    (c.mtime, c.modified_by, &c.file_hash),
+                )?;
                 info!("conflict: {} kept as {name}", e.path);
             }
         }
-        Ok(md) if md.is_dir() => fs::remove_dir(target).at(target)?,
-        Ok(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => return Err(Error::from(err).at(target)),
+        Some(md) if md.is_dir() => {
+            let dir = a.dir(e)?;
+            clear_temps(&model.root, &e.path, dir, &a.name);
+            if let Err(err) = dir.rmdir(&a.name) {
+                if !matches!(err.raw_os_error(), Some(39 | 17)) {
+                    return Err(Error::from(err).at(&e.path));
+                }
+                // ENOTEMPTY: the folder holds files the peer's version does not know of.
+                let name = keep_aside(
+                    &a.g,
+                    dir,
+                    &tmp,
+                    &e.path,
+                    (e.mtime, e.modified_by, &e.file_hash),
+                )?;
+                info!(
+                    "conflict: {} is a folder holding files here; the file received for it is kept as {name}",
+                    e.path
+                );
+                if durable {
+                    dir.sync().at(&e.path)?;
+                }
+                let md = dir.stat(&a.name).at(&e.path)?;
+                let device = a.g.index.device;
+                let mut d = a
+                    .cur
+                    .clone()
+                    .filter(|c| c.kind == Kind::Dir)
+                    .unwrap_or_else(|| Entry {
+                        path: e.path.clone(),
+                        kind: Kind::Dir,
+                        mode: md.as_ref().map_or(0o755, |m| Stat::of(m).mode),
+                        ..Entry::default()
+                    });
+                d.deleted = false;
+                d.version = d.version.merged(&e.version).bumped(device);
+                d.modified_by = device;
+                d.stat = md.as_ref().map(Stat::of).unwrap_or_default();
+                a.g.put(d);
+                return Ok(());
+            }
+        }
+        Some(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
+        None => {}
     }
-    fs::rename(tmp, target).at(target)?;
+    let dir = a.dir(e)?;
+    dir.rename(&tmp, dir, &a.name).at(&e.path)?;
     if durable {
-        sync_dir(target.parent().unwrap_or(&model.root))?;
+        dir.sync().at(&e.path)?;
     }
-    a.record(e, true)
+    let md = dir.stat(&a.name).at(&e.path)?;
+    a.record(e, md.as_ref());
+    Ok(())
 }
 
 fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
-    let Some(a) = begin(model, e)? else {
+    let Some(a) = begin(model, e, true)? else {
         return Ok(());
     };
-    let target = &a.target;
-    match fs::symlink_metadata(target) {
-        Ok(md) if md.is_dir() => {}
-        Ok(md) if md.is_file() => {
+    match a.target(e)? {
+        Some(md) if md.is_dir() => {}
+        Some(md) if md.is_file() => {
             if !a.known_file(&md) {
                 return Err(Error::msg("a file changed locally is in the way").at(&e.path));
             }
-            fs::remove_file(target).at(target)?;
-            fs::create_dir(target).at(target)?;
+            let dir = a.dir(e)?;
+            if a.conflict {
+                // Our file is a concurrent edit that loses to the folder: kept beside it.
+                let c = a.cur.clone().unwrap_or_else(|| e.clone());
+                let name = keep_aside(
+                    &a.g,
+                    dir,
+                    &a.name,
+                    &e.path,
+                    (c.mtime, c.modified_by, &c.file_hash),
+                )?;
+                info!("conflict: {} kept as {name}", e.path);
+            } else {
+                dir.unlink(&a.name).at(&e.path)?;
+            }
+            dir.mkdir(&a.name, 0o700).at(&e.path)?;
         }
-        Ok(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
-        Err(_) => fs::create_dir_all(target).at(target)?,
+        Some(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
+        None => match a.dir(e)?.mkdir(&a.name, 0o700) {
+            Err(err) if err.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(Error::from(err).at(&e.path));
+            }
+            _ => {}
+        },
     }
     // Through the folder itself: a chmod by name would follow a symlink swapped in meanwhile.
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(names::O_NOFOLLOW | names::O_DIRECTORY)
-        .open(target)
-        .and_then(|d| d.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777 | 0o700)))
-        .at(target)?;
-    a.record(e, true)
+    let sub = a.dir(e)?.sub(&a.name).at(&e.path)?;
+    sub.chmod(dir_mode(e)).at(&e.path)?;
+    let md = sub.metadata().at(&e.path)?;
+    a.record(e, Some(&md));
+    Ok(())
 }
 
 fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
-    let Some(a) = begin(model, e)? else {
+    let Some(a) = begin(model, e, false)? else {
         return Ok(());
     };
-    let target = &a.target;
-    match fs::symlink_metadata(target) {
-        Ok(md) if md.is_file() => {
-            if !a.known_file(&md) {
-                // Changed here since we last looked: the scan will make it a new version, which wins.
-                return Ok(());
-            }
-            fs::remove_file(target).at(target)?;
-            info!("deleted {}", e.path);
+    if let Some(dir) = &a.dir {
+        // A pull of the file that will never be finished now.
+        let tmp = names::temp_for(&a.name);
+        if dir.stat(&tmp).is_ok_and(|m| m.is_some_and(|m| m.is_file())) {
+            let _ = dir.unlink(&tmp);
         }
-        Ok(md) if md.is_dir() => {
-            // Stale temp files do not keep a deleted folder alive.
-            if let Ok(rd) = fs::read_dir(target) {
-                for x in rd.flatten() {
-                    if x.file_name().to_str().is_some_and(names::is_temp) {
-                        let _ = fs::remove_file(x.path());
-                    }
+        match dir.stat(&a.name).at(&e.path)? {
+            Some(md) if md.is_file() => {
+                if !a.known_file(&md) {
+                    // Changed here since we last looked: the scan will make it a new version,
+                    // which wins.
+                    return Ok(());
+                }
+                dir.unlink(&a.name).at(&e.path)?;
+                info!("deleted {}", e.path);
+            }
+            Some(md) if md.is_dir() => {
+                // Stale temp files do not keep a deleted folder alive.
+                clear_temps(&model.root, &e.path, dir, &a.name);
+                if dir.rmdir(&a.name).is_ok() {
+                    info!("deleted {}/", e.path);
                 }
             }
-            if fs::remove_dir(target).is_ok() {
-                info!("deleted {}/", e.path);
-            }
+            _ => {}
         }
-        _ => {}
     }
-    a.record(e, false)
+    a.record(e, None);
+    Ok(())
 }
 
 #[cfg(test)]

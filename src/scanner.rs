@@ -144,6 +144,9 @@ pub fn scan(
     let mut warned_names = HashSet::new();
     // Files found to have moved, recorded at the end with the deletions of their old names.
     let mut moves = Vec::new();
+    // Files where the index has a folder: hashed and recorded after the deletions of what the
+    // folder held, so peers learn of those first and can remove the folder for the file.
+    let mut retyped = Vec::new();
     loop {
         // Files to hash are taken a bounded number at a time, so a large new tree is never
         // all in memory; the rest once the walk is done.
@@ -231,6 +234,24 @@ pub fn scan(
             }
             if md.is_dir() {
                 match cur {
+                    // Its mode changed here since we last looked: a new version of the folder.
+                    Some(e) if e.kind == Kind::Dir && !e.deleted && e.stat.mode != stat.mode => {
+                        let mut ne = e.clone();
+                        ne.mode = stat.mode;
+                        ne.modified_by = device;
+                        ne.version = e.version.bumped(device);
+                        ne.stat = stat;
+                        info!("folder mode changed locally: {path}/ ({:o})", stat.mode);
+                        st.put(ne);
+                        out.changed += 1;
+                        if dirs.is_some()
+                            && watcher
+                                .as_deref()
+                                .is_some_and(|w| w.watches(&root.join(path)))
+                        {
+                            continue;
+                        }
+                    }
                     Some(e) if e.kind == Kind::Dir && !e.deleted => {
                         // A partial scan walks a folder we knew only if it had events, or if
                         // it is not watched yet (made by a pull: what came into it since would
@@ -278,11 +299,16 @@ pub fn scan(
                         } else {
                             debug!("{path}: stat {:?} -> {stat:?}", e.stat);
                         }
-                        candidates.push(Candidate {
+                        let c = Candidate {
                             path: path.clone(),
                             stat,
                             seq: Some(e.seq),
-                        })
+                        };
+                        if e.kind == Kind::Dir && !e.deleted {
+                            retyped.push(c);
+                        } else {
+                            candidates.push(c);
+                        }
                     }
                     None => candidates.push(Candidate {
                         path: path.clone(),
@@ -381,8 +407,16 @@ pub fn scan(
         st.put(e);
         out.deleted += 1;
     }
+    if !retyped.is_empty() {
+        drop(g);
+        hash_candidates(model, &mut retyped, (&[], &[]), &mut Vec::new(), &mut out);
+        g = model.lock();
+    }
+    let st = &mut *g;
     if !st.scanned {
         st.scanned = true;
+        // What the install log held is settled: its files were found, or are gone.
+        st.received = Default::default();
         // Connections hold back IndexDone until now.
         for p in st.peers.values() {
             let _ = p.out.send(crate::model::Out::Announce);
@@ -587,11 +621,25 @@ fn record(
         && e.is_file()
         && e.file_hash == file_hash
         && e.size == before.size
-        && e.mode == before.mode
+        && e.mode & 0o777 == before.mode
     {
         // Same content (touched, or installed by us before a crash): no new version.
         st.index.set_local(&c.path, before, fast);
         st.dirty = true;
+        return false;
+    }
+    // Received before a crash, and not in the index yet: the peer's version, not a new one.
+    if let Some(rec) = st.received.remove(&c.path)
+        && crate::intents::received(&rec, cur.as_deref(), (&file_hash, before.size, before.mode))
+    {
+        info!(
+            "{}: received before the last stop; its version is the sender's",
+            c.path
+        );
+        let mut e = rec;
+        e.fast = fast.into();
+        e.stat = before;
+        st.put(e);
         return false;
     }
     let device = st.index.device;

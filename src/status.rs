@@ -28,7 +28,8 @@ pub fn render(model: &Model, opts: &Options) -> (String, bool) {
     let st = &mut *g;
     let seq = st.index.seq;
     let now = SystemTime::now();
-    let mut all_in_sync = st.scanned && st.busy.is_empty();
+    // Changes on disk that no scan has recorded yet are pending whatever the peers say.
+    let mut all_in_sync = st.scanned && st.busy.is_empty() && !model.unscanned(st);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -115,9 +116,10 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn write(&mut self, model: &Model, opts: &Options) {
+    /// `now`: written even if unchanged (`left status` waits for a new file).
+    pub fn write(&mut self, model: &Model, opts: &Options, now: bool) {
         let (text, _) = render(model, opts);
-        if text == self.last && self.at.is_some_and(|t| t.elapsed() < REFRESH) {
+        if !now && text == self.last && self.at.is_some_and(|t| t.elapsed() < REFRESH) {
             return;
         }
         let dir = model.root.join(STATE_DIR);
@@ -131,9 +133,50 @@ impl Writer {
     }
 }
 
+/// Asks the daemon that wrote the status file `p` for a fresh one and waits for it (at most a
+/// second): the file is then the daemon's state now, not up to a second ago. Where the daemon
+/// cannot be signalled (another user's), the file is read as it is.
+fn fresh(p: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(text) = fs::read_to_string(p) else {
+        return;
+    };
+    let pid = text
+        .split_whitespace()
+        .skip_while(|w| *w != "pid")
+        .nth(1)
+        .and_then(|s| s.parse::<i32>().ok())
+        .unwrap_or(0);
+    // Only a live `left` of this very binary is signalled (a pid in a stale file may be any
+    // process's now, and SIGUSR1 would end it).
+    let md = fs::metadata(p).ok();
+    let recent = md
+        .as_ref()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|a| a < STALE);
+    let exe = |pid: &str| fs::read_link(Path::new("/proc").join(pid).join("exe")).ok();
+    let same = exe("self").is_some() && exe(&pid.to_string()) == exe("self");
+    if !recent || !same {
+        return;
+    }
+    let before = md.map(|m| m.ino());
+    if !crate::signal::send(pid, crate::signal::SIGUSR1) {
+        return;
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < end {
+        if fs::metadata(p).map(|m| m.ino()).ok() != before {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// `left status`: prints the daemon's status; exit 0 in sync, 1 work pending, 2 no daemon.
 pub fn show(dir: &Path) -> Result<u8> {
     let p = dir.join(STATE_DIR).join("status");
+    fresh(&p);
     let text = match fs::read_to_string(&p) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -5,6 +5,7 @@
 //! to the puller to install once all its blocks are in and verified.
 
 use crate::delta::Pipe;
+use crate::dirfd::Dir;
 use crate::error::{Context, Error, Result};
 use crate::hash::{Hash, md5, xxh64};
 use crate::index::{Entry, FAST_MIN_BLOCKS, Stat};
@@ -360,6 +361,18 @@ fn local_sources(link: &Link<'_>, files: &[Entry]) -> HashMap<Hash, (String, u64
     sources
 }
 
+/// Whether a temp file found in place is one `left` made: a regular file owned by us with no
+/// other name.
+fn own_temp(m: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    unsafe extern "C" {
+        fn geteuid() -> u32;
+    }
+    // SAFETY: no arguments, cannot fail.
+    let me = unsafe { geteuid() };
+    m.is_file() && m.nlink() == 1 && m.uid() == me
+}
+
 /// Opens a file's temp file and decides where each of its blocks comes from.
 #[allow(clippy::result_large_err)]
 fn plan(
@@ -377,23 +390,26 @@ fn plan(
         let rel = names::temp_rel(&e.path);
         let open = || names::open_in(root, &rel, names::Open::Create);
         // The folder usually exists: it is made only when the open says it is missing.
-        let f = match open() {
+        let mut f = match open() {
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                names::check_ancestors(root, &e.path)?;
-                if let Some(dir) = tmp_path.parent() {
-                    fs::create_dir_all(dir).at(dir)?;
-                }
-                open()
-            }
-            Err(err) if err.raw_os_error() == Some(names::ELOOP) => {
-                // A folder on the way (an error naming it), or the temp name itself.
-                names::check_ancestors(root, &e.path)?;
-                fs::remove_file(&tmp_path).at(&tmp_path)?;
+                Dir::parent(root, &e.path, true).at(&e.path)?;
                 open()
             }
             r => r,
+        };
+        // A temp file kept for resume must be one we made: a regular file of ours with no
+        // other name. Anything else in its place (a symlink, a hard link to a file outside
+        // the share, a file of another user) is removed and the temp file made anew.
+        let ours = match &f {
+            Ok(f) => f.metadata().is_ok_and(|m| own_temp(&m)),
+            Err(_) => false,
+        };
+        if !ours {
+            let (dir, name) = Dir::parent(root, &rel, false).at(&tmp_path)?;
+            let _ = dir.unlink(name);
+            f = dir.create_new(name);
         }
-        .at(&tmp_path)?;
+        let f = f.at(&tmp_path)?;
         let mut len = f.metadata().at(&tmp_path)?.len();
         if len > e.size {
             f.set_len(e.size).at(&tmp_path)?;
@@ -965,14 +981,21 @@ impl Run<'_, '_, '_> {
                 p.tmp.set_len(p.e.size).at(&p.tmp_path)?;
             }
             p.tmp
-                .set_permissions(fs::Permissions::from_mode(p.e.mode & 0o7777))
+                .set_permissions(fs::Permissions::from_mode(puller::file_mode(&p.e)))
                 .at(&p.tmp_path)?;
             p.tmp.set_modified(puller::mtime_of(&p.e)).at(&p.tmp_path)?;
             if big {
                 let t = Instant::now();
-                p.tmp.sync_all().at(&p.tmp_path)?;
+                // Logged ahead of the rename, made durable with the file by one filesystem sync.
+                let model = self.link.model;
+                if let Err(e) = model.installs().append([&p.e]) {
+                    warn!("{e}");
+                    p.tmp.sync_all().at(&p.tmp_path)?;
+                } else {
+                    sync_fs(&model.root)?;
+                }
                 let synced = t.elapsed();
-                puller::install(self.link.model, &p.e, &p.tmp_path, true)?;
+                puller::install(self.link.model, &p.e, true)?;
                 debug!(
                     "{}: blocks in {:.2} s, fsync {:.2} s, installed {:.2} s later",
                     p.e.path,
@@ -1008,7 +1031,6 @@ impl Run<'_, '_, '_> {
 /// A small file complete and verified, waiting to be installed.
 pub struct Ready {
     e: Entry,
-    tmp_path: PathBuf,
     wire: u64,
     reused: u64,
     t0: Instant,
@@ -1018,7 +1040,6 @@ impl Ready {
     fn of(p: &Pull) -> Ready {
         Ready {
             e: p.e.clone(),
-            tmp_path: p.tmp_path.clone(),
             wire: p.wire,
             reused: p.reused,
             t0: p.t0,
@@ -1112,11 +1133,16 @@ pub fn installer(model: &Model, conn: u64, q: &Installs) {
 fn install_group(model: &Model, conn: u64, files: Vec<Ready>) {
     let root = &model.root;
     model.lock().hold_save += 1;
+    // Logged ahead of the renames; the sync that makes the files' data durable makes the log
+    // durable too.
+    if let Err(e) = model.installs().append(files.iter().map(|r| &r.e)) {
+        warn!("{e}");
+    }
     let synced = sync_fs(root);
     let mut results = Vec::with_capacity(files.len());
     for r in &files {
         results.push(match &synced {
-            Ok(()) => puller::install(model, &r.e, &r.tmp_path, false),
+            Ok(()) => puller::install(model, &r.e, false),
             Err(e) => Err(Error::msg(e.to_string())),
         });
     }

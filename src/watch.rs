@@ -112,6 +112,11 @@ impl Watcher {
     /// Waits up to `timeout` for a relevant change; true if one came. Changes to `left`'s own
     /// temp files do not count: while a pull writes one, its events are read in batches (a
     /// short pause after each) instead of waking the scanner for every block.
+    /// The inotify descriptor: readable while events wait to be read.
+    pub fn fd(&self) -> c_int {
+        self.fd
+    }
+
     pub fn wait(&mut self, timeout: Duration) -> bool {
         // Events read meanwhile (by `take_written` during a scan) are waiting already.
         if self.dirty.as_ref().is_none_or(|d| !d.is_empty()) {

@@ -1,0 +1,246 @@
+//! Changes inside the share made through folder descriptors: every folder on the way is opened
+//! one component at a time without following a symlink, and the change (a rename, a removal, a
+//! new folder, a mode) is made relative to the folder opened. A symlink swapped in by a local
+//! user between a check and the change is never followed.
+
+use crate::names::{O_DIRECTORY, O_NOFOLLOW};
+use std::ffi::{CString, c_char, c_int, c_uint};
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::Path;
+
+unsafe extern "C" {
+    fn openat(dirfd: c_int, path: *const c_char, flags: c_int, ...) -> c_int;
+    fn mkdirat(dirfd: c_int, path: *const c_char, mode: c_uint) -> c_int;
+    fn unlinkat(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int;
+    fn renameat(old_dir: c_int, old: *const c_char, new_dir: c_int, new: *const c_char) -> c_int;
+    fn syscall(num: std::ffi::c_long, ...) -> std::ffi::c_long;
+}
+
+const O_CLOEXEC: c_int = 0o2000000;
+const O_PATH: c_int = 0o10000000;
+const O_RDWR: c_int = 2;
+const O_CREAT: c_int = 0o100;
+const O_EXCL: c_int = 0o200;
+const AT_REMOVEDIR: c_int = 0x200;
+const RENAME_NOREPLACE: c_uint = 1;
+const ENOENT: i32 = 2;
+const EEXIST: i32 = 17;
+const ENOSYS: i32 = 38;
+const EINVAL: i32 = 22;
+
+#[cfg(target_arch = "x86_64")]
+const SYS_RENAMEAT2: std::ffi::c_long = 316;
+#[cfg(target_arch = "x86")]
+const SYS_RENAMEAT2: std::ffi::c_long = 353;
+#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+const SYS_RENAMEAT2: std::ffi::c_long = 276;
+
+fn cstr(name: &str) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn check(r: c_int) -> io::Result<c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// An open folder of the share.
+pub struct Dir(File);
+
+impl Dir {
+    /// Opens folder `rel` of the share at `root` ("" is the share itself), each folder on the
+    /// way without following a symlink; with `create`, missing folders are made (mode 0755).
+    /// A symlink or a file on the way gives `ENOTDIR` or `ELOOP`.
+    pub fn open(root: &Path, rel: &str, create: bool) -> io::Result<Dir> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let top = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(O_DIRECTORY)
+            .open(root)?;
+        let mut d = Dir(top);
+        for c in rel.split('/').filter(|c| !c.is_empty()) {
+            d = match d.sub(c) {
+                Err(e) if create && e.raw_os_error() == Some(ENOENT) => match d.mkdir(c, 0o755) {
+                    Err(e) if e.raw_os_error() != Some(EEXIST) => return Err(e),
+                    _ => d.sub(c)?,
+                },
+                r => r?,
+            };
+        }
+        Ok(d)
+    }
+
+    /// Opens the folder that holds `rel` and returns it with `rel`'s last component.
+    pub fn parent<'a>(root: &Path, rel: &'a str, create: bool) -> io::Result<(Dir, &'a str)> {
+        let (dir, name) = crate::names::split(rel);
+        Ok((Dir::open(root, dir, create)?, name))
+    }
+
+    /// The folder `name` inside this one, not through a symlink.
+    pub fn sub(&self, name: &str) -> io::Result<Dir> {
+        self.open_raw(name, O_DIRECTORY | O_NOFOLLOW, 0).map(Dir)
+    }
+
+    fn open_raw(&self, name: &str, flags: c_int, mode: c_uint) -> io::Result<File> {
+        let c = cstr(name)?;
+        // SAFETY: a valid descriptor and a NUL-terminated name that outlive the call.
+        let fd = check(unsafe { openat(self.fd(), c.as_ptr(), flags | O_CLOEXEC, mode) })?;
+        // SAFETY: a new descriptor that nothing else owns.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    fn fd(&self) -> c_int {
+        self.0.as_raw_fd()
+    }
+
+    /// What `name` is (a symlink is reported as one, not followed); `None` if it is missing.
+    pub fn stat(&self, name: &str) -> io::Result<Option<Metadata>> {
+        match self.open_raw(name, O_PATH | O_NOFOLLOW, 0) {
+            Ok(f) => f.metadata().map(Some),
+            Err(e) if e.raw_os_error() == Some(ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens file `name` for reading, or (`write`) for reading and writing; never a symlink.
+    pub fn open_file(&self, name: &str, write: bool) -> io::Result<File> {
+        self.open_raw(name, O_NOFOLLOW | if write { O_RDWR } else { 0 }, 0)
+    }
+
+    /// Creates file `name` (mode 0600), failing if anything is there already.
+    pub fn create_new(&self, name: &str) -> io::Result<File> {
+        self.open_raw(name, O_NOFOLLOW | O_RDWR | O_CREAT | O_EXCL, 0o600)
+    }
+
+    pub fn mkdir(&self, name: &str, mode: u32) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: as in `open_raw`.
+        check(unsafe { mkdirat(self.fd(), c.as_ptr(), mode) }).map(drop)
+    }
+
+    /// Removes file (or symlink) `name`.
+    pub fn unlink(&self, name: &str) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: as in `open_raw`.
+        check(unsafe { unlinkat(self.fd(), c.as_ptr(), 0) }).map(drop)
+    }
+
+    /// Removes the empty folder `name`.
+    pub fn rmdir(&self, name: &str) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: as in `open_raw`.
+        check(unsafe { unlinkat(self.fd(), c.as_ptr(), AT_REMOVEDIR) }).map(drop)
+    }
+
+    /// Renames `from` in this folder to `to` in folder `dest`, replacing what is there.
+    pub fn rename(&self, from: &str, dest: &Dir, to: &str) -> io::Result<()> {
+        let (a, b) = (cstr(from)?, cstr(to)?);
+        // SAFETY: as in `open_raw`.
+        check(unsafe { renameat(self.fd(), a.as_ptr(), dest.fd(), b.as_ptr()) }).map(drop)
+    }
+
+    /// Renames `from` to `to` (both in this folder) only if nothing is at `to`: `EEXIST`
+    /// otherwise. Where the filesystem has no `RENAME_NOREPLACE`, a hard link and an unlink
+    /// (a crash between them leaves both names, losing nothing).
+    pub fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
+        let (a, b) = (cstr(from)?, cstr(to)?);
+        let fd = self.fd() as std::ffi::c_long;
+        // SAFETY: as in `open_raw`; the arguments are what renameat2 takes.
+        let r = unsafe {
+            syscall(
+                SYS_RENAMEAT2,
+                fd,
+                a.as_ptr(),
+                fd,
+                b.as_ptr(),
+                RENAME_NOREPLACE as std::ffi::c_long,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(ENOSYS | EINVAL)) {
+            return Err(e);
+        }
+        unsafe extern "C" {
+            fn linkat(od: c_int, o: *const c_char, nd: c_int, n: *const c_char, f: c_int) -> c_int;
+        }
+        // SAFETY: as above.
+        check(unsafe { linkat(self.fd(), a.as_ptr(), self.fd(), b.as_ptr(), 0) })?;
+        self.unlink(from)
+    }
+
+    /// Sets the folder's own mode.
+    pub fn chmod(&self, mode: u32) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        self.0
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+    }
+
+    pub fn metadata(&self) -> io::Result<Metadata> {
+        self.0.metadata()
+    }
+
+    /// Makes the folder's entries (renames, removals) durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn nothing_is_followed_through_a_symlink() {
+        let root = std::env::temp_dir().join(format!("left-dirfd-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let outside = root.with_extension("out");
+        let _ = fs::remove_dir_all(&outside);
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("f"), b"outside").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        fs::write(root.join("a/file"), b"x").unwrap();
+
+        assert!(Dir::open(&root, "a/b", false).is_ok());
+        assert!(Dir::open(&root, "link", false).is_err());
+        assert!(Dir::open(&root, "link/sub", true).is_err());
+        assert!(!outside.join("sub").exists());
+        assert!(Dir::open(&root, "a/file", false).is_err());
+        assert!(Dir::open(&root, "a/file/x", true).is_err());
+        let d = Dir::open(&root, "new/deep", true).unwrap();
+        assert!(root.join("new/deep").is_dir());
+        d.mkdir("m", 0o700).unwrap();
+        assert!(d.stat("m").unwrap().unwrap().is_dir());
+        assert!(d.stat("none").unwrap().is_none());
+
+        let top = Dir::open(&root, "", false).unwrap();
+        assert!(top.stat("link").unwrap().unwrap().file_type().is_symlink());
+        assert!(top.open_file("link", false).is_err());
+        top.unlink("link").unwrap();
+        assert!(outside.join("f").exists());
+
+        let a = top.sub("a").unwrap();
+        fs::write(root.join("a/g"), b"g").unwrap();
+        assert_eq!(
+            a.rename_noreplace("g", "file").unwrap_err().raw_os_error(),
+            Some(EEXIST)
+        );
+        assert_eq!(fs::read(root.join("a/file")).unwrap(), b"x");
+        a.rename_noreplace("g", "h").unwrap();
+        assert_eq!(fs::read(root.join("a/h")).unwrap(), b"g");
+        assert!(a.create_new("h").is_err());
+        a.create_new("n").unwrap();
+        a.rmdir("b").unwrap();
+        fs::remove_dir_all(&root).unwrap();
+        fs::remove_dir_all(&outside).unwrap();
+    }
+}
