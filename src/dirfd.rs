@@ -187,6 +187,12 @@ impl Dir {
         self.0.metadata()
     }
 
+    /// Lists the folder opened (through `/proc/self/fd`, so the listing is of this folder
+    /// whatever its path leads to now).
+    pub fn read_dir(&self) -> io::Result<std::fs::ReadDir> {
+        std::fs::read_dir(format!("/proc/self/fd/{}", self.fd()))
+    }
+
     /// Makes the folder's entries (renames, removals) durable.
     pub fn sync(&self) -> io::Result<()> {
         self.0.sync_all()

@@ -675,6 +675,37 @@ fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A local user swaps a folder of the share for a symlink to a folder outside it: setting
+    /// a file's mode and mtime, or removing its temp file, must not reach through it.
+    #[test]
+    fn metadata_is_never_set_through_a_symlinked_folder() {
+        let root = std::env::temp_dir().join(format!("left-meta-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let outside = root.with_extension("out");
+        let _ = fs::remove_dir_all(&outside);
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("f"), b"outside").unwrap();
+        fs::write(outside.join(names::temp_for("f")), b"outside temp").unwrap();
+        fs::set_permissions(outside.join("f"), fs::Permissions::from_mode(0o600)).unwrap();
+        let before = fs::metadata(outside.join("f")).unwrap().modified().unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("d")).unwrap();
+        let e = Entry {
+            path: "d/f".into(),
+            mode: 0o777,
+            mtime: 1_000_000,
+            ..Entry::default()
+        };
+        assert!(set_meta(&root, &e).is_err());
+        remove_temp(&root, "d/f");
+        let md = fs::metadata(outside.join("f")).unwrap();
+        assert_eq!(md.permissions().mode() & 0o777, 0o600);
+        assert_eq!(md.modified().unwrap(), before);
+        assert!(outside.join(names::temp_for("f")).exists());
+        fs::remove_dir_all(&root).unwrap();
+        fs::remove_dir_all(&outside).unwrap();
+    }
+
     #[test]
     fn extreme_mtimes_do_not_overflow() {
         for (s, ns) in [

@@ -9,12 +9,10 @@ use crate::ignore::{self, Ignore};
 use crate::index::{Entry, FAST_MIN_BLOCKS, Kind, Stat, block_size_for};
 use crate::model::{Model, State};
 use crate::names;
-use crate::names::O_NOFOLLOW;
 use std::collections::HashSet;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
 use std::ops::Bound;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -166,7 +164,9 @@ pub fn scan(
             continue;
         }
         let abs = root.join(&dir);
-        let rd = match fs::read_dir(&abs) {
+        // Listed through the folder opened without following a symlink on the way: one
+        // swapped in since it was found would have us list a folder outside the share.
+        let rd = match crate::dirfd::Dir::open(root, &dir, false).and_then(|d| d.read_dir()) {
             Ok(rd) => rd,
             // Gone, or not a folder any more: the scan of the folder that held it says so.
             Err(e)
@@ -196,8 +196,8 @@ pub fn scan(
             };
             let name = ent.file_name();
             let Some(name) = name.to_str() else {
-                if warned_names.insert(ent.path()) {
-                    debug!("{}: skipped: name is not UTF-8", ent.path().display());
+                if warned_names.insert(abs.join(&name)) {
+                    debug!("{}: skipped: name is not UTF-8", abs.join(&name).display());
                 }
                 continue;
             };
@@ -566,11 +566,9 @@ fn find_moved(
 /// hashed is left for the next scan.
 fn hash_one(model: &Model, c: &Candidate) -> Result<bool> {
     let path = model.root.join(&c.path);
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(O_NOFOLLOW)
-        .open(&path)
-        .at(&path)?;
+    // Never through a symlink on the way: a folder swapped for one since the listing would
+    // have us read, and announce, a file outside the share.
+    let f = names::open_in(&model.root, &c.path, names::Open::Read).at(&path)?;
     let before = Stat::of(&f.metadata().at(&path)?);
     if before != c.stat {
         return Err(Error::msg("changed while scanning").at(&path));

@@ -11,15 +11,14 @@ use crate::hash::{Hash, md5, xxh64};
 use crate::index::{Entry, FAST_MIN_BLOCKS, Stat};
 use crate::model::{Model, Progress};
 use crate::names;
-use crate::names::O_NOFOLLOW;
 use crate::puller::{self, Link, RECEIVED, REUSED};
 use crate::wire::{self, Status};
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_int, c_uint};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -430,11 +429,7 @@ fn plan(
             .map(std::borrow::Cow::into_owned)
     };
     let old = cur.as_ref().and_then(|c| {
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(O_NOFOLLOW)
-            .open(root.join(&e.path))
-            .ok()?;
+        let f = names::open_in(root, &e.path, names::Open::Read).ok()?;
         let md = f.metadata().ok()?;
         (md.is_file() && Stat::of(&md) == c.stat).then(|| Arc::new(f))
     });
@@ -761,10 +756,7 @@ impl Run<'_, '_, '_> {
             Src::Local(path, o) => {
                 let root = &self.link.model.root;
                 if self.local_file.as_ref().is_none_or(|(p, _)| *p != path)
-                    && let Ok(f) = OpenOptions::new()
-                        .read(true)
-                        .custom_flags(O_NOFOLLOW)
-                        .open(root.join(&path))
+                    && let Ok(f) = names::open_in(root, &path, names::Open::Read)
                 {
                     self.local_file = Some((path.clone(), f));
                 }
@@ -1280,7 +1272,7 @@ mod tests {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
         fs::write(dir.join("a"), &data).unwrap();
         let a = File::open(dir.join("a")).unwrap();
-        let b = OpenOptions::new()
+        let b = fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
