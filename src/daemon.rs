@@ -86,6 +86,8 @@ fn open_index(state: &Path, device: u64) -> Index {
 
 /// Runs until `--once` is satisfied (returns the exit code) or forever.
 pub fn run(opts: &Options) -> Result<i32> {
+    // First: `left status` may signal us as soon as a status file names our pid.
+    signal::install();
     let files = crate::limits::raise();
     debug!("open files allowed: {files}");
     debug!("MD5s side by side: {}", crate::md5x::describe());
@@ -97,6 +99,11 @@ pub fn run(opts: &Options) -> Result<i32> {
     // The state is written only into a real folder of the share, never through a symlink.
     if !fs::symlink_metadata(&state).at(&state)?.is_dir() {
         return Err(Error::msg("is not a folder (a symlink?); move it away").at(&state));
+    }
+    // Nobody else may plant links among our state files.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).at(&state)?;
     }
     let device = device_id(&state)?;
     let index = open_index(&state, device);
@@ -111,7 +118,6 @@ pub fn run(opts: &Options) -> Result<i32> {
     let model = Arc::new(model);
     scanner::clean_temps(&root, TEMP_MAX_AGE);
 
-    signal::install();
     {
         let mut g = model.lock();
         let now = Instant::now();

@@ -19,6 +19,10 @@ unsafe extern "C" {
 }
 
 const O_CLOEXEC: c_int = 0o2000000;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+const O_LARGEFILE: c_int = 0o100000;
+#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+const O_LARGEFILE: c_int = 0o400000;
 const O_PATH: c_int = 0o10000000;
 const O_RDWR: c_int = 2;
 const O_CREAT: c_int = 0o100;
@@ -89,7 +93,8 @@ impl Dir {
     fn open_raw(&self, name: &str, flags: c_int, mode: c_uint) -> io::Result<File> {
         let c = cstr(name)?;
         // SAFETY: a valid descriptor and a NUL-terminated name that outlive the call.
-        let fd = check(unsafe { openat(self.fd(), c.as_ptr(), flags | O_CLOEXEC, mode) })?;
+        let flags = flags | O_CLOEXEC | O_LARGEFILE | crate::names::O_NONBLOCK;
+        let fd = check(unsafe { openat(self.fd(), c.as_ptr(), flags, mode) })?;
         // SAFETY: a new descriptor that nothing else owns.
         Ok(unsafe { File::from_raw_fd(fd) })
     }
@@ -188,9 +193,13 @@ impl Dir {
     }
 
     /// Lists the folder opened (through `/proc/self/fd`, so the listing is of this folder
-    /// whatever its path leads to now).
-    pub fn read_dir(&self) -> io::Result<std::fs::ReadDir> {
-        std::fs::read_dir(format!("/proc/self/fd/{}", self.fd()))
+    /// whatever its path leads to now); without `/proc`, by its path `abs` (the folder was just
+    /// opened without following a symlink, so only a swap in between could mislead it).
+    pub fn read_dir(&self, abs: &Path) -> io::Result<std::fs::ReadDir> {
+        match std::fs::read_dir(format!("/proc/self/fd/{}", self.fd())) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::read_dir(abs),
+            r => r,
+        }
     }
 
     /// Makes the folder's entries (renames, removals) durable.

@@ -1183,12 +1183,9 @@ impl Index {
 /// Appends a record to the journal beside the base file `path` and makes it durable.
 pub fn append(path: &Path, r: &Record) -> Result<()> {
     let log = log_path(path);
-    let mut f = fs::OpenOptions::new()
-        .append(true)
-        .custom_flags(crate::names::O_NOFOLLOW)
-        .open(&log)
-        .at(&log)?;
-    f.write_all(&r.bytes).at(&log)?;
+    let f = crate::names::open_own(&log).at(&log)?;
+    let end = f.metadata().at(&log)?.len();
+    f.write_all_at(&r.bytes, end).at(&log)?;
     f.sync_data().at(&log)
 }
 

@@ -49,9 +49,10 @@ impl Log {
             buf.extend_from_slice(&body);
         }
         if self.file.is_none() {
-            let f = crate::names::create_own(&self.path).at(&self.path)?;
+            // What it holds from before a crash stays until an index with it is saved.
+            let f = crate::names::open_own(&self.path).at(&self.path)?;
+            self.len = f.metadata().at(&self.path)?.len();
             self.file = Some(f);
-            self.len = 0;
         }
         let Some(f) = &self.file else {
             return Ok(());

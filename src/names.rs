@@ -64,23 +64,47 @@ pub fn check_ancestors(root: &std::path::Path, rel: &str) -> Result<()> {
 }
 
 /// Creates (or empties) one of `left`'s own files — state files in the state directory, temp
-/// files — never through a symlink: one in its place (the name is ours) is removed first.
+/// files — never through a symlink or a hard link: anything in its place that is not a regular
+/// file of ours with one name is removed first (the name is ours).
 pub fn create_own(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let open = || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(O_NOFOLLOW)
-            .open(path)
-    };
-    match open() {
-        Err(e) if e.raw_os_error() == Some(ELOOP) => {
-            std::fs::remove_file(path)?;
-            open()
+    let f = open_own(path)?;
+    f.set_len(0)?;
+    Ok(f)
+}
+
+/// Opens one of `left`'s own files for reading and writing, keeping what it holds, or creates
+/// it (mode 0600); as [`create_own`], never through a symlink or a hard link.
+pub fn open_own(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    unsafe extern "C" {
+        fn geteuid() -> u32;
+    }
+    let open = |new: bool| {
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true).write(true).mode(0o600);
+        if new {
+            o.create_new(true);
         }
-        r => r,
+        o.custom_flags(O_NOFOLLOW | O_NONBLOCK).open(path)
+    };
+    match open(false) {
+        Ok(f) => {
+            let md = f.metadata()?;
+            // SAFETY: no arguments, cannot fail.
+            let me = unsafe { geteuid() };
+            if md.is_file() && md.nlink() == 1 && md.uid() == me {
+                return Ok(f);
+            }
+            drop(f);
+            std::fs::remove_file(path)?;
+            open(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => open(true),
+        Err(_) => {
+            // A symlink (ELOOP), or anything else in the way.
+            std::fs::remove_file(path)?;
+            open(true)
+        }
     }
 }
 
@@ -93,6 +117,8 @@ pub const O_NOFOLLOW: i32 = 0o100000;
 pub const O_DIRECTORY: i32 = 0o200000;
 #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
 pub const O_DIRECTORY: i32 = 0o40000;
+/// Opens never wait: a FIFO swapped in for a file must not hang a thread in `open`.
+pub const O_NONBLOCK: i32 = 0o4000;
 /// The errno `open` gives for a symlink under `O_NOFOLLOW`.
 pub const ELOOP: i32 = 40;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
@@ -159,7 +185,7 @@ fn open_beneath(
         flags: O_CLOEXEC
             | O_LARGEFILE
             | match how {
-                Open::Read => 0,
+                Open::Read => O_NONBLOCK as u64,
                 Open::Create => O_RDWR | O_CREAT,
             },
         mode: if how == Open::Create { 0o600 } else { 0 },
@@ -196,8 +222,9 @@ fn open_checked(root: &std::path::Path, rel: &str, how: Open) -> std::io::Result
     }
     let mut o = std::fs::OpenOptions::new();
     use std::os::unix::fs::OpenOptionsExt;
-    o.read(true).custom_flags(O_NOFOLLOW);
+    o.read(true).custom_flags(O_NOFOLLOW | O_NONBLOCK);
     if how == Open::Create {
+        o.custom_flags(O_NOFOLLOW);
         o.write(true).create(true).truncate(false).mode(0o600);
     }
     o.open(root.join(rel))

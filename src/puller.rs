@@ -391,7 +391,7 @@ pub fn remove_temp(root: &Path, path: &str) {
 /// keep it alive.
 fn clear_temps(root: &Path, path: &str, dir: &Dir, name: &str) {
     let Ok(sub) = dir.sub(name) else { return };
-    let Ok(rd) = fs::read_dir(root.join(path)) else {
+    let Ok(rd) = sub.read_dir(&root.join(path)) else {
         return;
     };
     for x in rd.flatten() {
@@ -403,10 +403,38 @@ fn clear_temps(root: &Path, path: &str, dir: &Dir, name: &str) {
     }
 }
 
+/// Whether files `a` and `b` of `dir` hold the same bytes (read, not assumed from a stat).
+fn same_bytes(dir: &Dir, a: &str, b: &str) -> bool {
+    use std::io::Read;
+    let (Ok(fa), Ok(fb)) = (dir.open_file(a, false), dir.open_file(b, false)) else {
+        return false;
+    };
+    let (Ok(ma), Ok(mb)) = (fa.metadata(), fb.metadata()) else {
+        return false;
+    };
+    if !ma.is_file() || !mb.is_file() || ma.len() != mb.len() {
+        return false;
+    }
+    let (mut ra, mut rb) = (io::BufReader::new(fa), io::BufReader::new(fb));
+    let (mut x, mut y) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    loop {
+        let n = match ra.read(&mut x) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 {
+            return true;
+        }
+        if rb.read_exact(&mut y[..n]).is_err() || x[..n] != y[..n] {
+            return false;
+        }
+    }
+}
+
 /// Moves `from` (a file in `dir`) to a conflict name for `path`, made from `mtime` and
 /// `device`, never replacing anything: a name taken by other content gets a number. Where the
-/// name already holds this very content (`hash`, as the index knows it), `from` is removed
-/// instead: it is kept there. Returns the name used.
+/// name already holds this very content (`hash` as the index knows it, and byte for byte),
+/// `from` is removed instead: it is kept there. Returns the name used.
 fn keep_aside(
     st: &State,
     dir: &Dir,
@@ -420,13 +448,11 @@ fn keep_aside(
         match dir.rename_noreplace(from, file) {
             Ok(()) => return Ok(name),
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                let same = st.index.get(&name).is_some_and(|c| {
-                    c.is_file()
-                        && c.file_hash == *hash
-                        && dir
-                            .stat(file)
-                            .is_ok_and(|m| m.is_some_and(|m| Stat::of(&m) == c.stat))
-                });
+                let same = st
+                    .index
+                    .get(&name)
+                    .is_some_and(|c| c.is_file() && c.file_hash == *hash)
+                    && same_bytes(dir, from, file);
                 if same {
                     dir.unlink(from).at(&name)?;
                     return Ok(name);

@@ -166,7 +166,7 @@ pub fn scan(
         let abs = root.join(&dir);
         // Listed through the folder opened without following a symlink on the way: one
         // swapped in since it was found would have us list a folder outside the share.
-        let rd = match crate::dirfd::Dir::open(root, &dir, false).and_then(|d| d.read_dir()) {
+        let rd = match crate::dirfd::Dir::open(root, &dir, false).and_then(|d| d.read_dir(&abs)) {
             Ok(rd) => rd,
             // Gone, or not a folder any more: the scan of the folder that held it says so.
             Err(e)

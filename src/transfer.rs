@@ -978,8 +978,10 @@ impl Run<'_, '_, '_> {
             p.tmp.set_modified(puller::mtime_of(&p.e)).at(&p.tmp_path)?;
             if big {
                 let t = Instant::now();
-                // Logged ahead of the rename, made durable with the file by one filesystem sync.
+                // Logged ahead of the rename, made durable with the file by one filesystem sync;
+                // no index save in between (it would empty the log without this install).
                 let model = self.link.model;
+                let _hold = HoldSave::new(model);
                 if let Err(e) = model.installs().append([&p.e]) {
                     warn!("{e}");
                     p.tmp.sync_all().at(&p.tmp_path)?;
@@ -1017,6 +1019,24 @@ impl Run<'_, '_, '_> {
             .collect();
         self.handed.extend(group.iter().map(|r| r.e.path.clone()));
         self.install.push(group);
+    }
+}
+
+/// Holds index saves while it lives: an install under way is in the install log but not yet
+/// in the index.
+struct HoldSave<'a>(&'a Model);
+
+impl<'a> HoldSave<'a> {
+    fn new(model: &'a Model) -> HoldSave<'a> {
+        model.lock().hold_save += 1;
+        HoldSave(model)
+    }
+}
+
+impl Drop for HoldSave<'_> {
+    fn drop(&mut self) {
+        let mut g = self.0.lock();
+        g.hold_save = g.hold_save.saturating_sub(1);
     }
 }
 
