@@ -28,7 +28,7 @@ help:
 # ---- Tiny Core packaging: static musl builds, left.tcz, VM test (issue 3) ----
 ARCH ?= x86_64
 
-.PHONY: static tcz tcz-all vm-test large-test tinycore-deps
+.PHONY: static tcz tcz-all vm-test powercut large-test tinycore-deps
 
 static: ## static musl binaries (x86_64 and i686), stripped, sizes printed
 	bash tinycore/build-static.sh x86_64 x86
@@ -42,6 +42,12 @@ tcz-all: ## left.tcz for both x86_64 and x86
 
 vm-test: tcz-all ## two qemu VMs install left.tcz, start it from bootlocal.sh and sync
 	bash tinycore/vm-test/vm-test.sh target/tcz/x86/left.tcz target/tcz/x86_64/left.tcz
+
+CUTS ?= 5
+
+powercut: ## the receiver's VM (share on ext4) loses power CUTS times mid-sync (CUTS=20; logs in target/powercut)
+	bash tinycore/build-tcz.sh x86_64
+	CUTS=$(CUTS) bash tinycore/vm-test/powercut.sh target/tcz/x86_64/left.tcz
 
 large-test: ## the 32-bit binary syncs a 4.4 GiB file on 127.0.0.1 (needs ~5 GiB of disk)
 	bash tinycore/build-static.sh x86

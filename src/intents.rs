@@ -183,6 +183,7 @@ mod tests {
         assert!(load(&dir).is_empty());
 
         // Emptied only if nothing was appended since its length was read.
+        std::fs::remove_file(dir.join("installs")).unwrap();
         let mut log = Log::new(&dir);
         log.append([&a]).unwrap();
         let n = log.len();

@@ -573,6 +573,14 @@ pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
                     return Err(Error::from(err).at(&e.path));
                 }
                 // ENOTEMPTY: the folder holds files the peer's version does not know of.
+                let device = a.g.index.device;
+                let merged = a
+                    .cur
+                    .as_ref()
+                    .map_or(e.version.clone(), |c| c.version.merged(&e.version));
+                if merged.pairs().len() >= crate::wire::MAX_VERSION_PAIRS {
+                    return Err(Error::msg("a folder holding files is in the way").at(&e.path));
+                }
                 let name = keep_aside(
                     &a.g,
                     dir,
@@ -588,7 +596,6 @@ pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
                     dir.sync().at(&e.path)?;
                 }
                 let md = dir.stat(&a.name).at(&e.path)?;
-                let device = a.g.index.device;
                 let mut d = a
                     .cur
                     .clone()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what `make static`, `make tcz` and `make vm-test` need on Debian 12.
+# Installs what `make static`, `make tcz`, `make vm-test` and `make powercut` need on Debian 12.
 # Idempotent and non-interactive; run as root (CI runs as root).
 #
 #   squashfs-tools   mksquashfs / unsquashfs for left.tcz
@@ -7,6 +7,7 @@
 #   qemu-system-x86  the two test VMs (TCG, no KVM needed)
 #   cpio, xz-utils   the VMs' initramfs, compressed kernel modules
 #   file             shows what the static binaries are
+#   e2fsprogs        mkfs.ext4, e2fsck, debugfs for make powercut's disk image
 #   rustup targets   x86_64-unknown-linux-musl, i686-unknown-linux-musl
 #   rust-src         for make static's std rebuild (smaller binaries)
 #
@@ -16,7 +17,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-pkgs=(squashfs-tools zsync qemu-system-x86 cpio xz-utils file)
+pkgs=(squashfs-tools zsync qemu-system-x86 cpio xz-utils file e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
