@@ -158,13 +158,61 @@ pub struct Handshake {
     pub session: Option<Session>,
 }
 
-/// Exchanges hellos (and, with a shared key, proofs of it). Both sides must agree on whether a
-/// key is used.
-pub fn handshake(stream: &mut TcpStream, model: &Model) -> Result<Handshake> {
+/// A socket used under one deadline for a whole exchange: before each read or write the time
+/// left becomes the socket's timeout, so a peer that trickles bytes cannot stretch it.
+struct Deadline<'a> {
+    s: &'a TcpStream,
+    until: Instant,
+}
+
+impl Deadline<'_> {
+    fn left(&self) -> std::io::Result<Duration> {
+        let d = self.until.saturating_duration_since(Instant::now());
+        if d.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        Ok(d)
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.s.set_read_timeout(Some(self.left()?))?;
+        (&mut &*self.s).read(buf)
+    }
+}
+
+impl Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.s.set_write_timeout(Some(self.left()?))?;
+        (&mut &*self.s).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Exchanges hellos (and, with a shared key, proofs of it), all within [`HELLO_TIMEOUT`] however
+/// the peer paces its bytes. Both sides must agree on whether a key is used. `dialed`: we
+/// initiated the connection.
+pub fn handshake(stream: &mut TcpStream, model: &Model, dialed: bool) -> Result<Handshake> {
+    let mut io = Deadline {
+        s: &*stream,
+        until: Instant::now() + HELLO_TIMEOUT,
+    };
+    handshake_by(&mut io, model, dialed).map_err(|e| match e.io_kind() {
+        Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Error::msg(format!(
+            "no complete handshake within {} s",
+            HELLO_TIMEOUT.as_secs()
+        )),
+        _ => e,
+    })
+}
+
+fn handshake_by(io: &mut Deadline<'_>, model: &Model, dialed: bool) -> Result<Handshake> {
     let device = model.lock().index.device;
     let key = model.key.as_deref();
-    stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
-    stream.set_write_timeout(Some(HELLO_TIMEOUT))?;
     let nonce = auth::random16()?;
     let flags = if key.is_some() { wire::FLAG_AUTH } else { 0 };
     let hello = Hello {
@@ -175,8 +223,9 @@ pub fn handshake(stream: &mut TcpStream, model: &Model) -> Result<Handshake> {
         nonce,
         port: model.port.load(Ordering::Relaxed),
     };
-    stream.write_all(&wire::encode(&Msg::Hello(hello)))?;
-    let h = match read_frame(stream, None, MAX_HANDSHAKE_FRAME)? {
+    let ours = wire::encode(&Msg::Hello(hello));
+    io.write_all(&ours)?;
+    let h = match read_frame(io, None, MAX_HANDSHAKE_FRAME)? {
         Msg::Hello(h) => h,
         _ => return Err(Error::protocol("expected a hello")),
     };
@@ -212,20 +261,30 @@ pub fn handshake(stream: &mut TcpStream, model: &Model) -> Result<Handshake> {
     if h.nonce == nonce {
         return Err(Error::protocol("peer echoed our nonce"));
     }
-    let mine = auth::proof(key, &h.nonce, &nonce, device);
-    stream.write_all(&wire::encode(&Msg::Auth { proof: mine }))?;
-    let theirs = match read_frame(stream, None, MAX_HANDSHAKE_FRAME)? {
+    // Proofs and session keys bind both hellos as they crossed this connection (both devices,
+    // nonces, ports and flags) and which side dialed: a proof made on another connection (a
+    // relay between two key holders) or by the other role (a reflection) does not verify here.
+    let theirs_bytes = wire::encode(&Msg::Hello(h.clone()));
+    let t = if dialed {
+        auth::Transcript::new(&ours, &theirs_bytes)
+    } else {
+        auth::Transcript::new(&theirs_bytes, &ours)
+    };
+    io.write_all(&wire::encode(&Msg::Auth {
+        proof: t.proof(key, dialed),
+    }))?;
+    let theirs = match read_frame(io, None, MAX_HANDSHAKE_FRAME)? {
         Msg::Auth { proof } => proof,
         _ => return Err(Error::protocol("expected proof of the shared key")),
     };
-    if !auth::same(&theirs, &auth::proof(key, &nonce, &h.nonce, h.device)) {
+    if !auth::same(&theirs, &t.proof(key, !dialed)) {
         return Err(Error::msg(
             "wrong shared key: the peer's proof does not verify",
         ));
     }
     let session = Session {
-        send: Sealer::new(key, &nonce, &h.nonce),
-        recv: Sealer::new(key, &h.nonce, &nonce),
+        send: t.sealer(key, dialed),
+        recv: t.sealer(key, !dialed),
     };
     Ok(Handshake {
         device: h.device,

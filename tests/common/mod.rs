@@ -650,7 +650,7 @@ impl Peer {
         Peer::start_via(t, name, &dir, port, &prefix, &peer_args(&dir, port, peers))
     }
 
-    fn start_via(
+    pub fn start_via(
         t: &TestDir,
         name: &str,
         dir: &Path,
@@ -1126,6 +1126,47 @@ pub fn connect(port: u16) -> std::net::TcpStream {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
     s
+}
+
+/// Connects to 127.0.0.1:`port` from the local address `from` (any of 127.0.0.0/8 on Linux):
+/// std cannot bind before connecting, so the socket calls are declared here by hand.
+pub fn connect_from(from: std::net::Ipv4Addr, port: u16) -> io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    #[repr(C)]
+    struct SockaddrIn {
+        family: u16,
+        port: [u8; 2],
+        addr: [u8; 4],
+        zero: [u8; 8],
+    }
+    unsafe extern "C" {
+        fn socket(domain: i32, ty: i32, protocol: i32) -> i32;
+        fn bind(fd: i32, addr: *const SockaddrIn, len: u32) -> i32;
+        fn connect(fd: i32, addr: *const SockaddrIn, len: u32) -> i32;
+        fn close(fd: i32) -> i32;
+    }
+    let sa = |ip: std::net::Ipv4Addr, port: u16| SockaddrIn {
+        family: 2, // AF_INET
+        port: port.to_be_bytes(),
+        addr: ip.octets(),
+        zero: [0; 8],
+    };
+    let len = std::mem::size_of::<SockaddrIn>() as u32;
+    // SAFETY: plain socket calls on a descriptor owned here; addresses live across the calls.
+    unsafe {
+        let fd = socket(2, 1 | 0o2000000, 0); // SOCK_STREAM | SOCK_CLOEXEC
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let src = sa(from, 0);
+        let dst = sa(std::net::Ipv4Addr::LOCALHOST, port);
+        if bind(fd, &src, len) != 0 || connect(fd, &dst, len) != 0 {
+            let e = io::Error::last_os_error();
+            close(fd);
+            return Err(e);
+        }
+        Ok(std::net::TcpStream::from_raw_fd(fd))
+    }
 }
 
 /// Reads until the other side closes (or resets) the connection, for at most `timeout`.

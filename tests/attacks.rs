@@ -1,0 +1,285 @@
+//! Hardening (issue 18), the network side: each test is an attack on a running daemon — slow
+//! handshakes holding its door, a slow resolver, a relayed proof of the key, a poisoned version
+//! vector, many peers announcing large entries — and checks that the daemon stays up, bounded,
+//! and in sync with its good peer.
+
+mod common;
+
+use common::wire::{self, Entry as WEntry};
+use common::*;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Whether the other side closed `s` (reading what it sent meanwhile, without waiting).
+fn is_closed(s: &mut TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+            Err(_) => break true,
+        }
+    };
+    s.set_nonblocking(false).unwrap();
+    closed
+}
+
+/// A file written on one side arrives on the other, both ways.
+fn syncs(a: &Peer, b: &Peer, what: &str) {
+    let da = format!("from A, {what}\n");
+    let db = format!("from B, {what}\n");
+    let name = what.replace(' ', "-");
+    fs::write(a.path(&format!("a-{name}")), &da).unwrap();
+    fs::write(b.path(&format!("b-{name}")), &db).unwrap();
+    assert!(
+        wait_until(SOON, || has_content(
+            &b.path(&format!("a-{name}")),
+            da.as_bytes()
+        )),
+        "{what}: B no longer receives from A\n{}",
+        tail(&b.log_text(), 20)
+    );
+    assert!(
+        wait_until(SOON, || has_content(
+            &a.path(&format!("b-{name}")),
+            db.as_bytes()
+        )),
+        "{what}: A no longer receives from B\n{}",
+        tail(&a.log_text(), 20)
+    );
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// 64 clients from another address each send one byte of a hello every 2 s (a slowloris).
+/// Before, every byte renewed a 10 s read timeout, so they held every one of the daemon's 64
+/// connection slots for as long as they liked, and a listed peer dialing in was turned away.
+/// Now the handshake has one deadline, and clients in their handshake have their own small pool,
+/// limited per address: the listed address gets in at once, and every trickler is gone in 10 s.
+#[test]
+fn slow_handshakes_never_hold_the_door() {
+    let t = TestDir::new("slowloris");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start_with(&t, "B", pb, &[pa], &["--allow", "127.0.0.2"]);
+    syncs(&a, &b, "before");
+    let attacker = Ipv4Addr::new(127, 0, 0, 2);
+    let hello = wire::hello(0xBAD0_0000_0000_0001, 0, [3; 16], 1);
+    let t0 = Instant::now();
+    let mut conns: Vec<(TcpStream, Option<Duration>)> = (0..64)
+        .map(|_| {
+            (
+                connect_from(attacker, pb).expect("connect from 127.0.0.2"),
+                None,
+            )
+        })
+        .collect();
+    let mut listed: Option<Result<Duration, String>> = None;
+    let mut i = 0;
+    while t0.elapsed() < Duration::from_secs(16) {
+        for (s, closed) in conns.iter_mut().filter(|c| c.1.is_none()) {
+            let _ = s.write_all(&hello[i % hello.len()..][..1]);
+            if is_closed(s) {
+                *closed = Some(t0.elapsed());
+            }
+        }
+        i += 1;
+        if listed.is_none() && t0.elapsed() > Duration::from_secs(3) {
+            // A client from the listed peer's address, while the tricklers are at it.
+            let t1 = Instant::now();
+            let mut s = connect(pb);
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            listed = Some(match wire::read_frame(&mut s) {
+                Ok((wire::T_HELLO, _)) => Ok(t1.elapsed()),
+                Ok((t, _)) => Err(format!("a frame of type {t}")),
+                Err(e) => Err(e.to_string()),
+            });
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let still: Vec<usize> = (0..conns.len()).filter(|&i| conns[i].1.is_none()).collect();
+    let at_once = conns
+        .iter()
+        .filter(|c| c.1.is_some_and(|d| d < Duration::from_secs(3)))
+        .count();
+    let latest = conns.iter().filter_map(|c| c.1).max();
+    eprintln!(
+        "of 64 trickling clients: {at_once} closed at once, the last one after {latest:?}, {} \
+         still open after 16 s; the listed address got a hello: {listed:?}",
+        still.len()
+    );
+    match listed {
+        Some(Ok(d)) => assert!(d < Duration::from_secs(2), "hello after {d:?}"),
+        other => panic!("a client from the listed address got no hello: {other:?}"),
+    }
+    assert!(
+        still.is_empty(),
+        "{} of 64 clients trickling a hello are still connected after 16 s",
+        still.len()
+    );
+    assert!(
+        latest.is_some_and(|d| d < Duration::from_secs(14)),
+        "a trickling client was kept {latest:?}"
+    );
+    drop(conns);
+    syncs(&a, &b, "after the slowloris");
+}
+
+/// The daemon lists a peer by a host name whose lookups never get an answer (a resolver that
+/// is down: a UDP socket of the test that reads and never replies, seen by the daemon alone
+/// through a bind mount in its own mount namespace). Before, the accept thread resolved the
+/// listed names on every incoming connection, so each one waited for the resolver's timeout,
+/// and so did every connection behind it. Now the dialers resolve names and the accept thread
+/// only reads the addresses they found.
+#[test]
+fn a_slow_resolver_never_stalls_accepting() {
+    if !is_root() {
+        eprintln!("SKIPPED: not root (needs a mount namespace and port 53)");
+        return;
+    }
+    let Ok(dns) = std::net::UdpSocket::bind("127.0.0.77:53") else {
+        eprintln!("SKIPPED: cannot bind 127.0.0.77:53");
+        return;
+    };
+    let t = TestDir::new("slow-dns");
+    let resolv = t.join("resolv.conf");
+    fs::write(
+        &resolv,
+        "nameserver 127.0.0.77\noptions timeout:4 attempts:1\n",
+    )
+    .unwrap();
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && exec \"$0\" \"$@\"",
+        resolv.display()
+    );
+    let (pa, pb) = two_ports();
+    let dir = t.join("B");
+    let args: Vec<String> = [
+        "-v",
+        "--dir",
+        &dir.display().to_string(),
+        "--port",
+        &pb.to_string(),
+        // First: a name that takes the resolver's timeout; then the good peer.
+        "never-answered.example:1",
+        &format!("127.0.0.1:{pa}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let prefix = ["unshare", "-m", "sh", "-c", script.as_str()];
+    let b = Peer::start_via(&t, "B", &dir, pb, &prefix, &args);
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    // The fake resolver really is asked, and never answers.
+    dns.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut q = [0u8; 512];
+    assert!(
+        dns.recv_from(&mut q).is_ok(),
+        "the daemon never asked the fake resolver: the test would prove nothing"
+    );
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        let t1 = Instant::now();
+        let mut s = connect(pb);
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let got = wire::read_frame(&mut s);
+        waits.push(t1.elapsed());
+        assert!(matches!(got, Ok((wire::T_HELLO, _))), "no hello: {got:?}");
+    }
+    eprintln!("hello from B after {waits:?} with a resolver that never answers");
+    assert!(
+        waits.iter().all(|d| *d < Duration::from_secs(2)),
+        "the accept thread waits for the resolver: hellos after {waits:?}"
+    );
+    syncs(&a, &b, "with a dead resolver");
+    drop(dns);
+}
+
+/// Two real daemons hold the key, V and W (strangers to each other); the attacker has no key.
+/// It connects to V and takes V's nonce, offers that nonce to W in its own hello, and hands W's
+/// proof to V in a hello claiming to be W. Before, the proof bound only the verifier's nonce,
+/// the prover's nonce and device, so V accepted it and sent its whole index to the attacker.
+/// Now proofs bind both hellos as they crossed the connection and which side dialed: the
+/// relayed proof does not verify, and V sends nothing but its hello and its own proof.
+#[test]
+fn a_relayed_proof_gets_nothing() {
+    let t = TestDir::new("relay");
+    fs::write(t.join("key"), "the shared key, long enough\n").unwrap();
+    let key = t.join("key").display().to_string();
+    let (pv, pw) = two_ports();
+    // Each lists a port where nothing listens, on 127.0.0.1: the attacker's address is listed.
+    let v = Peer::start_with(&t, "V", pv, &[free_port()], &["--key-file", &key]);
+    let w = Peer::start_with(&t, "W", pw, &[free_port()], &["--key-file", &key]);
+    fs::write(v.path("secret-plans.txt"), b"only for key holders\n").unwrap();
+    fs::write(w.path("w-file.txt"), b"W's file\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let nonce = |p: &[u8]| -> [u8; 16] { p[18..34].try_into().unwrap() };
+    let port = |p: &[u8]| u16::from_be_bytes(p[34..36].try_into().unwrap());
+    // V's challenge.
+    let mut to_v = connect(pv);
+    let (tv, hv) = wire::read_frame(&mut to_v).unwrap();
+    assert_eq!(tv, wire::T_HELLO);
+    // W answers V's nonce, believing it the attacker's.
+    let mut to_w = connect(pw);
+    to_w.write_all(&wire::hello(0xA77A_C4E2, wire::FLAG_AUTH, nonce(&hv), 1))
+        .unwrap();
+    let (tw, hw) = wire::read_frame(&mut to_w).unwrap();
+    assert_eq!(tw, wire::T_HELLO);
+    let (ta, proof_w) = wire::read_frame(&mut to_w).expect("W sent no proof");
+    assert_eq!(ta, wire::T_AUTH);
+    // Relayed to V as W's own.
+    to_v.write_all(&wire::hello(
+        wire::hello_device(&hw),
+        wire::FLAG_AUTH,
+        nonce(&hw),
+        port(&hw),
+    ))
+    .unwrap();
+    to_v.write_all(&wire::frame(wire::T_AUTH, &proof_w))
+        .unwrap();
+    let got = wait_closed(&mut to_v, Duration::from_secs(15))
+        .expect("V kept the connection open after a relayed proof: it accepted it");
+    let mut r = &got[..];
+    let mut types = Vec::new();
+    while let Ok((t, _)) = wire::read_frame(&mut r) {
+        types.push(t);
+    }
+    assert!(
+        types.iter().all(|t| *t == wire::T_AUTH),
+        "V sent frames of types {types:?} after a relayed proof (2 is its index)"
+    );
+    let log = v.log_text();
+    assert!(
+        !log.contains("connected to"),
+        "V took the relay for a peer:\n{}",
+        tail(&log, 10)
+    );
+    assert!(
+        wait_until(SOON, || v.log_text().contains("wrong shared key")),
+        "V's log does not say the proof failed:\n{}",
+        tail(&v.log_text(), 10)
+    );
+    drop(to_w);
+
+    // Two daemons with the key that are peers still authenticate each other and sync.
+    let t2 = TestDir::new("relay-then-peers");
+    let (pa, pb) = two_ports();
+    let a = Peer::start_with(&t2, "A", pa, &[pb], &["--key-file", &key]);
+    let b = Peer::start_with(&t2, "B", pb, &[pa], &["--key-file", &key]);
+    syncs(&a, &b, "with the key");
+    drop((v, w));
+}
+
+/// Silence unused warnings for helpers only some tests use.
+#[allow(dead_code)]
+fn _unused(_: WEntry) {}
