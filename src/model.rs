@@ -314,9 +314,24 @@ impl Model {
             return Ok(());
         }
         let local = st.index.get(&r.path);
+        // A version that would leave no room for this device (a later change here adds it) is
+        // not taken, nor merged into ours: every vector we hold and send stays one our peers
+        // and our index accept. Such an entry is kept as ours, like an older one.
+        let me = st.index.device;
+        let fits = |v: &crate::version::Version| {
+            v.fits_with(me) || {
+                info!(
+                    "{}: not taken: its version would name more than {} devices",
+                    r.path,
+                    crate::version::MAX_DEVICES
+                );
+                false
+            }
+        };
         let take = match decide(local.as_deref(), &r) {
             Decision::Keep => false,
-            Decision::Take { .. } => true,
+            Decision::Take { .. } => fits(&r.version),
+            Decision::Merge(m) if !fits(&m.version) => false,
             Decision::Merge(m) => {
                 // Same content: take over the winner's metadata where it is the peer's.
                 if let Some(l) = local

@@ -19,7 +19,7 @@ pub const INDEX_BATCH: usize = 256 << 10;
 /// connection is a protocol error.
 pub const MAX_REQUESTS: usize = 256;
 /// Most devices one version vector may name.
-pub const MAX_VERSION_PAIRS: usize = 1024;
+pub const MAX_VERSION_PAIRS: usize = crate::version::MAX_DEVICES;
 
 const T_HELLO: u8 = 1;
 const T_INDEX: u8 = 2;

@@ -280,6 +280,79 @@ fn a_relayed_proof_gets_nothing() {
     drop((v, w));
 }
 
-/// Silence unused warnings for helpers only some tests use.
-#[allow(dead_code)]
-fn _unused(_: WEntry) {}
+/// A peer announces back a file B holds, same content, with a version naming 1024 devices of
+/// its own: before, B merged it into a 1025-device vector, which its good peer A refused ("version
+/// vector too long", dropping the connection again at every try) and which B's own index could
+/// not read back. The same with a new file of 1024 devices that B then edits (its change adds B:
+/// 1025). Now a version that leaves no room for the device taking it is not taken nor merged;
+/// one that does (1023 devices) syncs as usual.
+#[test]
+fn a_poisoned_version_vector_is_not_taken() {
+    let t = TestDir::new("poison");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let mut b = Peer::start(&t, "B", pb, &[pa]);
+    fs::write(a.path("seed.txt"), b"seed\n").unwrap();
+    assert!(wait_until(SOON, || has_content(
+        &b.path("seed.txt"),
+        b"seed\n"
+    )));
+    let f = FakePeer::connect(pb, 0xF00D_0000_0000_0000, free_port());
+    let devices =
+        |n: u64| -> Vec<(u64, u64)> { (0..n).map(|i| (0xF00D_0000_0000_0001 + i, 5)).collect() };
+    let with = |mut e: WEntry, n: u64| {
+        e.version = devices(n);
+        e
+    };
+    let new = b"a new file of 1024 devices\n".to_vec();
+    let fits = b"a new file of 1023 devices\n".to_vec();
+    f.offer("poison-new.txt", new.clone());
+    f.offer("fits.txt", fits.clone());
+    assert!(f.send(&wire::index(
+        1,
+        &[
+            with(WEntry::file("seed.txt", b"seed\n", f.device, 1), 1024),
+            with(WEntry::file("poison-new.txt", &new, f.device, 1), 1024),
+            with(WEntry::file("fits.txt", &fits, f.device, 1), 1023),
+        ]
+    )));
+    assert!(f.send(&wire::seq_frame(wire::T_INDEX_DONE, 1)));
+    assert!(
+        wait_until(SOON, || has_content(&a.path("fits.txt"), &fits)),
+        "a version of 1023 devices did not reach A through B\n{}",
+        tail(&b.log_text(), 20)
+    );
+    // Where B took the file of 1024 devices, a change on B makes it 1025.
+    std::thread::sleep(Duration::from_millis(500));
+    if b.path("poison-new.txt").exists() {
+        fs::write(b.path("poison-new.txt"), b"edited on B\n").unwrap();
+    }
+    syncs(&a, &b, "after the poisoned vectors");
+    drop(f);
+    for (who, log) in [("A", a.log_text()), ("B", b.log_text())] {
+        assert!(
+            !log.contains("version vector too long"),
+            "{who} refused a vector B sent:\n{}",
+            tail(&log, 20)
+        );
+    }
+    assert!(
+        b.log_text()
+            .contains("not taken: its version would name more than 1024 devices"),
+        "B's log does not say what it refused:\n{}",
+        tail(&b.log_text(), 20)
+    );
+    // B's index reads back whole after a restart.
+    assert!(
+        b.terminate(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    syncs(&a, &b, "after B restarted");
+    let log = b.log_text();
+    assert!(
+        !log.contains("damaged") && !log.contains("rebuilding"),
+        "B's index did not read back after the poisoned vectors:\n{}",
+        tail(&log, 20)
+    );
+}
