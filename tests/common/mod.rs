@@ -1208,6 +1208,8 @@ pub struct FakePeer {
     pub closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     mute: std::sync::Arc<std::sync::atomic::AtomicBool>,
     files: std::sync::Arc<Mutex<std::collections::HashMap<String, Vec<u8>>>>,
+    /// Held while a frame is written: the test's frames and the thread's answers never mix.
+    writing: std::sync::Arc<Mutex<()>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -1234,6 +1236,8 @@ impl FakePeer {
         let files: std::sync::Arc<Mutex<std::collections::HashMap<String, Vec<u8>>>> =
             std::sync::Arc::new(Mutex::new(std::collections::HashMap::new()));
         let mute = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writing = std::sync::Arc::new(Mutex::new(()));
+        let wr = writing.clone();
         let (rq, fr, cl, fl, mu) = (
             requests.clone(),
             frames.clone(),
@@ -1299,6 +1303,7 @@ impl FakePeer {
                     }
                     _ => continue,
                 };
+                let _one = wr.lock().unwrap_or_else(|p| p.into_inner());
                 if w.write_all(&reply).is_err() {
                     break;
                 }
@@ -1314,6 +1319,7 @@ impl FakePeer {
             closed,
             mute,
             files,
+            writing,
             handle: Some(handle),
         }
     }
@@ -1330,6 +1336,7 @@ impl FakePeer {
 
     /// Sends raw bytes; false if the connection is gone.
     pub fn send(&self, bytes: &[u8]) -> bool {
+        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         (&self.stream).write_all(bytes).is_ok()
     }
 
