@@ -35,6 +35,48 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 const MAX_HANDSHAKE_FRAME: usize = 256;
 /// Responses checked together at most (see `read_loop`).
 const RESPONSE_BATCH: usize = 16;
+/// Bytes of frames being read and decoded by all connections together (a frame decoded takes
+/// about twice its size for a moment: its bytes and what they decode into). A frame larger than
+/// [`SMALL_FRAME`] waits for its share, so many peers sending large frames at once cost this
+/// much, not that much per connection.
+const FRAME_BUDGET: usize = 2 << 20;
+/// Frames up to this size are read without waiting (the reader's own buffer is as large).
+const SMALL_FRAME: usize = 16 << 10;
+
+/// The bytes of [`FRAME_BUDGET`] in use.
+static FRAMES: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// A share of [`FRAME_BUDGET`], given back when dropped.
+#[derive(Debug)]
+struct Permit(usize);
+
+impl Permit {
+    /// Waits for the share of a frame of `n` bytes.
+    fn take(n: usize) -> Permit {
+        if n <= SMALL_FRAME {
+            return Permit(0);
+        }
+        let n = n.saturating_mul(2).min(FRAME_BUDGET);
+        let (m, cv) = &FRAMES;
+        let mut used = m.lock().unwrap_or_else(|p| p.into_inner());
+        while *used + n > FRAME_BUDGET {
+            used = cv.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used += n;
+        Permit(n)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            let (m, cv) = &FRAMES;
+            *m.lock().unwrap_or_else(|p| p.into_inner()) -= self.0;
+            cv.notify_all();
+        }
+    }
+}
 
 /// Reads one frame: the length is checked against `max` before the body is allocated; with a
 /// session, the frame's MAC is checked and stripped before it is decoded.
@@ -118,8 +160,9 @@ impl<R: Read> FrameReader<R> {
         Ok(())
     }
 
-    /// The next frame's body; its length is checked against `max` before anything is allocated.
-    fn body(&mut self, max: usize) -> Result<Vec<u8>> {
+    /// The next frame's body; its length is checked against `max` before anything is allocated,
+    /// and a large one waits for its share of [`FRAME_BUDGET`] (kept until the permit is dropped).
+    fn body(&mut self, max: usize) -> Result<(Vec<u8>, Permit)> {
         let mut h = Vec::with_capacity(4);
         self.take_into(&mut h, 4)?;
         let n = wire::frame_len([h[0], h[1], h[2], h[3]])?;
@@ -128,6 +171,7 @@ impl<R: Read> FrameReader<R> {
                 "frame of {n} bytes is over the {max} allowed here"
             )));
         }
+        let permit = Permit::take(n);
         let mut body = self.pool.take(n);
         let have = (self.end - self.pos).min(n);
         self.take_into(&mut body, have)?;
@@ -140,7 +184,7 @@ impl<R: Read> FrameReader<R> {
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
             }
         }
-        Ok(body)
+        Ok((body, permit))
     }
 }
 
@@ -510,9 +554,10 @@ fn read_loop(
                 let _ = responses.send(puller::Answer { r: resp, md5 });
             }
         }
-        let msg = match r
+        // The frame's share of the budget is held until it has been handled.
+        let (msg, _permit) = match r
             .body(wire::MAX_FRAME)
-            .and_then(|b| open_and_decode(b, session.as_mut()))
+            .and_then(|(b, p)| Ok((open_and_decode(b, session.as_mut())?, p)))
         {
             Ok(m) => m,
             Err(e) if e.io_kind() == Some(std::io::ErrorKind::UnexpectedEof) => return Ok(()),
@@ -819,7 +864,7 @@ mod tests {
             };
             let mut r = FrameReader::new(trickle, Pool::default());
             for m in &msgs {
-                let body = r.body(wire::MAX_FRAME).unwrap();
+                let (body, _) = r.body(wire::MAX_FRAME).unwrap();
                 assert_eq!(&open_and_decode(body, None).unwrap(), m);
             }
             let end = r.body(wire::MAX_FRAME).unwrap_err();

@@ -93,6 +93,7 @@ fn open_index(state: &Path, device: u64) -> Index {
 
 /// Runs until `--once` is satisfied (returns the exit code) or forever.
 pub fn run(opts: &Options) -> Result<i32> {
+    crate::limits::fewer_arenas();
     let files = crate::limits::raise();
     debug!("open files allowed: {files}");
     debug!("MD5s side by side: {}", crate::md5x::describe());

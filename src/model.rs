@@ -183,6 +183,8 @@ pub struct Model {
     pub max_pending: usize,
     /// Held while the index is saved: one save at a time.
     pub saving: Mutex<()>,
+    /// What the needs of all connections take together, in memory and on disk.
+    pub needs_budget: std::sync::Arc<crate::needs::Budget>,
 }
 
 impl Model {
@@ -209,6 +211,7 @@ impl Model {
             changed: Condvar::new(),
             max_pending: crate::needs::DEFAULT_IN_MEMORY,
             saving: Mutex::new(()),
+            needs_budget: Default::default(),
         }
     }
 
@@ -254,7 +257,11 @@ impl Model {
 
     /// An empty set of needs for a new connection.
     pub fn new_needs(&self) -> Needs {
-        Needs::new(self.root.join(crate::names::STATE_DIR), self.max_pending)
+        Needs::new(
+            self.root.join(crate::names::STATE_DIR),
+            self.max_pending,
+            self.needs_budget.clone(),
+        )
     }
 
     /// Locks the state. A poisoned lock (a thread panicked holding it) cannot happen with

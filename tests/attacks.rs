@@ -356,3 +356,101 @@ fn a_poisoned_version_vector_is_not_taken() {
         tail(&log, 20)
     );
 }
+
+/// Peak and current resident memory of a process, in KiB (VmHWM, VmRSS).
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Fake peers connected to B at once.
+const FAKES: u64 = 64;
+/// Entries each of them announces.
+const ENTRIES: usize = 128;
+/// B's peak resident memory may not pass this, whatever the number of connections.
+const BUDGET_KIB: u64 = 32 << 10;
+
+/// 64 fake peers connect to B, each announces 128 files whose entries carry the longest
+/// version a daemon takes (1023 devices: 16 KiB each) and a long name, and none ever serves a
+/// block. Before, an entry's vector was not counted at all and the bound was per connection:
+/// 2048 such entries are 34 MiB per connection, 2 GiB for 64. Now everything an entry holds is
+/// counted and the bound covers all connections together (the rest waits on disk, also bounded
+/// in all): B's peak RSS stays under 32 MiB, and its good peer A still syncs meanwhile.
+#[test]
+fn many_peers_announcing_large_entries_stay_within_a_memory_budget() {
+    let t = TestDir::new("budget");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    syncs(&a, &b, "before the crowd");
+    let pid = b.pid().unwrap();
+    let before = memory_kib(pid);
+    let long = "n".repeat(200);
+    let mut fakes = Vec::new();
+    for i in 0..FAKES {
+        let dev = 0xC0DE_0000_0000_0000 + (i << 16);
+        let f = FakePeer::connect(pb, dev, free_port());
+        f.mute();
+        fakes.push(f);
+    }
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for (i, f) in fakes.iter().enumerate() {
+            let long = &long;
+            s.spawn(move || {
+                let version: Vec<(u64, u64)> =
+                    (1..=1023u64).map(|d| (f.device + d, 1_000 + d)).collect();
+                let entries: Vec<WEntry> = (0..ENTRIES)
+                    .map(|k| {
+                        let data = format!("fake {i} file {k}\n").into_bytes();
+                        let mut e = WEntry::file(&format!("f{i}/{k}-{long}"), &data, f.device, 1);
+                        e.version = version.clone();
+                        e
+                    })
+                    .collect();
+                for (n, chunk) in entries.chunks(16).enumerate() {
+                    if !f.send(&wire::index(0, chunk)) {
+                        return;
+                    }
+                    let _ = n;
+                }
+                let _ = f.send(&wire::index(1, &[]));
+                let _ = f.send(&wire::seq_frame(wire::T_INDEX_DONE, 1));
+            });
+        }
+    });
+    let connected = fakes.iter().filter(|f| !f.is_closed()).count();
+    // B takes them in and asks for blocks the fakes never send.
+    let asking = || {
+        fakes
+            .iter()
+            .filter(|f| !f.requests.lock().unwrap().is_empty())
+            .count()
+    };
+    wait_until(Duration::from_secs(30), || asking() >= connected);
+    eprintln!(
+        "{connected} of {FAKES} fake peers connected; announced in {:?}; {} asked for blocks",
+        t0.elapsed(),
+        asking()
+    );
+    syncs(&a, &b, "with 64 fake peers holding entries");
+    let after = memory_kib(pid);
+    eprintln!(
+        "B's memory: peak {} KiB, now {} KiB (before the crowd: peak {} KiB, {} KiB)",
+        after.0, after.1, before.0, before.1
+    );
+    assert!(connected >= 56, "only {connected} fake peers got in");
+    assert!(
+        after.0 < BUDGET_KIB,
+        "B's peak RSS reached {} KiB with {connected} peers announcing large entries",
+        after.0
+    );
+    drop(fakes);
+    syncs(&a, &b, "after the crowd left");
+}
