@@ -100,7 +100,7 @@ pub enum Msg {
         seq: u64,
     },
     Ping,
-    /// Proof of the shared key: HMAC over both nonces and the sender's device id.
+    /// Proof of the shared key: HMAC over both hellos and the sender's role ([`crate::auth::Transcript`]).
     Auth {
         proof: Hash,
     },
