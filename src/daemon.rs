@@ -33,8 +33,10 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 const MAX_CONNECTIONS: usize = 64;
 /// Of them, kept for the listed peers' addresses: others (--allow) never take these.
 const RESERVED_FOR_LISTED: usize = 8;
-/// Connections in their handshake from one address (each lasts 10 s at most).
+/// Connections in their handshake from one address (each lasts 10 s at most), and from a listed
+/// peer's address (some peers may share one, behind a NAT).
 const MAX_HANDSHAKES_PER_ADDR: usize = 4;
+const MAX_HANDSHAKES_PER_LISTED_ADDR: usize = 16;
 /// Connections in their handshake from addresses other than the listed peers', in all.
 const MAX_HANDSHAKES: usize = 16;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -362,7 +364,11 @@ struct Slots {
 fn admit(slots: &Mutex<Slots>, ip: IpAddr, src: Source) -> bool {
     let mut g = slots.lock().unwrap_or_else(|p| p.into_inner());
     let n = g.handshaking.get(&ip).copied().unwrap_or(0);
-    if n >= MAX_HANDSHAKES_PER_ADDR || (src != Source::Listed && g.strangers >= MAX_HANDSHAKES) {
+    let (per_addr, stranger) = match src {
+        Source::Listed => (MAX_HANDSHAKES_PER_LISTED_ADDR, false),
+        _ => (MAX_HANDSHAKES_PER_ADDR, true),
+    };
+    if n >= per_addr || (stranger && g.strangers >= MAX_HANDSHAKES) {
         return false;
     }
     *g.handshaking.entry(ip).or_default() += 1;
