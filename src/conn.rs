@@ -10,7 +10,7 @@ use crate::model::{Model, Out, Peer};
 use crate::pool::Pool;
 use crate::puller::{self, Link};
 use crate::wire::{self, Enc, Hello, MAGIC, Msg, PROTOCOL_VERSION, Request, Status};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -353,6 +353,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
     let (out_tx, out_rx) = mpsc::channel::<Out>();
     let (resp_tx, resp_rx) = mpsc::channel::<puller::Answer>();
     let asked = Arc::new(AtomicUsize::new(0));
+    let lengths = std::sync::Mutex::new(HashMap::new());
     register(
         model,
         id,
@@ -387,10 +388,12 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
     let result = std::thread::scope(|s| {
         let w_stream = stream.try_clone()?;
         let w_pending = pending.clone();
+        let w_lengths = &lengths;
         let writer = s.spawn(move || {
             let w = FrameWriter {
                 w: BufWriter::with_capacity(64 << 10, w_stream),
                 seal: send,
+                lengths: w_lengths,
             };
             let r = write_loop(model, w, out_rx, &w_pending);
             if let Err(e) = &r {
@@ -425,6 +428,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
             responses: &resp_tx,
             pending: &pending,
             asked: &asked,
+            lengths: &lengths,
             pool: &pool,
         };
         let r = read_loop(model, id, &stream, recv, &routes);
@@ -505,6 +509,8 @@ struct Routes<'a> {
     pending: &'a AtomicUsize,
     /// Our requests waiting for the peer's answer.
     asked: &'a AtomicUsize,
+    /// What each of them asked for, by id: an answer may hold no more.
+    lengths: &'a std::sync::Mutex<HashMap<u32, u32>>,
     pool: &'a Pool,
 }
 
@@ -580,12 +586,26 @@ fn read_loop(
             Msg::SubHashes(req) => queue(Out::ServeSubs(req))?,
             Msg::Ping => {}
             Msg::Response(resp) => {
-                // Only as many responses as we asked for are queued: memory stays bounded.
-                if asked
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-                    .is_err()
+                // Only as many responses as we asked for, each no larger than what it answers,
+                // are queued: memory stays bounded by what we asked for.
+                let len = routes
+                    .lengths
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&resp.id);
+                if len.is_none()
+                    || asked
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                        .is_err()
                 {
                     return Err(Error::protocol("a response nobody asked for"));
+                }
+                if len.is_some_and(|n| resp.data.len() > n as usize) {
+                    return Err(Error::protocol(format!(
+                        "a response of {} bytes to a request for {}",
+                        resp.data.len(),
+                        len.unwrap_or(0)
+                    )));
                 }
                 batch.push(resp);
             }
@@ -602,14 +622,23 @@ fn read_loop(
 }
 
 /// Writes frames, sealing each with a MAC when the connection is authenticated.
-struct FrameWriter {
+struct FrameWriter<'a> {
     w: BufWriter<TcpStream>,
     seal: Option<Sealer>,
+    /// The length each of our requests asks for, by id (see [`Routes`]).
+    lengths: &'a std::sync::Mutex<HashMap<u32, u32>>,
 }
 
-impl FrameWriter {
-    /// Sends a frame; gives it back, to be reused.
+impl FrameWriter<'_> {
+    /// Sends a frame; gives it back, to be reused. A request's length is noted first: its
+    /// answer can only come after it is sent.
     fn send(&mut self, frame: Vec<u8>) -> Result<Vec<u8>> {
+        if let Some((id, len)) = wire::request_of(&frame) {
+            self.lengths
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, len);
+        }
         let frame = match &mut self.seal {
             Some(s) => s.seal(frame),
             None => frame,
@@ -625,7 +654,7 @@ impl FrameWriter {
 
 fn write_loop(
     model: &Model,
-    mut w: FrameWriter,
+    mut w: FrameWriter<'_>,
     rx: mpsc::Receiver<Out>,
     pending: &AtomicUsize,
 ) -> Result<()> {
@@ -685,7 +714,7 @@ fn write_loop(
 /// Sends every entry changed after `sent`, up to the index's sequence number when called, in
 /// frames of bounded size; returns the new mark. Entries are encoded under the lock a batch at
 /// a time and written without it.
-fn announce(model: &Model, w: &mut FrameWriter, sent: u64) -> Result<u64> {
+fn announce(model: &Model, w: &mut FrameWriter<'_>, sent: u64) -> Result<u64> {
     // Walks only what changed: entries in memory by number, then those of the base file by
     // path (the base holds numbers past `sent` only after it was rewritten). An entry changed
     // during the pass gets a new number past `top`, and the change queued another announce: it

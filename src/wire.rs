@@ -357,6 +357,20 @@ pub fn index_frame(seq: u64, count: u32, entries: &[u8]) -> Vec<u8> {
     e.0
 }
 
+/// The length a Request or SubHashes frame (whole, length prefix included) asks for, with its
+/// id; None for other frames.
+pub fn request_of(frame: &[u8]) -> Option<(u32, u32)> {
+    if !matches!(frame.get(4), Some(&(T_REQUEST | T_SUB_HASHES))) {
+        return None;
+    }
+    let mut d = Dec::new(frame.get(5..)?);
+    let id = d.u32().ok()?;
+    let n = d.u16().ok()? as usize;
+    d.take(n).ok()?;
+    d.u64().ok()?;
+    Some((id, d.u32().ok()?))
+}
+
 /// Checks a frame header (the 4 length bytes) and returns the body length to read.
 pub fn frame_len(header: [u8; 4]) -> Result<usize> {
     let n = u32::from_be_bytes(header) as usize;
@@ -587,6 +601,17 @@ mod tests {
                     panic!("{m:?} shortened to {cut} decoded as {v:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_request_frame_tells_its_id_and_length() {
+        for m in all_msgs() {
+            let want = match &m {
+                Msg::Request(r) | Msg::SubHashes(r) => Some((r.id, r.len)),
+                _ => None,
+            };
+            assert_eq!(request_of(&encode(&m)), want, "{m:?}");
         }
     }
 

@@ -454,3 +454,64 @@ fn many_peers_announcing_large_entries_stay_within_a_memory_budget() {
     drop(fakes);
     syncs(&a, &b, "after the crowd left");
 }
+
+/// A peer answers each of B's 64 KiB block requests with 8 MiB of data (the largest frame).
+/// Before, the reader only counted answers, not their size: the answers to the requests in
+/// flight were held in full until the puller found them wrong, and asked for again. Now an
+/// answer may hold no more than its request asked for: the connection is dropped at the
+/// first, and B's memory does not follow the attacker's frames.
+#[test]
+fn answers_larger_than_asked_are_refused() {
+    let t = TestDir::new("inflated");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    syncs(&a, &b, "before the inflated answers");
+    let pid = b.pid().unwrap();
+    let before = memory_kib(pid);
+    let data = random_bytes(21, 4 << 20);
+    let f = FakePeer::connect(pb, 0x1F1A_7ED0_0000_0001, free_port());
+    f.mute();
+    assert!(f.send(&wire::index(
+        1,
+        &[WEntry::file("inflated.bin", &data, f.device, 1)]
+    )));
+    assert!(f.send(&wire::seq_frame(wire::T_INDEX_DONE, 1)));
+    let big = random_bytes(22, 8 << 20);
+    let mut answered = 0;
+    let t0 = Instant::now();
+    while !f.is_closed() && t0.elapsed() < Duration::from_secs(20) {
+        let reqs: Vec<u32> = f.requests.lock().unwrap().iter().map(|r| r.id).collect();
+        for id in reqs.into_iter().skip(answered) {
+            if !f.send(&wire::response(id, 0, &big)) {
+                break;
+            }
+            answered += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = memory_kib(pid);
+    eprintln!(
+        "{answered} answers of 8 MiB sent; connection closed: {}; B's peak RSS {} -> {} KiB",
+        f.is_closed(),
+        before.0,
+        after.0
+    );
+    assert!(
+        answered > 0,
+        "B never asked for a block: the test proves nothing"
+    );
+    assert!(
+        f.is_closed(),
+        "B kept a peer answering 64 KiB requests with 8 MiB"
+    );
+    assert!(
+        after.0 < before.0 + (24 << 10),
+        "B's peak RSS went from {} to {} KiB",
+        before.0,
+        after.0
+    );
+    drop(f);
+    syncs(&a, &b, "after the inflated answers");
+    assert!(!b.path("inflated.bin").exists());
+}
