@@ -510,7 +510,7 @@ struct Routes<'a> {
     /// Our requests waiting for the peer's answer.
     asked: &'a AtomicUsize,
     /// What each of them asked for, by id: an answer may hold no more.
-    lengths: &'a std::sync::Mutex<HashMap<u32, u32>>,
+    lengths: &'a std::sync::Mutex<HashMap<u32, usize>>,
     pool: &'a Pool,
 }
 
@@ -600,9 +600,9 @@ fn read_loop(
                 {
                     return Err(Error::protocol("a response nobody asked for"));
                 }
-                if len.is_some_and(|n| resp.data.len() > n as usize) {
+                if len.is_some_and(|n| resp.data.len() > n) {
                     return Err(Error::protocol(format!(
-                        "a response of {} bytes to a request for {}",
+                        "a response of {} bytes where {} at most were asked for",
                         resp.data.len(),
                         len.unwrap_or(0)
                     )));
@@ -626,7 +626,7 @@ struct FrameWriter<'a> {
     w: BufWriter<TcpStream>,
     seal: Option<Sealer>,
     /// The length each of our requests asks for, by id (see [`Routes`]).
-    lengths: &'a std::sync::Mutex<HashMap<u32, u32>>,
+    lengths: &'a std::sync::Mutex<HashMap<u32, usize>>,
 }
 
 impl FrameWriter<'_> {

@@ -357,10 +357,11 @@ pub fn index_frame(seq: u64, count: u32, entries: &[u8]) -> Vec<u8> {
     e.0
 }
 
-/// The length a Request or SubHashes frame (whole, length prefix included) asks for, with its
-/// id; None for other frames.
-pub fn request_of(frame: &[u8]) -> Option<(u32, u32)> {
-    if !matches!(frame.get(4), Some(&(T_REQUEST | T_SUB_HASHES))) {
+/// The id of a Request or SubHashes frame (whole, length prefix included) and the most data
+/// its answer may hold: the range asked for, or its sub-block hashes; None for other frames.
+pub fn request_of(frame: &[u8]) -> Option<(u32, usize)> {
+    let t = *frame.get(4)?;
+    if t != T_REQUEST && t != T_SUB_HASHES {
         return None;
     }
     let mut d = Dec::new(frame.get(5..)?);
@@ -368,7 +369,11 @@ pub fn request_of(frame: &[u8]) -> Option<(u32, u32)> {
     let n = d.u16().ok()? as usize;
     d.take(n).ok()?;
     d.u64().ok()?;
-    Some((id, d.u32().ok()?))
+    let len = d.u32().ok()? as usize;
+    Some(match t {
+        T_REQUEST => (id, len),
+        _ => (id, len.div_ceil(SUB_BLOCK) * crate::delta::SUB_HASH_BYTES),
+    })
 }
 
 /// Checks a frame header (the 4 length bytes) and returns the body length to read.
@@ -605,14 +610,24 @@ mod tests {
     }
 
     #[test]
-    fn a_request_frame_tells_its_id_and_length() {
+    fn a_request_frame_tells_its_id_and_the_answer_s_size() {
         for m in all_msgs() {
             let want = match &m {
-                Msg::Request(r) | Msg::SubHashes(r) => Some((r.id, r.len)),
+                Msg::Request(r) => Some((r.id, r.len as usize)),
+                Msg::SubHashes(r) => Some((r.id, r.len as usize / SUB_BLOCK * 12)),
                 _ => None,
             };
             assert_eq!(request_of(&encode(&m)), want, "{m:?}");
         }
+        // Sub-block hashes of a range shorter than a sub-block: one, larger than the range.
+        let tiny = Request {
+            id: 5,
+            path: "t".into(),
+            offset: 0,
+            len: 8,
+            hash: [1; 16],
+        };
+        assert_eq!(request_of(&encode(&Msg::SubHashes(tiny))), Some((5, 12)));
     }
 
     #[test]
