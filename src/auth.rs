@@ -61,9 +61,40 @@ pub fn load_key(path: &Path) -> Result<Vec<u8>> {
     Ok(key)
 }
 
-/// The proof that the side with nonce `mine` and id `device` holds the key, answering `theirs`.
-pub fn proof(key: &[u8], theirs: &[u8; 16], mine: &[u8; 16], device: u64) -> Hash {
-    hmac(key, &[b"left-auth", theirs, mine, &device.to_be_bytes()])
+/// What both sides saw of a handshake: the dialer's and the acceptor's hello frames, as sent.
+/// Proofs and session keys are computed over all of it, so they hold for this one connection
+/// only: another connection (a relay) differs in a nonce, and the other side differs in role.
+pub struct Transcript {
+    digest: Hash,
+}
+
+impl Transcript {
+    pub fn new(dialer_hello: &[u8], acceptor_hello: &[u8]) -> Transcript {
+        let mut h = Md5::new();
+        for part in [dialer_hello, acceptor_hello] {
+            h.update((part.len() as u32).to_be_bytes());
+            h.update(part);
+        }
+        Transcript {
+            digest: h.finalize().into(),
+        }
+    }
+
+    /// The proof that the dialer (`by_dialer`) or the acceptor of this connection holds the key.
+    pub fn proof(&self, key: &[u8], by_dialer: bool) -> Hash {
+        hmac(key, &[b"left-auth-2", &[u8::from(by_dialer)], &self.digest])
+    }
+
+    /// MAC state for the frames sent by the dialer (`from_dialer`) or by the acceptor.
+    pub fn sealer(&self, key: &[u8], from_dialer: bool) -> Sealer {
+        Sealer {
+            key: hmac(
+                key,
+                &[b"left-session-2", &[u8::from(from_dialer)], &self.digest],
+            ),
+            seq: 0,
+        }
+    }
 }
 
 /// Per-direction MAC state for an authenticated connection.
@@ -73,7 +104,8 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    /// Keys for frames sent by the side with nonce `from` to the side with nonce `to`.
+    /// Keys for frames sent by the side with nonce `from` to the side with nonce `to` (tests).
+    #[cfg(test)]
     pub fn new(key: &[u8], from: &[u8; 16], to: &[u8; 16]) -> Sealer {
         Sealer {
             key: hmac(key, &[b"left-session", from, to]),
@@ -163,12 +195,32 @@ mod tests {
     }
 
     #[test]
-    fn proofs_bind_nonces_and_device() {
-        let (n1, n2) = ([1u8; 16], [2u8; 16]);
-        let p = proof(b"k", &n1, &n2, 5);
-        assert_ne!(p, proof(b"k", &n2, &n1, 5));
-        assert_ne!(p, proof(b"k", &n1, &n2, 6));
-        assert_ne!(p, proof(b"j", &n1, &n2, 5));
-        assert!(same(&p, &proof(b"k", &n1, &n2, 5)));
+    fn proofs_bind_both_hellos_and_the_role() {
+        let (d, a) = (b"dialer hello".as_slice(), b"acceptor hello".as_slice());
+        let t = Transcript::new(d, a);
+        let p = t.proof(b"k", true);
+        // The other role, the hellos swapped or changed in one byte, another key: another proof.
+        assert_ne!(p, t.proof(b"k", false));
+        assert_ne!(p, Transcript::new(a, d).proof(b"k", true));
+        assert_ne!(p, Transcript::new(b"dialer hellp", a).proof(b"k", true));
+        assert_ne!(p, Transcript::new(d, b"acceptor hellp").proof(b"k", true));
+        assert_ne!(p, t.proof(b"j", true));
+        // Parts are delimited: moving bytes from one hello to the other changes the proof.
+        assert_ne!(
+            p,
+            Transcript::new(b"dialer hello a", b"cceptor hello").proof(b"k", true)
+        );
+        assert!(same(&p, &Transcript::new(d, a).proof(b"k", true)));
+        // Session keys per direction, and not the proofs.
+        let mut tx = t.sealer(b"k", true);
+        let mut rx = Transcript::new(d, a).sealer(b"k", true);
+        let f = tx.seal(vec![0, 0, 0, 1, 7]);
+        assert_eq!(rx.open(&f[4..]).unwrap(), &[7]);
+        let mut wrong = t.sealer(b"k", false);
+        assert!(
+            wrong
+                .open(&t.sealer(b"k", true).seal(vec![0, 0, 0, 1, 7])[4..])
+                .is_err()
+        );
     }
 }

@@ -22,7 +22,8 @@ options:
   --config FILE    read options from FILE (default: /opt/left.conf if present);
                    the command line wins over the file
   --max-pending N  entries to receive from a peer kept in memory (default: 2048),
-                   and N x 2 KiB of them; the rest wait in a file under DIR/.left
+                   and N x 2 KiB of them for all peers together; the rest wait in
+                   files under DIR/.left
   --allow ADDR     also accept connections from ADDR (an IP address, or \"any\");
                    by default only the listed peers' addresses may connect
   -q, --quiet      log errors only

@@ -10,7 +10,7 @@ use crate::model::{Model, Out, Peer};
 use crate::pool::Pool;
 use crate::puller::{self, Link};
 use crate::wire::{self, Enc, Hello, MAGIC, Msg, PROTOCOL_VERSION, Request, Status};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -35,6 +35,48 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 const MAX_HANDSHAKE_FRAME: usize = 256;
 /// Responses checked together at most (see `read_loop`).
 const RESPONSE_BATCH: usize = 16;
+/// Bytes of frames being read and decoded by all connections together (a frame decoded takes
+/// about twice its size for a moment: its bytes and what they decode into). A frame larger than
+/// [`SMALL_FRAME`] waits for its share, so many peers sending large frames at once cost this
+/// much, not that much per connection.
+const FRAME_BUDGET: usize = 2 << 20;
+/// Frames up to this size are read without waiting (the reader's own buffer is as large).
+const SMALL_FRAME: usize = 16 << 10;
+
+/// The bytes of [`FRAME_BUDGET`] in use.
+static FRAMES: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// A share of [`FRAME_BUDGET`], given back when dropped.
+#[derive(Debug)]
+struct Permit(usize);
+
+impl Permit {
+    /// Waits for the share of a frame of `n` bytes.
+    fn take(n: usize) -> Permit {
+        if n <= SMALL_FRAME {
+            return Permit(0);
+        }
+        let n = n.saturating_mul(2).min(FRAME_BUDGET);
+        let (m, cv) = &FRAMES;
+        let mut used = m.lock().unwrap_or_else(|p| p.into_inner());
+        while *used + n > FRAME_BUDGET {
+            used = cv.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used += n;
+        Permit(n)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            let (m, cv) = &FRAMES;
+            *m.lock().unwrap_or_else(|p| p.into_inner()) -= self.0;
+            cv.notify_all();
+        }
+    }
+}
 
 /// Reads one frame: the length is checked against `max` before the body is allocated; with a
 /// session, the frame's MAC is checked and stripped before it is decoded.
@@ -118,8 +160,9 @@ impl<R: Read> FrameReader<R> {
         Ok(())
     }
 
-    /// The next frame's body; its length is checked against `max` before anything is allocated.
-    fn body(&mut self, max: usize) -> Result<Vec<u8>> {
+    /// The next frame's body; its length is checked against `max` before anything is allocated,
+    /// and a large one waits for its share of [`FRAME_BUDGET`] (kept until the permit is dropped).
+    fn body(&mut self, max: usize) -> Result<(Vec<u8>, Permit)> {
         let mut h = Vec::with_capacity(4);
         self.take_into(&mut h, 4)?;
         let n = wire::frame_len([h[0], h[1], h[2], h[3]])?;
@@ -128,6 +171,7 @@ impl<R: Read> FrameReader<R> {
                 "frame of {n} bytes is over the {max} allowed here"
             )));
         }
+        let permit = Permit::take(n);
         let mut body = self.pool.take(n);
         let have = (self.end - self.pos).min(n);
         self.take_into(&mut body, have)?;
@@ -140,7 +184,7 @@ impl<R: Read> FrameReader<R> {
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
             }
         }
-        Ok(body)
+        Ok((body, permit))
     }
 }
 
@@ -158,13 +202,61 @@ pub struct Handshake {
     pub session: Option<Session>,
 }
 
-/// Exchanges hellos (and, with a shared key, proofs of it). Both sides must agree on whether a
-/// key is used.
-pub fn handshake(stream: &mut TcpStream, model: &Model) -> Result<Handshake> {
+/// A socket used under one deadline for a whole exchange: before each read or write the time
+/// left becomes the socket's timeout, so a peer that trickles bytes cannot stretch it.
+struct Deadline<'a> {
+    s: &'a TcpStream,
+    until: Instant,
+}
+
+impl Deadline<'_> {
+    fn left(&self) -> std::io::Result<Duration> {
+        let d = self.until.saturating_duration_since(Instant::now());
+        if d.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        Ok(d)
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.s.set_read_timeout(Some(self.left()?))?;
+        (&mut &*self.s).read(buf)
+    }
+}
+
+impl Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.s.set_write_timeout(Some(self.left()?))?;
+        (&mut &*self.s).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Exchanges hellos (and, with a shared key, proofs of it), all within [`HELLO_TIMEOUT`] however
+/// the peer paces its bytes. Both sides must agree on whether a key is used. `dialed`: we
+/// initiated the connection.
+pub fn handshake(stream: &mut TcpStream, model: &Model, dialed: bool) -> Result<Handshake> {
+    let mut io = Deadline {
+        s: &*stream,
+        until: Instant::now() + HELLO_TIMEOUT,
+    };
+    handshake_by(&mut io, model, dialed).map_err(|e| match e.io_kind() {
+        Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Error::msg(format!(
+            "no complete handshake within {} s",
+            HELLO_TIMEOUT.as_secs()
+        )),
+        _ => e,
+    })
+}
+
+fn handshake_by(io: &mut Deadline<'_>, model: &Model, dialed: bool) -> Result<Handshake> {
     let device = model.lock().index.device;
     let key = model.key.as_deref();
-    stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
-    stream.set_write_timeout(Some(HELLO_TIMEOUT))?;
     let nonce = auth::random16()?;
     let flags = if key.is_some() { wire::FLAG_AUTH } else { 0 };
     let hello = Hello {
@@ -175,8 +267,9 @@ pub fn handshake(stream: &mut TcpStream, model: &Model) -> Result<Handshake> {
         nonce,
         port: model.port.load(Ordering::Relaxed),
     };
-    stream.write_all(&wire::encode(&Msg::Hello(hello)))?;
-    let h = match read_frame(stream, None, MAX_HANDSHAKE_FRAME)? {
+    let ours = wire::encode(&Msg::Hello(hello));
+    io.write_all(&ours)?;
+    let h = match read_frame(io, None, MAX_HANDSHAKE_FRAME)? {
         Msg::Hello(h) => h,
         _ => return Err(Error::protocol("expected a hello")),
     };
@@ -212,20 +305,30 @@ pub fn handshake(stream: &mut TcpStream, model: &Model) -> Result<Handshake> {
     if h.nonce == nonce {
         return Err(Error::protocol("peer echoed our nonce"));
     }
-    let mine = auth::proof(key, &h.nonce, &nonce, device);
-    stream.write_all(&wire::encode(&Msg::Auth { proof: mine }))?;
-    let theirs = match read_frame(stream, None, MAX_HANDSHAKE_FRAME)? {
+    // Proofs and session keys bind both hellos as they crossed this connection (both devices,
+    // nonces, ports and flags) and which side dialed: a proof made on another connection (a
+    // relay between two key holders) or by the other role (a reflection) does not verify here.
+    let theirs_bytes = wire::encode(&Msg::Hello(h.clone()));
+    let t = if dialed {
+        auth::Transcript::new(&ours, &theirs_bytes)
+    } else {
+        auth::Transcript::new(&theirs_bytes, &ours)
+    };
+    io.write_all(&wire::encode(&Msg::Auth {
+        proof: t.proof(key, dialed),
+    }))?;
+    let theirs = match read_frame(io, None, MAX_HANDSHAKE_FRAME)? {
         Msg::Auth { proof } => proof,
         _ => return Err(Error::protocol("expected proof of the shared key")),
     };
-    if !auth::same(&theirs, &auth::proof(key, &nonce, &h.nonce, h.device)) {
+    if !auth::same(&theirs, &t.proof(key, !dialed)) {
         return Err(Error::msg(
             "wrong shared key: the peer's proof does not verify",
         ));
     }
     let session = Session {
-        send: Sealer::new(key, &nonce, &h.nonce),
-        recv: Sealer::new(key, &h.nonce, &nonce),
+        send: t.sealer(key, dialed),
+        recv: t.sealer(key, !dialed),
     };
     Ok(Handshake {
         device: h.device,
@@ -250,6 +353,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
     let (out_tx, out_rx) = mpsc::channel::<Out>();
     let (resp_tx, resp_rx) = mpsc::channel::<puller::Answer>();
     let asked = Arc::new(AtomicUsize::new(0));
+    let lengths = std::sync::Mutex::new(HashMap::new());
     register(
         model,
         id,
@@ -284,10 +388,12 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
     let result = std::thread::scope(|s| {
         let w_stream = stream.try_clone()?;
         let w_pending = pending.clone();
+        let w_lengths = &lengths;
         let writer = s.spawn(move || {
             let w = FrameWriter {
                 w: BufWriter::with_capacity(64 << 10, w_stream),
                 seal: send,
+                lengths: w_lengths,
             };
             let r = write_loop(model, w, out_rx, &w_pending);
             if let Err(e) = &r {
@@ -322,6 +428,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
             responses: &resp_tx,
             pending: &pending,
             asked: &asked,
+            lengths: &lengths,
             pool: &pool,
         };
         let r = read_loop(model, id, &stream, recv, &routes);
@@ -402,6 +509,8 @@ struct Routes<'a> {
     pending: &'a AtomicUsize,
     /// Our requests waiting for the peer's answer.
     asked: &'a AtomicUsize,
+    /// What each of them asked for, by id: an answer may hold no more.
+    lengths: &'a std::sync::Mutex<HashMap<u32, usize>>,
     pool: &'a Pool,
 }
 
@@ -451,9 +560,10 @@ fn read_loop(
                 let _ = responses.send(puller::Answer { r: resp, md5 });
             }
         }
-        let msg = match r
+        // The frame's share of the budget is held until it has been handled.
+        let (msg, _permit) = match r
             .body(wire::MAX_FRAME)
-            .and_then(|b| open_and_decode(b, session.as_mut()))
+            .and_then(|(b, p)| Ok((open_and_decode(b, session.as_mut())?, p)))
         {
             Ok(m) => m,
             Err(e) if e.io_kind() == Some(std::io::ErrorKind::UnexpectedEof) => return Ok(()),
@@ -476,12 +586,26 @@ fn read_loop(
             Msg::SubHashes(req) => queue(Out::ServeSubs(req))?,
             Msg::Ping => {}
             Msg::Response(resp) => {
-                // Only as many responses as we asked for are queued: memory stays bounded.
-                if asked
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-                    .is_err()
+                // Only as many responses as we asked for, each no larger than what it answers,
+                // are queued: memory stays bounded by what we asked for.
+                let len = routes
+                    .lengths
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&resp.id);
+                if len.is_none()
+                    || asked
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                        .is_err()
                 {
                     return Err(Error::protocol("a response nobody asked for"));
+                }
+                if len.is_some_and(|n| resp.data.len() > n) {
+                    return Err(Error::protocol(format!(
+                        "a response of {} bytes where {} at most were asked for",
+                        resp.data.len(),
+                        len.unwrap_or(0)
+                    )));
                 }
                 batch.push(resp);
             }
@@ -498,14 +622,23 @@ fn read_loop(
 }
 
 /// Writes frames, sealing each with a MAC when the connection is authenticated.
-struct FrameWriter {
+struct FrameWriter<'a> {
     w: BufWriter<TcpStream>,
     seal: Option<Sealer>,
+    /// The length each of our requests asks for, by id (see [`Routes`]).
+    lengths: &'a std::sync::Mutex<HashMap<u32, usize>>,
 }
 
-impl FrameWriter {
-    /// Sends a frame; gives it back, to be reused.
+impl FrameWriter<'_> {
+    /// Sends a frame; gives it back, to be reused. A request's length is noted first: its
+    /// answer can only come after it is sent.
     fn send(&mut self, frame: Vec<u8>) -> Result<Vec<u8>> {
+        if let Some((id, len)) = wire::request_of(&frame) {
+            self.lengths
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, len);
+        }
         let frame = match &mut self.seal {
             Some(s) => s.seal(frame),
             None => frame,
@@ -521,7 +654,7 @@ impl FrameWriter {
 
 fn write_loop(
     model: &Model,
-    mut w: FrameWriter,
+    mut w: FrameWriter<'_>,
     rx: mpsc::Receiver<Out>,
     pending: &AtomicUsize,
 ) -> Result<()> {
@@ -581,7 +714,7 @@ fn write_loop(
 /// Sends every entry changed after `sent`, up to the index's sequence number when called, in
 /// frames of bounded size; returns the new mark. Entries are encoded under the lock a batch at
 /// a time and written without it.
-fn announce(model: &Model, w: &mut FrameWriter, sent: u64) -> Result<u64> {
+fn announce(model: &Model, w: &mut FrameWriter<'_>, sent: u64) -> Result<u64> {
     // Walks only what changed: entries in memory by number, then those of the base file by
     // path (the base holds numbers past `sent` only after it was rewritten). An entry changed
     // during the pass gets a new number past `top`, and the change queued another announce: it
@@ -752,7 +885,7 @@ mod tests {
             };
             let mut r = FrameReader::new(trickle, Pool::default());
             for m in &msgs {
-                let body = r.body(wire::MAX_FRAME).unwrap();
+                let (body, _) = r.body(wire::MAX_FRAME).unwrap();
                 assert_eq!(&open_and_decode(body, None).unwrap(), m);
             }
             let end = r.body(wire::MAX_FRAME).unwrap_err();

@@ -9,13 +9,13 @@ use crate::index::Index;
 use crate::model::{DialInfo, Model, Out};
 use crate::names::STATE_DIR;
 use crate::{scanner, signal, status};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SCAN_EVERY: Duration = Duration::from_millis(300);
@@ -29,7 +29,16 @@ const SETTLE: Duration = Duration::from_millis(30);
 /// fdatasync, so a kill -9 leaves the index at most this far behind the files).
 const SAVE_EVERY: Duration = Duration::from_millis(250);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// Connections past their handshake, in all.
 const MAX_CONNECTIONS: usize = 64;
+/// Of them, kept for the listed peers' addresses: others (--allow) never take these.
+const RESERVED_FOR_LISTED: usize = 8;
+/// Connections in their handshake from one address (each lasts 10 s at most), and from a listed
+/// peer's address (some peers may share one, behind a NAT).
+const MAX_HANDSHAKES_PER_ADDR: usize = 4;
+const MAX_HANDSHAKES_PER_LISTED_ADDR: usize = 16;
+/// Connections in their handshake from addresses other than the listed peers', in all.
+const MAX_HANDSHAKES: usize = 16;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const TEMP_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
 /// Tombstones live this long: a peer offline for less still learns of the deletion.
@@ -88,6 +97,7 @@ fn open_index(state: &Path, device: u64) -> Index {
 pub fn run(opts: &Options) -> Result<i32> {
     // First: `left status` may signal us as soon as a status file names our pid.
     signal::install();
+    crate::limits::fewer_arenas();
     let files = crate::limits::raise();
     debug!("open files allowed: {files}");
     debug!("MD5s side by side: {}", crate::md5x::describe());
@@ -314,53 +324,129 @@ fn once_pending(model: &Model) -> Option<String> {
     None
 }
 
-/// Whether a connection from `ip` may proceed: one of the peers' addresses (names resolved
-/// now), or allowed with --allow.
-fn allowed(opts: &Options, ip: IpAddr) -> bool {
-    let ip = ip.to_canonical();
-    opts.allow.iter().any(|a| match a {
-        Allow::Any => true,
-        Allow::Ip(x) => x.to_canonical() == ip,
-    }) || opts.peers.iter().any(|p| {
-        (p.host.as_str(), p.port)
-            .to_socket_addrs()
-            .is_ok_and(|mut addrs| addrs.any(|a| a.ip().to_canonical() == ip))
-    })
+/// Where a connection comes from, as far as admission goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// One of the listed peers' addresses (as their dialers last resolved them).
+    Listed,
+    /// Allowed by --allow only.
+    Allowed,
+    Refused,
 }
 
-fn accept_loop(model: &Arc<Model>, opts: &Options, listener: TcpListener) {
-    let active = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        let Ok(from) = stream.peer_addr() else {
-            continue;
-        };
-        if !allowed(opts, from.ip()) {
-            info!("refused a connection from {from}: not a listed peer (see --allow)");
-            continue;
-        }
-        if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-            debug!("refused a connection: too many open");
-            continue;
-        }
-        active.fetch_add(1, Ordering::Relaxed);
-        let (m, a) = (model.clone(), active.clone());
-        std::thread::spawn(move || {
-            let peer = stream
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            if let Err(e) = serve_connection(&m, stream, false) {
-                info!("connection from {peer} ended: {e}");
-            }
-            a.fetch_sub(1, Ordering::Relaxed);
-        });
+/// Whether a connection from `ip` may proceed: one of the listed peers' addresses, or allowed
+/// with --allow. Host names are never resolved here (a slow resolver would stall every accept):
+/// the dialers resolve them and keep the addresses in the model.
+fn source(model: &Model, opts: &Options, ip: IpAddr) -> Source {
+    let ip = ip.to_canonical();
+    let listed = model
+        .lock()
+        .dialers
+        .values()
+        .any(|d| d.addrs.iter().any(|a| a.ip().to_canonical() == ip));
+    if listed {
+        return Source::Listed;
+    }
+    let allowed = opts.allow.iter().any(|a| match a {
+        Allow::Any => true,
+        Allow::Ip(x) => x.to_canonical() == ip,
+    });
+    if allowed {
+        Source::Allowed
+    } else {
+        Source::Refused
     }
 }
 
-fn serve_connection(model: &Arc<Model>, mut stream: TcpStream, dialed: bool) -> Result<()> {
-    let hs = conn::handshake(&mut stream, model)?;
-    conn::run(model, stream, hs, dialed)
+/// Accepted connections: those still in their handshake, by source address, and those past it.
+#[derive(Default)]
+struct Slots {
+    handshaking: HashMap<IpAddr, usize>,
+    /// Handshakes from addresses that are not listed peers', in all.
+    strangers: usize,
+    /// Connections past their handshake.
+    active: usize,
+    /// Of them, from addresses that are not listed peers'.
+    active_strangers: usize,
+}
+
+/// Takes a handshake slot for a connection from `ip`, if one is free.
+fn admit(slots: &Mutex<Slots>, ip: IpAddr, src: Source) -> bool {
+    let mut g = slots.lock().unwrap_or_else(|p| p.into_inner());
+    let n = g.handshaking.get(&ip).copied().unwrap_or(0);
+    let (per_addr, stranger) = match src {
+        Source::Listed => (MAX_HANDSHAKES_PER_LISTED_ADDR, false),
+        _ => (MAX_HANDSHAKES_PER_ADDR, true),
+    };
+    if n >= per_addr || (stranger && g.strangers >= MAX_HANDSHAKES) {
+        return false;
+    }
+    *g.handshaking.entry(ip).or_default() += 1;
+    if src != Source::Listed {
+        g.strangers += 1;
+    }
+    true
+}
+
+/// Gives back a handshake slot; with `done`, takes a connection slot instead, if one is free.
+fn handshake_over(slots: &Mutex<Slots>, ip: IpAddr, src: Source, done: bool) -> bool {
+    let mut g = slots.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = g.handshaking.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            g.handshaking.remove(&ip);
+        }
+    }
+    let stranger = src != Source::Listed;
+    if stranger {
+        g.strangers -= 1;
+    }
+    // Strangers never take the last few slots: a listed peer always finds one.
+    let full = g.active >= MAX_CONNECTIONS
+        || (stranger && g.active_strangers >= MAX_CONNECTIONS - RESERVED_FOR_LISTED);
+    if !done || full {
+        return false;
+    }
+    g.active += 1;
+    g.active_strangers += usize::from(stranger);
+    true
+}
+
+fn accept_loop(model: &Arc<Model>, opts: &Options, listener: TcpListener) {
+    let slots = Arc::new(Mutex::new(Slots::default()));
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let Ok(from) = stream.peer_addr() else {
+            continue;
+        };
+        let ip = from.ip().to_canonical();
+        let src = source(model, opts, ip);
+        if src == Source::Refused {
+            info!("refused a connection from {from}: not a listed peer (see --allow)");
+            continue;
+        }
+        if !admit(&slots, ip, src) {
+            debug!("refused a connection from {from}: too many handshakes from there");
+            continue;
+        }
+        let (m, slots) = (model.clone(), slots.clone());
+        std::thread::spawn(move || {
+            let hs = conn::handshake(&mut stream, &m, false);
+            if !handshake_over(&slots, ip, src, hs.is_ok()) {
+                match hs {
+                    Err(e) => info!("connection from {from} ended: {e}"),
+                    Ok(_) => info!("refused a connection from {from}: too many open"),
+                }
+                return;
+            }
+            if let Err(e) = hs.and_then(|hs| conn::run(&m, stream, hs, false)) {
+                info!("connection from {from} ended: {e}");
+            }
+            let mut g = slots.lock().unwrap_or_else(|p| p.into_inner());
+            g.active -= 1;
+            g.active_strangers -= usize::from(src != Source::Listed);
+        });
+    }
 }
 
 /// Keeps a connection to one peer, retrying quietly with backoff while it is unreachable.
@@ -385,7 +471,11 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr) {
         };
         let connected = {
             let mut g = model.lock();
-            if let Some(d) = g.dialers.get_mut(&peer.to_string()) {
+            // The accept thread admits connections by these addresses: a failed lookup keeps
+            // the last ones known.
+            if let Some(d) = g.dialers.get_mut(&peer.to_string())
+                && !addrs.is_empty()
+            {
                 d.addrs = addrs.clone();
             }
             g.peers
@@ -416,7 +506,7 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr) {
             ok.ok_or(last)
         };
         match stream {
-            Ok(mut s) => match conn::handshake(&mut s, model) {
+            Ok(mut s) => match conn::handshake(&mut s, model, true) {
                 Ok(hs) => {
                     let dev = hs.device;
                     known = Some(dev);

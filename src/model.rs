@@ -193,6 +193,8 @@ pub struct Model {
     pub watch_fd: std::sync::atomic::AtomicI32,
     /// Entries of files about to be installed, logged ahead ([`crate::intents`]).
     pub installs: Mutex<crate::intents::Log>,
+    /// What the needs of all connections take together, in memory and on disk.
+    pub needs_budget: std::sync::Arc<crate::needs::Budget>,
 }
 
 impl Model {
@@ -224,6 +226,7 @@ impl Model {
             saving: Mutex::new(()),
             installs: Mutex::new(installs),
             watch_fd: std::sync::atomic::AtomicI32::new(-1),
+            needs_budget: Default::default(),
         }
     }
 
@@ -289,7 +292,11 @@ impl Model {
 
     /// An empty set of needs for a new connection.
     pub fn new_needs(&self) -> Needs {
-        Needs::new(self.root.join(crate::names::STATE_DIR), self.max_pending)
+        Needs::new(
+            self.root.join(crate::names::STATE_DIR),
+            self.max_pending,
+            self.needs_budget.clone(),
+        )
     }
 
     /// Locks the state. A poisoned lock (a thread panicked holding it) cannot happen with
@@ -349,9 +356,24 @@ impl Model {
             return Ok(());
         }
         let local = st.index.get(&r.path);
+        // A version that would leave no room for this device (a later change here adds it) is
+        // not taken, nor merged into ours: every vector we hold and send stays one our peers
+        // and our index accept. Such an entry is kept as ours, like an older one.
+        let me = st.index.device;
+        let fits = |v: &crate::version::Version| {
+            v.fits_with(me) || {
+                info!(
+                    "{}: not taken: its version would name more than {} devices",
+                    r.path,
+                    crate::version::MAX_DEVICES
+                );
+                false
+            }
+        };
         let take = match decide(local.as_deref(), &r) {
             Decision::Keep => false,
-            Decision::Take { .. } => true,
+            Decision::Take { .. } => fits(&r.version),
+            Decision::Merge(m) if !fits(&m.version) => false,
             Decision::Merge(mut m) => {
                 // Same content: take over the winner's metadata where it is the peer's.
                 let differs = local.is_some_and(|l| {

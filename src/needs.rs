@@ -7,6 +7,11 @@
 //! the rest, so entries are taken in the order the peer made them (a folder's content before its
 //! deletion). The file is unlinked as soon as it is made: it goes away with the connection, or
 //! with the process, whatever ends it.
+//!
+//! The bounds hold for all connections together ([`Budget`]): what their entries take in memory
+//! (everything an entry holds: name, block hashes, version vector) and in the waiting files. A
+//! connection may always hold a little of each, so a peer that never serves a block cannot keep
+//! another out.
 
 use crate::error::{Context, Error, Result};
 use crate::index::Entry;
@@ -15,6 +20,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Entries kept in memory per connection unless told otherwise (`--max-pending`): about 0.5 MiB
 /// for small files.
@@ -22,10 +29,40 @@ pub const DEFAULT_IN_MEMORY: usize = 2048;
 /// Bytes of entries kept in memory per entry of the bound: an entry of a large file holds a
 /// hash per block (128 KiB for a 500 MiB file), so the bound is in bytes too: 4 MiB by default.
 const BYTES_PER_ENTRY: usize = 2048;
-/// The waiting file is written in pieces of this size.
-const WRITE_CHUNK: usize = 64 << 10;
-/// More than this waiting on disk is refused: a peer cannot fill our disk with announcements.
+/// The waiting file is read in pieces of this size.
+const READ_CHUNK: usize = 64 << 10;
+/// Entries going to the waiting file are gathered up to this size, then written: per connection,
+/// so it is kept small.
+const WRITE_CHUNK: usize = 16 << 10;
+/// More than this waiting on disk, for all connections together, is refused: peers cannot fill
+/// our disk with announcements.
 const MAX_WAITING_BYTES: u64 = 4 << 30;
+/// Bytes of entries any one connection may hold in memory whatever the others hold: enough for
+/// a hundred small files, or one with 1,500 blocks or a long version vector.
+const MEM_FLOOR: usize = 32 << 10;
+/// Bytes any one connection may have waiting on disk whatever the others have.
+const DISK_FLOOR: u64 = 16 << 20;
+
+/// What the needs of all connections take together: entries in memory, and waiting on disk.
+/// Changed only under the model's lock (needs live in its state).
+#[derive(Default, Debug)]
+pub struct Budget {
+    mem: AtomicUsize,
+    disk: AtomicU64,
+}
+
+impl Budget {
+    /// Bytes of entries in memory, all connections together.
+    pub fn in_memory(&self) -> usize {
+        self.mem.load(Ordering::Relaxed)
+    }
+
+    /// Bytes waiting on disk, all connections together.
+    #[cfg(test)]
+    pub fn on_disk(&self) -> u64 {
+        self.disk.load(Ordering::Relaxed)
+    }
+}
 
 /// A peer's entries to take.
 pub struct Needs {
@@ -37,6 +74,11 @@ pub struct Needs {
     folder_deletes: usize,
     /// What the entries in `mem` other than folder deletions take, about ([`cost`]).
     bytes: usize,
+    /// What all entries in `mem` take, charged to the budget.
+    charged: usize,
+    /// Bytes of the waiting file charged to the budget.
+    charged_disk: u64,
+    budget: Arc<Budget>,
     cap: usize,
     /// Where the waiting file is made.
     dir: PathBuf,
@@ -58,12 +100,16 @@ struct Waiting {
 }
 
 impl Needs {
-    /// `cap` entries at most in memory (at least 2); the waiting file is made in `dir`.
-    pub fn new(dir: PathBuf, cap: usize) -> Needs {
+    /// `cap` entries at most in memory (at least 2), and `cap` x 2 KiB of them for all the
+    /// connections sharing `budget`; the waiting file is made in `dir`.
+    pub fn new(dir: PathBuf, cap: usize, budget: Arc<Budget>) -> Needs {
         Needs {
             mem: BTreeMap::new(),
             folder_deletes: 0,
             bytes: 0,
+            charged: 0,
+            charged_disk: 0,
+            budget,
             cap: cap.max(2),
             dir,
             waiting: None,
@@ -89,11 +135,14 @@ impl Needs {
 
     /// Keeps `e` in memory, replacing what it held for the path.
     fn keep(&mut self, e: Entry) {
+        let c = cost(&e);
         if is_folder_delete(&e) {
             self.folder_deletes += 1;
         } else {
-            self.bytes += cost(&e);
+            self.bytes += c;
         }
+        self.charged += c;
+        self.budget.mem.fetch_add(c, Ordering::Relaxed);
         if let Some(old) = self.mem.insert(e.path.clone(), e) {
             self.forget(&old);
         }
@@ -101,16 +150,35 @@ impl Needs {
 
     /// Takes an entry that left `mem` out of the counts.
     fn forget(&mut self, e: &Entry) {
+        let c = cost(e);
         if is_folder_delete(e) {
             self.folder_deletes -= 1;
         } else {
-            self.bytes -= cost(e);
+            self.bytes -= c;
         }
+        self.charged -= c;
+        self.budget.mem.fetch_sub(c, Ordering::Relaxed);
     }
 
-    /// Whether memory has room for more entries (folder deletions aside).
-    fn room(&self) -> bool {
-        self.mem.len() < self.cap && self.bytes < self.cap * BYTES_PER_ENTRY
+    /// Bytes of entries all connections may hold in memory together (beyond their floors).
+    fn mem_max(&self) -> usize {
+        self.cap * BYTES_PER_ENTRY
+    }
+
+    /// Whether the budget has room for `more` bytes of this connection's: within its floor, or
+    /// within what all connections may hold together; or, for a connection holding nothing,
+    /// one entry however large while all hold less than half of that (so one of a huge file
+    /// always gets its turn, and only one such goes past the bound at a time).
+    fn budget_room(&self, more: usize) -> bool {
+        let (all, max) = (self.budget.in_memory(), self.mem_max());
+        self.charged + more <= MEM_FLOOR
+            || all + more <= max
+            || (self.charged == 0 && all <= max / 2)
+    }
+
+    /// Whether memory has room for `e` (folder deletions aside).
+    fn room(&self, e: &Entry) -> bool {
+        self.mem.len() < self.cap && self.bytes < self.mem_max() && self.budget_room(cost(e))
     }
 
     /// Whether entries wait on disk (a folder's deletion waits for them: they may be inside).
@@ -155,7 +223,7 @@ impl Needs {
     /// Adds an entry the peer announced: into memory if it replaces one there, or if there is
     /// room and nothing waits; else at the end of the waiting file.
     pub fn add(&mut self, e: Entry) -> Result<()> {
-        if self.mem.contains_key(&e.path) || (self.waiting.is_none() && self.room()) {
+        if self.mem.contains_key(&e.path) || (self.waiting.is_none() && self.room(&e)) {
             self.keep(e);
             return Ok(());
         }
@@ -180,8 +248,13 @@ impl Needs {
         w.buf = x.0;
         w.files += 1;
         w.bytes += e.size;
-        if w.write + w.buf.len() as u64 > MAX_WAITING_BYTES {
-            return Err(Error::protocol("peer announced too many entries to take"));
+        let n = n as u64 + 4;
+        self.charged_disk += n;
+        let all = self.budget.disk.fetch_add(n, Ordering::Relaxed) + n;
+        if self.charged_disk > DISK_FLOOR && all > MAX_WAITING_BYTES {
+            return Err(Error::protocol(
+                "peers announced too many entries to take (the waiting files are full)",
+            ));
         }
         if w.buf.len() >= WRITE_CHUNK {
             w.flush()?;
@@ -194,23 +267,31 @@ impl Needs {
     /// and those still needed given to [`Needs::restore`].
     pub fn refill(&mut self) -> Result<Vec<Entry>> {
         let room = self.refill_room();
-        let budget = self.cap * BYTES_PER_ENTRY;
+        let budget = self.mem_max();
         let mut bytes = self.bytes;
+        // What may come back within the budget of all connections: at least this connection's
+        // floor, and never past half of what all may hold (the rest is for what arrives).
+        let (charged, all) = (self.charged, self.budget.in_memory());
+        let mut taken = 0usize;
+        let free = MEM_FLOOR
+            .saturating_sub(charged)
+            .max((budget / 2).saturating_sub(all));
         let Some(w) = &mut self.waiting else {
             return Ok(Vec::new());
         };
-        if room < self.cap / 2 || bytes > budget / 2 {
+        if room < self.cap / 2 || bytes > budget / 2 || free == 0 {
             return Ok(Vec::new());
         }
         w.flush()?;
         let mut out = Vec::new();
         let mut chunk = Vec::new();
-        while out.len() < room && bytes < budget && w.read < w.write {
+        let mut full = false;
+        while !full && out.len() < room && bytes < budget && taken < free && w.read < w.write {
             // A chunk of whole records, or one record larger than a chunk.
-            chunk.resize(WRITE_CHUNK.min((w.write - w.read) as usize), 0);
+            chunk.resize(READ_CHUNK.min((w.write - w.read) as usize), 0);
             w.file.read_exact_at(&mut chunk, w.read).at(&w.path)?;
             let mut used = 0;
-            while out.len() < room && bytes < budget {
+            while out.len() < room && bytes < budget && taken < free {
                 let rest = &chunk[used..];
                 let Some(len) = rest.get(..4) else { break };
                 let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
@@ -230,20 +311,29 @@ impl Needs {
                 let e = wire::get_entry(&mut d)
                     .and_then(|e| d.end().map(|_| e))
                     .map_err(|e| e.at(&w.path))?;
+                let c = cost(&e);
+                // One larger than what is free waits, unless it is the first and the budget has
+                // room for it ([`Needs::budget_room`]).
+                let first = taken == 0 && charged == 0 && (all + c <= budget || all <= budget / 2);
+                if taken + c > free && !first {
+                    full = true;
+                    break;
+                }
                 used += 4 + n;
-                bytes += cost(&e);
+                bytes += c;
+                taken += c;
                 w.files = w.files.saturating_sub(1);
                 w.bytes = w.bytes.saturating_sub(e.size);
                 out.push(e);
             }
-            if used == 0 {
+            if used == 0 && !full {
                 // Not even a record's length before the end: only a damaged file ends so.
                 return Err(Error::msg("damaged record").at(&w.path));
             }
             w.read += used as u64;
         }
         if w.read == w.write {
-            self.waiting = None;
+            self.drop_waiting();
         }
         Ok(out)
     }
@@ -262,9 +352,35 @@ impl Needs {
     }
 }
 
-/// About what an entry takes in memory.
+impl Needs {
+    /// Closes the waiting file (unlinked: its space goes with it) and gives back its budget.
+    fn drop_waiting(&mut self) {
+        self.waiting = None;
+        self.budget
+            .disk
+            .fetch_sub(self.charged_disk, Ordering::Relaxed);
+        self.charged_disk = 0;
+    }
+}
+
+impl Drop for Needs {
+    fn drop(&mut self) {
+        self.drop_waiting();
+        self.budget.mem.fetch_sub(self.charged, Ordering::Relaxed);
+    }
+}
+
+/// What an entry takes in memory, everything it holds counted: the entry itself, its name (twice:
+/// it is also the key of the map holding it) and the map's node, its block hashes and their
+/// XXH64s, and its version vector.
 fn cost(e: &Entry) -> usize {
-    std::mem::size_of::<Entry>() + e.path.len() + 16 * e.blocks.len() + 8 * e.fast.len()
+    std::mem::size_of::<Entry>()
+        + std::mem::size_of::<String>()
+        + 64
+        + 2 * e.path.len()
+        + 16 * e.blocks.len()
+        + 8 * e.fast.len()
+        + 16 * e.version.pairs().len()
 }
 
 fn is_folder_delete(e: &Entry) -> bool {
@@ -312,6 +428,8 @@ impl Waiting {
             .at(&self.path)?;
         self.write += self.buf.len() as u64;
         self.buf.clear();
+        // A large entry grew it: it is not kept that large.
+        self.buf.shrink_to(WRITE_CHUNK);
         Ok(())
     }
 }
@@ -359,7 +477,7 @@ mod tests {
     #[test]
     fn beyond_the_bound_entries_wait_on_disk_in_order() {
         let d = dir("order");
-        let mut n = Needs::new(d.clone(), 4);
+        let mut n = Needs::new(d.clone(), 4, Arc::default());
         for i in 0..10 {
             n.add(entry(&format!("f{i}"), 1)).unwrap();
         }
@@ -415,7 +533,7 @@ mod tests {
     #[test]
     fn two_versions_waiting_come_back_newest_last() {
         let d = dir("versions");
-        let mut n = Needs::new(d.clone(), 2);
+        let mut n = Needs::new(d.clone(), 2, Arc::default());
         n.add(entry("a", 1)).unwrap();
         n.add(entry("b", 1)).unwrap();
         // Both versions of f wait, in order; a newer one of b replaces b in memory.
@@ -436,7 +554,7 @@ mod tests {
     fn large_files_entries_are_bounded_by_bytes() {
         let d = dir("bytes");
         // 4 entries, 8 KiB: one entry of a 1000-block file takes 16 KiB of hashes.
-        let mut n = Needs::new(d.clone(), 4);
+        let mut n = Needs::new(d.clone(), 4, Arc::default());
         let big = |p: &str| with_blocks(p, vec![[7u8; 16]; 1000]);
         for p in ["b1", "b2", "b3"] {
             n.add(big(p)).unwrap();
@@ -460,7 +578,7 @@ mod tests {
     #[test]
     fn folder_deletions_wait_but_memory_stays_bounded() {
         let d = dir("folders");
-        let mut n = Needs::new(d.clone(), 4);
+        let mut n = Needs::new(d.clone(), 4, Arc::default());
         let gone = |p: &str| Entry {
             path: p.into(),
             kind: Kind::Dir,
@@ -506,7 +624,7 @@ mod tests {
     #[test]
     fn large_entries_and_folders_come_back_whole() {
         let d = dir("large");
-        let mut n = Needs::new(d.clone(), 2);
+        let mut n = Needs::new(d.clone(), 2, Arc::default());
         n.add(entry("a", 1)).unwrap();
         n.add(entry("b", 1)).unwrap();
         // Over 64 KiB of block hashes: larger than a read chunk.
@@ -539,9 +657,42 @@ mod tests {
     }
 
     #[test]
+    fn the_bound_holds_for_all_connections_together() {
+        let d = dir("budget");
+        let budget: Arc<Budget> = Arc::default();
+        // An entry with a long version vector: counted whole (16 bytes a device).
+        let long = |p: &str| Entry {
+            version: Version::from_pairs((1..=1000).map(|d| (d, 1)).collect()),
+            ..entry(p, 1)
+        };
+        assert!(cost(&long("x")) > 16_000);
+        // Bound: 16 entries, 32 KiB for all connections together.
+        let mut a = Needs::new(d.clone(), 16, budget.clone());
+        let mut b = Needs::new(d.clone(), 16, budget.clone());
+        for i in 0..8 {
+            a.add(long(&format!("a{i}"))).unwrap();
+            b.add(long(&format!("b{i}"))).unwrap();
+        }
+        // Each keeps what its floor allows, no more: the rest waits on disk.
+        let floor = MEM_FLOOR / cost(&long("x"));
+        assert_eq!((a.mem().len(), b.mem().len()), (floor, floor));
+        assert_eq!(budget.in_memory(), a.charged + b.charged);
+        assert!(budget.in_memory() <= 2 * MEM_FLOOR);
+        assert!(budget.on_disk() > 0);
+        // What one gives back is the other's to use; dropping a connection gives back all.
+        let disk_b = b.charged_disk;
+        drop(a);
+        assert_eq!(budget.in_memory(), b.charged);
+        assert_eq!(budget.on_disk(), disk_b);
+        drop(b);
+        assert_eq!((budget.in_memory(), budget.on_disk()), (0, 0));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn a_damaged_waiting_file_is_an_error() {
         let d = dir("damaged");
-        let mut n = Needs::new(d.clone(), 2);
+        let mut n = Needs::new(d.clone(), 2, Arc::default());
         for i in 0..6 {
             n.add(entry(&format!("f{i}"), 1)).unwrap();
         }

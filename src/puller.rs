@@ -578,7 +578,7 @@ pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
                     .cur
                     .as_ref()
                     .map_or(e.version.clone(), |c| c.version.merged(&e.version));
-                if merged.pairs().len() >= crate::wire::MAX_VERSION_PAIRS {
+                if !merged.fits_with(device) {
                     return Err(Error::msg("a folder holding files is in the way").at(&e.path));
                 }
                 let name = keep_aside(

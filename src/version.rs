@@ -15,6 +15,12 @@ pub enum Order {
     Concurrent,
 }
 
+/// Most devices one version vector may name, on the wire and in the index. A device takes a
+/// peer's version (or merges with it) only if the result, with itself added, still fits (see
+/// [`Version::fits_with`]): a later local change adds this device, and every vector a device
+/// holds or sends must be one its peers and its own index accept.
+pub const MAX_DEVICES: usize = 1024;
+
 /// A version vector, kept sorted by device id with no zero counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Version(Vec<(u64, u64)>);
@@ -36,6 +42,13 @@ impl Version {
 
     pub fn pairs(&self) -> &[(u64, u64)] {
         &self.0
+    }
+
+    /// Whether this version, with `device` added as a change made there would add it, names
+    /// at most [`MAX_DEVICES`] devices.
+    pub fn fits_with(&self, device: u64) -> bool {
+        let add = self.0.binary_search_by_key(&device, |p| p.0).is_err();
+        self.0.len() + usize::from(add) <= MAX_DEVICES
     }
 
     #[cfg(test)]
@@ -133,6 +146,18 @@ mod tests {
             Order::Concurrent
         );
         assert_eq!(v(&[(2, 0), (1, 1)]), v(&[(1, 1)]));
+    }
+
+    #[test]
+    fn room_for_this_device() {
+        let full: Vec<(u64, u64)> = (1..=MAX_DEVICES as u64).map(|d| (d, 1)).collect();
+        let v = Version::from_pairs(full.clone());
+        // Full, naming this device: a change here keeps the length; not naming it: no room.
+        assert!(v.fits_with(1) && v.fits_with(MAX_DEVICES as u64));
+        assert!(!v.fits_with(0) && !v.fits_with(MAX_DEVICES as u64 + 1));
+        let one_less = Version::from_pairs(full[1..].to_vec());
+        assert!(one_less.fits_with(1) && one_less.fits_with(7_777));
+        assert!(one_less.bumped(7_777).pairs().len() == MAX_DEVICES);
     }
 
     #[test]

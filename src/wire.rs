@@ -19,7 +19,7 @@ pub const INDEX_BATCH: usize = 256 << 10;
 /// connection is a protocol error.
 pub const MAX_REQUESTS: usize = 256;
 /// Most devices one version vector may name.
-pub const MAX_VERSION_PAIRS: usize = 1024;
+pub const MAX_VERSION_PAIRS: usize = crate::version::MAX_DEVICES;
 
 const T_HELLO: u8 = 1;
 const T_INDEX: u8 = 2;
@@ -100,7 +100,7 @@ pub enum Msg {
         seq: u64,
     },
     Ping,
-    /// Proof of the shared key: HMAC over both nonces and the sender's device id.
+    /// Proof of the shared key: HMAC over both hellos and the sender's role ([`crate::auth::Transcript`]).
     Auth {
         proof: Hash,
     },
@@ -357,6 +357,25 @@ pub fn index_frame(seq: u64, count: u32, entries: &[u8]) -> Vec<u8> {
     e.0
 }
 
+/// The id of a Request or SubHashes frame (whole, length prefix included) and the most data
+/// its answer may hold: the range asked for, or its sub-block hashes; None for other frames.
+pub fn request_of(frame: &[u8]) -> Option<(u32, usize)> {
+    let t = *frame.get(4)?;
+    if t != T_REQUEST && t != T_SUB_HASHES {
+        return None;
+    }
+    let mut d = Dec::new(frame.get(5..)?);
+    let id = d.u32().ok()?;
+    let n = d.u16().ok()? as usize;
+    d.take(n).ok()?;
+    d.u64().ok()?;
+    let len = d.u32().ok()? as usize;
+    Some(match t {
+        T_REQUEST => (id, len),
+        _ => (id, len.div_ceil(SUB_BLOCK) * crate::delta::SUB_HASH_BYTES),
+    })
+}
+
 /// Checks a frame header (the 4 length bytes) and returns the body length to read.
 pub fn frame_len(header: [u8; 4]) -> Result<usize> {
     let n = u32::from_be_bytes(header) as usize;
@@ -591,6 +610,27 @@ mod tests {
     }
 
     #[test]
+    fn a_request_frame_tells_its_id_and_the_answer_s_size() {
+        for m in all_msgs() {
+            let want = match &m {
+                Msg::Request(r) => Some((r.id, r.len as usize)),
+                Msg::SubHashes(r) => Some((r.id, r.len as usize / SUB_BLOCK * 12)),
+                _ => None,
+            };
+            assert_eq!(request_of(&encode(&m)), want, "{m:?}");
+        }
+        // Sub-block hashes of a range shorter than a sub-block: one, larger than the range.
+        let tiny = Request {
+            id: 5,
+            path: "t".into(),
+            offset: 0,
+            len: 8,
+            hash: [1; 16],
+        };
+        assert_eq!(request_of(&encode(&Msg::SubHashes(tiny))), Some((5, 12)));
+    }
+
+    #[test]
     fn oversized_and_empty_frames_are_rejected() {
         assert!(frame_len(((MAX_FRAME + 1) as u32).to_be_bytes()).is_err());
         assert!(frame_len(u32::MAX.to_be_bytes()).is_err());
@@ -675,11 +715,15 @@ mod fuzz {
     }
 
     fn seeds() -> Vec<Vec<u8>> {
+        let blocks = [[1; 16], [2; 16], [3; 16], [4; 16]];
         let big = Entry {
             path: "a/b/c.bin".into(),
             size: 3 * 65536 + 1,
             block_size: 65536,
-            blocks: vec![[1; 16], [2; 16], [3; 16], [4; 16]].into(),
+            blocks: blocks.to_vec().into(),
+            // Checked on arrival: without it the Index seed never decodes, and no mutated Index
+            // frame reaches the round trip.
+            file_hash: crate::hash::list_hash(&blocks),
             version: Version::from_pairs(vec![(1, 1), (2, 7)]),
             ..Entry::default()
         };
@@ -782,6 +826,10 @@ mod fuzz {
             .and_then(|v| v.parse().ok())
             .unwrap_or(5_000);
         let seeds = seeds();
+        // Every seed decodes: a mutation of one that does not only ever tests the first check.
+        for s in &seeds {
+            assert!(decode_stream(s).is_ok(), "a seed does not decode: {s:?}");
+        }
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let (mut ok, mut err) = (0u64, 0u64);
         for _ in 0..frames {

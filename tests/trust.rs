@@ -233,16 +233,33 @@ fn out_of_order_frames_after_the_hello() {
     let mut w = World::new("out-of-order", &[]);
     let listed = free_port(); // what the fake peers claim to listen on (nothing does)
 
-    // A Response nobody asked for, an InSync and IndexDone claiming huge sequence numbers, a
-    // frame of an unknown type: harmless, the connection may stay.
+    // An InSync and IndexDone claiming huge sequence numbers, a frame of an unknown type:
+    // harmless, the connection stays.
     let f = FakePeer::connect(w.b.port, next_dev(), listed);
-    assert!(f.send(&wire::response(4242, 0, &random_bytes(2, 70_000))));
-    assert!(f.send(&wire::response(1, 0, b"a guess at the first request id")));
     assert!(f.send(&wire::seq_frame(wire::T_IN_SYNC, u64::MAX)));
     assert!(f.send(&wire::seq_frame(wire::T_INDEX_DONE, u64::MAX)));
     assert!(f.send(&wire::frame(99, b"from a future version")));
     assert!(f.send(&wire::frame(wire::T_PING, &[])));
-    w.healthy("unsolicited Response, InSync, IndexDone and an unknown frame type");
+    w.healthy("InSync and IndexDone with huge numbers, and an unknown frame type");
+    assert!(!f.is_closed(), "B dropped a peer for harmless frames");
+    // A Response nobody asked for breaks the protocol: that connection is dropped, and only it
+    // (the harmless peer above stays, and the good pair goes on syncing).
+    for (what, frame) in [
+        (
+            "an unsolicited Response",
+            wire::response(4242, 0, &random_bytes(2, 70_000)),
+        ),
+        (
+            "a Response guessing the first request id",
+            wire::response(1, 0, b"a guess at the first request id"),
+        ),
+    ] {
+        let g = FakePeer::connect(w.b.port, next_dev(), listed);
+        assert!(g.send(&frame), "{what}: could not send");
+        assert!(g.wait_closed(DROP), "{what}: B kept the connection open");
+        w.healthy(what);
+        assert!(!f.is_closed(), "{what}: B dropped another peer too");
+    }
     drop(f);
 
     // A second Hello, and an Auth frame, after the handshake: dropped.

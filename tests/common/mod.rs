@@ -650,7 +650,7 @@ impl Peer {
         Peer::start_via(t, name, &dir, port, &prefix, &peer_args(&dir, port, peers))
     }
 
-    fn start_via(
+    pub fn start_via(
         t: &TestDir,
         name: &str,
         dir: &Path,
@@ -1128,6 +1128,47 @@ pub fn connect(port: u16) -> std::net::TcpStream {
     s
 }
 
+/// Connects to 127.0.0.1:`port` from the local address `from` (any of 127.0.0.0/8 on Linux):
+/// std cannot bind before connecting, so the socket calls are declared here by hand.
+pub fn connect_from(from: std::net::Ipv4Addr, port: u16) -> io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    #[repr(C)]
+    struct SockaddrIn {
+        family: u16,
+        port: [u8; 2],
+        addr: [u8; 4],
+        zero: [u8; 8],
+    }
+    unsafe extern "C" {
+        fn socket(domain: i32, ty: i32, protocol: i32) -> i32;
+        fn bind(fd: i32, addr: *const SockaddrIn, len: u32) -> i32;
+        fn connect(fd: i32, addr: *const SockaddrIn, len: u32) -> i32;
+        fn close(fd: i32) -> i32;
+    }
+    let sa = |ip: std::net::Ipv4Addr, port: u16| SockaddrIn {
+        family: 2, // AF_INET
+        port: port.to_be_bytes(),
+        addr: ip.octets(),
+        zero: [0; 8],
+    };
+    let len = std::mem::size_of::<SockaddrIn>() as u32;
+    // SAFETY: plain socket calls on a descriptor owned here; addresses live across the calls.
+    unsafe {
+        let fd = socket(2, 1 | 0o2000000, 0); // SOCK_STREAM | SOCK_CLOEXEC
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let src = sa(from, 0);
+        let dst = sa(std::net::Ipv4Addr::LOCALHOST, port);
+        if bind(fd, &src, len) != 0 || connect(fd, &dst, len) != 0 {
+            let e = io::Error::last_os_error();
+            close(fd);
+            return Err(e);
+        }
+        Ok(std::net::TcpStream::from_raw_fd(fd))
+    }
+}
+
 /// Reads until the other side closes (or resets) the connection, for at most `timeout`.
 /// Returns the bytes read before the close, or None if it stayed open.
 pub fn wait_closed(s: &mut std::net::TcpStream, timeout: Duration) -> Option<Vec<u8>> {
@@ -1167,6 +1208,8 @@ pub struct FakePeer {
     pub closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     mute: std::sync::Arc<std::sync::atomic::AtomicBool>,
     files: std::sync::Arc<Mutex<std::collections::HashMap<String, Vec<u8>>>>,
+    /// Held while a frame is written: the test's frames and the thread's answers never mix.
+    writing: std::sync::Arc<Mutex<()>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -1193,6 +1236,8 @@ impl FakePeer {
         let files: std::sync::Arc<Mutex<std::collections::HashMap<String, Vec<u8>>>> =
             std::sync::Arc::new(Mutex::new(std::collections::HashMap::new()));
         let mute = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writing = std::sync::Arc::new(Mutex::new(()));
+        let wr = writing.clone();
         let (rq, fr, cl, fl, mu) = (
             requests.clone(),
             frames.clone(),
@@ -1258,6 +1303,7 @@ impl FakePeer {
                     }
                     _ => continue,
                 };
+                let _one = wr.lock().unwrap_or_else(|p| p.into_inner());
                 if w.write_all(&reply).is_err() {
                     break;
                 }
@@ -1273,6 +1319,7 @@ impl FakePeer {
             closed,
             mute,
             files,
+            writing,
             handle: Some(handle),
         }
     }
@@ -1289,6 +1336,7 @@ impl FakePeer {
 
     /// Sends raw bytes; false if the connection is gone.
     pub fn send(&self, bytes: &[u8]) -> bool {
+        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         (&self.stream).write_all(bytes).is_ok()
     }
 
