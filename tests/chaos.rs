@@ -594,7 +594,7 @@ fn snapshot(root: &Path) -> io::Result<Snap> {
                     path,
                     Node::File {
                         mode,
-                        mtime: md.mtime(),
+                        mtime: if compare_mtimes() { md.mtime() } else { 0 },
                         data,
                     },
                 );
@@ -602,6 +602,14 @@ fn snapshot(root: &Path) -> io::Result<Snap> {
         }
     }
     Ok(snap)
+}
+
+/// Whether convergence includes file mtimes (LEFT_CHAOS_MTIME=1). Off by default: the brief's
+/// convergence is names, types, contents and modes, and `left` does not propagate a change of
+/// mtime alone (`touch -d`: same content, no new version), so shares may keep different mtimes.
+fn compare_mtimes() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| env_u64("LEFT_CHAOS_MTIME", 0) == 1)
 }
 
 /// The first difference between two snapshots.
@@ -1005,7 +1013,8 @@ impl World {
                         Ok(format!("{what}{tok}{}", if weak { " (weak)" } else { "" }))
                     }
                     None => {
-                        self.m.supersede(p, path, false, true);
+                        let empty = fs::metadata(&abs).is_ok_and(|m| m.len() == 0);
+                        self.m.supersede(p, path, false, empty);
                         Ok(what + "empty")
                     }
                 }
@@ -1174,7 +1183,7 @@ impl World {
                     Kind::File => {
                         let before = read_token(&abs);
                         fs::set_permissions(&abs, fs::Permissions::from_mode(*mode))?;
-                        self.reassert(id, p, path, before)
+                        self.reassert(id, p, path, before, true)
                     }
                 }
             }
@@ -1188,7 +1197,7 @@ impl World {
                 let f = OpenOptions::new().write(true).open(&abs)?;
                 f.set_modified(UNIX_EPOCH + Duration::from_secs(*secs as u64))?;
                 drop(f);
-                self.reassert(id, p, path, before)
+                self.reassert(id, p, path, before, false)
             }
             Op::Stop(p) => {
                 let p = *p;
@@ -1245,13 +1254,19 @@ impl World {
         p: usize,
         path: &str,
         before: Option<String>,
+        edit: bool,
     ) -> io::Result<String> {
         let after = read_token(&self.root(p).join(path));
         let Some(tok) = after.clone() else {
             return Ok("no token".into());
         };
-        let weak = before != after;
-        self.m.supersede(p, path, false, !weak);
+        // A touch (mtime only) is not taken as an edit: `left` makes no new version when only
+        // the mtime changed (the content hash is the same), so it must not be required to beat
+        // a deletion, nor to replace anything; it is only allowed to be seen (weak).
+        let weak = before != after || !edit;
+        if edit {
+            self.m.supersede(p, path, false, !weak);
+        }
         self.m.write(id, p, path, &tok, weak);
         Ok(format!("{tok}{}", if weak { " (weak)" } else { "" }))
     }
@@ -1528,6 +1543,15 @@ impl World {
                         format!("conflict copy {path} holds {tok}, never written at {base}"),
                     ));
                 }
+            }
+            // Two copies of one content are a duplicate only if that content was written once
+            // and never re-asserted (chmod, touch) or moved: then both come from one version.
+            // (Two versions with the same content, e.g. a chmod on each side, may each lose a
+            // conflict and each get a copy of their own.)
+            let once = token_of(data)
+                .is_some_and(|tok| self.m.ev.iter().filter(|e| e.token == tok).count() == 1);
+            if !once {
+                continue;
             }
             if let Some(other) = copies.insert(data.as_slice(), path) {
                 return Err(fail(
