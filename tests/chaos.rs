@@ -604,6 +604,13 @@ fn snapshot(root: &Path) -> io::Result<Snap> {
     Ok(snap)
 }
 
+/// Whether the harness makes type changes (LEFT_CHAOS_TYPES=0: a name in FILES stays a file and
+/// one in DIRS a folder, to look for other bugs while type changes are broken).
+fn type_changes() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| env_u64("LEFT_CHAOS_TYPES", 1) == 1)
+}
+
 /// Whether convergence includes file mtimes (LEFT_CHAOS_MTIME=1). Off by default: the brief's
 /// convergence is names, types, contents and modes, and `left` does not propagate a change of
 /// mtime alone (`touch -d`: same content, no new version), so shares may keep different mtimes.
@@ -980,6 +987,18 @@ impl World {
 
     fn apply_op(&mut self, st: &Step) -> io::Result<String> {
         let id = st.id;
+        if !type_changes() {
+            let (f, d) = (|x: &str| FILES.contains(&x), |x: &str| DIRS.contains(&x));
+            let skip = match &st.op {
+                Op::Write { path, .. } => d(path),
+                Op::Mkdir { path, .. } => f(path),
+                Op::Rename { from, to, .. } => !((f(from) && f(to)) || (d(from) && d(to))),
+                _ => false,
+            };
+            if skip {
+                return Ok("skipped: no type changes".into());
+            }
+        }
         match &st.op {
             Op::Write {
                 p,
@@ -1740,6 +1759,20 @@ fn replay(text: &str) {
 fn chaos() {
     if let Ok(file) = std::env::var("LEFT_CHAOS_REPLAY") {
         let text = fs::read_to_string(&file).unwrap();
+        if env_u64("LEFT_CHAOS_SHRINK", 0) == 1 {
+            // Replay, and shrink what fails.
+            let s = Schedule::parse(&text).unwrap();
+            let o = run_schedule(&s, 0);
+            let Some(f) = o.failure else {
+                println!("{file}: passed in {:.1} s", o.took.as_secs_f64());
+                return;
+            };
+            println!("{file}: {}: {}\n{}", f.kind, f.detail, o.report);
+            let budget = Duration::from_secs(env_u64("LEFT_CHAOS_SHRINK_SECS", 600));
+            let small = shrink(&s, &f.kind, budget);
+            println!("shrunk schedule ({}):\n{}", f.kind, small.to_text());
+            return;
+        }
         replay(&text);
         return;
     }
