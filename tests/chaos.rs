@@ -18,7 +18,8 @@
 //! LEFT_CHAOS_SHRINK (1: shrink each distinct failure), LEFT_CHAOS_SHRINK_SECS (time bound per
 //! failure, default 600), LEFT_CHAOS_TIMEOUT (convergence timeout in seconds, default 60),
 //! LEFT_CHAOS_REPLAY (a file holding a schedule text to replay instead of seeds),
-//! LEFT_CHAOS_VERBOSE (1: print every step).
+//! LEFT_CHAOS_VERBOSE (1: print every step), LEFT_CHAOS_SKIP (kinds of operations left out while
+//! a bug is known: `types,dirchmod`), LEFT_CHAOS_MTIME (1: convergence includes file mtimes).
 //!
 //! A schedule prints as text (`Schedule::to_text`) and `replay` runs such a text: a failing seed's
 //! shrunk schedule becomes a `#[test] fn regression_...()`.
@@ -604,11 +605,24 @@ fn snapshot(root: &Path) -> io::Result<Snap> {
     Ok(snap)
 }
 
-/// Whether the harness makes type changes (LEFT_CHAOS_TYPES=0: a name in FILES stays a file and
-/// one in DIRS a folder, to look for other bugs while type changes are broken).
+/// Kinds of operations the harness leaves out, to look for other bugs while one is known:
+/// LEFT_CHAOS_SKIP=types,dirchmod. `types`: a name in FILES stays a file and one in DIRS a
+/// folder (no file<->folder changes); `dirchmod`: no chmod of folders.
+fn skipped(what: &str) -> bool {
+    static SKIP: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    SKIP.get_or_init(|| {
+        std::env::var("LEFT_CHAOS_SKIP")
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect()
+    })
+    .iter()
+    .any(|s| s == what)
+}
+
 fn type_changes() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| env_u64("LEFT_CHAOS_TYPES", 1) == 1)
+    !skipped("types")
 }
 
 /// Whether convergence includes file mtimes (LEFT_CHAOS_MTIME=1). Off by default: the brief's
@@ -1195,6 +1209,7 @@ impl World {
                 let abs = self.root(p).join(path);
                 match self.kind(p, path) {
                     Kind::Missing => Ok("skipped: missing".into()),
+                    Kind::Dir if skipped("dirchmod") => Ok("skipped: no folder chmod".into()),
                     Kind::Dir => {
                         fs::set_permissions(&abs, fs::Permissions::from_mode(*mode))?;
                         Ok("folder".into())
