@@ -633,24 +633,43 @@ fn compare_mtimes() -> bool {
     *ON.get_or_init(|| env_u64("LEFT_CHAOS_MTIME", 0) == 1)
 }
 
-/// The first difference between two snapshots.
-fn snap_diff(a: &Snap, an: &str, b: &Snap, bn: &str) -> Option<String> {
+/// The differences between two snapshots, and their class for the failure's kind: `type` (a
+/// file against a folder), else `mode` (same content, other mode), else `missing`, else
+/// `content`.
+fn snap_diff(a: &Snap, an: &str, b: &Snap, bn: &str) -> Option<(&'static str, String)> {
     let keys: std::collections::BTreeSet<&String> = a.nodes.keys().chain(b.nodes.keys()).collect();
     let mut out = Vec::new();
+    let mut classes = Vec::new();
     for k in keys {
         let (x, y) = (a.nodes.get(k), b.nodes.get(k));
         if x != y {
             let d = |n: Option<&Node>| n.map_or("missing".to_string(), |n| n.describe());
             out.push(format!("{k}: {an} {} / {bn} {}", d(x), d(y)));
+            classes.push(match (x, y) {
+                (None, _) | (_, None) => "missing",
+                (Some(Node::Dir { .. }), Some(Node::File { .. }))
+                | (Some(Node::File { .. }), Some(Node::Dir { .. })) => "type",
+                (Some(Node::Dir { .. }), Some(Node::Dir { .. })) => "mode",
+                (Some(Node::File { data: p, .. }), Some(Node::File { data: q, .. })) => {
+                    if p == q {
+                        "mode"
+                    } else {
+                        "content"
+                    }
+                }
+            });
         }
     }
     if out.is_empty() {
-        None
-    } else {
-        let n = out.len();
-        out.truncate(6);
-        Some(format!("{n} differences: {}", out.join("; ")))
+        return None;
     }
+    let class = ["type", "mode", "missing", "content"]
+        .into_iter()
+        .find(|c| classes.contains(c))
+        .unwrap();
+    let n = out.len();
+    out.truncate(6);
+    Some((class, format!("{n} differences: {}", out.join("; "))))
 }
 
 /// `x.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.ext` -> `x.ext` (repeatedly); None if not a copy.
@@ -1401,6 +1420,7 @@ impl World {
         let start = Instant::now();
         let mut prev: Option<BTreeMap<String, Node>> = None;
         let mut last = String::new();
+        let mut class = "unstable";
         loop {
             self.check_alive()?;
             let snaps: Vec<io::Result<Snap>> =
@@ -1409,10 +1429,11 @@ impl World {
             for (k, s) in snaps.iter().enumerate() {
                 match (s, &snaps[0]) {
                     (Ok(s), Ok(s0)) => {
-                        if let Some(d) =
+                        if let Some((c, d)) =
                             snap_diff(s0, &self.names[members[0]], s, &self.names[members[k]])
                         {
                             last = d;
+                            class = c;
                             same = false;
                             break;
                         }
@@ -1439,7 +1460,7 @@ impl World {
             if start.elapsed() > self.timeout {
                 let names: String = members.iter().map(|&p| letter(p)).collect();
                 return Err(fail(
-                    "convergence",
+                    &format!("convergence-{class}"),
                     format!("{names} did not converge within {:?}: {last}", self.timeout),
                 ));
             }
