@@ -13,7 +13,7 @@
 //! Running it:
 //!   cargo test --release --test chaos -- --nocapture        (a few seeds)
 //!   make chaos SEEDS=200 PEERS=3 TOPO=both                   (hundreds, shrinking failures)
-//! Environment: LEFT_CHAOS_SEEDS (how many, default 2), LEFT_CHAOS_SEED_BASE (first seed),
+//! Environment: LEFT_CHAOS_SEEDS (how many, default 4), LEFT_CHAOS_SEED_BASE (first seed),
 //! LEFT_CHAOS_PEERS (3), LEFT_CHAOS_TOPO (mesh|chain|both; both alternates by seed),
 //! LEFT_CHAOS_SHRINK (1: shrink each distinct failure), LEFT_CHAOS_SHRINK_SECS (time bound per
 //! failure, default 600), LEFT_CHAOS_TIMEOUT (convergence timeout in seconds, default 60),
@@ -399,6 +399,56 @@ fn generate(seed: u64, peers: usize, topo: Topo) -> Schedule {
             } else {
                 below(&mut rng, 100)
             };
+            // Now and then a pattern that random steps rarely line up: a big file written, a
+            // peer frozen while it pulls it, the file replaced under it (deleted, made a folder,
+            // written again), the peer thawed; or a write and a touch to an old time (two losing
+            // versions of one device with one mtime give one conflict copy name).
+            if k >= writes_first && below(&mut rng, 100) < 7 {
+                let x = pick(&mut rng, FILES).to_string();
+                let q = (p + 1 + below(&mut rng, peers as u64 - 1) as usize) % peers;
+                let mut pattern = Vec::new();
+                if below(&mut rng, 3) > 0 && !stopped[q] && !killed[q] {
+                    pattern.push(Op::Write {
+                        p,
+                        path: x.clone(),
+                        size: (1 << 20) + below(&mut rng, 2 << 20),
+                        via_rename: below(&mut rng, 2) == 0,
+                    });
+                    pattern.push(Op::Sleep(2 + below(&mut rng, 40)));
+                    pattern.push(Op::Stop(q));
+                    pattern.push(match below(&mut rng, 3) {
+                        0 => Op::Delete { p, path: x.clone() },
+                        1 => Op::Mkdir { p, path: x.clone() },
+                        _ => Op::Write {
+                            p,
+                            path: x.clone(),
+                            size: file_size(&mut rng),
+                            via_rename: false,
+                        },
+                    });
+                    pattern.push(Op::Sleep(100 + below(&mut rng, 500)));
+                    pattern.push(Op::Cont(q));
+                } else {
+                    pattern.push(Op::Write {
+                        p,
+                        path: x.clone(),
+                        size: file_size(&mut rng),
+                        via_rename: false,
+                    });
+                    pattern.push(Op::Touch {
+                        p,
+                        path: x,
+                        secs: OLD_TIMES[0],
+                    });
+                }
+                for (i, op) in pattern.into_iter().enumerate() {
+                    if i > 0 {
+                        id += 1;
+                    }
+                    steps.push(Step { id, op });
+                }
+                continue;
+            }
             let op = match dice {
                 0..22 => {
                     let path = if below(&mut rng, 100) < 85 {
@@ -1812,7 +1862,7 @@ fn chaos() {
         replay(&text);
         return;
     }
-    let seeds = env_u64("LEFT_CHAOS_SEEDS", 2);
+    let seeds = env_u64("LEFT_CHAOS_SEEDS", 4);
     let base = env_u64("LEFT_CHAOS_SEED_BASE", 1);
     let peers = env_u64("LEFT_CHAOS_PEERS", 3) as usize;
     let topo = std::env::var("LEFT_CHAOS_TOPO").unwrap_or_else(|_| "both".into());
