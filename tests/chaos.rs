@@ -1816,12 +1816,32 @@ fn shrink(s: &Schedule, kind: &str, budget: Duration) -> Schedule {
         }
         chunk /= 2;
     }
-    // Rounds left empty whose partition is everything together are no-ops; drop them too.
-    let mut c = best.clone();
-    c.rounds
-        .retain(|r| !r.steps.is_empty() || r.groups.iter().any(|&g| g != r.groups[0]));
-    if c.rounds.len() < best.rounds.len() && !c.rounds.is_empty() && fails(&c) {
-        best = c;
+    // Rounds again (once steps are gone, a round may be only a partition), then the remaining
+    // rounds merged into one with everyone together.
+    let mut i = best.rounds.len();
+    while i > 0 && Instant::now() < end {
+        i -= 1;
+        if best.rounds.len() <= 1 {
+            break;
+        }
+        let mut c = best.clone();
+        c.rounds.remove(i);
+        if fails(&c) {
+            println!("  dropped round {i}: {} steps", c.steps());
+            best = c;
+        }
+    }
+    if best.rounds.len() > 1 && Instant::now() < end {
+        let mut c = best.clone();
+        let steps: Vec<Step> = c.rounds.drain(..).flat_map(|r| r.steps).collect();
+        c.rounds.push(Round {
+            groups: vec![0; c.peers],
+            steps,
+        });
+        if fails(&c) {
+            println!("  merged the rounds into one");
+            best = c;
+        }
     }
     best
 }
