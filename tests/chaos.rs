@@ -1998,3 +1998,50 @@ fn regression_file_folder_conflict_never_converges() {
          36 write B d 275400",
     );
 }
+
+/// Seed 2 (3 peers, mesh): B turns file f/g into a folder (moving folder d to f/g/v) while A,
+/// cut off from B's change, chmods file f/g. A then takes B's folder and drops its own edit of
+/// f/g without a conflict copy: the content (#3B) is nowhere.
+#[test]
+#[ignore = "open bug: a file->folder change concurrent with an edit loses the edit"]
+fn regression_type_change_loses_concurrent_edit() {
+    replay(
+        "peers=3 topo=mesh
+         round A|BC
+         3 put B d/e/z 303
+         8 rename B d/e/z f/g
+         round AC|B
+         round AB|C
+         49 rename B d f/g/v
+         51 chmod A f/g 700",
+    );
+}
+
+/// Seed 203 (5 peers, chain): C writes a 2.6 MiB file and deletes it 40 ms later, while its
+/// neighbours pull it; a block request then names a path whose entry is a deletion (block size
+/// 0) and C panics ("attempt to divide by zero", src/conn.rs, serving the request) and dies.
+#[test]
+#[ignore = "open bug: a block request for a path that became a deletion panics the sender"]
+fn regression_request_for_deleted_path_panics() {
+    replay(
+        "peers=5 topo=chain
+         round ABCDE
+         22 write C d/y.txt 2653072
+         23 sleep 39
+         25 delete C d/y.txt",
+    );
+}
+
+/// Seed 112 (3 peers, mesh): A writes a 2.8 MiB `a` while it is pulling B's new 887-byte `a`.
+/// The local edit wins ("a: not synced yet: a: changed locally"), the shares converge, and A
+/// keeps `.a.left-tmp` forever.
+#[test]
+#[ignore = "open bug: a temp file is left behind when the local edit wins over a pull"]
+fn regression_temp_file_left_when_local_edit_wins() {
+    replay(
+        "peers=3 topo=mesh
+         round AB|C
+         66 put B a 887
+         75 write A a 2885715",
+    );
+}
