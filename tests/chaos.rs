@@ -1564,8 +1564,41 @@ impl World {
         self.final_checks()
     }
 
+    /// `left status` of every peer says in sync with nothing to receive (a tombstone that cannot
+    /// be applied, a file retried forever, leave the trees alike but the peers busy).
+    fn wait_quiet(&mut self) -> Result<(), Failure> {
+        let start = Instant::now();
+        loop {
+            let mut busy = None;
+            for p in 0..self.n {
+                let out = std::process::Command::new(BIN)
+                    .args(["status", "--dir"])
+                    .arg(self.root(p))
+                    .output()
+                    .map_err(|e| fail("status", e.to_string()))?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let receiving = text
+                    .lines()
+                    .any(|l| l.contains("to receive ") && !l.contains("to receive 0 files"));
+                if out.status.code() != Some(0) || receiving {
+                    busy = Some(format!("{}: {text}", self.names[p]));
+                    break;
+                }
+            }
+            let Some(text) = busy else { return Ok(()) };
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(fail(
+                    "not-quiet",
+                    format!("trees converged but a peer stays busy for 30 s: {text}"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// The invariants, on the converged shares.
     fn final_checks(&mut self) -> Result<(), Failure> {
+        self.wait_quiet()?;
         // 4a. No temp files once quiet.
         for p in 0..self.n {
             let s = snapshot(&self.root(p)).map_err(|e| fail("snapshot", e.to_string()))?;
