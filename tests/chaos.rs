@@ -1435,8 +1435,18 @@ impl World {
             if let Some(peer) = self.procs[p].as_mut()
                 && let Some(st) = peer.exit_status()
             {
+                // SIGHUP: the kernel sends SIGHUP+SIGCONT to a process group that is orphaned
+                // (the test run detached from its shell) when it holds a stopped process and a
+                // member exits; that is the harness's doing, not `left`'s. Run the test from a
+                // shell with job control (make chaos from a terminal, or `set -m`).
+                use std::os::unix::process::ExitStatusExt;
+                let kind = if st.signal() == Some(1) {
+                    "died-sighup-orphaned-group"
+                } else {
+                    "died"
+                };
                 return Err(fail(
-                    "died",
+                    kind,
                     format!("{} exited by itself: {st}", self.names[p]),
                 ));
             }
