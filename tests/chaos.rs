@@ -981,7 +981,7 @@ impl World {
     fn start(&mut self, p: usize) -> Result<(), Failure> {
         let (t, name, port, dial) = (&self.t, &self.names[p], self.ports[p], &self.dial[p]);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Peer::start(t, name, port, dial)
+            Peer::start_own_group(t, name, port, dial)
         }));
         match r {
             Ok(peer) => {
