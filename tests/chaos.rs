@@ -1435,13 +1435,13 @@ impl World {
             if let Some(peer) = self.procs[p].as_mut()
                 && let Some(st) = peer.exit_status()
             {
-                // SIGHUP: the kernel sends SIGHUP+SIGCONT to a process group that is orphaned
-                // (the test run detached from its shell) when it holds a stopped process and a
-                // member exits; that is the harness's doing, not `left`'s. Run the test from a
-                // shell with job control (make chaos from a terminal, or `set -m`).
+                // SIGHUP: `left` does not hang itself up. The kernel sends SIGHUP+SIGCONT to an
+                // orphaned process group holding a stopped process when a member exits; the
+                // peers run in groups of their own (Peer::start_own_group) so that this cannot
+                // happen to them any more. Named apart anyway: it is not `left`'s doing.
                 use std::os::unix::process::ExitStatusExt;
                 let kind = if st.signal() == Some(1) {
-                    "died-sighup-orphaned-group"
+                    "died-sighup"
                 } else {
                     "died"
                 };
