@@ -23,6 +23,34 @@
 //!
 //! A schedule prints as text (`Schedule::to_text`) and `replay` runs such a text: a failing seed's
 //! shrunk schedule becomes a `#[test] fn regression_...()`.
+//!
+//! What is checked, and where a rule was ambiguous, the conservative reading taken:
+//! - Every daemon alive at every step and no "panicked" in any log (`died`).
+//! - Convergence: names, types, contents, permission modes; a timeout is a failure
+//!   (`convergence-type|mode|missing|content`). Not mtimes (`left` makes no version of an
+//!   mtime-only change; LEFT_CHAOS_MTIME=1 adds them). Temp files are ignored at round ends (a
+//!   transfer cut by a partition keeps its temp file to resume) and must be gone at the end
+//!   (`temp-file`); then every peer's `left status` must say in sync, nothing to receive
+//!   (`not-quiet`).
+//! - Knowledge. Every written file starts with a token line; writes are events (path, token,
+//!   peer). What a peer had CERTAINLY seen when it acted (lower bound): its own events, plus all
+//!   events of its component when a round ended converged. What it MAY have seen (upper bound):
+//!   also everything done or known in its component during the current round. A rename is a
+//!   removal at the source plus writes at the target of the tokens read back there; chmod is a
+//!   new version of the same token; a touch is not taken as an edit (no version in `left`); a
+//!   write the daemon replaced at the same moment (token not read back) is "weak": never
+//!   required, always allowed.
+//! - `lost-write`: an event no peer that MAY have seen it replaced or removed (nor removed a
+//!   folder above it) must have its token somewhere in the final share. Anywhere, not only at
+//!   its path or its conflict copies: a type conflict may keep it under a renamed folder. A
+//!   conflict copy present when a round ended converged counts as such an event from then on.
+//! - `resurrection`: the content at a path (not a conflict copy) must come from an event there
+//!   that no peer CERTAINLY knowing it replaced or removed afterwards; `phantom`: from an
+//!   event there at all.
+//! - `conflict-token`: a conflict copy holds a token written at its base path;
+//!   `dup-conflict`: no two copies hold one content, counted only for content written once and
+//!   never re-asserted (two versions of one content, e.g. chmod on two sides, may each lose a
+//!   conflict and each get a copy).
 
 mod common;
 
