@@ -1959,6 +1959,14 @@ fn shrink(s: &Schedule, kind: &str, budget: Duration) -> Schedule {
     best
 }
 
+/// Replays a schedule text `n` times (a race that fails half the time then almost surely shows);
+/// panics at the first failure.
+fn replay_times(text: &str, n: usize) {
+    for _ in 0..n {
+        replay(text);
+    }
+}
+
 /// Replays a schedule text; panics with the failure and the logs if it fails.
 fn replay(text: &str) {
     let s = Schedule::parse(text).unwrap();
@@ -2230,5 +2238,30 @@ fn regression_conflict_copies_same_name() {
          4 write B b.txt 300
          5 touch B b.txt 978307200
          6 write A b.txt 400",
+    );
+}
+
+/// Seed 513 (3 peers, chain, LEFT_CHAOS_SKIP=types,dirchmod), shrunk to 7 steps (`round ABC;
+/// 46 write A d/x 1496013; round ABC; 53 delete B d; 54 sleep 1789; 58 sleep 136; 59 write C
+/// d/x 0; round AB|C; 65 write A d/x 43074`), fails about one run in two; this is its
+/// essence, written by hand and confirmed (about one run in two, hence four runs). Folder d
+/// is deleted everywhere, C makes d/x again, A's daemon re-creates d/ to install it; then A
+/// writes d/x and its daemon never notices ("changed locally" never logged): no inotify watch
+/// on the folder it made itself, so the edit waits for the 10-minute walk and the shares
+/// differ until then.
+#[test]
+#[ignore = "open bug: an edit in a folder the daemon re-created to install a file goes unseen"]
+fn regression_edit_in_recreated_folder_unseen() {
+    replay_times(
+        "peers=3 topo=mesh
+         round ABC
+         1 write A d/x 100
+         2 sleep 1000
+         3 delete B d
+         4 sleep 1000
+         5 write C d/x 10
+         6 sleep 1000
+         7 write A d/x 5000",
+        4,
     );
 }
