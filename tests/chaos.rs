@@ -2149,32 +2149,35 @@ fn regression_request_for_deleted_path_panics() {
 
 /// Seed 112 (3 peers, mesh): A writes a 2.8 MiB `a` while it is pulling B's new 887-byte `a`.
 /// The local edit wins ("a: not synced yet: a: changed locally"), the shares converge, and A
-/// keeps `.a.left-tmp` forever.
+/// keeps `.a.left-tmp` forever. A race (about one run in two): four runs.
 #[test]
 #[ignore = "open bug: a temp file is left behind when the local edit wins over a pull"]
 fn regression_temp_file_left_when_local_edit_wins() {
-    replay(
+    replay_times(
         "peers=3 topo=mesh
          round AB|C
          66 put B a 887
          75 write A a 2885715",
+        4,
     );
 }
 
 /// Written by hand from the description of a known bug, then confirmed by the harness: A
 /// deletes d/x while, cut off from A, B replaces folder d with a file. After healing every
 /// share holds file d, but A stays "pending" for ever: its tombstone d/x, under what is now a
-/// file, is never acknowledged ("to send 2 entries", never in sync with that peer).
+/// file, is never acknowledged ("to send 2 entries", never in sync with that peer). About two
+/// runs in three: four runs.
 #[test]
 #[ignore = "open bug: a tombstone under a file after a partition never converges"]
 fn regression_tombstone_under_file_never_quiet() {
-    replay(
+    replay_times(
         "peers=3 topo=mesh
          round ABC
          1 write A d/x 100
          round A|BC
          2 delete A d/x
          3 write B d 200",
+        4,
     );
 }
 
