@@ -67,3 +67,18 @@ bench: ## as root: paper's tests in 2 netns vs rsync (SIZE_MB=500 RATE=100mbit S
 	@if [ "$(LEFT_BIN)" = target/static/x86_64/left ]; then bash tinycore/build-static.sh x86_64; else $(CARGO) build --release; fi
 	SIZE_MB=$(SIZE_MB) RATE=$(RATE) SCALE_FILES=$(SCALE_FILES) IDLE_SECS=$(IDLE_SECS) \
 	SYNCTHING=$(SYNCTHING) STEPS=$(STEPS) LEFT_BIN=$(LEFT_BIN) bash tests/bench/bench.sh
+
+# ---- Chaos: randomized model-based test with partitions and faults (issue 17) ----
+.PHONY: chaos
+
+SEEDS ?= 200
+PEERS ?= 3
+TOPO ?= both
+SEED_BASE ?= 1
+SHRINK ?= 1
+SKIP ?=
+
+chaos: ## random schedules of edits, partitions, kills (SEEDS=200 PEERS=3|5 TOPO=mesh|chain|both SEED_BASE=1 SHRINK=1 SKIP=types,dirchmod)
+	LEFT_CHAOS_SEEDS=$(SEEDS) LEFT_CHAOS_PEERS=$(PEERS) LEFT_CHAOS_TOPO=$(TOPO) \
+	LEFT_CHAOS_SEED_BASE=$(SEED_BASE) LEFT_CHAOS_SHRINK=$(SHRINK) LEFT_CHAOS_SKIP=$(SKIP) \
+	$(CARGO) test --release --test chaos -- --nocapture chaos

@@ -3,10 +3,13 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -136,11 +139,12 @@ fn new_log(t: &TestDir, name: &str) -> PathBuf {
 }
 
 fn spawn(args: &[String], log: &Path) -> Child {
-    spawn_via(&[], args, log)
+    spawn_via(&[], args, log, false)
 }
 
-/// Runs `PREFIX... BIN ARGS...` (`PREFIX` empty: `BIN` itself).
-fn spawn_via(prefix: &[&str], args: &[String], log: &Path) -> Child {
+/// Runs `PREFIX... BIN ARGS...` (`PREFIX` empty: `BIN` itself), in a process group of its own
+/// with `own_group`.
+fn spawn_via(prefix: &[&str], args: &[String], log: &Path, own_group: bool) -> Child {
     let f = File::create(log).unwrap();
     let mut cmd = match prefix.split_first() {
         Some((first, rest)) => {
@@ -150,6 +154,9 @@ fn spawn_via(prefix: &[&str], args: &[String], log: &Path) -> Child {
         }
         None => Command::new(BIN),
     };
+    if own_group {
+        cmd.process_group(0);
+    }
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -658,8 +665,33 @@ impl Peer {
         prefix: &[&str],
         args: &[String],
     ) -> Peer {
+        Peer::start_in(t, name, dir, port, prefix, args, false)
+    }
+
+    /// As [`Peer::start`], in a process group of its own. For tests that stop peers with
+    /// SIGSTOP: when the test's process group is orphaned (a run detached from its shell, a CI
+    /// runner that made its own session), the kernel sends SIGHUP to the whole group as soon as
+    /// one of its processes exits while another is stopped, and the stopped daemon dies of it.
+    /// A daemon alone in its group, whose parent (the test) is in another group of the same
+    /// session, is never hung up that way. (It does not get the terminal's Ctrl-C either; it is
+    /// killed when its `Peer` is dropped.)
+    pub fn start_own_group(t: &TestDir, name: &str, port: u16, peers: &[u16]) -> Peer {
+        let dir = t.join(name);
+        let args = peer_args(&dir, port, peers);
+        Peer::start_in(t, name, &dir, port, &[], &args, true)
+    }
+
+    fn start_in(
+        t: &TestDir,
+        name: &str,
+        dir: &Path,
+        port: u16,
+        prefix: &[&str],
+        args: &[String],
+        own_group: bool,
+    ) -> Peer {
         let log = new_log(t, name);
-        let child = spawn_via(prefix, args, &log);
+        let child = spawn_via(prefix, args, &log, own_group);
         let mut p = Peer {
             name: name.to_string(),
             dir: dir.to_path_buf(),
@@ -719,7 +751,10 @@ pub fn utc_stamp(secs: i64) -> String {
 
 /// Sends a signal (`"STOP"`, `"CONT"`, `"TERM"`...) to a process with kill(1).
 pub fn signal(pid: u32, sig: &str) {
+    // kill(1) in a group of its own: its exit must not count in the test's group (see
+    // `Peer::start_own_group`).
     let ok = Command::new("kill")
+        .process_group(0)
         .args([format!("-{sig}"), pid.to_string()])
         .stderr(Stdio::null())
         .status()

@@ -1,0 +1,159 @@
+//! A TCP proxy on 127.0.0.1 that can be cut and healed: network partitions between real peers.
+//! A peer is given the proxy's port as its peer's address; the proxy forwards each connection to
+//! the peer's real port. Cut: live connections are closed, new ones are closed at once. Healed:
+//! new connections are forwarded again.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub struct Proxy {
+    /// Where the proxy listens (127.0.0.1).
+    pub port: u16,
+    /// Where it forwards to (127.0.0.1).
+    pub target: u16,
+    shared: Arc<Shared>,
+    handle: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    target: u16,
+    state: Mutex<State>,
+    closed: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    cut: bool,
+    next: u64,
+    /// Live connections: (client side, upstream side).
+    live: HashMap<u64, (TcpStream, TcpStream)>,
+    /// Connections forwarded since the start.
+    forwarded: u64,
+}
+
+impl Proxy {
+    /// Listens on 127.0.0.1:`port` and forwards to 127.0.0.1:`target`.
+    pub fn start(port: u16, target: u16) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("proxy cannot listen on {port}: {e}"));
+        let shared = Arc::new(Shared {
+            target,
+            state: Mutex::new(State::default()),
+            closed: AtomicBool::new(false),
+        });
+        let sh = shared.clone();
+        let handle = std::thread::spawn(move || {
+            for s in listener.incoming() {
+                if sh.closed.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(s) = s else { continue };
+                if sh.lock().cut {
+                    let _ = s.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let sh2 = sh.clone();
+                std::thread::spawn(move || forward(&sh2, s));
+            }
+        });
+        Proxy {
+            port,
+            target,
+            shared,
+            handle: Some(handle),
+        }
+    }
+
+    /// Cuts (closing every live connection) or heals the link.
+    pub fn set_cut(&self, cut: bool) {
+        let mut g = self.shared.lock();
+        g.cut = cut;
+        if cut {
+            for (_, (a, b)) in g.live.drain() {
+                let _ = a.shutdown(Shutdown::Both);
+                let _ = b.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.shared.lock().cut
+    }
+
+    /// Connections open through the proxy right now.
+    pub fn live(&self) -> usize {
+        self.shared.lock().live.len()
+    }
+
+    /// Connections forwarded since the start.
+    pub fn forwarded(&self) -> u64 {
+        self.shared.lock().forwarded
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn forward(sh: &Shared, client: TcpStream) {
+    let to = SocketAddr::from(([127, 0, 0, 1], sh.target));
+    let Ok(up) = TcpStream::connect_timeout(&to, Duration::from_secs(3)) else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    let (Ok(c2), Ok(u2), Ok(c3), Ok(u3)) = (
+        client.try_clone(),
+        up.try_clone(),
+        client.try_clone(),
+        up.try_clone(),
+    ) else {
+        return;
+    };
+    let id = {
+        let mut g = sh.lock();
+        if g.cut {
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = up.shutdown(Shutdown::Both);
+            return;
+        }
+        g.next += 1;
+        g.forwarded += 1;
+        let id = g.next;
+        g.live.insert(id, (c3, u3));
+        id
+    };
+    let _ = client.set_nodelay(true);
+    let _ = up.set_nodelay(true);
+    let t = std::thread::spawn(move || {
+        let _ = io::copy(&mut &c2, &mut &u2);
+        let _ = u2.shutdown(Shutdown::Both);
+        let _ = c2.shutdown(Shutdown::Both);
+    });
+    let _ = io::copy(&mut &up, &mut &client);
+    let _ = up.shutdown(Shutdown::Both);
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = t.join();
+    sh.lock().live.remove(&id);
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.set_cut(true);
+        // Wake the accept loop so that it sees `closed`.
+        let _ = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], self.port)),
+            Duration::from_secs(1),
+        );
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
