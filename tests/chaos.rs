@@ -1451,8 +1451,8 @@ impl World {
         }
         let mut out: Vec<Vec<usize>> = Vec::new();
         let mut seen: HashMap<usize, usize> = HashMap::new();
-        for p in 0..self.n {
-            let k = *seen.entry(comp[p]).or_insert_with(|| {
+        for (p, c) in comp.iter().enumerate().take(self.n) {
+            let k = *seen.entry(*c).or_insert_with(|| {
                 out.push(Vec::new());
                 out.len() - 1
             });
@@ -2021,7 +2021,7 @@ fn chaos() {
         let t = match topo.as_str() {
             "mesh" => Topo::Mesh,
             "chain" => Topo::Chain,
-            _ if seed % 2 == 0 => Topo::Mesh,
+            _ if seed.is_multiple_of(2) => Topo::Mesh,
             _ => Topo::Chain,
         };
         let s = generate(seed, peers, t);
