@@ -529,8 +529,19 @@ impl Apply<'_> {
     }
 
     /// Records the peer's entry as ours, with the target's stat now (`None`: nothing there).
+    /// A peer's version that won over a concurrent one of ours (a conflict, or an edit over our
+    /// deletion) takes in what ours knew: otherwise a version ours had replaced could come back
+    /// from a third peer as concurrent with it, and win.
     fn record(mut self, e: &Entry, md: Option<&fs::Metadata>) {
         let mut ne = e.clone();
+        if let Some(c) = &self.cur
+            && e.version.compare(&c.version) == crate::version::Order::Concurrent
+        {
+            let merged = e.version.merged(&c.version);
+            if merged.fits_with(self.g.index.device) {
+                ne.version = merged;
+            }
+        }
         ne.stat = md.map(Stat::of).unwrap_or_default();
         self.g.put(ne);
     }
@@ -683,9 +694,13 @@ fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
         match dir.stat(&a.name).at(&e.path)? {
             Some(md) if md.is_file() => {
                 if !a.known_file(&md) {
-                    // Changed here since we last looked: the scan will make it a new version,
-                    // which wins.
-                    return Ok(());
+                    // Changed here since we last looked: the scan makes it a new version, which
+                    // wins, or finds the same content (a touch), and then the deletion applies.
+                    // Looked at again once the scan is done.
+                    return Err(
+                        Error::msg("changed locally; will look again after the next scan")
+                            .at(&e.path),
+                    );
                 }
                 dir.unlink(&a.name).at(&e.path)?;
                 info!("deleted {}", e.path);

@@ -247,7 +247,7 @@ pub fn scan(
                         if dirs.is_some()
                             && watcher
                                 .as_deref()
-                                .is_some_and(|w| w.watches(&root.join(path)))
+                                .is_some_and(|w| w.watches(&root.join(path), stat.ino))
                         {
                             continue;
                         }
@@ -258,7 +258,7 @@ pub fn scan(
                         // have made no event).
                         let watched = watcher
                             .as_deref()
-                            .is_some_and(|w| w.watches(&root.join(path)));
+                            .is_some_and(|w| w.watches(&root.join(path), stat.ino));
                         if dirs.is_some() && watched {
                             continue;
                         }

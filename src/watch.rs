@@ -48,7 +48,9 @@ const POLLIN: i16 = 1;
 pub struct Watcher {
     fd: c_int,
     by_wd: HashMap<c_int, PathBuf>,
-    by_path: HashMap<PathBuf, c_int>,
+    /// Watched folders with their watch and inode: a folder removed and made again under the
+    /// same name is another folder, not watched until added again.
+    by_path: HashMap<PathBuf, (c_int, u64)>,
     buf: Vec<u8>,
     /// Files written to since the last `take_written` (absolute paths).
     written: HashSet<PathBuf>,
@@ -85,13 +87,18 @@ impl Watcher {
     }
 
     /// Whether a folder is watched.
-    pub fn watches(&self, dir: &Path) -> bool {
-        self.by_path.contains_key(dir)
+    /// Whether folder `dir`, inode `ino`, is watched (not an earlier folder of that name).
+    pub fn watches(&self, dir: &Path, ino: u64) -> bool {
+        self.by_path.get(dir).is_some_and(|w| w.1 == ino)
     }
 
     /// Watches a folder (once; again after the kernel dropped its watch).
     pub fn add(&mut self, dir: &Path) {
-        if self.by_path.contains_key(dir) {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ino) = std::fs::symlink_metadata(dir).map(|m| m.ino()) else {
+            return;
+        };
+        if self.watches(dir, ino) {
             return;
         }
         let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
@@ -106,7 +113,7 @@ impl Watcher {
         if let Some(old) = self.by_wd.insert(wd, dir.to_path_buf()) {
             self.by_path.remove(&old);
         }
-        self.by_path.insert(dir.to_path_buf(), wd);
+        self.by_path.insert(dir.to_path_buf(), (wd, ino));
     }
 
     /// Waits up to `timeout` for a relevant change; true if one came. Changes to `left`'s own
@@ -180,7 +187,9 @@ impl Watcher {
                 let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())];
                 off = name_end;
                 if mask & IN_IGNORED != 0 {
-                    if let Some(p) = self.by_wd.remove(&wd) {
+                    if let Some(p) = self.by_wd.remove(&wd)
+                        && self.by_path.get(&p).is_some_and(|w| w.0 == wd)
+                    {
                         self.by_path.remove(&p);
                     }
                     continue;

@@ -2186,7 +2186,6 @@ fn regression_tombstone_under_file_never_quiet() {
 /// B sees "changed locally", its scan finds the same content (an mtime-only change makes no
 /// version), and the deletion is never applied: B keeps b.txt, A and C do not, for ever.
 #[test]
-#[ignore = "open bug: a deletion arriving while the file's mtime alone changed is never applied"]
 fn regression_touch_blocks_deletion() {
     replay(
         "peers=3 topo=mesh
@@ -2208,7 +2207,6 @@ fn regression_touch_blocks_deletion() {
 /// version without keeping what its tombstone knew. Healed, C's stale version looks
 /// concurrent with A's, wins on mtime, and is back at a, A's demoted to a conflict copy.
 #[test]
-#[ignore = "open bug: an edit beating a deletion forgets the deletion; the deleted version comes back"]
 fn regression_deleted_version_resurrects() {
     replay(
         "peers=3 topo=mesh
@@ -2251,7 +2249,6 @@ fn regression_conflict_copies_same_name() {
 /// on the folder it made itself, so the edit waits for the 10-minute walk and the shares
 /// differ until then.
 #[test]
-#[ignore = "open bug: an edit in a folder the daemon re-created to install a file goes unseen"]
 fn regression_edit_in_recreated_folder_unseen() {
     replay_times(
         "peers=3 topo=mesh
