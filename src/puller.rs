@@ -80,6 +80,14 @@ fn pull_loop(link: &Link<'_>, install: &transfer::Installs) -> Result<()> {
         if let Some(p) = g.peers.get_mut(&link.conn) {
             p.pulling = false;
             p.progress = None;
+            // A pull that failed while the peer's next word made it moot (its need dropped
+            // while the path was busy) leaves a temp file nothing will resume.
+            for e in &batch {
+                if p.retry.contains_key(&e.path) && p.needs.get(&e.path).is_none() {
+                    p.retry.remove(&e.path);
+                    remove_temp(&link.model.root, &e.path);
+                }
+            }
         }
         link.model.changed.notify_all();
         drop(g);

@@ -270,7 +270,6 @@ fn conflict_copies_never_replace_each_other() {
 /// B pulls A's new version of a big file slowly; meanwhile B edits the file, and B's edit wins
 /// (newer). The pull gives up, and its temp file does not stay behind.
 #[test]
-#[ignore = "timing-dependent: failed 1 run in 4 at the end of a session; make test must not flake in CI"]
 fn a_losing_pull_leaves_no_temp_file() {
     let t = TestDir::new("losing-pull");
     let (pa, pb) = two_ports();
