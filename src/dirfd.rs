@@ -194,7 +194,9 @@ impl Dir {
 
     /// Lists the folder opened (through `/proc/self/fd`, so the listing is of this folder
     /// whatever its path leads to now); without `/proc`, by its path `abs` (the folder was just
-    /// opened without following a symlink, so only a swap in between could mislead it).
+    /// opened without following a symlink, so only a swap in between could mislead it). The
+    /// folder must stay open while the listing is read: an entry's `metadata` may stat it by
+    /// a path through the descriptor.
     pub fn read_dir(&self, abs: &Path) -> io::Result<std::fs::ReadDir> {
         match std::fs::read_dir(format!("/proc/self/fd/{}", self.fd())) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::read_dir(abs),
@@ -244,6 +246,19 @@ mod tests {
         assert!(outside.join("f").exists());
 
         let a = top.sub("a").unwrap();
+        // A listing whose entries are stat'ed while the folder is open (musl's std stats an
+        // entry by its path, here through /proc/self/fd).
+        let mut seen: Vec<(String, bool)> = a
+            .read_dir(&root.join("a"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let md = e.metadata().unwrap();
+                (e.file_name().into_string().unwrap(), md.is_dir())
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(seen, vec![("b".into(), true), ("file".into(), false)]);
         fs::write(root.join("a/g"), b"g").unwrap();
         assert_eq!(
             a.rename_noreplace("g", "file").unwrap_err().raw_os_error(),

@@ -165,8 +165,15 @@ pub fn scan(
         }
         let abs = root.join(&dir);
         // Listed through the folder opened without following a symlink on the way: one
-        // swapped in since it was found would have us list a folder outside the share.
-        let rd = match crate::dirfd::Dir::open(root, &dir, false).and_then(|d| d.read_dir(&abs)) {
+        // swapped in since it was found would have us list a folder outside the share. The
+        // folder stays open while it is listed: the entries' stats may go through its
+        // `/proc/self/fd` name (musl's std stats an entry by its path).
+        let opened = crate::dirfd::Dir::open(root, &dir, false);
+        let rd = match opened
+            .as_ref()
+            .map_err(clone_err)
+            .and_then(|d| d.read_dir(&abs))
+        {
             Ok(rd) => rd,
             // Gone, or not a folder any more: the scan of the folder that held it says so.
             Err(e)
@@ -423,6 +430,14 @@ pub fn scan(
         }
     }
     Ok(out)
+}
+
+/// An I/O error again, for a second use.
+fn clone_err(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(n) => io::Error::from_raw_os_error(n),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
 }
 
 /// A name directly inside a folder, as the index knows it: its entry, or `None` for a folder
@@ -723,6 +738,26 @@ mod tests {
         assert_eq!(names("ab"), vec!["ab/y"]);
         assert!(names("a/b/c/d").is_empty());
         assert!(names("nothing").is_empty());
+    }
+
+    /// A scan finds files and folders, deep ones too (run on musl as well: its std stats a
+    /// listed entry by its path, which must stay valid while the listing is read).
+    #[test]
+    fn a_scan_records_what_the_share_holds() {
+        let root = std::env::temp_dir().join(format!("left-scan-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join(names::STATE_DIR)).unwrap();
+        fs::create_dir_all(root.join("d/e")).unwrap();
+        fs::write(root.join("top"), b"1").unwrap();
+        fs::write(root.join("d/e/deep"), b"22").unwrap();
+        let model = Model::new(root.clone(), crate::index::Index::new(7));
+        let s = scan(&model, None, None).unwrap();
+        assert_eq!(s.changed, 4, "{s:?}");
+        let g = model.lock();
+        assert_eq!(g.index.get("d/e/deep").map(|e| e.size), Some(2));
+        assert_eq!(g.index.get("d/e").map(|e| e.kind), Some(Kind::Dir));
+        drop(g);
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
