@@ -650,6 +650,14 @@ fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
     let Some(a) = begin(model, e, true)? else {
         return Ok(());
     };
+    // A pull of a file of this name that failed will not be resumed: it is a folder now.
+    let tmp = names::temp_for(&a.name);
+    if a.dir(e)?
+        .stat(&tmp)
+        .is_ok_and(|m| m.is_some_and(|m| m.is_file()))
+    {
+        let _ = a.dir(e)?.unlink(&tmp);
+    }
     match a.target(e)? {
         Some(md) if md.is_dir() => {}
         Some(md) if md.is_file() => {

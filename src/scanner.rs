@@ -242,7 +242,15 @@ pub fn scan(
             if md.is_dir() {
                 match cur {
                     // Its mode changed here since we last looked: a new version of the folder.
-                    Some(e) if e.kind == Kind::Dir && !e.deleted && e.stat.mode != stat.mode => {
+                    // Looked at again under the lock: the listing may have caught a folder a
+                    // pull was making (made 0700, then given its mode).
+                    Some(e)
+                        if e.kind == Kind::Dir
+                            && !e.deleted
+                            && e.stat.mode != stat.mode
+                            && fs::symlink_metadata(root.join(path))
+                                .is_ok_and(|m| m.is_dir() && Stat::of(&m).mode == stat.mode) =>
+                    {
                         let mut ne = e.clone();
                         ne.mode = stat.mode;
                         ne.modified_by = device;
