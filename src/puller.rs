@@ -626,6 +626,8 @@ pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
                         ..Entry::default()
                     });
                 d.deleted = false;
+                // The folder as it is here (our entry may be a tombstone, with no mode).
+                d.mode = md.as_ref().map_or(0o755, |m| Stat::of(m).mode);
                 d.version = d.version.merged(&e.version).bumped(device);
                 d.modified_by = device;
                 d.stat = md.as_ref().map(Stat::of).unwrap_or_default();
