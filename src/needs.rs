@@ -223,7 +223,17 @@ impl Needs {
     /// Adds an entry the peer announced: into memory if it replaces one there, or if there is
     /// room and nothing waits; else at the end of the waiting file.
     pub fn add(&mut self, e: Entry) -> Result<()> {
-        if self.mem.contains_key(&e.path) || (self.waiting.is_none() && self.room(&e)) {
+        // A newer version of a path in memory replaces it there only within the budget: one
+        // larger than the old one is taken like a new entry (a peer re-announcing its paths
+        // with ever larger block lists grew memory without bound).
+        if let Some(old) = self.mem.get(&e.path) {
+            if cost(&e) <= cost(old) {
+                self.keep(e);
+                return Ok(());
+            }
+            self.remove(&e.path);
+        }
+        if self.waiting.is_none() && self.room(&e) {
             self.keep(e);
             return Ok(());
         }

@@ -57,13 +57,17 @@ impl Version {
     }
 
     /// This version with `device`'s counter moved past every counter in it and to at least the
-    /// time in seconds, so the result is newer than this version and than anything this device
-    /// made before, even with an index that was lost and rebuilt since (its files then get
-    /// versions that count from the time, past those the peers hold of them).
+    /// time in microseconds, so the result is newer than this version and than anything this
+    /// device made before, even with an index that lost its last changes and was rebuilt since
+    /// (its files then get versions that count from the time, past those the peers hold of
+    /// them). Microseconds, not seconds: a device killed right after a change, whose index had
+    /// not recorded it, makes its next version of that file within the same second, and a
+    /// counter in seconds gave both the same version (equal versions of different content
+    /// never converge). Counters made in seconds before are far below these.
     pub fn bumped(&self, device: u64) -> Version {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .map_or(0, |d| d.as_micros() as u64);
         self.bumped_at(device, now)
     }
 

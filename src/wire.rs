@@ -20,6 +20,9 @@ pub const INDEX_BATCH: usize = 256 << 10;
 pub const MAX_REQUESTS: usize = 256;
 /// Most devices one version vector may name.
 pub const MAX_VERSION_PAIRS: usize = crate::version::MAX_DEVICES;
+/// The largest version counter accepted: far past any time in microseconds (year 146,000),
+/// far below where adding one would wrap.
+pub const MAX_COUNTER: u64 = 1 << 62;
 
 const T_HELLO: u8 = 1;
 const T_INDEX: u8 = 2;
@@ -257,7 +260,13 @@ pub fn get_entry_unhashed(d: &mut Dec<'_>) -> Result<Entry> {
     }
     let mut pairs = Vec::with_capacity(npairs);
     for _ in 0..npairs {
-        pairs.push((d.u64()?, d.u64()?));
+        let (device, counter) = (d.u64()?, d.u64()?);
+        // Counters count microseconds (about 2^51 now): one near the top of a u64 could no
+        // longer be moved past, and every later edit of the file would get the same version.
+        if counter > MAX_COUNTER {
+            return Err(Error::protocol("version counter out of range"));
+        }
+        pairs.push((device, counter));
     }
     let block_size = d.u32()?;
     let nblocks = d.u32()? as usize;
