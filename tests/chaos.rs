@@ -965,8 +965,8 @@ impl World {
         let mut dial = vec![Vec::new(); n];
         let mut links = Vec::new();
         for (i, j) in edges {
-            let pij = Proxy::start(free_port(), ports[j]);
-            let pji = Proxy::start(free_port(), ports[i]);
+            let pij = Proxy::start(0, ports[j]);
+            let pji = Proxy::start(0, ports[i]);
             dial[i].push(pij.port);
             dial[j].push(pji.port);
             links.push((i, j, pij, pji));
@@ -2284,4 +2284,22 @@ fn regression_seeds_temp_under_new_folder_and_mode_of_a_folder_being_made() {
             panic!("seed {seed}: {}: {}\n{}", f.kind, f.detail, o.report);
         }
     }
+}
+
+/// Seed 1036 (3 peers, mesh), shrunk: A and C write f/g/v apart; A's loses when they meet and is
+/// kept as a conflict copy; B, which had only C's version, then renames it away. The winner must
+/// stay exactly C's version on A and C, so that B's deletion descends from it (merged with A's
+/// knowledge, the winner was concurrent with the deletion and came back over it).
+#[test]
+fn regression_renamed_away_winner_of_a_conflict_comes_back() {
+    replay(
+        "peers=3 topo=mesh
+         round A|BC
+         50 put A f/g/v 192
+         52 put C f/g/v 704
+         53 stop A
+         round AC|B
+         round ABC
+         71 rename B f/g/v d/x",
+    );
 }

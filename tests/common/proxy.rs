@@ -37,10 +37,12 @@ struct State {
 }
 
 impl Proxy {
-    /// Listens on 127.0.0.1:`port` and forwards to 127.0.0.1:`target`.
+    /// Listens on 127.0.0.1:`port` (0: a port the system picks, no race with other sockets)
+    /// and forwards to 127.0.0.1:`target`.
     pub fn start(port: u16, target: u16) -> Proxy {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("proxy cannot listen on {port}: {e}"));
+        let port = listener.local_addr().map_or(port, |a| a.port());
         let shared = Arc::new(Shared {
             target,
             state: Mutex::new(State::default()),
