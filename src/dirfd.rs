@@ -3,7 +3,7 @@
 //! new folder, a mode) is made relative to the folder opened. A symlink swapped in by a local
 //! user between a check and the change is never followed.
 
-use crate::names::{O_DIRECTORY, O_NOFOLLOW};
+use crate::names::{O_CLOEXEC, O_DIRECTORY, O_LARGEFILE, O_NOFOLLOW};
 use std::ffi::{CString, c_char, c_int, c_uint};
 use std::fs::{File, Metadata};
 use std::io;
@@ -18,11 +18,6 @@ unsafe extern "C" {
     fn syscall(num: std::ffi::c_long, ...) -> std::ffi::c_long;
 }
 
-const O_CLOEXEC: c_int = 0o2000000;
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-const O_LARGEFILE: c_int = 0o100000;
-#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-const O_LARGEFILE: c_int = 0o400000;
 const O_PATH: c_int = 0o10000000;
 const O_RDWR: c_int = 2;
 const O_CREAT: c_int = 0o100;
@@ -126,6 +121,16 @@ impl Dir {
         let c = cstr(name)?;
         // SAFETY: as in `open_raw`.
         check(unsafe { mkdirat(self.fd(), c.as_ptr(), mode) }).map(drop)
+    }
+
+    /// Removes `name` if it is a regular file (a temp file of ours, say); nothing otherwise.
+    pub fn unlink_file(&self, name: &str) {
+        if self
+            .stat(name)
+            .is_ok_and(|m| m.is_some_and(|m| m.is_file()))
+        {
+            let _ = self.unlink(name);
+        }
     }
 
     /// Removes file (or symlink) `name`.

@@ -72,13 +72,23 @@ pub fn create_own(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     Ok(f)
 }
 
-/// Opens one of `left`'s own files for reading and writing, keeping what it holds, or creates
-/// it (mode 0600); as [`create_own`], never through a symlink or a hard link.
-pub fn open_own(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+/// Whether a file found where one of `left`'s own files goes (a temp file, a state file) is one
+/// it made: a regular file of this user's with no other name. Anything else (a symlink, a hard
+/// link to a file elsewhere, another user's file) is not written through.
+pub fn own_file(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
     unsafe extern "C" {
         fn geteuid() -> u32;
     }
+    // SAFETY: no arguments, cannot fail.
+    let me = unsafe { geteuid() };
+    m.is_file() && m.nlink() == 1 && m.uid() == me
+}
+
+/// Opens one of `left`'s own files for reading and writing, keeping what it holds, or creates
+/// it (mode 0600); as [`create_own`], never through a symlink or a hard link.
+pub fn open_own(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let open = |new: bool| {
         let mut o = std::fs::OpenOptions::new();
         o.read(true).write(true).mode(0o600);
@@ -89,10 +99,7 @@ pub fn open_own(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     };
     match open(false) {
         Ok(f) => {
-            let md = f.metadata()?;
-            // SAFETY: no arguments, cannot fail.
-            let me = unsafe { geteuid() };
-            if md.is_file() && md.nlink() == 1 && md.uid() == me {
+            if own_file(&f.metadata()?) {
                 return Ok(f);
             }
             drop(f);
@@ -122,12 +129,12 @@ pub const O_NONBLOCK: i32 = 0o4000;
 /// The errno `open` gives for a symlink under `O_NOFOLLOW`.
 pub const ELOOP: i32 = 40;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-const O_LARGEFILE: u64 = 0o100000;
+pub const O_LARGEFILE: i32 = 0o100000;
 #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-const O_LARGEFILE: u64 = 0o400000;
+pub const O_LARGEFILE: i32 = 0o400000;
 const O_RDWR: u64 = 2;
 const O_CREAT: u64 = 0o100;
-const O_CLOEXEC: u64 = 0o2000000;
+pub const O_CLOEXEC: i32 = 0o2000000;
 const ENOSYS: i32 = 38;
 const EPERM: i32 = 1;
 
@@ -182,8 +189,8 @@ fn open_beneath(
     let mut c = path.as_os_str().as_bytes().to_vec();
     c.push(0);
     let how = OpenHow {
-        flags: O_CLOEXEC
-            | O_LARGEFILE
+        flags: O_CLOEXEC as u64
+            | O_LARGEFILE as u64
             | match how {
                 Open::Read => O_NONBLOCK as u64,
                 Open::Create => O_RDWR | O_CREAT,

@@ -388,10 +388,7 @@ pub fn set_meta(root: &Path, e: &Entry) -> Result<Stat> {
 /// Removes the temp file of `path` if there is one (a pull that will not be finished).
 pub fn remove_temp(root: &Path, path: &str) {
     if let Ok((dir, name)) = Dir::parent(root, path, false) {
-        let tmp = names::temp_for(name);
-        if dir.stat(&tmp).is_ok_and(|m| m.is_some_and(|m| m.is_file())) {
-            let _ = dir.unlink(&tmp);
-        }
+        dir.unlink_file(&names::temp_for(name));
     }
 }
 
@@ -403,10 +400,8 @@ fn clear_temps(root: &Path, path: &str, dir: &Dir, name: &str) {
         return;
     };
     for x in rd.flatten() {
-        if let Some(n) = x.file_name().to_str().filter(|n| names::is_temp(n))
-            && sub.stat(n).is_ok_and(|m| m.is_some_and(|m| m.is_file()))
-        {
-            let _ = sub.unlink(n);
+        if let Some(n) = x.file_name().to_str().filter(|n| names::is_temp(n)) {
+            sub.unlink_file(n);
         }
     }
 }
@@ -528,6 +523,16 @@ impl Apply<'_> {
             .ok_or_else(|| Error::msg("its folder is missing").at(&e.path))
     }
 
+    /// Keeps our losing file at the target as a conflict copy (named from our version's mtime
+    /// and device), so that the peer's entry can take its place.
+    fn keep_ours(&self, e: &Entry) -> Result<()> {
+        let c = self.cur.as_ref().unwrap_or(e);
+        let key = (c.mtime, c.modified_by, &c.file_hash);
+        let name = keep_aside(&self.g, self.dir(e)?, &self.name, &e.path, key)?;
+        info!("conflict: {} kept as {name}", e.path);
+        Ok(())
+    }
+
     /// What is at the target now.
     fn target(&self, e: &Entry) -> Result<Option<fs::Metadata>> {
         match &self.dir {
@@ -575,16 +580,7 @@ pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
                 );
             }
             if a.conflict {
-                let c = a.cur.clone().unwrap_or_else(|| e.clone());
-                let dir = a.dir(e)?;
-                let name = keep_aside(
-                    &a.g,
-                    dir,
-                    &a.name,
-                    &e.path,
-                    (c.mtime, c.modified_by, &c.file_hash),
-                )?;
-                info!("conflict: {} kept as {name}", e.path);
+                a.keep_ours(e)?;
             }
         }
         Some(md) if md.is_dir() => {
@@ -672,15 +668,7 @@ fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
             let dir = a.dir(e)?;
             if a.conflict {
                 // Our file is a concurrent edit that loses to the folder: kept beside it.
-                let c = a.cur.clone().unwrap_or_else(|| e.clone());
-                let name = keep_aside(
-                    &a.g,
-                    dir,
-                    &a.name,
-                    &e.path,
-                    (c.mtime, c.modified_by, &c.file_hash),
-                )?;
-                info!("conflict: {} kept as {name}", e.path);
+                a.keep_ours(e)?;
             } else {
                 dir.unlink(&a.name).at(&e.path)?;
             }
@@ -708,10 +696,7 @@ fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
     };
     if let Some(dir) = &a.dir {
         // A pull of the file that will never be finished now.
-        let tmp = names::temp_for(&a.name);
-        if dir.stat(&tmp).is_ok_and(|m| m.is_some_and(|m| m.is_file())) {
-            let _ = dir.unlink(&tmp);
-        }
+        dir.unlink_file(&names::temp_for(&a.name));
         match dir.stat(&a.name).at(&e.path)? {
             Some(md) if md.is_file() => {
                 if !a.known_file(&md) {

@@ -360,18 +360,6 @@ fn local_sources(link: &Link<'_>, files: &[Entry]) -> HashMap<Hash, (String, u64
     sources
 }
 
-/// Whether a temp file found in place is one `left` made: a regular file owned by us with no
-/// other name.
-fn own_temp(m: &fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    unsafe extern "C" {
-        fn geteuid() -> u32;
-    }
-    // SAFETY: no arguments, cannot fail.
-    let me = unsafe { geteuid() };
-    m.is_file() && m.nlink() == 1 && m.uid() == me
-}
-
 /// Opens a file's temp file and decides where each of its blocks comes from.
 #[allow(clippy::result_large_err)]
 fn plan(
@@ -400,7 +388,7 @@ fn plan(
         // other name. Anything else in its place (a symlink, a hard link to a file outside
         // the share, a file of another user) is removed and the temp file made anew.
         let ours = match &f {
-            Ok(f) => f.metadata().is_ok_and(|m| own_temp(&m)),
+            Ok(f) => f.metadata().is_ok_and(|m| names::own_file(&m)),
             Err(_) => false,
         };
         if !ours {
