@@ -36,16 +36,46 @@ const MAX_HANDSHAKE_FRAME: usize = 256;
 /// Responses checked together at most (see `read_loop`).
 const RESPONSE_BATCH: usize = 16;
 /// Bytes of frames being read and decoded by all connections together (a frame decoded takes
-/// about twice its size for a moment: its bytes and what they decode into). A frame larger than
-/// [`SMALL_FRAME`] waits for its share, so many peers sending large frames at once cost this
-/// much, not that much per connection.
+/// about twice its size for a moment: its bytes and what they decode into, plus the entries of
+/// an index frame, see [`decode_cost`]). A frame larger than [`SMALL_FRAME`] waits for its
+/// share, so many peers sending large frames at once cost this much, not that much per
+/// connection.
 const FRAME_BUDGET: usize = 2 << 20;
 /// Frames up to this size are read without waiting (the reader's own buffer is as large).
 const SMALL_FRAME: usize = 16 << 10;
+/// While another frame waits for the budget, a frame holding a share of it must arrive at
+/// least this fast (after [`PACE_GRACE`]), or its connection ends: a peer that sends the start
+/// of a large frame and then trickles the rest cannot keep the budget from everyone else.
+const MIN_PACE: usize = 128 << 10;
+const PACE_GRACE: Duration = Duration::from_secs(2);
+/// How often a large frame's reader looks at its pace while it waits for bytes.
+const PACE_TICK: Duration = Duration::from_millis(250);
 
-/// The bytes of [`FRAME_BUDGET`] in use.
-static FRAMES: (std::sync::Mutex<usize>, std::sync::Condvar) =
-    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+/// The share of [`FRAME_BUDGET`] in use, and how many frames wait for theirs.
+struct Budget {
+    used: usize,
+    waiting: usize,
+}
+
+static FRAMES: (std::sync::Mutex<Budget>, std::sync::Condvar) = (
+    std::sync::Mutex::new(Budget {
+        used: 0,
+        waiting: 0,
+    }),
+    std::sync::Condvar::new(),
+);
+
+fn budget() -> std::sync::MutexGuard<'static, Budget> {
+    FRAMES.0.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a frame of `n` bytes may take in memory while it is read and decoded: its bytes, what
+/// they decode into (block data, block lists), and the fixed part of each entry an index frame
+/// can hold (at most [`wire::MAX_INDEX_ENTRIES`], each at least [`wire::MIN_ENTRY_BYTES`]).
+fn decode_cost(n: usize) -> usize {
+    let entries = (n / wire::MIN_ENTRY_BYTES).min(wire::MAX_INDEX_ENTRIES);
+    2 * n + entries * (std::mem::size_of::<Entry>() + 64)
+}
 
 /// A share of [`FRAME_BUDGET`], given back when dropped.
 #[derive(Debug)]
@@ -57,23 +87,32 @@ impl Permit {
         if n <= SMALL_FRAME {
             return Permit(0);
         }
-        let n = n.saturating_mul(2).min(FRAME_BUDGET);
-        let (m, cv) = &FRAMES;
-        let mut used = m.lock().unwrap_or_else(|p| p.into_inner());
-        while *used + n > FRAME_BUDGET {
-            used = cv.wait(used).unwrap_or_else(|p| p.into_inner());
+        let n = decode_cost(n).min(FRAME_BUDGET);
+        let mut b = budget();
+        b.waiting += 1;
+        while b.used + n > FRAME_BUDGET {
+            b = FRAMES.1.wait(b).unwrap_or_else(|p| p.into_inner());
         }
-        *used += n;
+        b.waiting -= 1;
+        b.used += n;
         Permit(n)
+    }
+
+    /// Whether a frame holding this share may go on arriving at `got` bytes in `took`: yes,
+    /// unless another frame waits for the budget and this one is slower than [`MIN_PACE`].
+    fn paced(&self, got: usize, took: Duration) -> bool {
+        self.0 == 0
+            || took < PACE_GRACE
+            || got as f64 >= took.as_secs_f64() * MIN_PACE as f64
+            || budget().waiting == 0
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if self.0 > 0 {
-            let (m, cv) = &FRAMES;
-            *m.lock().unwrap_or_else(|p| p.into_inner()) -= self.0;
-            cv.notify_all();
+            budget().used -= self.0;
+            FRAMES.1.notify_all();
         }
     }
 }
@@ -108,6 +147,8 @@ fn open_and_decode(mut body: Vec<u8>, session: Option<&mut Sealer>) -> Result<Ms
 /// kernel and never again.
 struct FrameReader<R> {
     inner: R,
+    /// The socket `inner` reads, polled while a large frame arrives (none in tests).
+    fd: Option<std::os::fd::RawFd>,
     pool: Pool,
     buf: Vec<u8>,
     pos: usize,
@@ -118,6 +159,7 @@ impl<R: Read> FrameReader<R> {
     fn new(inner: R, pool: Pool) -> Self {
         FrameReader {
             inner,
+            fd: None,
             pool,
             buf: vec![0; 16 << 10],
             pos: 0,
@@ -162,7 +204,18 @@ impl<R: Read> FrameReader<R> {
 
     /// The next frame's body; its length is checked against `max` before anything is allocated,
     /// and a large one waits for its share of [`FRAME_BUDGET`] (kept until the permit is dropped).
+    #[cfg(test)]
     fn body(&mut self, max: usize) -> Result<(Vec<u8>, Permit)> {
+        self.body_vetted(max, |_, _| Ok(()))
+    }
+
+    /// [`FrameReader::body`], with a large frame's length and first bytes shown to `vet`
+    /// before it waits for its share or anything is allocated for it.
+    fn body_vetted(
+        &mut self,
+        max: usize,
+        vet: impl FnOnce(usize, &[u8]) -> Result<()>,
+    ) -> Result<(Vec<u8>, Permit)> {
         let mut h = Vec::with_capacity(4);
         self.take_into(&mut h, 4)?;
         let n = wire::frame_len([h[0], h[1], h[2], h[3]])?;
@@ -170,6 +223,12 @@ impl<R: Read> FrameReader<R> {
             return Err(Error::protocol(format!(
                 "frame of {n} bytes is over the {max} allowed here"
             )));
+        }
+        if n > SMALL_FRAME {
+            while self.end - self.pos < wire::RESPONSE_BODY_HEADER {
+                self.fill()?;
+            }
+            vet(n, &self.buf[self.pos..self.end])?;
         }
         let permit = Permit::take(n);
         let mut body = self.pool.take(n);
@@ -179,12 +238,44 @@ impl<R: Read> FrameReader<R> {
         if rest < self.buf.len() {
             self.take_into(&mut body, rest)?;
         } else {
-            (&mut self.inner).take(rest as u64).read_to_end(&mut body)?;
-            if body.len() < n {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-            }
+            self.read_paced(&mut body, n, &permit)?;
         }
         Ok((body, permit))
+    }
+
+    /// Reads the rest of a large frame straight into `body`, up to `n` bytes. The frame holds
+    /// its share of the budget meanwhile: it must keep its pace ([`Permit::paced`]), and bytes
+    /// must keep coming within [`READ_TIMEOUT`].
+    fn read_paced(&mut self, body: &mut Vec<u8>, n: usize, permit: &Permit) -> Result<()> {
+        let (start, mut last) = (Instant::now(), Instant::now());
+        let mut got = body.len();
+        body.resize(n, 0);
+        while got < n {
+            if let Some(fd) = self.fd
+                && !crate::watch::readable(fd, PACE_TICK)
+            {
+                if !permit.paced(got, start.elapsed()) {
+                    return Err(Error::protocol(format!(
+                        "a frame of {n} bytes arriving at {} B/s while others wait for memory",
+                        (got as f64 / start.elapsed().as_secs_f64()) as u64
+                    )));
+                }
+                if last.elapsed() >= READ_TIMEOUT {
+                    return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
+                }
+                continue;
+            }
+            match self.inner.read(&mut body[got..]) {
+                Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+                Ok(k) => {
+                    got += k;
+                    last = Instant::now();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -197,7 +288,7 @@ pub struct Session {
 /// What the handshake learned of the peer.
 pub struct Handshake {
     pub device: u64,
-    /// The port the peer listens on.
+    /// The port the peer says it listens on.
     pub port: u16,
     pub session: Option<Session>,
 }
@@ -465,11 +556,14 @@ fn register(model: &Model, id: u64, peer: Peer) -> Result<()> {
         let _ = old.stream.shutdown(Shutdown::Both);
         g.peers.remove(&old_id);
     }
-    // Whichever side dialed, the configured peer at this address is now up.
+    // Whichever side dialed, the configured peer at this address is now up. The address and
+    // port in a hello prove nothing, so a device learned is never replaced this way: only a
+    // connection the dialer made itself tells it which device is there (and only that keeps
+    // it from dialing, see `daemon::dial_loop`).
     for d in g
         .dialers
         .values_mut()
-        .filter(|d| d.addrs.contains(&peer.listen))
+        .filter(|d| d.device.is_none_or(|dev| dev == peer.device) && d.addrs.contains(&peer.listen))
     {
         d.device = Some(peer.device);
         d.down_since = None;
@@ -529,6 +623,7 @@ fn read_loop(
         ..
     } = *routes;
     let mut r = FrameReader::new(stream, routes.pool.clone());
+    r.fd = Some(stream.as_raw_fd());
     let queue = |job: Out| -> Result<()> {
         if pending.fetch_add(1, Ordering::AcqRel) >= wire::MAX_REQUESTS {
             return Err(Error::protocol("too many outstanding requests"));
@@ -561,8 +656,27 @@ fn read_loop(
             }
         }
         // The frame's share of the budget is held until it has been handled.
+        // A large answer is weighed against what its request asked for before it is read.
+        let vet = |n: usize, head: &[u8]| match wire::response_id(head) {
+            Some(rid) => {
+                let asked = routes
+                    .lengths
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&rid)
+                    .copied();
+                match asked {
+                    Some(len) if n <= len + wire::RESPONSE_BODY_HEADER + auth::MAC_LEN => Ok(()),
+                    _ => Err(Error::protocol(format!(
+                        "an answer of {n} bytes to a request for {} at most",
+                        asked.unwrap_or(0)
+                    ))),
+                }
+            }
+            None => Ok(()),
+        };
         let (msg, _permit) = match r
-            .body(wire::MAX_FRAME)
+            .body_vetted(wire::MAX_FRAME, vet)
             .and_then(|(b, p)| Ok((open_and_decode(b, session.as_mut())?, p)))
         {
             Ok(m) => m,
@@ -573,7 +687,10 @@ fn read_loop(
             Msg::Hello(_) | Msg::Auth { .. } => {
                 return Err(Error::protocol("handshake frame after the handshake"));
             }
-            Msg::Index { seq, entries } => model.remote_entries(id, seq, entries)?,
+            Msg::Index { seq, entries } => {
+                model.remote_entries(id, seq, entries)?;
+                model.fold_if_due();
+            }
             Msg::IndexDone { seq } => {
                 let mut g = model.lock();
                 if let Some(p) = g.peers.get_mut(&id) {
@@ -730,7 +847,7 @@ fn announce(model: &Model, w: &mut FrameWriter<'_>, sent: u64) -> Result<u64> {
             g.index.changed(sent, top, &mut at, |x| {
                 wire::put_entry(&mut e, x);
                 n += 1;
-                e.0.len() < wire::INDEX_BATCH
+                e.0.len() < wire::INDEX_BATCH && (n as usize) < wire::MAX_INDEX_ENTRIES
             });
             (n, e.0)
         };
@@ -836,6 +953,56 @@ fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_keeps_its_pace_only_while_others_wait() {
+        let p = Permit(1 << 20);
+        let slow = Duration::from_secs(10);
+        // Alone, a slow frame may take its time; under the grace period, any frame may.
+        assert!(p.paced(1, slow));
+        budget().waiting += 1;
+        let paced = (p.paced(1, slow), p.paced(1, PACE_GRACE / 2));
+        let fast = p.paced(10 * MIN_PACE, slow);
+        budget().waiting -= 1;
+        assert_eq!(paced, (false, true));
+        assert!(fast);
+        // A small frame holds nothing of the budget.
+        assert!(Permit(0).paced(0, slow));
+        std::mem::forget(p);
+    }
+
+    #[test]
+    fn a_large_answer_is_weighed_before_it_is_read() {
+        let big = wire::encode(&Msg::Response(crate::wire::Response {
+            id: 7,
+            status: Status::Ok,
+            data: vec![3; 100_000],
+        }));
+        let mut r = FrameReader::new(&big[..], Pool::default());
+        let mut seen = None;
+        let got = r.body_vetted(wire::MAX_FRAME, |n, head| {
+            seen = Some((n, wire::response_id(head)));
+            Err(Error::protocol("larger than asked"))
+        });
+        assert!(got.is_err());
+        assert_eq!(seen, Some((big.len() - 4, Some(7))));
+        // Small frames are not shown (they are checked once decoded); other frames have no id.
+        let ping = wire::encode(&Msg::Ping);
+        let mut r = FrameReader::new(&ping[..], Pool::default());
+        assert!(
+            r.body_vetted(wire::MAX_FRAME, |_, _| unreachable!())
+                .is_ok()
+        );
+        assert_eq!(wire::response_id(&ping[4..]), None);
+    }
+
+    #[test]
+    fn what_a_frame_may_decode_into_is_bounded() {
+        // Tiny entries: more than twice the frame.
+        assert!(decode_cost(64 << 10) > 3 * (64 << 10));
+        // A frame of the largest size costs about twice: its count of entries is bounded.
+        assert!(decode_cost(wire::MAX_FRAME) < 2 * wire::MAX_FRAME + (1 << 20));
+    }
 
     /// Hands out a byte stream a few bytes at a time, in a varying rhythm, like a socket.
     struct Trickle {

@@ -6,6 +6,7 @@ use crate::conn;
 use crate::error::{Context, Error, Result};
 use crate::hash::short_id;
 use crate::index::Index;
+use crate::log::Throttle;
 use crate::model::{DialInfo, Model, Out};
 use crate::names::STATE_DIR;
 use crate::{scanner, signal, status};
@@ -413,6 +414,9 @@ fn handshake_over(slots: &Mutex<Slots>, ip: IpAddr, src: Source, done: bool) -> 
 }
 
 fn accept_loop(model: &Arc<Model>, opts: &Options, listener: TcpListener) {
+    // Lines strangers can cause as often as they connect: one per 10 s of each kind.
+    static REFUSED: Throttle = Throttle::new(Duration::from_secs(10));
+    static FAILED: Throttle = Throttle::new(Duration::from_secs(10));
     let slots = Arc::new(Mutex::new(Slots::default()));
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
@@ -422,7 +426,9 @@ fn accept_loop(model: &Arc<Model>, opts: &Options, listener: TcpListener) {
         let ip = from.ip().to_canonical();
         let src = source(model, opts, ip);
         if src == Source::Refused {
-            info!("refused a connection from {from}: not a listed peer (see --allow)");
+            if let Some(more) = REFUSED.pass() {
+                info!("refused a connection from {from}: not a listed peer (see --allow){more}");
+            }
             continue;
         }
         if !admit(&slots, ip, src) {
@@ -433,9 +439,11 @@ fn accept_loop(model: &Arc<Model>, opts: &Options, listener: TcpListener) {
         std::thread::spawn(move || {
             let hs = conn::handshake(&mut stream, &m, false);
             if !handshake_over(&slots, ip, src, hs.is_ok()) {
-                match hs {
-                    Err(e) => info!("connection from {from} ended: {e}"),
-                    Ok(_) => info!("refused a connection from {from}: too many open"),
+                if let Some(more) = FAILED.pass() {
+                    match hs {
+                        Err(e) => info!("connection from {from} ended: {e}{more}"),
+                        Ok(_) => info!("refused a connection from {from}: too many open{more}"),
+                    }
                 }
                 return;
             }
@@ -459,7 +467,6 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr) {
         if model.lock().shutdown {
             return;
         }
-        // Already connected to that peer (it dialed us): nothing to do.
         let addrs: Vec<SocketAddr> = match (peer.host.as_str(), peer.port).to_socket_addrs() {
             Ok(a) => a
                 .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
@@ -478,11 +485,15 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr) {
             {
                 d.addrs = addrs.clone();
             }
+            // Only by the device a connection we dialed answered with: a hello from the
+            // peer's address claiming its port (any program on that host can send one) does
+            // not stand for the peer.
             g.peers
                 .values()
-                .find(|p| addrs.contains(&p.listen) || known == Some(p.device))
+                .find(|p| known == Some(p.device))
                 .map(|p| p.device)
         };
+        // Already connected to that peer (it dialed us): nothing to do.
         if let Some(dev) = connected {
             known = Some(dev);
             set_dial(model, peer, Some(dev), None, true);

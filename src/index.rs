@@ -89,6 +89,19 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// What the entry takes in memory, everything it holds counted: the entry itself, its name
+    /// (twice: it is also the key of the map holding it) and the map's node, its block hashes
+    /// and their XXH64s, and its version vector.
+    pub fn mem_cost(&self) -> usize {
+        std::mem::size_of::<Entry>()
+            + std::mem::size_of::<String>()
+            + 64
+            + 2 * self.path.len()
+            + 16 * self.blocks.len()
+            + 8 * self.fast.len()
+            + 16 * self.version.pairs().len()
+    }
+
     pub fn is_file(&self) -> bool {
         self.kind == Kind::File && !self.deleted
     }
@@ -196,6 +209,8 @@ pub struct Index {
     /// Path of each entry of `over` by its sequence number, so that what changed since a given
     /// number is found without walking the whole index.
     over_seq: BTreeMap<u64, Box<str>>,
+    /// What the entries of `over` take in memory ([`Entry::mem_cost`]).
+    over_bytes: usize,
     totals: Totals,
     disk: Disk,
 }
@@ -329,6 +344,8 @@ const WINDOW: usize = 64 << 10;
 /// Entries changed since the base was written that memory holds: past this, the next save
 /// writes a new base (the daemon saves early for it, [`Index::wants_fold`]).
 pub const OVERLAY_MAX: usize = 2048;
+/// Bytes those entries may take: long names, block lists and version vectors count.
+pub const OVERLAY_BYTES: usize = 2 << 20;
 
 /// The digest a base file ends with, over all that comes before it. It finds damage and names
 /// the base a journal continues. It was the file's MD5, which cost about as much as writing the
@@ -642,7 +659,7 @@ impl Index {
     /// Whether memory holds enough changes that the next save should come now and write a
     /// new base.
     pub fn wants_fold(&self) -> bool {
-        self.over.len() > OVERLAY_MAX
+        self.over.len() > OVERLAY_MAX || self.over_bytes > OVERLAY_BYTES
     }
 
     /// Stores `e` in memory as the entry of its path, keeping the totals and `over_seq` in step.
@@ -650,6 +667,7 @@ impl Index {
         // What is counted out: the entry in memory, or the base's, read without decoding it.
         let old = match self.over.get(e.path.as_str()) {
             Some(slot) => slot.as_deref().map(|old| {
+                self.over_bytes -= old.mem_cost();
                 if self
                     .over_seq
                     .get(&old.seq)
@@ -669,6 +687,7 @@ impl Index {
         self.totals.add(file_size(&e));
         self.seq = self.seq.max(e.seq);
         self.over_seq.insert(e.seq, e.path.as_str().into());
+        self.over_bytes += e.mem_cost();
         self.over.insert(e.path.as_str().into(), Some(Box::new(e)));
     }
 
@@ -764,10 +783,13 @@ impl Index {
                 .base
                 .as_ref()
                 .is_some_and(|b| b.find(&e.path).is_some());
-            if in_base {
-                self.over.insert(e.path.as_str().into(), None);
+            let was = if in_base {
+                self.over.insert(e.path.as_str().into(), None)
             } else {
-                self.over.remove(e.path.as_str());
+                self.over.remove(e.path.as_str())
+            };
+            if let Some(Some(old)) = was {
+                self.over_bytes -= old.mem_cost();
             }
         }
         // The journal only adds and replaces entries: removals need a new base.
@@ -1009,6 +1031,7 @@ impl Index {
         });
         self.over.clear();
         self.over_seq.clear();
+        self.over_bytes = 0;
         self.disk = Disk {
             seq: self.seq,
             base: Some(digest),
@@ -1349,6 +1372,34 @@ mod tests {
             version: Version::from_pairs(vec![(9, n as u64)]),
             ..Entry::default()
         }
+    }
+
+    #[test]
+    fn memory_bounds_the_changes_it_holds_by_bytes_too() {
+        let mut ix = Index::default();
+        // Long versions: far fewer entries than OVERLAY_MAX take more than OVERLAY_BYTES.
+        let long = Version::from_pairs((1..=1023).map(|d| (d, 7)).collect());
+        let mut n = 0;
+        while !ix.wants_fold() {
+            let mut e = file(&format!("f{n}"), 1);
+            e.version = long.clone();
+            ix.put(e);
+            n += 1;
+        }
+        assert!(n < OVERLAY_MAX / 8, "{n} entries held");
+        assert!(ix.over_bytes > OVERLAY_BYTES);
+        // Replaced and removed entries are counted out.
+        for k in 0..n {
+            ix.put(file(&format!("f{k}"), 1));
+        }
+        assert!(!ix.wants_fold());
+        let small = ix.over_bytes;
+        ix.purge(|_| true);
+        assert!(
+            ix.over_bytes < small && ix.over_bytes == 0,
+            "{}",
+            ix.over_bytes
+        );
     }
 
     /// Saves the way the daemon does: a journal record if the index allows one, else whole.

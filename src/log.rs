@@ -32,6 +32,40 @@ pub fn line(level: u8, args: std::fmt::Arguments<'_>) {
     let _ = std::io::stderr().write_all(msg.as_bytes());
 }
 
+/// Lets one kind of line through at most once per interval and counts the ones held back: what
+/// strangers cause (refused connections, failed handshakes) cannot fill a log kept in RAM.
+pub struct Throttle {
+    every: std::time::Duration,
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttle {
+    pub const fn new(every: std::time::Duration) -> Throttle {
+        Throttle {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// Whether a line may go out now: then what to add to it, the count held back since the
+    /// last one ("" if none).
+    pub fn pass(&self) -> Option<String> {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if g.0.is_some_and(|t| now.duration_since(t) < self.every) {
+            g.1 += 1;
+            return None;
+        }
+        let held = std::mem::take(&mut g.1);
+        g.0 = Some(now);
+        Some(if held > 0 {
+            format!(" ({held} more like it not logged)")
+        } else {
+            String::new()
+        })
+    }
+}
+
 /// Writes to stdout, ignoring a closed pipe (`left status | head` must not abort).
 pub fn out(text: &str) {
     use std::io::Write;
@@ -102,6 +136,16 @@ macro_rules! debug {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttle_lets_one_line_through_and_counts_the_rest() {
+        let t = Throttle::new(std::time::Duration::from_millis(200));
+        assert_eq!(t.pass().as_deref(), Some(""));
+        assert!(t.pass().is_none() && t.pass().is_none());
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert_eq!(t.pass().as_deref(), Some(" (2 more like it not logged)"));
+        assert!(t.pass().is_none());
+    }
 
     #[test]
     fn civil_dates() {

@@ -74,7 +74,7 @@ pub enum Out {
 pub struct Peer {
     pub device: u64,
     pub addr: SocketAddr,
-    /// Where the peer listens (its address with the port from its hello).
+    /// Where the peer says it listens (its address with the port from its hello).
     pub listen: SocketAddr,
     /// Whether we dialed this connection (used to pick one of two crossing connections).
     pub dialed: bool,
@@ -275,6 +275,23 @@ impl Model {
         g.index.appended(&record, written.is_ok());
         if written.is_ok() {
             self.installs().clear_if(logged);
+        }
+    }
+
+    /// Writes the index out when memory holds more changes than it should, first waiting a
+    /// while for installs under way to become durable. Called by a peer's reader before it reads
+    /// more: a peer whose entries land in the index at once (tombstones need no pull) is paced
+    /// by the saves they cause, and memory stays bounded.
+    pub fn fold_if_due(&self) {
+        let until = Instant::now() + std::time::Duration::from_secs(10);
+        let mut g = self.lock();
+        while g.index.wants_fold() && g.hold_save > 0 && Instant::now() < until {
+            g = self.wait(g, std::time::Duration::from_millis(50));
+        }
+        let due = g.index.wants_fold() && g.hold_save == 0;
+        drop(g);
+        if due {
+            self.save_index();
         }
     }
 

@@ -380,17 +380,8 @@ impl Drop for Needs {
     }
 }
 
-/// What an entry takes in memory, everything it holds counted: the entry itself, its name (twice:
-/// it is also the key of the map holding it) and the map's node, its block hashes and their
-/// XXH64s, and its version vector.
 fn cost(e: &Entry) -> usize {
-    std::mem::size_of::<Entry>()
-        + std::mem::size_of::<String>()
-        + 64
-        + 2 * e.path.len()
-        + 16 * e.blocks.len()
-        + 8 * e.fast.len()
-        + 16 * e.version.pairs().len()
+    e.mem_cost()
 }
 
 fn is_folder_delete(e: &Entry) -> bool {

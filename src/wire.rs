@@ -15,6 +15,11 @@ pub const PROTOCOL_VERSION: u16 = 2;
 pub const MAX_FRAME: usize = (8 << 20) + (64 << 10);
 /// Largest index batch a sender builds; one entry alone may be larger (big files have many blocks).
 pub const INDEX_BATCH: usize = 256 << 10;
+/// Entries one index frame holds at most: what a frame decodes into stays within a few times
+/// its size however small its entries are.
+pub const MAX_INDEX_ENTRIES: usize = 1024;
+/// The fewest bytes an entry takes on the wire.
+pub const MIN_ENTRY_BYTES: usize = 60;
 /// Requests (Request and SubHashes) one side may have outstanding with the other; past it the
 /// connection is a protocol error.
 pub const MAX_REQUESTS: usize = 256;
@@ -385,6 +390,18 @@ pub fn request_of(frame: &[u8]) -> Option<(u32, usize)> {
     })
 }
 
+/// The id of the Response a frame body starts with (its first 5 bytes suffice); None for other
+/// frames. The reader weighs a large answer against its request before reading it.
+pub fn response_id(head: &[u8]) -> Option<u32> {
+    match head {
+        [T_RESPONSE, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
+/// Bytes of a Response body before its data: type, id, status, length.
+pub const RESPONSE_BODY_HEADER: usize = RESPONSE_HEADER - 4;
+
 /// Checks a frame header (the 4 length bytes) and returns the body length to read.
 pub fn frame_len(header: [u8; 4]) -> Result<usize> {
     let n = u32::from_be_bytes(header) as usize;
@@ -419,9 +436,14 @@ pub fn decode(body: Vec<u8>) -> Result<Msg> {
         T_INDEX => {
             let seq = d.u64()?;
             let n = d.u32()? as usize;
-            // An entry takes at least 60 bytes: bound the count before reserving room.
-            if n > d.remaining() / 60 {
+            // Bound the count before reserving room.
+            if n > d.remaining() / MIN_ENTRY_BYTES {
                 return Err(Error::protocol("index count larger than the frame"));
+            }
+            if n > MAX_INDEX_ENTRIES {
+                return Err(Error::protocol(format!(
+                    "an index frame of {n} entries (at most {MAX_INDEX_ENTRIES})"
+                )));
             }
             let mut entries = Vec::with_capacity(n);
             for _ in 0..n {
@@ -688,6 +710,18 @@ mod tests {
         let n = f.len();
         f[n - 4..].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(decode_stream(&f).is_err());
+        // More entries than a frame may hold, however small they are.
+        let many = |n: usize| {
+            let entries = (0..n)
+                .map(|k| Entry {
+                    path: format!("{k}"),
+                    ..entry()
+                })
+                .collect();
+            decode_stream(&encode(&Msg::Index { seq: 1, entries }))
+        };
+        assert!(many(MAX_INDEX_ENTRIES).is_ok());
+        assert!(many(MAX_INDEX_ENTRIES + 1).is_err());
         // Blocks that do not fit the size.
         let mut e = entry();
         e.blocks = [&e.blocks[..], &[[4; 16]]].concat().into();

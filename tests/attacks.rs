@@ -515,3 +515,195 @@ fn answers_larger_than_asked_are_refused() {
     syncs(&a, &b, "after the inflated answers");
     assert!(!b.path("inflated.bin").exists());
 }
+
+/// A peer sends the header of a 1 MiB frame, then one byte every 5 s (under the 90 s read
+/// timeout). Before, the frame's share of the reading budget (2 MiB) was taken when its header
+/// came and held until its last byte: every other connection's frame over 16 KiB (block answers,
+/// index batches) waited for it, and B never received a 1 MiB file from its good peer. Now a
+/// frame that holds a share must keep a minimum pace while another one waits: the trickler is
+/// dropped and the good peer's blocks go through.
+#[test]
+fn a_trickled_large_frame_does_not_hold_the_reading_budget() {
+    let t = TestDir::new("trickle");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    syncs(&a, &b, "before the trickle");
+    let f = FakePeer::connect(pb, 0x7B1C_0000_0000_0001, free_port());
+    let mut hdr = ((1u32 << 20) + 1).to_be_bytes().to_vec();
+    hdr.push(wire::T_INDEX);
+    assert!(f.send(&hdr));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (f, stop) = (&f, &stop);
+        s.spawn(move || {
+            let mut ticks = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(250));
+                ticks += 1;
+                if ticks % 20 == 0 && !f.send(&[0u8]) {
+                    return;
+                }
+            }
+        });
+        let data = random_bytes(77, 1 << 20);
+        write_file(&a.path("big.bin"), &data);
+        let ok = wait_until(SOON, || has_content(&b.path("big.bin"), &data));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            ok,
+            "B never received a 1 MiB file while a fake peer trickled a large frame\n{}",
+            tail(&b.log_text(), 10)
+        );
+    });
+    assert!(f.is_closed(), "the trickling peer is still connected");
+    syncs(&a, &b, "after the trickle");
+}
+
+/// Index entries of a stranger's, one frame each of the largest size (8 MiB), filled with
+/// the smallest entries there are (tiny names, no blocks): some 130,000 of them decode to more
+/// than four times the frame. Before, the frame's share of the budget assumed twice its size
+/// and every entry was decided under the model's lock in one go: B's memory grew by 36 MiB
+/// per such frame. Now an index frame holds at most 1,024 entries: the frame is refused
+/// whole, the connection dropped, and B stays small.
+#[test]
+fn an_index_frame_of_countless_tiny_entries_is_refused() {
+    let t = TestDir::new("tiny-entries");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    syncs(&a, &b, "before the tiny entries");
+    let pid = b.pid().unwrap();
+    let f = FakePeer::connect(pb, 0x7171_0000_0000_0001, free_port());
+    f.mute();
+    let mut entries = Vec::new();
+    let mut len = 12usize;
+    while len < (8 << 20) - 200 {
+        let mut e = WEntry::file(&format!("{:x}", entries.len()), b"", f.device, 1);
+        e.version = vec![];
+        len += 63 + e.path.len() - 1;
+        entries.push(e);
+    }
+    let _ = f.send(&wire::index(1, &entries));
+    assert!(
+        wait_until(SOON, || f.is_closed()),
+        "a frame of {} entries was taken",
+        entries.len()
+    );
+    syncs(&a, &b, "after the tiny entries");
+    let peak = memory_kib(pid).0;
+    eprintln!(
+        "{} entries in one frame; B's peak RSS {peak} KiB",
+        entries.len()
+    );
+    assert!(peak < BUDGET_KIB, "B's peak RSS reached {peak} KiB");
+}
+
+/// A peer announces 4,000 deletions of paths B never had, each with a 200-byte name and the
+/// longest version a daemon takes (1023 devices, 16 KiB). Deletions need no block: they land
+/// in B's index at once, and its in-memory part was bounded by a count of entries (2,048), not
+/// by their size: B's memory grew by 75 MiB. Now memory also bounds it by bytes and the reader
+/// writes the index out before it reads more, so B's peak stays under the budget (the
+/// deletions are kept: a third peer may still hold those files) and its good peer syncs.
+#[test]
+fn deletions_with_long_versions_stay_within_the_memory_budget() {
+    let t = TestDir::new("long-tombstones");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    syncs(&a, &b, "before the deletions");
+    let pid = b.pid().unwrap();
+    let f = FakePeer::connect(pb, 0x70B5_0000_0000_0001, free_port());
+    f.mute();
+    let version: Vec<(u64, u64)> = (1..=1023u64).map(|d| (f.device + d, 1_000 + d)).collect();
+    let long = "t".repeat(200);
+    for round in 0..40u64 {
+        let entries: Vec<WEntry> = (0..100u64)
+            .map(|k| {
+                let mut e = WEntry::deleted(&format!("g{round}/{k}-{long}"), f.device, 1);
+                e.version = version.clone();
+                e
+            })
+            .collect();
+        assert!(
+            f.send(&wire::index(0, &entries)),
+            "dropped at round {round}"
+        );
+    }
+    assert!(f.send(&wire::index(1, &[])));
+    assert!(f.send(&wire::seq_frame(wire::T_INDEX_DONE, 1)));
+    syncs(&a, &b, "after the deletions");
+    let peak = memory_kib(pid).0;
+    eprintln!("B's peak RSS {peak} KiB; fake closed: {}", f.is_closed());
+    assert!(peak < BUDGET_KIB, "B's peak RSS reached {peak} KiB");
+}
+
+/// Fresh deletions from a peer, 1,024 to a frame, frame after frame (200,000 in all): each
+/// frame is decided under the model's lock and folds the index now and then. B's good peer
+/// still syncs both ways while the flood goes on, and B's memory stays within the budget.
+#[test]
+fn a_flood_of_deletions_does_not_stall_a_good_peer() {
+    let t = TestDir::new("tombstone-flood");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    syncs(&a, &b, "before the flood");
+    let pid = b.pid().unwrap();
+    let f = FakePeer::connect(pb, 0x5747_0000_0000_0001, free_port());
+    f.mute();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (f, stop) = (&f, &stop);
+        let flood = s.spawn(move || {
+            let mut sent = 0;
+            for round in 0..200u64 {
+                let entries: Vec<WEntry> = (0..1024u64)
+                    .map(|k| WEntry::deleted(&format!("d{round:x}/{k:x}"), f.device, 1))
+                    .collect();
+                if stop.load(std::sync::atomic::Ordering::SeqCst)
+                    || !f.send(&wire::index(0, &entries))
+                {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        });
+        for i in 0..4 {
+            syncs(&a, &b, &format!("during the flood {i}"));
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        eprintln!("frames sent: {}", flood.join().unwrap());
+    });
+    let peak = memory_kib(pid).0;
+    eprintln!("B's peak RSS {peak} KiB");
+    assert!(peak < BUDGET_KIB, "B's peak RSS reached {peak} KiB");
+    assert!(!f.is_closed(), "an honest (if odd) peer was dropped");
+}
+
+/// B lists A; A only accepts. A program on A's host (here the same address) connects to B with
+/// a hello that claims A's port under another device id. Before, B's dialer took any
+/// connection from A's address and port as A and stopped dialing: once A restarted, B never
+/// reached it again while the impostor stayed. Now the dialer trusts only the device its own
+/// connection to A answered with.
+#[test]
+fn a_hello_claiming_a_listed_peers_port_does_not_park_the_dialer() {
+    let t = TestDir::new("port-claim");
+    let (pa, pb) = two_ports();
+    let dead = free_port();
+    let a = Peer::start_with(&t, "A", pa, &[dead], &["--allow", "127.0.0.1"]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    let f = FakePeer::connect(pb, 0x9047_0000_0000_0001, pa);
+    let mut a = a;
+    a.terminate(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    let a = Peer::start_with(&t, "A", pa, &[dead], &["--allow", "127.0.0.1"]);
+    let data = b"from B to A\n";
+    fs::write(b.path("b-to-a"), data).unwrap();
+    assert!(
+        wait_until(SOON, || has_content(&a.path("b-to-a"), data)),
+        "A never got B's file while a connection from A's address claimed A's port\n{}",
+        tail(&b.log_text(), 12)
+    );
+    drop(f);
+}
