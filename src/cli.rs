@@ -226,7 +226,9 @@ pub fn parse_with(
     let mut verbosity = cfg.verbosity.unwrap_or(1);
     let mut peers = Vec::new();
     let mut key_file = cfg.key_file.clone();
-    let mut max_pending = cfg.max_pending.unwrap_or(crate::needs::DEFAULT_IN_MEMORY);
+    let mut max_pending = cfg
+        .max_pending
+        .unwrap_or(crate::sync::needs::DEFAULT_IN_MEMORY);
     let mut allow = Vec::new();
     let mut it = args.iter();
     let mut only_peers = false;

@@ -2,14 +2,14 @@
 //! scanner, and a loop that saves the index and, with `--once`, decides when to stop.
 
 use crate::cli::{Allow, Options, PeerAddr};
-use crate::conn;
 use crate::error::{Context, Error, Result};
 use crate::hash::short_id;
-use crate::index::Index;
 use crate::log::Throttle;
-use crate::model::{DialInfo, Model, Out};
-use crate::names::STATE_DIR;
-use crate::{scanner, signal, status};
+use crate::net::conn;
+use crate::store::index::Index;
+use crate::store::names::STATE_DIR;
+use crate::sync::model::{DialInfo, Model, Out};
+use crate::{scan::scanner, status, sys::signal};
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
@@ -59,7 +59,7 @@ fn device_id(state: &Path) -> Result<u64> {
                 .at("/dev/urandom")?;
             let id = u64::from_be_bytes(b).max(1);
             let tmp = state.join("device.tmp");
-            crate::names::create_own(&tmp)
+            crate::sys::open::create_own(&tmp)
                 .and_then(|mut f| {
                     std::io::Write::write_all(&mut f, format!("{id:016x}\n").as_bytes())?;
                     f.sync_all()
@@ -98,10 +98,10 @@ fn open_index(state: &Path, device: u64) -> Index {
 pub fn run(opts: &Options) -> Result<i32> {
     // First: `left status` may signal us as soon as a status file names our pid.
     signal::install();
-    crate::limits::fewer_arenas();
-    let files = crate::limits::raise();
+    crate::sys::limits::fewer_arenas();
+    let files = crate::sys::limits::raise();
     debug!("open files allowed: {files}");
-    debug!("MD5s side by side: {}", crate::md5x::describe());
+    debug!("MD5s side by side: {}", crate::hash::md5x::describe());
     let root = &opts.dir;
     fs::create_dir_all(root).at(root)?;
     let root = fs::canonicalize(root).at(root)?;
@@ -120,11 +120,11 @@ pub fn run(opts: &Options) -> Result<i32> {
     let index = open_index(&state, device);
     let mut model = Model::new(root.clone(), index);
     if let Ok(st) = model.state.get_mut() {
-        st.received = crate::intents::load(&state);
+        st.received = crate::store::intents::load(&state);
     }
     model.max_pending = opts.max_pending;
     if let Some(k) = &opts.key_file {
-        model.key = Some(crate::auth::load_key(k)?);
+        model.key = Some(crate::proto::auth::load_key(k)?);
     }
     let model = Arc::new(model);
     scanner::clean_temps(&root, TEMP_MAX_AGE);
@@ -215,9 +215,9 @@ pub fn run(opts: &Options) -> Result<i32> {
             flush_all(&model);
             info!(
                 "in sync with every peer; file data received {} bytes, sent {} bytes, reused locally {} bytes",
-                crate::puller::RECEIVED.load(Ordering::Relaxed),
+                crate::sync::puller::RECEIVED.load(Ordering::Relaxed),
                 conn::SENT.load(Ordering::Relaxed),
-                crate::puller::REUSED.load(Ordering::Relaxed)
+                crate::sync::puller::REUSED.load(Ordering::Relaxed)
             );
             return Ok(0);
         }
@@ -565,7 +565,7 @@ fn set_dial(model: &Model, peer: &PeerAddr, device: Option<u64>, err: Option<Str
 }
 
 fn scan_loop(model: &Model) {
-    let mut watcher = crate::watch::Watcher::new();
+    let mut watcher = crate::sys::watch::Watcher::new();
     if let Some(w) = &watcher {
         model.watch_fd.store(w.fd(), Ordering::Relaxed);
     }

@@ -2,32 +2,18 @@
 
 #[macro_use]
 mod log;
-mod auth;
 mod cli;
 mod config;
-mod conn;
 mod daemon;
-mod delta;
-mod dirfd;
 mod error;
 mod hash;
-mod ignore;
-mod index;
-mod intents;
-mod limits;
-mod md5x;
-mod model;
-mod names;
-mod needs;
-mod pool;
-mod puller;
-mod scanner;
-mod signal;
+mod net;
+mod proto;
+mod scan;
 mod status;
-mod transfer;
-mod version;
-mod watch;
-mod wire;
+mod store;
+mod sync;
+mod sys;
 
 use std::process::ExitCode;
 

@@ -5,8 +5,8 @@ use crate::cli::Options;
 use crate::error::{Context, Result};
 use crate::hash::short_id;
 use crate::log::timestamp;
-use crate::model::Model;
-use crate::names::STATE_DIR;
+use crate::store::names::STATE_DIR;
+use crate::sync::model::Model;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
@@ -124,7 +124,7 @@ impl Writer {
         }
         let dir = model.root.join(STATE_DIR);
         let tmp = dir.join("status.tmp");
-        let written = crate::names::create_own(&tmp)
+        let written = crate::sys::open::create_own(&tmp)
             .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
         if written.is_ok() && fs::rename(&tmp, dir.join("status")).is_ok() {
             self.last = text;
@@ -161,7 +161,7 @@ fn fresh(p: &Path) {
         return;
     }
     let before = md.map(|m| m.ino());
-    if !crate::signal::send(pid, crate::signal::SIGUSR1) {
+    if !crate::sys::signal::send(pid, crate::sys::signal::SIGUSR1) {
         return;
     }
     let end = std::time::Instant::now() + Duration::from_secs(1);

@@ -639,7 +639,7 @@ pub fn wait_identical(a: &Path, b: &Path, timeout: Duration) {
 
 // ---------------------------------------------------------------------------------------------
 // Raw processes, signals, and a fake peer speaking the wire protocol by hand (trust, mesh and
-// operator tests). See src/wire.rs for the layout: u32 BE length | u8 type | payload.
+// operator tests). See src/proto/wire.rs for the layout: u32 BE length | u8 type | payload.
 
 impl Peer {
     /// Starts `left ARGS` exactly as given (no --dir/--port added), stderr to a log, and waits

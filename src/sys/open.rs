@@ -1,50 +1,15 @@
-//! Names inside the share: the check every name from a peer passes where it arrives, and the
-//! names `left` keeps for itself (its state directory and temp files).
+//! Opening files without following symlinks: `left`'s own files (never through a symlink or
+//! a hard link) and files inside the share (`openat2` with `RESOLVE_NO_SYMLINKS`, or each folder
+//! checked and `O_NOFOLLOW`), with the `open` flags declared by hand.
 
 use crate::error::{Error, Result};
-
-/// The state directory at the top of the share; never synced.
-pub const STATE_DIR: &str = ".left";
-/// Temp files are `.NAME.left-tmp` beside their target; never synced.
-const TEMP_SUFFIX: &str = ".left-tmp";
-pub const MAX_PATH: usize = 4096;
-const MAX_COMPONENT: usize = 255;
-
-/// Checks a relative name from a peer or from disk: non-empty, `/`-separated, no empty, `.` or
-/// `..` component, no NUL, not absolute, not inside the state directory, not a temp file.
-pub fn check(path: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::protocol(format!("bad name {path:?}: {why}")));
-    if path.is_empty() {
-        return bad("empty");
-    }
-    if path.len() > MAX_PATH {
-        return bad("too long");
-    }
-    if path.contains('\0') {
-        return bad("contains NUL");
-    }
-    if path.starts_with('/') {
-        return bad("absolute");
-    }
-    for (i, c) in path.split('/').enumerate() {
-        match c {
-            "" => return bad("empty component"),
-            "." | ".." => return bad("dot component"),
-            _ if c.len() > MAX_COMPONENT => return bad("component too long"),
-            _ if i == 0 && c == STATE_DIR => return bad("inside the state directory"),
-            _ if is_temp(c) => return bad("a temp file name"),
-            _ => {}
-        }
-    }
-    Ok(())
-}
 
 /// Checks that no folder on the way from `root` to `rel` is a symlink (or anything but a
 /// folder), so that nothing is read or written outside the share through one. Missing folders
 /// are fine: they will be created as real folders.
 pub fn check_ancestors(root: &std::path::Path, rel: &str) -> Result<()> {
     let mut p = root.to_path_buf();
-    let (dir, _) = split(rel);
+    let dir = rel.rsplit_once('/').map_or("", |(d, _)| d);
     if dir.is_empty() {
         return Ok(());
     }
@@ -237,60 +202,6 @@ fn open_checked(root: &std::path::Path, rel: &str, how: Open) -> std::io::Result
     o.open(root.join(rel))
 }
 
-/// Whether a file name (one component) is one of `left`'s temp files.
-pub fn is_temp(name: &str) -> bool {
-    name.len() > TEMP_SUFFIX.len() + 1 && name.starts_with('.') && name.ends_with(TEMP_SUFFIX)
-}
-
-/// The temp file name for a target file name (one component), kept within 255 bytes.
-pub fn temp_for(name: &str) -> String {
-    if name.len() + 1 + TEMP_SUFFIX.len() <= MAX_COMPONENT {
-        format!(".{name}{TEMP_SUFFIX}")
-    } else {
-        format!(
-            ".{}{TEMP_SUFFIX}",
-            crate::hash::hex(&crate::hash::md5(name.as_bytes()))
-        )
-    }
-}
-
-/// Splits `a/b/c` into (`a/b`, `c`); the parent is empty at the top.
-/// The temp file's name for `rel`, relative like it.
-pub fn temp_rel(rel: &str) -> String {
-    match split(rel) {
-        ("", name) => temp_for(name),
-        (dir, name) => format!("{dir}/{}", temp_for(name)),
-    }
-}
-
-pub fn split(path: &str) -> (&str, &str) {
-    match path.rfind('/') {
-        Some(i) => (&path[..i], &path[i + 1..]),
-        None => ("", path),
-    }
-}
-
-/// The name a conflict copy gets: `NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.EXT`, or with
-/// `n` over 1, `NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE-N.EXT` (the first name was taken).
-pub fn conflict_name(path: &str, mtime: i64, device: u64, n: u32) -> String {
-    let (dir, name) = split(path);
-    let (stem, ext) = match name.rfind('.') {
-        Some(i) if i > 0 => (&name[..i], &name[i..]),
-        _ => (name, ""),
-    };
-    let (y, mo, d, h, mi, s) = crate::log::civil(mtime);
-    let mut dev = crate::hash::short_id(device);
-    if n > 1 {
-        dev = format!("{dev}-{n}");
-    }
-    let file = format!("{stem}.sync-conflict-{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{dev}{ext}");
-    if dir.is_empty() {
-        file
-    } else {
-        format!("{dir}/{file}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,49 +223,6 @@ mod tests {
         create_own(&p).unwrap().write_all(b"new").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"new");
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn good_names() {
-        for ok in [
-            "a",
-            "a/b/c",
-            ".hidden",
-            "dir/.left",
-            "x..y",
-            "...",
-            "a b/c d",
-            "ünï/cödé",
-        ] {
-            check(ok).unwrap();
-        }
-    }
-
-    #[test]
-    fn bad_names() {
-        let long = "x".repeat(256);
-        let longer = "a/".repeat(3000);
-        for bad in [
-            "",
-            "/a",
-            "a/",
-            "a//b",
-            ".",
-            "..",
-            "../a",
-            "a/../b",
-            "a/.",
-            "./a",
-            ".left",
-            ".left/index",
-            "a\0b",
-            &long,
-            &longer,
-            ".f.left-tmp",
-            "d/.f.left-tmp",
-        ] {
-            assert!(check(bad).is_err(), "{bad:?} accepted");
-        }
     }
 
     #[test]
@@ -419,34 +287,5 @@ mod tests {
         assert_eq!(std::fs::read(outside.join("f")).unwrap(), b"outside");
         std::fs::remove_dir_all(&root).unwrap();
         std::fs::remove_dir_all(&outside).unwrap();
-    }
-
-    #[test]
-    fn temp_names() {
-        assert_eq!(temp_for("a.txt"), ".a.txt.left-tmp");
-        assert!(is_temp(&temp_for("a.txt")));
-        let long = "y".repeat(250);
-        assert!(temp_for(&long).len() <= 255);
-        assert!(is_temp(&temp_for(&long)));
-        assert!(!is_temp(".left-tmp"));
-        assert!(!is_temp("a.left-tmp"));
-    }
-
-    #[test]
-    fn conflict_names() {
-        let t = 1_795_622_625; // 2026-11-25 16:03:45 UTC
-        let dev = crate::hash::short_id(0xabcdef);
-        assert_eq!(
-            conflict_name("d/report.txt", t, 0xabcdef, 1),
-            format!("d/report.sync-conflict-20261125-160345-{dev}.txt")
-        );
-        assert_eq!(
-            conflict_name("Makefile", t, 0xabcdef, 1),
-            format!("Makefile.sync-conflict-20261125-160345-{dev}")
-        );
-        assert_eq!(
-            conflict_name(".bashrc", t, 0xabcdef, 3),
-            format!(".bashrc.sync-conflict-20261125-160345-{dev}-3")
-        );
     }
 }

@@ -2,14 +2,14 @@
 //! routes them, a writer that sends our index, requests and the blocks the peer asks for, and the
 //! puller. The reader never writes, so two peers pulling from each other cannot deadlock.
 
-use crate::auth::{self, Sealer};
 use crate::error::{Context, Error, Result};
 use crate::hash::short_id;
-use crate::index::{Entry, Stat};
-use crate::model::{Model, Out, Peer};
-use crate::pool::Pool;
-use crate::puller::{self, Link};
-use crate::wire::{self, Enc, Hello, MAGIC, Msg, PROTOCOL_VERSION, Request, Status};
+use crate::proto::auth::{self, Sealer};
+use crate::proto::wire::{self, Enc, Hello, MAGIC, Msg, PROTOCOL_VERSION, Request, Status};
+use crate::store::index::{Entry, Stat};
+use crate::sync::model::{Model, Out, Peer};
+use crate::sync::pool::Pool;
+use crate::sync::puller::{self, Link};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -252,7 +252,7 @@ impl<R: Read> FrameReader<R> {
         body.resize(n, 0);
         while got < n {
             if let Some(fd) = self.fd
-                && !crate::watch::readable(fd, PACE_TICK)
+                && !crate::sys::watch::readable(fd, PACE_TICK)
             {
                 if !permit.paced(got, start.elapsed()) {
                     return Err(Error::protocol(format!(
@@ -632,23 +632,23 @@ fn read_loop(
     };
     // Responses are checked in batches, their MD5s side by side (md5x): a batch takes what has
     // arrived and is handed on before the reader waits for more.
-    let most = crate::md5x::lanes().min(RESPONSE_BATCH);
+    let most = crate::hash::md5x::lanes().min(RESPONSE_BATCH);
     let mut batch: Vec<wire::Response> = Vec::with_capacity(most);
     let mut sums = Vec::with_capacity(most);
     let fd = stream.as_raw_fd();
     loop {
         if !batch.is_empty()
             && (batch.len() >= most
-                || !(r.buffered() || crate::watch::readable(fd, Duration::ZERO)))
+                || !(r.buffered() || crate::sys::watch::readable(fd, Duration::ZERO)))
         {
-            let block = |r: &wire::Response| r.id & crate::delta::NOT_A_BLOCK == 0;
+            let block = |r: &wire::Response| r.id & crate::sync::delta::NOT_A_BLOCK == 0;
             let data: Vec<&[u8]> = batch
                 .iter()
                 .filter(|r| block(r))
                 .map(|r| &r.data[..])
                 .collect();
             sums.clear();
-            crate::md5x::md5_each(&data, &mut sums);
+            crate::hash::md5x::md5_each(&data, &mut sums);
             let mut sums = sums.iter().copied();
             for resp in batch.drain(..) {
                 let md5 = if block(&resp) { sums.next() } else { None };
@@ -838,7 +838,7 @@ fn announce(model: &Model, w: &mut FrameWriter<'_>, sent: u64) -> Result<u64> {
     // goes in the next pass, so that block requests queued meanwhile are served between passes,
     // not after a whole first scan of the share.
     let top = model.lock().index.seq;
-    let mut at = crate::index::Pass::Over(sent);
+    let mut at = crate::store::index::Pass::Over(sent);
     loop {
         let (n, body) = {
             let g = model.lock();
@@ -851,7 +851,7 @@ fn announce(model: &Model, w: &mut FrameWriter<'_>, sent: u64) -> Result<u64> {
             });
             (n, e.0)
         };
-        let done = at == crate::index::Pass::Done;
+        let done = at == crate::store::index::Pass::Done;
         if n > 0 || (done && top > sent) {
             // Only the last frame of a pass carries the sequence number it completes.
             w.send(wire::index_frame(if done { top } else { 0 }, n, &body))?;
@@ -906,10 +906,10 @@ fn serve(
         .is_none_or(|(p, st, _)| *p != req.path || *st != stat)
     {
         *open = None;
-        match crate::names::open_in(&model.root, &req.path, crate::names::Open::Read) {
+        match crate::sys::open::open_in(&model.root, &req.path, crate::sys::open::Open::Read) {
             Ok(f) => *open = Some((req.path.clone(), stat, f)),
             // A symlink on the way, or in the file's place.
-            Err(e) if e.raw_os_error() == Some(crate::names::ELOOP) => {
+            Err(e) if e.raw_os_error() == Some(crate::sys::open::ELOOP) => {
                 return fail(frame, Status::Failed);
             }
             Err(_) => return fail(frame, Status::Changed),
@@ -929,11 +929,11 @@ fn serve(
             *open = None;
             return fail(frame, Status::Changed);
         }
-        let n = crate::delta::SUB_HASH_BYTES;
+        let n = crate::sync::delta::SUB_HASH_BYTES;
         let mut frame =
             wire::response_frame(frame, req.id, Status::Ok, len.div_ceil(wire::SUB_BLOCK) * n);
         for (k, c) in buf.chunks(wire::SUB_BLOCK).enumerate() {
-            let sub = crate::delta::Sub::of(c);
+            let sub = crate::sync::delta::Sub::of(c);
             let at = h + n * k;
             frame[at..at + 4].copy_from_slice(&sub.weak.to_be_bytes());
             frame[at + 4..at + n].copy_from_slice(&sub.strong.to_be_bytes());
@@ -973,7 +973,7 @@ mod tests {
 
     #[test]
     fn a_large_answer_is_weighed_before_it_is_read() {
-        let big = wire::encode(&Msg::Response(crate::wire::Response {
+        let big = wire::encode(&Msg::Response(crate::proto::wire::Response {
             id: 7,
             status: Status::Ok,
             data: vec![3; 100_000],
@@ -1026,18 +1026,18 @@ mod tests {
         let block: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
         let msgs = vec![
             Msg::Ping,
-            Msg::Response(crate::wire::Response {
+            Msg::Response(crate::proto::wire::Response {
                 id: 1,
                 status: Status::Ok,
                 data: block.clone(),
             }),
             Msg::InSync { seq: 9 },
-            Msg::Response(crate::wire::Response {
+            Msg::Response(crate::proto::wire::Response {
                 id: 2,
                 status: Status::Ok,
                 data: block[..20_000].to_vec(),
             }),
-            Msg::Response(crate::wire::Response {
+            Msg::Response(crate::proto::wire::Response {
                 id: 3,
                 status: Status::Changed,
                 data: Vec::new(),

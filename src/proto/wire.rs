@@ -5,9 +5,9 @@
 //! and frames of a type it does not know are skipped, so the protocol can grow.
 
 use crate::error::{Error, Result};
-use crate::index::{Entry, Hash, Kind, check_file_hash, check_shape};
-use crate::names;
-use crate::version::Version;
+use crate::store::index::{Entry, Hash, Kind, check_file_hash, check_shape};
+use crate::store::names;
+use crate::store::version::Version;
 
 pub const MAGIC: [u8; 4] = *b"LEFT";
 pub const PROTOCOL_VERSION: u16 = 2;
@@ -24,7 +24,7 @@ pub const MIN_ENTRY_BYTES: usize = 60;
 /// connection is a protocol error.
 pub const MAX_REQUESTS: usize = 256;
 /// Most devices one version vector may name.
-pub const MAX_VERSION_PAIRS: usize = crate::version::MAX_DEVICES;
+pub const MAX_VERSION_PAIRS: usize = crate::store::version::MAX_DEVICES;
 /// The largest version counter accepted: far past any time in microseconds (year 146,000),
 /// far below where adding one would wrap.
 pub const MAX_COUNTER: u64 = 1 << 62;
@@ -108,7 +108,7 @@ pub enum Msg {
         seq: u64,
     },
     Ping,
-    /// Proof of the shared key: HMAC over both hellos and the sender's role ([`crate::auth::Transcript`]).
+    /// Proof of the shared key: HMAC over both hellos and the sender's role ([`crate::proto::auth::Transcript`]).
     Auth {
         proof: Hash,
     },
@@ -386,7 +386,10 @@ pub fn request_of(frame: &[u8]) -> Option<(u32, usize)> {
     let len = d.u32().ok()? as usize;
     Some(match t {
         T_REQUEST => (id, len),
-        _ => (id, len.div_ceil(SUB_BLOCK) * crate::delta::SUB_HASH_BYTES),
+        _ => (
+            id,
+            len.div_ceil(SUB_BLOCK) * crate::sync::delta::SUB_HASH_BYTES,
+        ),
     })
 }
 

@@ -2,6 +2,8 @@
 //! blocks changed), and a file's hash, the MD5 of its block list. Files are hashed on every core
 //! with one block buffer per thread, so memory stays flat whatever the file size.
 
+pub mod md5x;
+
 use md5::{Digest, Md5};
 use std::fs::File;
 use std::io;
@@ -295,7 +297,7 @@ type Chunk = (usize, Vec<(Hash, u64, bool)>);
 const PARALLEL_MIN: u64 = 4 << 20;
 /// Bytes a thread takes at a time: large enough for readahead, small enough to share the work.
 const CHUNK_BYTES: u64 = 4 << 20;
-/// Bytes of blocks a thread reads and hashes together (see [`crate::md5x`]).
+/// Bytes of blocks a thread reads and hashes together (see [`crate::hash::md5x`]).
 const GROUP_BYTES: u64 = 1 << 20;
 
 /// The MD5 and XXH64 of every `block_size` block of `size` bytes of `f`, on up to as many
@@ -315,7 +317,7 @@ pub fn file_blocks(
     let threads = if size < PARALLEL_MIN {
         1
     } else {
-        crate::limits::cpus().clamp(1, 4).min(nchunks)
+        crate::sys::limits::cpus().clamp(1, 4).min(nchunks)
     };
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<io::Error>> = Mutex::new(None);
@@ -333,8 +335,8 @@ pub fn file_blocks(
             .flatten()
     };
     // Blocks whose MD5s are computed side by side: as many as the CPU has lanes, read together.
-    let group = crate::md5x::lanes().min((GROUP_BYTES / bs).max(1) as usize);
-    const MAX_LANES: usize = crate::md5x::MAX_LANES;
+    let group = crate::hash::md5x::lanes().min((GROUP_BYTES / bs).max(1) as usize);
+    const MAX_LANES: usize = crate::hash::md5x::MAX_LANES;
     // Each thread hashes whole chunks and hands them back as (first block, hashes).
     let work = || -> Vec<Chunk> {
         let mut mine = Vec::new();
@@ -382,7 +384,7 @@ pub fn file_blocks(
                     }
                 }
                 sums.clear();
-                crate::md5x::md5_each(&todo[..ntodo], &mut sums);
+                crate::hash::md5x::md5_each(&todo[..ntodo], &mut sums);
                 let mut computed = sums.iter();
                 for k in 0..end - i {
                     got.push(match known[k] {

@@ -4,13 +4,13 @@
 //! a rename into place, under the lock, if nothing changed locally meanwhile. Temp files stay for
 //! resume when anything fails.
 
-use crate::dirfd::Dir;
 use crate::error::{Context, Error, Result};
-use crate::index::{Entry, Kind, Stat};
-use crate::model::{Decision, Model, Out, State, decide};
-use crate::names;
-use crate::transfer;
-use crate::wire::{Msg, Response};
+use crate::proto::wire::{Msg, Response};
+use crate::store::index::{Entry, Kind, Stat};
+use crate::store::names;
+use crate::sync::model::{Decision, Model, Out, State, decide};
+use crate::sync::transfer;
+use crate::sys::dirfd::Dir;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
@@ -50,7 +50,7 @@ pub struct Link<'a> {
     /// Requests sent and not answered yet; the reader refuses responses beyond them.
     pub asked: Arc<AtomicUsize>,
     /// Block buffers shared with the connection's reader.
-    pub pool: crate::pool::Pool,
+    pub pool: crate::sync::pool::Pool,
 }
 
 /// Pulls until the connection closes (the peer entry disappears) or shutdown. Small files are
@@ -69,7 +69,7 @@ pub fn run(link: &Link<'_>) -> Result<()> {
 
 fn pull_loop(link: &Link<'_>, install: &transfer::Installs) -> Result<()> {
     let mut next_id = 1u32;
-    let limit = crate::limits::limit();
+    let limit = crate::sys::limits::limit();
     while let Some(batch) = take_batch(link, limit) {
         let mut handed = HashSet::new();
         let result = pull_batch(link, &batch, install, &mut handed, &mut next_id);
@@ -108,7 +108,7 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
         let st = &mut *g;
         // Every connection may pull at once: each keeps its batch's files within its share of
         // the open-file limit.
-        let max_files = crate::limits::batch_files(open_limit, st.peers.len());
+        let max_files = crate::sys::limits::batch_files(open_limit, st.peers.len());
         if let Err(e) = link.model.refill_needs(st, link.conn) {
             // What the peer announced cannot be read back: the connection starts over.
             warn!("{e}");
@@ -212,9 +212,11 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
             && p.sent_in_sync != Some(p.remote_seq)
         {
             p.sent_in_sync = Some(p.remote_seq);
-            let _ = p.out.send(Out::Frame(crate::wire::encode(&Msg::InSync {
-                seq: p.remote_seq,
-            })));
+            let _ = p
+                .out
+                .send(Out::Frame(crate::proto::wire::encode(&Msg::InSync {
+                    seq: p.remote_seq,
+                })));
         }
         g = link.model.wait(g, Duration::from_millis(500));
     }
@@ -490,7 +492,8 @@ fn begin<'a>(model: &'a Model, e: &Entry, create: bool) -> Result<Option<Apply<'
         Ok((d, n)) => (Some(d), n),
         Err(_) if e.deleted => (None, names::split(&e.path).1),
         Err(err) => {
-            let why = if err.raw_os_error() == Some(names::ELOOP) || err.raw_os_error() == Some(20)
+            let why = if err.raw_os_error() == Some(crate::sys::open::ELOOP)
+                || err.raw_os_error() == Some(20)
             {
                 "a folder on the way is not a folder (a symlink or a file?)".to_string()
             } else {
@@ -551,7 +554,7 @@ impl Apply<'_> {
         let mut ne = e.clone();
         if let Some(c) = &self.cur
             && c.deleted
-            && e.version.compare(&c.version) == crate::version::Order::Concurrent
+            && e.version.compare(&c.version) == crate::store::version::Order::Concurrent
         {
             let merged = e.version.merged(&c.version);
             if merged.fits_with(self.g.index.device) {

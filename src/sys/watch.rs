@@ -1,7 +1,7 @@
 //! Change notification: inotify, through libc symbols declared here, wakes the scanner as soon as
 //! something in the share changes. Only an accelerator: without it the scanner polls.
 
-use crate::names;
+use crate::store::names;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, c_char, c_int, c_ulong, c_void};
 use std::os::unix::ffi::OsStrExt;

@@ -14,8 +14,8 @@
 //! another out.
 
 use crate::error::{Context, Error, Result};
-use crate::index::Entry;
-use crate::wire::{self, Dec, Enc};
+use crate::proto::wire::{self, Dec, Enc};
+use crate::store::index::Entry;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -353,7 +353,7 @@ impl Needs {
     /// been announced after it (the peer's versions of a file only move forward).
     pub fn restore(&mut self, e: Entry) {
         let newer = match self.mem.get(&e.path) {
-            Some(cur) => e.version.compare(&cur.version) == crate::version::Order::Newer,
+            Some(cur) => e.version.compare(&cur.version) == crate::store::version::Order::Newer,
             None => true,
         };
         if newer {
@@ -385,7 +385,7 @@ fn cost(e: &Entry) -> usize {
 }
 
 fn is_folder_delete(e: &Entry) -> bool {
-    e.deleted && e.kind == crate::index::Kind::Dir
+    e.deleted && e.kind == crate::store::index::Kind::Dir
 }
 
 impl Waiting {
@@ -400,7 +400,7 @@ impl Waiting {
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .custom_flags(crate::names::O_NOFOLLOW)
+                .custom_flags(crate::sys::open::O_NOFOLLOW)
                 .open(&path)
         };
         let file = match open() {
@@ -438,8 +438,8 @@ impl Waiting {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{Kind, MIN_BLOCK};
-    use crate::version::Version;
+    use crate::store::index::{Kind, MIN_BLOCK};
+    use crate::store::version::Version;
 
     /// A version made by the peer (device 9).
     fn v(n: u64) -> Version {

@@ -8,10 +8,10 @@
 
 use crate::error::{Error, Result};
 use crate::hash::{Roll, xxh64};
-use crate::index::Entry;
-use crate::model::Out;
-use crate::puller::{Answer, Link};
-use crate::wire::{self, ANY_HASH, Msg, Request, Response, SUB_BLOCK, Status};
+use crate::proto::wire::{self, ANY_HASH, Msg, Request, Response, SUB_BLOCK, Status};
+use crate::store::index::Entry;
+use crate::sync::model::Out;
+use crate::sync::puller::{Answer, Link};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;

@@ -7,9 +7,9 @@
 //! saved with those installs in it, the log is emptied.
 
 use crate::error::{Context, Result};
-use crate::index::Entry;
-use crate::version::Order;
-use crate::wire::{self, Dec, Enc};
+use crate::proto::wire::{self, Dec, Enc};
+use crate::store::index::Entry;
+use crate::store::version::Order;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
@@ -50,7 +50,7 @@ impl Log {
         }
         if self.file.is_none() {
             // What it holds from before a crash stays until an index with it is saved.
-            let f = crate::names::open_own(&self.path).at(&self.path)?;
+            let f = crate::sys::open::open_own(&self.path).at(&self.path)?;
             self.len = f.metadata().at(&self.path)?.len();
             self.file = Some(f);
         }
@@ -86,7 +86,8 @@ impl Log {
 pub fn load(state_dir: &Path) -> HashMap<String, Entry> {
     let path = state_dir.join("installs");
     let mut out = HashMap::new();
-    let Ok(f) = crate::names::open_in(state_dir, "installs", crate::names::Open::Read) else {
+    let Ok(f) = crate::sys::open::open_in(state_dir, "installs", crate::sys::open::Open::Read)
+    else {
         return out;
     };
     let mut buf = Vec::new();
@@ -106,7 +107,7 @@ pub fn load(state_dir: &Path) -> HashMap<String, Entry> {
         }
         let mut d = Dec::new(body);
         match wire::get_entry(&mut d) {
-            Ok(e) if crate::names::check(&e.path).is_ok() => {
+            Ok(e) if crate::store::names::check(&e.path).is_ok() => {
                 out.insert(e.path.clone(), e);
             }
             _ => break,
@@ -127,7 +128,7 @@ pub fn received(
     rec.is_file()
         && rec.file_hash == *hash
         && rec.size == size
-        && crate::puller::file_mode(rec) == mode
+        && crate::sync::puller::file_mode(rec) == mode
         && cur.is_none_or(|c| {
             matches!(
                 rec.version.compare(&c.version),
@@ -139,7 +140,7 @@ pub fn received(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::version::Version;
+    use crate::store::version::Version;
 
     fn file(path: &str, content: u8, v: &[(u64, u64)]) -> Entry {
         let blocks: Box<[crate::hash::Hash]> = vec![[content; 16]].into();
@@ -148,7 +149,7 @@ mod tests {
             size: 10,
             mode: 0o644,
             version: Version::from_pairs(v.to_vec()),
-            block_size: crate::index::MIN_BLOCK,
+            block_size: crate::store::index::MIN_BLOCK,
             file_hash: crate::hash::list_hash(&blocks),
             blocks,
             ..Entry::default()

@@ -5,10 +5,10 @@
 
 use crate::error::{Context, Error, Result};
 use crate::hash;
-use crate::ignore::{self, Ignore};
-use crate::index::{Entry, FAST_MIN_BLOCKS, Kind, Stat, block_size_for};
-use crate::model::{Model, State};
-use crate::names;
+use crate::store::ignore::{self, Ignore};
+use crate::store::index::{Entry, FAST_MIN_BLOCKS, Kind, Stat, block_size_for};
+use crate::store::names;
+use crate::sync::model::{Model, State};
 use std::collections::HashSet;
 use std::fs;
 use std::io;
@@ -112,7 +112,7 @@ struct Candidate {
 pub fn scan(
     model: &Model,
     dirs: Option<&HashSet<String>>,
-    mut watcher: Option<&mut crate::watch::Watcher>,
+    mut watcher: Option<&mut crate::sys::watch::Watcher>,
 ) -> Result<Scan> {
     let root = &model.root;
     // A missing state directory means the folder is not the one the index describes (an
@@ -168,7 +168,7 @@ pub fn scan(
         // swapped in since it was found would have us list a folder outside the share. The
         // folder stays open while it is listed: the entries' stats may go through its
         // `/proc/self/fd` name (musl's std stats an entry by its path).
-        let opened = crate::dirfd::Dir::open(root, &dir, false);
+        let opened = crate::sys::dirfd::Dir::open(root, &dir, false);
         let rd = match opened
             .as_ref()
             .map_err(clone_err)
@@ -285,9 +285,9 @@ pub fn scan(
                         if !fs::symlink_metadata(root.join(path)).is_ok_and(|m| m.is_dir()) {
                             continue;
                         }
-                        let version = cur
-                            .map(|e| e.version.bumped(device))
-                            .unwrap_or_else(|| crate::version::Version::default().bumped(device));
+                        let version = cur.map(|e| e.version.bumped(device)).unwrap_or_else(|| {
+                            crate::store::version::Version::default().bumped(device)
+                        });
                         let e = Entry {
                             path: path.clone(),
                             kind: Kind::Dir,
@@ -434,7 +434,7 @@ pub fn scan(
         st.received = Default::default();
         // Connections hold back IndexDone until now.
         for p in st.peers.values() {
-            let _ = p.out.send(crate::model::Out::Announce);
+            let _ = p.out.send(crate::sync::model::Out::Announce);
         }
     }
     Ok(out)
@@ -458,7 +458,7 @@ struct Known {
 /// What the index holds directly inside folder `dir` ("" for the top), sorted by path, found
 /// without walking what is deeper: the index is read on from each name, and each subfolder's
 /// range of names is skipped over.
-fn known_children(index: &crate::index::Index, dir: &str) -> Vec<Known> {
+fn known_children(index: &crate::store::index::Index, dir: &str) -> Vec<Known> {
     let prefix = if dir.is_empty() {
         String::new()
     } else {
@@ -591,7 +591,8 @@ fn hash_one(model: &Model, c: &Candidate) -> Result<bool> {
     let path = model.root.join(&c.path);
     // Never through a symlink on the way: a folder swapped for one since the listing would
     // have us read, and announce, a file outside the share.
-    let f = names::open_in(&model.root, &c.path, names::Open::Read).at(&path)?;
+    let f =
+        crate::sys::open::open_in(&model.root, &c.path, crate::sys::open::Open::Read).at(&path)?;
     let before = Stat::of(&f.metadata().at(&path)?);
     if before != c.stat {
         return Err(Error::msg("changed while scanning").at(&path));
@@ -651,7 +652,11 @@ fn record(
     }
     // Received before a crash, and not in the index yet: the peer's version, not a new one.
     if let Some(rec) = st.received.remove(&c.path)
-        && crate::intents::received(&rec, cur.as_deref(), (&file_hash, before.size, before.mode))
+        && crate::store::intents::received(
+            &rec,
+            cur.as_deref(),
+            (&file_hash, before.size, before.mode),
+        )
     {
         info!(
             "{}: received before the last stop; its version is the sender's",
@@ -666,7 +671,7 @@ fn record(
     let device = st.index.device;
     let version = match cur {
         Some(e) => e.version.bumped(device),
-        None => crate::version::Version::default().bumped(device),
+        None => crate::store::version::Version::default().bumped(device),
     };
     let e = Entry {
         path: c.path.clone(),
@@ -722,7 +727,7 @@ mod tests {
 
     #[test]
     fn children_are_found_without_walking_deeper() {
-        let mut m = crate::index::Index::new(1);
+        let mut m = crate::store::index::Index::new(1);
         for p in [
             "a", "a.txt", "a/b", "a/b/c", "a/b/c/d", "a/b.txt", "a/z", "a0", "b", "b/x", "ab/y",
         ] {
@@ -758,7 +763,7 @@ mod tests {
         fs::create_dir_all(root.join("d/e")).unwrap();
         fs::write(root.join("top"), b"1").unwrap();
         fs::write(root.join("d/e/deep"), b"22").unwrap();
-        let model = Model::new(root.clone(), crate::index::Index::new(7));
+        let model = Model::new(root.clone(), crate::store::index::Index::new(7));
         let s = scan(&model, None, None).unwrap();
         assert_eq!(s.changed, 4, "{s:?}");
         let g = model.lock();

@@ -1,11 +1,11 @@
 //! The shared state of a running `left`: the index, what each connected peer has that we need,
 //! and the rules that decide, entry by entry, whether a peer's version replaces ours.
 
-use crate::ignore::Ignore;
-use crate::index::{Entry, Index, Kind};
-use crate::needs::Needs;
-use crate::version::Order;
-use crate::wire::Request;
+use crate::proto::wire::Request;
+use crate::store::ignore::Ignore;
+use crate::store::index::{Entry, Index, Kind};
+use crate::store::version::Order;
+use crate::sync::needs::Needs;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -191,15 +191,15 @@ pub struct Model {
     /// The scanner's inotify descriptor (-1: none): events waiting in it are changes no scan
     /// has seen yet.
     pub watch_fd: std::sync::atomic::AtomicI32,
-    /// Entries of files about to be installed, logged ahead ([`crate::intents`]).
-    pub installs: Mutex<crate::intents::Log>,
+    /// Entries of files about to be installed, logged ahead ([`crate::store::intents`]).
+    pub installs: Mutex<crate::store::intents::Log>,
     /// What the needs of all connections take together, in memory and on disk.
-    pub needs_budget: std::sync::Arc<crate::needs::Budget>,
+    pub needs_budget: std::sync::Arc<crate::sync::needs::Budget>,
 }
 
 impl Model {
     pub fn new(root: PathBuf, index: Index) -> Model {
-        let installs = crate::intents::Log::new(&root.join(crate::names::STATE_DIR));
+        let installs = crate::store::intents::Log::new(&root.join(crate::store::names::STATE_DIR));
         let state = State {
             index,
             dirty: false,
@@ -222,7 +222,7 @@ impl Model {
             port: Default::default(),
             state: Mutex::new(state),
             changed: Condvar::new(),
-            max_pending: crate::needs::DEFAULT_IN_MEMORY,
+            max_pending: crate::sync::needs::DEFAULT_IN_MEMORY,
             saving: Mutex::new(()),
             installs: Mutex::new(installs),
             watch_fd: std::sync::atomic::AtomicI32::new(-1),
@@ -234,7 +234,7 @@ impl Model {
     /// or (now and then) a new base file, written under it. One save at a time: the daemon's
     /// loop and an installer both save.
     pub fn save_index(&self) {
-        let path = self.root.join(crate::names::STATE_DIR).join("index");
+        let path = self.root.join(crate::store::names::STATE_DIR).join("index");
         let _one = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         let mut g = self.lock();
         if !g.dirty || g.hold_save > 0 {
@@ -266,7 +266,7 @@ impl Model {
         // Changes made from here on have later numbers, or mark their paths again: the next save.
         g.dirty = false;
         drop(g);
-        let written = crate::index::append(&path, &record);
+        let written = crate::store::index::append(&path, &record);
         let mut g = self.lock();
         if let Err(e) = &written {
             warn!("saving the index: {e}");
@@ -299,18 +299,18 @@ impl Model {
     /// events not read yet.
     pub fn unscanned(&self, st: &State) -> bool {
         let fd = self.watch_fd.load(std::sync::atomic::Ordering::Relaxed);
-        st.scan_pending || (fd >= 0 && crate::watch::readable(fd, std::time::Duration::ZERO))
+        st.scan_pending || (fd >= 0 && crate::sys::watch::readable(fd, std::time::Duration::ZERO))
     }
 
     /// The install log.
-    pub fn installs(&self) -> MutexGuard<'_, crate::intents::Log> {
+    pub fn installs(&self) -> MutexGuard<'_, crate::store::intents::Log> {
         self.installs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// An empty set of needs for a new connection.
     pub fn new_needs(&self) -> Needs {
         Needs::new(
-            self.root.join(crate::names::STATE_DIR),
+            self.root.join(crate::store::names::STATE_DIR),
             self.max_pending,
             self.needs_budget.clone(),
         )
@@ -377,12 +377,12 @@ impl Model {
         // not taken, nor merged into ours: every vector we hold and send stays one our peers
         // and our index accept. Such an entry is kept as ours, like an older one.
         let me = st.index.device;
-        let fits = |v: &crate::version::Version| {
+        let fits = |v: &crate::store::version::Version| {
             v.fits_with(me) || {
                 info!(
                     "{}: not taken: its version would name more than {} devices",
                     r.path,
-                    crate::version::MAX_DEVICES
+                    crate::store::version::MAX_DEVICES
                 );
                 false
             }
@@ -402,7 +402,7 @@ impl Model {
                 });
                 if !m.deleted
                     && differs
-                    && let Ok(stat) = crate::puller::set_meta(&self.root, &m)
+                    && let Ok(stat) = crate::sync::puller::set_meta(&self.root, &m)
                 {
                     m.stat = stat;
                 }
@@ -424,7 +424,7 @@ impl Model {
             // An earlier announcement of the path may be pending in memory (one back from disk
             // never is); a pull of it left a temp file only if it began.
             if p.needs.remove(&r.path).is_some() && !st.busy.contains(&r.path) {
-                crate::puller::remove_temp(&self.root, &r.path);
+                crate::sync::puller::remove_temp(&self.root, &r.path);
             }
         }
         Ok(())
@@ -434,8 +434,8 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::Kind;
-    use crate::version::Version;
+    use crate::store::index::Kind;
+    use crate::store::version::Version;
 
     fn file(content: u8, mtime: i64, by: u64, v: &[(u64, u64)]) -> Entry {
         Entry {
@@ -445,7 +445,7 @@ mod tests {
             mtime,
             modified_by: by,
             version: Version::from_pairs(v.to_vec()),
-            block_size: crate::index::MIN_BLOCK,
+            block_size: crate::store::index::MIN_BLOCK,
             blocks: vec![[content; 16]].into(),
             ..Entry::default()
         }

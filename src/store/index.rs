@@ -6,8 +6,8 @@
 
 use crate::error::{Context, Error, Result};
 pub use crate::hash::Hash;
-use crate::version::Version;
-use crate::wire::{self, Dec, Enc};
+use crate::proto::wire::{self, Dec, Enc};
+use crate::store::version::Version;
 use md5::{Digest, Md5};
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -926,7 +926,7 @@ impl Index {
         // next save must be a whole one again if this one fails.
         self.disk.full = true;
         let tmp = path.with_extension("tmp");
-        let f = crate::names::create_own(&tmp).at(&tmp)?;
+        let f = crate::sys::open::create_own(&tmp).at(&tmp)?;
         let mut w = BufWriter::with_capacity(64 << 10, f);
         let mut sum = Sum::new();
         let mut x = Enc::default();
@@ -1005,7 +1005,7 @@ impl Index {
         let log_tmp = log.with_extension("log.tmp");
         let mut header = LOG_MAGIC.to_vec();
         header.extend_from_slice(&digest);
-        crate::names::create_own(&log_tmp)
+        crate::sys::open::create_own(&log_tmp)
             .and_then(|mut f| {
                 f.write_all(&header)?;
                 f.sync_all()
@@ -1013,7 +1013,7 @@ impl Index {
             .at(&log_tmp)?;
         let file = fs::OpenOptions::new()
             .read(true)
-            .custom_flags(crate::names::O_NOFOLLOW)
+            .custom_flags(crate::sys::open::O_NOFOLLOW)
             .open(&tmp)
             .at(&tmp)?;
         fs::rename(&tmp, path).at(path)?;
@@ -1048,7 +1048,7 @@ impl Index {
     pub fn load(path: &Path) -> Result<Index> {
         let f = fs::OpenOptions::new()
             .read(true)
-            .custom_flags(crate::names::O_NOFOLLOW)
+            .custom_flags(crate::sys::open::O_NOFOLLOW)
             .open(path)
             .at(path)?;
         let len = f.metadata().at(path)?.len();
@@ -1206,7 +1206,7 @@ impl Index {
 /// Appends a record to the journal beside the base file `path` and makes it durable.
 pub fn append(path: &Path, r: &Record) -> Result<()> {
     let log = log_path(path);
-    let f = crate::names::open_own(&log).at(&log)?;
+    let f = crate::sys::open::open_own(&log).at(&log)?;
     let end = f.metadata().at(&log)?.len();
     f.write_all_at(&r.bytes, end).at(&log)?;
     f.sync_data().at(&log)

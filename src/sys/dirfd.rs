@@ -3,7 +3,7 @@
 //! new folder, a mode) is made relative to the folder opened. A symlink swapped in by a local
 //! user between a check and the change is never followed.
 
-use crate::names::{O_CLOEXEC, O_DIRECTORY, O_LARGEFILE, O_NOFOLLOW};
+use crate::sys::open::{O_CLOEXEC, O_DIRECTORY, O_LARGEFILE, O_NOFOLLOW};
 use std::ffi::{CString, c_char, c_int, c_uint};
 use std::fs::{File, Metadata};
 use std::io;
@@ -76,7 +76,7 @@ impl Dir {
 
     /// Opens the folder that holds `rel` and returns it with `rel`'s last component.
     pub fn parent<'a>(root: &Path, rel: &'a str, create: bool) -> io::Result<(Dir, &'a str)> {
-        let (dir, name) = crate::names::split(rel);
+        let (dir, name) = crate::store::names::split(rel);
         Ok((Dir::open(root, dir, create)?, name))
     }
 
@@ -88,7 +88,7 @@ impl Dir {
     fn open_raw(&self, name: &str, flags: c_int, mode: c_uint) -> io::Result<File> {
         let c = cstr(name)?;
         // SAFETY: a valid descriptor and a NUL-terminated name that outlive the call.
-        let flags = flags | O_CLOEXEC | O_LARGEFILE | crate::names::O_NONBLOCK;
+        let flags = flags | O_CLOEXEC | O_LARGEFILE | crate::sys::open::O_NONBLOCK;
         let fd = check(unsafe { openat(self.fd(), c.as_ptr(), flags, mode) })?;
         // SAFETY: a new descriptor that nothing else owns.
         Ok(unsafe { File::from_raw_fd(fd) })

@@ -4,15 +4,15 @@
 //! MD5 on helper threads while the next ones arrive, writes the temp files, and hands each file
 //! to the puller to install once all its blocks are in and verified.
 
-use crate::delta::Pipe;
-use crate::dirfd::Dir;
 use crate::error::{Context, Error, Result};
 use crate::hash::{Hash, md5, xxh64};
-use crate::index::{Entry, FAST_MIN_BLOCKS, Stat};
-use crate::model::{Model, Progress};
-use crate::names;
-use crate::puller::{self, Link, RECEIVED, REUSED};
-use crate::wire::{self, Status};
+use crate::proto::wire::{self, Status};
+use crate::store::index::{Entry, FAST_MIN_BLOCKS, Stat};
+use crate::store::names;
+use crate::sync::delta::Pipe;
+use crate::sync::model::{Model, Progress};
+use crate::sync::puller::{self, Link, RECEIVED, REUSED};
+use crate::sys::dirfd::Dir;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_int, c_uint};
 use std::fs::{self, File};
@@ -156,7 +156,7 @@ struct Done {
     buf: Vec<u8>,
 }
 
-/// Does a batch of work: the MD5s of its checks side by side ([`crate::md5x`]), then each
+/// Does a batch of work: the MD5s of its checks side by side ([`crate::hash::md5x`]), then each
 /// piece's writing or copying.
 fn work(batch: Vec<Work>, out: &mut Vec<Done>) {
     let data: Vec<&[u8]> = batch
@@ -167,7 +167,7 @@ fn work(batch: Vec<Work>, out: &mut Vec<Done>) {
         })
         .collect();
     let mut sums = Vec::with_capacity(data.len());
-    crate::md5x::md5_each(&data, &mut sums);
+    crate::hash::md5x::md5_each(&data, &mut sums);
     drop(data);
     let mut sums = sums.into_iter();
     for w in batch {
@@ -269,9 +269,9 @@ pub fn transfer(
         }
     }
     drop(sources);
-    let helpers = crate::limits::cpus().clamp(1, 4);
+    let helpers = crate::sys::limits::cpus().clamp(1, 4);
     // Room for a batch of checks per helper (their MD5s are computed side by side).
-    let batch = crate::md5x::lanes().clamp(2, HELPER_BATCH);
+    let batch = crate::hash::md5x::lanes().clamp(2, HELPER_BATCH);
     let (work_tx, work_rx) = mpsc::sync_channel::<Work>(batch);
     let (done_tx, done_rx) = mpsc::channel::<Done>();
     let work_rx = Arc::new(Mutex::new(work_rx));
@@ -375,7 +375,7 @@ fn plan(
         // Never through a symlink, on the way or in the temp file's place (the name is ours:
         // one there is removed).
         let rel = names::temp_rel(&e.path);
-        let open = || names::open_in(root, &rel, names::Open::Create);
+        let open = || crate::sys::open::open_in(root, &rel, crate::sys::open::Open::Create);
         // The folder usually exists: it is made only when the open says it is missing.
         let mut f = match open() {
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
@@ -388,7 +388,7 @@ fn plan(
         // other name. Anything else in its place (a symlink, a hard link to a file outside
         // the share, a file of another user) is removed and the temp file made anew.
         let ours = match &f {
-            Ok(f) => f.metadata().is_ok_and(|m| names::own_file(&m)),
+            Ok(f) => f.metadata().is_ok_and(|m| crate::sys::open::own_file(&m)),
             Err(_) => false,
         };
         if !ours {
@@ -417,7 +417,7 @@ fn plan(
             .map(std::borrow::Cow::into_owned)
     };
     let old = cur.as_ref().and_then(|c| {
-        let f = names::open_in(root, &e.path, names::Open::Read).ok()?;
+        let f = crate::sys::open::open_in(root, &e.path, crate::sys::open::Open::Read).ok()?;
         let md = f.metadata().ok()?;
         (md.is_file() && Stat::of(&md) == c.stat).then(|| Arc::new(f))
     });
@@ -744,7 +744,8 @@ impl Run<'_, '_, '_> {
             Src::Local(path, o) => {
                 let root = &self.link.model.root;
                 if self.local_file.as_ref().is_none_or(|(p, _)| *p != path)
-                    && let Ok(f) = names::open_in(root, &path, names::Open::Read)
+                    && let Ok(f) =
+                        crate::sys::open::open_in(root, &path, crate::sys::open::Open::Read)
                 {
                     self.local_file = Some((path.clone(), f));
                 }

@@ -1,0 +1,171 @@
+//! Names inside the share: the check every name from a peer passes where it arrives, and the
+//! names `left` keeps for itself (its state directory and temp files).
+
+use crate::error::{Error, Result};
+
+/// The state directory at the top of the share; never synced.
+pub const STATE_DIR: &str = ".left";
+/// Temp files are `.NAME.left-tmp` beside their target; never synced.
+const TEMP_SUFFIX: &str = ".left-tmp";
+pub const MAX_PATH: usize = 4096;
+const MAX_COMPONENT: usize = 255;
+
+/// Checks a relative name from a peer or from disk: non-empty, `/`-separated, no empty, `.` or
+/// `..` component, no NUL, not absolute, not inside the state directory, not a temp file.
+pub fn check(path: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::protocol(format!("bad name {path:?}: {why}")));
+    if path.is_empty() {
+        return bad("empty");
+    }
+    if path.len() > MAX_PATH {
+        return bad("too long");
+    }
+    if path.contains('\0') {
+        return bad("contains NUL");
+    }
+    if path.starts_with('/') {
+        return bad("absolute");
+    }
+    for (i, c) in path.split('/').enumerate() {
+        match c {
+            "" => return bad("empty component"),
+            "." | ".." => return bad("dot component"),
+            _ if c.len() > MAX_COMPONENT => return bad("component too long"),
+            _ if i == 0 && c == STATE_DIR => return bad("inside the state directory"),
+            _ if is_temp(c) => return bad("a temp file name"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether a file name (one component) is one of `left`'s temp files.
+pub fn is_temp(name: &str) -> bool {
+    name.len() > TEMP_SUFFIX.len() + 1 && name.starts_with('.') && name.ends_with(TEMP_SUFFIX)
+}
+
+/// The temp file name for a target file name (one component), kept within 255 bytes.
+pub fn temp_for(name: &str) -> String {
+    if name.len() + 1 + TEMP_SUFFIX.len() <= MAX_COMPONENT {
+        format!(".{name}{TEMP_SUFFIX}")
+    } else {
+        format!(
+            ".{}{TEMP_SUFFIX}",
+            crate::hash::hex(&crate::hash::md5(name.as_bytes()))
+        )
+    }
+}
+
+/// Splits `a/b/c` into (`a/b`, `c`); the parent is empty at the top.
+/// The temp file's name for `rel`, relative like it.
+pub fn temp_rel(rel: &str) -> String {
+    match split(rel) {
+        ("", name) => temp_for(name),
+        (dir, name) => format!("{dir}/{}", temp_for(name)),
+    }
+}
+
+pub fn split(path: &str) -> (&str, &str) {
+    match path.rfind('/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => ("", path),
+    }
+}
+
+/// The name a conflict copy gets: `NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.EXT`, or with
+/// `n` over 1, `NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE-N.EXT` (the first name was taken).
+pub fn conflict_name(path: &str, mtime: i64, device: u64, n: u32) -> String {
+    let (dir, name) = split(path);
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    let (y, mo, d, h, mi, s) = crate::log::civil(mtime);
+    let mut dev = crate::hash::short_id(device);
+    if n > 1 {
+        dev = format!("{dev}-{n}");
+    }
+    let file = format!("{stem}.sync-conflict-{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{dev}{ext}");
+    if dir.is_empty() {
+        file
+    } else {
+        format!("{dir}/{file}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_names() {
+        for ok in [
+            "a",
+            "a/b/c",
+            ".hidden",
+            "dir/.left",
+            "x..y",
+            "...",
+            "a b/c d",
+            "ünï/cödé",
+        ] {
+            check(ok).unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_names() {
+        let long = "x".repeat(256);
+        let longer = "a/".repeat(3000);
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            ".",
+            "..",
+            "../a",
+            "a/../b",
+            "a/.",
+            "./a",
+            ".left",
+            ".left/index",
+            "a\0b",
+            &long,
+            &longer,
+            ".f.left-tmp",
+            "d/.f.left-tmp",
+        ] {
+            assert!(check(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn temp_names() {
+        assert_eq!(temp_for("a.txt"), ".a.txt.left-tmp");
+        assert!(is_temp(&temp_for("a.txt")));
+        let long = "y".repeat(250);
+        assert!(temp_for(&long).len() <= 255);
+        assert!(is_temp(&temp_for(&long)));
+        assert!(!is_temp(".left-tmp"));
+        assert!(!is_temp("a.left-tmp"));
+    }
+
+    #[test]
+    fn conflict_names() {
+        let t = 1_795_622_625; // 2026-11-25 16:03:45 UTC
+        let dev = crate::hash::short_id(0xabcdef);
+        assert_eq!(
+            conflict_name("d/report.txt", t, 0xabcdef, 1),
+            format!("d/report.sync-conflict-20261125-160345-{dev}.txt")
+        );
+        assert_eq!(
+            conflict_name("Makefile", t, 0xabcdef, 1),
+            format!("Makefile.sync-conflict-20261125-160345-{dev}")
+        );
+        assert_eq!(
+            conflict_name(".bashrc", t, 0xabcdef, 3),
+            format!(".bashrc.sync-conflict-20261125-160345-{dev}-3")
+        );
+    }
+}
