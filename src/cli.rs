@@ -73,14 +73,6 @@ pub enum Allow {
     Ip(std::net::IpAddr),
 }
 
-/// A number of pending entries kept in memory: 2 or more.
-pub fn parse_pending(s: &str, what: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n >= 2 => Ok(n),
-        _ => Err(format!("{what}: {s:?} is not a whole number of 2 or more")),
-    }
-}
-
 pub fn parse_allow(s: &str) -> Result<Allow, String> {
     if s == "any" {
         return Ok(Allow::Any);
@@ -272,7 +264,8 @@ pub fn parse_with(
             }
             "--key-file" => key_file = Some(PathBuf::from(value("--key-file")?)),
             "--max-pending" => {
-                max_pending = parse_pending(&value("--max-pending")?, "--max-pending")?
+                max_pending =
+                    crate::config::parse_pending(&value("--max-pending")?, "--max-pending")?
             }
             "--config" => {
                 value("--config")?;

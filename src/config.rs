@@ -179,7 +179,7 @@ fn set_line<'a>(
                 .map_err(|_| format!("timeout: {value:?} is not a whole number of seconds"))?;
             cfg.timeout = Some(secs);
         }
-        "max-pending" => cfg.max_pending = Some(crate::cli::parse_pending(value, key)?),
+        "max-pending" => cfg.max_pending = Some(parse_pending(value, key)?),
         "once" => cfg.once = Some(boolean(key, value)?),
         "verbose" => cfg.verbosity = Some(if boolean(key, value)? { 2 } else { 1 }),
         "quiet" => cfg.verbosity = Some(if boolean(key, value)? { 0 } else { 1 }),
@@ -241,6 +241,14 @@ fn boolean(key: &str, v: &str) -> Result<bool, String> {
         _ => Err(format!(
             "{key}: {v:?} is not true or false (or yes/no, on/off, 1/0)"
         )),
+    }
+}
+
+/// A number of pending entries kept in memory: 2 or more.
+pub fn parse_pending(s: &str, what: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 2 => Ok(n),
+        _ => Err(format!("{what}: {s:?} is not a whole number of 2 or more")),
     }
 }
 

@@ -7,7 +7,7 @@ use crate::hash::short_id;
 use crate::log::Throttle;
 use crate::net::conn;
 use crate::store::index::Index;
-use crate::store::names::STATE_DIR;
+use crate::store::names::{self, STATE_DIR};
 use crate::sync::model::{DialInfo, Model, Out};
 use crate::{scan::scanner, status, sys::signal};
 use std::collections::{HashMap, HashSet};
@@ -215,9 +215,9 @@ pub fn run(opts: &Options) -> Result<i32> {
             flush_all(&model);
             info!(
                 "in sync with every peer; file data received {} bytes, sent {} bytes, reused locally {} bytes",
-                crate::sync::puller::RECEIVED.load(Ordering::Relaxed),
+                crate::sync::link::RECEIVED.load(Ordering::Relaxed),
                 conn::SENT.load(Ordering::Relaxed),
-                crate::sync::puller::REUSED.load(Ordering::Relaxed)
+                crate::sync::link::REUSED.load(Ordering::Relaxed)
             );
             return Ok(0);
         }
@@ -565,7 +565,7 @@ fn set_dial(model: &Model, peer: &PeerAddr, device: Option<u64>, err: Option<Str
 }
 
 fn scan_loop(model: &Model) {
-    let mut watcher = crate::sys::watch::Watcher::new();
+    let mut watcher = crate::sys::watch::Watcher::new(|n| names::is_temp(n) || n == STATE_DIR);
     if let Some(w) = &watcher {
         model.watch_fd.store(w.fd(), Ordering::Relaxed);
     }

@@ -5,11 +5,13 @@
 use crate::error::{Context, Error, Result};
 use crate::hash::short_id;
 use crate::proto::auth::{self, Sealer};
-use crate::proto::wire::{self, Enc, Hello, MAGIC, Msg, PROTOCOL_VERSION, Request, Status};
-use crate::store::index::{Entry, Stat};
+use crate::proto::wire::{self, Hello, MAGIC, Msg, PROTOCOL_VERSION, Request, Status};
+use crate::store::codec::{self, Enc};
+use crate::store::entry::{Entry, Stat};
+use crate::sync::link::Link;
 use crate::sync::model::{Model, Out, Peer};
 use crate::sync::pool::Pool;
-use crate::sync::puller::{self, Link};
+use crate::sync::puller;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -442,7 +444,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let (out_tx, out_rx) = mpsc::channel::<Out>();
-    let (resp_tx, resp_rx) = mpsc::channel::<puller::Answer>();
+    let (resp_tx, resp_rx) = mpsc::channel::<crate::sync::link::Answer>();
     let asked = Arc::new(AtomicUsize::new(0));
     let lengths = std::sync::Mutex::new(HashMap::new());
     register(
@@ -598,7 +600,7 @@ fn unregister(model: &Model, id: u64) {
 /// Where the reader sends what it decodes, with the counts that keep a peer's frames bounded.
 struct Routes<'a> {
     out: &'a mpsc::Sender<Out>,
-    responses: &'a mpsc::Sender<puller::Answer>,
+    responses: &'a mpsc::Sender<crate::sync::link::Answer>,
     /// The peer's requests waiting for our writer.
     pending: &'a AtomicUsize,
     /// Our requests waiting for the peer's answer.
@@ -641,7 +643,7 @@ fn read_loop(
             && (batch.len() >= most
                 || !(r.buffered() || crate::sys::watch::readable(fd, Duration::ZERO)))
         {
-            let block = |r: &wire::Response| r.id & crate::sync::delta::NOT_A_BLOCK == 0;
+            let block = |r: &wire::Response| r.id & crate::proto::wire::NOT_A_BLOCK == 0;
             let data: Vec<&[u8]> = batch
                 .iter()
                 .filter(|r| block(r))
@@ -652,7 +654,7 @@ fn read_loop(
             let mut sums = sums.iter().copied();
             for resp in batch.drain(..) {
                 let md5 = if block(&resp) { sums.next() } else { None };
-                let _ = responses.send(puller::Answer { r: resp, md5 });
+                let _ = responses.send(crate::sync::link::Answer { r: resp, md5 });
             }
         }
         // The frame's share of the budget is held until it has been handled.
@@ -845,7 +847,7 @@ fn announce(model: &Model, w: &mut FrameWriter<'_>, sent: u64) -> Result<u64> {
             let mut e = Enc::default();
             let mut n = 0u32;
             g.index.changed(sent, top, &mut at, |x| {
-                wire::put_entry(&mut e, x);
+                codec::put_entry(&mut e, x);
                 n += 1;
                 e.0.len() < wire::INDEX_BATCH && (n as usize) < wire::MAX_INDEX_ENTRIES
             });
@@ -929,7 +931,7 @@ fn serve(
             *open = None;
             return fail(frame, Status::Changed);
         }
-        let n = crate::sync::delta::SUB_HASH_BYTES;
+        let n = crate::proto::wire::SUB_HASH_BYTES;
         let mut frame =
             wire::response_frame(frame, req.id, Status::Ok, len.div_ceil(wire::SUB_BLOCK) * n);
         for (k, c) in buf.chunks(wire::SUB_BLOCK).enumerate() {

@@ -5,8 +5,8 @@
 
 use crate::error::{Context, Error, Result};
 use crate::hash;
+use crate::store::entry::{Entry, FAST_MIN_BLOCKS, Kind, Stat, block_size_for};
 use crate::store::ignore::{self, Ignore};
-use crate::store::index::{Entry, FAST_MIN_BLOCKS, Kind, Stat, block_size_for};
 use crate::store::names;
 use crate::sync::model::{Model, State};
 use std::collections::HashSet;

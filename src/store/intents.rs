@@ -7,8 +7,8 @@
 //! saved with those installs in it, the log is emptied.
 
 use crate::error::{Context, Result};
-use crate::proto::wire::{self, Dec, Enc};
-use crate::store::index::Entry;
+use crate::store::codec::{self, Dec, Enc};
+use crate::store::entry::Entry;
 use crate::store::version::Order;
 use std::collections::HashMap;
 use std::fs::File;
@@ -42,7 +42,7 @@ impl Log {
         let mut buf = Vec::new();
         for e in entries {
             let mut enc = Enc::default();
-            wire::put_entry(&mut enc, e);
+            codec::put_entry(&mut enc, e);
             let body = enc.0;
             buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
             buf.extend_from_slice(&crate::hash::xxh64(&body).to_be_bytes());
@@ -106,7 +106,7 @@ pub fn load(state_dir: &Path) -> HashMap<String, Entry> {
             break;
         }
         let mut d = Dec::new(body);
-        match wire::get_entry(&mut d) {
+        match codec::get_entry(&mut d) {
             Ok(e) if crate::store::names::check(&e.path).is_ok() => {
                 out.insert(e.path.clone(), e);
             }
@@ -128,7 +128,7 @@ pub fn received(
     rec.is_file()
         && rec.file_hash == *hash
         && rec.size == size
-        && crate::sync::puller::file_mode(rec) == mode
+        && rec.file_mode() == mode
         && cur.is_none_or(|c| {
             matches!(
                 rec.version.compare(&c.version),
@@ -149,7 +149,7 @@ mod tests {
             size: 10,
             mode: 0o644,
             version: Version::from_pairs(v.to_vec()),
-            block_size: crate::store::index::MIN_BLOCK,
+            block_size: crate::store::entry::MIN_BLOCK,
             file_hash: crate::hash::list_hash(&blocks),
             blocks,
             ..Entry::default()

@@ -2,6 +2,8 @@
 //! the install log that makes received files recognisable after a crash, the rules for names,
 //! and the ignore patterns.
 
+pub mod codec;
+pub mod entry;
 pub mod ignore;
 pub mod index;
 pub mod intents;

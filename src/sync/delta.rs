@@ -8,10 +8,12 @@
 
 use crate::error::{Error, Result};
 use crate::hash::{Roll, xxh64};
-use crate::proto::wire::{self, ANY_HASH, Msg, Request, Response, SUB_BLOCK, Status};
-use crate::store::index::Entry;
+use crate::proto::wire::{
+    self, ANY_HASH, Msg, NOT_A_BLOCK, Request, Response, SUB_BLOCK, SUB_HASH_BYTES, Status,
+};
+use crate::store::entry::Entry;
+use crate::sync::link::{Answer, Link};
 use crate::sync::model::Out;
-use crate::sync::puller::{Answer, Link};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -20,10 +22,6 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
-/// Set in the ids of requests answered by something other than a whole block (sub-block
-/// hashes, delta runs): the connection's reader computes MD5s only for blocks.
-pub const NOT_A_BLOCK: u32 = 1 << 31;
-
 /// How long to wait for a response before the connection is given up.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -31,8 +29,6 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const SEARCH: u64 = 64 << 10;
 /// Searches in a row that found nothing before a file stops searching (a rewrite, not a shift).
 const SEARCH_MISSES: u32 = 8;
-/// Bytes per sub-block in a SubHashes answer: u32 rolling checksum, u64 XXH64.
-pub const SUB_HASH_BYTES: usize = 12;
 
 /// One sub-block of a new block, as the peer describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

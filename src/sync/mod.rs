@@ -3,6 +3,9 @@
 //! (plans, delta transfer, installs), with the block buffers they pass around.
 
 pub mod delta;
+pub mod disk;
+pub mod install;
+pub mod link;
 pub mod model;
 pub mod needs;
 pub mod pool;

@@ -2,8 +2,9 @@
 //! and the rules that decide, entry by entry, whether a peer's version replaces ours.
 
 use crate::proto::wire::Request;
+use crate::store::entry::{Entry, Kind};
 use crate::store::ignore::Ignore;
-use crate::store::index::{Entry, Index, Kind};
+use crate::store::index::Index;
 use crate::store::version::Order;
 use crate::sync::needs::Needs;
 use std::collections::{BTreeMap, HashSet};
@@ -402,7 +403,7 @@ impl Model {
                 });
                 if !m.deleted
                     && differs
-                    && let Ok(stat) = crate::sync::puller::set_meta(&self.root, &m)
+                    && let Ok(stat) = crate::sync::disk::set_meta(&self.root, &m)
                 {
                     m.stat = stat;
                 }
@@ -424,7 +425,7 @@ impl Model {
             // An earlier announcement of the path may be pending in memory (one back from disk
             // never is); a pull of it left a temp file only if it began.
             if p.needs.remove(&r.path).is_some() && !st.busy.contains(&r.path) {
-                crate::sync::puller::remove_temp(&self.root, &r.path);
+                crate::sync::disk::remove_temp(&self.root, &r.path);
             }
         }
         Ok(())
@@ -434,7 +435,7 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::index::Kind;
+    use crate::store::entry::Kind;
     use crate::store::version::Version;
 
     fn file(content: u8, mtime: i64, by: u64, v: &[(u64, u64)]) -> Entry {
@@ -445,7 +446,7 @@ mod tests {
             mtime,
             modified_by: by,
             version: Version::from_pairs(v.to_vec()),
-            block_size: crate::store::index::MIN_BLOCK,
+            block_size: crate::store::entry::MIN_BLOCK,
             blocks: vec![[content; 16]].into(),
             ..Entry::default()
         }

@@ -14,8 +14,9 @@
 //! another out.
 
 use crate::error::{Context, Error, Result};
-use crate::proto::wire::{self, Dec, Enc};
-use crate::store::index::Entry;
+use crate::proto::wire;
+use crate::store::codec::{self, Dec, Enc};
+use crate::store::entry::Entry;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -252,7 +253,7 @@ impl Needs {
         let at = w.buf.len();
         let mut x = Enc(std::mem::take(&mut w.buf));
         x.u32(0);
-        wire::put_entry(&mut x, &e);
+        codec::put_entry(&mut x, &e);
         let n = (x.0.len() - at - 4) as u32;
         x.0[at..at + 4].copy_from_slice(&n.to_be_bytes());
         w.buf = x.0;
@@ -318,7 +319,7 @@ impl Needs {
                     break;
                 }
                 let mut d = Dec::new(&rest[4..4 + n]);
-                let e = wire::get_entry(&mut d)
+                let e = codec::get_entry(&mut d)
                     .and_then(|e| d.end().map(|_| e))
                     .map_err(|e| e.at(&w.path))?;
                 let c = cost(&e);
@@ -385,7 +386,7 @@ fn cost(e: &Entry) -> usize {
 }
 
 fn is_folder_delete(e: &Entry) -> bool {
-    e.deleted && e.kind == crate::store::index::Kind::Dir
+    e.deleted && e.kind == crate::store::entry::Kind::Dir
 }
 
 impl Waiting {
@@ -438,7 +439,7 @@ impl Waiting {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::index::{Kind, MIN_BLOCK};
+    use crate::store::entry::{Kind, MIN_BLOCK};
     use crate::store::version::Version;
 
     /// A version made by the peer (device 9).

@@ -7,11 +7,11 @@
 use crate::error::{Context, Error, Result};
 use crate::hash::{Hash, md5, xxh64};
 use crate::proto::wire::{self, Status};
-use crate::store::index::{Entry, FAST_MIN_BLOCKS, Stat};
+use crate::store::entry::{Entry, FAST_MIN_BLOCKS, Stat};
 use crate::store::names;
 use crate::sync::delta::Pipe;
+use crate::sync::link::{Link, RECEIVED, REUSED};
 use crate::sync::model::{Model, Progress};
-use crate::sync::puller::{self, Link, RECEIVED, REUSED};
 use crate::sys::dirfd::Dir;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_int, c_uint};
@@ -265,7 +265,7 @@ pub fn transfer(
                 }));
                 pulls.push(p);
             }
-            Err((e, err)) => puller::finish_need(link, &e, Err(err)),
+            Err((e, err)) => crate::sync::install::finish_need(link, &e, Err(err)),
         }
     }
     drop(sources);
@@ -914,7 +914,7 @@ impl Run<'_, '_, '_> {
     fn fail(&mut self, fi: usize, why: String) {
         let p = &mut self.pulls[fi];
         p.failed = true;
-        puller::finish_need(self.link, &p.e, Err(Error::msg(why)));
+        crate::sync::install::finish_need(self.link, &p.e, Err(Error::msg(why)));
     }
 
     fn show_progress(&mut self, fi: usize) {
@@ -962,9 +962,11 @@ impl Run<'_, '_, '_> {
                 p.tmp.set_len(p.e.size).at(&p.tmp_path)?;
             }
             p.tmp
-                .set_permissions(fs::Permissions::from_mode(puller::file_mode(&p.e)))
+                .set_permissions(fs::Permissions::from_mode(p.e.file_mode()))
                 .at(&p.tmp_path)?;
-            p.tmp.set_modified(puller::mtime_of(&p.e)).at(&p.tmp_path)?;
+            p.tmp
+                .set_modified(crate::sync::disk::mtime_of(&p.e))
+                .at(&p.tmp_path)?;
             if big {
                 let t = Instant::now();
                 // Logged ahead of the rename, made durable with the file by one filesystem sync;
@@ -978,7 +980,7 @@ impl Run<'_, '_, '_> {
                     sync_fs(&model.root)?;
                 }
                 let synced = t.elapsed();
-                puller::install(self.link.model, &p.e, true)?;
+                crate::sync::install::install(self.link.model, &p.e, true)?;
                 debug!(
                     "{}: blocks in {:.2} s, fsync {:.2} s, installed {:.2} s later",
                     p.e.path,
@@ -1143,7 +1145,7 @@ fn install_group(model: &Model, conn: u64, files: Vec<Ready>) {
     let mut results = Vec::with_capacity(files.len());
     for r in &files {
         results.push(match &synced {
-            Ok(()) => puller::install(model, &r.e, false),
+            Ok(()) => crate::sync::install::install(model, &r.e, false),
             Err(e) => Err(Error::msg(e.to_string())),
         });
     }
@@ -1185,7 +1187,7 @@ fn received(model: &Model, conn: u64, p: &Ready, r: Result<()>) {
             p.e.size as f64 / secs.max(1e-6) / 1e6
         );
     }
-    puller::need_done(model, conn, &p.e, r);
+    crate::sync::install::need_done(model, conn, &p.e, r);
 }
 
 fn read_at(f: &File, buf: &mut Vec<u8>, off: u64, len: usize) -> io::Result<()> {

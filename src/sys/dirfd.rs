@@ -76,7 +76,7 @@ impl Dir {
 
     /// Opens the folder that holds `rel` and returns it with `rel`'s last component.
     pub fn parent<'a>(root: &Path, rel: &'a str, create: bool) -> io::Result<(Dir, &'a str)> {
-        let (dir, name) = crate::store::names::split(rel);
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         Ok((Dir::open(root, dir, create)?, name))
     }
 

@@ -1,7 +1,6 @@
 //! Change notification: inotify, through libc symbols declared here, wakes the scanner as soon as
 //! something in the share changes. Only an accelerator: without it the scanner polls.
 
-use crate::store::names;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, c_char, c_int, c_ulong, c_void};
 use std::os::unix::ffi::OsStrExt;
@@ -46,6 +45,8 @@ const MASK: u32 = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800;
 const POLLIN: i16 = 1;
 
 pub struct Watcher {
+    /// Names of the daemon's own files (see [`Watcher::new`]).
+    own: fn(&str) -> bool,
     fd: c_int,
     by_wd: HashMap<c_int, PathBuf>,
     /// Watched folders with their watch and inode: a folder removed and made again under the
@@ -72,7 +73,9 @@ const MAX_DIRTY: usize = 4096;
 const MAX_WRITTEN: usize = 65_536;
 
 impl Watcher {
-    pub fn new() -> Option<Watcher> {
+    /// `own`: names (one component) of files the daemon itself writes, whose events wake
+    /// nobody.
+    pub fn new(own: fn(&str) -> bool) -> Option<Watcher> {
         // SAFETY: a plain syscall wrapper with integer flags.
         let fd = unsafe { inotify_init1(IN_NONBLOCK | IN_CLOEXEC) };
         (fd >= 0).then(|| Watcher {
@@ -83,6 +86,7 @@ impl Watcher {
             written: HashSet::new(),
             dirty: Some(HashSet::new()),
             incomplete: false,
+            own,
         })
     }
 
@@ -194,8 +198,7 @@ impl Watcher {
                     }
                     continue;
                 }
-                let own = std::str::from_utf8(name)
-                    .is_ok_and(|n| names::is_temp(n) || n == names::STATE_DIR);
+                let own = std::str::from_utf8(name).is_ok_and(self.own);
                 if mask & IN_Q_OVERFLOW != 0 {
                     self.dirty = None;
                     relevant = true;
@@ -236,10 +239,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sees_changes_but_not_temp_files() {
+    fn sees_changes_but_not_own_files() {
         let dir = std::env::temp_dir().join(format!("left-watch-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sub")).unwrap();
-        let mut w = Watcher::new().expect("inotify");
+        let mut w = Watcher::new(crate::store::names::is_temp).expect("inotify");
         w.add(&dir);
         w.add(&dir.join("sub"));
         assert!(!w.wait(Duration::from_millis(50)));

@@ -1,0 +1,149 @@
+//! Putting an entry's metadata on disk and clearing temp files, through folder descriptors and
+//! without the model: the filesystem steps the model, the installer and the puller share.
+
+use crate::error::{Context, Result};
+use crate::store::entry::{Entry, Kind, Stat};
+use crate::store::names;
+use crate::sys::dirfd::Dir;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// An entry's mtime as a time; one outside what the system can hold (a peer can send any
+/// number) becomes the epoch rather than an overflow.
+pub fn mtime_of(e: &Entry) -> SystemTime {
+    let t = if e.mtime >= 0 {
+        UNIX_EPOCH.checked_add(Duration::new(e.mtime as u64, e.mtime_ns))
+    } else {
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(e.mtime.unsigned_abs()))
+            .and_then(|t| t.checked_add(Duration::from_nanos(e.mtime_ns as u64)))
+    };
+    t.unwrap_or(UNIX_EPOCH)
+}
+
+/// Sets mode and mtime of a local file or folder to an entry's, through the file itself,
+/// opened without following a symlink on the way; returns its stat afterwards.
+pub fn set_meta(root: &Path, e: &Entry) -> Result<Stat> {
+    let (dir, name) = Dir::parent(root, &e.path, false).at(&e.path)?;
+    if e.kind == Kind::Dir {
+        let d = dir.sub(name).at(&e.path)?;
+        d.chmod(e.dir_mode()).at(&e.path)?;
+        return Ok(Stat::of(&d.metadata().at(&e.path)?));
+    }
+    let f = dir.open_file(name, false).at(&e.path)?;
+    f.set_permissions(fs::Permissions::from_mode(e.file_mode()))
+        .at(&e.path)?;
+    f.set_modified(mtime_of(e)).at(&e.path)?;
+    Ok(Stat::of(&f.metadata().at(&e.path)?))
+}
+
+/// Removes the temp file of `path` if there is one (a pull that will not be finished).
+pub fn remove_temp(root: &Path, path: &str) {
+    if let Ok((dir, name)) = Dir::parent(root, path, false) {
+        dir.unlink_file(&names::temp_for(name));
+    }
+}
+
+/// Removes `left`'s temp files directly inside folder `name` of `dir`, so that they do not
+/// keep it alive.
+pub fn clear_temps(root: &Path, path: &str, dir: &Dir, name: &str) {
+    let Ok(sub) = dir.sub(name) else { return };
+    let Ok(rd) = sub.read_dir(&root.join(path)) else {
+        return;
+    };
+    for x in rd.flatten() {
+        if let Some(n) = x.file_name().to_str().filter(|n| names::is_temp(n)) {
+            sub.unlink_file(n);
+        }
+    }
+}
+
+/// Whether files `a` and `b` of `dir` hold the same bytes (read, not assumed from a stat).
+pub fn same_bytes(dir: &Dir, a: &str, b: &str) -> bool {
+    use std::io::Read;
+    let (Ok(fa), Ok(fb)) = (dir.open_file(a, false), dir.open_file(b, false)) else {
+        return false;
+    };
+    let (Ok(ma), Ok(mb)) = (fa.metadata(), fb.metadata()) else {
+        return false;
+    };
+    if !ma.is_file() || !mb.is_file() || ma.len() != mb.len() {
+        return false;
+    }
+    let (mut ra, mut rb) = (io::BufReader::new(fa), io::BufReader::new(fb));
+    let (mut x, mut y) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    loop {
+        let n = match ra.read(&mut x) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 {
+            return true;
+        }
+        if rb.read_exact(&mut y[..n]).is_err() || x[..n] != y[..n] {
+            return false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A local user swaps a folder of the share for a symlink to a folder outside it: setting
+    /// a file's mode and mtime, or removing its temp file, must not reach through it.
+    #[test]
+    fn metadata_is_never_set_through_a_symlinked_folder() {
+        let root = std::env::temp_dir().join(format!("left-meta-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let outside = root.with_extension("out");
+        let _ = fs::remove_dir_all(&outside);
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("f"), b"outside").unwrap();
+        fs::write(outside.join(names::temp_for("f")), b"outside temp").unwrap();
+        fs::set_permissions(outside.join("f"), fs::Permissions::from_mode(0o600)).unwrap();
+        let before = fs::metadata(outside.join("f")).unwrap().modified().unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("d")).unwrap();
+        let e = Entry {
+            path: "d/f".into(),
+            mode: 0o777,
+            mtime: 1_000_000,
+            ..Entry::default()
+        };
+        assert!(set_meta(&root, &e).is_err());
+        remove_temp(&root, "d/f");
+        let md = fs::metadata(outside.join("f")).unwrap();
+        assert_eq!(md.permissions().mode() & 0o777, 0o600);
+        assert_eq!(md.modified().unwrap(), before);
+        assert!(outside.join(names::temp_for("f")).exists());
+        fs::remove_dir_all(&root).unwrap();
+        fs::remove_dir_all(&outside).unwrap();
+    }
+
+    #[test]
+    fn extreme_mtimes_do_not_overflow() {
+        for (s, ns) in [
+            (i64::MIN, 999_999_999),
+            (i64::MAX, 999_999_999),
+            (-1, 5),
+            (0, 0),
+        ] {
+            let e = Entry {
+                mtime: s,
+                mtime_ns: ns,
+                ..Entry::default()
+            };
+            let _ = mtime_of(&e);
+        }
+        let e = Entry {
+            mtime: 1_000,
+            mtime_ns: 7,
+            ..Entry::default()
+        };
+        assert_eq!(mtime_of(&e), UNIX_EPOCH + Duration::new(1_000, 7));
+    }
+}

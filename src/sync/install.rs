@@ -1,0 +1,335 @@
+//! Installing what a peer sent, under the model's rules: a verified file renamed into place
+//! (or kept as a conflict copy when a local edit wins), a folder made or given its mode, a
+//! deletion applied; and how a need ended (done, or retried later).
+
+use crate::error::{Context, Error, Result};
+use crate::store::entry::{Entry, Kind, Stat};
+use crate::store::names;
+use crate::sync::disk::{clear_temps, remove_temp, same_bytes};
+use crate::sync::link::Link;
+use crate::sync::model::{Decision, Model, State, decide};
+use crate::sys::dirfd::Dir;
+use std::fs;
+use std::io;
+use std::sync::MutexGuard;
+use std::time::{Duration, Instant};
+
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Records how a need ended: done (dropped), or failed (retried later).
+pub fn finish_need(link: &Link<'_>, e: &Entry, r: Result<()>) {
+    need_done(link.model, link.conn, e, r)
+}
+
+/// [`finish_need`] for connection `conn`.
+pub fn need_done(model: &Model, conn: u64, e: &Entry, r: Result<()>) {
+    let mut g = model.lock();
+    let Some(p) = g.peers.get_mut(&conn) else {
+        return;
+    };
+    match r {
+        Ok(()) => {
+            if p.needs.get(&e.path).is_some_and(|n| n.version == e.version) {
+                p.needs.remove(&e.path);
+            }
+            p.retry.remove(&e.path);
+        }
+        Err(err) => {
+            warn!("{}: not synced yet: {err}", e.path);
+            p.retry.insert(e.path.clone(), Instant::now() + RETRY_AFTER);
+            g.last_error = Some((std::time::SystemTime::now(), format!("{}: {err}", e.path)));
+        }
+    }
+}
+
+/// Moves `from` (a file in `dir`) to a conflict name for `path`, made from `mtime` and
+/// `device`, never replacing anything: a name taken by other content gets a number. Where the
+/// name already holds this very content (`hash` as the index knows it, and byte for byte),
+/// `from` is removed instead: it is kept there. Returns the name used.
+fn keep_aside(
+    st: &State,
+    dir: &Dir,
+    from: &str,
+    path: &str,
+    (mtime, device, hash): (i64, u64, &crate::hash::Hash),
+) -> Result<String> {
+    for n in 1..=1000 {
+        let name = names::conflict_name(path, mtime, device, n);
+        let (_, file) = names::split(&name);
+        match dir.rename_noreplace(from, file) {
+            Ok(()) => return Ok(name),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                let same = st
+                    .index
+                    .get(&name)
+                    .is_some_and(|c| c.is_file() && c.file_hash == *hash)
+                    && same_bytes(dir, from, file);
+                if same {
+                    dir.unlink(from).at(&name)?;
+                    return Ok(name);
+                }
+            }
+            Err(err) => return Err(Error::from(err).at(&name)),
+        }
+    }
+    Err(Error::msg("no free name for a conflict copy").at(path))
+}
+
+/// Applying a peer's entry to disk (a file, a folder, a deletion) starts the same way: under the
+/// lock, the decision must still be to take it, and the folder that holds the target is opened
+/// without following a symlink on the way. This holds the lock, our entry, whether ours is a
+/// losing concurrent edit, that folder (`None` for a deletion whose folder is missing or is
+/// not a folder: nothing is there to delete) and the target's name.
+struct Apply<'a> {
+    g: MutexGuard<'a, State>,
+    cur: Option<Entry>,
+    conflict: bool,
+    dir: Option<Dir>,
+    name: String,
+}
+
+fn begin<'a>(model: &'a Model, e: &Entry, create: bool) -> Result<Option<Apply<'a>>> {
+    let g = model.lock();
+    let cur = g.index.get(&e.path).map(std::borrow::Cow::into_owned);
+    let Decision::Take { conflict } = decide(cur.as_ref(), e) else {
+        return Ok(None);
+    };
+    let (dir, name) = match Dir::parent(&model.root, &e.path, create) {
+        Ok((d, n)) => (Some(d), n),
+        Err(_) if e.deleted => (None, names::split(&e.path).1),
+        Err(err) => {
+            let why = if err.raw_os_error() == Some(crate::sys::open::ELOOP)
+                || err.raw_os_error() == Some(20)
+            {
+                "a folder on the way is not a folder (a symlink or a file?)".to_string()
+            } else {
+                err.to_string()
+            };
+            return Err(Error::msg(why).at(&e.path));
+        }
+    };
+    Ok(Some(Apply {
+        g,
+        cur,
+        conflict,
+        dir,
+        name: name.to_string(),
+    }))
+}
+
+impl Apply<'_> {
+    /// Whether the file on disk is the one our index knows (not edited since the last scan).
+    fn known_file(&self, md: &fs::Metadata) -> bool {
+        self.cur
+            .as_ref()
+            .is_some_and(|c| c.is_file() && c.stat == Stat::of(md))
+    }
+
+    /// The folder that holds the target (there for anything but deletions).
+    fn dir(&self, e: &Entry) -> Result<&Dir> {
+        self.dir
+            .as_ref()
+            .ok_or_else(|| Error::msg("its folder is missing").at(&e.path))
+    }
+
+    /// Keeps our losing file at the target as a conflict copy (named from our version's mtime
+    /// and device), so that the peer's entry can take its place.
+    fn keep_ours(&self, e: &Entry) -> Result<()> {
+        let c = self.cur.as_ref().unwrap_or(e);
+        let key = (c.mtime, c.modified_by, &c.file_hash);
+        let name = keep_aside(&self.g, self.dir(e)?, &self.name, &e.path, key)?;
+        info!("conflict: {} kept as {name}", e.path);
+        Ok(())
+    }
+
+    /// What is at the target now.
+    fn target(&self, e: &Entry) -> Result<Option<fs::Metadata>> {
+        match &self.dir {
+            Some(d) => d.stat(&self.name).at(&e.path),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the peer's entry as ours, with the target's stat now (`None`: nothing there).
+    /// A peer's edit that won over a concurrent deletion of ours takes in what the deletion
+    /// knew: otherwise the version our deletion had removed could come back from a third peer
+    /// as concurrent with the edit, and win. (A losing edit of ours is kept as a conflict copy
+    /// and the winner taken as it is: merged, the winner would be concurrent with a later
+    /// deletion by a peer that had the winner as it was, and come back over it.)
+    fn record(mut self, e: &Entry, md: Option<&fs::Metadata>) {
+        let mut ne = e.clone();
+        if let Some(c) = &self.cur
+            && c.deleted
+            && e.version.compare(&c.version) == crate::store::version::Order::Concurrent
+        {
+            let merged = e.version.merged(&c.version);
+            if merged.fits_with(self.g.index.device) {
+                ne.version = merged;
+            }
+        }
+        ne.stat = md.map(Stat::of).unwrap_or_default();
+        self.g.put(ne);
+    }
+}
+
+/// Under the lock: checks the decision still holds and that nothing changed on disk behind the
+/// index's back, keeps a losing local edit as a conflict copy, then renames the temp file into
+/// place. A folder holding files where the file goes stays: the file is kept beside it.
+pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
+    let Some(mut a) = begin(model, e, false)? else {
+        remove_temp(&model.root, &e.path);
+        return Ok(());
+    };
+    let tmp = names::temp_for(&a.name);
+    match a.target(e)? {
+        Some(md) if md.is_file() => {
+            if !a.known_file(&md) {
+                return Err(
+                    Error::msg("changed locally; will look again after the next scan").at(&e.path),
+                );
+            }
+            if a.conflict {
+                a.keep_ours(e)?;
+            }
+        }
+        Some(md) if md.is_dir() => {
+            let dir = a.dir(e)?;
+            clear_temps(&model.root, &e.path, dir, &a.name);
+            if let Err(err) = dir.rmdir(&a.name) {
+                if !matches!(err.raw_os_error(), Some(39 | 17)) {
+                    return Err(Error::from(err).at(&e.path));
+                }
+                // ENOTEMPTY: the folder holds files the peer's version does not know of.
+                let device = a.g.index.device;
+                let merged = a
+                    .cur
+                    .as_ref()
+                    .map_or(e.version.clone(), |c| c.version.merged(&e.version));
+                if !merged.fits_with(device) {
+                    return Err(Error::msg("a folder holding files is in the way").at(&e.path));
+                }
+                let name = keep_aside(
+                    &a.g,
+                    dir,
+                    &tmp,
+                    &e.path,
+                    (e.mtime, e.modified_by, &e.file_hash),
+                )?;
+                info!(
+                    "conflict: {} is a folder holding files here; the file received for it is kept as {name}",
+                    e.path
+                );
+                if durable {
+                    dir.sync().at(&e.path)?;
+                }
+                let md = dir.stat(&a.name).at(&e.path)?;
+                let mut d = a
+                    .cur
+                    .clone()
+                    .filter(|c| c.kind == Kind::Dir)
+                    .unwrap_or_else(|| Entry {
+                        path: e.path.clone(),
+                        kind: Kind::Dir,
+                        mode: md.as_ref().map_or(0o755, |m| Stat::of(m).mode),
+                        ..Entry::default()
+                    });
+                d.deleted = false;
+                // The folder as it is here (our entry may be a tombstone, with no mode).
+                d.mode = md.as_ref().map_or(0o755, |m| Stat::of(m).mode);
+                d.version = d.version.merged(&e.version).bumped(device);
+                d.modified_by = device;
+                d.stat = md.as_ref().map(Stat::of).unwrap_or_default();
+                a.g.put(d);
+                return Ok(());
+            }
+        }
+        Some(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
+        None => {}
+    }
+    let dir = a.dir(e)?;
+    dir.rename(&tmp, dir, &a.name).at(&e.path)?;
+    if durable {
+        dir.sync().at(&e.path)?;
+    }
+    let md = dir.stat(&a.name).at(&e.path)?;
+    a.record(e, md.as_ref());
+    Ok(())
+}
+
+pub fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
+    let Some(a) = begin(model, e, true)? else {
+        return Ok(());
+    };
+    // A pull of a file of this name that failed will not be resumed: it is a folder now.
+    let tmp = names::temp_for(&a.name);
+    if a.dir(e)?
+        .stat(&tmp)
+        .is_ok_and(|m| m.is_some_and(|m| m.is_file()))
+    {
+        let _ = a.dir(e)?.unlink(&tmp);
+    }
+    match a.target(e)? {
+        Some(md) if md.is_dir() => {}
+        Some(md) if md.is_file() => {
+            if !a.known_file(&md) {
+                return Err(Error::msg("a file changed locally is in the way").at(&e.path));
+            }
+            let dir = a.dir(e)?;
+            if a.conflict {
+                // Our file is a concurrent edit that loses to the folder: kept beside it.
+                a.keep_ours(e)?;
+            } else {
+                dir.unlink(&a.name).at(&e.path)?;
+            }
+            dir.mkdir(&a.name, 0o700).at(&e.path)?;
+        }
+        Some(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
+        None => match a.dir(e)?.mkdir(&a.name, 0o700) {
+            Err(err) if err.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(Error::from(err).at(&e.path));
+            }
+            _ => {}
+        },
+    }
+    // Through the folder itself: a chmod by name would follow a symlink swapped in meanwhile.
+    let sub = a.dir(e)?.sub(&a.name).at(&e.path)?;
+    sub.chmod(e.dir_mode()).at(&e.path)?;
+    let md = sub.metadata().at(&e.path)?;
+    a.record(e, Some(&md));
+    Ok(())
+}
+
+pub fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
+    let Some(a) = begin(model, e, false)? else {
+        return Ok(());
+    };
+    if let Some(dir) = &a.dir {
+        // A pull of the file that will never be finished now.
+        dir.unlink_file(&names::temp_for(&a.name));
+        match dir.stat(&a.name).at(&e.path)? {
+            Some(md) if md.is_file() => {
+                if !a.known_file(&md) {
+                    // Changed here since we last looked: the scan makes it a new version, which
+                    // wins, or finds the same content (a touch), and then the deletion applies.
+                    // Looked at again once the scan is done.
+                    return Err(
+                        Error::msg("changed locally; will look again after the next scan")
+                            .at(&e.path),
+                    );
+                }
+                dir.unlink(&a.name).at(&e.path)?;
+                info!("deleted {}", e.path);
+            }
+            Some(md) if md.is_dir() => {
+                // Stale temp files do not keep a deleted folder alive.
+                clear_temps(&model.root, &e.path, dir, &a.name);
+                if dir.rmdir(&a.name).is_ok() {
+                    info!("deleted {}/", e.path);
+                }
+            }
+            _ => {}
+        }
+    }
+    a.record(e, None);
+    Ok(())
+}
