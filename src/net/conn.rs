@@ -204,15 +204,15 @@ impl<R: Read> FrameReader<R> {
         Ok(())
     }
 
-    /// The next frame's body; its length is checked against `max` before anything is allocated,
-    /// and a large one waits for its share of [`FRAME_BUDGET`] (kept until the permit is dropped).
+    /// [`FrameReader::body_vetted`] with nothing to vet (tests).
     #[cfg(test)]
     fn body(&mut self, max: usize) -> Result<(Vec<u8>, Permit)> {
         self.body_vetted(max, |_, _| Ok(()))
     }
 
-    /// [`FrameReader::body`], with a large frame's length and first bytes shown to `vet`
-    /// before it waits for its share or anything is allocated for it.
+    /// The next frame's body; its length is checked against `max` before anything is
+    /// allocated, and a large one is shown to `vet` (its length and first bytes), then waits
+    /// for its share of [`FRAME_BUDGET`] (kept until the permit is dropped).
     fn body_vetted(
         &mut self,
         max: usize,

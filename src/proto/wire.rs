@@ -1,8 +1,46 @@
 //! The wire protocol: frame layout and message encoding as pure functions over byte slices.
 //!
-//! Every frame is `u32 length (big-endian) | u8 type | payload`, the length counting the type byte
-//! and the payload. A reader checks the length against [`MAX_FRAME`] before it allocates anything,
-//! and frames of a type it does not know are skipped, so the protocol can grow.
+//! # Frames
+//!
+//! Every frame is `u32 length | u8 type | payload`, big-endian, the length counting the type byte
+//! and the payload. A reader checks the length against [`MAX_FRAME`] (8 MiB + 64 KiB) before it
+//! allocates anything; counts inside a frame are checked against the bytes present; frames of a
+//! type it does not know are skipped, so the protocol can grow.
+//!
+//! | type | frame | payload |
+//! |---|---|---|
+//! | 1 | Hello | magic `LEFT`, u16 protocol version (2), u64 device id, u32 flags (bit 0: key required), 16-byte nonce, u16 listening port |
+//! | 2 | Index | u64 seq (0 except on the last frame of a pass), u32 count (at most 1,024), entries |
+//! | 3 | IndexDone | u64 seq: the initial index is complete |
+//! | 4 | Request | u32 id, str path, u64 offset, u32 length, 16-byte block MD5 (all zeros: any range of at most one block, for delta runs) |
+//! | 5 | Response | u32 id, u8 status (0 ok, 1 changed, 2 failed), u32 length, data |
+//! | 6 | InSync | u64 seq: I hold all you announced up to seq and need nothing from you |
+//! | 7 | Ping | (empty) |
+//! | 8 | Auth | 16-byte HMAC-MD5 proof of the shared key |
+//! | 9 | SubHashes | as Request; answered by a Response holding, per 4 KiB sub-block, a u32 rolling checksum (rsync's: byte sum and weighted sum, 16 bits each) and its u64 XXH64 |
+//!
+//! An entry is: str path, u8 kind (0 file, 1 folder), u8 deleted, u64 size, i64 mtime seconds, u32
+//! nanoseconds, u32 mode, u64 modified-by device, u16 n + n × (u64 device, u64 counter) version
+//! vector, u32 block size, u32 n + n × 16-byte block MD5s, 16-byte file hash (the MD5 of the block
+//! MD5s, checked on arrival). `str` is a u16 length and UTF-8 bytes. Every name is checked where it
+//! arrives: relative, no empty, `.` or `..` components, no NUL, not inside `.left/`, not a
+//! temp-file name, at most 4096 bytes.
+//!
+//! # Authentication
+//!
+//! With a shared key, both sides send Auth after Hello, and every later frame ends with a 16-byte
+//! HMAC-MD5 (session key per direction, implicit sequence number) counted in its length. With
+//! `T = MD5(u32 n1 | dialer's hello | u32 n2 | acceptor's hello)`, each hello the whole frame as
+//! sent and n its size, and R one byte (1 for the dialer, 0 for the acceptor): R's proof is
+//! `HMAC(key, "left-auth-2" | R | T)`, and the key of the frames R sends
+//! `HMAC(key, "left-session-2" | R | T)`.
+//!
+//! # Conversation
+//!
+//! Both sides send Hello, then their index and IndexDone; after that Index frames carry changes, and
+//! Request/Response move blocks. Requests are answered in order by a writer thread separate from the
+//! reader, so two peers pulling from each other at full speed cannot deadlock. A side may have at
+//! most 256 requests outstanding (more is a protocol error).
 
 use crate::error::{Error, Result};
 use crate::store::codec::{Dec, Enc, get_entry, put_entry};

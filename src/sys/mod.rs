@@ -3,6 +3,7 @@
 //! hashing kernels, the only place with `unsafe`.
 
 pub mod dirfd;
+pub mod file;
 pub mod limits;
 pub mod open;
 pub mod signal;
