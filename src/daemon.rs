@@ -45,6 +45,8 @@ const TEMP_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
 /// Tombstones live this long: a peer offline for less still learns of the deletion.
 const TOMBSTONE_AGE: Duration = Duration::from_secs(30 * 86_400);
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// Memory the removals of one purge step may take (see `purge_tombstones`).
+const PURGE_BYTES: usize = 1 << 20;
 
 /// Reads the device id from the state directory, making one from /dev/urandom the first time.
 fn device_id(state: &Path) -> Result<u64> {
@@ -176,20 +178,21 @@ pub fn run(opts: &Options) -> Result<i32> {
     let mut last_save = Instant::now();
     let mut last_status = Instant::now();
     let mut last_purge: Option<Instant> = None;
+    let mut purge_more = false;
     let mut last_why = Instant::now();
     let mut status = status::Writer::default();
     loop {
         std::thread::sleep(Duration::from_millis(100));
         if signal::stop_requested() {
             model.lock().shutdown = true;
-            model.save_index();
+            model.save_index_now();
             info!("stopping on signal; index saved");
             let _ = fs::remove_file(state.join("status"));
             return Ok(0);
         }
-        if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+        if purge_more || last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
             last_purge = Some(Instant::now());
-            purge_tombstones(&model);
+            purge_more = purge_tombstones(&model);
         }
         // Early too when memory holds many changes: the save writes them into a new base.
         if last_save.elapsed() >= SAVE_EVERY || model.lock().index.wants_fold() {
@@ -211,7 +214,7 @@ pub fn run(opts: &Options) -> Result<i32> {
             }
         }
         if once_done(&model) {
-            model.save_index();
+            model.save_index_now();
             flush_all(&model);
             info!(
                 "in sync with every peer; file data received {} bytes, sent {} bytes, reused locally {} bytes",
@@ -233,7 +236,7 @@ pub fn run(opts: &Options) -> Result<i32> {
                 .collect()
         };
         if !down.is_empty() {
-            model.save_index();
+            model.save_index_now();
             warn!(
                 "peer unreachable for {} s: {}",
                 opts.timeout.as_secs(),
@@ -245,13 +248,20 @@ pub fn run(opts: &Options) -> Result<i32> {
 }
 
 /// Forgets deletions older than [`TOMBSTONE_AGE`] (by the time they were made).
-fn purge_tombstones(model: &Model) {
+/// Forgets deletions older than [`TOMBSTONE_AGE`], a bounded part at a time (each removal is
+/// kept in memory until the next whole save); returns whether more are left for the next call.
+fn purge_tombstones(model: &Model) -> bool {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let cutoff = now - TOMBSTONE_AGE.as_secs() as i64;
     let mut g = model.lock();
-    let purged = g.index.purge(|e| e.deleted && e.mtime < cutoff);
+    if g.index.wants_fold() {
+        return true; // once what memory holds is saved
+    }
+    let (purged, more) = g
+        .index
+        .purge(|e| e.deleted && e.mtime < cutoff, PURGE_BYTES);
     if purged > 0 {
         g.dirty = true;
         info!(
@@ -259,6 +269,7 @@ fn purge_tombstones(model: &Model) {
             TOMBSTONE_AGE.as_secs() / 86_400
         );
     }
+    more
 }
 
 /// Makes sure every peer got what we queued for it (our InSync above all) before exiting.
@@ -414,9 +425,11 @@ fn handshake_over(slots: &Mutex<Slots>, ip: IpAddr, src: Source, done: bool) -> 
 }
 
 fn accept_loop(model: &Arc<Model>, opts: &Options, listener: TcpListener) {
-    // Lines strangers can cause as often as they connect: one per 10 s of each kind.
-    static REFUSED: Throttle = Throttle::new(Duration::from_secs(10));
-    static FAILED: Throttle = Throttle::new(Duration::from_secs(10));
+    // Lines a client can cause as often as it connects: 5 in 10 s of each kind from strangers,
+    // 50 from listed peers' addresses (a misconfigured peer's reason stays visible).
+    static REFUSED: Throttle = Throttle::new(Duration::from_secs(10), 5);
+    static FAILED: Throttle = Throttle::new(Duration::from_secs(10), 5);
+    static FAILED_LISTED: Throttle = Throttle::new(Duration::from_secs(10), 50);
     let slots = Arc::new(Mutex::new(Slots::default()));
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
@@ -439,7 +452,12 @@ fn accept_loop(model: &Arc<Model>, opts: &Options, listener: TcpListener) {
         std::thread::spawn(move || {
             let hs = conn::handshake(&mut stream, &m, false);
             if !handshake_over(&slots, ip, src, hs.is_ok()) {
-                if let Some(more) = FAILED.pass() {
+                let throttle = if src == Source::Listed {
+                    &FAILED_LISTED
+                } else {
+                    &FAILED
+                };
+                if let Some(more) = throttle.pass() {
                     match hs {
                         Err(e) => info!("connection from {from} ended: {e}{more}"),
                         Ok(_) => info!("refused a connection from {from}: too many open{more}"),
@@ -447,7 +465,9 @@ fn accept_loop(model: &Arc<Model>, opts: &Options, listener: TcpListener) {
                 }
                 return;
             }
-            if let Err(e) = hs.and_then(|hs| conn::run(&m, stream, hs, false)) {
+            if let Err(e) =
+                hs.and_then(|hs| conn::run(&m, stream, hs, false, src == Source::Listed))
+            {
                 info!("connection from {from} ended: {e}");
             }
             let mut g = slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -485,18 +505,24 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr) {
             {
                 d.addrs = addrs.clone();
             }
-            // Only by the device a connection we dialed answered with: a hello from the
-            // peer's address claiming its port (any program on that host can send one) does
-            // not stand for the peer.
+            // By the device a connection we dialed answered with, once we know it: a hello
+            // from the peer's address claiming its port (any program on that host can send
+            // one) does not stand for the peer then. Before, a connection from its address
+            // claiming its port is taken for it while it lasts (dialing too would cut it).
             g.peers
                 .values()
-                .find(|p| known == Some(p.device))
+                .find(|p| {
+                    p.listed
+                        && match known {
+                            Some(dev) => p.device == dev,
+                            None => addrs.contains(&p.listen),
+                        }
+                })
                 .map(|p| p.device)
         };
         // Already connected to that peer (it dialed us): nothing to do.
         if let Some(dev) = connected {
-            known = Some(dev);
-            set_dial(model, peer, Some(dev), None, true);
+            set_dial(model, peer, known.or(Some(dev)), None, true);
             std::thread::sleep(Duration::from_millis(500));
             continue;
         }
@@ -522,9 +548,15 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr) {
                     let dev = hs.device;
                     known = Some(dev);
                     set_dial(model, peer, Some(dev), None, true);
+                    // The peer dialed us first (we had not learned its device yet): that
+                    // connection, maybe busy pulling, stays; this one only told us who it is.
+                    let dup = (model.lock().peers.values()).any(|p| p.device == dev && p.listed);
+                    if dup {
+                        continue;
+                    }
                     failures = 0;
                     backoff = Duration::from_millis(250);
-                    if let Err(e) = conn::run(model, s, hs, true) {
+                    if let Err(e) = conn::run(model, s, hs, true, true) {
                         info!("connection to {peer} ended: {e}");
                         set_dial(model, peer, Some(dev), Some(e.to_string()), false);
                     }

@@ -32,18 +32,23 @@ pub fn line(level: u8, args: std::fmt::Arguments<'_>) {
     let _ = std::io::stderr().write_all(msg.as_bytes());
 }
 
-/// Lets one kind of line through at most once per interval and counts the ones held back: what
-/// strangers cause (refused connections, failed handshakes) cannot fill a log kept in RAM.
+/// Lets one kind of line through at most `burst` times per interval and counts the ones held
+/// back: what strangers and hostile peers cause (refused connections, failed handshakes,
+/// entries refused one by one) cannot fill a log kept in RAM.
 pub struct Throttle {
     every: std::time::Duration,
-    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+    burst: u32,
+    /// When the current interval began, lines let through in it, lines held back since the
+    /// last one let through.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u32, u64)>,
 }
 
 impl Throttle {
-    pub const fn new(every: std::time::Duration) -> Throttle {
+    pub const fn new(every: std::time::Duration, burst: u32) -> Throttle {
         Throttle {
             every,
-            state: std::sync::Mutex::new((None, 0)),
+            burst,
+            state: std::sync::Mutex::new((None, 0, 0)),
         }
     }
 
@@ -52,12 +57,16 @@ impl Throttle {
     pub fn pass(&self) -> Option<String> {
         let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
-        if g.0.is_some_and(|t| now.duration_since(t) < self.every) {
-            g.1 += 1;
+        if g.0.is_none_or(|t| now.duration_since(t) >= self.every) {
+            g.0 = Some(now);
+            g.1 = 0;
+        }
+        if g.1 >= self.burst {
+            g.2 += 1;
             return None;
         }
-        let held = std::mem::take(&mut g.1);
-        g.0 = Some(now);
+        g.1 += 1;
+        let held = std::mem::take(&mut g.2);
         Some(if held > 0 {
             format!(" ({held} more like it not logged)")
         } else {
@@ -138,12 +147,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_throttle_lets_one_line_through_and_counts_the_rest() {
-        let t = Throttle::new(std::time::Duration::from_millis(200));
+    fn a_throttle_lets_a_burst_through_and_counts_the_rest() {
+        let t = Throttle::new(std::time::Duration::from_millis(200), 2);
+        assert_eq!(t.pass().as_deref(), Some(""));
         assert_eq!(t.pass().as_deref(), Some(""));
         assert!(t.pass().is_none() && t.pass().is_none());
         std::thread::sleep(std::time::Duration::from_millis(250));
         assert_eq!(t.pass().as_deref(), Some(" (2 more like it not logged)"));
+        assert_eq!(t.pass().as_deref(), Some(""));
         assert!(t.pass().is_none());
     }
 

@@ -1,7 +1,9 @@
 //! Hardening (issue 18), the network side: each test is an attack on a running daemon — slow
 //! handshakes holding its door, a slow resolver, a relayed proof of the key, a poisoned version
-//! vector, many peers announcing large entries — and checks that the daemon stays up, bounded,
-//! and in sync with its good peer.
+//! vector, many peers announcing large entries, trickled and inflated frames, floods of
+//! deletions with long names or versions, a client claiming a listed peer's port or device, a
+//! peer filling the log — and checks that the daemon stays up, bounded, and in sync with its
+//! good peer.
 
 mod common;
 
@@ -10,6 +12,7 @@ use common::*;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Whether the other side closed `s` (reading what it sent meanwhile, without waiting).
@@ -26,38 +29,6 @@ fn is_closed(s: &mut TcpStream) -> bool {
     };
     s.set_nonblocking(false).unwrap();
     closed
-}
-
-/// A file written on one side arrives on the other, both ways.
-fn syncs(a: &Peer, b: &Peer, what: &str) {
-    let da = format!("from A, {what}\n");
-    let db = format!("from B, {what}\n");
-    let name = what.replace(' ', "-");
-    fs::write(a.path(&format!("a-{name}")), &da).unwrap();
-    fs::write(b.path(&format!("b-{name}")), &db).unwrap();
-    assert!(
-        wait_until(SOON, || has_content(
-            &b.path(&format!("a-{name}")),
-            da.as_bytes()
-        )),
-        "{what}: B no longer receives from A\n{}",
-        tail(&b.log_text(), 20)
-    );
-    assert!(
-        wait_until(SOON, || has_content(
-            &a.path(&format!("b-{name}")),
-            db.as_bytes()
-        )),
-        "{what}: A no longer receives from B\n{}",
-        tail(&a.log_text(), 20)
-    );
-}
-
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// 64 clients from another address each send one byte of a hello every 2 s (a slowloris).
@@ -357,18 +328,6 @@ fn a_poisoned_version_vector_is_not_taken() {
     );
 }
 
-/// Peak and current resident memory of a process, in KiB (VmHWM, VmRSS).
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
 /// Fake peers connected to B at once.
 const FAKES: u64 = 64;
 /// Entries each of them announces.
@@ -458,8 +417,9 @@ fn many_peers_announcing_large_entries_stay_within_a_memory_budget() {
 /// A peer answers each of B's 64 KiB block requests with 8 MiB of data (the largest frame).
 /// Before, the reader only counted answers, not their size: the answers to the requests in
 /// flight were held in full until the puller found them wrong, and asked for again. Now an
-/// answer may hold no more than its request asked for: the connection is dropped at the
-/// first, and B's memory does not follow the attacker's frames.
+/// answer may hold no more than its request asked for, weighed from its header before the rest
+/// is read: the connection is dropped at the first, and B's memory does not follow the
+/// attacker's frames.
 #[test]
 fn answers_larger_than_asked_are_refused() {
     let t = TestDir::new("inflated");
@@ -483,10 +443,12 @@ fn answers_larger_than_asked_are_refused() {
     while !f.is_closed() && t0.elapsed() < Duration::from_secs(20) {
         let reqs: Vec<u32> = f.requests.lock().unwrap().iter().map(|r| r.id).collect();
         for id in reqs.into_iter().skip(answered) {
+            // Counted when sent or cut short: B may close the connection once it has read the
+            // answer's header, before the rest is written.
+            answered += 1;
             if !f.send(&wire::response(id, 0, &big)) {
                 break;
             }
-            answered += 1;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -706,4 +668,412 @@ fn a_hello_claiming_a_listed_peers_port_does_not_park_the_dialer() {
         tail(&b.log_text(), 12)
     );
     drop(f);
+}
+
+// ---- Attacks from a third review session (hostile peers against the reading budget, the
+// index, the dialer and the log). ----
+
+/// A path of `len` bytes (at most 4096), components of at most 255 bytes, unique by `i`.
+fn long_path(i: usize, len: usize) -> String {
+    let mut p = format!("r3-{i:07}-");
+    while p.len() < len {
+        let comp_left = 255 - (p.len() - p.rfind('/').map_or(0, |k| k + 1));
+        if comp_left == 0 {
+            p.push('/');
+            continue;
+        }
+        let n = comp_left.min(len - p.len());
+        p.extend(std::iter::repeat_n('p', n));
+    }
+    if p.ends_with('/') {
+        p.pop();
+        p.push('q');
+    }
+    p
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The index's page table holds one path per 4 KiB page of the base file: with entries of
+//    about 4 KiB (a name of 4,095 bytes), that is one whole name per entry, in memory, for
+//    ever. Tombstones need no block and are kept (a third peer may hold the file): a peer
+//    announcing 12,000 deletions of such names makes B hold ~48 MB of names.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn tombstones_with_long_names_stay_within_the_memory_budget() {
+    let t = TestDir::new("r3-long-tombstones");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    syncs(&a, &b, "before the long names");
+    let pid = b.pid().unwrap();
+    let before = memory_kib(pid);
+    let f = FakePeer::connect(pb, 0x10A6_0000_0000_0001, free_port());
+    f.mute();
+    const N: usize = 12_000;
+    let t0 = Instant::now();
+    let mut sent = 0;
+    for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {
+        let entries: Vec<WEntry> = chunk
+            .iter()
+            .map(|&i| WEntry::deleted(&long_path(i, 4095), f.device, 1))
+            .collect();
+        if !f.send(&wire::index(0, &entries)) {
+            break;
+        }
+        sent += entries.len();
+    }
+    assert!(f.send(&wire::index(1, &[])));
+    assert!(f.send(&wire::seq_frame(wire::T_INDEX_DONE, 1)));
+    // B folds them into its base file; wait until the base holds them.
+    let idx = b.path(".left/index");
+    wait_until(Duration::from_secs(90), || {
+        fs::metadata(&idx).is_ok_and(|m| m.len() > (N as u64) * 4000)
+    });
+    let base = fs::metadata(&idx).map(|m| m.len()).unwrap_or(0);
+    syncs(&a, &b, "after the long names");
+    let after = memory_kib(pid);
+    eprintln!(
+        "{sent} tombstones with 4,095-byte names sent in {:?}; B's index base {} bytes; \
+         B's memory: peak {} KiB, now {} KiB (before: peak {} KiB, now {} KiB); fake closed: {}",
+        t0.elapsed(),
+        base,
+        after.0,
+        after.1,
+        before.0,
+        before.1,
+        f.is_closed()
+    );
+    // The names stay: a restarted B reads them all back into its page table.
+    let mut b = b;
+    b.terminate(Duration::from_secs(10));
+    let b2 = Peer::start(&t, "B", pb, &[pa]);
+    syncs(&a, &b2, "after B restarted");
+    let restarted = memory_kib(b2.pid().unwrap());
+    let of_a = memory_kib(a.pid().unwrap());
+    eprintln!(
+        "B restarted with that index: peak {} KiB, now {} KiB; A (the good peer, which took \
+         the tombstones from B): peak {} KiB, now {} KiB",
+        restarted.0, restarted.1, of_a.0, of_a.1
+    );
+    assert!(
+        after.0 < BUDGET_KIB,
+        "B's peak RSS reached {} KiB ({} KiB resident after) with {sent} long-named tombstones",
+        after.0,
+        after.1
+    );
+    assert!(
+        restarted.0 < BUDGET_KIB,
+        "restarted, B's peak RSS reached {} KiB",
+        restarted.0
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. The pace of a frame that holds a share of the reading budget is looked at only when no
+//    byte came for PACE_TICK (250 ms) (src/conn.rs read_paced): a peer that sends one byte
+//    every 100 ms is never measured, and its 8 MiB frame holds the whole 2 MiB budget for
+//    days. Every other connection's frame over 16 KiB (block answers) waits meanwhile.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_frame_trickled_faster_than_the_pace_tick_does_not_hold_the_budget() {
+    let t = TestDir::new("r3-fast-trickle");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    syncs(&a, &b, "before the trickle");
+    let f = FakePeer::connect(pb, 0x7B1C_0000_0000_0002, free_port());
+    // The header of the largest index frame, and the start of its payload.
+    let mut hdr = (8u32 << 20).to_be_bytes().to_vec();
+    hdr.push(wire::T_INDEX);
+    hdr.extend_from_slice(&[0u8; 12]);
+    assert!(f.send(&hdr));
+    let stop = AtomicBool::new(false);
+    let (ok, took, bytes) = std::thread::scope(|s| {
+        let (f, stop) = (&f, &stop);
+        let trickler = s.spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+                if !f.send(&[0u8]) {
+                    break;
+                }
+                n += 1;
+            }
+            n
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let data = random_bytes(78, 1 << 20);
+        let t0 = Instant::now();
+        write_file(&a.path("big.bin"), &data);
+        let ok = wait_until(Duration::from_secs(40), || {
+            has_content(&b.path("big.bin"), &data)
+        });
+        let took = t0.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        (ok, took, trickler.join().unwrap())
+    });
+    eprintln!(
+        "1 MiB file from A: received {ok} after {took:?}, while a fake peer trickled {bytes} \
+         bytes of an 8 MiB frame at 10 B/s; trickler dropped: {}",
+        f.is_closed()
+    );
+    assert!(
+        ok,
+        "B never received a 1 MiB file from its good peer in {took:?} while a fake peer \
+         trickled a large frame one byte every 100 ms\n{}",
+        tail(&b.log_text(), 10)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The device id in a hello is taken as it is (without a key): an allowed client (here
+//    127.0.0.2, --allow) claims the device id of the listed peer A, which anyone learns from
+//    the version vectors in B's index. While A is away (a reboot), the impostor registers as
+//    A; once A is back, B refuses A's connections ("already connected to device") and B's
+//    dialer, which trusts a connection with A's device, never dials A.
+// ---------------------------------------------------------------------------------------------
+
+/// A client from `from` that completes a hello as `device` and then only reads (and pings).
+struct Impostor {
+    stream: TcpStream,
+    stop: std::sync::Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+    closed: std::sync::Arc<AtomicBool>,
+}
+
+impl Impostor {
+    fn connect(from: Ipv4Addr, port: u16, device: u64, listen: u16) -> Impostor {
+        let mut s = connect_from(from, port).expect("connect from 127.0.0.2");
+        s.write_all(&wire::hello(device, 0, [9; 16], listen))
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (t, _) = wire::read_frame(&mut s).expect("no hello");
+        assert_eq!(t, wire::T_HELLO);
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let closed = std::sync::Arc::new(AtomicBool::new(false));
+        let (mut r, st, cl) = (s.try_clone().unwrap(), stop.clone(), closed.clone());
+        let handle = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut last_ping = Instant::now();
+            while !st.load(Ordering::SeqCst) {
+                match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+                if last_ping.elapsed() > Duration::from_secs(10) {
+                    last_ping = Instant::now();
+                    if (&r).write_all(&wire::frame(wire::T_PING, &[])).is_err() {
+                        break;
+                    }
+                }
+            }
+            cl.store(true, Ordering::SeqCst);
+        });
+        Impostor {
+            stream: s,
+            stop,
+            handle: Some(handle),
+            closed,
+        }
+    }
+}
+
+impl Drop for Impostor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[test]
+fn an_allowed_client_claiming_a_listed_peers_device_does_not_lock_it_out() {
+    let t = TestDir::new("r3-device-claim");
+    let (pa, pb) = two_ports();
+    let mut a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start_with(&t, "B", pb, &[pa], &["--allow", "127.0.0.2"]);
+    syncs(&a, &b, "before the impostor");
+    let dev_a = a.device();
+    // A reboots; meanwhile the impostor says it is A.
+    a.terminate(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    let imp = Impostor::connect(Ipv4Addr::new(127, 0, 0, 2), pb, dev_a, pa);
+    std::thread::sleep(Duration::from_millis(500));
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let r = syncs_within(&a, &b, "after A came back", Duration::from_secs(40));
+    let refused = b.log_text().matches("already connected to device").count();
+    eprintln!(
+        "A back with an impostor holding its device id: {r:?}; B refused A {refused} times; \
+         impostor still connected: {}",
+        !imp.closed.load(Ordering::SeqCst)
+    );
+    drop(imp);
+    r.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Log lines a peer causes per entry are not throttled: an entry whose version names 1,024
+//    other devices is "not taken" with one line naming its path (up to 4 KiB), every time it
+//    is announced. The same frame sent again and again grows the log (kept in RAM on Tiny
+//    Core, /var/log) without bound.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_peer_cannot_flood_the_log_with_untaken_entries() {
+    let t = TestDir::new("r3-log-flood");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    // B at the normal log level (no -v), as a daemon runs.
+    let dir = t.join("B");
+    let args: Vec<String> = vec![
+        "--dir".into(),
+        dir.display().to_string(),
+        "--port".into(),
+        pb.to_string(),
+        format!("127.0.0.1:{pa}"),
+    ];
+    let b = Peer::start_raw(&t, "B", &dir, pb, &args);
+    syncs(&a, &b, "before the log flood");
+    let log_before = fs::metadata(&b.log).map(|m| m.len()).unwrap_or(0);
+    let f = FakePeer::connect(pb, 0x106F_0000_0000_0001, free_port());
+    f.mute();
+    let version: Vec<(u64, u64)> = (1..=1024u64).map(|d| (f.device + d, 1_000 + d)).collect();
+    let entries: Vec<WEntry> = (0..300)
+        .map(|i| {
+            let mut e = WEntry::file(&long_path(i, 4095), b"x", f.device, 1);
+            e.version = version.clone();
+            e
+        })
+        .collect();
+    let frame = wire::index(0, &entries);
+    let t0 = Instant::now();
+    let mut wire_bytes = 0u64;
+    let log_len = || fs::metadata(&b.log).map(|m| m.len()).unwrap_or(0);
+    while t0.elapsed() < Duration::from_secs(10)
+        && log_len() < log_before + (64 << 20)
+        && f.send(&frame)
+    {
+        wire_bytes += frame.len() as u64;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(1));
+    let grew = fs::metadata(&b.log).map(|m| m.len()).unwrap_or(0) - log_before;
+    let lines = b.log_text().matches("not taken").count();
+    eprintln!(
+        "{} MB of index frames in {secs:.1} s: B's log grew by {} bytes ({lines} 'not taken' \
+         lines); fake closed: {}",
+        wire_bytes >> 20,
+        grew,
+        f.is_closed()
+    );
+    syncs(&a, &b, "after the log flood");
+    assert!(
+        grew < 1 << 20,
+        "a peer grew B's log by {grew} bytes in {secs:.1} s ({lines} lines)"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Tombstones from a peer are kept without any bound on their number or bytes, and each time
+//    memory holds 2 MiB of them (about 128 entries with the longest versions) the base file is
+//    written anew, whole, under the model's lock (src/model.rs save_index -> index.save). The
+//    base grows by 2 MiB a fold: the cost of a fold grows with it, and the lock is held for
+//    all of it. A good peer's files wait meanwhile.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_growing_pile_of_tombstones_does_not_stall_a_good_peer() {
+    let t = TestDir::new("r3-fold-stall");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    syncs(&a, &b, "before the pile");
+    let f = FakePeer::connect(pb, 0x9117_0000_0000_0001, free_port());
+    f.mute();
+    let idx = b.path(".left/index");
+    let base_len = || fs::metadata(&idx).map(|m| m.len()).unwrap_or(0);
+    const TARGET: u64 = 120 << 20;
+    let stop = AtomicBool::new(false);
+    let t0 = Instant::now();
+    let (sent, lat) = std::thread::scope(|s| {
+        let (f, stop) = (&f, &stop);
+        let pile = s.spawn(move || {
+            let version: Vec<(u64, u64)> =
+                (1..=1023u64).map(|d| (f.device + d, 1_000 + d)).collect();
+            let mut sent = 0u64;
+            for round in 0.. {
+                if stop.load(Ordering::SeqCst) || base_len() > TARGET {
+                    break;
+                }
+                let entries: Vec<WEntry> = (0..128u64)
+                    .map(|k| {
+                        let mut e = WEntry::deleted(&format!("h{round:05}/{k}"), f.device, 1);
+                        e.version = version.clone();
+                        e
+                    })
+                    .collect();
+                if !f.send(&wire::index(0, &entries)) {
+                    break;
+                }
+                sent += 128;
+            }
+            sent
+        });
+        // Meanwhile A writes a small file every second; how long until B has it.
+        let mut lat: Vec<Duration> = Vec::new();
+        let mut i = 0;
+        while !pile.is_finished() && t0.elapsed() < Duration::from_secs(120) {
+            let data = format!("probe {i}\n");
+            let p = format!("probe-{i}");
+            let t1 = Instant::now();
+            fs::write(a.path(&p), &data).unwrap();
+            if !wait_until(Duration::from_secs(60), || {
+                has_content(&b.path(&p), data.as_bytes())
+            }) {
+                lat.push(Duration::from_secs(60));
+                break;
+            }
+            lat.push(t1.elapsed());
+            i += 1;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        stop.store(true, Ordering::SeqCst);
+        (pile.join().unwrap(), lat)
+    });
+    let log = b.log_text();
+    let folds: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split("index written whole: ").nth(1))
+        .filter_map(|r| r.split(" entries in ").nth(1))
+        .filter_map(|r| r.trim_end_matches(" ms").parse().ok())
+        .collect();
+    let worst = lat.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "{sent} tombstones of ~16 KiB in {:?}: B's base {} MB after {} whole writes (the last \
+         {:?} ms, the longest {:?} ms, {} ms in all, all under the model's lock); A's files \
+         reached B in at most {worst:?} ({} probes)",
+        t0.elapsed(),
+        base_len() >> 20,
+        folds.len(),
+        folds.last(),
+        folds.iter().max(),
+        folds.iter().sum::<u64>(),
+        lat.len()
+    );
+    assert!(
+        worst < Duration::from_secs(5),
+        "a file from A took {worst:?} to reach B while a peer piled up tombstones"
+    );
 }

@@ -19,10 +19,6 @@ fn set_mtime(path: &Path, t: SystemTime) {
     File::open(path).unwrap().set_modified(t).unwrap();
 }
 
-fn mode_of(path: &Path) -> u32 {
-    fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
-}
-
 /// Every path of a share (files and folders, conflict copies included, temp files excluded).
 fn names(root: &Path) -> Vec<String> {
     listing(root)

@@ -8,11 +8,6 @@ use common::wire::{self, Entry as WEntry};
 use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-
-fn mode_of(p: &Path) -> u32 {
-    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
-}
 
 /// A daemon listening on `port`, listing `peer` (which the fake peer claims to be).
 fn victim(t: &TestDir) -> (Peer, u16) {

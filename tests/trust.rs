@@ -851,13 +851,6 @@ impl Drop for Mount {
     }
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
 /// A full disk and a read-only folder on the receiving side. As root, permissions do not stop
 /// writes, so a small tmpfs plays the full disk and a read-only bind mount the read-only folder
 /// (both under the test folder, unmounted at the end). Without root, or where mounting is not

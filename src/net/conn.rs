@@ -253,15 +253,17 @@ impl<R: Read> FrameReader<R> {
         let mut got = body.len();
         body.resize(n, 0);
         while got < n {
+            // The pace is looked at whether or not bytes came: a trickle of a byte now and then
+            // must not keep the frame from being weighed.
+            if self.fd.is_some() && !permit.paced(got, start.elapsed()) {
+                return Err(Error::protocol(format!(
+                    "a frame of {n} bytes arriving at {} B/s while others wait for memory",
+                    (got as f64 / start.elapsed().as_secs_f64()) as u64
+                )));
+            }
             if let Some(fd) = self.fd
                 && !crate::sys::watch::readable(fd, PACE_TICK)
             {
-                if !permit.paced(got, start.elapsed()) {
-                    return Err(Error::protocol(format!(
-                        "a frame of {n} bytes arriving at {} B/s while others wait for memory",
-                        (got as f64 / start.elapsed().as_secs_f64()) as u64
-                    )));
-                }
                 if last.elapsed() >= READ_TIMEOUT {
                     return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
                 }
@@ -431,7 +433,15 @@ fn handshake_by(io: &mut Deadline<'_>, model: &Model, dialed: bool) -> Result<Ha
 }
 
 /// Runs a connection after its handshake until it closes. `dialed`: we initiated it.
-pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -> Result<()> {
+/// `dialed`: we made the connection; `listed`: it is with one of the listed peers' addresses
+/// (we dialed one, or it came from one).
+pub fn run(
+    model: &Arc<Model>,
+    stream: TcpStream,
+    hs: Handshake,
+    dialed: bool,
+    listed: bool,
+) -> Result<()> {
     let device = hs.device;
     let (send, recv) = match hs.session {
         Some(s) => (Some(s.send), Some(s.recv)),
@@ -455,6 +465,7 @@ pub fn run(model: &Arc<Model>, stream: TcpStream, hs: Handshake, dialed: bool) -
             addr,
             listen: SocketAddr::new(addr.ip(), hs.port),
             dialed,
+            listed,
             since: Instant::now(),
             out: out_tx.clone(),
             stream: stream.try_clone()?,
@@ -547,8 +558,13 @@ fn register(model: &Model, id: u64, peer: Peer) -> Result<()> {
     let mut g = model.lock();
     let me = g.index.device;
     let dialer = |p: &Peer| if p.dialed { me } else { p.device };
+    // Of two connections claiming one device, one with a listed peer's address beats one
+    // allowed only by --allow (without a key a device id proves nothing: an allowed client
+    // claiming a listed peer's device must not keep that peer out); then the one dialed by
+    // the smaller device id stays.
+    let rank = |p: &Peer| (!p.listed, dialer(p));
     if let Some((&old_id, old)) = g.peers.iter().find(|(_, p)| p.device == peer.device) {
-        let keep_old = dialer(old) <= dialer(&peer);
+        let keep_old = rank(old) <= rank(&peer);
         if keep_old {
             return Err(Error::msg(format!(
                 "already connected to device {}",
@@ -677,7 +693,7 @@ fn read_loop(
             }
             None => Ok(()),
         };
-        let (msg, _permit) = match r
+        let (msg, permit) = match r
             .body_vetted(wire::MAX_FRAME, vet)
             .and_then(|(b, p)| Ok((open_and_decode(b, session.as_mut())?, p)))
         {
@@ -690,8 +706,12 @@ fn read_loop(
                 return Err(Error::protocol("handshake frame after the handshake"));
             }
             Msg::Index { seq, entries } => {
+                let before = model.lock().index.over_bytes();
                 model.remote_entries(id, seq, entries)?;
-                model.fold_if_due();
+                let grew = model.lock().index.over_bytes().saturating_sub(before);
+                // The frame is handled: its share of the budget goes back before any pause.
+                drop(permit);
+                model.fold_if_due(grew);
             }
             Msg::IndexDone { seq } => {
                 let mut g = model.lock();

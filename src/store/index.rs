@@ -70,6 +70,12 @@ impl Totals {
     }
 }
 
+/// What memory takes to remember that the base's entry of `path` was removed: its name (the
+/// key of the overlay) and the map's node.
+fn removed_cost(path: &str) -> usize {
+    path.len() + 64
+}
+
 /// An entry as [`Totals`] counts it: its size if it is a live file.
 fn file_size(e: &Entry) -> Option<u64> {
     e.is_file().then_some(e.size)
@@ -162,8 +168,18 @@ const LOG_COMPACT_MIN: u64 = 1 << 20;
 /// Entries a journal record holds at most (it is built in memory); more changed at once are
 /// saved by writing the base anew.
 const RECORD_MAX: usize = 32_768;
-/// Bytes of the base file a page spans: a lookup reads about this much.
+/// Bytes of the base file a page spans at least: a lookup reads about this much.
 const PAGE: u64 = 4096;
+/// A page spans at least this many times the length of its first path, which memory keeps:
+/// whatever names peers send, the pages' paths take at most 1/64 of the base file's size.
+const PAGE_PER_KEY_BYTE: u64 = 64;
+
+/// Whether the entry at `at`, whose path is `key_len` bytes long, begins a new page.
+fn page_due(pages: &[(Box<str>, u64)], at: u64, key_len: usize) -> bool {
+    pages
+        .last()
+        .is_none_or(|(_, p)| at - p >= PAGE.max(PAGE_PER_KEY_BYTE * key_len as u64))
+}
 /// Bytes of the base file read at once.
 const WINDOW: usize = 64 << 10;
 /// Entries changed since the base was written that memory holds: past this, the next save
@@ -483,6 +499,11 @@ impl Index {
 
     /// Whether memory holds enough changes that the next save should come now and write a
     /// new base.
+    /// What the entries changed since the base was written take in memory.
+    pub fn over_bytes(&self) -> usize {
+        self.over_bytes
+    }
+
     pub fn wants_fold(&self) -> bool {
         self.over.len() > OVERLAY_MAX || self.over_bytes > OVERLAY_BYTES
     }
@@ -490,6 +511,9 @@ impl Index {
     /// Stores `e` in memory as the entry of its path, keeping the totals and `over_seq` in step.
     fn store(&mut self, e: Entry) {
         // What is counted out: the entry in memory, or the base's, read without decoding it.
+        if let Some(None) = self.over.get(e.path.as_str()) {
+            self.over_bytes -= removed_cost(&e.path);
+        }
         let old = match self.over.get(e.path.as_str()) {
             Some(slot) => slot.as_deref().map(|old| {
                 self.over_bytes -= old.mem_cost();
@@ -592,13 +616,20 @@ impl Index {
         n
     }
 
-    /// Removes the entries `drop` picks; returns how many.
-    pub fn purge(&mut self, drop: impl Fn(&Entry) -> bool) -> usize {
-        let gone: Vec<Entry> = self
-            .values()
-            .filter(|e| drop(e))
-            .map(Cow::into_owned)
-            .collect();
+    /// Removes the entries `drop` picks, as many as take up to `most` bytes of memory meanwhile
+    /// (a removal is remembered in memory until the next whole save); returns how many were
+    /// removed and whether more would be.
+    pub fn purge(&mut self, drop: impl Fn(&Entry) -> bool, most: usize) -> (usize, bool) {
+        let (mut bytes, mut more) = (0, false);
+        let mut gone: Vec<Entry> = Vec::new();
+        for e in self.values().filter(|e| drop(e)) {
+            if bytes > 0 && bytes + removed_cost(&e.path) > most {
+                more = true;
+                break;
+            }
+            bytes += removed_cost(&e.path);
+            gone.push(e.into_owned());
+        }
         for e in &gone {
             self.totals.remove(file_size(e));
             if self.over_seq.get(&e.seq).is_some_and(|p| **p == *e.path) {
@@ -609,17 +640,20 @@ impl Index {
                 .as_ref()
                 .is_some_and(|b| b.find(&e.path).is_some());
             let was = if in_base {
+                self.over_bytes += removed_cost(&e.path);
                 self.over.insert(e.path.as_str().into(), None)
             } else {
                 self.over.remove(e.path.as_str())
             };
-            if let Some(Some(old)) = was {
-                self.over_bytes -= old.mem_cost();
+            match was {
+                Some(Some(old)) => self.over_bytes -= old.mem_cost(),
+                Some(None) => self.over_bytes -= removed_cost(&e.path),
+                None => {}
             }
         }
         // The journal only adds and replaces entries: removals need a new base.
         self.disk.full |= !gone.is_empty();
-        gone.len()
+        (gone.len(), more)
     }
 
     /// Records what a file looks like on disk now (its stat and block checksums), its content
@@ -773,7 +807,7 @@ impl Index {
                 let key = over.peek().map(|(k, _)| &***k);
                 let mut run = off;
                 while off < b.end && key.is_none_or(|k| b.cmp_path(off, k).0.is_lt()) {
-                    if pages.last().is_none_or(|(_, p)| at - p >= PAGE) {
+                    if page_due(&pages, at, b.path_span(off).1) {
                         pages.push((b.path_at(off).into(), at));
                     }
                     let next = b.len_at(off).1;
@@ -800,7 +834,7 @@ impl Index {
             let Some(e) = slot else {
                 continue; // removed since the base was written
             };
-            if pages.last().is_none_or(|(_, p)| at - p >= PAGE) {
+            if page_due(&pages, at, e.path.len()) {
                 pages.push((e.path.as_str().into(), at));
             }
             x.0.clear();
@@ -916,7 +950,7 @@ impl Index {
             if i > 0 && e.path <= prev {
                 return Err(corrupt("entries out of order"));
             }
-            if pages.last().is_none_or(|(_, p)| at - p >= PAGE) {
+            if page_due(&pages, at, e.path.len()) {
                 pages.push((e.path.as_str().into(), at));
             }
             if e.seq > seq {
@@ -1151,7 +1185,7 @@ mod tests {
         });
         assert_eq!(since(&back, 3), vec!["a/b"]);
         assert_eq!(back.count_since(0), 3);
-        assert_eq!(back.purge(|e| e.deleted), 1);
+        assert_eq!(back.purge(|e| e.deleted, usize::MAX), (1, false));
         assert_eq!(back.count_since(0), 2);
 
         // Any damage is detected, never loaded as something else.
@@ -1221,7 +1255,9 @@ mod tests {
         }
         assert!(!ix.wants_fold());
         let small = ix.over_bytes;
-        ix.purge(|_| true);
+        // Purged a bounded part at a time.
+        assert_eq!(ix.purge(|_| true, 1), (1, true));
+        ix.purge(|_| true, usize::MAX);
         assert!(
             ix.over_bytes < small && ix.over_bytes == 0,
             "{}",
@@ -1327,7 +1363,7 @@ mod tests {
         // Removals, and a journal larger than the base, make the next save a whole one.
         let mut ix = Index::load(&p).unwrap();
         assert_eq!(at(&ix, "f06").blocks[..], [[204; 16]]);
-        ix.purge(|e| e.path == "f01");
+        ix.purge(|e| e.path == "f01", usize::MAX);
         assert!(ix.journal_record().is_none());
         ix.save(&p).unwrap();
         let mut appends = 0;
@@ -1343,6 +1379,40 @@ mod tests {
             "{appends}"
         );
         assert_eq!(all(&Index::load(&p).unwrap()), all(&ix));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Long names (a peer's deletions of 4,000-byte paths): the paths memory keeps to find
+    /// pages stay a small part of the base file, and every entry is still found.
+    #[test]
+    fn page_paths_take_a_bounded_share_of_the_base() {
+        let dir = std::env::temp_dir().join(format!("left-longpages-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("index");
+        let mut ix = Index::new(5);
+        let long = |i: usize| format!("{:04}/{}", i, "n".repeat(250)).repeat(16);
+        for i in 0..400 {
+            let mut e = file(&long(i)[..4000], 1);
+            e.deleted = true;
+            e.kind = Kind::File;
+            e.size = 0;
+            e.blocks = Box::new([]);
+            e.block_size = 0;
+            ix.put(e);
+        }
+        ix.save(&p).unwrap();
+        for ix in [&ix, &Index::load(&p).unwrap()] {
+            let b = ix.base.as_ref().unwrap();
+            let kept: usize = b.pages.iter().map(|(k, _)| k.len()).sum();
+            assert!(
+                kept as u64 <= b.end / PAGE_PER_KEY_BYTE + 4000,
+                "{kept} of {}",
+                b.end
+            );
+            for i in 0..400 {
+                assert!(ix.get(&long(i)[..4000]).is_some_and(|e| e.deleted), "{i}");
+            }
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1431,7 +1501,7 @@ mod tests {
         put(&mut ix, &mut want, file("d0/new", 1));
         put(&mut ix, &mut want, file("0 first", 1));
         put(&mut ix, &mut want, file("zz last", 1));
-        let removed = ix.purge(|e| e.path.ends_with('7') || e.path == "zz last");
+        let (removed, _) = ix.purge(|e| e.path.ends_with('7') || e.path == "zz last", usize::MAX);
         want.retain(|k, _| !(k.ends_with('7') || k == "zz last"));
         assert_eq!(removed, 301);
         check(&ix, &want);

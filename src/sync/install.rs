@@ -35,7 +35,13 @@ pub fn need_done(model: &Model, conn: u64, e: &Entry, r: Result<()>) {
             p.retry.remove(&e.path);
         }
         Err(err) => {
-            warn!("{}: not synced yet: {err}", e.path);
+            // A peer that fails every request would otherwise make a line per entry it
+            // announced, again at every retry: 20 in 10 s, with a count.
+            static FAILED: crate::log::Throttle =
+                crate::log::Throttle::new(Duration::from_secs(10), 20);
+            if let Some(more) = FAILED.pass() {
+                warn!("{}: not synced yet: {err}{more}", e.path);
+            }
             p.retry.insert(e.path.clone(), Instant::now() + RETRY_AFTER);
             g.last_error = Some((std::time::SystemTime::now(), format!("{}: {err}", e.path)));
         }

@@ -77,6 +77,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Where the peer says it listens (its address with the port from its hello).
     pub listen: SocketAddr,
+    /// Whether the connection is with a listed peer's address (see `net::conn::run`).
+    pub listed: bool,
     /// Whether we dialed this connection (used to pick one of two crossing connections).
     pub dialed: bool,
     pub since: Instant,
@@ -176,6 +178,13 @@ impl State {
     }
 }
 
+/// A whole rewrite of the index holds the model's lock (25-30 ms for 100,000 entries, far more
+/// for a base a peer filled with deletions): the next one waits this many times as long, so
+/// the lock is free most of the time whatever a peer sends.
+const FOLD_PACE: u32 = 3;
+/// Bytes of entries a step must add to memory's part of the index to wait for a fold.
+const FOLD_PAYER: usize = 256 << 10;
+
 pub struct Model {
     pub root: PathBuf,
     /// The shared key peers must prove they hold, if any.
@@ -187,8 +196,9 @@ pub struct Model {
     pub changed: Condvar,
     /// Entries pending from one peer kept in memory; the rest wait on disk ([`Needs`]).
     pub max_pending: usize,
-    /// Held while the index is saved: one save at a time.
-    pub saving: Mutex<()>,
+    /// Held while the index is saved (one save at a time), with when the next whole rewrite
+    /// may come (see [`FOLD_PACE`]).
+    pub saving: Mutex<Option<Instant>>,
     /// The scanner's inotify descriptor (-1: none): events waiting in it are changes no scan
     /// has seen yet.
     pub watch_fd: std::sync::atomic::AtomicI32,
@@ -224,7 +234,7 @@ impl Model {
             state: Mutex::new(state),
             changed: Condvar::new(),
             max_pending: crate::sync::needs::DEFAULT_IN_MEMORY,
-            saving: Mutex::new(()),
+            saving: Mutex::new(None),
             installs: Mutex::new(installs),
             watch_fd: std::sync::atomic::AtomicI32::new(-1),
             needs_budget: Default::default(),
@@ -235,8 +245,25 @@ impl Model {
     /// or (now and then) a new base file, written under it. One save at a time: the daemon's
     /// loop and an installer both save.
     pub fn save_index(&self) {
+        self.save(false);
+    }
+
+    /// [`Model::save_index`] at exit: a whole rewrite due comes now, whatever the pace.
+    pub fn save_index_now(&self) {
+        self.save(true);
+    }
+
+    /// How long a reader should pause before a whole rewrite may come (see [`FOLD_PACE`]).
+    fn fold_pause(&self) -> std::time::Duration {
+        let next = *self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        next.map_or(std::time::Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        })
+    }
+
+    fn save(&self, now: bool) {
         let path = self.root.join(crate::store::names::STATE_DIR).join("index");
-        let _one = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         let mut g = self.lock();
         if !g.dirty || g.hold_save > 0 {
             return;
@@ -249,8 +276,13 @@ impl Model {
             // Under the lock: written without it, the changes made meanwhile would pile up in
             // memory (a fold of 100,000 entries takes 25-30 ms here), and memory is what the
             // index file is for.
+            if !now && next.is_some_and(|t| Instant::now() < t) {
+                return;
+            }
             let t = Instant::now();
-            match g.index.save(&path) {
+            let saved = g.index.save(&path);
+            *next = Some(Instant::now() + t.elapsed() * FOLD_PACE);
+            match saved {
                 Ok(()) => {
                     g.dirty = false;
                     self.installs().clear_if(logged);
@@ -280,20 +312,29 @@ impl Model {
     }
 
     /// Writes the index out when memory holds more changes than it should, first waiting a
-    /// while for installs under way to become durable. Called by a peer's reader before it reads
-    /// more: a peer whose entries land in the index at once (tombstones need no pull) is paced
-    /// by the saves they cause, and memory stays bounded.
-    pub fn fold_if_due(&self) {
+    /// while for installs under way to become durable and for the pace of whole rewrites
+    /// ([`FOLD_PACE`]). Called by the thread that just grew memory's part of the index by
+    /// `grew` bytes (a reader taking a frame, a puller applying a batch), before it takes
+    /// more: only one that grew it by [`FOLD_PAYER`] or more waits, so a peer whose entries
+    /// fill memory is paced by the saves they cause, and another peer is not held up by them.
+    pub fn fold_if_due(&self, grew: usize) {
+        if grew < FOLD_PAYER {
+            return;
+        }
         let until = Instant::now() + std::time::Duration::from_secs(10);
         let mut g = self.lock();
         while g.index.wants_fold() && g.hold_save > 0 && Instant::now() < until {
             g = self.wait(g, std::time::Duration::from_millis(50));
         }
-        let due = g.index.wants_fold() && g.hold_save == 0;
-        drop(g);
-        if due {
-            self.save_index();
+        if !g.index.wants_fold() || g.hold_save > 0 {
+            return;
         }
+        drop(g);
+        let pause = self.fold_pause();
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+        self.save_index();
     }
 
     /// Whether changes on disk wait for a scan: one is due or running, or inotify holds
@@ -378,13 +419,18 @@ impl Model {
         // not taken, nor merged into ours: every vector we hold and send stays one our peers
         // and our index accept. Such an entry is kept as ours, like an older one.
         let me = st.index.device;
+        // A peer can send such entries again and again: 5 lines in 10 s, with a count.
+        static UNTAKEN: crate::log::Throttle =
+            crate::log::Throttle::new(std::time::Duration::from_secs(10), 5);
         let fits = |v: &crate::store::version::Version| {
             v.fits_with(me) || {
-                info!(
-                    "{}: not taken: its version would name more than {} devices",
-                    r.path,
-                    crate::store::version::MAX_DEVICES
-                );
+                if let Some(more) = UNTAKEN.pass() {
+                    info!(
+                        "{}: not taken: its version would name more than {} devices{more}",
+                        r.path,
+                        crate::store::version::MAX_DEVICES
+                    );
+                }
                 false
             }
         };

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 /// Entries taken per batch.
 const BATCH_ENTRIES: usize = 1024;
+/// What the entries of a batch may take in memory (long versions and names count): a batch of
+/// deletions lands in the index at once.
+const BATCH_MEM: usize = 1 << 20;
 /// Bytes of files taken per batch (one larger file still makes a batch of its own).
 const BATCH_BYTES: u64 = 64 << 20;
 
@@ -41,7 +44,10 @@ fn pull_loop(link: &Link<'_>, install: &transfer::Installs) -> Result<()> {
     let limit = crate::sys::limits::limit();
     while let Some(batch) = take_batch(link, limit) {
         let mut handed = HashSet::new();
+        let before = link.model.lock().index.over_bytes();
         let result = pull_batch(link, &batch, install, &mut handed, &mut next_id);
+        let grew = link.model.lock().index.over_bytes().saturating_sub(before);
+        link.model.fold_if_due(grew);
         let mut g = link.model.lock();
         for e in batch.iter().filter(|e| !handed.contains(&e.path)) {
             g.busy.remove(&e.path);
@@ -87,7 +93,7 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
         }
         let p = st.peers.get_mut(&link.conn)?;
         let mut batch = Vec::new();
-        let (mut bytes, mut files) = (0u64, 0usize);
+        let (mut bytes, mut files, mut mem) = (0u64, 0usize, 0usize);
         let mut moot = Vec::new();
         for (path, r) in p.needs.mem() {
             if st.busy.contains(path) || p.retry.get(path).is_some_and(|t| *t > now) {
@@ -126,12 +132,14 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
                     // Deletions and folders always fit: a renamed big file and the deletion of
                     // its old name stay in one batch, so the file is moved, not copied.
                     let full = batch.len() >= BATCH_ENTRIES
+                        || (mem > 0 && mem + r.mem_cost() > BATCH_MEM)
                         || (r.is_file() && files >= max_files)
                         || (r.size > 0 && bytes > 0 && bytes + r.size > BATCH_BYTES);
                     if full {
                         break;
                     }
                     bytes += r.size;
+                    mem += r.mem_cost();
                     files += usize::from(r.is_file());
                     batch.push(r.clone());
                 }

@@ -1416,3 +1416,63 @@ impl Drop for FakePeer {
         }
     }
 }
+
+/// Peak and current resident memory of a process, in KiB (VmHWM, VmRSS).
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// A file written on each side arrives on the other within `within`; how long both took.
+pub fn syncs_within(a: &Peer, b: &Peer, what: &str, within: Duration) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    let da = format!("from A, {what}\n");
+    let db = format!("from B, {what}\n");
+    let name = what.replace(' ', "-");
+    fs::write(a.path(&format!("a-{name}")), &da).unwrap();
+    fs::write(b.path(&format!("b-{name}")), &db).unwrap();
+    if !wait_until(within, || {
+        has_content(&b.path(&format!("a-{name}")), da.as_bytes())
+    }) {
+        return Err(format!(
+            "{what}: B no longer receives from A\n{}",
+            tail(&b.log_text(), 20)
+        ));
+    }
+    if !wait_until(within.saturating_sub(t0.elapsed()), || {
+        has_content(&a.path(&format!("b-{name}")), db.as_bytes())
+    }) {
+        return Err(format!(
+            "{what}: A no longer receives from B\n{}",
+            tail(&a.log_text(), 20)
+        ));
+    }
+    Ok(t0.elapsed())
+}
+
+/// A file written on one side arrives on the other, both ways (panics if not, [`SOON`]).
+pub fn syncs(a: &Peer, b: &Peer, what: &str) {
+    if let Err(e) = syncs_within(a, b, what, SOON) {
+        panic!("{e}");
+    }
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Permission bits of a path (not followed if a symlink).
+pub fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
