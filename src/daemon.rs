@@ -450,7 +450,7 @@ fn accept_loop(model: &Arc<Model>, opts: &Options, listener: TcpListener) {
         }
         let (m, slots) = (model.clone(), slots.clone());
         std::thread::spawn(move || {
-            let hs = conn::handshake(&mut stream, &m, false);
+            let hs = crate::net::handshake::handshake(&mut stream, &m, false);
             if !handshake_over(&slots, ip, src, hs.is_ok()) {
                 let throttle = if src == Source::Listed {
                     &FAILED_LISTED
@@ -543,7 +543,7 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr) {
             ok.ok_or(last)
         };
         match stream {
-            Ok(mut s) => match conn::handshake(&mut s, model, true) {
+            Ok(mut s) => match crate::net::handshake::handshake(&mut s, model, true) {
                 Ok(hs) => {
                     let dev = hs.device;
                     known = Some(dev);

@@ -9,8 +9,9 @@
 //!
 //! - `daemon` (the threads: listener, dialers, scanner, saves), `status` (the status file and
 //!   `left status`), `cli` and `config` (options);
-//! - [`net`]: one connection to a peer (`conn`: handshake, reader, writer, announcing our index
-//!   and serving blocks);
+//! - [`net`]: connections to peers: `frame` (the shared reading budget, the frame reader and
+//!   writer), `handshake`, `conn` (a connection's reader, writer and puller; which of two
+//!   connections stays), `announce` (our index to a peer), `serve` (blocks a peer asks for);
 //! - [`scan`]: what changed on disk (`scanner`);
 //! - [`sync`]: deciding and receiving: `model` (the rules that decide between versions, and the
 //!   state they guard), `needs` (what a peer has that we are to take, in memory up to a bound,
