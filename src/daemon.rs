@@ -104,6 +104,36 @@ pub fn run(opts: &Options) -> Result<i32> {
     let files = crate::sys::limits::raise();
     debug!("open files allowed: {files}");
     debug!("MD5s side by side: {}", crate::hash::md5x::describe());
+    let (model, state) = open_share(opts)?;
+    let listener = TcpListener::bind(("::", opts.port))
+        .or_else(|_| TcpListener::bind(("0.0.0.0", opts.port)))
+        .map_err(|e| Error::from(e).at(format!("port {}", opts.port)))?;
+    let port = listener.local_addr()?.port();
+    model.port.store(port, Ordering::Relaxed);
+    info!(
+        "left {} serving {} on port {port} as device {}",
+        env!("CARGO_PKG_VERSION"),
+        model.root.display(),
+        short_id(model.lock().index.device)
+    );
+    {
+        let (m, o) = (model.clone(), opts.clone());
+        std::thread::spawn(move || accept_loop(&m, &o, listener));
+    }
+    for peer in &opts.peers {
+        let (m, p) = (model.clone(), peer.clone());
+        std::thread::spawn(move || dial_loop(&m, &p));
+    }
+    {
+        let m = model.clone();
+        std::thread::spawn(move || scan_loop(&m));
+    }
+    tick_loop(&model, opts, &state)
+}
+
+/// Opens the share: its folder and state folder (ours alone), the device id, the index and the
+/// install log, the key, and a dialer's record for each listed peer.
+fn open_share(opts: &Options) -> Result<(Arc<Model>, std::path::PathBuf)> {
     let root = &opts.dir;
     fs::create_dir_all(root).at(root)?;
     let root = fs::canonicalize(root).at(root)?;
@@ -123,16 +153,6 @@ pub fn run(opts: &Options) -> Result<i32> {
     let mut model = Model::new(root.clone(), index);
     if let Ok(st) = model.state.get_mut() {
         st.received = crate::store::intents::load(&state);
-    }
-    model.max_pending = opts.max_pending;
-    if let Some(k) = &opts.key_file {
-        model.key = Some(crate::proto::auth::load_key(k)?);
-    }
-    let model = Arc::new(model);
-    scanner::clean_temps(&root, TEMP_MAX_AGE);
-
-    {
-        let mut g = model.lock();
         let now = Instant::now();
         for p in &opts.peers {
             // Literal addresses are known at once (names are resolved by the dialer).
@@ -145,40 +165,58 @@ pub fn run(opts: &Options) -> Result<i32> {
                 addrs: addrs.unwrap_or_default(),
                 ..Default::default()
             };
-            g.dialers.insert(p.to_string(), d);
+            st.dialers.insert(p.to_string(), d);
         }
     }
-    let listener = TcpListener::bind(("::", opts.port))
-        .or_else(|_| TcpListener::bind(("0.0.0.0", opts.port)))
-        .map_err(|e| Error::from(e).at(format!("port {}", opts.port)))?;
-    model
-        .port
-        .store(listener.local_addr()?.port(), Ordering::Relaxed);
-    info!(
-        "left {} serving {} on port {} as device {}",
-        env!("CARGO_PKG_VERSION"),
-        root.display(),
-        listener.local_addr()?.port(),
-        short_id(device)
-    );
+    model.max_pending = opts.max_pending;
+    if let Some(k) = &opts.key_file {
+        model.key = Some(crate::proto::auth::load_key(k)?);
+    }
+    scanner::clean_temps(&root, TEMP_MAX_AGE);
+    Ok((Arc::new(model), state))
+}
 
-    {
-        let (m, o) = (model.clone(), opts.clone());
-        std::thread::spawn(move || accept_loop(&m, &o, listener));
-    }
-    for peer in &opts.peers {
-        let (m, p) = (model.clone(), peer.clone());
-        std::thread::spawn(move || dial_loop(&m, &p));
-    }
-    {
-        let m = model.clone();
-        std::thread::spawn(move || scan_loop(&m));
+/// When the daemon's periodic work was last done.
+struct Clock {
+    save: Instant,
+    status: Instant,
+    purge: Option<Instant>,
+    /// The last purge left old deletions for the next.
+    purge_more: bool,
+}
+
+/// What a tick of the daemon does.
+#[derive(Debug, PartialEq, Eq)]
+struct Due {
+    purge: bool,
+    save: bool,
+    status: bool,
+}
+
+impl Clock {
+    fn new(now: Instant) -> Clock {
+        Clock {
+            save: now,
+            status: now,
+            purge: None,
+            purge_more: false,
+        }
     }
 
-    let mut last_save = Instant::now();
-    let mut last_status = Instant::now();
-    let mut last_purge: Option<Instant> = None;
-    let mut purge_more = false;
+    /// What is due at `now`: `fold`, memory holds many changes (saved early: the save writes
+    /// them into a new base); `asked`, `left status` asked for a fresh status.
+    fn due(&self, now: Instant, fold: bool, asked: bool) -> Due {
+        Due {
+            purge: self.purge_more || self.purge.is_none_or(|t| now - t >= PURGE_EVERY),
+            save: now - self.save >= SAVE_EVERY || fold,
+            status: asked || now - self.status >= STATUS_EVERY,
+        }
+    }
+}
+
+/// The daemon's own thread: saves, purges, status, signals, and with `--once` the end.
+fn tick_loop(model: &Arc<Model>, opts: &Options, state: &Path) -> Result<i32> {
+    let mut clock = Clock::new(Instant::now());
     let mut last_why = Instant::now();
     let mut status = status::Writer::default();
     loop {
@@ -190,61 +228,71 @@ pub fn run(opts: &Options) -> Result<i32> {
             let _ = fs::remove_file(state.join("status"));
             return Ok(0);
         }
-        if purge_more || last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
-            last_purge = Some(Instant::now());
-            purge_more = purge_tombstones(&model);
-        }
-        // Early too when memory holds many changes: the save writes them into a new base.
-        if last_save.elapsed() >= SAVE_EVERY || model.lock().index.wants_fold() {
-            model.save_index();
-            last_save = Instant::now();
-        }
         let asked = signal::status_requested();
-        if asked || last_status.elapsed() >= STATUS_EVERY {
-            status.write(&model, opts, asked);
-            last_status = Instant::now();
+        let now = Instant::now();
+        let due = clock.due(now, model.lock().index.wants_fold(), asked);
+        if due.purge {
+            clock.purge = Some(now);
+            clock.purge_more = purge_tombstones(model);
+        }
+        if due.save {
+            model.save_index();
+            clock.save = now;
+        }
+        if due.status {
+            status.write(model, opts, asked);
+            clock.status = now;
         }
         if !opts.once {
             continue;
         }
         if last_why.elapsed() >= Duration::from_secs(1) {
             last_why = Instant::now();
-            if let Some(why) = once_pending(&model) {
+            if let Some(why) = once_pending(model) {
                 debug!("--once waits for {why}");
             }
         }
-        if once_done(&model) {
-            model.save_index_now();
-            flush_all(&model);
-            info!(
-                "in sync with every peer; file data received {} bytes, sent {} bytes, reused locally {} bytes",
-                crate::sync::link::RECEIVED.load(Ordering::Relaxed),
-                conn::SENT.load(Ordering::Relaxed),
-                crate::sync::link::REUSED.load(Ordering::Relaxed)
-            );
-            return Ok(0);
-        }
-        let down: Vec<String> = {
-            let g = model.lock();
-            g.dialers
-                .iter()
-                .filter(|(_, d)| d.down_since.is_some_and(|t| t.elapsed() > opts.timeout))
-                .map(|(p, d)| match &d.last_error {
-                    Some(e) => format!("{p} ({e})"),
-                    None => p.clone(),
-                })
-                .collect()
-        };
-        if !down.is_empty() {
-            model.save_index_now();
-            warn!(
-                "peer unreachable for {} s: {}",
-                opts.timeout.as_secs(),
-                down.join(", ")
-            );
-            return Ok(1);
+        if let Some(code) = once_over(model, opts) {
+            return Ok(code);
         }
     }
+}
+
+/// With `--once`: the exit code once every peer agrees (0) or one stayed unreachable past
+/// `--timeout` (1); `None` while neither.
+fn once_over(model: &Model, opts: &Options) -> Option<i32> {
+    if once_done(model) {
+        model.save_index_now();
+        flush_all(model);
+        info!(
+            "in sync with every peer; file data received {} bytes, sent {} bytes, reused locally {} bytes",
+            crate::sync::link::RECEIVED.load(Ordering::Relaxed),
+            conn::SENT.load(Ordering::Relaxed),
+            crate::sync::link::REUSED.load(Ordering::Relaxed)
+        );
+        return Some(0);
+    }
+    let down: Vec<String> = {
+        let g = model.lock();
+        g.dialers
+            .iter()
+            .filter(|(_, d)| d.down_since.is_some_and(|t| t.elapsed() > opts.timeout))
+            .map(|(p, d)| match &d.last_error {
+                Some(e) => format!("{p} ({e})"),
+                None => p.clone(),
+            })
+            .collect()
+    };
+    if down.is_empty() {
+        return None;
+    }
+    model.save_index_now();
+    warn!(
+        "peer unreachable for {} s: {}",
+        opts.timeout.as_secs(),
+        down.join(", ")
+    );
+    Some(1)
 }
 
 /// Forgets deletions older than [`TOMBSTONE_AGE`] (by the time they were made).
@@ -670,5 +718,47 @@ fn scan_loop(model: &Model) {
         if model.lock().shutdown {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tick_does_what_is_due() {
+        let t0 = Instant::now();
+        let c = Clock::new(t0);
+        let due = |c: &Clock, after: Duration, fold, asked| c.due(t0 + after, fold, asked);
+        // The first tick purges; nothing else is due yet.
+        let first = Due {
+            purge: true,
+            save: false,
+            status: false,
+        };
+        assert_eq!(due(&c, Duration::ZERO, false, false), first);
+        let c = Clock {
+            purge: Some(t0),
+            ..c
+        };
+        let none = Due {
+            purge: false,
+            save: false,
+            status: false,
+        };
+        assert_eq!(due(&c, Duration::from_millis(10), false, false), none);
+        // Saves every SAVE_EVERY, or at once when memory holds many changes.
+        assert!(due(&c, SAVE_EVERY, false, false).save);
+        assert!(due(&c, Duration::ZERO, true, false).save);
+        // Status every STATUS_EVERY, or at once when asked.
+        assert!(due(&c, STATUS_EVERY, false, false).status);
+        assert!(due(&c, Duration::ZERO, false, true).status);
+        // Purges every PURGE_EVERY, or at the next tick while old deletions are left.
+        assert!(due(&c, PURGE_EVERY, false, false).purge);
+        let more = Clock {
+            purge_more: true,
+            ..c
+        };
+        assert!(due(&more, Duration::ZERO, false, false).purge);
     }
 }
