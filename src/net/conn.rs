@@ -236,7 +236,6 @@ fn read_loop(
         out,
         responses,
         pending,
-        asked,
         ..
     } = *routes;
     let mut r = FrameReader::on_socket(stream, routes.pool.clone());
@@ -257,39 +256,13 @@ fn read_loop(
             && (batch.len() >= most
                 || !(r.buffered() || crate::sys::watch::readable(fd, Duration::ZERO)))
         {
-            let block = |r: &wire::Response| r.id & crate::proto::wire::NOT_A_BLOCK == 0;
-            let data: Vec<&[u8]> = batch
-                .iter()
-                .filter(|r| block(r))
-                .map(|r| &r.data[..])
-                .collect();
-            sums.clear();
-            crate::hash::md5x::md5_each(&data, &mut sums);
-            let mut sums = sums.iter().copied();
-            for resp in batch.drain(..) {
-                let md5 = if block(&resp) { sums.next() } else { None };
-                let _ = responses.send(crate::sync::link::Answer { r: resp, md5 });
-            }
+            hand_on(&mut batch, &mut sums, responses);
         }
-        // The frame's share of the budget is held until it has been handled.
-        // A large answer is weighed against what its request asked for before it is read.
-        let vet = |n: usize, head: &[u8]| match wire::response_id(head) {
-            Some(rid) => {
-                let asked = routes
-                    .lengths
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&rid)
-                    .copied();
-                match asked {
-                    Some(len) if n <= len + wire::RESPONSE_BODY_HEADER + auth::MAC_LEN => Ok(()),
-                    _ => Err(Error::protocol(format!(
-                        "an answer of {n} bytes to a request for {} at most",
-                        asked.unwrap_or(0)
-                    ))),
-                }
-            }
-            None => Ok(()),
+        // The frame's share of the budget is held until it has been handled. A large answer is
+        // weighed against what its request asked for before it is read.
+        let vet = |n: usize, head: &[u8]| {
+            let lengths = routes.lengths.lock().unwrap_or_else(|p| p.into_inner());
+            weigh_answer(&lengths, n, head)
         };
         let (msg, permit) = match r
             .body_vetted(wire::MAX_FRAME, vet)
@@ -323,27 +296,7 @@ fn read_loop(
             Msg::SubHashes(req) => queue(Out::ServeSubs(req))?,
             Msg::Ping => {}
             Msg::Response(resp) => {
-                // Only as many responses as we asked for, each no larger than what it answers,
-                // are queued: memory stays bounded by what we asked for.
-                let len = routes
-                    .lengths
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&resp.id);
-                if len.is_none()
-                    || asked
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-                        .is_err()
-                {
-                    return Err(Error::protocol("a response nobody asked for"));
-                }
-                if len.is_some_and(|n| resp.data.len() > n) {
-                    return Err(Error::protocol(format!(
-                        "a response of {} bytes where {} at most were asked for",
-                        resp.data.len(),
-                        len.unwrap_or(0)
-                    )));
-                }
+                admit_answer(routes, &resp)?;
                 batch.push(resp);
             }
             Msg::InSync { seq } => {
@@ -356,6 +309,70 @@ fn read_loop(
             Msg::Unknown(t) => debug!("skipped a frame of unknown type {t}"),
         }
     }
+}
+
+/// Checks the MD5s of a batch of answers side by side (md5x) and hands them to the puller.
+fn hand_on(
+    batch: &mut Vec<wire::Response>,
+    sums: &mut Vec<crate::hash::Hash>,
+    responses: &mpsc::Sender<crate::sync::link::Answer>,
+) {
+    let block = |r: &wire::Response| r.id & wire::NOT_A_BLOCK == 0;
+    let data: Vec<&[u8]> = batch
+        .iter()
+        .filter(|r| block(r))
+        .map(|r| &r.data[..])
+        .collect();
+    sums.clear();
+    crate::hash::md5x::md5_each(&data, sums);
+    let mut sums = sums.iter().copied();
+    for resp in batch.drain(..) {
+        let md5 = if block(&resp) { sums.next() } else { None };
+        let _ = responses.send(crate::sync::link::Answer { r: resp, md5 });
+    }
+}
+
+/// Whether a frame of `n` bytes starting with `head` may be read: an answer (a Response) no
+/// larger than what its request asked for (`lengths`, by request id) plus its header and MAC.
+fn weigh_answer(lengths: &HashMap<u32, usize>, n: usize, head: &[u8]) -> Result<()> {
+    let Some(rid) = wire::response_id(head) else {
+        return Ok(());
+    };
+    match lengths.get(&rid) {
+        Some(&len) if n <= len + wire::RESPONSE_BODY_HEADER + auth::MAC_LEN => Ok(()),
+        asked => Err(Error::protocol(format!(
+            "an answer of {n} bytes to a request for {} at most",
+            asked.copied().unwrap_or(0)
+        ))),
+    }
+}
+
+/// Takes an answer in if we asked for it, and it holds no more than asked: only as many answers
+/// as requests, each bounded by its request, are queued, so memory stays bounded by what we
+/// asked for.
+fn admit_answer(routes: &Routes<'_>, resp: &wire::Response) -> Result<()> {
+    let len = routes
+        .lengths
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&resp.id);
+    let Some(len) = len else {
+        return Err(Error::protocol("a response nobody asked for"));
+    };
+    if routes
+        .asked
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+        .is_err()
+    {
+        return Err(Error::protocol("a response nobody asked for"));
+    }
+    if resp.data.len() > len {
+        return Err(Error::protocol(format!(
+            "a response of {} bytes where {len} at most were asked for",
+            resp.data.len()
+        )));
+    }
+    Ok(())
 }
 
 fn write_loop(
@@ -414,5 +431,31 @@ fn write_loop(
             next = rx.try_recv().ok();
         }
         w.flush()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_is_weighed_against_its_request() {
+        let lengths = HashMap::from([(7u32, 65_536usize)]);
+        let head = |id: u32| {
+            let f = wire::encode(&Msg::Response(wire::Response {
+                id,
+                status: wire::Status::Ok,
+                data: vec![0; 4],
+            }));
+            f[4..].to_vec()
+        };
+        let most = 65_536 + wire::RESPONSE_BODY_HEADER + auth::MAC_LEN;
+        assert!(weigh_answer(&lengths, most, &head(7)).is_ok());
+        assert!(weigh_answer(&lengths, most + 1, &head(7)).is_err());
+        // An answer to nothing we asked, whatever its size.
+        assert!(weigh_answer(&lengths, 20_000, &head(8)).is_err());
+        // Other frames are not answers.
+        let ping = wire::encode(&Msg::Ping);
+        assert!(weigh_answer(&lengths, 1 << 20, &ping[4..]).is_ok());
     }
 }
