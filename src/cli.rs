@@ -185,7 +185,8 @@ fn config_arg(args: &[String]) -> Result<Option<PathBuf>, String> {
     Ok(None)
 }
 
-/// [`parse`] with the config loader given (tests pass their own).
+/// [`parse`] with the config loader given (tests pass their own). Long on purpose: one arm per
+/// option, in one match, reads as the usage text does.
 pub fn parse_with(
     args: &[String],
     load: impl Fn(&Path, bool) -> Result<Option<Config>, String>,

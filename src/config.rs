@@ -126,6 +126,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, String> {
 }
 
 /// Applies one line (number `n`) to `cfg`; the error is the message without `FILE:LINE: `.
+/// Long on purpose: one arm per key, in one match, reads as the config file's reference does.
 fn set_line<'a>(
     cfg: &mut Config,
     seen: &mut HashMap<&'a str, usize>,

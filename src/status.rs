@@ -22,7 +22,8 @@ fn when(t: SystemTime) -> String {
     timestamp(d.as_secs() as i64, d.subsec_millis())
 }
 
-/// Renders the status text; also records when each peer was last seen in sync.
+/// Renders the status text; also records when each peer was last seen in sync. Long on purpose:
+/// the text is laid out top to bottom as it prints, one line or block per part.
 pub fn render(model: &Model, opts: &Options) -> (String, bool) {
     let mut g = model.lock();
     let st = &mut *g;

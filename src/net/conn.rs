@@ -60,31 +60,13 @@ pub fn run(
     let (resp_tx, resp_rx) = mpsc::channel::<crate::sync::link::Answer>();
     let asked = Arc::new(AtomicUsize::new(0));
     let lengths = std::sync::Mutex::new(HashMap::new());
-    register(
-        model,
-        id,
-        Peer {
-            device,
-            addr,
-            listen: SocketAddr::new(addr.ip(), hs.port),
-            dialed,
-            listed,
-            since: Instant::now(),
-            out: out_tx.clone(),
-            stream: stream.try_clone()?,
-            needs: model.new_needs(),
-            retry: BTreeMap::new(),
-            remote_done: false,
-            remote_seq: 0,
-            pass_open: false,
-            peer_in_sync: 0,
-            sent_in_sync: None,
-            pulling: false,
-            progress: None,
-            last_in_sync: None,
-            shown_in_sync: false,
-        },
-    )?;
+    let peer = Peer {
+        listen: SocketAddr::new(addr.ip(), hs.port),
+        dialed,
+        listed,
+        ..new_peer(model, device, addr, out_tx.clone(), stream.try_clone()?)
+    };
+    register(model, id, peer)?;
     info!(
         "connected to {addr} (device {}, {})",
         short_id(device),
@@ -117,14 +99,7 @@ pub fn run(
                 asked: p_asked,
                 pool: p_pool,
             };
-            let r = puller::run(&link);
-            // A connection that cannot pull is closed, so it is dialed again rather than left
-            // half alive.
-            if let Err(e) = &r {
-                info!("pulling from {addr} stopped: {e}; closing the connection");
-            }
-            let _ = p_stream.shutdown(Shutdown::Both);
-            r
+            pull(&link, addr, &p_stream)
         });
         let routes = Routes {
             out: &out_tx,
@@ -149,6 +124,48 @@ pub fn run(
         }
     });
     result.at(addr.to_string())
+}
+
+/// A connection's state in the model, as it starts.
+fn new_peer(
+    model: &Model,
+    device: u64,
+    addr: SocketAddr,
+    out: mpsc::Sender<Out>,
+    stream: TcpStream,
+) -> Peer {
+    Peer {
+        device,
+        addr,
+        listen: addr,
+        dialed: false,
+        listed: false,
+        since: Instant::now(),
+        out,
+        stream,
+        needs: model.new_needs(),
+        retry: BTreeMap::new(),
+        remote_done: false,
+        remote_seq: 0,
+        pass_open: false,
+        peer_in_sync: 0,
+        sent_in_sync: None,
+        pulling: false,
+        progress: None,
+        last_in_sync: None,
+        shown_in_sync: false,
+    }
+}
+
+/// The connection's puller. A connection that cannot pull is closed, so it is dialed again
+/// rather than left half alive.
+fn pull(link: &Link<'_>, addr: SocketAddr, stream: &TcpStream) -> Result<()> {
+    let r = puller::run(link);
+    if let Err(e) = &r {
+        info!("pulling from {addr} stopped: {e}; closing the connection");
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    r
 }
 
 /// Adds a connection. Of two connections to one device (both sides dialed), the one dialed by
