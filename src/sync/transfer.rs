@@ -45,6 +45,7 @@ const PROGRESS_MIN: u64 = 8 << 20;
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Where a block comes from.
+#[derive(Debug, PartialEq, Eq)]
 enum Src {
     /// Already in the temp file: a local file with this content was moved there (a rename).
     Moved,
@@ -370,40 +371,7 @@ fn plan(
 ) -> std::result::Result<(Pull, Vec<Src>), (Entry, Error)> {
     let root = &link.model.root;
     let tmp_path = temp_path(root, &e.path);
-    let opened = (|| -> Result<(File, u64)> {
-        // Never through a symlink, on the way or in the temp file's place (the name is ours:
-        // one there is removed).
-        let rel = names::temp_rel(&e.path);
-        let open = || crate::sys::open::open_in(root, &rel, crate::sys::open::Open::Create);
-        // The folder usually exists: it is made only when the open says it is missing.
-        let mut f = match open() {
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                Dir::parent(root, &e.path, true).at(&e.path)?;
-                open()
-            }
-            r => r,
-        };
-        // A temp file kept for resume must be one we made: a regular file of ours with no
-        // other name. Anything else in its place (a symlink, a hard link to a file outside
-        // the share, a file of another user) is removed and the temp file made anew.
-        let ours = match &f {
-            Ok(f) => f.metadata().is_ok_and(|m| crate::sys::open::own_file(&m)),
-            Err(_) => false,
-        };
-        if !ours {
-            let (dir, name) = Dir::parent(root, &rel, false).at(&tmp_path)?;
-            let _ = dir.unlink(name);
-            f = dir.create_new(name);
-        }
-        let f = f.at(&tmp_path)?;
-        let mut len = f.metadata().at(&tmp_path)?.len();
-        if len > e.size {
-            f.set_len(e.size).at(&tmp_path)?;
-            len = e.size;
-        }
-        Ok((f, len))
-    })();
-    let (tmp, tlen) = match opened {
+    let (tmp, tlen) = match open_temp(root, &e, &tmp_path) {
         Ok(x) => x,
         Err(err) => return Err((e, err)),
     };
@@ -423,31 +391,15 @@ fn plan(
     let cur = cur.filter(|_| old.is_some());
     let keep = cur.as_ref().filter(|c| c.block_size == e.block_size);
     let moved = moved.filter(|m| m.blocks == e.blocks);
-    let full_zero = zeros.get(e.block_size as usize).0;
-    let mut first: HashMap<Hash, u64> = HashMap::new();
-    let mut srcs = Vec::with_capacity(e.blocks.len());
-    for (i, want) in e.blocks.iter().enumerate() {
-        let (off, len) = e.block_range(i);
-        let src = if moved.is_some() {
-            Src::Moved
-        } else if keep.is_some_and(|c| c.blocks.get(i) == Some(want) && c.block_range(i).1 == len) {
-            Src::Keep
-        } else if len == e.block_size as usize && *want == full_zero {
-            Src::Zero
-        } else if off + len as u64 <= tlen {
-            Src::Have
-        } else if let Some(o) = first.get(want) {
-            Src::Same(*o)
-        } else if let Some((p, o)) = sources.get(want) {
-            Src::Local(p.clone(), *o)
-        } else if cur.as_ref().is_some_and(|c| off < c.size) {
-            Src::Delta
-        } else {
-            Src::Remote
-        };
-        first.entry(*want).or_insert(off);
-        srcs.push(src);
-    }
+    let had = Had {
+        moved: moved.is_some(),
+        keep,
+        resumed: tlen,
+        zero: zeros.get(e.block_size as usize).0,
+        local: sources,
+        old_size: cur.as_ref().map_or(0, |c| c.size),
+    };
+    let srcs = sources_of(&e, &had);
     let n = e.blocks.len();
     let p = Pull {
         tmp_path,
@@ -473,6 +425,92 @@ fn plan(
         e,
     };
     Ok((p, srcs))
+}
+
+/// What a file's blocks may come from, besides the peer.
+struct Had<'a> {
+    /// The file is a local file the batch deletes, moved into place whole.
+    moved: bool,
+    /// Our current version, with the same block size.
+    keep: Option<&'a Entry>,
+    /// Bytes of the temp file kept from an earlier try.
+    resumed: u64,
+    /// The MD5 of a whole block of zeros.
+    zero: Hash,
+    /// Blocks of local files the batch holds, by MD5.
+    local: &'a HashMap<Hash, (String, u64)>,
+    /// The size of our current version (0: none), for delta transfer.
+    old_size: u64,
+}
+
+/// Where each block of `e` comes from, first choice first: the file moved whole; our current
+/// version's block at the same offset; zeros; the temp file of an earlier try; an earlier block
+/// of the same file; a local file with that block; our old version by delta; the peer.
+fn sources_of(e: &Entry, had: &Had<'_>) -> Vec<Src> {
+    let mut first: HashMap<Hash, u64> = HashMap::new();
+    let mut srcs = Vec::with_capacity(e.blocks.len());
+    for (i, want) in e.blocks.iter().enumerate() {
+        let (off, len) = e.block_range(i);
+        let src = if had.moved {
+            Src::Moved
+        } else if had
+            .keep
+            .is_some_and(|c| c.blocks.get(i) == Some(want) && c.block_range(i).1 == len)
+        {
+            Src::Keep
+        } else if len == e.block_size as usize && *want == had.zero {
+            Src::Zero
+        } else if off + len as u64 <= had.resumed {
+            Src::Have
+        } else if let Some(o) = first.get(want) {
+            Src::Same(*o)
+        } else if let Some((p, o)) = had.local.get(want) {
+            Src::Local(p.clone(), *o)
+        } else if off < had.old_size {
+            Src::Delta
+        } else {
+            Src::Remote
+        };
+        first.entry(*want).or_insert(off);
+        srcs.push(src);
+    }
+    srcs
+}
+
+/// Opens (or makes) the temp file of `e` for writing, with what an earlier try left in it (cut
+/// to the file's size): never through a symlink, and only one we made.
+fn open_temp(root: &Path, e: &Entry, tmp_path: &Path) -> Result<(File, u64)> {
+    // Never through a symlink, on the way or in the temp file's place (the name is ours:
+    // one there is removed).
+    let rel = names::temp_rel(&e.path);
+    let open = || crate::sys::open::open_in(root, &rel, crate::sys::open::Open::Create);
+    // The folder usually exists: it is made only when the open says it is missing.
+    let mut f = match open() {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            Dir::parent(root, &e.path, true).at(&e.path)?;
+            open()
+        }
+        r => r,
+    };
+    // A temp file kept for resume must be one we made: a regular file of ours with no
+    // other name. Anything else in its place (a symlink, a hard link to a file outside
+    // the share, a file of another user) is removed and the temp file made anew.
+    let ours = match &f {
+        Ok(f) => f.metadata().is_ok_and(|m| crate::sys::open::own_file(&m)),
+        Err(_) => false,
+    };
+    if !ours {
+        let (dir, name) = Dir::parent(root, &rel, false).at(tmp_path)?;
+        let _ = dir.unlink(name);
+        f = dir.create_new(name);
+    }
+    let f = f.at(tmp_path)?;
+    let mut len = f.metadata().at(tmp_path)?.len();
+    if len > e.size {
+        f.set_len(e.size).at(tmp_path)?;
+        len = e.size;
+    }
+    Ok((f, len))
 }
 
 /// The state of one batch's transfer.
@@ -1192,4 +1230,68 @@ fn received(model: &Model, conn: u64, p: &Ready, r: Result<()>) {
 fn read_at(f: &File, buf: &mut Vec<u8>, off: u64, len: usize) -> io::Result<()> {
     buf.resize(len, 0);
     f.read_exact_at(buf, off)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which source each block comes from, first choice first.
+    #[test]
+    fn each_block_comes_from_the_first_source_that_has_it() {
+        use crate::store::entry::MIN_BLOCK;
+        let bs = MIN_BLOCK as u64;
+        let file = |blocks: Vec<Hash>, size: u64| Entry {
+            path: "f".into(),
+            size,
+            block_size: MIN_BLOCK,
+            file_hash: crate::hash::list_hash(&blocks),
+            blocks: blocks.into(),
+            ..Entry::default()
+        };
+        let zero = crate::hash::md5(&vec![0u8; MIN_BLOCK as usize]);
+        let (a, b, c, d, x) = ([1; 16], [2; 16], [3; 16], [4; 16], [9; 16]);
+        // The new version: a (as ours), zeros, b (resumed), b again, c (in a local file),
+        // d (ours had something else there: delta), x past our old size (the peer).
+        let e = file(vec![a, zero, b, b, c, d, x], 7 * bs);
+        let ours = file(vec![a, [7; 16], [7; 16], [7; 16], [7; 16], [8; 16]], 6 * bs);
+        let local = HashMap::from([(c, ("other".to_string(), 5 * bs))]);
+        let had = Had {
+            moved: false,
+            keep: Some(&ours),
+            resumed: 3 * bs,
+            zero,
+            local: &local,
+            old_size: ours.size,
+        };
+        assert_eq!(
+            sources_of(&e, &had),
+            [
+                Src::Keep,
+                Src::Zero,
+                Src::Have,
+                Src::Same(2 * bs),
+                Src::Local("other".into(), 5 * bs),
+                Src::Delta,
+                Src::Remote
+            ]
+        );
+        // A file moved into place whole needs nothing else.
+        let moved = Had { moved: true, ..had };
+        assert!(sources_of(&e, &moved).iter().all(|s| *s == Src::Moved));
+        // Without a current version: the peer for what is not zeros, resumed or repeated.
+        let none = HashMap::new();
+        let bare = Had {
+            moved: false,
+            keep: None,
+            resumed: 0,
+            zero,
+            local: &none,
+            old_size: 0,
+        };
+        let got = sources_of(&e, &bare);
+        assert_eq!(got[0], Src::Remote);
+        assert_eq!(got[1], Src::Zero);
+        assert_eq!(got[3], Src::Same(2 * bs));
+    }
 }
