@@ -535,38 +535,10 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr) {
         if model.lock().shutdown {
             return;
         }
-        let addrs: Vec<SocketAddr> = match (peer.host.as_str(), peer.port).to_socket_addrs() {
-            Ok(a) => a
-                .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
-                .collect(),
-            Err(e) => {
-                set_dial(model, peer, None, Some(e.to_string()), false);
-                Vec::new()
-            }
-        };
+        let addrs = resolve(model, peer);
         let connected = {
-            let mut g = model.lock();
-            // The accept thread admits connections by these addresses: a failed lookup keeps
-            // the last ones known.
-            if let Some(d) = g.dialers.get_mut(&peer.to_string())
-                && !addrs.is_empty()
-            {
-                d.addrs = addrs.clone();
-            }
-            // By the device a connection we dialed answered with, once we know it: a hello
-            // from the peer's address claiming its port (any program on that host can send
-            // one) does not stand for the peer then. Before, a connection from its address
-            // claiming its port is taken for it while it lasts (dialing too would cut it).
-            g.peers
-                .values()
-                .find(|p| {
-                    p.listed
-                        && match known {
-                            Some(dev) => p.device == dev,
-                            None => addrs.contains(&p.listen),
-                        }
-                })
-                .map(|p| p.device)
+            let g = model.lock();
+            connected_to(g.peers.values(), &addrs, known)
         };
         // Already connected to that peer (it dialed us): nothing to do.
         if let Some(dev) = connected {
@@ -574,23 +546,7 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr) {
             std::thread::sleep(Duration::from_millis(500));
             continue;
         }
-        let stream = if addrs.is_empty() {
-            Err(Error::msg("cannot resolve"))
-        } else {
-            let mut last = Error::msg("no address");
-            let mut ok = None;
-            for a in &addrs {
-                match TcpStream::connect_timeout(a, Duration::from_secs(3)) {
-                    Ok(s) => {
-                        ok = Some(s);
-                        break;
-                    }
-                    Err(e) => last = e.into(),
-                }
-            }
-            ok.ok_or(last)
-        };
-        match stream {
+        match connect_any(&addrs) {
             Ok(mut s) => match crate::net::handshake::handshake(&mut s, model, true) {
                 Ok(hs) => {
                     let dev = hs.device;
@@ -627,6 +583,61 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr) {
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// The peer's addresses, looked up now; the accept thread admits connections by them (a failed
+/// lookup keeps the last ones known).
+fn resolve(model: &Model, peer: &PeerAddr) -> Vec<SocketAddr> {
+    let addrs: Vec<SocketAddr> = match (peer.host.as_str(), peer.port).to_socket_addrs() {
+        Ok(a) => a
+            .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+            .collect(),
+        Err(e) => {
+            set_dial(model, peer, None, Some(e.to_string()), false);
+            Vec::new()
+        }
+    };
+    let mut g = model.lock();
+    if let Some(d) = g.dialers.get_mut(&peer.to_string())
+        && !addrs.is_empty()
+    {
+        d.addrs = addrs.clone();
+    }
+    addrs
+}
+
+/// The device of a connection that stands for the peer at `addrs`, if one is up: once a
+/// connection we dialed told us its device (`known`), one to that device (a hello from the
+/// peer's address claiming its port, which any program on that host can send, does not count
+/// then); before, one from a listed address whose hello claims the peer's port, while it lasts
+/// (dialing too would cut it).
+fn connected_to<'a>(
+    peers: impl IntoIterator<Item = &'a crate::sync::model::Peer>,
+    addrs: &[SocketAddr],
+    known: Option<u64>,
+) -> Option<u64> {
+    peers
+        .into_iter()
+        .find(|p| {
+            p.listed
+                && match known {
+                    Some(dev) => p.device == dev,
+                    None => addrs.contains(&p.listen),
+                }
+        })
+        .map(|p| p.device)
+}
+
+/// A connection to the first of `addrs` that answers.
+fn connect_any(addrs: &[SocketAddr]) -> Result<TcpStream> {
+    let mut last = Error::msg("cannot resolve");
+    for a in addrs {
+        match TcpStream::connect_timeout(a, Duration::from_secs(3)) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e.into(),
+        }
+    }
+    Err(last)
 }
 
 /// Records what a dialer learned: the peer's device, the last error, and whether it is up.
