@@ -51,7 +51,11 @@ const PURGE_BYTES: usize = 1 << 20;
 /// Reads the device id from the state directory, making one from /dev/urandom the first time.
 fn device_id(state: &Path) -> Result<u64> {
     let p = state.join("device");
-    match fs::read_to_string(&p) {
+    let read = crate::sys::open::open_state(&p).and_then(|f| {
+        let mut s = String::new();
+        f.take(64).read_to_string(&mut s).map(|_| s)
+    });
+    match read {
         Ok(s) => u64::from_str_radix(s.trim(), 16)
             .map_err(|_| Error::msg("damaged device id file").at(&p)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -139,10 +143,14 @@ fn open_share(opts: &Options) -> Result<(Arc<Model>, std::path::PathBuf)> {
     let root = fs::canonicalize(root).at(root)?;
     let state = root.join(STATE_DIR);
     fs::create_dir_all(&state).at(&state)?;
-    // The state is written only into a real folder of the share, never through a symlink.
+    // The state is written only into a real folder of the share, never through a symlink, and
+    // always into the one found now: it is held open and reached through its descriptor, so a
+    // symlink swapped in for it later (by anyone who can write the share's top) is not followed.
     if !fs::symlink_metadata(&state).at(&state)?.is_dir() {
         return Err(Error::msg("is not a folder (a symlink?); move it away").at(&state));
     }
+    let state = crate::sys::open::hold_dir(&state)
+        .map_err(|e| Error::msg(format!("cannot be our state folder: {e}")).at(&state))?;
     // Nobody else may plant links among our state files.
     {
         use std::os::unix::fs::PermissionsExt;
@@ -150,7 +158,7 @@ fn open_share(opts: &Options) -> Result<(Arc<Model>, std::path::PathBuf)> {
     }
     let device = device_id(&state)?;
     let index = open_index(&state, device);
-    let mut model = Model::new(root.clone(), index);
+    let mut model = Model::new(root.clone(), state.clone(), index);
     if let Ok(st) = model.state.get_mut() {
         st.received = crate::store::intents::load(&state);
         let now = Instant::now();
@@ -295,8 +303,7 @@ fn once_over(model: &Model, opts: &Options) -> Option<i32> {
     Some(1)
 }
 
-/// Forgets deletions older than [`TOMBSTONE_AGE`] (by the time they were made).
-/// Forgets deletions older than [`TOMBSTONE_AGE`], a bounded part at a time (each removal is
+/// Forgets deletions recorded here more than [`TOMBSTONE_AGE`] ago, a bounded part at a time (each removal is
 /// kept in memory until the next whole save); returns whether more are left for the next call.
 fn purge_tombstones(model: &Model) -> bool {
     let now = std::time::SystemTime::now()
@@ -309,7 +316,7 @@ fn purge_tombstones(model: &Model) -> bool {
     }
     let (purged, more) = g
         .index
-        .purge(|e| e.deleted && e.mtime < cutoff, PURGE_BYTES);
+        .purge(|e| e.deleted && recorded(e) < cutoff, PURGE_BYTES);
     if purged > 0 {
         g.dirty = true;
         info!(
@@ -318,6 +325,16 @@ fn purge_tombstones(model: &Model) -> bool {
         );
     }
     more
+}
+
+/// When a deletion was recorded here (see `Index::put`); for one recorded before that was kept,
+/// the time its maker gave it.
+fn recorded(e: &crate::store::entry::Entry) -> i64 {
+    if e.stat.mtime != 0 {
+        e.stat.mtime
+    } else {
+        e.mtime
+    }
 }
 
 /// Makes sure every peer got what we queued for it (our InSync above all) before exiting.
@@ -516,7 +533,14 @@ fn accept_loop(model: &Arc<Model>, opts: &Options, listener: TcpListener) {
             if let Err(e) =
                 hs.and_then(|hs| conn::run(&m, stream, hs, false, src == Source::Listed))
             {
-                info!("connection from {from} ended: {e}");
+                let throttle = if src == Source::Listed {
+                    &FAILED_LISTED
+                } else {
+                    &FAILED
+                };
+                if let Some(more) = throttle.pass() {
+                    info!("connection from {from} ended: {e}{more}");
+                }
             }
             let mut g = slots.lock().unwrap_or_else(|p| p.into_inner());
             g.active -= 1;

@@ -199,7 +199,9 @@
 //! from theirs stays. An update learned from one peer is passed on to the others like a local one,
 //! so a full mesh and a chain (A–B–C, A and C knowing only B) converge alike.
 //!
-//! Deletions are tombstones with versions, kept 30 days. A folder whose deletion arrives while it
+//! Deletions are tombstones with versions, kept 30 days from when each device recorded them (the
+//! local stat of a deletion holds that time; the time its maker gave it, a peer's clock or a
+//! peer's choice, does not count). A folder whose deletion arrives while it
 //! holds files we have not synced yet stays.
 //!
 //! Concurrent versions (neither descends from the other): identical content merges silently (two

@@ -123,7 +123,7 @@ impl Writer {
         if !now && text == self.last && self.at.is_some_and(|t| t.elapsed() < REFRESH) {
             return;
         }
-        let dir = model.root.join(STATE_DIR);
+        let dir = &model.state_dir;
         let tmp = dir.join("status.tmp");
         let written = crate::sys::open::create_own(&tmp)
             .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));

@@ -481,9 +481,11 @@ fn answers_larger_than_asked_are_refused() {
 /// A peer sends the header of a 1 MiB frame, then one byte every 5 s (under the 90 s read
 /// timeout). Before, the frame's share of the reading budget (2 MiB) was taken when its header
 /// came and held until its last byte: every other connection's frame over 16 KiB (block answers,
-/// index batches) waited for it, and B never received a 1 MiB file from its good peer. Now a
-/// frame that holds a share must keep a minimum pace while another one waits: the trickler is
-/// dropped and the good peer's blocks go through.
+/// index batches) waited for it, and B never received a 1 MiB file from its good peer. Now
+/// answers to B's own requests have a budget of their own (the 1 MiB file's blocks go through
+/// at once), and a frame that holds a share must keep a minimum pace while another waits for the
+/// same budget: the good peer's index batch of 600 new files (a frame over 16 KiB) waits 5 s at
+/// most, and the trickler is dropped.
 #[test]
 fn a_trickled_large_frame_does_not_hold_the_reading_budget() {
     let t = TestDir::new("trickle");
@@ -511,10 +513,25 @@ fn a_trickled_large_frame_does_not_hold_the_reading_budget() {
         let data = random_bytes(77, 1 << 20);
         write_file(&a.path("big.bin"), &data);
         let ok = wait_until(SOON, || has_content(&b.path("big.bin"), &data));
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(
             ok,
             "B never received a 1 MiB file while a fake peer trickled a large frame\n{}",
+            tail(&b.log_text(), 10)
+        );
+        // Many new files at once: A announces them in a frame over 16 KiB.
+        let staging = t.join("staging");
+        fs::create_dir_all(&staging).unwrap();
+        for i in 0..600 {
+            fs::write(staging.join(format!("many-file-number-{i:04}")), b"x").unwrap();
+        }
+        fs::rename(&staging, a.path("many")).unwrap();
+        let ok = wait_until(SOON, || {
+            fs::read_dir(b.path("many")).is_ok_and(|d| d.count() == 600)
+        });
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            ok,
+            "B never received 600 files while a fake peer trickled a large frame\n{}",
             tail(&b.log_text(), 10)
         );
     });
@@ -1072,8 +1089,10 @@ fn a_growing_pile_of_tombstones_does_not_stall_a_good_peer() {
         folds.iter().sum::<u64>(),
         lat.len()
     );
+    // A bound on liveness, looser in a debug build (10-25 s before the fix, in release).
+    let limit = Duration::from_secs(if cfg!(debug_assertions) { 20 } else { 5 });
     assert!(
-        worst < Duration::from_secs(5),
+        worst < limit,
         "a file from A took {worst:?} to reach B while a peer piled up tombstones"
     );
 }

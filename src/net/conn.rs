@@ -67,11 +67,15 @@ pub fn run(
         ..new_peer(model, device, addr, out_tx.clone(), stream.try_clone()?)
     };
     register(model, id, peer)?;
-    info!(
-        "connected to {addr} (device {}, {})",
-        short_id(device),
-        if dialed { "dialed" } else { "accepted" }
-    );
+    // A client that connects again and again must not fill the log: 50 lines in 10 s.
+    static CONNECTED: crate::log::Throttle = crate::log::Throttle::new(Duration::from_secs(10), 50);
+    if let Some(more) = CONNECTED.pass() {
+        info!(
+            "connected to {addr} (device {}, {}){more}",
+            short_id(device),
+            if dialed { "dialed" } else { "accepted" }
+        );
+    }
     let pending = Arc::new(AtomicUsize::new(0));
     let pool = Pool::default();
     let result = std::thread::scope(|s| {

@@ -24,30 +24,57 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(90);
 const FRAME_BUDGET: usize = 2 << 20;
 /// Frames up to this size are read without waiting (the reader's own buffer is as large).
 const SMALL_FRAME: usize = 16 << 10;
-/// While another frame waits for the budget, a frame holding a share of it must arrive at
+/// While another frame waits for the same budget, a frame holding a share of it must arrive at
 /// least this fast (after [`PACE_GRACE`]), or its connection ends: a peer that sends the start
-/// of a large frame and then trickles the rest cannot keep the budget from everyone else.
-const MIN_PACE: usize = 128 << 10;
-const PACE_GRACE: Duration = Duration::from_secs(2);
+/// of a large frame and then trickles the rest cannot keep the budget from everyone else, and
+/// an honest peer on a link of 0.5 Mbit/s or more is never cut.
+const MIN_PACE: usize = 64 << 10;
+const PACE_GRACE: Duration = Duration::from_secs(5);
 /// How often a large frame's reader looks at its pace while it waits for bytes.
 const PACE_TICK: Duration = Duration::from_millis(250);
 
-/// The share of [`FRAME_BUDGET`] in use, and how many frames wait for theirs.
+/// A budget frames wait for in turn (first come, first served): the share of it in use, and the
+/// turns handed out and served.
 struct Budget {
     used: usize,
-    waiting: usize,
+    next: u64,
+    serving: u64,
 }
 
-static FRAMES: (std::sync::Mutex<Budget>, std::sync::Condvar) = (
-    std::sync::Mutex::new(Budget {
-        used: 0,
-        waiting: 0,
-    }),
-    std::sync::Condvar::new(),
-);
+/// Two budgets: answers to our own requests (already bounded by what we asked for) have their
+/// own, so a peer holding the other with its large frames never holds up the blocks another
+/// peer sends us.
+static FRAMES: [(std::sync::Mutex<Budget>, std::sync::Condvar); 2] = [
+    (
+        std::sync::Mutex::new(Budget {
+            used: 0,
+            next: 0,
+            serving: 0,
+        }),
+        std::sync::Condvar::new(),
+    ),
+    (
+        std::sync::Mutex::new(Budget {
+            used: 0,
+            next: 0,
+            serving: 0,
+        }),
+        std::sync::Condvar::new(),
+    ),
+];
 
-fn budget() -> std::sync::MutexGuard<'static, Budget> {
-    FRAMES.0.lock().unwrap_or_else(|p| p.into_inner())
+/// Which budget a frame uses.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Answer = 0,
+    Other = 1,
+}
+
+fn budget(k: Kind) -> std::sync::MutexGuard<'static, Budget> {
+    FRAMES[k as usize]
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
 }
 
 /// What a frame of `n` bytes may take in memory while it is read and decoded: its bytes, what
@@ -58,42 +85,48 @@ fn decode_cost(n: usize) -> usize {
     2 * n + entries * (std::mem::size_of::<Entry>() + 64)
 }
 
-/// A share of [`FRAME_BUDGET`], given back when dropped.
+/// A share of one of the budgets, given back when dropped.
 #[derive(Debug)]
-pub struct Permit(usize);
+pub struct Permit(usize, Kind);
 
 impl Permit {
-    /// Waits for the share of a frame of `n` bytes.
-    fn take(n: usize) -> Permit {
+    /// Waits for the share of a frame of `n` bytes, in turn.
+    fn take(n: usize, k: Kind) -> Permit {
         if n <= SMALL_FRAME {
-            return Permit(0);
+            return Permit(0, k);
         }
         let n = decode_cost(n).min(FRAME_BUDGET);
-        let mut b = budget();
-        b.waiting += 1;
-        while b.used + n > FRAME_BUDGET {
-            b = FRAMES.1.wait(b).unwrap_or_else(|p| p.into_inner());
+        let mut b = budget(k);
+        let turn = b.next;
+        b.next += 1;
+        while b.serving != turn || b.used + n > FRAME_BUDGET {
+            b = FRAMES[k as usize]
+                .1
+                .wait(b)
+                .unwrap_or_else(|p| p.into_inner());
         }
-        b.waiting -= 1;
+        b.serving += 1;
         b.used += n;
-        Permit(n)
+        FRAMES[k as usize].1.notify_all();
+        Permit(n, k)
     }
 
     /// Whether a frame holding this share may go on arriving at `got` bytes in `took`: yes,
-    /// unless another frame waits for the budget and this one is slower than [`MIN_PACE`].
+    /// unless another frame waits for the same budget and this one is slower than
+    /// [`MIN_PACE`].
     fn paced(&self, got: usize, took: Duration) -> bool {
-        self.0 == 0
-            || took < PACE_GRACE
-            || got as f64 >= took.as_secs_f64() * MIN_PACE as f64
-            || budget().waiting == 0
+        self.0 == 0 || took < PACE_GRACE || got as f64 >= took.as_secs_f64() * MIN_PACE as f64 || {
+            let b = budget(self.1);
+            b.next == b.serving
+        }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if self.0 > 0 {
-            budget().used -= self.0;
-            FRAMES.1.notify_all();
+            budget(self.1).used -= self.0;
+            FRAMES[self.1 as usize].1.notify_all();
         }
     }
 }
@@ -214,13 +247,18 @@ impl<R: Read> FrameReader<R> {
                 "frame of {n} bytes is over the {max} allowed here"
             )));
         }
+        let mut kind = Kind::Other;
         if n > SMALL_FRAME {
             while self.end - self.pos < wire::RESPONSE_BODY_HEADER {
                 self.fill()?;
             }
-            vet(n, &self.buf[self.pos..self.end])?;
+            let head = &self.buf[self.pos..self.end];
+            vet(n, head)?;
+            if wire::response_id(head).is_some() {
+                kind = Kind::Answer;
+            }
         }
-        let permit = Permit::take(n);
+        let permit = Permit::take(n, kind);
         let mut body = self.pool.take(n);
         let have = (self.end - self.pos).min(n);
         self.take_into(&mut body, have)?;
@@ -323,19 +361,47 @@ mod tests {
 
     #[test]
     fn a_frame_keeps_its_pace_only_while_others_wait() {
-        let p = Permit(1 << 20);
+        // The answers' budget, which other unit tests do not use.
+        budget(Kind::Answer).used += 1 << 20;
+        let p = Permit(1 << 20, Kind::Answer);
         let slow = Duration::from_secs(10);
         // Alone, a slow frame may take its time; under the grace period, any frame may.
         assert!(p.paced(1, slow));
-        budget().waiting += 1;
+        budget(Kind::Answer).next += 1; // another frame waits its turn
         let paced = (p.paced(1, slow), p.paced(1, PACE_GRACE / 2));
         let fast = p.paced(10 * MIN_PACE, slow);
-        budget().waiting -= 1;
+        budget(Kind::Answer).next -= 1;
         assert_eq!(paced, (false, true));
         assert!(fast);
         // A small frame holds nothing of the budget.
-        assert!(Permit(0).paced(0, slow));
+        assert!(Permit(0, Kind::Other).paced(0, slow));
         std::mem::forget(p);
+        budget(Kind::Answer).used -= 1 << 20;
+        // (One test: the answers' budget is global.)
+        frames_get_the_budget_in_turn();
+    }
+
+    fn frames_get_the_budget_in_turn() {
+        // Three frames of the largest size on the answers' budget: each takes all of it, so
+        // they are served one after the other, in the order they came.
+        let order = std::sync::Mutex::new(Vec::new());
+        let first = Permit::take(wire::MAX_FRAME, Kind::Answer);
+        std::thread::scope(|s| {
+            for i in 0..3 {
+                let order = &order;
+                s.spawn(move || {
+                    // Each waits its turn behind the one before (started in order).
+                    std::thread::sleep(Duration::from_millis(30 * i));
+                    let p = Permit::take(wire::MAX_FRAME, Kind::Answer);
+                    order.lock().unwrap().push(i);
+                    std::thread::sleep(Duration::from_millis(20));
+                    drop(p);
+                });
+            }
+            std::thread::sleep(Duration::from_millis(150));
+            drop(first);
+        });
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2]);
     }
 
     #[test]

@@ -763,7 +763,11 @@ mod tests {
         fs::create_dir_all(root.join("d/e")).unwrap();
         fs::write(root.join("top"), b"1").unwrap();
         fs::write(root.join("d/e/deep"), b"22").unwrap();
-        let model = Model::new(root.clone(), crate::store::index::Index::new(7));
+        let model = Model::new(
+            root.clone(),
+            root.join(names::STATE_DIR),
+            crate::store::index::Index::new(7),
+        );
         let s = scan(&model, None, None).unwrap();
         assert_eq!(s.changed, 4, "{s:?}");
         let g = model.lock();

@@ -543,6 +543,14 @@ impl Index {
     /// Stores an entry under a fresh sequence number.
     pub fn put(&mut self, mut e: Entry) {
         e.seq = self.seq + 1;
+        // A deletion's local stat (it has no file) records when it was recorded here: how long
+        // it is kept counts from then, not from the time its maker gave it (a peer's clock, or
+        // a peer's choice).
+        if e.deleted && e.stat.mtime == 0 {
+            e.stat.mtime = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs() as i64);
+        }
         self.store(e);
     }
 
@@ -905,11 +913,7 @@ impl Index {
     /// then the records of its journal that are whole and intact. Only the base's pages and
     /// the journal's entries stay in memory.
     pub fn load(path: &Path) -> Result<Index> {
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(crate::sys::open::O_NOFOLLOW)
-            .open(path)
-            .at(path)?;
+        let f = crate::sys::open::open_state(path).at(path)?;
         let len = f.metadata().at(path)?.len();
         let mut r = BufReader::with_capacity(64 << 10, f);
         let corrupt = |why: &str| Error::msg(format!("index is damaged ({why})")).at(path);
@@ -998,7 +1002,7 @@ impl Index {
     /// Applies the journal's records, in order, up to the first that is not whole and intact.
     /// Returns the bytes applied and what the journal was.
     fn replay(&mut self, log: &Path, base: Hash) -> (u64, Journal) {
-        let Ok(f) = File::open(log) else {
+        let Ok(f) = crate::sys::open::open_state(log) else {
             return (0, Journal::None);
         };
         let len = f.metadata().map_or(0, |m| m.len());

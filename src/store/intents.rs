@@ -16,9 +16,14 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// A log larger than this is not read back at start (it cannot grow so large: it is emptied
-/// at every index save): the index is then rebuilt from what the scanner finds, as without it.
+/// Bytes of the log read back at start (it cannot grow so large: it is emptied at every index
+/// save); what lies past them is left out, as a record cut short is.
 const MAX_READ: u64 = 256 << 20;
+/// Files the log may name (it is emptied at every index save, and a group holds at most 1,024):
+/// a log naming more is not used, and the scan takes those files as without it.
+const MAX_RECORDS: usize = 1 << 16;
+/// Memory the entries read back may take ([`Entry::mem_cost`]).
+const MAX_HELD: usize = 16 << 20;
 
 /// The open log and how much it holds.
 #[derive(Default)]
@@ -86,33 +91,44 @@ impl Log {
 pub fn load(state_dir: &Path) -> HashMap<String, Entry> {
     let path = state_dir.join("installs");
     let mut out = HashMap::new();
-    let Ok(f) = crate::sys::open::open_in(state_dir, "installs", crate::sys::open::Open::Read)
-    else {
+    let Ok(f) = crate::sys::open::open_state(&path) else {
         return out;
     };
-    let mut buf = Vec::new();
-    if f.take(MAX_READ + 1).read_to_end(&mut buf).is_err() || buf.len() as u64 > MAX_READ {
-        warn!("{}: unreadable or too large; not used", path.display());
-        return out;
-    }
-    let mut rest = &buf[..];
-    while rest.len() >= 12 {
-        let n = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let sum = u64::from_be_bytes(rest[4..12].try_into().unwrap_or_default());
-        let Some(body) = rest.get(12..12 + n) else {
-            break;
-        };
-        if crate::hash::xxh64(body) != sum {
+    // Record by record, each no larger than the largest entry: a damaged or planted log
+    // costs no more memory than what its records name.
+    let mut r = std::io::BufReader::with_capacity(64 << 10, f.take(MAX_READ));
+    let (mut body, mut held) = (Vec::new(), 0usize);
+    loop {
+        let mut head = [0u8; 12];
+        if r.read_exact(&mut head).is_err() {
             break;
         }
-        let mut d = Dec::new(body);
+        let n = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let sum = u64::from_be_bytes([
+            head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11],
+        ]);
+        if n > codec::MAX_ENTRY_BYTES {
+            break;
+        }
+        body.resize(n, 0);
+        if r.read_exact(&mut body).is_err() || crate::hash::xxh64(&body) != sum {
+            break;
+        }
+        let mut d = Dec::new(&body);
         match codec::get_entry(&mut d) {
             Ok(e) if crate::store::names::check(&e.path).is_ok() => {
+                held += e.mem_cost();
                 out.insert(e.path.clone(), e);
             }
             _ => break,
         }
-        rest = &rest[12 + n..];
+        if out.len() > MAX_RECORDS || held > MAX_HELD {
+            warn!(
+                "{}: holds more than an install log can; not used",
+                path.display()
+            );
+            return HashMap::new();
+        }
     }
     out
 }

@@ -13,7 +13,19 @@ const MAX_COMPONENT: usize = 255;
 /// Checks a relative name from a peer or from disk: non-empty, `/`-separated, no empty, `.` or
 /// `..` component, no NUL, not absolute, not inside the state directory, not a temp file.
 pub fn check(path: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::protocol(format!("bad name {path:?}: {why}")));
+    // A peer chooses the name: the message quotes its start only.
+    let bad = |why: &str| {
+        let mut end = path.len().min(120);
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        let more = if end < path.len() { "..." } else { "" };
+        Err(Error::protocol(format!(
+            "bad name {:?}{more} ({} bytes): {why}",
+            &path[..end],
+            path.len()
+        )))
+    };
     if path.is_empty() {
         return bad("empty");
     }

@@ -187,6 +187,9 @@ const FOLD_PAYER: usize = 256 << 10;
 
 pub struct Model {
     pub root: PathBuf,
+    /// The state folder (`.left`), as reached through the descriptor held on it (see
+    /// `sys::open::hold_dir`).
+    pub state_dir: PathBuf,
     /// The shared key peers must prove they hold, if any.
     pub key: Option<Vec<u8>>,
     /// The port we listen on (sent in hellos).
@@ -209,8 +212,8 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn new(root: PathBuf, index: Index) -> Model {
-        let installs = crate::store::intents::Log::new(&root.join(crate::store::names::STATE_DIR));
+    pub fn new(root: PathBuf, state_dir: PathBuf, index: Index) -> Model {
+        let installs = crate::store::intents::Log::new(&state_dir);
         let state = State {
             index,
             dirty: false,
@@ -229,6 +232,7 @@ impl Model {
         };
         Model {
             root,
+            state_dir,
             key: None,
             port: Default::default(),
             state: Mutex::new(state),
@@ -262,7 +266,7 @@ impl Model {
     }
 
     fn save(&self, now: bool) {
-        let path = self.root.join(crate::store::names::STATE_DIR).join("index");
+        let path = self.state_dir.join("index");
         let mut next = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         let mut g = self.lock();
         if !g.dirty || g.hold_save > 0 {
@@ -352,7 +356,7 @@ impl Model {
     /// An empty set of needs for a new connection.
     pub fn new_needs(&self) -> Needs {
         Needs::new(
-            self.root.join(crate::store::names::STATE_DIR),
+            self.state_dir.clone(),
             self.max_pending,
             self.needs_budget.clone(),
         )

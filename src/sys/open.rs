@@ -42,12 +42,16 @@ pub fn create_own(path: &std::path::Path) -> std::io::Result<std::fs::File> {
 /// link to a file elsewhere, another user's file) is not written through.
 pub fn own_file(m: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
+    m.is_file() && m.nlink() == 1 && m.uid() == euid()
+}
+
+/// The user the daemon runs as.
+pub fn euid() -> u32 {
     unsafe extern "C" {
         fn geteuid() -> u32;
     }
     // SAFETY: no arguments, cannot fail.
-    let me = unsafe { geteuid() };
-    m.is_file() && m.nlink() == 1 && m.uid() == me
+    unsafe { geteuid() }
 }
 
 /// Opens one of `left`'s own files for reading and writing, keeping what it holds, or creates
@@ -102,6 +106,49 @@ const O_CREAT: u64 = 0o100;
 pub const O_CLOEXEC: i32 = 0o2000000;
 const ENOSYS: i32 = 38;
 const EPERM: i32 = 1;
+
+/// Opens one of `left`'s own files for reading: never through a symlink, never waiting (a FIFO
+/// in its place must not hang the daemon), and only a regular file.
+pub fn open_state(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
+}
+
+/// Opens folder `dir` (not through a symlink; it must be ours) and keeps it open for the life
+/// of the process. Returns a path that reaches it through that descriptor (`/proc/self/fd/N`):
+/// a file opened, renamed or removed by that path is in this very folder, even if its name is
+/// later made to point elsewhere (a symlink swapped in by someone who can write the folder
+/// above it). Without `/proc`, `dir` itself.
+pub fn hold_dir(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    use std::os::fd::IntoRawFd;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        .open(dir)?;
+    let md = f.metadata()?;
+    if md.uid() != euid() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "belongs to another user",
+        ));
+    }
+    // Kept open for good: the path below names it.
+    let fd = f.into_raw_fd();
+    let via = std::path::PathBuf::from(format!("/proc/self/fd/{fd}"));
+    let same = std::fs::metadata(&via).is_ok_and(|m| m.ino() == md.ino() && m.dev() == md.dev());
+    Ok(if same { via } else { dir.to_path_buf() })
+}
 
 /// How [`open_in`] opens a file.
 #[derive(Clone, Copy, PartialEq, Eq)]
