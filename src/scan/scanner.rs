@@ -697,25 +697,40 @@ fn record(
 
 /// Removes temp files whose target is not being pulled and which are older than `max_age`.
 pub fn clean_temps(root: &Path, max_age: std::time::Duration) {
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
+    use crate::sys::dirfd::Dir;
+    // Each folder opened from the top one component at a time without following a symlink
+    // (a folder swapped for one while the walk goes on is never walked), one open at a time.
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(dir) = Dir::open(root, &rel, false) else {
+            continue;
+        };
+        let Ok(rd) = dir.read_dir(&root.join(&rel)) else {
+            continue;
+        };
         for ent in rd.flatten() {
             // The listing's types: only temp files are looked at (a stat each).
             let Ok(ft) = ent.file_type() else { continue };
-            let name = ent.file_name();
-            if ft.is_dir() && !(d == root && name == names::STATE_DIR) {
-                stack.push(ent.path());
+            let Some(name) = ent.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if ft.is_dir() && !(rel.is_empty() && name == names::STATE_DIR) {
+                stack.push(if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                });
             } else if ft.is_file()
-                && name.to_str().is_some_and(names::is_temp)
-                && ent
-                    .metadata()
-                    .and_then(|md| md.modified())
+                && names::is_temp(&name)
+                && dir
+                    .stat(&name)
                     .ok()
+                    .flatten()
+                    .and_then(|md| md.modified().ok())
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|a| a > max_age)
             {
-                let _ = fs::remove_file(ent.path());
+                dir.unlink_file(&name);
             }
         }
     }
