@@ -371,7 +371,23 @@ impl Model {
             }
         };
         let take = match decide(local.as_deref(), &r) {
-            Decision::Keep => false,
+            Decision::Keep => {
+                // Ours is concurrent with the peer's and wins: the peer is to take ours. It may
+                // have weighed ours already, against a version of its own that won then and is
+                // replaced since by one that loses (its deletion, or an edit with an older
+                // mtime): it kept its own and will not look at ours again. So ours is
+                // announced once more. Only where the peer's side of the rule picks ours: with
+                // a tie neither side takes, and announcing would go back and forth for ever.
+                if let Some(l) = local
+                    && r.version.compare(&l.version) == Order::Concurrent
+                    && remote_wins(&r, &l)
+                {
+                    let again = l.into_owned();
+                    debug!("{}: ours wins a conflict: announced again", again.path);
+                    st.put(again);
+                }
+                false
+            }
             Decision::Take { .. } => fits(&r.version),
             Decision::Merge(m) if !fits(&m.version) => false,
             Decision::Merge(mut m) => {

@@ -2303,3 +2303,27 @@ fn regression_renamed_away_winner_of_a_conflict_comes_back() {
          71 rename B f/g/v d/x",
     );
 }
+
+/// Seed 1039 (3 peers, chain): B's edit of d/e/z beat C's concurrent chmod (newer mtime), so B
+/// kept its own when C's version came; then B deleted d/e (a file in its place) before C had
+/// pulled the winner. C weighed B's deletion against its chmod: an edit beats a deletion, C kept
+/// it; B never weighed C's version again, and the shares differed for good (d/e/z only on C).
+/// This is its essence, written by hand and confirmed (fails every time before the fix): C,
+/// stopped, chmods; B edits; C resumes (its pull of B's edit fails: changed locally, retried
+/// later) and B deletes meanwhile.
+#[test]
+fn regression_winner_replaced_by_a_losing_deletion() {
+    replay(
+        "peers=3 topo=mesh
+         round ABC
+         1 write B d/e/z 1000
+         2 sleep 1000
+         3 stop C
+         4 chmod C d/e/z 755
+         5 write B d/e/z 2000
+         6 sleep 300
+         7 cont C
+         8 sleep 1000
+         9 delete B d/e/z",
+    );
+}
