@@ -26,13 +26,27 @@ pub enum Decision {
 }
 
 /// Whether the remote entry `r` wins over the concurrent local entry `l`: an existing file or
-/// folder beats a deletion (an edit is never lost to a delete), then the newer mtime, then the
-/// larger device id. Every device computes the same answer.
+/// folder beats a deletion (an edit is never lost to a delete) unless the deletion was made
+/// knowing that very file, then the newer mtime, then the larger device id. Every device
+/// computes the same answer.
 pub fn remote_wins(l: &Entry, r: &Entry) -> bool {
     if l.deleted != r.deleted {
-        return l.deleted;
+        let (edit, deletion) = if l.deleted { (r, l) } else { (l, r) };
+        return knew(deletion, edit) != l.deleted;
     }
     (r.mtime, r.mtime_ns, r.modified_by) > (l.mtime, l.mtime_ns, l.modified_by)
+}
+
+/// Whether `deletion`, concurrent with the file `edit`, was made by a device that had this
+/// file as it is: it knows the change that made it (the counter of the device that made it,
+/// `modified_by`, as high as in `edit`). The rest of `edit`'s version is then only what was
+/// merged into it since, not a change the deleting side missed: say another deletion that
+/// `edit` beat, taken in so that what that deletion replaced cannot come back. With no such
+/// check, that merged version would look concurrent with every later deletion by a peer that
+/// had the file before the merge reached it, and the deleted file would come back.
+fn knew(deletion: &Entry, edit: &Entry) -> bool {
+    let made = edit.version.get(edit.modified_by);
+    edit.kind == Kind::File && made > 0 && deletion.version.get(edit.modified_by) >= made
 }
 
 /// Decides what to do with the peer's entry `r` given ours.
@@ -51,7 +65,8 @@ pub fn decide(local: Option<&Entry>, r: &Entry) -> Decision {
             Decision::Merge(m)
         }
         Order::Concurrent if remote_wins(l, r) => Decision::Take {
-            conflict: l.is_file(),
+            // A deletion wins over a file only if it was made knowing it: no copy to keep.
+            conflict: l.is_file() && !r.deleted,
         },
         Order::Concurrent => Decision::Keep,
     }
@@ -496,6 +511,32 @@ mod tests {
         later.version = edit.version.bumped(2);
         assert_eq!(
             decide(Some(&edit), &later),
+            Decision::Take { conflict: false }
+        );
+    }
+
+    /// An edit that beat a concurrent deletion took in what the deletion knew; a later deletion
+    /// by a peer that had the edit as it was is concurrent with that, and wins on both sides.
+    #[test]
+    fn a_deletion_made_knowing_the_file_wins() {
+        let edit = file(1, 10, 3, &[(1, 1), (3, 5)]);
+        let mut merged = edit.clone();
+        merged.version = edit.version.merged(&Version::from_pairs(vec![(1, 2)]));
+        let mut del = file(0, 5, 2, &[]);
+        del.deleted = true;
+        del.version = edit.version.bumped(2);
+        assert_eq!(merged.version.compare(&del.version), Order::Concurrent);
+        assert_eq!(
+            decide(Some(&merged), &del),
+            Decision::Take { conflict: false }
+        );
+        assert_eq!(decide(Some(&del), &merged), Decision::Keep);
+        // A deletion that never had the edit (device 3's counter lower) loses to it.
+        let mut blind = del.clone();
+        blind.version = Version::from_pairs(vec![(1, 1), (2, 9), (3, 4)]);
+        assert_eq!(decide(Some(&merged), &blind), Decision::Keep);
+        assert_eq!(
+            decide(Some(&blind), &merged),
             Decision::Take { conflict: false }
         );
     }

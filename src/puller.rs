@@ -544,13 +544,15 @@ impl Apply<'_> {
     /// Records the peer's entry as ours, with the target's stat now (`None`: nothing there).
     /// A peer's edit that won over a concurrent deletion of ours takes in what the deletion
     /// knew: otherwise the version our deletion had removed could come back from a third peer
-    /// as concurrent with the edit, and win. (A losing edit of ours is kept as a conflict copy
-    /// and the winner taken as it is: merged, the winner would be concurrent with a later
-    /// deletion by a peer that had the winner as it was, and come back over it.)
+    /// as concurrent with the edit, and win. Likewise a peer's deletion that won over our file
+    /// (made knowing the file: [`crate::model::remote_wins`]) takes in what our version knew.
+    /// (A losing edit of ours is kept as a conflict copy and the winner taken as it is: merged,
+    /// the winner would be concurrent with a later deletion by a peer that had the winner as it
+    /// was, and come back over it.)
     fn record(mut self, e: &Entry, md: Option<&fs::Metadata>) {
         let mut ne = e.clone();
         if let Some(c) = &self.cur
-            && c.deleted
+            && (c.deleted || e.deleted)
             && e.version.compare(&c.version) == crate::version::Order::Concurrent
         {
             let merged = e.version.merged(&c.version);

@@ -2327,3 +2327,23 @@ fn regression_winner_replaced_by_a_losing_deletion() {
          9 delete B d/e/z",
     );
 }
+
+/// Seed 5002 (5 peers, mesh) ended with a file back that a peer had deleted knowing it; this is
+/// its essence, written by hand and confirmed (fails every time before the fix, 5 s). A deletes
+/// a, cut off from C's edit of it; B, which had C's edit, deletes it, cut off from the rest. A
+/// and C meet: the edit beats A's deletion and takes in what it knew. Healed, that merged
+/// version looked concurrent with B's deletion and won: C's edit was back, though B deleted it
+/// knowing it. A deletion made knowing the file (its maker's counter) wins now.
+#[test]
+fn regression_deleted_file_back_through_a_merged_version() {
+    replay(
+        "peers=3 topo=mesh
+         round ABC
+         1 write A a 100
+         round A|BC
+         2 write C a 200
+         3 delete A a
+         round AC|B
+         4 delete B a",
+    );
+}
