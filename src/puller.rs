@@ -640,11 +640,20 @@ pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
         None => {}
     }
     let dir = a.dir(e)?;
+    // The file as it is made (mode and mtime set), before it can be touched under its name.
+    let made = dir.stat(&tmp).at(&e.path)?;
     dir.rename(&tmp, dir, &a.name).at(&e.path)?;
     if durable {
         dir.sync().at(&e.path)?;
     }
     let md = dir.stat(&a.name).at(&e.path)?;
+    // Changed the moment it got its name (a chmod between the rename and this stat): the
+    // index keeps the stat it was made with, so that the next scan sees the change. Recorded
+    // as it is now, the change would match the index and never be seen.
+    let md = match (made, md) {
+        (Some(made), Some(md)) if Stat::of(&made).ino == Stat::of(&md).ino => Some(made),
+        (_, md) => md,
+    };
     a.record(e, md.as_ref());
     Ok(())
 }
