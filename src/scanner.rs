@@ -369,6 +369,7 @@ pub fn scan(
     for (c, old) in moves {
         if record(
             st,
+            root,
             &c,
             old.blocks.to_vec(),
             old.fast.to_vec(),
@@ -618,12 +619,13 @@ fn hash_one(model: &Model, c: &Candidate) -> Result<bool> {
     if prev.is_some() && b.hashed < b.md5.len() {
         debug!("{}: {} of {} blocks changed", c.path, b.hashed, b.md5.len());
     }
-    Ok(record(&mut model.lock(), c, b.md5, b.fast, bs))
+    Ok(record(&mut model.lock(), &model.root, c, b.md5, b.fast, bs))
 }
 
 /// Records what a candidate holds; true if that is a new version.
 fn record(
     st: &mut State,
+    root: &Path,
     c: &Candidate,
     blocks: Vec<crate::hash::Hash>,
     mut fast: Vec<u64>,
@@ -657,6 +659,11 @@ fn record(
             "{}: received before the last stop; its version is the sender's",
             c.path
         );
+        // A pull of that version whose install had not happened (the name was taken by a
+        // copy of ours with the same content, say) left its temp file: nothing will finish it.
+        if !st.busy.contains(&c.path) {
+            crate::puller::remove_temp(root, &c.path);
+        }
         let mut e = rec;
         e.fast = fast.into();
         e.stat = before;
