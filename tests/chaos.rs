@@ -2347,3 +2347,20 @@ fn regression_deleted_file_back_through_a_merged_version() {
          4 delete B a",
     );
 }
+
+/// Seed 5016 (5 peers, mesh): C renamed folder f while a pull of f/g/v was writing its temp file
+/// there; the temp file went along (d/y.txt/g/.v.left-tmp) and stayed for good, nothing to
+/// finish or remove it (the pull failed and was done again under f). Written by hand and
+/// confirmed (fails before the fix): a 60 MB file is pulled while B renames its folder.
+#[test]
+fn regression_temp_file_taken_along_by_a_folder_rename() {
+    replay(
+        "peers=3 topo=mesh
+         round ABC
+         1 write A f/w 100
+         2 sleep 1000
+         3 write A f/g/v 60000000
+         4 sleep 150
+         5 rename B f d",
+    );
+}
