@@ -156,6 +156,10 @@ pub struct State {
     pub peers: BTreeMap<u64, Peer>,
     /// Paths being pulled right now, by any connection.
     pub busy: HashSet<String>,
+    /// Paths whose last pull failed or was cut, its temp file kept to resume, with the version
+    /// it was for. The pull's need may be gone with its connection: once a peer's word finds
+    /// ours the same as that version or newer, the pull is moot and its temp file is removed.
+    pub kept_temps: std::collections::HashMap<String, crate::version::Version>,
     /// The first scan of the share has finished.
     pub scanned: bool,
     /// Changes were seen that no scan has recorded yet (a scan is due or running).
@@ -230,6 +234,7 @@ impl Model {
             ignore: Ignore::default(),
             ignore_text: String::new(),
             received: Default::default(),
+            kept_temps: Default::default(),
         };
         Model {
             root,
@@ -436,9 +441,17 @@ impl Model {
             }
         } else if !back {
             // An earlier announcement of the path may be pending in memory (one back from disk
-            // never is); a pull of it left a temp file only if it began.
-            if p.needs.remove(&r.path).is_some() && !st.busy.contains(&r.path) {
+            // never is), or a pull of it failed before, perhaps on a connection gone since; a
+            // pull of it left a temp file only if it began.
+            let pending = p.needs.remove(&r.path).is_some();
+            let moot = st.kept_temps.get(&r.path).is_some_and(|v| {
+                st.index
+                    .get(&r.path)
+                    .is_some_and(|l| matches!(l.version.compare(v), Order::Equal | Order::Newer))
+            });
+            if (pending || moot) && !st.busy.contains(&r.path) {
                 crate::puller::remove_temp(&self.root, &r.path);
+                st.kept_temps.remove(&r.path);
             }
         }
         Ok(())

@@ -76,6 +76,10 @@ fn pull_loop(link: &Link<'_>, install: &transfer::Installs) -> Result<()> {
         let mut g = link.model.lock();
         for e in batch.iter().filter(|e| !handed.contains(&e.path)) {
             g.busy.remove(&e.path);
+            // Cut short (the connection failed): what the batch had begun keeps its temp file.
+            if result.is_err() && e.is_file() {
+                g.kept_temps.insert(e.path.clone(), e.version.clone());
+            }
         }
         if let Some(p) = g.peers.get_mut(&link.conn) {
             p.pulling = false;
@@ -175,6 +179,7 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
             p.needs.remove(&m);
             p.retry.remove(&m);
             remove_temp(&link.model.root, &m);
+            st.kept_temps.remove(&m);
         }
         // A file that replaces a folder of ours waits while needs under the folder stay out of
         // this batch: their deletions (deepest first, in the batch) empty the folder.
@@ -328,6 +333,9 @@ pub fn finish_need(link: &Link<'_>, e: &Entry, r: Result<()>) {
 /// [`finish_need`] for connection `conn`.
 pub fn need_done(model: &Model, conn: u64, e: &Entry, r: Result<()>) {
     let mut g = model.lock();
+    if r.is_err() && e.is_file() {
+        g.kept_temps.insert(e.path.clone(), e.version.clone());
+    }
     let Some(p) = g.peers.get_mut(&conn) else {
         return;
     };
@@ -561,6 +569,7 @@ impl Apply<'_> {
             }
         }
         ne.stat = md.map(Stat::of).unwrap_or_default();
+        self.g.kept_temps.remove(&e.path);
         self.g.put(ne);
     }
 }
