@@ -27,26 +27,32 @@ pub enum Decision {
 
 /// Whether the remote entry `r` wins over the concurrent local entry `l`: an existing file or
 /// folder beats a deletion (an edit is never lost to a delete) unless the deletion was made
-/// knowing that very file, then the newer mtime, then the larger device id. Every device
-/// computes the same answer.
+/// knowing that very file; otherwise one made knowing the other's change wins, then the newer
+/// mtime, then the larger device id. Every device computes the same answer.
 pub fn remote_wins(l: &Entry, r: &Entry) -> bool {
     if l.deleted != r.deleted {
         let (edit, deletion) = if l.deleted { (r, l) } else { (l, r) };
-        return knew(deletion, edit) != l.deleted;
+        return (edit.kind == Kind::File && knew(deletion, edit)) != l.deleted;
+    }
+    match (knew(r, l), knew(l, r)) {
+        (true, false) => return true,
+        (false, true) => return false,
+        _ => {}
     }
     (r.mtime, r.mtime_ns, r.modified_by) > (l.mtime, l.mtime_ns, l.modified_by)
 }
 
-/// Whether `deletion`, concurrent with the file `edit`, was made by a device that had this
-/// file as it is: it knows the change that made it (the counter of the device that made it,
-/// `modified_by`, as high as in `edit`). The rest of `edit`'s version is then only what was
-/// merged into it since, not a change the deleting side missed: say another deletion that
-/// `edit` beat, taken in so that what that deletion replaced cannot come back. With no such
-/// check, that merged version would look concurrent with every later deletion by a peer that
-/// had the file before the merge reached it, and the deleted file would come back.
-fn knew(deletion: &Entry, edit: &Entry) -> bool {
-    let made = edit.version.get(edit.modified_by);
-    edit.kind == Kind::File && made > 0 && deletion.version.get(edit.modified_by) >= made
+/// Whether `x`, concurrent with `y`, was made by a device that had `y`'s change: `x` knows the
+/// counter of the device that made it (`y.modified_by`) as high as `y` has it. The rest of
+/// `y`'s version is then only what was merged into it since, not a change `x`'s side missed:
+/// say a deletion that `y` beat, taken in so that what that deletion replaced cannot come
+/// back. With no such check, that merged version would look concurrent with every later
+/// change by a peer that had `y` before the merge reached it: a later deletion of the file
+/// lost to it (the file came back), a later folder chmod tied with it (same mtime, same
+/// device: each side kept its own mode).
+fn knew(x: &Entry, y: &Entry) -> bool {
+    let made = y.version.get(y.modified_by);
+    made > 0 && x.version.get(y.modified_by) >= made
 }
 
 /// Decides what to do with the peer's entry `r` given ours.
@@ -552,6 +558,34 @@ mod tests {
             decide(Some(&blind), &merged),
             Decision::Take { conflict: false }
         );
+    }
+
+    /// B made folder a, A took it over a deletion of its own (taking in what the deletion
+    /// knew); B, cut off, chmods it. Same mtime, same device: B's mode, made knowing the
+    /// folder as A has it, wins on both sides.
+    #[test]
+    fn a_change_made_knowing_the_other_wins() {
+        let made = Entry {
+            kind: Kind::Dir,
+            mode: 0o755,
+            mtime: 7,
+            modified_by: 2,
+            version: Version::from_pairs(vec![(2, 1)]),
+            ..Entry::default()
+        };
+        let mut taken = made.clone();
+        taken.version = made.version.merged(&Version::from_pairs(vec![(1, 3)]));
+        let mut chmod = made.clone();
+        chmod.mode = 0o744;
+        chmod.version = made.version.bumped(2);
+        let Decision::Merge(on_a) = decide(Some(&taken), &chmod) else {
+            panic!()
+        };
+        let Decision::Merge(on_b) = decide(Some(&chmod), &taken) else {
+            panic!()
+        };
+        assert_eq!((on_a.mode, on_b.mode), (0o744, 0o744));
+        assert_eq!(on_a.version, on_b.version);
     }
 
     #[test]

@@ -2364,3 +2364,23 @@ fn regression_temp_file_taken_along_by_a_folder_rename() {
          5 rename B f d",
     );
 }
+
+/// Seed 6 (3 peers, mesh) never converged on a folder's mode; this is its essence, written by
+/// hand and confirmed (fails every time before the fix, 65 s). B makes folder a; A, cut off,
+/// makes and deletes a file a; A takes B's folder over its deletion and takes in what that
+/// knew; B, cut off again, chmods the folder. B's version and A's were concurrent with the same
+/// mtime and device, so each side kept its own mode. B's was made knowing A's folder: it wins.
+#[test]
+fn regression_folder_chmod_ties_with_a_merged_version() {
+    replay(
+        "peers=3 topo=mesh
+         round ABC
+         round A|BC
+         1 mkdir B a
+         2 write A a 100
+         3 sleep 1000
+         4 delete A a
+         round AC|B
+         5 chmod B a 744",
+    );
+}
