@@ -162,10 +162,11 @@ pub struct State {
     pub peers: BTreeMap<u64, Peer>,
     /// Paths being pulled right now, by any connection.
     pub busy: HashSet<String>,
-    /// Paths whose last pull failed or was cut, its temp file kept to resume, with the version
-    /// it was for. The pull's need may be gone with its connection: once a peer's word finds
-    /// ours the same as that version or newer, the pull is moot and its temp file is removed.
-    pub kept_temps: std::collections::HashMap<String, crate::version::Version>,
+    /// Paths whose last pull failed or was cut, its temp file kept to resume, with the entry it
+    /// was for (without its block list). The pull's need may be gone with its connection: once
+    /// a peer's word comes for the path and we would not take that entry any more (ours is the
+    /// same, newer, or won over it), the pull is moot and its temp file is removed.
+    pub kept_temps: std::collections::HashMap<String, Entry>,
     /// The first scan of the share has finished.
     pub scanned: bool,
     /// Changes were seen that no scan has recorded yet (a scan is due or running).
@@ -190,6 +191,16 @@ pub struct State {
 }
 
 impl State {
+    /// Notes that a pull of `e` failed or was cut: its temp file stays to resume it.
+    pub fn keep_temp(&mut self, e: &Entry) {
+        if e.is_file() {
+            let mut k = e.clone();
+            k.blocks = Box::default();
+            k.fast = Box::default();
+            self.kept_temps.insert(e.path.clone(), k);
+        }
+    }
+
     /// Stores a changed entry and tells every connection to announce it.
     pub fn put(&mut self, e: Entry) {
         self.index.put(e);
@@ -450,10 +461,11 @@ impl Model {
             // never is), or a pull of it failed before, perhaps on a connection gone since; a
             // pull of it left a temp file only if it began.
             let pending = p.needs.remove(&r.path).is_some();
-            let moot = st.kept_temps.get(&r.path).is_some_and(|v| {
-                st.index
-                    .get(&r.path)
-                    .is_some_and(|l| matches!(l.version.compare(v), Order::Equal | Order::Newer))
+            let moot = st.kept_temps.get(&r.path).is_some_and(|k| {
+                !matches!(
+                    decide(st.index.get(&r.path).as_deref(), k),
+                    Decision::Take { .. }
+                )
             });
             if (pending || moot) && !st.busy.contains(&r.path) {
                 crate::puller::remove_temp(&self.root, &r.path);

@@ -77,8 +77,8 @@ fn pull_loop(link: &Link<'_>, install: &transfer::Installs) -> Result<()> {
         for e in batch.iter().filter(|e| !handed.contains(&e.path)) {
             g.busy.remove(&e.path);
             // Cut short (the connection failed): what the batch had begun keeps its temp file.
-            if result.is_err() && e.is_file() {
-                g.kept_temps.insert(e.path.clone(), e.version.clone());
+            if result.is_err() {
+                g.keep_temp(e);
             }
         }
         if let Some(p) = g.peers.get_mut(&link.conn) {
@@ -333,8 +333,8 @@ pub fn finish_need(link: &Link<'_>, e: &Entry, r: Result<()>) {
 /// [`finish_need`] for connection `conn`.
 pub fn need_done(model: &Model, conn: u64, e: &Entry, r: Result<()>) {
     let mut g = model.lock();
-    if r.is_err() && e.is_file() {
-        g.kept_temps.insert(e.path.clone(), e.version.clone());
+    if r.is_err() {
+        g.keep_temp(e);
     }
     let Some(p) = g.peers.get_mut(&conn) else {
         return;
