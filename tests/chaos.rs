@@ -1018,7 +1018,22 @@ impl World {
                 self.stopped[p] = false;
                 Ok(())
             }
-            Err(_) => Err(fail("start", format!("{name} did not start (see above)"))),
+            Err(e) => {
+                // A port found free by `free_port` can be taken before the daemon binds it
+                // (an outgoing connection of any process on the machine gets one of those
+                // ports): not `left`'s doing, and World::new tries other ports.
+                let why = e
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| e.downcast_ref::<&str>().copied())
+                    .unwrap_or("");
+                let kind = if why.contains("Address already in use") {
+                    "start-port-taken"
+                } else {
+                    "start"
+                };
+                Err(fail(kind, format!("{name} did not start (see above)")))
+            }
         }
     }
 
@@ -1839,7 +1854,14 @@ struct Outcome {
 /// Runs one schedule on fresh peers. `report`: the log tails and trace on failure.
 fn run_schedule(s: &Schedule, nonce: u64) -> Outcome {
     let start = Instant::now();
-    let mut w = match World::new(s, nonce) {
+    let mut made = World::new(s, nonce);
+    for _ in 0..3 {
+        match &made {
+            Err(f) if f.kind == "start-port-taken" => made = World::new(s, nonce),
+            _ => break,
+        }
+    }
+    let mut w = match made {
         Ok(w) => w,
         Err(f) => {
             return Outcome {
