@@ -646,6 +646,14 @@ pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
             }
         }
         Some(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
+        // Our file is gone since the last scan: deleted here. Installed now, the peer's version
+        // would take its place unseen, even one that the deletion, once scanned, wins over
+        // (our own edit back with more merged in).
+        None if a.cur.as_ref().is_some_and(Entry::is_file) => {
+            return Err(
+                Error::msg("deleted locally; will look again after the next scan").at(&e.path),
+            );
+        }
         None => {}
     }
     let dir = a.dir(e)?;

@@ -2406,3 +2406,18 @@ fn regression_folder_chmod_ties_with_a_merged_version() {
          5 chmod B a 744",
     );
 }
+
+/// Seed 5098 (5 peers, mesh; failed twice in two runs before the fix): A writes d/e/z and
+/// deletes it at once; E, which had deleted it meanwhile (a folder rename), takes A's edit and
+/// takes in its deletion; that merged version of A's own edit comes back to A before A's scan
+/// has seen the deletion, finds no file in the way and is installed: the deletion is lost, the
+/// file back for good. A missing file the index has is a local deletion: the install waits for
+/// the scan. The whole schedule is run (a race between A's scan and the pull).
+#[test]
+fn regression_seed_5098_install_over_an_unscanned_deletion() {
+    let s = generate(5098, 5, Topo::Mesh);
+    let o = run_schedule(&s, 5098);
+    if let Some(f) = &o.failure {
+        panic!("seed 5098: {}: {}\n{}", f.kind, f.detail, o.report);
+    }
+}
