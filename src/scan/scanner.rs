@@ -145,6 +145,10 @@ pub fn scan(
     // Files where the index has a folder: hashed and recorded after the deletions of what the
     // folder held, so peers learn of those first and can remove the folder for the file.
     let mut retyped = Vec::new();
+    // Folders this scan found new: a temp file in one is not a pull's to resume unless its
+    // target is being pulled or wanted (a pull's temp file taken along by a folder renamed
+    // here would stay for good).
+    let mut fresh: HashSet<String> = HashSet::new();
     loop {
         // Files to hash are taken a bounded number at a time, so a large new tree is never
         // all in memory; the rest once the walk is done.
@@ -196,6 +200,7 @@ pub fn scan(
         let mut unlisted = Vec::new();
         // A listing cut short by an error says nothing of what is missing.
         let mut complete = true;
+        let mut temps: Vec<String> = Vec::new();
         for ent in rd {
             let Ok(ent) = ent else {
                 complete = false;
@@ -208,7 +213,13 @@ pub fn scan(
                 }
                 continue;
             };
-            if (dir.is_empty() && name == names::STATE_DIR) || names::is_temp(name) {
+            if dir.is_empty() && name == names::STATE_DIR {
+                continue;
+            }
+            if names::is_temp(name) {
+                if fresh.contains(&dir) {
+                    temps.push(name.to_string());
+                }
                 continue;
             }
             let path = if dir.is_empty() {
@@ -223,6 +234,9 @@ pub fn scan(
         }
         let mut g = model.lock();
         let st = &mut *g;
+        if let (false, Ok(d)) = (temps.is_empty(), &opened) {
+            remove_orphan_temps(st, d, &dir, &temps);
+        }
         let device = st.index.device;
         // What the index holds directly in this folder, by path.
         let known = known_children(&st.index, &dir);
@@ -302,6 +316,7 @@ pub fn scan(
                         info!("new folder {path}/");
                         st.put(e);
                         out.changed += 1;
+                        fresh.insert(path.clone());
                     }
                 }
                 stack.push(path.clone());
@@ -369,6 +384,7 @@ pub fn scan(
     for (c, old) in moves {
         if record(
             st,
+            root,
             &c,
             old.blocks.to_vec(),
             old.fast.to_vec(),
@@ -438,6 +454,34 @@ pub fn scan(
         }
     }
     Ok(out)
+}
+
+/// Removes the temp files `temps` of folder `dir` whose target no pull is busy with or wants
+/// (under the lock, which pulls take before they make a temp file).
+fn remove_orphan_temps(st: &State, d: &crate::sys::dirfd::Dir, dir: &str, temps: &[String]) {
+    let ours = |t: &str, p: &str| {
+        let (pd, name) = names::split(p);
+        pd == dir && names::temp_for(name) == t
+    };
+    let prefix = if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
+    for t in temps {
+        let wanted = st.busy.iter().any(|p| ours(t, p))
+            || st.peers.values().any(|peer| {
+                peer.needs
+                    .mem()
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .any(|(k, _)| ours(t, k))
+            });
+        if !wanted {
+            debug!("{dir}/{t}: a temp file no pull wants, in a folder new here: removed");
+            d.unlink_file(t);
+        }
+    }
 }
 
 /// An I/O error again, for a second use.
@@ -619,12 +663,13 @@ fn hash_one(model: &Model, c: &Candidate) -> Result<bool> {
     if prev.is_some() && b.hashed < b.md5.len() {
         debug!("{}: {} of {} blocks changed", c.path, b.hashed, b.md5.len());
     }
-    Ok(record(&mut model.lock(), c, b.md5, b.fast, bs))
+    Ok(record(&mut model.lock(), &model.root, c, b.md5, b.fast, bs))
 }
 
 /// Records what a candidate holds; true if that is a new version.
 fn record(
     st: &mut State,
+    root: &Path,
     c: &Candidate,
     blocks: Vec<crate::hash::Hash>,
     mut fast: Vec<u64>,
@@ -662,6 +707,11 @@ fn record(
             "{}: received before the last stop; its version is the sender's",
             c.path
         );
+        // A pull of that version whose install had not happened (the name was taken by a
+        // copy of ours with the same content, say) left its temp file: nothing will finish it.
+        if !st.busy.contains(&c.path) {
+            crate::sync::disk::remove_temp(root, &c.path);
+        }
         let mut e = rec;
         e.fast = fast.into();
         e.stat = before;

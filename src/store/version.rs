@@ -51,7 +51,7 @@ impl Version {
         self.0.len() + usize::from(add) <= MAX_DEVICES
     }
 
-    #[cfg(test)]
+    /// `device`'s counter (0 if it is not named).
     pub fn get(&self, device: u64) -> u64 {
         self.0.iter().find(|p| p.0 == device).map_or(0, |p| p.1)
     }

@@ -24,6 +24,9 @@ pub fn finish_need(link: &Link<'_>, e: &Entry, r: Result<()>) {
 /// [`finish_need`] for connection `conn`.
 pub fn need_done(model: &Model, conn: u64, e: &Entry, r: Result<()>) {
     let mut g = model.lock();
+    if r.is_err() {
+        g.keep_temp(e);
+    }
     let Some(p) = g.peers.get_mut(&conn) else {
         return;
     };
@@ -159,13 +162,15 @@ impl Apply<'_> {
     /// Records the peer's entry as ours, with the target's stat now (`None`: nothing there).
     /// A peer's edit that won over a concurrent deletion of ours takes in what the deletion
     /// knew: otherwise the version our deletion had removed could come back from a third peer
-    /// as concurrent with the edit, and win. (A losing edit of ours is kept as a conflict copy
-    /// and the winner taken as it is: merged, the winner would be concurrent with a later
-    /// deletion by a peer that had the winner as it was, and come back over it.)
+    /// as concurrent with the edit, and win. Likewise a peer's deletion that won over our file
+    /// (made knowing the file: [`crate::sync::model::remote_wins`]) takes in what our version
+    /// knew. (A losing edit of ours is kept as a conflict copy and the winner taken as it is:
+    /// merged, the winner would be concurrent with a later deletion by a peer that had the
+    /// winner as it was, and come back over it.)
     fn record(mut self, e: &Entry, md: Option<&fs::Metadata>) {
         let mut ne = e.clone();
         if let Some(c) = &self.cur
-            && c.deleted
+            && (c.deleted || e.deleted)
             && e.version.compare(&c.version) == crate::store::version::Order::Concurrent
         {
             let merged = e.version.merged(&c.version);
@@ -174,6 +179,7 @@ impl Apply<'_> {
             }
         }
         ne.stat = md.map(Stat::of).unwrap_or_default();
+        self.g.kept_temps.remove(&e.path);
         self.g.put(ne);
     }
 }
@@ -250,14 +256,31 @@ pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
             }
         }
         Some(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
+        // Our file is gone since the last scan: deleted here. Installed now, the peer's version
+        // would take its place unseen, even one that the deletion, once scanned, wins over
+        // (our own edit back with more merged in).
+        None if a.cur.as_ref().is_some_and(Entry::is_file) => {
+            return Err(
+                Error::msg("deleted locally; will look again after the next scan").at(&e.path),
+            );
+        }
         None => {}
     }
     let dir = a.dir(e)?;
+    // The file as it is made (mode and mtime set), before it can be touched under its name.
+    let made = dir.stat(&tmp).at(&e.path)?;
     dir.rename(&tmp, dir, &a.name).at(&e.path)?;
     if durable {
         dir.sync().at(&e.path)?;
     }
     let md = dir.stat(&a.name).at(&e.path)?;
+    // Changed the moment it got its name (a chmod between the rename and this stat): the
+    // index keeps the stat it was made with, so that the next scan sees the change. Recorded
+    // as it is now, the change would match the index and never be seen.
+    let md = match (made, md) {
+        (Some(made), Some(md)) if Stat::of(&made).ino == Stat::of(&md).ino => Some(made),
+        (_, md) => md,
+    };
     a.record(e, md.as_ref());
     Ok(())
 }

@@ -27,13 +27,33 @@ pub enum Decision {
 }
 
 /// Whether the remote entry `r` wins over the concurrent local entry `l`: an existing file or
-/// folder beats a deletion (an edit is never lost to a delete), then the newer mtime, then the
-/// larger device id. Every device computes the same answer.
+/// folder beats a deletion (an edit is never lost to a delete) unless the deletion was made
+/// knowing that very file; otherwise one made knowing the other's change wins, then the newer
+/// mtime, then the larger device id. Every device computes the same answer.
 pub fn remote_wins(l: &Entry, r: &Entry) -> bool {
     if l.deleted != r.deleted {
-        return l.deleted;
+        let (edit, deletion) = if l.deleted { (r, l) } else { (l, r) };
+        return (edit.kind == Kind::File && knew(deletion, edit)) != l.deleted;
+    }
+    match (knew(r, l), knew(l, r)) {
+        (true, false) => return true,
+        (false, true) => return false,
+        _ => {}
     }
     (r.mtime, r.mtime_ns, r.modified_by) > (l.mtime, l.mtime_ns, l.modified_by)
+}
+
+/// Whether `x`, concurrent with `y`, was made by a device that had `y`'s change: `x` knows the
+/// counter of the device that made it (`y.modified_by`) as high as `y` has it. The rest of
+/// `y`'s version is then only what was merged into it since, not a change `x`'s side missed:
+/// say a deletion that `y` beat, taken in so that what that deletion replaced cannot come
+/// back. With no such check, that merged version would look concurrent with every later
+/// change by a peer that had `y` before the merge reached it: a later deletion of the file
+/// lost to it (the file came back), a later folder chmod tied with it (same mtime, same
+/// device: each side kept its own mode).
+fn knew(x: &Entry, y: &Entry) -> bool {
+    let made = y.version.get(y.modified_by);
+    made > 0 && x.version.get(y.modified_by) >= made
 }
 
 /// Decides what to do with the peer's entry `r` given ours.
@@ -52,7 +72,8 @@ pub fn decide(local: Option<&Entry>, r: &Entry) -> Decision {
             Decision::Merge(m)
         }
         Order::Concurrent if remote_wins(l, r) => Decision::Take {
-            conflict: l.is_file(),
+            // A deletion wins over a file only if it was made knowing it: no copy to keep.
+            conflict: l.is_file() && !r.deleted,
         },
         Order::Concurrent => Decision::Keep,
     }
@@ -144,6 +165,11 @@ pub struct State {
     pub peers: BTreeMap<u64, Peer>,
     /// Paths being pulled right now, by any connection.
     pub busy: HashSet<String>,
+    /// Paths whose last pull failed or was cut, its temp file kept to resume, with the entry it
+    /// was for (without its block list). The pull's need may be gone with its connection: once
+    /// a peer's word comes for the path and we would not take that entry any more (ours is the
+    /// same, newer, or won over it), the pull is moot and its temp file is removed.
+    pub kept_temps: std::collections::HashMap<String, Entry>,
     /// The first scan of the share has finished.
     pub scanned: bool,
     /// Changes were seen that no scan has recorded yet (a scan is due or running).
@@ -168,6 +194,16 @@ pub struct State {
 }
 
 impl State {
+    /// Notes that a pull of `e` failed or was cut: its temp file stays to resume it.
+    pub fn keep_temp(&mut self, e: &Entry) {
+        if e.is_file() {
+            let mut k = e.clone();
+            k.blocks = Box::default();
+            k.fast = Box::default();
+            self.kept_temps.insert(e.path.clone(), k);
+        }
+    }
+
     /// Stores a changed entry and tells every connection to announce it.
     pub fn put(&mut self, e: Entry) {
         self.index.put(e);
@@ -229,6 +265,7 @@ impl Model {
             ignore: Ignore::default(),
             ignore_text: String::new(),
             received: Default::default(),
+            kept_temps: Default::default(),
         };
         Model {
             root,
@@ -439,7 +476,23 @@ impl Model {
             }
         };
         let take = match decide(local.as_deref(), &r) {
-            Decision::Keep => false,
+            Decision::Keep => {
+                // Ours is concurrent with the peer's and wins: the peer is to take ours. It may
+                // have weighed ours already, against a version of its own that won then and is
+                // replaced since by one that loses (its deletion, or an edit with an older
+                // mtime): it kept its own and will not look at ours again. So ours is
+                // announced once more. Only where the peer's side of the rule picks ours: with
+                // a tie neither side takes, and announcing would go back and forth for ever.
+                if let Some(l) = local
+                    && r.version.compare(&l.version) == Order::Concurrent
+                    && remote_wins(&r, &l)
+                {
+                    let again = l.into_owned();
+                    debug!("{}: ours wins a conflict: announced again", again.path);
+                    st.put(again);
+                }
+                false
+            }
             Decision::Take { .. } => fits(&r.version),
             Decision::Merge(m) if !fits(&m.version) => false,
             Decision::Merge(mut m) => {
@@ -473,9 +526,18 @@ impl Model {
             }
         } else if !back {
             // An earlier announcement of the path may be pending in memory (one back from disk
-            // never is); a pull of it left a temp file only if it began.
-            if p.needs.remove(&r.path).is_some() && !st.busy.contains(&r.path) {
+            // never is), or a pull of it failed before, perhaps on a connection gone since; a
+            // pull of it left a temp file only if it began.
+            let pending = p.needs.remove(&r.path).is_some();
+            let moot = st.kept_temps.get(&r.path).is_some_and(|k| {
+                !matches!(
+                    decide(st.index.get(&r.path).as_deref(), k),
+                    Decision::Take { .. }
+                )
+            });
+            if (pending || moot) && !st.busy.contains(&r.path) {
                 crate::sync::disk::remove_temp(&self.root, &r.path);
+                st.kept_temps.remove(&r.path);
             }
         }
         Ok(())
@@ -550,6 +612,60 @@ mod tests {
             decide(Some(&edit), &later),
             Decision::Take { conflict: false }
         );
+    }
+
+    /// An edit that beat a concurrent deletion took in what the deletion knew; a later deletion
+    /// by a peer that had the edit as it was is concurrent with that, and wins on both sides.
+    #[test]
+    fn a_deletion_made_knowing_the_file_wins() {
+        let edit = file(1, 10, 3, &[(1, 1), (3, 5)]);
+        let mut merged = edit.clone();
+        merged.version = edit.version.merged(&Version::from_pairs(vec![(1, 2)]));
+        let mut del = file(0, 5, 2, &[]);
+        del.deleted = true;
+        del.version = edit.version.bumped(2);
+        assert_eq!(merged.version.compare(&del.version), Order::Concurrent);
+        assert_eq!(
+            decide(Some(&merged), &del),
+            Decision::Take { conflict: false }
+        );
+        assert_eq!(decide(Some(&del), &merged), Decision::Keep);
+        // A deletion that never had the edit (device 3's counter lower) loses to it.
+        let mut blind = del.clone();
+        blind.version = Version::from_pairs(vec![(1, 1), (2, 9), (3, 4)]);
+        assert_eq!(decide(Some(&merged), &blind), Decision::Keep);
+        assert_eq!(
+            decide(Some(&blind), &merged),
+            Decision::Take { conflict: false }
+        );
+    }
+
+    /// B made folder a, A took it over a deletion of its own (taking in what the deletion
+    /// knew); B, cut off, chmods it. Same mtime, same device: B's mode, made knowing the
+    /// folder as A has it, wins on both sides.
+    #[test]
+    fn a_change_made_knowing_the_other_wins() {
+        let made = Entry {
+            kind: Kind::Dir,
+            mode: 0o755,
+            mtime: 7,
+            modified_by: 2,
+            version: Version::from_pairs(vec![(2, 1)]),
+            ..Entry::default()
+        };
+        let mut taken = made.clone();
+        taken.version = made.version.merged(&Version::from_pairs(vec![(1, 3)]));
+        let mut chmod = made.clone();
+        chmod.mode = 0o744;
+        chmod.version = made.version.bumped(2);
+        let Decision::Merge(on_a) = decide(Some(&taken), &chmod) else {
+            panic!()
+        };
+        let Decision::Merge(on_b) = decide(Some(&chmod), &taken) else {
+            panic!()
+        };
+        assert_eq!((on_a.mode, on_b.mode), (0o744, 0o744));
+        assert_eq!(on_a.version, on_b.version);
     }
 
     #[test]

@@ -51,6 +51,10 @@ fn pull_loop(link: &Link<'_>, install: &transfer::Installs) -> Result<()> {
         let mut g = link.model.lock();
         for e in batch.iter().filter(|e| !handed.contains(&e.path)) {
             g.busy.remove(&e.path);
+            // Cut short (the connection failed): what the batch had begun keeps its temp file.
+            if result.is_err() {
+                g.keep_temp(e);
+            }
         }
         if let Some(p) = g.peers.get_mut(&link.conn) {
             p.pulling = false;
@@ -152,6 +156,7 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
             p.needs.remove(&m);
             p.retry.remove(&m);
             remove_temp(&link.model.root, &m);
+            st.kept_temps.remove(&m);
         }
         // A file that replaces a folder of ours waits while needs under the folder stay out of
         // this batch: their deletions (deepest first, in the batch) empty the folder.
