@@ -262,6 +262,14 @@
 //! file made anew (`O_EXCL`). On a case-insensitive filesystem a name colliding with another file is
 //! refused (the file in the way is not in the index), never overwritten.
 //!
+//! The state folder `.left` is opened once at start (not through a symlink; it must belong to the
+//! daemon's user, else it exits 1 with one line), held open, and every state file is reached through
+//! that descriptor (`/proc/self/fd/N/...`): a symlink swapped in for `.left` while the daemon runs
+//! (by anyone who can write the share's top) is never written through. State files are read only
+//! if they are regular files, without waiting (a FIFO in their place does not hang the start), the
+//! device id within 64 bytes, the install log record by record within 16 MiB of entries. The walk
+//! that removes old temp files at start opens each folder from the top without following a symlink.
+//!
 //! ## Sizes and counts from peers
 //!
 //! Bounded before use: frames at 8 MiB + 64 KiB (256 bytes before authentication), counts against
@@ -270,11 +278,13 @@
 //! connections together, counting everything an entry holds (name, block hashes, version): N x 2 KiB
 //! of entries in memory (`--max-pending`), 4 GiB waiting on disk, each connection always allowed 32
 //! KiB and 16 MiB of them so a peer that never serves blocks cannot starve another; frames over 16
-//! KiB being read and decoded share 2 MiB (an index frame holds at most 1,024 entries, so what it
-//! decodes into stays within a few times its size), and while one waits for its share, a frame
-//! holding one must arrive at 128 KiB/s or more after 2 s, or its connection ends: a peer that starts
-//! a large frame and trickles the rest cannot hold the budget (the pace is looked at after every
-//! read). A large answer is weighed against its request from its header, before it is read.
+//! KiB being read and decoded share 2 MiB, and answers to our own requests another 2 MiB of their
+//! own (an index frame holds at most 1,024 entries, so what it decodes into stays within a few
+//! times its size); frames wait for their share in turn, first come first served, and while one
+//! waits, a frame holding a share of the same budget must arrive at 64 KiB/s or more after 5 s, or
+//! its connection ends: a peer that starts a large frame and trickles the rest cannot hold the
+//! budget, nor ever hold up the blocks another peer sends (the pace is looked at after every read),
+//! and an honest peer on a link of 0.5 Mbit/s or more is not cut. A large answer is weighed against its request from its header, before it is read.
 //! Entries land in memory's part of the index a bounded batch at a time (1 MiB of entries in a
 //! puller's batch); the reader or puller whose step added 256 KiB or more to it waits for the
 //! index to be written out before it takes more, and a whole rewrite of the index (under the
