@@ -393,8 +393,39 @@ pub fn scan(
             out.changed += 1;
         }
     }
+    record_gone(st, root, &ignore, &emptied, gone, &mut out);
+    if !retyped.is_empty() {
+        drop(g);
+        hash_candidates(model, &mut retyped, (&[], &[]), &mut Vec::new(), &mut out);
+        g = model.lock();
+    }
+    let st = &mut *g;
+    if !st.scanned {
+        st.scanned = true;
+        // What the install log held is settled: its files were found, or are gone.
+        st.received = Default::default();
+        // Connections hold back IndexDone until now.
+        for p in st.peers.values() {
+            let _ = p.out.send(crate::sync::model::Out::Announce);
+        }
+    }
+    Ok(out)
+}
+
+/// Records the deletions of what the index has and the walk did not find: `gone`, and all that
+/// was inside the folders `emptied`, unless ignored, or there again (made since the folder was
+/// read, by a pull), or deleted meanwhile. What a folder held is deleted before the folder (a
+/// name sorts after its folder's): a peer takes deletions in this order.
+fn record_gone(
+    st: &mut State,
+    root: &Path,
+    ignore: &crate::store::ignore::Ignore,
+    emptied: &[String],
+    mut gone: Vec<String>,
+    out: &mut Scan,
+) {
     let device = st.index.device;
-    for d in &emptied {
+    for d in emptied {
         let prefix = format!("{d}/");
         gone.extend(
             st.index
@@ -414,8 +445,6 @@ pub fn scan(
                     .is_some_and(|e| ignore.is_ignored(&e.path, e.kind == Kind::Dir))
         })
         .collect();
-    // What a folder held is deleted before the folder (a name sorts after its folder's): a
-    // peer takes deletions in this order.
     gone.sort_unstable_by(|a, b| b.cmp(a));
     gone.dedup();
     for path in gone {
@@ -438,22 +467,6 @@ pub fn scan(
         st.put(e);
         out.deleted += 1;
     }
-    if !retyped.is_empty() {
-        drop(g);
-        hash_candidates(model, &mut retyped, (&[], &[]), &mut Vec::new(), &mut out);
-        g = model.lock();
-    }
-    let st = &mut *g;
-    if !st.scanned {
-        st.scanned = true;
-        // What the install log held is settled: its files were found, or are gone.
-        st.received = Default::default();
-        // Connections hold back IndexDone until now.
-        for p in st.peers.values() {
-            let _ = p.out.send(crate::sync::model::Out::Announce);
-        }
-    }
-    Ok(out)
 }
 
 /// Removes the temp files `temps` of folder `dir` whose target no pull is busy with or wants
