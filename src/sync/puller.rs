@@ -97,7 +97,7 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
         }
         let p = st.peers.get_mut(&link.conn)?;
         let mut batch = Vec::new();
-        let (mut bytes, mut files, mut mem) = (0u64, 0usize, 0usize);
+        let mut fill = Fill::default();
         let mut moot = Vec::new();
         for (path, r) in p.needs.mem() {
             if st.busy.contains(path) || p.retry.get(path).is_some_and(|t| *t > now) {
@@ -133,18 +133,10 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
             }
             match decide(local.as_deref(), r) {
                 Decision::Take { .. } => {
-                    // Deletions and folders always fit: a renamed big file and the deletion of
-                    // its old name stay in one batch, so the file is moved, not copied.
-                    let full = batch.len() >= BATCH_ENTRIES
-                        || (mem > 0 && mem + r.mem_cost() > BATCH_MEM)
-                        || (r.is_file() && files >= max_files)
-                        || (r.size > 0 && bytes > 0 && bytes + r.size > BATCH_BYTES);
-                    if full {
+                    if !fill.fits(r, max_files) {
                         break;
                     }
-                    bytes += r.size;
-                    mem += r.mem_cost();
-                    files += usize::from(r.is_file());
+                    fill.add(r);
                     batch.push(r.clone());
                 }
                 _ => moot.push(path.clone()),
@@ -158,27 +150,7 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
             remove_temp(&link.model.root, &m);
             st.kept_temps.remove(&m);
         }
-        // A file that replaces a folder of ours waits while needs under the folder stay out of
-        // this batch: their deletions (deepest first, in the batch) empty the folder.
-        let waits: Vec<String> = batch
-            .iter()
-            .filter(|r| {
-                r.is_file()
-                    && st
-                        .index
-                        .get(&r.path)
-                        .is_some_and(|l| l.kind == Kind::Dir && !l.deleted)
-            })
-            .filter(|r| {
-                let inside = format!("{}/", r.path);
-                p.needs
-                    .mem()
-                    .range(inside.clone()..)
-                    .take_while(|(k, _)| k.starts_with(&inside))
-                    .any(|(k, _)| !batch.iter().any(|b| b.path == *k))
-            })
-            .map(|r| r.path.clone())
-            .collect();
+        let waits = files_over_full_folders(&batch, &st.index, p.needs.mem());
         batch.retain(|r| !waits.contains(&r.path));
         if !batch.is_empty() {
             p.pulling = true;
@@ -202,6 +174,62 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
         }
         g = link.model.wait(g, Duration::from_millis(500));
     }
+}
+
+/// What a batch holds so far: it is full at [`BATCH_ENTRIES`] entries, [`BATCH_MEM`] of them in
+/// memory, its connection's share of open files, or [`BATCH_BYTES`] of file data.
+#[derive(Default)]
+struct Fill {
+    entries: usize,
+    bytes: u64,
+    files: usize,
+    mem: usize,
+}
+
+impl Fill {
+    /// Whether `r` goes in too. Deletions and folders always fit the data and file counts: a
+    /// renamed big file and the deletion of its old name stay in one batch, so the file is
+    /// moved, not copied. The first entry always fits.
+    fn fits(&self, r: &Entry, max_files: usize) -> bool {
+        !(self.entries >= BATCH_ENTRIES
+            || (self.mem > 0 && self.mem + r.mem_cost() > BATCH_MEM)
+            || (r.is_file() && self.files >= max_files)
+            || (r.size > 0 && self.bytes > 0 && self.bytes + r.size > BATCH_BYTES))
+    }
+
+    fn add(&mut self, r: &Entry) {
+        self.entries += 1;
+        self.bytes += r.size;
+        self.mem += r.mem_cost();
+        self.files += usize::from(r.is_file());
+    }
+}
+
+/// Files of `batch` that replace a folder of ours (in `index`) while needs under the folder stay
+/// out of the batch: they wait, so that the deletions of what the folder held (deepest first,
+/// in a batch) empty it first.
+fn files_over_full_folders(
+    batch: &[Entry],
+    index: &crate::store::index::Index,
+    needs: &std::collections::BTreeMap<String, Entry>,
+) -> Vec<String> {
+    batch
+        .iter()
+        .filter(|r| {
+            r.is_file()
+                && index
+                    .get(&r.path)
+                    .is_some_and(|l| l.kind == Kind::Dir && !l.deleted)
+        })
+        .filter(|r| {
+            let inside = format!("{}/", r.path);
+            needs
+                .range(inside.clone()..)
+                .take_while(|(k, _)| k.starts_with(&inside))
+                .any(|(k, _)| !batch.iter().any(|b| b.path == *k))
+        })
+        .map(|r| r.path.clone())
+        .collect()
 }
 
 /// Applies one batch. Small files go to the installer (their paths into `handed`, which then
@@ -302,4 +330,54 @@ fn rename_if_moved(model: &Model, e: &Entry, deleted: &[&Entry]) -> Option<Entry
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::entry::MIN_BLOCK;
+
+    fn file(path: &str, size: u64) -> Entry {
+        let n = size.div_ceil(MIN_BLOCK as u64) as usize;
+        Entry {
+            path: path.into(),
+            size,
+            block_size: MIN_BLOCK,
+            blocks: vec![[1; 16]; n].into(),
+            ..Entry::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_is_full_at_its_first_limit() {
+        let gone = Entry {
+            deleted: true,
+            ..file("gone", 0)
+        };
+        let mut f = Fill::default();
+        // The first entry always fits, however large.
+        assert!(f.fits(&file("huge", 10 * BATCH_BYTES), 4));
+        f.add(&file("a", BATCH_BYTES - 10));
+        // Past the bytes: a file does not fit, a deletion does.
+        assert!(!f.fits(&file("b", 20), 4));
+        assert!(f.fits(&gone, 4));
+        // Past the open files allowed: no more files.
+        let mut f = Fill::default();
+        for i in 0..3 {
+            f.add(&file(&format!("f{i}"), 1));
+        }
+        assert!(!f.fits(&file("x", 1), 3) && f.fits(&file("x", 1), 4));
+        assert!(f.fits(&gone, 3));
+        // Past the entries.
+        let mut f = Fill::default();
+        for _ in 0..BATCH_ENTRIES {
+            f.add(&gone);
+        }
+        assert!(!f.fits(&gone, usize::MAX));
+        // Past the memory: entries with long block lists.
+        let big = file("big", 70_000 * MIN_BLOCK as u64);
+        let mut f = Fill::default();
+        f.add(&big);
+        assert!(!f.fits(&big, usize::MAX) && big.mem_cost() * 2 > BATCH_MEM);
+    }
 }
