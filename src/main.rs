@@ -282,9 +282,10 @@
 //! own (an index frame holds at most 1,024 entries, so what it decodes into stays within a few
 //! times its size); frames wait for their share in turn, first come first served, and while one
 //! waits, a frame holding a share of the same budget must arrive at 64 KiB/s or more after 5 s, or
-//! its connection ends: a peer that starts a large frame and trickles the rest cannot hold the
-//! budget, nor ever hold up the blocks another peer sends (the pace is looked at after every read),
-//! and an honest peer on a link of 0.5 Mbit/s or more is not cut. A large answer is weighed against its request from its header, before it is read.
+//! its connection ends, as it does if it holds more than half the budget for over 15 s: a peer
+//! that starts a large frame and trickles the rest cannot hold the budget, nor ever hold up the
+//! blocks another peer sends (the pace is looked at after every read), and an honest peer on a
+//! link of 0.5 Mbit/s or more is not cut (but for an entry with a huge block list). A large answer is weighed against its request from its header, before it is read.
 //! Entries land in memory's part of the index a bounded batch at a time (1 MiB of entries in a
 //! puller's batch); the reader or puller whose step added 256 KiB or more to it waits for the
 //! index to be written out before it takes more, and a whole rewrite of the index (under the

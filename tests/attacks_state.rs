@@ -556,3 +556,316 @@ fn a_deletion_dated_long_ago_is_not_forgotten_at_once() {
         tail(&b.log_text(), 10)
     );
 }
+
+// ---- From a fifth review session: the last fixes attacked. ----
+
+fn write_device(dir: &Path, dev: u64) {
+    fs::create_dir_all(dir.join(".left")).unwrap();
+    fs::write(dir.join(".left/device"), format!("{dev:016x}\n")).unwrap();
+}
+
+/// Connection lines ("connected to ADDR (device X, dialed|accepted)") in a log.
+fn connections(p: &Peer) -> usize {
+    let l = p.log_text();
+    l.matches(", dialed)").count() + l.matches(", accepted)").count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Registration: "a connection with a listed address beats an --allow client" is decided by
+//    each side from its own view. (Held: the sides refuse each other's connection a couple of
+//    times, then B's dial lands while A has none, A parks on it, and it stays.) B lists A by an address A does not dial from (127.0.0.2; A
+//    dials from 127.0.0.1, which B allows with --allow). A sees both connections as listed,
+//    B sees A's dial as an --allow client. If A's device id is the smaller, A keeps the one it
+//    dialed (smaller dialer), B keeps the one it dialed (listed beats allowed): each side closes
+//    the connection the other kept, for ever.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn peers_listing_each_other_by_other_addresses_with_allow_settle_on_one_connection() {
+    let mut failures = Vec::new();
+    for (name, da, db) in [
+        (
+            "b-smaller",
+            0x2000_0000_0000_0002u64,
+            0x1000_0000_0000_0001u64,
+        ),
+        (
+            "a-smaller",
+            0x1000_0000_0000_0001u64,
+            0x2000_0000_0000_0002u64,
+        ),
+    ] {
+        let t = TestDir::new(&format!("r5-flap-{name}"));
+        let (pa, pb) = two_ports();
+        write_device(&t.join("A"), da);
+        write_device(&t.join("B"), db);
+        let dir = t.join("B");
+        let args: Vec<String> = vec![
+            "-v".into(),
+            "--allow".into(),
+            "127.0.0.1".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--port".into(),
+            pb.to_string(),
+            format!("127.0.0.2:{pa}"),
+        ];
+        // B first: its dialer finds A down; A then dials B at once.
+        let b = Peer::start_raw(&t, "B", &dir, pb, &args);
+        std::thread::sleep(Duration::from_millis(1100));
+        let a = Peer::start(&t, "A", pa, &[pb]);
+        std::thread::sleep(Duration::from_secs(6));
+        let before = (connections(&a), connections(&b));
+        std::thread::sleep(Duration::from_secs(12));
+        let after = (connections(&a), connections(&b));
+        let refused = (
+            a.log_text().matches("already connected to device").count(),
+            b.log_text().matches("already connected to device").count(),
+        );
+        let synced = syncs_within(&a, &b, "after settling", Duration::from_secs(20));
+        eprintln!(
+            "---- A ----\n{}\n---- B ----\n{}",
+            tail(&a.log_text(), 12),
+            tail(&b.log_text(), 12)
+        );
+        eprintln!(
+            "{name}: connection lines A {}->{} B {}->{} in 12 s after settling; \
+             'already connected' A {} B {}; sync: {synced:?}",
+            before.0, after.0, before.1, after.1, refused.0, refused.1
+        );
+        if after.0 - before.0 > 1 || after.1 - before.1 > 1 || synced.is_err() {
+            failures.push(format!(
+                "{name}: {} new connections on A and {} on B in 12 s after settling \
+                 (A refused B's {} times, B refused A's {} times); sync: {synced:?}\n\
+                 A:\n{}\nB:\n{}",
+                after.0 - before.0,
+                after.1 - before.1,
+                refused.0,
+                refused.1,
+                tail(&a.log_text(), 6),
+                tail(&b.log_text(), 6)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. The pace rule lets a frame that holds the whole "other" budget (any frame over ~1 MiB
+//    costs all 2 MiB) keep it for (size / 64 KiB/s) seconds: an 8 MiB index frame, 128 s. A
+//    hostile peer sending such frames one after another at 80 KiB/s (~0.6 Mbit/s) lets a good
+//    peer's index frame (each frame over 16 KiB waits its turn) through once per ~100 s.
+// ---------------------------------------------------------------------------------------------
+
+/// An entry of a file of `nblocks` 64 KiB blocks that nobody serves.
+
+#[test]
+fn a_paced_large_frame_does_not_hold_a_good_peers_index_for_minutes() {
+    let t = TestDir::new("r5-paced-index");
+    let (pa, pb) = two_ports();
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    // A's files exist before A starts: its first index frames are over 16 KiB.
+    const N: usize = 3000;
+    for i in 0..N {
+        write_file(&t.join(&format!("A/many/f{i:05}")), format!("{i}\n"));
+    }
+    let f = FakePeer::connect(pb, 0x4E4D_0000_0000_0001, free_port());
+    f.mute();
+    let frames: Vec<Vec<u8>> = (0..3)
+        .map(|r| {
+            let entries: Vec<WEntry> = (0..1000)
+                .map(|i| big_entry(&format!("hold{r}/{i}"), 512, f.device))
+                .collect();
+            wire::index(0, &entries)
+        })
+        .collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let count = || fs::read_dir(b.path("many")).map_or(0, |d| d.count());
+    let (took, got, kept) = std::thread::scope(|s| {
+        let (f, stop, frames) = (&f, &stop, &frames);
+        let h = s.spawn(move || {
+            for fr in frames {
+                if !trickle(f, fr, 80 << 10, stop) {
+                    return false;
+                }
+            }
+            true
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let t0 = Instant::now();
+        let a = Peer::start(&t, "A", pa, &[pb]);
+        wait_until(Duration::from_secs(90), || count() >= N);
+        let took = t0.elapsed();
+        let got = count();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(a);
+        (took, got, h.join().unwrap())
+    });
+    eprintln!(
+        "a good peer's {N} files: {got} at B after {took:?} while one connection sent 8 MiB \
+         index frames at 80 KiB/s (kept: {kept})"
+    );
+    assert!(
+        got >= N && took < Duration::from_secs(30),
+        "a good peer's {N} small files: {got} at B after {took:?}, while one connection \
+         trickled 8 MiB index frames at 80 KiB/s (above the 64 KiB/s pace rule)"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The held state folder: whatever descriptor it gets. A daemon started with its standard
+//    descriptors closed (an init script's `>&- 2>&-`) gets the state folder and the state files
+//    at 0, 1, 2; its log lines (written to descriptor 2) must not land in a state file.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_daemon_started_with_closed_std_descriptors_keeps_its_state_files_clean() {
+    let t = TestDir::new("r5-closed-fds");
+    let (pb, pa) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let dir = t.join("B");
+    fs::create_dir_all(&dir).unwrap();
+    let script = format!(
+        "exec \"$0\" -v --dir {} --port {pb} 127.0.0.1:{pa} <&- >&- 2>&-",
+        dir.display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script, BIN])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(wait_until(SOON, || dir.join(".left/status").exists()));
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..20 {
+        fs::write(a.path(&format!("f{i}")), format!("from A {i}\n")).unwrap();
+        fs::write(dir.join(format!("g{i}")), format!("from B {i}\n")).unwrap();
+    }
+    wait_until(Duration::from_secs(20), || {
+        (0..20).all(|i| dir.join(format!("f{i}")).exists() && a.path(&format!("g{i}")).exists())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let fds: Vec<String> = (0..3)
+        .map(|n| {
+            fs::read_link(format!("/proc/{pid}/fd/{n}"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "closed".into())
+        })
+        .collect();
+    eprintln!("descriptors 0, 1, 2 of the daemon: {fds:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+    // Log text in any state file?
+    let mut dirty = Vec::new();
+    for e in fs::read_dir(dir.join(".left")).unwrap().flatten() {
+        let data = fs::read(e.path()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&data);
+        if text.contains("connected to") || text.contains(" INFO ") || text.contains("scan") {
+            dirty.push(e.file_name().to_string_lossy().to_string());
+        }
+    }
+    assert!(
+        dirty.is_empty(),
+        "log lines were written into state files {dirty:?} (descriptors 0-2: {fds:?})"
+    );
+    // And the index it left is read back whole.
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    assert!(
+        !b.log_text().contains("damaged"),
+        "{}",
+        tail(&b.log_text(), 10)
+    );
+    syncs(&a, &b, "after the restart");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. `.left` owned by another user: one clear line, exit non-zero, nothing written.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_state_folder_of_another_user_is_refused_with_one_line() {
+    if !is_root() {
+        eprintln!("skipped: needs root to chown");
+        return;
+    }
+    let t = TestDir::new("r5-other-owner");
+    let dir = t.join("S");
+    fs::create_dir_all(dir.join(".left")).unwrap();
+    let ok = Command::new("chown")
+        .args(["65534:65534", &dir.join(".left").display().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let out = Command::new(BIN)
+        .args([
+            "--dir",
+            &dir.display().to_string(),
+            "--port",
+            &free_port().to_string(),
+            "127.0.0.1:9",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    eprintln!("exit {:?}: {err}", out.status.code());
+    assert!(!out.status.success(), "started: {err}");
+    assert!(err.contains("another user"), "{err}");
+    assert!(err.trim().lines().count() <= 2, "{err}");
+    assert_eq!(
+        fs::read_dir(dir.join(".left")).unwrap().count(),
+        0,
+        "wrote into another user's .left"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. No /proc (a chroot or a minimal container): the state folder is reached by its path, and
+//    everything works as before.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn without_proc_the_daemon_still_runs_and_syncs() {
+    let have = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        eprintln!("skipped: unshare -m not available");
+        return;
+    }
+    let t = TestDir::new("r5-no-proc");
+    let (pb, pa) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let dir = t.join("B");
+    let log = t.join("logs/B-noproc.log");
+    let mut child = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "umount -l /proc && exec {BIN} -v --dir {} --port {pb} 127.0.0.1:{pa}",
+            dir.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let started = wait_until(SOON, || {
+        fs::read_to_string(&log).is_ok_and(|l| l.contains(&format!("on port {pb} as device")))
+    });
+    let text = || fs::read_to_string(&log).unwrap_or_default();
+    assert!(started, "{}", text());
+    fs::write(a.path("x"), b"from A\n").unwrap();
+    fs::write(dir.join("y"), b"from B\n").unwrap();
+    let ok = wait_until(Duration::from_secs(20), || {
+        dir.join("x").exists() && a.path("y").exists() && dir.join(".left/status").exists()
+    });
+    let status = fs::read_to_string(dir.join(".left/status")).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "no sync without /proc:\n{}", tail(&text(), 10));
+    assert!(status.contains("state:"), "{status}");
+}

@@ -30,6 +30,10 @@ const SMALL_FRAME: usize = 16 << 10;
 /// an honest peer on a link of 0.5 Mbit/s or more is never cut.
 const MIN_PACE: usize = 64 << 10;
 const PACE_GRACE: Duration = Duration::from_secs(5);
+/// While another frame waits for the same budget, a frame holding more than half of it must be
+/// whole within this, whatever its pace: no honest sender builds such frames but for an entry
+/// with a huge block list, and one frame must not keep the budget for minutes.
+const HOLD_MAX: Duration = Duration::from_secs(15);
 /// How often a large frame's reader looks at its pace while it waits for bytes.
 const PACE_TICK: Duration = Duration::from_millis(250);
 
@@ -113,9 +117,11 @@ impl Permit {
 
     /// Whether a frame holding this share may go on arriving at `got` bytes in `took`: yes,
     /// unless another frame waits for the same budget and this one is slower than
-    /// [`MIN_PACE`].
+    /// [`MIN_PACE`], or holds more than half the budget for longer than [`HOLD_MAX`].
     fn paced(&self, got: usize, took: Duration) -> bool {
-        self.0 == 0 || took < PACE_GRACE || got as f64 >= took.as_secs_f64() * MIN_PACE as f64 || {
+        let slow = (got as f64) < took.as_secs_f64() * MIN_PACE as f64;
+        let long = self.0 > FRAME_BUDGET / 2 && took >= HOLD_MAX;
+        self.0 == 0 || took < PACE_GRACE || !(slow || long) || {
             let b = budget(self.1);
             b.next == b.serving
         }
