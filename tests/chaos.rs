@@ -2421,3 +2421,17 @@ fn regression_seed_5098_install_over_an_unscanned_deletion() {
         panic!("seed 5098: {}: {}\n{}", f.kind, f.detail, o.report);
     }
 }
+
+/// Seed 181 (3 peers, chain; failed in two of two runs before the fix): B, killed, replaced
+/// folder d/e with a file; at restart its scan found the file while the connections announced
+/// the folder again (ours won a conflict), which gave the entry a new number, and the scan took
+/// that for a pull that had replaced it: the file was never recorded, and A's folder never
+/// applied ("a file changed locally is in the way" for good). The whole schedule is run.
+#[test]
+fn regression_seed_181_change_dropped_for_an_entry_announced_again() {
+    let s = generate(181, 3, Topo::Chain);
+    let o = run_schedule(&s, 181);
+    if let Some(f) = &o.failure {
+        panic!("seed 181: {}: {}\n{}", f.kind, f.detail, o.report);
+    }
+}

@@ -100,11 +100,13 @@ fn hash_each(model: &Model, cs: &[Candidate], threads: usize) -> (usize, usize) 
     })
 }
 
-/// A file to hash: its path, what it looked like, and the index entry's seq when seen.
+/// A file to hash: its path, what it looked like, and the index entry's seq and version when
+/// seen.
 struct Candidate {
     path: String,
     stat: Stat,
     seq: Option<u64>,
+    version: Option<crate::version::Version>,
 }
 
 /// Scans the share once: all of it, or (`dirs`) only those folders, relative to the share, and
@@ -333,6 +335,7 @@ pub fn scan(
                             path: path.clone(),
                             stat,
                             seq: Some(e.seq),
+                            version: Some(e.version.clone()),
                         };
                         if e.kind == Kind::Dir && !e.deleted {
                             retyped.push(c);
@@ -344,6 +347,7 @@ pub fn scan(
                         path: path.clone(),
                         stat,
                         seq: None,
+                        version: None,
                     }),
                 }
             }
@@ -694,8 +698,11 @@ fn record(
     }
     let file_hash = hash::list_hash(&blocks);
     let cur = st.index.get(&c.path);
-    if cur.as_ref().map(|e| e.seq) != c.seq {
-        return false; // a pull replaced it meanwhile
+    // A pull replaced it meanwhile. Its version tells, not its number: an entry announced
+    // again as it is (ours won a conflict, `Model::take_in`) gets a new number, and its
+    // change here, dropped for that, was never seen again.
+    if cur.as_ref().map(|e| &e.version) != c.version.as_ref() {
+        return false;
     }
     if let Some(e) = &cur
         && e.is_file()

@@ -517,7 +517,18 @@ impl Model {
         let Some(p) = st.peers.get_mut(&conn) else {
             return Ok(());
         };
-        if take {
+        // A pull of an earlier announcement of the path is under way, and this one descends
+        // from it: decided against ours now, it could be dropped while what the pull installs
+        // is what it replaces (a deletion kept out by our losing edit, which the pull then
+        // replaces with the version the deletion deleted). It waits as the path's need and is
+        // decided again once the pull is done.
+        let waits = !take
+            && !back
+            && st.busy.contains(&r.path)
+            && p.needs
+                .get(&r.path)
+                .is_some_and(|n| r.version.compare(&n.version) == Order::Newer);
+        if take || waits {
             p.retry.remove(&r.path);
             if back {
                 p.needs.restore(r);
