@@ -106,7 +106,7 @@ struct Candidate {
     path: String,
     stat: Stat,
     seq: Option<u64>,
-    version: Option<crate::version::Version>,
+    version: Option<crate::store::version::Version>,
 }
 
 /// Scans the share once: all of it, or (`dirs`) only those folders, relative to the share, and
