@@ -52,10 +52,30 @@ impl Error {
     }
 }
 
+/// A folder reached through a descriptor held on it (`/proc/self/fd/N`) and its real path, so
+/// that messages name the folder as the user knows it (see `sys::open::hold_dir`).
+static HELD: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+
+/// Messages show paths under `via` as under `real` from now on.
+pub fn show_held_as(via: &Path, real: &Path) {
+    let _ = HELD.set((via.to_path_buf(), real.to_path_buf()));
+}
+
+/// How a path is shown in messages.
+pub fn shown(p: &Path) -> PathBuf {
+    match HELD.get() {
+        Some((via, real)) => match p.strip_prefix(via) {
+            Ok(rest) => real.join(rest),
+            Err(_) => p.to_path_buf(),
+        },
+        None => p.to_path_buf(),
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(p) = &self.path {
-            write!(f, "{}: ", p.display())?;
+            write!(f, "{}: ", shown(p).display())?;
         }
         match &self.kind {
             Kind::Io(e) => write!(f, "{e}"),
@@ -93,5 +113,19 @@ pub trait Context<T> {
 impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
     fn at(self, path: impl AsRef<Path>) -> Result<T> {
         self.map_err(|e| e.into().at(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_folder_is_shown_by_its_real_path() {
+        show_held_as(Path::new("/proc/self/fd/9"), Path::new("/srv/share/.left"));
+        let e = Error::msg("damaged").at("/proc/self/fd/9/index");
+        assert_eq!(e.to_string(), "/srv/share/.left/index: damaged");
+        // Other paths are shown as they are.
+        assert_eq!(shown(Path::new("/tmp/x")), Path::new("/tmp/x"));
     }
 }

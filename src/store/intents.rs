@@ -125,7 +125,7 @@ pub fn load(state_dir: &Path) -> HashMap<String, Entry> {
         if out.len() > MAX_RECORDS || held > MAX_HELD {
             warn!(
                 "{}: holds more than an install log can; not used",
-                path.display()
+                crate::error::shown(&path).display()
             );
             return HashMap::new();
         }

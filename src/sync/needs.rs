@@ -245,7 +245,7 @@ impl Needs {
                 debug!(
                     "more than {} entries to receive: the rest wait in {} (unlinked)",
                     self.cap,
-                    w.path.display()
+                    crate::error::shown(&w.path).display()
                 );
                 self.waiting.insert(w)
             }

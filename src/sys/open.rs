@@ -147,7 +147,11 @@ pub fn hold_dir(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
     let fd = f.into_raw_fd();
     let via = std::path::PathBuf::from(format!("/proc/self/fd/{fd}"));
     let same = std::fs::metadata(&via).is_ok_and(|m| m.ino() == md.ino() && m.dev() == md.dev());
-    Ok(if same { via } else { dir.to_path_buf() })
+    if !same {
+        return Ok(dir.to_path_buf());
+    }
+    crate::error::show_held_as(&via, dir);
+    Ok(via)
 }
 
 /// How [`open_in`] opens a file.
