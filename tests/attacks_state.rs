@@ -186,6 +186,18 @@ fn a_huge_install_log_is_not_read_whole() {
 // ---------------------------------------------------------------------------------------------
 
 /// An entry of a file of `nblocks` 64 KiB blocks that nobody serves.
+/// `n` index frames of 1,000 entries with 512 blocks each (about 8 MiB a frame).
+fn hold_frames(n: usize, device: u64) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|r| {
+            let entries: Vec<WEntry> = (0..1000)
+                .map(|i| big_entry(&format!("hold{r}/{i}"), 512, device))
+                .collect();
+            wire::index(0, &entries)
+        })
+        .collect()
+}
+
 fn big_entry(path: &str, nblocks: usize, device: u64) -> WEntry {
     let blocks: Vec<[u8; 16]> = (0..nblocks)
         .map(|i| md5(format!("{path}/{i}").as_bytes()))
@@ -241,14 +253,7 @@ fn a_paced_large_frame_does_not_starve_a_good_peers_blocks() {
     syncs(&a, &b, "before the hold");
     let f = FakePeer::connect(pb, 0x4E4C_0000_0000_0001, free_port());
     f.mute();
-    let frames: Vec<Vec<u8>> = (0..2)
-        .map(|r| {
-            let entries: Vec<WEntry> = (0..1000)
-                .map(|i| big_entry(&format!("hold{r}/{i}"), 512, f.device))
-                .collect();
-            wire::index(0, &entries)
-        })
-        .collect();
+    let frames = hold_frames(2, f.device);
     eprintln!("attacker frame: {} bytes", frames[0].len());
     let stop = std::sync::atomic::AtomicBool::new(false);
     let result = std::thread::scope(|s| {
@@ -671,14 +676,7 @@ fn a_paced_large_frame_does_not_hold_a_good_peers_index_for_minutes() {
     }
     let f = FakePeer::connect(pb, 0x4E4D_0000_0000_0001, free_port());
     f.mute();
-    let frames: Vec<Vec<u8>> = (0..3)
-        .map(|r| {
-            let entries: Vec<WEntry> = (0..1000)
-                .map(|i| big_entry(&format!("hold{r}/{i}"), 512, f.device))
-                .collect();
-            wire::index(0, &entries)
-        })
-        .collect();
+    let frames = hold_frames(3, f.device);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let count = || fs::read_dir(b.path("many")).map_or(0, |d| d.count());
     let (took, got, kept) = std::thread::scope(|s| {
