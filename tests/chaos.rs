@@ -2435,3 +2435,25 @@ fn regression_seed_181_change_dropped_for_an_entry_announced_again() {
         panic!("seed 181: {}: {}\n{}", f.kind, f.detail, o.report);
     }
 }
+
+/// Seed 5230 (5 peers, mesh; shrunk to 4 steps, then made certain by hand: fails every time
+/// before the fix, 9 s): D and E edit d/e/z apart; B, with D's version, meets E's, which wins
+/// (newer mtime): B keeps D's as a conflict copy and took E's version as it was. E then replaces
+/// folder d/e with a file. D, back, still holds its edit, concurrent with E's deletion of d/e/z
+/// (E's vector never took in D's), so the edit won over the deletion and came back at d/e/z,
+/// though every other peer had it as a conflict copy. The winner of a conflict now takes in
+/// the loser's version where it wins.
+#[test]
+fn regression_seed_5230_losing_edit_back_over_a_later_deletion() {
+    replay(
+        "peers=5 topo=mesh
+         round ACE|BD
+         1 write D d/e/z 2439
+         2 sleep 1100
+         3 write E d/e/z 38210
+         round ABCE|D
+         round ABCE|D
+         4 write E d/e 1627071
+         round ABCDE",
+    );
+}

@@ -160,17 +160,17 @@ impl Apply<'_> {
     }
 
     /// Records the peer's entry as ours, with the target's stat now (`None`: nothing there).
-    /// A peer's edit that won over a concurrent deletion of ours takes in what the deletion
-    /// knew: otherwise the version our deletion had removed could come back from a third peer
-    /// as concurrent with the edit, and win. Likewise a peer's deletion that won over our file
-    /// (made knowing the file: [`crate::sync::model::remote_wins`]) takes in what our version
-    /// knew. (A losing edit of ours is kept as a conflict copy and the winner taken as it is:
-    /// merged, the winner would be concurrent with a later deletion by a peer that had the
-    /// winner as it was, and come back over it.)
+    /// A peer's version that won over a concurrent one of ours takes in what ours knew, as
+    /// Syncthing does: the conflict is resolved here. Otherwise the version ours had replaced
+    /// could come back from a third peer as concurrent with the winner, and ours itself, still
+    /// held by the peer that made it, would stay concurrent with every later change of the
+    /// winner's: a later deletion of the path by a peer that had the winner (and the conflict
+    /// copy) lost to it, and the losing edit came back at its path (chaos seed 5230, 5 peers).
+    /// A later deletion by a peer that had the winner as it was, unmerged, still wins over the
+    /// merged winner: it knew the change that made it ([`crate::sync::model::remote_wins`]).
     fn record(mut self, e: &Entry, md: Option<&fs::Metadata>) {
         let mut ne = e.clone();
         if let Some(c) = &self.cur
-            && (c.deleted || e.deleted)
             && e.version.compare(&c.version) == crate::store::version::Order::Concurrent
         {
             let merged = e.version.merged(&c.version);
