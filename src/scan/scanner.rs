@@ -129,227 +129,279 @@ pub fn scan(
         .iter()
         .filter_map(|p| p.strip_prefix(root).ok()?.to_str().map(str::to_string))
         .collect();
-    let mut out = Scan::default();
-    let mut candidates = Vec::new();
-    let started = std::time::Instant::now();
-    let mut stack: Vec<String> = match dirs {
-        Some(d) => d.iter().cloned().collect(),
-        None => vec![String::new()],
+    let mut walk = Walk {
+        model,
+        dirs,
+        watcher,
+        ignore,
+        written,
+        out: Scan::default(),
+        candidates: Vec::new(),
+        stack: match dirs {
+            Some(d) => d.iter().cloned().collect(),
+            None => vec![String::new()],
+        },
+        gone: Vec::new(),
+        emptied: Vec::new(),
+        visited: HashSet::new(),
+        warned_names: HashSet::new(),
+        moves: Vec::new(),
+        retyped: Vec::new(),
+        fresh: HashSet::new(),
     };
-    // What the index has that is gone from the folders walked, and the folders (of the index,
-    // or implied by its names) whose content is gone with them.
-    let mut gone: Vec<String> = Vec::new();
-    let mut emptied: Vec<String> = Vec::new();
-    let mut visited: HashSet<String> = HashSet::new();
-    let mut warned_names = HashSet::new();
-    // Files found to have moved, recorded at the end with the deletions of their old names.
-    let mut moves = Vec::new();
-    // Files where the index has a folder: hashed and recorded after the deletions of what the
-    // folder held, so peers learn of those first and can remove the folder for the file.
-    let mut retyped = Vec::new();
-    // Folders this scan found new: a temp file in one is not a pull's to resume unless its
-    // target is being pulled or wanted (a pull's temp file taken along by a folder renamed
-    // here would stay for good).
-    let mut fresh: HashSet<String> = HashSet::new();
+    let started = std::time::Instant::now();
     loop {
         // Files to hash are taken a bounded number at a time, so a large new tree is never
         // all in memory; the rest once the walk is done.
-        if candidates.len() >= CANDIDATES_AT_ONCE || stack.is_empty() {
-            hash_candidates(
-                model,
-                &mut candidates,
-                (&gone, &emptied),
-                &mut moves,
-                &mut out,
-            );
+        if walk.candidates.len() >= CANDIDATES_AT_ONCE || walk.stack.is_empty() {
+            walk.hash_candidates();
         }
-        let Some(dir) = stack.pop() else {
+        let Some(dir) = walk.stack.pop() else {
             break;
         };
-        if !visited.insert(dir.clone()) {
-            continue;
+        if walk.visited.insert(dir.clone())
+            && let Some(listing) = walk.list(dir)
+        {
+            walk.compare(listing);
         }
-        let abs = root.join(&dir);
+    }
+    walk.out.walk = started.elapsed().saturating_sub(walk.out.hashing);
+    walk.finish()
+}
+
+/// One scan under way: what it was asked to look at, and what it found so far.
+struct Walk<'a> {
+    model: &'a Model,
+    /// The folders to walk (and new folders inside them); `None`: the whole share.
+    dirs: Option<&'a HashSet<String>>,
+    watcher: Option<&'a mut crate::sys::watch::Watcher>,
+    ignore: Ignore,
+    /// Files written since the last scan (inotify): hashed even if their stat looks unchanged.
+    written: HashSet<String>,
+    out: Scan,
+    /// Files to hash, found changed or new.
+    candidates: Vec<Candidate>,
+    /// Folders still to list.
+    stack: Vec<String>,
+    /// What the index has that is gone from the folders walked.
+    gone: Vec<String>,
+    /// The folders (of the index, or implied by its names) whose content is gone with them.
+    emptied: Vec<String>,
+    visited: HashSet<String>,
+    warned_names: HashSet<std::path::PathBuf>,
+    /// Files found to have moved, recorded at the end with the deletions of their old names.
+    moves: Vec<(Candidate, Entry)>,
+    /// Files where the index has a folder: hashed and recorded after the deletions of what the
+    /// folder held, so peers learn of those first and can remove the folder for the file.
+    retyped: Vec<Candidate>,
+    /// Folders this scan found new: a temp file in one is not a pull's to resume unless its
+    /// target is being pulled or wanted (a pull's temp file taken along by a folder renamed
+    /// here would stay for good).
+    fresh: HashSet<String>,
+}
+
+/// What one folder holds, read without the lock.
+struct Listing {
+    dir: String,
+    /// The folder, opened without following a symlink on the way.
+    opened: crate::sys::dirfd::Dir,
+    children: Vec<(String, fs::Metadata)>,
+    /// Names whose type could not be read: they are there, but not looked at.
+    unlisted: Vec<String>,
+    /// A listing cut short by an error says nothing of what is missing.
+    complete: bool,
+    /// Temp files found in a folder new in this scan.
+    temps: Vec<String>,
+}
+
+/// What the scan makes of a folder it found, against the index's entry `cur`.
+#[derive(Debug, PartialEq, Eq)]
+enum FolderSeen {
+    /// A folder the index has, with another mode: a new version, if a second look agrees.
+    ModeChanged,
+    /// A folder the index has as it is.
+    Known,
+    /// New here, or where the index has a file or a deletion: a new folder, if a second look
+    /// agrees.
+    New,
+}
+
+/// Decides what a folder with `stat` is, given the index's entry for its path.
+fn folder_seen(cur: Option<&Entry>, stat: &Stat) -> FolderSeen {
+    match cur {
+        Some(e) if e.kind == Kind::Dir && !e.deleted && e.stat.mode != stat.mode => {
+            FolderSeen::ModeChanged
+        }
+        Some(e) if e.kind == Kind::Dir && !e.deleted => FolderSeen::Known,
+        _ => FolderSeen::New,
+    }
+}
+
+/// What the scan makes of a file it found, against the index's entry `cur`.
+#[derive(Debug, PartialEq, Eq)]
+enum FileSeen {
+    /// As the index has it: nothing to do.
+    Same,
+    /// To hash: new or changed.
+    Changed,
+    /// To hash after the deletions of what the index's folder there held.
+    Retyped,
+}
+
+/// Decides what a file with `stat` is; `written`: inotify saw it written since the last scan.
+fn file_seen(cur: Option<&Entry>, stat: &Stat, written: bool) -> FileSeen {
+    match cur {
+        Some(e) if e.is_file() && e.stat == *stat && !written => FileSeen::Same,
+        Some(e) if e.kind == Kind::Dir && !e.deleted => FileSeen::Retyped,
+        _ => FileSeen::Changed,
+    }
+}
+
+/// Which names the index knows in a folder are gone (`gone`), and which of them held names
+/// that are gone with them (`emptied`: a folder missing, or something else now), given per
+/// known name whether the listing has it and as a folder (`None`: not there). Nothing is gone
+/// from a listing that is not `complete`.
+fn missing(
+    known: &[Known],
+    on_disk: &[Option<bool>],
+    complete: bool,
+) -> (Vec<String>, Vec<String>) {
+    let (mut gone, mut emptied) = (Vec::new(), Vec::new());
+    for (k, seen) in known.iter().zip(on_disk).filter(|_| complete) {
+        let holds = k.entry.as_ref().is_none_or(|e| e.kind == Kind::Dir);
+        match seen {
+            None => {
+                if k.entry.as_ref().is_some_and(|e| !e.deleted) {
+                    gone.push(k.path.clone());
+                }
+                if holds {
+                    emptied.push(k.path.clone());
+                }
+            }
+            Some(false) if holds => emptied.push(k.path.clone()),
+            Some(_) => {}
+        }
+    }
+    (gone, emptied)
+}
+
+impl Walk<'_> {
+    /// Hashes the candidates found so far (except those found moved).
+    fn hash_candidates(&mut self) {
+        hash_candidates(
+            self.model,
+            &mut self.candidates,
+            (&self.gone, &self.emptied),
+            &mut self.moves,
+            &mut self.out,
+        );
+    }
+
+    /// Whether inotify watches the folder at `path` with inode `ino`.
+    fn watched(&self, path: &str, ino: u64) -> bool {
+        self.watcher
+            .as_deref()
+            .is_some_and(|w| w.watches(&self.model.root.join(path), ino))
+    }
+
+    /// Lists folder `dir`, without the lock; `None` when it cannot be listed.
+    fn list(&mut self, dir: String) -> Option<Listing> {
+        let abs = self.model.root.join(&dir);
         // Listed through the folder opened without following a symlink on the way: one
         // swapped in since it was found would have us list a folder outside the share. The
         // folder stays open while it is listed: the entries' stats may go through its
         // `/proc/self/fd` name (musl's std stats an entry by its path).
-        let opened = crate::sys::dirfd::Dir::open(root, &dir, false);
-        let rd = match opened
-            .as_ref()
-            .map_err(clone_err)
-            .and_then(|d| d.read_dir(&abs))
-        {
-            Ok(rd) => rd,
+        let listed = crate::sys::dirfd::Dir::open(&self.model.root, &dir, false)
+            .and_then(|d| d.read_dir(&abs).map(|rd| (d, rd)));
+        let (opened, rd) = match listed {
+            Ok(x) => x,
             // Gone, or not a folder any more: the scan of the folder that held it says so.
             Err(e)
-                if dirs.is_some()
+                if self.dirs.is_some()
                     && (e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(20)) =>
             {
-                continue;
+                return None;
             }
             Err(e) => {
                 // Nothing inside it is taken for deleted: it is not compared with the index.
                 warn!("{}: cannot read folder: {e}", abs.display());
-                continue;
+                return None;
             }
         };
-        if let Some(w) = watcher.as_deref_mut() {
+        if let Some(w) = self.watcher.as_deref_mut() {
             w.add(&abs);
         }
-        let mut children = Vec::new();
-        // Names whose type could not be read: they are there, but not looked at.
-        let mut unlisted = Vec::new();
-        // A listing cut short by an error says nothing of what is missing.
-        let mut complete = true;
-        let mut temps: Vec<String> = Vec::new();
+        let mut l = Listing {
+            dir,
+            opened,
+            children: Vec::new(),
+            unlisted: Vec::new(),
+            complete: true,
+            temps: Vec::new(),
+        };
         for ent in rd {
             let Ok(ent) = ent else {
-                complete = false;
+                l.complete = false;
                 continue;
             };
             let name = ent.file_name();
             let Some(name) = name.to_str() else {
-                if warned_names.insert(abs.join(&name)) {
+                if self.warned_names.insert(abs.join(&name)) {
                     debug!("{}: skipped: name is not UTF-8", abs.join(&name).display());
                 }
                 continue;
             };
-            if dir.is_empty() && name == names::STATE_DIR {
+            if l.dir.is_empty() && name == names::STATE_DIR {
                 continue;
             }
             if names::is_temp(name) {
-                if fresh.contains(&dir) {
-                    temps.push(name.to_string());
+                if self.fresh.contains(&l.dir) {
+                    l.temps.push(name.to_string());
                 }
                 continue;
             }
-            let path = if dir.is_empty() {
+            let path = if l.dir.is_empty() {
                 name.to_string()
             } else {
-                format!("{dir}/{name}")
+                format!("{}/{name}", l.dir)
             };
             match ent.metadata() {
-                Ok(md) => children.push((path, md)),
-                Err(_) => unlisted.push(path),
+                Ok(md) => l.children.push((path, md)),
+                Err(_) => l.unlisted.push(path),
             }
         }
+        Some(l)
+    }
+
+    /// Compares a folder's listing with the index, under the lock: records new folders and
+    /// folder modes, queues files to hash and folders to walk, and notes what is gone.
+    fn compare(&mut self, l: Listing) {
+        let model = self.model;
         let mut g = model.lock();
         let st = &mut *g;
-        if let (false, Ok(d)) = (temps.is_empty(), &opened) {
-            remove_orphan_temps(st, d, &dir, &temps);
+        if !l.temps.is_empty() {
+            remove_orphan_temps(st, &l.opened, &l.dir, &l.temps);
         }
-        let device = st.index.device;
         // What the index holds directly in this folder, by path.
-        let known = known_children(&st.index, &dir);
+        let known = known_children(&st.index, &l.dir);
         let find = |p: &str| {
             known
                 .binary_search_by(|k| k.path.as_str().cmp(p))
                 .ok()
-                .map(|i| &known[i])
+                .and_then(|i| known[i].entry.as_ref())
         };
-        for (path, md) in &children {
-            let stat = Stat::of(md);
-            let cur = find(path).and_then(|k| k.entry.as_ref());
-            if !ignore.is_empty() && ignore.is_ignored(path, md.is_dir()) {
+        for (path, md) in &l.children {
+            if !self.ignore.is_empty() && self.ignore.is_ignored(path, md.is_dir()) {
                 // Ignored: neither sent nor deleted; what the index had stays as it was.
                 continue;
             }
+            let stat = Stat::of(md);
             if md.is_dir() {
-                match cur {
-                    // Its mode changed here since we last looked: a new version of the folder.
-                    // Looked at again under the lock: the listing may have caught a folder a
-                    // pull was making (made 0700, then given its mode).
-                    Some(e)
-                        if e.kind == Kind::Dir
-                            && !e.deleted
-                            && e.stat.mode != stat.mode
-                            && fs::symlink_metadata(root.join(path))
-                                .is_ok_and(|m| m.is_dir() && Stat::of(&m).mode == stat.mode) =>
-                    {
-                        let mut ne = e.clone();
-                        ne.mode = stat.mode;
-                        ne.modified_by = device;
-                        ne.version = e.version.bumped(device);
-                        ne.stat = stat;
-                        info!("folder mode changed locally: {path}/ ({:o})", stat.mode);
-                        st.put(ne);
-                        out.changed += 1;
-                        if dirs.is_some()
-                            && watcher
-                                .as_deref()
-                                .is_some_and(|w| w.watches(&root.join(path), stat.ino))
-                        {
-                            continue;
-                        }
-                    }
-                    Some(e) if e.kind == Kind::Dir && !e.deleted => {
-                        // A partial scan walks a folder we knew only if it had events, or if
-                        // it is not watched yet (made by a pull: what came into it since would
-                        // have made no event).
-                        let watched = watcher
-                            .as_deref()
-                            .is_some_and(|w| w.watches(&root.join(path), stat.ino));
-                        if dirs.is_some() && watched {
-                            continue;
-                        }
-                    }
-                    _ => {
-                        // The listing was read before the lock was taken: a pull may have
-                        // deleted the folder since, and recorded it. Looked at again, under
-                        // the lock, so as not to bring it back.
-                        if !fs::symlink_metadata(root.join(path)).is_ok_and(|m| m.is_dir()) {
-                            continue;
-                        }
-                        let version = cur.map(|e| e.version.bumped(device)).unwrap_or_else(|| {
-                            crate::store::version::Version::default().bumped(device)
-                        });
-                        let e = Entry {
-                            path: path.clone(),
-                            kind: Kind::Dir,
-                            mode: stat.mode,
-                            mtime: stat.mtime,
-                            mtime_ns: stat.mtime_ns,
-                            modified_by: device,
-                            version,
-                            stat,
-                            ..Entry::default()
-                        };
-                        info!("new folder {path}/");
-                        st.put(e);
-                        out.changed += 1;
-                        fresh.insert(path.clone());
-                    }
+                if self.folder(st, path, &stat, find(path)) {
+                    self.stack.push(path.clone());
                 }
-                stack.push(path.clone());
             } else if md.is_file() {
-                match cur {
-                    Some(e) if e.is_file() && e.stat == stat && !written.contains(path) => {}
-                    Some(e) => {
-                        if e.stat == stat {
-                            debug!("{path}: written since the last scan");
-                        } else {
-                            debug!("{path}: stat {:?} -> {stat:?}", e.stat);
-                        }
-                        let c = Candidate {
-                            path: path.clone(),
-                            stat,
-                            seq: Some(e.seq),
-                            version: Some(e.version.clone()),
-                        };
-                        if e.kind == Kind::Dir && !e.deleted {
-                            retyped.push(c);
-                        } else {
-                            candidates.push(c);
-                        }
-                    }
-                    None => candidates.push(Candidate {
-                        path: path.clone(),
-                        stat,
-                        seq: None,
-                        version: None,
-                    }),
-                }
+                self.file(path, stat, find(path));
             }
             // Symlinks and special files are not synced (see the README).
         }
@@ -357,63 +409,139 @@ pub fn scan(
         // folder that is gone or is something else now. Per name the index knows: whether
         // the folder holds it, and as a folder.
         let mut on_disk: Vec<Option<bool>> = vec![None; known.len()];
-        let listed = children.iter().map(|(p, md)| (p, md.is_dir()));
-        for (p, is_dir) in listed.chain(unlisted.iter().map(|p| (p, true))) {
+        let listed = l.children.iter().map(|(p, md)| (p, md.is_dir()));
+        for (p, is_dir) in listed.chain(l.unlisted.iter().map(|p| (p, true))) {
             if let Ok(i) = known.binary_search_by(|k| k.path.as_str().cmp(p)) {
                 on_disk[i] = Some(is_dir);
             }
         }
-        for (k, seen) in known.iter().zip(on_disk).filter(|_| complete) {
-            let holds = k.entry.as_ref().is_none_or(|e| e.kind == Kind::Dir);
-            match seen {
-                None => {
-                    if k.entry.as_ref().is_some_and(|e| !e.deleted) {
-                        gone.push(k.path.clone());
-                    }
-                    if holds {
-                        emptied.push(k.path.clone());
-                    }
+        let (gone, emptied) = missing(&known, &on_disk, l.complete);
+        self.gone.extend(gone);
+        self.emptied.extend(emptied);
+    }
+
+    /// Takes in a folder found at `path` (under the lock); returns whether to walk it.
+    fn folder(&mut self, st: &mut State, path: &str, stat: &Stat, cur: Option<&Entry>) -> bool {
+        let root = &self.model.root;
+        let device = st.index.device;
+        // Looked at again under the lock: the listing may have caught a folder a pull was
+        // making (made 0700, then given its mode), or one a pull has deleted since, and
+        // recorded: it must not come back.
+        let again = || {
+            fs::symlink_metadata(root.join(path))
+                .ok()
+                .filter(|m| m.is_dir())
+        };
+        match (folder_seen(cur, stat), cur) {
+            (FolderSeen::ModeChanged, Some(e))
+                if again().is_some_and(|m| Stat::of(&m).mode == stat.mode) =>
+            {
+                // Its mode changed here since we last looked: a new version of the folder.
+                let mut ne = e.clone();
+                ne.mode = stat.mode;
+                ne.modified_by = device;
+                ne.version = e.version.bumped(device);
+                ne.stat = *stat;
+                info!("folder mode changed locally: {path}/ ({:o})", stat.mode);
+                st.put(ne);
+                self.out.changed += 1;
+                // A partial scan walks a folder it knew only if it had events, or if it is
+                // not watched yet (made by a pull: what came into it since made no event).
+                !(self.dirs.is_some() && self.watched(path, stat.ino))
+            }
+            (FolderSeen::ModeChanged | FolderSeen::Known, _) => {
+                !(self.dirs.is_some() && self.watched(path, stat.ino))
+            }
+            (FolderSeen::New, _) => {
+                if again().is_none() {
+                    return false;
                 }
-                Some(false) if holds => emptied.push(k.path.clone()),
-                Some(_) => {}
+                let version = cur
+                    .map(|e| e.version.bumped(device))
+                    .unwrap_or_else(|| crate::store::version::Version::default().bumped(device));
+                info!("new folder {path}/");
+                st.put(Entry {
+                    path: path.to_string(),
+                    kind: Kind::Dir,
+                    mode: stat.mode,
+                    mtime: stat.mtime,
+                    mtime_ns: stat.mtime_ns,
+                    modified_by: device,
+                    version,
+                    stat: *stat,
+                    ..Entry::default()
+                });
+                self.out.changed += 1;
+                self.fresh.insert(path.to_string());
+                true
             }
         }
     }
-    out.walk = started.elapsed().saturating_sub(out.hashing);
-    // Whatever the index has that this scan did not see is gone, unless its folder was unreadable.
-    let mut g = model.lock();
-    let st = &mut *g;
-    // A moved file's new name and its old name's deletion are recorded together, so a peer
-    // learns both at once and can move its copy instead of copying it.
-    for (c, old) in moves {
-        if record(
-            st,
-            root,
-            &c,
-            old.blocks.to_vec(),
-            old.fast.to_vec(),
-            old.block_size,
-        ) {
-            out.changed += 1;
+
+    /// Takes in a file found at `path`: queued for hashing if new or changed.
+    fn file(&mut self, path: &str, stat: Stat, cur: Option<&Entry>) {
+        let seen = file_seen(cur, &stat, self.written.contains(path));
+        if seen == FileSeen::Same {
+            return;
+        }
+        match cur {
+            Some(e) if e.stat == stat => debug!("{path}: written since the last scan"),
+            Some(e) => debug!("{path}: stat {:?} -> {stat:?}", e.stat),
+            None => {}
+        }
+        let c = Candidate {
+            path: path.to_string(),
+            stat,
+            seq: cur.map(|e| e.seq),
+            version: cur.map(|e| e.version.clone()),
+        };
+        if seen == FileSeen::Retyped {
+            self.retyped.push(c);
+        } else {
+            self.candidates.push(c);
         }
     }
-    record_gone(st, root, &ignore, &emptied, gone, &mut out);
-    if !retyped.is_empty() {
-        drop(g);
-        hash_candidates(model, &mut retyped, (&[], &[]), &mut Vec::new(), &mut out);
-        g = model.lock();
-    }
-    let st = &mut *g;
-    if !st.scanned {
-        st.scanned = true;
-        // What the install log held is settled: its files were found, or are gone.
-        st.received = Default::default();
-        // Connections hold back IndexDone until now.
-        for p in st.peers.values() {
-            let _ = p.out.send(crate::sync::model::Out::Announce);
+
+    /// Records what the walk found gone or moved (a moved file's new name and its old name's
+    /// deletion together, so a peer learns both at once and can move its copy instead of
+    /// copying it), then the files that replaced folders.
+    fn finish(mut self) -> Result<Scan> {
+        let model = self.model;
+        let root = &model.root;
+        let mut g = model.lock();
+        let st = &mut *g;
+        for (c, old) in std::mem::take(&mut self.moves) {
+            let (blocks, fast) = (old.blocks.to_vec(), old.fast.to_vec());
+            if record(st, root, &c, blocks, fast, old.block_size) {
+                self.out.changed += 1;
+            }
         }
+        let gone = std::mem::take(&mut self.gone);
+        record_gone(st, root, &self.ignore, &self.emptied, gone, &mut self.out);
+        if !self.retyped.is_empty() {
+            drop(g);
+            let mut retyped = std::mem::take(&mut self.retyped);
+            hash_candidates(
+                model,
+                &mut retyped,
+                (&[], &[]),
+                &mut Vec::new(),
+                &mut self.out,
+            );
+            g = model.lock();
+        }
+        let st = &mut *g;
+        if !st.scanned {
+            st.scanned = true;
+            // What the install log held is settled: its files were found, or are gone.
+            st.received = Default::default();
+            // Connections hold back IndexDone until now.
+            for p in st.peers.values() {
+                let _ = p.out.send(crate::sync::model::Out::Announce);
+            }
+        }
+        Ok(self.out)
     }
-    Ok(out)
 }
 
 /// Records the deletions of what the index has and the walk did not find: `gone`, and all that
@@ -498,14 +626,6 @@ fn remove_orphan_temps(st: &State, d: &crate::sys::dirfd::Dir, dir: &str, temps:
             debug!("{dir}/{t}: a temp file no pull wants, in a folder new here: removed");
             d.unlink_file(t);
         }
-    }
-}
-
-/// An I/O error again, for a second use.
-fn clone_err(e: &io::Error) -> io::Error {
-    match e.raw_os_error() {
-        Some(n) => io::Error::from_raw_os_error(n),
-        None => io::Error::new(e.kind(), e.to_string()),
     }
 }
 
@@ -836,6 +956,88 @@ mod tests {
         assert_eq!(names("ab"), vec!["ab/y"]);
         assert!(names("a/b/c/d").is_empty());
         assert!(names("nothing").is_empty());
+    }
+
+    /// What a scan makes of a folder and of a file it lists, against the index's entry.
+    #[test]
+    fn what_a_scan_found_is_decided_by_table() {
+        let stat = |mode: u32, size: u64| Stat {
+            mode,
+            size,
+            ..Stat::default()
+        };
+        let entry = |kind: Kind, deleted: bool, st: Stat| Entry {
+            kind,
+            deleted,
+            stat: st,
+            ..Entry::default()
+        };
+        let (dir, file) = (Kind::Dir, Kind::File);
+        let now = stat(0o755, 0);
+        let folders: [(Option<Entry>, FolderSeen); 6] = [
+            (None, FolderSeen::New),
+            (Some(entry(dir, false, now)), FolderSeen::Known),
+            (
+                Some(entry(dir, false, stat(0o700, 0))),
+                FolderSeen::ModeChanged,
+            ),
+            (Some(entry(dir, true, now)), FolderSeen::New),
+            (Some(entry(file, false, now)), FolderSeen::New),
+            (Some(entry(file, true, now)), FolderSeen::New),
+        ];
+        for (cur, want) in folders {
+            assert_eq!(folder_seen(cur.as_ref(), &now), want, "{cur:?}");
+        }
+        let now = stat(0o644, 5);
+        let files: [(Option<Entry>, bool, FileSeen); 7] = [
+            (None, false, FileSeen::Changed),
+            (Some(entry(file, false, now)), false, FileSeen::Same),
+            (Some(entry(file, false, now)), true, FileSeen::Changed),
+            (
+                Some(entry(file, false, stat(0o644, 6))),
+                false,
+                FileSeen::Changed,
+            ),
+            (Some(entry(file, true, now)), false, FileSeen::Changed),
+            (Some(entry(dir, false, now)), false, FileSeen::Retyped),
+            (Some(entry(dir, true, now)), false, FileSeen::Changed),
+        ];
+        for (cur, written, want) in files {
+            assert_eq!(
+                file_seen(cur.as_ref(), &now, written),
+                want,
+                "{cur:?} {written}"
+            );
+        }
+    }
+
+    /// Which known names a listing shows gone, and which held names gone with them.
+    #[test]
+    fn what_is_gone_is_decided_by_table() {
+        let k = |path: &str, e: Option<(Kind, bool)>| Known {
+            path: path.to_string(),
+            entry: e.map(|(kind, deleted)| Entry {
+                path: path.to_string(),
+                kind,
+                deleted,
+                ..Entry::default()
+            }),
+        };
+        let known = [
+            k("f", Some((Kind::File, false))),
+            k("t", Some((Kind::File, true))),
+            k("d", Some((Kind::Dir, false))),
+            k("implied", None),
+            k("x", Some((Kind::File, false))),
+            k("y", Some((Kind::Dir, false))),
+        ];
+        // f, t, d and "implied" are not listed; x is a folder now; y is a file now.
+        let on_disk = [None, None, None, None, Some(true), Some(false)];
+        let (gone, emptied) = missing(&known, &on_disk, true);
+        assert_eq!(gone, ["f", "d"]);
+        assert_eq!(emptied, ["d", "implied", "y"]);
+        // A listing cut short says nothing is gone.
+        assert_eq!(missing(&known, &on_disk, false), (vec![], vec![]));
     }
 
     /// A scan finds files and folders, deep ones too (run on musl as well: its std stats a
