@@ -185,6 +185,54 @@ fn config_arg(args: &[String]) -> Result<Option<PathBuf>, String> {
     Ok(None)
 }
 
+/// `left status [--dir DIR] [--config FILE]`: the arguments after `status`.
+fn parse_status(args: &[String], cfg: &Config) -> Result<Command, String> {
+    let mut dir = cfg.dir.clone().unwrap_or_else(|| PathBuf::from("share"));
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--dir" => dir = PathBuf::from(it.next().ok_or("--dir needs a value")?),
+            "--config" => {
+                it.next();
+            }
+            _ if a.starts_with("--dir=") => dir = PathBuf::from(&a[6..]),
+            _ if a.starts_with("--config=") => {}
+            _ => return Err("usage: left status [--dir DIR] [--config FILE]".into()),
+        }
+    }
+    Ok(Command::Status(dir))
+}
+
+/// The peers and allowed addresses in force: the command line's, or else the config file's.
+/// Every line of the file is checked even when the command line gives its own.
+fn peers_and_allow(
+    cfg: &Config,
+    peers: &[String],
+    allow: Vec<Allow>,
+    port: u16,
+) -> Result<(Vec<PeerAddr>, Vec<Allow>), String> {
+    let mut cfg_peers = Vec::new();
+    for (i, p) in cfg.peers.iter().enumerate() {
+        cfg_peers.push(parse_peer(p, port).map_err(|e| format!("{}: {e}", cfg.peer_origin(i)))?);
+    }
+    let mut cfg_allow = Vec::new();
+    for (i, a) in cfg.allow.iter().enumerate() {
+        cfg_allow.push(parse_allow(a).map_err(|e| format!("{}: {e}", cfg.allow_origin(i)))?);
+    }
+    let peers = if peers.is_empty() {
+        cfg_peers
+    } else {
+        peers
+            .iter()
+            .map(|p| parse_peer(p, port))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    if peers.is_empty() {
+        return Err("no peer given".into());
+    }
+    Ok((peers, if allow.is_empty() { cfg_allow } else { allow }))
+}
+
 /// [`parse`] with the config loader given (tests pass their own). Long on purpose: one arm per
 /// option, in one match, reads as the usage text does.
 pub fn parse_with(
@@ -197,20 +245,7 @@ pub fn parse_with(
     }
     .unwrap_or_default();
     if args.first().is_some_and(|a| a == "status") {
-        let mut dir = cfg.dir.clone().unwrap_or_else(|| PathBuf::from("share"));
-        let mut it = args[1..].iter();
-        while let Some(a) = it.next() {
-            match a.as_str() {
-                "--dir" => dir = PathBuf::from(it.next().ok_or("--dir needs a value")?),
-                "--config" => {
-                    it.next();
-                }
-                _ if a.starts_with("--dir=") => dir = PathBuf::from(&a[6..]),
-                _ if a.starts_with("--config=") => {}
-                _ => return Err("usage: left status [--dir DIR] [--config FILE]".into()),
-            }
-        }
-        return Ok(Command::Status(dir));
+        return parse_status(&args[1..], &cfg);
     }
     let mut dir = cfg.dir.clone().unwrap_or_else(|| PathBuf::from("share"));
     let mut port = cfg.port.unwrap_or(DEFAULT_PORT);
@@ -285,30 +320,7 @@ pub fn parse_with(
             return Err(format!("{flag} takes no value"));
         }
     }
-    // Every line of the file is checked; its peers and allowed addresses count only when the
-    // command line gives none.
-    let mut cfg_peers = Vec::new();
-    for (i, p) in cfg.peers.iter().enumerate() {
-        cfg_peers.push(parse_peer(p, port).map_err(|e| format!("{}: {e}", cfg.peer_origin(i)))?);
-    }
-    let mut cfg_allow = Vec::new();
-    for (i, a) in cfg.allow.iter().enumerate() {
-        cfg_allow.push(parse_allow(a).map_err(|e| format!("{}: {e}", cfg.allow_origin(i)))?);
-    }
-    let peers = if peers.is_empty() {
-        cfg_peers
-    } else {
-        peers
-            .iter()
-            .map(|p| parse_peer(p, port))
-            .collect::<Result<Vec<_>, _>>()?
-    };
-    if peers.is_empty() {
-        return Err("no peer given".into());
-    }
-    if allow.is_empty() {
-        allow = cfg_allow;
-    }
+    let (peers, allow) = peers_and_allow(&cfg, &peers, allow, port)?;
     Ok(Command::Run(Options {
         dir,
         port,
