@@ -206,7 +206,13 @@
 //!
 //! Concurrent versions (neither descends from the other): identical content merges silently (two
 //! devices that got the same file independently). Otherwise an edit beats a deletion, then the newer
-//! mtime wins, then the larger device id — the same answer on every device. A conflict copy never
+//! mtime wins, then the larger device id — the same answer on every device, except that a change
+//! made knowing the other's (its vector holds the counter of the device that made the other)
+//! wins over it. The device that takes a winner over a concurrent version of its own keeps its
+//! own as a conflict copy and records the winner with both vectors merged: the conflict is
+//! resolved there, and a later change of the winner's descends from the loser too (otherwise the
+//! loser, still held by the device that made it, would be concurrent with it, and a later
+//! deletion of the path would lose to it). A conflict copy never
 //! replaces anything: the rename refuses an existing name (`RENAME_NOREPLACE`), and a name holding
 //! other content gets a number (`...-DEVICE-2.EXT`); one already holding the same content is kept as
 //! it is.
