@@ -9,6 +9,7 @@ use crate::net::conn;
 use crate::store::index::Index;
 use crate::store::names::{self, STATE_DIR};
 use crate::sync::model::{DialInfo, Model, Out};
+use crate::sys::watch::Watcher;
 use crate::{scan::scanner, status, sys::signal};
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -679,8 +680,35 @@ fn set_dial(model: &Model, peer: &PeerAddr, device: Option<u64>, err: Option<Str
     }
 }
 
+/// The scanner's thread: scans the share, then waits for changes (or polls), until shutdown.
 fn scan_loop(model: &Model) {
-    let mut watcher = crate::sys::watch::Watcher::new(|n| names::is_temp(n) || n == STATE_DIR);
+    let mut watcher = start_watcher(model);
+    // The first scan, the periodic one and any after lost events walk everything; the others
+    // only the folders inotify named.
+    let mut full = true;
+    loop {
+        let t = Instant::now();
+        let dirs = dirs_to_scan(model, &mut watcher, full);
+        // The pause after a scan scales with the cost of walking, not of hashing what changed
+        // (a big file hashed once must not slow down noticing the next change), and only that
+        // of the partial scans that events cause: the full walk of a big share says nothing
+        // of what the next event costs.
+        let partial = dirs.is_some();
+        let took = scan_once(model, dirs.as_ref(), watcher.as_mut(), t);
+        // What the scan saw is recorded: peers may be told we hold nothing more for them.
+        model.lock().scan_pending = false;
+        model.changed.notify_all();
+        full = wait_for_changes(model, &mut watcher, partial, took);
+        if model.lock().shutdown {
+            return;
+        }
+    }
+}
+
+/// The inotify watcher, its descriptor told to the model; `None` (said once) where inotify is
+/// unavailable: the share is polled then.
+fn start_watcher(model: &Model) -> Option<Watcher> {
+    let watcher = Watcher::new(|n| names::is_temp(n) || n == STATE_DIR);
     if let Some(w) = &watcher {
         model.watch_fd.store(w.fd(), Ordering::Relaxed);
     }
@@ -690,70 +718,94 @@ fn scan_loop(model: &Model) {
             SCAN_EVERY.as_millis()
         );
     }
-    // The first scan, the periodic one and any after lost events walk everything; the others
-    // only the folders inotify named.
-    let mut full = true;
-    loop {
-        let t = Instant::now();
-        let dirs: Option<HashSet<String>> = match watcher.as_mut() {
-            Some(w) if !full => w.take_dirty().map(|d| {
-                d.iter()
-                    .filter_map(|p| {
-                        let rel = p.strip_prefix(&model.root).ok()?;
-                        rel.to_str().map(str::to_string)
-                    })
-                    .collect()
-            }),
-            _ => None,
-        };
-        if dirs.is_none() {
-            // A full scan covers whatever the watcher had gathered.
-            if let Some(w) = watcher.as_mut() {
-                let _ = w.take_dirty();
-            }
-        }
-        // The pause after a scan scales with the cost of walking, not of hashing what changed
-        // (a big file hashed once must not slow down noticing the next change), and only that
-        // of the partial scans that events cause: the full walk of a big share says nothing
-        // of what the next event costs.
-        let partial = dirs.is_some();
-        let took = match scanner::scan(model, dirs.as_ref(), watcher.as_mut()) {
-            Ok(s) => {
-                if s.changed + s.deleted > 0 {
-                    debug!("scan: {s:?} in {:?}", t.elapsed());
-                }
-                s.walk
-            }
-            Err(e) => {
-                warn!("scan: {e}");
-                t.elapsed()
-            }
-        };
-        // What the scan saw is recorded: peers may be told we hold nothing more for them.
-        model.lock().scan_pending = false;
-        model.changed.notify_all();
-        full = match watcher.as_mut() {
-            // Woken by a change (after a short settle, a few times the scan's cost at least), or
-            // a full rescan now and then as a safety net.
-            Some(w) if !w.incomplete => {
-                let woken = w.wait(RESCAN_EVERY);
-                model.lock().scan_pending = true;
-                if woken {
-                    std::thread::sleep(SETTLE.max(if partial { took * 3 } else { SETTLE }));
-                }
-                !woken
-            }
-            // Polling: never more than about a tenth of a core, however large the share.
-            _ => {
-                std::thread::sleep(SCAN_EVERY.max(took * 10));
-                model.lock().scan_pending = true;
-                true
-            }
-        };
-        if model.lock().shutdown {
-            return;
+    watcher
+}
+
+/// The folders the next scan reads (relative to the share), or `None` for all of them: with
+/// `full`, without a watcher, or when it lost track.
+fn dirs_to_scan(
+    model: &Model,
+    watcher: &mut Option<Watcher>,
+    full: bool,
+) -> Option<HashSet<String>> {
+    let dirs: Option<HashSet<String>> = match watcher.as_mut() {
+        Some(w) if !full => w.take_dirty().map(|d| {
+            d.iter()
+                .filter_map(|p| {
+                    let rel = p.strip_prefix(&model.root).ok()?;
+                    rel.to_str().map(str::to_string)
+                })
+                .collect()
+        }),
+        _ => None,
+    };
+    if dirs.is_none() {
+        // A full scan covers whatever the watcher had gathered.
+        if let Some(w) = watcher.as_mut() {
+            let _ = w.take_dirty();
         }
     }
+    dirs
+}
+
+/// Scans `dirs` (or all), started at `t`; returns what its walk took (all it took, if it failed).
+fn scan_once(
+    model: &Model,
+    dirs: Option<&HashSet<String>>,
+    watcher: Option<&mut Watcher>,
+    t: Instant,
+) -> Duration {
+    match scanner::scan(model, dirs, watcher) {
+        Ok(s) => {
+            if s.changed + s.deleted > 0 {
+                debug!("scan: {s:?} in {:?}", t.elapsed());
+            }
+            s.walk
+        }
+        Err(e) => {
+            warn!("scan: {e}");
+            t.elapsed()
+        }
+    }
+}
+
+/// Waits until the next scan is due (`took`: the last scan's walk, `partial`: it read only
+/// some folders); returns whether that scan must walk everything.
+fn wait_for_changes(
+    model: &Model,
+    watcher: &mut Option<Watcher>,
+    partial: bool,
+    took: Duration,
+) -> bool {
+    match watcher.as_mut() {
+        // Woken by a change (after a short settle), or a full rescan now and then as a safety
+        // net.
+        Some(w) if !w.incomplete => {
+            let woken = w.wait(RESCAN_EVERY);
+            model.lock().scan_pending = true;
+            if woken {
+                std::thread::sleep(settle(partial, took));
+            }
+            !woken
+        }
+        _ => {
+            std::thread::sleep(poll_pause(took));
+            model.lock().scan_pending = true;
+            true
+        }
+    }
+}
+
+/// How long a burst of changes settles before it is scanned: a few times the cost of the last
+/// scan if it was a partial one, [`SETTLE`] at least.
+fn settle(partial: bool, took: Duration) -> Duration {
+    SETTLE.max(if partial { took * 3 } else { SETTLE })
+}
+
+/// How long polling waits between scans: never more than about a tenth of a core, however
+/// large the share, and [`SCAN_EVERY`] at least.
+fn poll_pause(took: Duration) -> Duration {
+    SCAN_EVERY.max(took * 10)
 }
 
 #[cfg(test)]
@@ -763,37 +815,88 @@ mod tests {
     #[test]
     fn the_tick_does_what_is_due() {
         let t0 = Instant::now();
-        let c = Clock::new(t0);
-        let due = |c: &Clock, after: Duration, fold, asked| c.due(t0 + after, fold, asked);
-        // The first tick purges; nothing else is due yet.
-        let first = Due {
-            purge: true,
-            save: false,
-            status: false,
-        };
-        assert_eq!(due(&c, Duration::ZERO, false, false), first);
-        let c = Clock {
+        let fresh = Clock::new(t0);
+        let purged = Clock {
             purge: Some(t0),
-            ..c
+            ..Clock::new(t0)
         };
-        let none = Due {
-            purge: false,
-            save: false,
-            status: false,
-        };
-        assert_eq!(due(&c, Duration::from_millis(10), false, false), none);
-        // Saves every SAVE_EVERY, or at once when memory holds many changes.
-        assert!(due(&c, SAVE_EVERY, false, false).save);
-        assert!(due(&c, Duration::ZERO, true, false).save);
-        // Status every STATUS_EVERY, or at once when asked.
-        assert!(due(&c, STATUS_EVERY, false, false).status);
-        assert!(due(&c, Duration::ZERO, false, true).status);
-        // Purges every PURGE_EVERY, or at the next tick while old deletions are left.
-        assert!(due(&c, PURGE_EVERY, false, false).purge);
         let more = Clock {
+            purge: Some(t0),
             purge_more: true,
-            ..c
+            ..Clock::new(t0)
         };
-        assert!(due(&more, Duration::ZERO, false, false).purge);
+        let ms = Duration::from_millis;
+        let due = |purge, save, status| Due {
+            purge,
+            save,
+            status,
+        };
+        // (clock, time since t0, fold, asked, what is due)
+        let table = [
+            // The first tick purges; nothing else is due yet.
+            (&fresh, ms(0), false, false, due(true, false, false)),
+            (&purged, ms(10), false, false, due(false, false, false)),
+            // Saves every SAVE_EVERY, or at once when memory holds many changes.
+            (
+                &purged,
+                SAVE_EVERY - ms(1),
+                false,
+                false,
+                due(false, false, false),
+            ),
+            (&purged, SAVE_EVERY, false, false, due(false, true, false)),
+            (&purged, ms(0), true, false, due(false, true, false)),
+            // Status every STATUS_EVERY, or at once when asked.
+            (
+                &purged,
+                STATUS_EVERY - ms(1),
+                false,
+                false,
+                due(false, true, false),
+            ),
+            (&purged, STATUS_EVERY, false, false, due(false, true, true)),
+            (&purged, ms(0), false, true, due(false, false, true)),
+            // Purges every PURGE_EVERY, or at the next tick while old deletions are left.
+            (
+                &purged,
+                PURGE_EVERY - ms(1),
+                false,
+                false,
+                due(false, true, true),
+            ),
+            (&purged, PURGE_EVERY, false, false, due(true, true, true)),
+            (&more, ms(0), false, false, due(true, false, false)),
+            (&fresh, ms(0), true, true, due(true, true, true)),
+        ];
+        for (i, (clock, after, fold, asked, want)) in table.into_iter().enumerate() {
+            assert_eq!(clock.due(t0 + after, fold, asked), want, "{i}");
+        }
+    }
+
+    #[test]
+    fn the_scanner_pauses_by_what_its_walk_took() {
+        let ms = Duration::from_millis;
+        // (partial, the walk took, settle)
+        let settles = [
+            (true, ms(0), SETTLE),
+            (true, ms(5), SETTLE),
+            (true, ms(100), ms(300)),
+            // A full walk's cost says nothing of the next event's.
+            (false, ms(100), SETTLE),
+            (false, ms(0), SETTLE),
+        ];
+        for (partial, took, want) in settles {
+            assert_eq!(settle(partial, took), want, "{partial} {took:?}");
+        }
+        // (the walk took, pause)
+        let polls = [
+            (ms(0), SCAN_EVERY),
+            (ms(20), SCAN_EVERY),
+            (ms(30), SCAN_EVERY),
+            (ms(100), ms(1000)),
+        ];
+        for (took, want) in polls {
+            assert_eq!(poll_pause(took), want, "{took:?}");
+        }
     }
 }

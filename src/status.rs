@@ -5,8 +5,9 @@ use crate::cli::Options;
 use crate::error::{Context, Result};
 use crate::hash::short_id;
 use crate::log::timestamp;
+use crate::store::index::Index;
 use crate::store::names::STATE_DIR;
-use crate::sync::model::Model;
+use crate::sync::model::{Model, Peer, Progress, State};
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
@@ -22,8 +23,8 @@ fn when(t: SystemTime) -> String {
     timestamp(d.as_secs() as i64, d.subsec_millis())
 }
 
-/// Renders the status text; also records when each peer was last seen in sync. Long on purpose:
-/// the text is laid out top to bottom as it prints, one line or block per part.
+/// Renders the status text, laid out top to bottom as it prints; also records when each peer
+/// was last seen in sync. Returns whether everything is in sync.
 pub fn render(model: &Model, opts: &Options) -> (String, bool) {
     let mut g = model.lock();
     let st = &mut *g;
@@ -44,54 +45,9 @@ pub fn render(model: &Model, opts: &Options) -> (String, bool) {
     let (files, bytes) = (t.files, t.bytes);
     let mut body = String::new();
     for p in st.peers.values_mut() {
-        let in_sync = p.in_sync(seq);
-        // Recorded when it becomes in sync, so an idle daemon's status stays the same.
-        if in_sync && !p.shown_in_sync {
-            p.last_in_sync = Some(now);
-        }
-        p.shown_in_sync = in_sync;
-        all_in_sync &= in_sync;
-        let recv_files = p.needs.len();
-        let recv_bytes = p.needs.bytes();
-        let send = st.index.count_since(p.peer_in_sync);
-        let since = now.checked_sub(p.since.elapsed()).unwrap_or(now);
-        let _ = writeln!(
-            body,
-            "peer {} device {}: connected since {}, last in sync {}, to receive {recv_files} files / {recv_bytes} bytes, to send {send} entries",
-            p.addr,
-            short_id(p.device),
-            when(since),
-            p.last_in_sync.map_or("never".into(), when),
-        );
-        if let Some(pr) = &p.progress {
-            let secs = pr.started.elapsed().as_secs_f64().max(1e-3);
-            let rate = pr.done as f64 / secs;
-            let eta = (pr.size.saturating_sub(pr.done)) as f64 / rate.max(1.0);
-            let _ = writeln!(
-                body,
-                "  receiving {}: {}% of {} bytes, {:.1} MB/s, ETA {:.0} s",
-                pr.path,
-                pr.done * 100 / pr.size.max(1),
-                pr.size,
-                rate / 1e6,
-                eta
-            );
-        }
+        all_in_sync &= peer_lines(&mut body, p, &st.index, seq, now);
     }
-    let connected: Vec<u64> = st.peers.values().map(|p| p.device).collect();
-    for (peer, d) in &st.dialers {
-        if d.device.is_some_and(|dev| connected.contains(&dev)) {
-            continue;
-        }
-        all_in_sync = false;
-        let _ = writeln!(
-            body,
-            "peer {peer}: not connected{}",
-            d.last_error
-                .as_ref()
-                .map_or(String::new(), |e| format!(" ({e})"))
-        );
-    }
+    all_in_sync &= dialer_lines(&mut body, st);
     if st.peers.len() < opts.peers.len() {
         all_in_sync = false;
     }
@@ -106,6 +62,69 @@ pub fn render(model: &Model, opts: &Options) -> (String, bool) {
         let _ = writeln!(s, "last error: {} {e}", when(*t));
     }
     (s, all_in_sync)
+}
+
+/// Writes a connected peer's line (and the file being received from it) into `body`, records
+/// when it became in sync (`seq`: our index's number), and returns whether it is.
+fn peer_lines(body: &mut String, p: &mut Peer, index: &Index, seq: u64, now: SystemTime) -> bool {
+    let in_sync = p.in_sync(seq);
+    // Recorded when it becomes in sync, so an idle daemon's status stays the same.
+    if in_sync && !p.shown_in_sync {
+        p.last_in_sync = Some(now);
+    }
+    p.shown_in_sync = in_sync;
+    let recv_files = p.needs.len();
+    let recv_bytes = p.needs.bytes();
+    let send = index.count_since(p.peer_in_sync);
+    let since = now.checked_sub(p.since.elapsed()).unwrap_or(now);
+    let _ = writeln!(
+        body,
+        "peer {} device {}: connected since {}, last in sync {}, to receive {recv_files} files / {recv_bytes} bytes, to send {send} entries",
+        p.addr,
+        short_id(p.device),
+        when(since),
+        p.last_in_sync.map_or("never".into(), when),
+    );
+    if let Some(pr) = &p.progress {
+        progress_line(body, pr);
+    }
+    in_sync
+}
+
+/// Writes the line of a file being received into `body`: how far, how fast, how long left.
+fn progress_line(body: &mut String, pr: &Progress) {
+    let secs = pr.started.elapsed().as_secs_f64().max(1e-3);
+    let rate = pr.done as f64 / secs;
+    let eta = (pr.size.saturating_sub(pr.done)) as f64 / rate.max(1.0);
+    let _ = writeln!(
+        body,
+        "  receiving {}: {}% of {} bytes, {:.1} MB/s, ETA {:.0} s",
+        pr.path,
+        pr.done * 100 / pr.size.max(1),
+        pr.size,
+        rate / 1e6,
+        eta
+    );
+}
+
+/// Writes a line into `body` for each listed peer not connected; returns whether all are.
+fn dialer_lines(body: &mut String, st: &State) -> bool {
+    let mut all = true;
+    let connected: Vec<u64> = st.peers.values().map(|p| p.device).collect();
+    for (peer, d) in &st.dialers {
+        if d.device.is_some_and(|dev| connected.contains(&dev)) {
+            continue;
+        }
+        all = false;
+        let _ = writeln!(
+            body,
+            "peer {peer}: not connected{}",
+            d.last_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" ({e})"))
+        );
+    }
+    all
 }
 
 /// Keeps the status file current: rewritten when its text changes, and every few seconds

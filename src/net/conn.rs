@@ -6,7 +6,7 @@
 use crate::error::{Context, Error, Result};
 use crate::hash::short_id;
 use crate::net::announce::announce;
-use crate::net::frame::{FrameReader, FrameWriter, READ_TIMEOUT, open_and_decode};
+use crate::net::frame::{FrameReader, FrameWriter, Permit, READ_TIMEOUT, open_and_decode};
 use crate::net::handshake::Handshake;
 use crate::net::serve::serve;
 use crate::proto::auth::{self, Sealer};
@@ -35,7 +35,7 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 /// Responses checked together at most (see `read_loop`).
 const RESPONSE_BATCH: usize = 16;
 
-/// Runs a connection after its handshake until it closes. `dialed`: we initiated it.
+/// Runs a connection after its handshake until it closes: registers it, then runs its threads.
 /// `dialed`: we made the connection; `listed`: it is with one of the listed peers' addresses
 /// (we dialed one, or it came from one).
 pub fn run(
@@ -50,16 +50,9 @@ pub fn run(
         Some(s) => (Some(s.send), Some(s.recv)),
         None => (None, None),
     };
-    let addr = stream.peer_addr()?;
-    let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(READ_TIMEOUT))?;
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let addr = set_up(&stream)?;
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let (out_tx, out_rx) = mpsc::channel::<Out>();
-    let (resp_tx, resp_rx) = mpsc::channel::<crate::sync::link::Answer>();
-    let asked = Arc::new(AtomicUsize::new(0));
-    let lengths = std::sync::Mutex::new(HashMap::new());
     let peer = Peer {
         listen: SocketAddr::new(addr.ip(), hs.port),
         dialed,
@@ -67,6 +60,22 @@ pub fn run(
         ..new_peer(model, device, addr, out_tx.clone(), stream.try_clone()?)
     };
     register(model, id, peer)?;
+    log_connected(addr, device, dialed);
+    run_threads(model, id, &stream, addr, (send, recv), (out_tx, out_rx)).at(addr.to_string())
+}
+
+/// Sets the socket's options; returns the peer's address (an IPv4 one as such, not mapped).
+fn set_up(stream: &TcpStream) -> Result<SocketAddr> {
+    let addr = stream.peer_addr()?;
+    let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    Ok(addr)
+}
+
+/// Logs a new connection, within limits.
+fn log_connected(addr: SocketAddr, device: u64, dialed: bool) {
     // A client that connects again and again must not fill the log: 50 lines in 10 s.
     static CONNECTED: crate::log::Throttle = crate::log::Throttle::new(Duration::from_secs(10), 50);
     if let Some(more) = CONNECTED.pass() {
@@ -76,9 +85,25 @@ pub fn run(
             if dialed { "dialed" } else { "accepted" }
         );
     }
+}
+
+/// Runs the writer and the puller beside the reader (this thread) until the reader ends, then
+/// unregisters the connection and ends the other two. `(send, recv)`: the MAC states of both
+/// directions; `(out_tx, out_rx)`: the writer's queue.
+fn run_threads(
+    model: &Arc<Model>,
+    id: u64,
+    stream: &TcpStream,
+    addr: SocketAddr,
+    (send, recv): (Option<Sealer>, Option<Sealer>),
+    (out_tx, out_rx): (mpsc::Sender<Out>, mpsc::Receiver<Out>),
+) -> Result<()> {
+    let (resp_tx, resp_rx) = mpsc::channel::<crate::sync::link::Answer>();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let lengths = std::sync::Mutex::new(HashMap::new());
     let pending = Arc::new(AtomicUsize::new(0));
     let pool = Pool::default();
-    let result = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let w_stream = stream.try_clone()?;
         let w_pending = pending.clone();
         let w_lengths = &lengths;
@@ -90,21 +115,16 @@ pub fn run(
             }
             r
         });
-        let p_out = out_tx.clone();
-        let p_asked = asked.clone();
-        let p_pool = pool.clone();
         let p_stream = stream.try_clone()?;
-        let puller = s.spawn(move || {
-            let link = Link {
-                model,
-                conn: id,
-                out: p_out,
-                responses: resp_rx,
-                asked: p_asked,
-                pool: p_pool,
-            };
-            pull(&link, addr, &p_stream)
-        });
+        let link = Link {
+            model,
+            conn: id,
+            out: out_tx.clone(),
+            responses: resp_rx,
+            asked: asked.clone(),
+            pool: pool.clone(),
+        };
+        let puller = s.spawn(move || pull(&link, addr, &p_stream));
         let routes = Routes {
             out: &out_tx,
             responses: &resp_tx,
@@ -113,7 +133,7 @@ pub fn run(
             lengths: &lengths,
             pool: &pool,
         };
-        let r = read_loop(model, id, &stream, recv, &routes);
+        let r = read_loop(model, id, stream, recv, &routes);
         // Whatever ended the connection, end the other threads too.
         unregister(model, id);
         let _ = stream.shutdown(Shutdown::Both);
@@ -126,8 +146,7 @@ pub fn run(
             (_, Ok(Err(e))) => Err(e),
             _ => Ok(()),
         }
-    });
-    result.at(addr.to_string())
+    })
 }
 
 /// A connection's state in the model, as it starts.
@@ -246,6 +265,8 @@ struct Routes<'a> {
     pool: &'a Pool,
 }
 
+/// Reads the peer's frames until the connection ends and routes each (see `route`); answers
+/// are handed to the puller in batches.
 fn read_loop(
     model: &Model,
     id: u64,
@@ -253,19 +274,7 @@ fn read_loop(
     mut session: Option<Sealer>,
     routes: &Routes<'_>,
 ) -> Result<()> {
-    let Routes {
-        out,
-        responses,
-        pending,
-        ..
-    } = *routes;
     let mut r = FrameReader::on_socket(stream, routes.pool.clone());
-    let queue = |job: Out| -> Result<()> {
-        if pending.fetch_add(1, Ordering::AcqRel) >= wire::MAX_REQUESTS {
-            return Err(Error::protocol("too many outstanding requests"));
-        }
-        out.send(job).map_err(|_| Error::msg("connection closing"))
-    };
     // Responses are checked in batches, their MD5s side by side (md5x): a batch takes what has
     // arrived and is handed on before the reader waits for more.
     let most = crate::hash::md5x::lanes().min(RESPONSE_BATCH);
@@ -277,59 +286,95 @@ fn read_loop(
             && (batch.len() >= most
                 || !(r.buffered() || crate::sys::watch::readable(fd, Duration::ZERO)))
         {
-            hand_on(&mut batch, &mut sums, responses);
+            hand_on(&mut batch, &mut sums, routes.responses);
         }
-        // The frame's share of the budget is held until it has been handled. A large answer is
-        // weighed against what its request asked for before it is read.
-        let vet = |n: usize, head: &[u8]| {
-            let lengths = routes.lengths.lock().unwrap_or_else(|p| p.into_inner());
-            weigh_answer(&lengths, n, head)
+        let Some((msg, permit)) = next_frame(&mut r, session.as_mut(), routes)? else {
+            return Ok(());
         };
-        let (msg, permit) = match r
-            .body_vetted(wire::MAX_FRAME, vet)
-            .and_then(|(b, p)| Ok((open_and_decode(b, session.as_mut())?, p)))
-        {
-            Ok(m) => m,
-            Err(e) if e.io_kind() == Some(std::io::ErrorKind::UnexpectedEof) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        match msg {
-            Msg::Hello(_) | Msg::Auth { .. } => {
-                return Err(Error::protocol("handshake frame after the handshake"));
-            }
-            Msg::Index { seq, entries } => {
-                let before = model.lock().index.over_bytes();
-                model.remote_entries(id, seq, entries)?;
-                let grew = model.lock().index.over_bytes().saturating_sub(before);
-                // The frame is handled: its share of the budget goes back before any pause.
-                drop(permit);
-                model.fold_if_due(grew);
-            }
-            Msg::IndexDone { seq } => {
-                let mut g = model.lock();
-                if let Some(p) = g.peers.get_mut(&id) {
-                    p.remote_done = true;
-                    p.remote_seq = p.remote_seq.max(seq);
-                }
-                model.changed.notify_all();
-            }
-            Msg::Request(req) => queue(Out::Serve(req))?,
-            Msg::SubHashes(req) => queue(Out::ServeSubs(req))?,
-            Msg::Ping => {}
-            Msg::Response(resp) => {
-                admit_answer(routes, &resp)?;
-                batch.push(resp);
-            }
-            Msg::InSync { seq } => {
-                let mut g = model.lock();
-                if let Some(p) = g.peers.get_mut(&id) {
-                    p.peer_in_sync = p.peer_in_sync.max(seq);
-                }
-                model.changed.notify_all();
-            }
-            Msg::Unknown(t) => debug!("skipped a frame of unknown type {t}"),
-        }
+        route(model, id, msg, permit, routes, &mut batch)?;
     }
+}
+
+/// The peer's next frame, opened and decoded, with its share of the reading budget; `None` once
+/// the peer closed the connection. A large answer is weighed against what its request asked for
+/// before it is read.
+fn next_frame(
+    r: &mut FrameReader<&TcpStream>,
+    session: Option<&mut Sealer>,
+    routes: &Routes<'_>,
+) -> Result<Option<(Msg, Permit)>> {
+    let vet = |n: usize, head: &[u8]| {
+        let lengths = routes.lengths.lock().unwrap_or_else(|p| p.into_inner());
+        weigh_answer(&lengths, n, head)
+    };
+    match r
+        .body_vetted(wire::MAX_FRAME, vet)
+        .and_then(|(b, p)| Ok((open_and_decode(b, session)?, p)))
+    {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.io_kind() == Some(std::io::ErrorKind::UnexpectedEof) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Handles one frame of the peer's: index entries go to the model, requests to our writer,
+/// answers into `batch`. The frame's share of the budget (`permit`) is held until it has been
+/// handled.
+fn route(
+    model: &Model,
+    id: u64,
+    msg: Msg,
+    permit: Permit,
+    routes: &Routes<'_>,
+    batch: &mut Vec<wire::Response>,
+) -> Result<()> {
+    match msg {
+        Msg::Hello(_) | Msg::Auth { .. } => {
+            return Err(Error::protocol("handshake frame after the handshake"));
+        }
+        Msg::Index { seq, entries } => {
+            let before = model.lock().index.over_bytes();
+            model.remote_entries(id, seq, entries)?;
+            let grew = model.lock().index.over_bytes().saturating_sub(before);
+            // The frame is handled: its share of the budget goes back before any pause.
+            drop(permit);
+            model.fold_if_due(grew);
+        }
+        Msg::IndexDone { seq } => update_peer(model, id, |p| {
+            p.remote_done = true;
+            p.remote_seq = p.remote_seq.max(seq);
+        }),
+        Msg::Request(req) => queue(routes, Out::Serve(req))?,
+        Msg::SubHashes(req) => queue(routes, Out::ServeSubs(req))?,
+        Msg::Ping => {}
+        Msg::Response(resp) => {
+            admit_answer(routes, &resp)?;
+            batch.push(resp);
+        }
+        Msg::InSync { seq } => update_peer(model, id, |p| p.peer_in_sync = p.peer_in_sync.max(seq)),
+        Msg::Unknown(t) => debug!("skipped a frame of unknown type {t}"),
+    }
+    Ok(())
+}
+
+/// Changes what the model holds of this connection's peer, and tells those who wait on it.
+fn update_peer(model: &Model, id: u64, change: impl FnOnce(&mut Peer)) {
+    let mut g = model.lock();
+    if let Some(p) = g.peers.get_mut(&id) {
+        change(p);
+    }
+    model.changed.notify_all();
+}
+
+/// Queues a peer's request for our writer, if it does not have too many waiting already.
+fn queue(routes: &Routes<'_>, job: Out) -> Result<()> {
+    if routes.pending.fetch_add(1, Ordering::AcqRel) >= wire::MAX_REQUESTS {
+        return Err(Error::protocol("too many outstanding requests"));
+    }
+    routes
+        .out
+        .send(job)
+        .map_err(|_| Error::msg("connection closing"))
 }
 
 /// Checks the MD5s of a batch of answers side by side (md5x) and hands them to the puller.

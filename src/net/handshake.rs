@@ -3,6 +3,7 @@
 //! its bytes.
 
 use crate::error::{Error, Result};
+use crate::hash::Hash;
 use crate::net::frame::read_frame;
 use crate::proto::auth::{self, Sealer};
 use crate::proto::wire::{self, Hello, MAGIC, Msg, PROTOCOL_VERSION};
@@ -82,25 +83,69 @@ pub fn handshake(stream: &mut TcpStream, model: &Model, dialed: bool) -> Result<
     })
 }
 
+/// The handshake's steps over the socket: our hello, the peer's checked; without a key that is
+/// all, with one our proof, the peer's checked. The checks are pure functions (below).
 fn handshake_by(io: &mut Deadline<'_>, model: &Model, dialed: bool) -> Result<Handshake> {
-    let device = model.lock().index.device;
     let key = model.key.as_deref();
+    let hello = our_hello(model, key.is_some())?;
+    let ours = wire::encode(&Msg::Hello(hello.clone()));
+    io.write_all(&ours)?;
+    let h = hello_of(read_frame(io, None, MAX_HANDSHAKE_FRAME)?)?;
+    check_hello(&h, &hello)?;
+    let Some(key) = key else {
+        return Ok(Handshake {
+            device: h.device,
+            port: h.port,
+            session: None,
+        });
+    };
+    let t = transcript(&ours, &h, dialed);
+    io.write_all(&wire::encode(&Msg::Auth {
+        proof: t.proof(key, dialed),
+    }))?;
+    let theirs = proof_of(read_frame(io, None, MAX_HANDSHAKE_FRAME)?)?;
+    let session = check_proof(&t, key, dialed, &theirs)?;
+    Ok(Handshake {
+        device: h.device,
+        port: h.port,
+        session: Some(session),
+    })
+}
+
+/// Our hello: our device, a fresh nonce, our port, and whether we hold a key (`keyed`).
+fn our_hello(model: &Model, keyed: bool) -> Result<Hello> {
+    let device = model.lock().index.device;
     let nonce = auth::random16()?;
-    let flags = if key.is_some() { wire::FLAG_AUTH } else { 0 };
-    let hello = Hello {
+    Ok(Hello {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
         device,
-        flags,
+        flags: if keyed { wire::FLAG_AUTH } else { 0 },
         nonce,
         port: model.port.load(Ordering::Relaxed),
-    };
-    let ours = wire::encode(&Msg::Hello(hello));
-    io.write_all(&ours)?;
-    let h = match read_frame(io, None, MAX_HANDSHAKE_FRAME)? {
-        Msg::Hello(h) => h,
-        _ => return Err(Error::protocol("expected a hello")),
-    };
+    })
+}
+
+/// The hello a frame holds, or why the handshake ends.
+fn hello_of(msg: Msg) -> Result<Hello> {
+    match msg {
+        Msg::Hello(h) => Ok(h),
+        _ => Err(Error::protocol("expected a hello")),
+    }
+}
+
+/// The proof of the key a frame holds, or why the handshake ends.
+fn proof_of(msg: Msg) -> Result<Hash> {
+    match msg {
+        Msg::Auth { proof } => Ok(proof),
+        _ => Err(Error::protocol("expected proof of the shared key")),
+    }
+}
+
+/// Whether the peer's hello `h` lets the handshake go on after ours: a left peer speaking our
+/// protocol version, another device, of one mind with us on a shared key, and (with one) a
+/// nonce of its own.
+fn check_hello(h: &Hello, ours: &Hello) -> Result<()> {
     if h.magic != MAGIC {
         return Err(Error::protocol("not a left peer (bad magic)"));
     }
@@ -110,57 +155,208 @@ fn handshake_by(io: &mut Deadline<'_>, model: &Model, dialed: bool) -> Result<Ha
             h.version
         )));
     }
-    if h.device == device {
+    if h.device == ours.device {
         return Err(Error::msg("connected to ourselves"));
     }
-    let Some(key) = key else {
-        if h.flags & wire::FLAG_AUTH != 0 {
+    let peer_keyed = h.flags & wire::FLAG_AUTH != 0;
+    if ours.flags & wire::FLAG_AUTH == 0 {
+        if peer_keyed {
             return Err(Error::msg(
                 "the peer requires a shared key (--key-file) and we have none",
             ));
         }
-        return Ok(Handshake {
-            device: h.device,
-            port: h.port,
-            session: None,
-        });
-    };
-    if h.flags & wire::FLAG_AUTH == 0 {
+        return Ok(());
+    }
+    if !peer_keyed {
         return Err(Error::msg(
             "the peer has no shared key configured; refusing an unauthenticated peer",
         ));
     }
-    if h.nonce == nonce {
+    if h.nonce == ours.nonce {
         return Err(Error::protocol("peer echoed our nonce"));
     }
-    // Proofs and session keys bind both hellos as they crossed this connection (both devices,
-    // nonces, ports and flags) and which side dialed: a proof made on another connection (a
-    // relay between two key holders) or by the other role (a reflection) does not verify here.
-    let theirs_bytes = wire::encode(&Msg::Hello(h.clone()));
-    let t = if dialed {
-        auth::Transcript::new(&ours, &theirs_bytes)
+    Ok(())
+}
+
+/// Both hellos as they crossed this connection (`ours` as sent, the peer's `h`), the dialer's
+/// first. Proofs and session keys bind both hellos (both devices, nonces, ports and flags) and
+/// which side dialed: a proof made on another connection (a relay between two key holders) or
+/// by the other role (a reflection) does not verify here.
+fn transcript(ours: &[u8], h: &Hello, dialed: bool) -> auth::Transcript {
+    let theirs = wire::encode(&Msg::Hello(h.clone()));
+    if dialed {
+        auth::Transcript::new(ours, &theirs)
     } else {
-        auth::Transcript::new(&theirs_bytes, &ours)
-    };
-    io.write_all(&wire::encode(&Msg::Auth {
-        proof: t.proof(key, dialed),
-    }))?;
-    let theirs = match read_frame(io, None, MAX_HANDSHAKE_FRAME)? {
-        Msg::Auth { proof } => proof,
-        _ => return Err(Error::protocol("expected proof of the shared key")),
-    };
-    if !auth::same(&theirs, &t.proof(key, !dialed)) {
+        auth::Transcript::new(&theirs, ours)
+    }
+}
+
+/// The session's MAC states if the peer's proof `theirs` is the other side's proof of `key` over
+/// transcript `t`; otherwise why the handshake ends.
+fn check_proof(t: &auth::Transcript, key: &[u8], dialed: bool, theirs: &[u8]) -> Result<Session> {
+    if !auth::same(theirs, &t.proof(key, !dialed)) {
         return Err(Error::msg(
             "wrong shared key: the peer's proof does not verify",
         ));
     }
-    let session = Session {
+    Ok(Session {
         send: t.sealer(key, dialed),
         recv: t.sealer(key, !dialed),
-    };
-    Ok(Handshake {
-        device: h.device,
-        port: h.port,
-        session: Some(session),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(device: u64, keyed: bool, nonce: u8) -> Hello {
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            device,
+            flags: if keyed { wire::FLAG_AUTH } else { 0 },
+            nonce: [nonce; 16],
+            port: 7000 + device as u16,
+        }
+    }
+
+    /// What `check_hello` says: `None` to go on, else a part of why not.
+    fn verdict(h: &Hello, ours: &Hello) -> Option<String> {
+        check_hello(h, ours).err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_peers_hello_is_checked_in_order() {
+        let bad_magic = Hello {
+            magic: *b"HTTP",
+            version: 1,
+            ..hello(2, true, 9)
+        };
+        let old = Hello {
+            version: 1,
+            ..hello(2, true, 9)
+        };
+        // (peer's hello, ours, the refusal expected)
+        let table: &[(Hello, Hello, Option<&str>)] = &[
+            (hello(2, false, 9), hello(1, false, 8), None),
+            (hello(2, true, 9), hello(1, true, 8), None),
+            // Without a key the nonces do not matter.
+            (hello(2, false, 8), hello(1, false, 8), None),
+            // The magic is looked at before anything else, the version next.
+            (bad_magic, hello(1, true, 8), Some("bad magic")),
+            (
+                old,
+                hello(1, true, 8),
+                Some("protocol version 1, we speak 2"),
+            ),
+            (
+                hello(1, true, 9),
+                hello(1, true, 8),
+                Some("connected to ourselves"),
+            ),
+            (
+                hello(1, false, 9),
+                hello(1, true, 8),
+                Some("connected to ourselves"),
+            ),
+            (
+                hello(2, true, 9),
+                hello(1, false, 8),
+                Some("requires a shared key"),
+            ),
+            (
+                hello(2, false, 9),
+                hello(1, true, 8),
+                Some("has no shared key"),
+            ),
+            (
+                hello(2, true, 8),
+                hello(1, true, 8),
+                Some("echoed our nonce"),
+            ),
+        ];
+        for (i, (h, ours, want)) in table.iter().enumerate() {
+            match (verdict(h, ours), want) {
+                (None, None) => {}
+                (Some(got), Some(want)) => assert!(got.contains(want), "{i}: {got}"),
+                (got, want) => panic!("{i}: {got:?}, expected {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_expected_frame_goes_on() {
+        let h = hello(2, true, 9);
+        assert_eq!(hello_of(Msg::Hello(h.clone())).ok(), Some(h));
+        assert_eq!(proof_of(Msg::Auth { proof: [5; 16] }).ok(), Some([5; 16]));
+        let table: &[(Msg, bool, &str)] = &[
+            (Msg::Auth { proof: [5; 16] }, true, "expected a hello"),
+            (Msg::Ping, true, "expected a hello"),
+            (Msg::Hello(hello(2, true, 9)), false, "expected proof"),
+            (Msg::IndexDone { seq: 1 }, false, "expected proof"),
+        ];
+        for (msg, want_hello, why) in table {
+            let got = if *want_hello {
+                hello_of(msg.clone()).err()
+            } else {
+                proof_of(msg.clone()).err()
+            };
+            assert!(got.is_some_and(|e| e.to_string().contains(why)), "{msg:?}");
+        }
+    }
+
+    /// Both sides' transcripts of one connection: the dialer's hello `d`, the acceptor's `a`.
+    fn both_sides(d: &Hello, a: &Hello) -> (auth::Transcript, auth::Transcript) {
+        let dialer = transcript(&wire::encode(&Msg::Hello(d.clone())), a, true);
+        let acceptor = transcript(&wire::encode(&Msg::Hello(a.clone())), d, false);
+        (dialer, acceptor)
+    }
+
+    #[test]
+    fn only_the_other_sides_proof_on_this_connection_verifies() {
+        let key = b"shared key".as_slice();
+        let (d, a) = (hello(1, true, 8), hello(2, true, 9));
+        let (td, ta) = both_sides(&d, &a);
+        // Another connection between other hellos (a relay: another nonce).
+        let (relayed, _) = both_sides(&hello(1, true, 7), &a);
+        let to_acceptor = td.proof(key, true);
+        let to_dialer = ta.proof(key, false);
+        // (checked by the dialer?, the proof it gets, verifies?)
+        let table: &[(bool, Vec<u8>, bool)] = &[
+            (true, to_dialer.to_vec(), true),
+            (false, to_acceptor.to_vec(), true),
+            // Reflected: a side's own proof sent back to it.
+            (true, to_acceptor.to_vec(), false),
+            (false, to_dialer.to_vec(), false),
+            // Made with another key, on another connection, cut short, or none.
+            (false, td.proof(b"other key", true).to_vec(), false),
+            (false, relayed.proof(key, true).to_vec(), false),
+            (false, to_acceptor[..15].to_vec(), false),
+            (false, Vec::new(), false),
+        ];
+        for (i, (by_dialer, proof, ok)) in table.iter().enumerate() {
+            let t = if *by_dialer { &td } else { &ta };
+            let got = check_proof(t, key, *by_dialer, proof);
+            assert_eq!(got.is_ok(), *ok, "{i}");
+            if let Err(e) = got {
+                assert!(e.to_string().contains("wrong shared key"), "{i}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn both_sides_agree_on_the_session() {
+        let key = b"shared key".as_slice();
+        let (d, a) = (hello(1, true, 8), hello(2, true, 9));
+        let (td, ta) = both_sides(&d, &a);
+        let mut dialer = check_proof(&td, key, true, &ta.proof(key, false)).unwrap();
+        let mut acceptor = check_proof(&ta, key, false, &td.proof(key, true)).unwrap();
+        let f = dialer.send.seal(vec![0, 0, 0, 1, 7]);
+        assert_eq!(acceptor.recv.open(&f[4..]).unwrap(), &[7]);
+        let f = acceptor.send.seal(vec![0, 0, 0, 1, 8]);
+        assert_eq!(dialer.recv.open(&f[4..]).unwrap(), &[8]);
+        // A frame is not good in the direction it came from.
+        let f = dialer.send.seal(vec![0, 0, 0, 1, 9]);
+        assert!(dialer.recv.open(&f[4..]).is_err());
+    }
 }

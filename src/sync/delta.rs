@@ -133,6 +133,28 @@ pub fn plan_block(
     shift: i64,
     search: bool,
 ) -> BlockPlan {
+    let (mut plan, whole) = look_in_place(old, base, off, len, subs, shift);
+    let missing: Vec<usize> = (0..subs.len())
+        .filter(|&k| plan.found[k].is_none() && len.saturating_sub(k * SUB_BLOCK) >= SUB_BLOCK)
+        .collect();
+    if !search || missing.is_empty() || missing.len() * 2 < whole || old.len() < SUB_BLOCK {
+        return plan;
+    }
+    plan.searched = true;
+    roll_search(old, base, off, subs, &missing, &mut plan);
+    plan
+}
+
+/// Looks for each sub-block at its own offset, then shifted by `shift`; returns what was found
+/// and how many of the sub-blocks are whole ([`SUB_BLOCK`] bytes).
+fn look_in_place(
+    old: &[u8],
+    base: u64,
+    off: u64,
+    len: usize,
+    subs: &[Sub],
+    shift: i64,
+) -> (BlockPlan, usize) {
     let slice = |pos: i64, n: usize| -> Option<&[u8]> {
         let at = usize::try_from(pos.checked_sub(base as i64)?).ok()?;
         old.get(at..at.checked_add(n)?)
@@ -158,40 +180,32 @@ pub fn plan_block(
             }
         }
     }
-    let missing: Vec<usize> = (0..subs.len())
-        .filter(|&k| plan.found[k].is_none() && len.saturating_sub(k * SUB_BLOCK) >= SUB_BLOCK)
-        .collect();
-    if !search || missing.is_empty() || missing.len() * 2 < whole || old.len() < SUB_BLOCK {
-        return plan;
-    }
-    plan.searched = true;
-    // A 64 Kibit filter on the low bits of the wanted checksums rejects most windows at once.
-    let mut filter = vec![0u64; 1024];
-    for &k in &missing {
-        let w = subs[k].weak as usize & 0xffff;
-        filter[w / 64] |= 1 << (w % 64);
-    }
+    (plan, whole)
+}
+
+/// Rolls the weak checksum over every window of `old` (our old file from `base`) looking for the
+/// sub-blocks `missing` of the block at `off`, until all are found; records them in `plan`.
+fn roll_search(
+    old: &[u8],
+    base: u64,
+    off: u64,
+    subs: &[Sub],
+    missing: &[usize],
+    plan: &mut BlockPlan,
+) {
+    let Some(first) = old.get(..SUB_BLOCK) else {
+        return;
+    };
+    let filter = weak_filter(subs, missing);
     let mut left = missing.len();
-    let mut roll = Roll::new(&old[..SUB_BLOCK]);
+    let mut roll = Roll::new(first);
     let mut p = 0;
     loop {
         let w = roll.sum();
         let bit = w as usize & 0xffff;
         if filter[bit / 64] & (1 << (bit % 64)) != 0 {
-            let window = &old[p..p + SUB_BLOCK];
-            let mut strong = None;
-            for &k in &missing {
-                if plan.found[k].is_none() && subs[k].weak == w {
-                    let h = *strong.get_or_insert_with(|| xxh64(window));
-                    if h == subs[k].strong {
-                        let at = base + p as u64;
-                        plan.found[k] = Some(at);
-                        plan.shift = Some(at as i64 - (off + (k * SUB_BLOCK) as u64) as i64);
-                        plan.by_search += 1;
-                        left -= 1;
-                    }
-                }
-            }
+            let at = base + p as u64;
+            left -= match_window(&old[p..p + SUB_BLOCK], w, at, off, subs, missing, plan);
             if left == 0 {
                 break;
             }
@@ -202,7 +216,44 @@ pub fn plan_block(
         roll.roll(old[p], old[p + SUB_BLOCK]);
         p += 1;
     }
-    plan
+}
+
+/// A 64 Kibit filter on the low bits of the weak checksums of the sub-blocks `missing`: it
+/// rejects most windows at once.
+fn weak_filter(subs: &[Sub], missing: &[usize]) -> Vec<u64> {
+    let mut filter = vec![0u64; 1024];
+    for &k in missing {
+        let w = subs[k].weak as usize & 0xffff;
+        filter[w / 64] |= 1 << (w % 64);
+    }
+    filter
+}
+
+/// Records in `plan` the sub-blocks still missing that `window` (at offset `at` of the old file,
+/// weak checksum `w`) holds; returns how many.
+fn match_window(
+    window: &[u8],
+    w: u32,
+    at: u64,
+    off: u64,
+    subs: &[Sub],
+    missing: &[usize],
+    plan: &mut BlockPlan,
+) -> usize {
+    let mut strong = None;
+    let mut found = 0;
+    for &k in missing {
+        if plan.found[k].is_none() && subs[k].weak == w {
+            let h = *strong.get_or_insert_with(|| xxh64(window));
+            if h == subs[k].strong {
+                plan.found[k] = Some(at);
+                plan.shift = Some(at as i64 - (off + (k * SUB_BLOCK) as u64) as i64);
+                plan.by_search += 1;
+                found += 1;
+            }
+        }
+    }
+    found
 }
 
 /// A block being assembled from its old version and the sub-blocks that changed.
@@ -418,20 +469,8 @@ impl<'a, 'b> Pipe<'a, 'b> {
                 return Ok(());
             }
         };
-        // The old data around where this block's data is expected; what cannot be read is
-        // simply not found.
         let (shift, misses) = *self.shifts.get(&d.path).unwrap_or(&(0, 0));
-        let size = d.old.metadata().map_or(0, |m| m.len());
-        let centre = (d.off as i64).saturating_add(shift).max(0) as u64;
-        let from = centre.saturating_sub(SEARCH).min(size);
-        let to = centre
-            .saturating_add(d.len as u64 + SEARCH)
-            .min(size)
-            .max(from);
-        self.window.resize((to - from) as usize, 0);
-        if d.old.read_exact_at(&mut self.window, from).is_err() {
-            self.window.clear();
-        }
+        let from = read_window(&mut self.window, &d.old, d.off, d.len, shift);
         let plan = plan_block(
             &self.window,
             from,
@@ -442,44 +481,91 @@ impl<'a, 'b> Pipe<'a, 'b> {
             misses < SEARCH_MISSES,
         );
         let mut block = self.link.pool.take(d.len);
-        block.resize(d.len, 0);
-        for (k, f) in plan.found.iter().enumerate() {
-            let Some(at) = f else { continue };
-            let start = k * SUB_BLOCK;
-            let n = SUB_BLOCK.min(d.len - start);
-            let src = (at - from) as usize;
-            if let Some(src) = self.window.get(src..src + n) {
-                block[start..start + n].copy_from_slice(src);
-            }
-        }
+        assemble(&mut block, &plan, &self.window, from, d.len);
         let runs = plan.runs(d.len);
         d.total = subs.len();
         d.changed = runs.iter().map(|(_, l)| l.div_ceil(SUB_BLOCK)).sum();
         d.block = block;
         let (path, off) = (d.path.clone(), d.off);
-        let st = self.shifts.entry(path.clone()).or_insert((0, 0));
-        if let Some(s) = plan.shift {
-            st.0 = s;
-        }
-        if plan.searched {
-            st.1 = if plan.by_search > 0 { 0 } else { st.1 + 1 };
-        }
+        note_shift(self.shifts.entry(path.clone()).or_insert((0, 0)), &plan);
+        self.request_runs(r.id, &path, off, runs)
+    }
+
+    /// Asks the peer for the ranges `runs` of the block at `off` of `path`, whose sub-block
+    /// hashes were request `sub_id`.
+    fn request_runs(
+        &mut self,
+        sub_id: u32,
+        path: &str,
+        off: u64,
+        runs: Vec<(usize, usize)>,
+    ) -> Result<()> {
         for (at, len) in runs {
             let id = self.id(false);
             let req = Request {
                 id,
-                path: path.clone(),
+                path: path.to_string(),
                 offset: off + at as u64,
                 len: len as u32,
                 hash: ANY_HASH,
             };
             self.send(Msg::Request(req))?;
-            self.runs.insert(id, (r.id, at, len));
-            if let Some(d) = self.deltas.get_mut(&r.id) {
+            self.runs.insert(id, (sub_id, at, len));
+            if let Some(d) = self.deltas.get_mut(&sub_id) {
                 d.pending += 1;
             }
         }
         Ok(())
+    }
+}
+
+/// Reads into `window` the old data around where the block at `off` (`len` bytes) is expected
+/// after `shift`, and returns the window's offset; what cannot be read is simply not found.
+fn read_window(window: &mut Vec<u8>, old: &File, off: u64, len: usize, shift: i64) -> u64 {
+    let size = old.metadata().map_or(0, |m| m.len());
+    let (from, to) = window_range(off, len, shift, size);
+    window.resize((to - from) as usize, 0);
+    if old.read_exact_at(window, from).is_err() {
+        window.clear();
+    }
+    from
+}
+
+/// The range of an old file of `size` bytes looked in for the block at `off` (`len` bytes):
+/// [`SEARCH`] either side of where `shift` puts it, within the file.
+fn window_range(off: u64, len: usize, shift: i64, size: u64) -> (u64, u64) {
+    let centre = (off as i64).saturating_add(shift).max(0) as u64;
+    let from = centre.saturating_sub(SEARCH).min(size);
+    let to = centre
+        .saturating_add(len as u64 + SEARCH)
+        .min(size)
+        .max(from);
+    (from, to)
+}
+
+/// Makes `block` the new block of `len` bytes with the sub-blocks `plan` found copied in from
+/// `window` (the old data from offset `from`), zeros elsewhere.
+fn assemble(block: &mut Vec<u8>, plan: &BlockPlan, window: &[u8], from: u64, len: usize) {
+    block.resize(len, 0);
+    for (k, f) in plan.found.iter().enumerate() {
+        let Some(at) = f else { continue };
+        let start = k * SUB_BLOCK;
+        let n = SUB_BLOCK.min(len - start);
+        let src = (at - from) as usize;
+        if let Some(src) = window.get(src..src + n) {
+            block[start..start + n].copy_from_slice(src);
+        }
+    }
+}
+
+/// Keeps what a plan learned of a file (`st`: the last shift found, and how many searches in
+/// a row found nothing).
+fn note_shift(st: &mut (i64, u32), plan: &BlockPlan) {
+    if let Some(s) = plan.shift {
+        st.0 = s;
+    }
+    if plan.searched {
+        st.1 = if plan.by_search > 0 { 0 } else { st.1 + 1 };
     }
 }
 
@@ -645,6 +731,88 @@ mod tests {
             true,
         );
         assert_eq!(plan.runs(65536), vec![(0, 65536)]);
+    }
+
+    #[test]
+    fn the_window_is_around_the_expected_place_within_the_file() {
+        let k = 1024u64;
+        let block = 64 << 10;
+        // (block offset, shift, old file size, window)
+        let table: &[(u64, i64, u64, (u64, u64))] = &[
+            (0, 0, 1 << 20, (0, 128 * k)),
+            (
+                1 << 20,
+                0,
+                4 << 20,
+                ((1 << 20) - SEARCH, (1 << 20) + 128 * k),
+            ),
+            (
+                1 << 20,
+                -1000,
+                4 << 20,
+                ((1 << 20) - 1000 - SEARCH, (1 << 20) + 128 * k - 1000),
+            ),
+            // Near the end of the old file, or past it (the file grew): cut at its end.
+            (960 * k, 0, 1 << 20, (896 * k, 1 << 20)),
+            (1 << 20, 0, 512 * k, (512 * k, 512 * k)),
+            // Shifted before the start: from the start.
+            (10 * k, -(1 << 20), 1 << 20, (0, 128 * k)),
+            // Wild shifts find nothing and do not overflow.
+            (0, i64::MAX, 1 << 20, (1 << 20, 1 << 20)),
+            (5 * k, i64::MIN, 1 << 20, (0, 128 * k)),
+        ];
+        for &(off, shift, size, want) in table {
+            assert_eq!(
+                window_range(off, block, shift, size),
+                want,
+                "{off} {shift} {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_keeps_its_last_shift_and_its_fruitless_searches() {
+        let plan = |shift, searched, by_search| BlockPlan {
+            shift,
+            searched,
+            by_search,
+            ..BlockPlan::default()
+        };
+        // (before, the block's plan, after)
+        let table = [
+            ((5, 3), plan(None, false, 0), (5, 3)),
+            ((5, 3), plan(Some(-1000), false, 0), (-1000, 3)),
+            // A search that found nothing counts; one that found something starts again.
+            ((5, 3), plan(None, true, 0), (5, 4)),
+            ((5, 3), plan(Some(7), true, 2), (7, 0)),
+            ((0, 0), plan(Some(-2), true, 0), (-2, 1)),
+        ];
+        for (i, (before, plan, after)) in table.into_iter().enumerate() {
+            let mut st = before;
+            note_shift(&mut st, &plan);
+            assert_eq!(st, after, "{i}");
+        }
+    }
+
+    #[test]
+    fn a_block_is_assembled_from_what_was_found() {
+        let old = data(9, 3 * SUB_BLOCK);
+        // Sub-block 0 found 100 bytes into the window, 1 missing, 2 (short) found at its start.
+        let plan = BlockPlan {
+            found: vec![Some(1100), None, Some(1000)],
+            ..BlockPlan::default()
+        };
+        let len = 2 * SUB_BLOCK + 10;
+        let mut block = vec![7; 3];
+        assemble(&mut block, &plan, &old, 1000, len);
+        assert_eq!(block.len(), len);
+        assert_eq!(&block[..SUB_BLOCK], &old[100..100 + SUB_BLOCK]);
+        assert!(block[SUB_BLOCK..2 * SUB_BLOCK].iter().all(|&b| b == 0));
+        assert_eq!(&block[2 * SUB_BLOCK..], &old[..10]);
+        // A place outside the window (it could not be read) leaves zeros.
+        let mut block = Vec::new();
+        assemble(&mut block, &plan, &old[..5], 1000, len);
+        assert!(block.iter().all(|&b| b == 0));
     }
 
     #[test]
