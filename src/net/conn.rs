@@ -103,8 +103,21 @@ fn run_threads(
     let lengths = std::sync::Mutex::new(HashMap::new());
     let pending = Arc::new(AtomicUsize::new(0));
     let pool = Pool::default();
+    // Both handles made before any thread starts: one failing (out of descriptors) after the
+    // writer started would leave it waiting on a queue no one closes, and the peer registered
+    // for good (counted as connected, never dialed again).
+    let clones = stream
+        .try_clone()
+        .and_then(|w| Ok((w, stream.try_clone()?)));
+    let (w_stream, p_stream) = match clones {
+        Ok(c) => c,
+        Err(e) => {
+            unregister(model, id);
+            let _ = stream.shutdown(Shutdown::Both);
+            return Err(e.into());
+        }
+    };
     std::thread::scope(|s| {
-        let w_stream = stream.try_clone()?;
         let w_pending = pending.clone();
         let w_lengths = &lengths;
         let writer = s.spawn(move || {
@@ -115,7 +128,6 @@ fn run_threads(
             }
             r
         });
-        let p_stream = stream.try_clone()?;
         let link = Link {
             model,
             conn: id,
