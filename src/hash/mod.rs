@@ -310,99 +310,72 @@ pub fn file_blocks(
     prev: Option<Previous<'_>>,
     same: &(dyn Fn() -> bool + Sync),
 ) -> io::Result<Blocks> {
-    let bs = block_size as u64;
-    let nblocks = size.div_ceil(bs) as usize;
-    let per_chunk = (CHUNK_BYTES / bs).max(1) as usize;
-    let nchunks = nblocks.div_ceil(per_chunk);
+    let job = Hashing::new(f, size, block_size, prev, same);
     let threads = if size < PARALLEL_MIN {
         1
     } else {
-        crate::sys::limits::cpus().clamp(1, 4).min(nchunks)
+        crate::sys::limits::cpus().clamp(1, 4).min(job.nchunks)
     };
-    let next = AtomicUsize::new(0);
-    let failed: Mutex<Option<io::Error>> = Mutex::new(None);
-    let mut out = Blocks {
-        md5: vec![[0; 16]; nblocks],
-        fast: vec![0; nblocks],
-        hashed: 0,
-    };
-    let unchanged = |i: usize, fast: u64| -> Option<Hash> {
-        let p = prev?;
-        let old_len = p.size.saturating_sub(i as u64 * bs).min(bs);
-        let new_len = size.saturating_sub(i as u64 * bs).min(bs);
-        (old_len == new_len && p.fast.get(i) == Some(&fast))
-            .then(|| p.blocks.get(i).copied())
-            .flatten()
-    };
-    // Blocks whose MD5s are computed side by side: as many as the CPU has lanes, read together.
-    let group = crate::hash::md5x::lanes().min((GROUP_BYTES / bs).max(1) as usize);
-    const MAX_LANES: usize = crate::hash::md5x::MAX_LANES;
-    // Each thread hashes whole chunks and hands them back as (first block, hashes).
-    let work = || -> Vec<Chunk> {
-        let mut mine = Vec::new();
-        // No larger than the file: a small file gets a small buffer (musl maps and unmaps a
-        // 64 KiB one for each file, costing more than hashing it).
-        let mut buf = vec![0u8; (bs * group as u64).min(size) as usize];
-        let mut sums = Vec::with_capacity(group);
-        loop {
-            let c = next.fetch_add(1, Ordering::Relaxed);
-            if c >= nchunks || failed.lock().map_or(true, |g| g.is_some()) {
-                return mine;
-            }
-            if c > 0 && !same() {
-                if let Ok(mut g) = failed.lock() {
-                    g.get_or_insert(io::Error::other("file changed during hashing"));
-                }
-                return mine;
-            }
-            let first = c * per_chunk;
-            let last = (first + per_chunk).min(nblocks);
-            let mut got = Vec::with_capacity(last - first);
-            let mut i = first;
-            while i < last {
-                let end = (i + group).min(last);
-                let off = i as u64 * bs;
-                let n = ((end as u64 * bs).min(size) - off) as usize;
-                if let Err(e) = f.read_exact_at(&mut buf[..n], off) {
-                    if let Ok(mut g) = failed.lock() {
-                        g.get_or_insert(e);
-                    }
-                    return mine;
-                }
-                // Each block's XXH64 tells whether its MD5 is known; the others are hashed
-                // side by side.
-                let mut fast = [0u64; MAX_LANES];
-                let mut known = [None; MAX_LANES];
-                let mut todo: [&[u8]; MAX_LANES] = [&[]; MAX_LANES];
-                let mut ntodo = 0;
-                for (k, b) in buf[..n].chunks(bs as usize).enumerate() {
-                    fast[k] = xxh64(b);
-                    known[k] = unchanged(i + k, fast[k]);
-                    if known[k].is_none() {
-                        todo[ntodo] = b;
-                        ntodo += 1;
-                    }
-                }
-                sums.clear();
-                crate::hash::md5x::md5_each(&todo[..ntodo], &mut sums);
-                let mut computed = sums.iter();
-                for k in 0..end - i {
-                    got.push(match known[k] {
-                        Some(h) => (h, fast[k], false),
-                        None => (computed.next().copied().unwrap_or_default(), fast[k], true),
-                    });
-                }
-                i = end;
-            }
-            mine.push((first, got));
+    let parts = job.run(threads);
+    if let Some(e) = job.failed.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    gather(parts, job.nblocks)
+}
+
+/// One file being hashed: what every thread shares (the file, its layout, the next chunk to
+/// take, the first failure).
+struct Hashing<'a> {
+    f: &'a File,
+    size: u64,
+    bs: u64,
+    prev: Option<Previous<'a>>,
+    same: &'a (dyn Fn() -> bool + Sync),
+    nblocks: usize,
+    per_chunk: usize,
+    nchunks: usize,
+    /// Blocks whose MD5s are computed side by side: as many as the CPU has lanes, read together.
+    group: usize,
+    next: AtomicUsize,
+    failed: Mutex<Option<io::Error>>,
+}
+
+impl<'a> Hashing<'a> {
+    /// Cuts `size` bytes into blocks, chunks (a thread's share at a time) and groups.
+    fn new(
+        f: &'a File,
+        size: u64,
+        block_size: u32,
+        prev: Option<Previous<'a>>,
+        same: &'a (dyn Fn() -> bool + Sync),
+    ) -> Hashing<'a> {
+        let bs = block_size as u64;
+        let nblocks = size.div_ceil(bs) as usize;
+        let per_chunk = (CHUNK_BYTES / bs).max(1) as usize;
+        Hashing {
+            f,
+            size,
+            bs,
+            prev,
+            same,
+            nblocks,
+            per_chunk,
+            nchunks: nblocks.div_ceil(per_chunk),
+            group: crate::hash::md5x::lanes().min((GROUP_BYTES / bs).max(1) as usize),
+            next: AtomicUsize::new(0),
+            failed: Mutex::new(None),
         }
-    };
-    let parts: Vec<Chunk> = if threads <= 1 {
-        work()
-    } else {
+    }
+
+    /// Runs [`Hashing::work`] on `threads` threads (this one among them) and joins their chunks;
+    /// a thread that died leaves none.
+    fn run(&self, threads: usize) -> Vec<Chunk> {
+        if threads <= 1 {
+            return self.work();
+        }
         std::thread::scope(|s| {
-            let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
-            let mut all = work();
+            let helpers: Vec<_> = (1..threads).map(|_| s.spawn(|| self.work())).collect();
+            let mut all = self.work();
             for h in helpers {
                 match h.join() {
                     Ok(v) => all.extend(v),
@@ -411,10 +384,118 @@ pub fn file_blocks(
             }
             all
         })
-    };
-    if let Some(e) = failed.into_inner().ok().flatten() {
-        return Err(e);
     }
+
+    /// One thread's loop: takes whole chunks until none is left or one failed, and hands them
+    /// back as (first block, hashes).
+    fn work(&self) -> Vec<Chunk> {
+        let mut mine = Vec::new();
+        // No larger than the file: a small file gets a small buffer (musl maps and unmaps a
+        // 64 KiB one for each file, costing more than hashing it).
+        let mut buf = vec![0u8; (self.bs * self.group as u64).min(self.size) as usize];
+        let mut sums = Vec::with_capacity(self.group);
+        loop {
+            let c = self.next.fetch_add(1, Ordering::Relaxed);
+            if c >= self.nchunks || self.failed.lock().map_or(true, |g| g.is_some()) {
+                return mine;
+            }
+            if c > 0 && !(self.same)() {
+                self.fail(io::Error::other("file changed during hashing"));
+                return mine;
+            }
+            let first = c * self.per_chunk;
+            match self.chunk(first, &mut buf, &mut sums) {
+                Ok(got) => mine.push((first, got)),
+                Err(e) => {
+                    self.fail(e);
+                    return mine;
+                }
+            }
+        }
+    }
+
+    /// Records `e` as the failure, unless one was recorded first.
+    fn fail(&self, e: io::Error) {
+        if let Ok(mut g) = self.failed.lock() {
+            g.get_or_insert(e);
+        }
+    }
+
+    /// Reads and hashes the chunk starting at block `first`, a group of blocks at a time.
+    fn chunk(
+        &self,
+        first: usize,
+        buf: &mut [u8],
+        sums: &mut Vec<Hash>,
+    ) -> io::Result<Vec<(Hash, u64, bool)>> {
+        let last = (first + self.per_chunk).min(self.nblocks);
+        let mut got = Vec::with_capacity(last - first);
+        let mut i = first;
+        while i < last {
+            let end = (i + self.group).min(last);
+            let off = i as u64 * self.bs;
+            let n = ((end as u64 * self.bs).min(self.size) - off) as usize;
+            self.f.read_exact_at(&mut buf[..n], off)?;
+            self.group_hashes(i, &buf[..n], sums, &mut got);
+            i = end;
+        }
+        Ok(got)
+    }
+
+    /// Hashes the blocks of `data` (block `i` onwards): each block's XXH64 tells whether its
+    /// MD5 is known; the others are hashed side by side. Appends (MD5, XXH64, computed) to `got`.
+    fn group_hashes(
+        &self,
+        i: usize,
+        data: &[u8],
+        sums: &mut Vec<Hash>,
+        got: &mut Vec<(Hash, u64, bool)>,
+    ) {
+        const MAX_LANES: usize = crate::hash::md5x::MAX_LANES;
+        let mut fast = [0u64; MAX_LANES];
+        let mut known = [None; MAX_LANES];
+        let mut todo: [&[u8]; MAX_LANES] = [&[]; MAX_LANES];
+        let mut ntodo = 0;
+        let mut count = 0;
+        for (k, b) in data.chunks(self.bs as usize).enumerate() {
+            fast[k] = xxh64(b);
+            known[k] = unchanged(self.prev, self.size, self.bs, i + k, fast[k]);
+            if known[k].is_none() {
+                todo[ntodo] = b;
+                ntodo += 1;
+            }
+            count = k + 1;
+        }
+        sums.clear();
+        crate::hash::md5x::md5_each(&todo[..ntodo], sums);
+        let mut computed = sums.iter();
+        for k in 0..count {
+            got.push(match known[k] {
+                Some(h) => (h, fast[k], false),
+                None => (computed.next().copied().unwrap_or_default(), fast[k], true),
+            });
+        }
+    }
+}
+
+/// Block `i`'s MD5 from `prev`, if the block has the same length (in a file of `size` bytes cut
+/// into `bs`-byte blocks) and the same XXH64 `fast` as then.
+fn unchanged(prev: Option<Previous<'_>>, size: u64, bs: u64, i: usize, fast: u64) -> Option<Hash> {
+    let p = prev?;
+    let old_len = p.size.saturating_sub(i as u64 * bs).min(bs);
+    let new_len = size.saturating_sub(i as u64 * bs).min(bs);
+    (old_len == new_len && p.fast.get(i) == Some(&fast))
+        .then(|| p.blocks.get(i).copied())
+        .flatten()
+}
+
+/// Puts the threads' chunks in block order; fails unless they cover all `nblocks` blocks.
+fn gather(parts: Vec<Chunk>, nblocks: usize) -> io::Result<Blocks> {
+    let mut out = Blocks {
+        md5: vec![[0; 16]; nblocks],
+        fast: vec![0; nblocks],
+        hashed: 0,
+    };
     let mut seen = 0;
     for (first, got) in parts {
         for (k, (h, fast, hashed)) in got.into_iter().enumerate() {
@@ -520,6 +601,73 @@ mod tests {
         // A file seen changing stops the hashing with an error.
         assert!(file_blocks(&f, data.len() as u64, bs, None, &|| false).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unchanged_block_table() {
+        // Previous: 10 bytes in 4-byte blocks (4, 4, 2), XXH64s 1, 2, 3.
+        let blocks = [[1u8; 16], [2; 16], [3; 16]];
+        let prev = Some(Previous {
+            size: 10,
+            blocks: &blocks,
+            fast: &[1, 2, 3],
+        });
+        // (previous, new size, block, its XXH64) -> MD5 kept
+        type Case<'a> = (Option<Previous<'a>>, u64, usize, u64, Option<Hash>);
+        let cases: &[Case] = &[
+            (None, 10, 0, 1, None),
+            (prev, 10, 0, 1, Some([1; 16])),
+            (prev, 10, 1, 2, Some([2; 16])),
+            (prev, 10, 1, 9, None),
+            (prev, 10, 2, 3, Some([3; 16])),
+            // The last block grew (2 -> 3 bytes), or a full block became the last and shorter.
+            (prev, 11, 2, 3, None),
+            (prev, 7, 1, 2, None),
+            // A block the previous version did not have.
+            (prev, 14, 3, 3, None),
+            // Shrunk past a block: block 0 is still 4 bytes.
+            (prev, 4, 0, 1, Some([1; 16])),
+        ];
+        for &(p, size, i, fast, want) in cases {
+            assert_eq!(
+                unchanged(p, size, 4, i, fast),
+                want,
+                "size {size} block {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn gather_table() {
+        let h = |b: u8| ([b; 16], b as u64, b.is_multiple_of(2));
+        // (chunks as (first block, block bytes), blocks) -> (MD5 bytes in order, hashed) or error
+        type Case<'a> = (&'a [(usize, &'a [u8])], usize, Option<(&'a [u8], usize)>);
+        let cases: &[Case] = &[
+            (&[], 0, Some((&[], 0))),
+            (&[(0, &[1, 2])], 2, Some((&[1, 2], 1))),
+            // Out of order, as threads finish.
+            (&[(2, &[4]), (0, &[1, 3])], 3, Some((&[1, 3, 4], 1))),
+            // A thread's chunks missing.
+            (&[(0, &[1, 2])], 3, None),
+            (&[], 1, None),
+        ];
+        for &(parts, n, want) in cases {
+            let parts: Vec<Chunk> = parts
+                .iter()
+                .map(|&(first, bs)| (first, bs.iter().map(|&b| h(b)).collect()))
+                .collect();
+            let got = gather(parts, n);
+            match want {
+                None => assert!(got.is_err(), "{n} blocks"),
+                Some((md5s, hashed)) => {
+                    let got = got.unwrap();
+                    let want: Vec<Hash> = md5s.iter().map(|&b| [b; 16]).collect();
+                    assert_eq!(got.md5, want);
+                    assert_eq!(got.fast, md5s.iter().map(|&b| b as u64).collect::<Vec<_>>());
+                    assert_eq!(got.hashed, hashed);
+                }
+            }
+        }
     }
 
     #[test]

@@ -143,6 +143,113 @@ pub enum Pass {
     Done,
 }
 
+/// The first path of each page of a base file and where that entry starts.
+type Pages = Vec<(Box<str>, u64)>;
+
+/// A base file being written by [`Index::save`]: its writer, the digest of what it holds so
+/// far, where the next entry goes, and its pages.
+struct NewBase {
+    w: BufWriter<File>,
+    sum: Sum,
+    /// Where the next entry starts.
+    at: u64,
+    pages: Pages,
+    count: u64,
+    max_seq: u64,
+    /// An entry's bytes, built before they are written.
+    x: Enc,
+}
+
+impl NewBase {
+    /// A new base written to `f`.
+    fn new(f: File) -> NewBase {
+        NewBase {
+            w: BufWriter::with_capacity(64 << 10, f),
+            sum: Sum::new(),
+            at: HEADER,
+            pages: Vec::new(),
+            count: 0,
+            max_seq: 0,
+            x: Enc::default(),
+        }
+    }
+
+    /// Writes the header: magic, device, last sequence number, entry count.
+    fn header(&mut self, device: u64, seq: u64, entries: u64) -> std::io::Result<()> {
+        let x = &mut self.x;
+        x.bytes(MAGIC);
+        x.u64(device);
+        x.u64(seq);
+        x.u64(entries);
+        self.sum.update(&x.0);
+        self.w.write_all(&x.0)
+    }
+
+    /// Copies the run of the old base's entries from `off` up to the next changed path `key`
+    /// (to its end without one), hashed and written in pieces of about [`WINDOW`]; a page
+    /// begins at the first entry past each [`PAGE`] bytes of the new file. Returns where the
+    /// run ends, past the old entry of `key` if there is one (it changed: written instead).
+    fn copy_run(&mut self, b: &Base, mut off: u64, key: Option<&str>) -> std::io::Result<u64> {
+        let mut run = off;
+        while off < b.end && key.is_none_or(|k| b.cmp_path(off, k).0.is_lt()) {
+            if page_due(&self.pages, self.at, b.path_span(off).1) {
+                self.pages.push((b.path_at(off).into(), self.at));
+            }
+            let next = b.len_at(off).1;
+            if next - run > WINDOW as u64 && off > run {
+                copy(b, run, off, &mut self.sum, &mut self.w)?;
+                run = off;
+            }
+            self.at += next - off;
+            off = next;
+            self.count += 1;
+        }
+        copy(b, run, off, &mut self.sum, &mut self.w)?;
+        self.max_seq = self.max_seq.max(b.max_seq);
+        if let Some(k) = key
+            && off < b.end
+            && b.cmp_path(off, k).0.is_eq()
+        {
+            off = b.len_at(off).1; // changed since: written below instead
+        }
+        Ok(off)
+    }
+
+    /// Writes one changed entry.
+    fn entry(&mut self, e: &Entry) -> std::io::Result<()> {
+        if page_due(&self.pages, self.at, e.path.len()) {
+            self.pages.push((e.path.as_str().into(), self.at));
+        }
+        self.x.0.clear();
+        Index::encode_local(&mut self.x, e);
+        self.sum.update(&self.x.0);
+        self.w.write_all(&self.x.0)?;
+        self.at += self.x.0.len() as u64;
+        self.count += 1;
+        self.max_seq = self.max_seq.max(e.seq);
+        Ok(())
+    }
+
+    /// Writes the digest and makes the file durable (fsync, closed). Returns the digest, the
+    /// pages, where the entries end and their highest sequence number.
+    fn finish(self) -> std::io::Result<(Hash, Pages, u64, u64)> {
+        let NewBase {
+            mut w,
+            sum,
+            at,
+            pages,
+            max_seq,
+            ..
+        } = self;
+        let digest = sum.digest();
+        w.write_all(&digest)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        drop(f);
+        Ok((digest, pages, at, max_seq))
+    }
+}
+
 /// Hashes and writes the base's bytes from `from` to `to`.
 fn copy(b: &Base, from: u64, to: u64, sum: &mut Sum, w: &mut impl Write) -> std::io::Result<()> {
     if to > from {
@@ -219,6 +326,11 @@ impl Sum {
             }
         }
     }
+}
+
+/// The error of a base file found damaged when it is read.
+fn damaged(path: &Path, why: &str) -> Error {
+    Error::msg(format!("index is damaged ({why})")).at(path)
 }
 
 /// The journal beside the base file `path`.
@@ -794,66 +906,11 @@ impl Index {
         self.disk.full = true;
         let tmp = path.with_extension("tmp");
         let f = crate::sys::open::create_own(&tmp).at(&tmp)?;
-        let mut w = BufWriter::with_capacity(64 << 10, f);
-        let mut sum = Sum::new();
-        let mut x = Enc::default();
-        x.bytes(MAGIC);
-        x.u64(self.device);
-        x.u64(self.seq);
-        x.u64(self.totals.entries);
-        sum.update(&x.0);
-        w.write_all(&x.0).at(&tmp)?;
-        let mut at = HEADER;
-        let mut pages: Vec<(Box<str>, u64)> = Vec::new();
-        let (mut count, mut max_seq) = (0u64, 0u64);
-        let mut off = self.base.as_ref().map_or(0, |b| b.start);
-        let mut over = self.over.iter().peekable();
-        loop {
-            // The run of the base's entries before the next changed path; a page begins at
-            // the first entry past each PAGE bytes of the new file.
-            if let Some(b) = self.base.as_ref().filter(|b| off < b.end) {
-                let key = over.peek().map(|(k, _)| &***k);
-                let mut run = off;
-                while off < b.end && key.is_none_or(|k| b.cmp_path(off, k).0.is_lt()) {
-                    if page_due(&pages, at, b.path_span(off).1) {
-                        pages.push((b.path_at(off).into(), at));
-                    }
-                    let next = b.len_at(off).1;
-                    if next - run > WINDOW as u64 && off > run {
-                        copy(b, run, off, &mut sum, &mut w).at(&tmp)?;
-                        run = off;
-                    }
-                    at += next - off;
-                    off = next;
-                    count += 1;
-                }
-                copy(b, run, off, &mut sum, &mut w).at(&tmp)?;
-                max_seq = max_seq.max(b.max_seq);
-                if let Some(k) = key
-                    && off < b.end
-                    && b.cmp_path(off, k).0.is_eq()
-                {
-                    off = b.len_at(off).1; // changed since: written below instead
-                }
-            }
-            let Some((_, slot)) = over.next() else {
-                break;
-            };
-            let Some(e) = slot else {
-                continue; // removed since the base was written
-            };
-            if page_due(&pages, at, e.path.len()) {
-                pages.push((e.path.as_str().into(), at));
-            }
-            x.0.clear();
-            Self::encode_local(&mut x, e);
-            sum.update(&x.0);
-            w.write_all(&x.0).at(&tmp)?;
-            at += x.0.len() as u64;
-            count += 1;
-            max_seq = max_seq.max(e.seq);
-        }
-        if count != self.totals.entries {
+        let mut nb = NewBase::new(f);
+        nb.header(self.device, self.seq, self.totals.entries)
+            .at(&tmp)?;
+        self.write_entries(&mut nb).at(&tmp)?;
+        if nb.count != self.totals.entries {
             // Written with a wrong count, the file would not load: counted again instead.
             self.totals = self.values().fold(Totals::default(), |mut t, e| {
                 t.add(file_size(&e));
@@ -861,13 +918,52 @@ impl Index {
             });
             return Err(Error::msg("the index's entry count was off; saving again").at(&tmp));
         }
-        let digest = sum.digest();
-        w.write_all(&digest).at(&tmp)?;
-        let f = w
-            .into_inner()
-            .map_err(|e| Error::from(e.into_error()).at(&tmp))?;
-        f.sync_all().at(&tmp)?;
-        drop(f);
+        let (digest, pages, end, max_seq) = nb.finish().at(&tmp)?;
+        let file = Self::put_in_place(path, &tmp, digest)?;
+        self.base = Some(Base {
+            file,
+            pages,
+            start: HEADER,
+            end,
+            max_seq,
+            window: RefCell::default(),
+        });
+        self.over.clear();
+        self.over_seq.clear();
+        self.over_bytes = 0;
+        self.disk = Disk {
+            seq: self.seq,
+            base: Some(digest),
+            base_bytes: end + 16,
+            log_bytes: LOG_HEADER,
+            ..Disk::default()
+        };
+        Ok(())
+    }
+
+    /// Writes every entry into `nb` by path: the old base's in runs, each changed one in its
+    /// place (a merge of two lists sorted by path); removed ones are left out.
+    fn write_entries(&self, nb: &mut NewBase) -> std::io::Result<()> {
+        let mut off = self.base.as_ref().map_or(0, |b| b.start);
+        let mut over = self.over.iter().peekable();
+        loop {
+            if let Some(b) = self.base.as_ref().filter(|b| off < b.end) {
+                off = nb.copy_run(b, off, over.peek().map(|(k, _)| &***k))?;
+            }
+            let Some((_, slot)) = over.next() else {
+                return Ok(());
+            };
+            let Some(e) = slot else {
+                continue; // removed since the base was written
+            };
+            nb.entry(e)?;
+        }
+    }
+
+    /// Puts the written base `tmp` in place at `path` with a new empty journal naming its
+    /// `digest`: journal temp file, fsync, renames, fsync of the folder. Returns the new base,
+    /// opened for reading before the rename.
+    fn put_in_place(path: &Path, tmp: &Path, digest: Hash) -> Result<File> {
         let log = log_path(path);
         let log_tmp = log.with_extension("log.tmp");
         let mut header = LOG_MAGIC.to_vec();
@@ -881,32 +977,14 @@ impl Index {
         let file = fs::OpenOptions::new()
             .read(true)
             .custom_flags(crate::sys::open::O_NOFOLLOW)
-            .open(&tmp)
-            .at(&tmp)?;
-        fs::rename(&tmp, path).at(path)?;
+            .open(tmp)
+            .at(tmp)?;
+        fs::rename(tmp, path).at(path)?;
         fs::rename(&log_tmp, &log).at(&log)?;
         if let Some(dir) = path.parent() {
             File::open(dir).and_then(|d| d.sync_all()).at(dir)?;
         }
-        self.base = Some(Base {
-            file,
-            pages,
-            start: HEADER,
-            end: at,
-            max_seq,
-            window: RefCell::default(),
-        });
-        self.over.clear();
-        self.over_seq.clear();
-        self.over_bytes = 0;
-        self.disk = Disk {
-            seq: self.seq,
-            base: Some(digest),
-            base_bytes: at + 16,
-            log_bytes: LOG_HEADER,
-            ..Disk::default()
-        };
-        Ok(())
+        Ok(file)
     }
 
     /// Reads an index written by [`Index::save`], checking its digest and that it is sorted,
@@ -916,61 +994,15 @@ impl Index {
         let f = crate::sys::open::open_state(path).at(path)?;
         let len = f.metadata().at(path)?.len();
         let mut r = BufReader::with_capacity(64 << 10, f);
-        let corrupt = |why: &str| Error::msg(format!("index is damaged ({why})")).at(path);
-        let mut head = [0u8; HEADER as usize];
-        r.read_exact(&mut head)
-            .map_err(|_| corrupt("short header"))?;
-        let mut d = Dec::new(&head);
-        let mut sum = match d.take(8)? {
-            m if m == MAGIC => Sum::new(),
-            m if m == MD5_MAGIC => Sum::Md5(Md5::new()),
-            m if m == OLD_MAGIC => return Err(corrupt("written by an older version of left")),
-            _ => return Err(corrupt("not an index file")),
-        };
-        sum.update(&head);
-        let mut ix = Index::new(d.u64()?);
-        let seq = d.u64()?;
-        let count = d.u64()?;
-        if count > len / 8 {
-            return Err(corrupt("entry count too large"));
-        }
-        let mut buf = Vec::new();
-        let mut at = HEADER;
-        let mut pages: Vec<(Box<str>, u64)> = Vec::new();
-        let mut prev = String::new();
-        let mut max_seq = 0;
-        for i in 0..count {
-            let mut n = [0u8; 4];
-            r.read_exact(&mut n).map_err(|_| corrupt("truncated"))?;
-            sum.update(&n);
-            let n = u32::from_be_bytes(n) as usize;
-            if n as u64 > len || n > codec::MAX_ENTRY_BYTES {
-                return Err(corrupt("entry too large"));
-            }
-            buf.resize(n, 0);
-            r.read_exact(&mut buf).map_err(|_| corrupt("truncated"))?;
-            sum.update(&buf);
-            let e = Self::decode_local(&buf, true).map_err(|why| corrupt(&why))?;
-            if i > 0 && e.path <= prev {
-                return Err(corrupt("entries out of order"));
-            }
-            if page_due(&pages, at, e.path.len()) {
-                pages.push((e.path.as_str().into(), at));
-            }
-            if e.seq > seq {
-                return Err(corrupt("an entry numbered past the index"));
-            }
-            at += 4 + n as u64;
-            max_seq = max_seq.max(e.seq);
-            ix.totals.add(file_size(&e));
-            prev.clear();
-            prev.push_str(&e.path);
-        }
+        let (mut sum, device, seq, count) = Self::read_header(&mut r, path, len)?;
+        let mut ix = Index::new(device);
+        let (pages, at, max_seq) =
+            Self::read_entries(&mut r, path, len, seq, count, &mut sum, &mut ix.totals)?;
         let mut digest = [0u8; 16];
         r.read_exact(&mut digest)
-            .map_err(|_| corrupt("truncated"))?;
+            .map_err(|_| damaged(path, "truncated"))?;
         if digest != sum.digest() {
-            return Err(corrupt("checksum mismatch"));
+            return Err(damaged(path, "checksum mismatch"));
         }
         ix.seq = seq;
         ix.base = Some(Base {
@@ -983,7 +1015,88 @@ impl Index {
         });
         ix.disk.base = Some(digest);
         ix.disk.base_bytes = len;
-        let (applied, journal) = ix.replay(&log_path(path), digest);
+        ix.apply_journal(path, digest);
+        Ok(ix)
+    }
+
+    /// Reads the base's header: the digest it begins (by its magic), the device, the last
+    /// sequence number and the entry count (checked against the file's `len`).
+    fn read_header(r: &mut impl Read, path: &Path, len: u64) -> Result<(Sum, u64, u64, u64)> {
+        let mut head = [0u8; HEADER as usize];
+        r.read_exact(&mut head)
+            .map_err(|_| damaged(path, "short header"))?;
+        let mut d = Dec::new(&head);
+        let mut sum = match d.take(8)? {
+            m if m == MAGIC => Sum::new(),
+            m if m == MD5_MAGIC => Sum::Md5(Md5::new()),
+            m if m == OLD_MAGIC => {
+                return Err(damaged(path, "written by an older version of left"));
+            }
+            _ => return Err(damaged(path, "not an index file")),
+        };
+        sum.update(&head);
+        let device = d.u64()?;
+        let seq = d.u64()?;
+        let count = d.u64()?;
+        if count > len / 8 {
+            return Err(damaged(path, "entry count too large"));
+        }
+        Ok((sum, device, seq, count))
+    }
+
+    /// Reads the base's `count` entries, each checked (size, file hash, order, number at most
+    /// `seq`), into `sum` and `totals`. Returns the pages, where the entries end and their
+    /// highest number.
+    fn read_entries(
+        r: &mut impl Read,
+        path: &Path,
+        len: u64,
+        seq: u64,
+        count: u64,
+        sum: &mut Sum,
+        totals: &mut Totals,
+    ) -> Result<(Pages, u64, u64)> {
+        let mut buf = Vec::new();
+        let mut at = HEADER;
+        let mut pages: Pages = Vec::new();
+        let mut prev = String::new();
+        let mut max_seq = 0;
+        for i in 0..count {
+            let mut n = [0u8; 4];
+            r.read_exact(&mut n)
+                .map_err(|_| damaged(path, "truncated"))?;
+            sum.update(&n);
+            let n = u32::from_be_bytes(n) as usize;
+            if n as u64 > len || n > codec::MAX_ENTRY_BYTES {
+                return Err(damaged(path, "entry too large"));
+            }
+            buf.resize(n, 0);
+            r.read_exact(&mut buf)
+                .map_err(|_| damaged(path, "truncated"))?;
+            sum.update(&buf);
+            let e = Self::decode_local(&buf, true).map_err(|why| damaged(path, &why))?;
+            if i > 0 && e.path <= prev {
+                return Err(damaged(path, "entries out of order"));
+            }
+            if page_due(&pages, at, e.path.len()) {
+                pages.push((e.path.as_str().into(), at));
+            }
+            if e.seq > seq {
+                return Err(damaged(path, "an entry numbered past the index"));
+            }
+            at += 4 + n as u64;
+            max_seq = max_seq.max(e.seq);
+            totals.add(file_size(&e));
+            prev.clear();
+            prev.push_str(&e.path);
+        }
+        Ok((pages, at, max_seq))
+    }
+
+    /// Applies the journal beside the base `path` (whose digest is `digest`) and notes whether
+    /// the next save may append to it.
+    fn apply_journal(&mut self, path: &Path, digest: Hash) {
+        let (applied, journal) = self.replay(&log_path(path), digest);
         if journal == Journal::CutShort {
             warn!(
                 "{}: the index journal ends in a damaged record (a crash while saving?); \
@@ -991,12 +1104,11 @@ impl Index {
                 path.display()
             );
         }
-        ix.disk.log_bytes = applied;
+        self.disk.log_bytes = applied;
         // A journal missing, continuing another base or damaged is not appended to: the next
         // save writes both files anew.
-        ix.disk.full = journal != Journal::Whole;
-        ix.disk.seq = ix.seq;
-        Ok(ix)
+        self.disk.full = journal != Journal::Whole;
+        self.disk.seq = self.seq;
     }
 
     /// Applies the journal's records, in order, up to the first that is not whole and intact.

@@ -11,6 +11,7 @@ use crate::sync::model::{Decision, Model, State, decide};
 use crate::sys::dirfd::Dir;
 use std::fs;
 use std::io;
+use std::path::Path;
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
@@ -193,7 +194,7 @@ pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
         return Ok(());
     };
     let tmp = names::temp_for(&a.name);
-    match a.target(e)? {
+    let folder_stays = match a.target(e)? {
         Some(md) if md.is_file() => {
             if !a.known_file(&md) {
                 return Err(
@@ -203,58 +204,9 @@ pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
             if a.conflict {
                 a.keep_ours(e)?;
             }
+            false
         }
-        Some(md) if md.is_dir() => {
-            let dir = a.dir(e)?;
-            clear_temps(&model.root, &e.path, dir, &a.name);
-            if let Err(err) = dir.rmdir(&a.name) {
-                if !matches!(err.raw_os_error(), Some(39 | 17)) {
-                    return Err(Error::from(err).at(&e.path));
-                }
-                // ENOTEMPTY: the folder holds files the peer's version does not know of.
-                let device = a.g.index.device;
-                let merged = a
-                    .cur
-                    .as_ref()
-                    .map_or(e.version.clone(), |c| c.version.merged(&e.version));
-                if !merged.fits_with(device) {
-                    return Err(Error::msg("a folder holding files is in the way").at(&e.path));
-                }
-                let name = keep_aside(
-                    &a.g,
-                    dir,
-                    &tmp,
-                    &e.path,
-                    (e.mtime, e.modified_by, &e.file_hash),
-                )?;
-                info!(
-                    "conflict: {} is a folder holding files here; the file received for it is kept as {name}",
-                    e.path
-                );
-                if durable {
-                    dir.sync().at(&e.path)?;
-                }
-                let md = dir.stat(&a.name).at(&e.path)?;
-                let mut d = a
-                    .cur
-                    .clone()
-                    .filter(|c| c.kind == Kind::Dir)
-                    .unwrap_or_else(|| Entry {
-                        path: e.path.clone(),
-                        kind: Kind::Dir,
-                        mode: md.as_ref().map_or(0o755, |m| Stat::of(m).mode),
-                        ..Entry::default()
-                    });
-                d.deleted = false;
-                // The folder as it is here (our entry may be a tombstone, with no mode).
-                d.mode = md.as_ref().map_or(0o755, |m| Stat::of(m).mode);
-                d.version = d.version.merged(&e.version).bumped(device);
-                d.modified_by = device;
-                d.stat = md.as_ref().map(Stat::of).unwrap_or_default();
-                a.g.put(d);
-                return Ok(());
-            }
-        }
+        Some(md) if md.is_dir() => a.folder_stays(&model.root, e, &tmp, durable)?,
         Some(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
         // Our file is gone since the last scan: deleted here. Installed now, the peer's version
         // would take its place unseen, even one that the deletion, once scanned, wins over
@@ -264,25 +216,101 @@ pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
                 Error::msg("deleted locally; will look again after the next scan").at(&e.path),
             );
         }
-        None => {}
-    }
-    let dir = a.dir(e)?;
-    // The file as it is made (mode and mtime set), before it can be touched under its name.
-    let made = dir.stat(&tmp).at(&e.path)?;
-    dir.rename(&tmp, dir, &a.name).at(&e.path)?;
-    if durable {
-        dir.sync().at(&e.path)?;
-    }
-    let md = dir.stat(&a.name).at(&e.path)?;
-    // Changed the moment it got its name (a chmod between the rename and this stat): the
-    // index keeps the stat it was made with, so that the next scan sees the change. Recorded
-    // as it is now, the change would match the index and never be seen.
-    let md = match (made, md) {
-        (Some(made), Some(md)) if Stat::of(&made).ino == Stat::of(&md).ino => Some(made),
-        (_, md) => md,
+        None => false,
     };
-    a.record(e, md.as_ref());
-    Ok(())
+    if folder_stays {
+        return Ok(());
+    }
+    a.rename_in(e, &tmp, durable)
+}
+
+impl Apply<'_> {
+    /// A folder is where the file `e` goes: removed if it is empty (but for stale temp files);
+    /// one holding files stays and the file is kept beside it (`keep_beside`). Returns whether
+    /// it stayed.
+    fn folder_stays(&mut self, root: &Path, e: &Entry, tmp: &str, durable: bool) -> Result<bool> {
+        let dir = self.dir(e)?;
+        clear_temps(root, &e.path, dir, &self.name);
+        let Err(err) = dir.rmdir(&self.name) else {
+            return Ok(false);
+        };
+        if !matches!(err.raw_os_error(), Some(39 | 17)) {
+            return Err(Error::from(err).at(&e.path));
+        }
+        // ENOTEMPTY: the folder holds files the peer's version does not know of.
+        self.keep_beside(e, tmp, durable)?;
+        Ok(true)
+    }
+
+    /// Keeps the received file `e` (at `tmp`) as a conflict copy beside the folder holding
+    /// files at its name, and gives the folder a version newer than both.
+    fn keep_beside(&mut self, e: &Entry, tmp: &str, durable: bool) -> Result<()> {
+        let device = self.g.index.device;
+        let merged =
+            (self.cur.as_ref()).map_or(e.version.clone(), |c| c.version.merged(&e.version));
+        if !merged.fits_with(device) {
+            return Err(Error::msg("a folder holding files is in the way").at(&e.path));
+        }
+        let dir = self.dir(e)?;
+        let key = (e.mtime, e.modified_by, &e.file_hash);
+        let name = keep_aside(&self.g, dir, tmp, &e.path, key)?;
+        info!(
+            "conflict: {} is a folder holding files here; the file received for it is kept as {name}",
+            e.path
+        );
+        if durable {
+            dir.sync().at(&e.path)?;
+        }
+        let md = dir.stat(&self.name).at(&e.path)?;
+        let d = folder_kept(self.cur.as_ref(), e, md.as_ref().map(Stat::of), device);
+        self.g.put(d);
+        Ok(())
+    }
+
+    /// Renames the temp file `tmp` of `e` into place (the folder synced if `durable`) and
+    /// records it with the stat it was made with.
+    fn rename_in(self, e: &Entry, tmp: &str, durable: bool) -> Result<()> {
+        let dir = self.dir(e)?;
+        // The file as it is made (mode and mtime set), before it can be touched under its name.
+        let made = dir.stat(tmp).at(&e.path)?;
+        dir.rename(tmp, dir, &self.name).at(&e.path)?;
+        if durable {
+            dir.sync().at(&e.path)?;
+        }
+        let md = dir.stat(&self.name).at(&e.path)?;
+        // Changed the moment it got its name (a chmod between the rename and this stat): the
+        // index keeps the stat it was made with, so that the next scan sees the change. Recorded
+        // as it is now, the change would match the index and never be seen.
+        let md = match (made, md) {
+            (Some(made), Some(md)) if Stat::of(&made).ino == Stat::of(&md).ino => Some(made),
+            (_, md) => md,
+        };
+        self.record(e, md.as_ref());
+        Ok(())
+    }
+}
+
+/// The entry of a folder of ours (`cur`, if it is one) that stays where the file `e` was to
+/// go: live, with its mode and `stat` here (`None`: it is gone), and a version newer than both
+/// made by `device`.
+fn folder_kept(cur: Option<&Entry>, e: &Entry, stat: Option<Stat>, device: u64) -> Entry {
+    let mode = stat.map_or(0o755, |s| s.mode);
+    let mut d = cur
+        .cloned()
+        .filter(|c| c.kind == Kind::Dir)
+        .unwrap_or_else(|| Entry {
+            path: e.path.clone(),
+            kind: Kind::Dir,
+            mode,
+            ..Entry::default()
+        });
+    d.deleted = false;
+    // The folder as it is here (our entry may be a tombstone, with no mode).
+    d.mode = mode;
+    d.version = d.version.merged(&e.version).bumped(device);
+    d.modified_by = device;
+    d.stat = stat.unwrap_or_default();
+    d
 }
 
 pub fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
@@ -361,4 +389,78 @@ pub fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
     }
     a.record(e, None);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::version::{Order, Version};
+
+    /// The folder that stays where a received file was to go: ours if it is a folder (a
+    /// tombstone made live), else a new one; its mode and stat as it is here; a version newer
+    /// than ours and the peer's, made here.
+    #[test]
+    fn folder_kept_table() {
+        let v = |pairs: &[(u64, u64)]| Version::from_pairs(pairs.to_vec());
+        let e = Entry {
+            path: "d".into(),
+            version: v(&[(2, 5)]),
+            mode: 0o600,
+            ..Entry::default()
+        };
+        let ours = |kind, deleted| Entry {
+            path: "d".into(),
+            kind,
+            deleted,
+            version: v(&[(1, 3)]),
+            mode: 0o750,
+            mtime: 77,
+            ..Entry::default()
+        };
+        let here = Stat {
+            ino: 9,
+            mode: 0o40711,
+            ..Stat::default()
+        };
+        // (ours, the folder's stat here) -> (mtime kept from ours, mode, stat)
+        let cases = [
+            (None, Some(here), (0, 0o40711, here)),
+            (None, None, (0, 0o755, Stat::default())),
+            (
+                Some(ours(Kind::Dir, false)),
+                Some(here),
+                (77, 0o40711, here),
+            ),
+            (
+                Some(ours(Kind::Dir, true)),
+                None,
+                (77, 0o755, Stat::default()),
+            ),
+            // Ours a file: not kept.
+            (
+                Some(ours(Kind::File, false)),
+                Some(here),
+                (0, 0o40711, here),
+            ),
+        ];
+        for (i, (cur, stat, (mtime, mode, st))) in cases.into_iter().enumerate() {
+            let d = folder_kept(cur.as_ref(), &e, stat, 4);
+            assert_eq!(
+                (d.kind, d.deleted, d.path.as_str()),
+                (Kind::Dir, false, "d"),
+                "{i}"
+            );
+            assert_eq!(
+                (d.mtime, d.mode, d.stat, d.modified_by),
+                (mtime, mode, st, 4),
+                "{i}"
+            );
+            assert_eq!(d.version.compare(&e.version), Order::Newer, "{i}");
+            // Ours counts only if it is the folder (a file's version is not merged in).
+            if let Some(c) = cur.as_ref().filter(|c| c.kind == Kind::Dir) {
+                assert_eq!(d.version.compare(&c.version), Order::Newer, "{i}");
+            }
+            assert!(d.version.get(4) > 0, "{i}");
+        }
+    }
 }

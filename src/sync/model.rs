@@ -455,27 +455,20 @@ impl Model {
         if !st.ignore.is_empty() && st.ignore.is_ignored(&r.path, r.kind == Kind::Dir) {
             return Ok(());
         }
+        let take = self.weigh(st, &r);
+        self.settle_need(st, conn, r, take, back)
+    }
+
+    /// Decides the peer's entry `r` against ours; whether it is to be taken (pulled). Ours
+    /// that wins a conflict is announced again where the peer may have stopped looking at it,
+    /// and the same content is merged at once.
+    fn weigh(&self, st: &mut State, r: &Entry) -> bool {
         let local = st.index.get(&r.path);
         // A version that would leave no room for this device (a later change here adds it) is
         // not taken, nor merged into ours: every vector we hold and send stays one our peers
         // and our index accept. Such an entry is kept as ours, like an older one.
         let me = st.index.device;
-        // A peer can send such entries again and again: 5 lines in 10 s, with a count.
-        static UNTAKEN: crate::log::Throttle =
-            crate::log::Throttle::new(std::time::Duration::from_secs(10), 5);
-        let fits = |v: &crate::store::version::Version| {
-            v.fits_with(me) || {
-                if let Some(more) = UNTAKEN.pass() {
-                    info!(
-                        "{}: not taken: its version would name more than {} devices{more}",
-                        r.path,
-                        crate::store::version::MAX_DEVICES
-                    );
-                }
-                false
-            }
-        };
-        let take = match decide(local.as_deref(), &r) {
+        match decide(local.as_deref(), r) {
             Decision::Keep => {
                 // Ours is concurrent with the peer's and wins: the peer is to take ours. It may
                 // have weighed ours already, against a version of its own that won then and is
@@ -485,7 +478,7 @@ impl Model {
                 // a tie neither side takes, and announcing would go back and forth for ever.
                 if let Some(l) = local
                     && r.version.compare(&l.version) == Order::Concurrent
-                    && remote_wins(&r, &l)
+                    && remote_wins(r, &l)
                 {
                     let again = l.into_owned();
                     debug!("{}: ours wins a conflict: announced again", again.path);
@@ -493,17 +486,11 @@ impl Model {
                 }
                 false
             }
-            Decision::Take { .. } => fits(&r.version),
-            Decision::Merge(m) if !fits(&m.version) => false,
+            Decision::Take { .. } => fits(me, r, &r.version),
+            Decision::Merge(m) if !fits(me, r, &m.version) => false,
             Decision::Merge(mut m) => {
                 // Same content: take over the winner's metadata where it is the peer's.
-                let differs = local.is_some_and(|l| {
-                    if m.kind == Kind::Dir {
-                        l.mode != m.mode
-                    } else {
-                        (l.mtime, l.mtime_ns, l.mode) != (m.mtime, m.mtime_ns, m.mode)
-                    }
-                });
+                let differs = local.is_some_and(|l| meta_differs(&l, &m));
                 if !m.deleted
                     && differs
                     && let Ok(stat) = crate::sync::disk::set_meta(&self.root, &m)
@@ -513,22 +500,24 @@ impl Model {
                 st.put(m);
                 false
             }
-        };
+        }
+    }
+
+    /// Records what became of the peer's entry `r` (`take`: it is to be pulled) as a need of
+    /// connection `conn`; a need or kept temp file it makes moot goes.
+    fn settle_need(
+        &self,
+        st: &mut State,
+        conn: u64,
+        r: Entry,
+        take: bool,
+        back: bool,
+    ) -> crate::error::Result<()> {
         let Some(p) = st.peers.get_mut(&conn) else {
             return Ok(());
         };
-        // A pull of an earlier announcement of the path is under way, and this one descends
-        // from it: decided against ours now, it could be dropped while what the pull installs
-        // is what it replaces (a deletion kept out by our losing edit, which the pull then
-        // replaces with the version the deletion deleted). It waits as the path's need and is
-        // decided again once the pull is done.
-        let waits = !take
-            && !back
-            && st.busy.contains(&r.path)
-            && p.needs
-                .get(&r.path)
-                .is_some_and(|n| r.version.compare(&n.version) == Order::Newer);
-        if take || waits {
+        let busy = st.busy.contains(&r.path);
+        if take || waits_for_pull(take, back, busy, &r, p.needs.get(&r.path)) {
             p.retry.remove(&r.path);
             if back {
                 p.needs.restore(r);
@@ -555,6 +544,43 @@ impl Model {
     }
 }
 
+/// Whether version `v` (of the peer's entry `r`, or merged with it) leaves room for device `me`;
+/// if not, it is not taken, and that is logged (within limits).
+fn fits(me: u64, r: &Entry, v: &crate::store::version::Version) -> bool {
+    // A peer can send such entries again and again: 5 lines in 10 s, with a count.
+    static UNTAKEN: crate::log::Throttle =
+        crate::log::Throttle::new(std::time::Duration::from_secs(10), 5);
+    v.fits_with(me) || {
+        if let Some(more) = UNTAKEN.pass() {
+            info!(
+                "{}: not taken: its version would name more than {} devices{more}",
+                r.path,
+                crate::store::version::MAX_DEVICES
+            );
+        }
+        false
+    }
+}
+
+/// Whether our entry `l` differs from the merged entry `m` (same content) in the metadata a
+/// merge takes over: a folder's mode, a file's mtime and mode.
+fn meta_differs(l: &Entry, m: &Entry) -> bool {
+    if m.kind == Kind::Dir {
+        l.mode != m.mode
+    } else {
+        (l.mtime, l.mtime_ns, l.mode) != (m.mtime, m.mtime_ns, m.mode)
+    }
+}
+
+/// Whether the peer's entry `r`, not taken, waits as its path's need all the same: a pull of
+/// an earlier announcement (`need`) is under way (`busy`), and `r` descends from it. Decided
+/// against ours now, it could be dropped while what the pull installs is what it replaces (a
+/// deletion kept out by our losing edit, which the pull then replaces with the version the
+/// deletion deleted); it is decided again once the pull is done. `back`: `r` waited on disk.
+fn waits_for_pull(take: bool, back: bool, busy: bool, r: &Entry, need: Option<&Entry>) -> bool {
+    !take && !back && busy && need.is_some_and(|n| r.version.compare(&n.version) == Order::Newer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,6 +598,61 @@ mod tests {
             block_size: crate::store::entry::MIN_BLOCK,
             blocks: vec![[content; 16]].into(),
             ..Entry::default()
+        }
+    }
+
+    /// The metadata a merge of the same content takes over: a folder's mode; a file's mtime
+    /// (seconds and nanoseconds) and mode.
+    #[test]
+    fn meta_differs_table() {
+        let base = |kind| Entry {
+            kind,
+            mode: 0o644,
+            mtime: 10,
+            mtime_ns: 5,
+            ..Entry::default()
+        };
+        // (kind, change made to the merged entry) -> differs
+        type Case = (Kind, fn(&mut Entry), bool);
+        let cases: &[Case] = &[
+            (Kind::File, |_| {}, false),
+            (Kind::File, |m| m.mode = 0o600, true),
+            (Kind::File, |m| m.mtime = 11, true),
+            (Kind::File, |m| m.mtime_ns = 6, true),
+            (Kind::File, |m| m.modified_by = 9, false),
+            (Kind::Dir, |_| {}, false),
+            (Kind::Dir, |m| m.mode = 0o700, true),
+            (Kind::Dir, |m| m.mtime = 11, false),
+        ];
+        for (i, &(kind, change, want)) in cases.iter().enumerate() {
+            let l = base(kind);
+            let mut m = base(kind);
+            change(&mut m);
+            assert_eq!(meta_differs(&l, &m), want, "case {i}");
+        }
+    }
+
+    /// An entry not taken waits as its path's need only while a pull of an earlier
+    /// announcement it descends from is under way.
+    #[test]
+    fn waits_for_pull_table() {
+        let need = file(1, 10, 2, &[(2, 1)]);
+        let newer = file(2, 10, 2, &[(2, 2)]);
+        let older = file(2, 10, 2, &[(2, 0)]);
+        let other = file(2, 10, 3, &[(3, 1)]);
+        // (take, back, busy, r, pending need) -> waits
+        let cases = [
+            (false, false, true, &newer, Some(&need), true),
+            (true, false, true, &newer, Some(&need), false),
+            (false, true, true, &newer, Some(&need), false),
+            (false, false, false, &newer, Some(&need), false),
+            (false, false, true, &newer, None, false),
+            (false, false, true, &need, Some(&need), false),
+            (false, false, true, &older, Some(&need), false),
+            (false, false, true, &other, Some(&need), false),
+        ];
+        for (i, (take, back, busy, r, n, want)) in cases.into_iter().enumerate() {
+            assert_eq!(waits_for_pull(take, back, busy, r, n), want, "case {i}");
         }
     }
 

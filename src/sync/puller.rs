@@ -11,10 +11,12 @@ use crate::store::names;
 use crate::sync::disk::remove_temp;
 use crate::sync::install::{apply_delete, apply_dir, finish_need};
 use crate::sync::link::Link;
-use crate::sync::model::{Decision, Model, Out, decide};
+use crate::sync::model::{Decision, Model, Out, Peer, decide};
 use crate::sync::transfer;
 use crate::sys::dirfd::Dir;
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Entries taken per batch.
@@ -96,60 +98,17 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
             return None;
         }
         let p = st.peers.get_mut(&link.conn)?;
-        let mut batch = Vec::new();
-        let mut fill = Fill::default();
-        let mut moot = Vec::new();
-        for (path, r) in p.needs.mem() {
-            if st.busy.contains(path) || p.retry.get(path).is_some_and(|t| *t > now) {
-                continue;
-            }
-            // A folder's deletion waits until the deletions of what is inside it are done: until
-            // the pass that announced it is complete (what it held may come after it), and
-            // while entries wait on disk (they may be inside it, unless memory is crowded).
-            if r.deleted && r.kind == Kind::Dir {
-                if p.pass_open || (p.needs.waiting() && !p.needs.crowded()) {
-                    continue;
-                }
-                let inside = format!("{path}/");
-                if p.needs
-                    .mem()
-                    .range(inside.clone()..)
-                    .next()
-                    .is_some_and(|(k, _)| k.starts_with(&inside))
-                {
-                    continue;
-                }
-            }
-            let local = st.index.get(path);
-            // A file that replaces a folder holding files waits, like a folder's deletion,
-            // for the deletions of what the folder held, which come after it in the pass.
-            if r.is_file()
-                && p.pass_open
-                && local
-                    .as_ref()
-                    .is_some_and(|l| l.kind == Kind::Dir && !l.deleted)
-            {
-                continue;
-            }
-            match decide(local.as_deref(), r) {
-                Decision::Take { .. } => {
-                    if !fill.fits(r, max_files) {
-                        break;
-                    }
-                    fill.add(r);
-                    batch.push(r.clone());
-                }
-                _ => moot.push(path.clone()),
-            }
-        }
-        // Not needed any more (ours is newer, or won): a pull of it that failed earlier is not
-        // to be resumed.
-        for m in moot {
-            p.needs.remove(&m);
-            p.retry.remove(&m);
-            remove_temp(&link.model.root, &m);
-            st.kept_temps.remove(&m);
-        }
+        let pending = Pending {
+            needs: p.needs.mem(),
+            busy: &st.busy,
+            retry: &p.retry,
+            now,
+            pass_open: p.pass_open,
+            disk_first: p.needs.waiting() && !p.needs.crowded(),
+            max_files,
+        };
+        let (mut batch, moot) = choose(&pending, |path| st.index.get(path));
+        drop_moot(&link.model.root, p, &mut st.kept_temps, moot);
         let waits = files_over_full_folders(&batch, &st.index, p.needs.mem());
         batch.retain(|r| !waits.contains(&r.path));
         if !batch.is_empty() {
@@ -159,20 +118,110 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
             }
             return Some(batch);
         }
-        // Not while changes here wait for a scan: the peer would take itself for in sync.
-        if p.remote_done
-            && p.needs.is_empty()
-            && !st.scan_pending
-            && p.sent_in_sync != Some(p.remote_seq)
-        {
-            p.sent_in_sync = Some(p.remote_seq);
-            let _ = p
-                .out
-                .send(Out::Frame(crate::proto::wire::encode(&Msg::InSync {
-                    seq: p.remote_seq,
-                })));
-        }
+        tell_in_sync(p, st.scan_pending);
         g = link.model.wait(g, Duration::from_millis(500));
+    }
+}
+
+/// What [`choose`] picks a batch from: a connection's needs in memory and what holds them back.
+struct Pending<'a> {
+    needs: &'a BTreeMap<String, Entry>,
+    /// Paths being pulled or installed (by any connection).
+    busy: &'a HashSet<String>,
+    /// Paths whose last pull failed, with when to try again.
+    retry: &'a BTreeMap<String, Instant>,
+    now: Instant,
+    /// The peer's announce pass is not complete.
+    pass_open: bool,
+    /// Entries wait on disk and memory is not crowded with folder deletions: those wait.
+    disk_first: bool,
+    /// Files the batch may hold (its connection's share of open files).
+    max_files: usize,
+}
+
+/// Which needs a batch takes, in path order until it is full, and which are moot (ours is
+/// newer, or won); `local` gives our entry of a path. Pure but for `local`, which reads the
+/// index.
+fn choose<'i>(
+    at: &Pending<'_>,
+    local: impl Fn(&str) -> Option<Cow<'i, Entry>>,
+) -> (Vec<Entry>, Vec<String>) {
+    let mut batch = Vec::new();
+    let mut fill = Fill::default();
+    let mut moot = Vec::new();
+    for (path, r) in at.needs {
+        if at.busy.contains(path) || at.retry.get(path).is_some_and(|t| *t > at.now) {
+            continue;
+        }
+        // A folder's deletion waits until the deletions of what is inside it are done: until
+        // the pass that announced it is complete (what it held may come after it), and
+        // while entries wait on disk (they may be inside it, unless memory is crowded).
+        if r.deleted && r.kind == Kind::Dir {
+            if at.pass_open || at.disk_first {
+                continue;
+            }
+            let inside = format!("{path}/");
+            if at
+                .needs
+                .range(inside.clone()..)
+                .next()
+                .is_some_and(|(k, _)| k.starts_with(&inside))
+            {
+                continue;
+            }
+        }
+        let local = local(path);
+        // A file that replaces a folder holding files waits, like a folder's deletion,
+        // for the deletions of what the folder held, which come after it in the pass.
+        if r.is_file()
+            && at.pass_open
+            && local
+                .as_ref()
+                .is_some_and(|l| l.kind == Kind::Dir && !l.deleted)
+        {
+            continue;
+        }
+        match decide(local.as_deref(), r) {
+            Decision::Take { .. } => {
+                if !fill.fits(r, at.max_files) {
+                    break;
+                }
+                fill.add(r);
+                batch.push(r.clone());
+            }
+            _ => moot.push(path.clone()),
+        }
+    }
+    (batch, moot)
+}
+
+/// Forgets the needs of `p` that are `moot`: a pull of one that failed earlier is not to be
+/// resumed, so its temp file goes.
+fn drop_moot(
+    root: &Path,
+    p: &mut Peer,
+    kept_temps: &mut HashMap<String, Entry>,
+    moot: Vec<String>,
+) {
+    for m in moot {
+        p.needs.remove(&m);
+        p.retry.remove(&m);
+        remove_temp(root, &m);
+        kept_temps.remove(&m);
+    }
+}
+
+/// Tells the peer we hold everything it announced, once for each of its sequence numbers; not
+/// while changes here wait for a scan (`scan_pending`: the peer would take itself for in sync).
+fn tell_in_sync(p: &mut Peer, scan_pending: bool) {
+    if p.remote_done && p.needs.is_empty() && !scan_pending && p.sent_in_sync != Some(p.remote_seq)
+    {
+        p.sent_in_sync = Some(p.remote_seq);
+        let _ = p
+            .out
+            .send(Out::Frame(crate::proto::wire::encode(&Msg::InSync {
+                seq: p.remote_seq,
+            })));
     }
 }
 
@@ -345,6 +394,135 @@ mod tests {
             block_size: MIN_BLOCK,
             blocks: vec![[1; 16]; n].into(),
             ..Entry::default()
+        }
+    }
+
+    /// A need or a local entry from a compact form: `f` a file of `size` bytes, `d` a folder,
+    /// `-f` / `-d` their deletions; at version `v` of device 1.
+    fn entry(path: &str, what: &str, size: u64, v: u64) -> Entry {
+        let mut e = file(path, size);
+        e.kind = if what.ends_with('d') {
+            Kind::Dir
+        } else {
+            Kind::File
+        };
+        e.deleted = what.starts_with('-');
+        if e.kind == Kind::Dir || e.deleted {
+            (e.size, e.blocks) = (0, Box::default());
+        }
+        e.version = crate::store::version::Version::from_pairs(vec![(1, v)]);
+        e
+    }
+
+    /// Which needs a batch takes, and which are moot.
+    #[test]
+    fn choose_table() {
+        struct Case {
+            needs: &'static [(&'static str, &'static str, u64)],
+            /// Our entries: kind, and version (the peer's needs are at 2).
+            local: &'static [(&'static str, &'static str, u64)],
+            busy: &'static [&'static str],
+            /// Paths to retry later.
+            retry: &'static [&'static str],
+            pass_open: bool,
+            disk_first: bool,
+            max_files: usize,
+            batch: &'static [&'static str],
+            moot: &'static [&'static str],
+        }
+        const BASE: Case = Case {
+            needs: &[],
+            local: &[],
+            busy: &[],
+            retry: &[],
+            pass_open: false,
+            disk_first: false,
+            max_files: 100,
+            batch: &[],
+            moot: &[],
+        };
+        let cases = [
+            Case { ..BASE },
+            Case {
+                needs: &[("a", "f", 1), ("b", "d", 0), ("c", "-f", 0)],
+                batch: &["a", "b", "c"],
+                ..BASE
+            },
+            // Busy and retried-later paths are left; ours newer is moot.
+            Case {
+                needs: &[("a", "f", 1), ("b", "f", 1), ("c", "f", 1), ("d", "f", 1)],
+                local: &[("c", "f", 3)],
+                busy: &["a"],
+                retry: &["b"],
+                batch: &["d"],
+                moot: &["c"],
+                ..BASE
+            },
+            // The open files allowed: the batch stops at the first file that does not fit,
+            // and nothing after it is looked at (not even to find it moot).
+            Case {
+                needs: &[("a", "f", 1), ("b", "f", 1), ("c", "f", 1)],
+                local: &[("c", "f", 3)],
+                max_files: 1,
+                batch: &["a"],
+                ..BASE
+            },
+            // A folder's deletion waits while the pass is open, while entries wait on disk,
+            // and while needs inside it remain in memory.
+            Case {
+                needs: &[("d", "-d", 0), ("e", "-d", 0)],
+                pass_open: true,
+                ..BASE
+            },
+            Case {
+                needs: &[("d", "-d", 0)],
+                disk_first: true,
+                ..BASE
+            },
+            Case {
+                needs: &[("d", "-d", 0), ("d/x", "-f", 0), ("dd", "-d", 0)],
+                batch: &["d/x", "dd"],
+                ..BASE
+            },
+            // A file over a folder of ours waits while the pass is open, not after.
+            Case {
+                needs: &[("d", "f", 1), ("e", "f", 1)],
+                local: &[("d", "d", 1)],
+                pass_open: true,
+                batch: &["e"],
+                ..BASE
+            },
+            Case {
+                needs: &[("d", "f", 1)],
+                local: &[("d", "d", 1)],
+                batch: &["d"],
+                ..BASE
+            },
+        ];
+        let now = Instant::now();
+        for (i, c) in cases.iter().enumerate() {
+            let needs: BTreeMap<String, Entry> = (c.needs.iter())
+                .map(|&(p, w, n)| (p.to_string(), entry(p, w, n, 2)))
+                .collect();
+            let local: HashMap<&str, Entry> = (c.local.iter())
+                .map(|&(p, w, v)| (p, entry(p, w, 0, v)))
+                .collect();
+            let busy = c.busy.iter().map(|p| p.to_string()).collect();
+            let later = now + Duration::from_secs(5);
+            let retry = c.retry.iter().map(|p| (p.to_string(), later)).collect();
+            let at = Pending {
+                needs: &needs,
+                busy: &busy,
+                retry: &retry,
+                now,
+                pass_open: c.pass_open,
+                disk_first: c.disk_first,
+                max_files: c.max_files,
+            };
+            let (batch, moot) = choose(&at, |p| local.get(p).map(Cow::Borrowed));
+            let batch: Vec<&str> = batch.iter().map(|e| e.path.as_str()).collect();
+            let moot: Vec<&str> = moot.iter().map(|m| m.as_str()).collect();
+            assert_eq!((&batch[..], &moot[..]), (c.batch, c.moot), "case {i}");
         }
     }
 

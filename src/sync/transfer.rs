@@ -251,23 +251,7 @@ pub fn transfer(
     // Which blocks our other files already hold, found in one pass over the index.
     let sources = local_sources(link, &files);
     let mut zeros = Zeros::default();
-    let mut pulls: Vec<Pull> = Vec::new();
-    let mut jobs: Vec<Job> = Vec::new();
-    for e in files {
-        let path = e.path.clone();
-        match plan(link, e, &sources, moved.get(&path), &mut zeros) {
-            Ok((p, srcs)) => {
-                let file = pulls.len();
-                jobs.extend(srcs.into_iter().enumerate().map(|(block, src)| Job {
-                    file,
-                    block,
-                    src,
-                }));
-                pulls.push(p);
-            }
-            Err((e, err)) => crate::sync::install::finish_need(link, &e, Err(err)),
-        }
-    }
+    let (pulls, jobs) = plan_all(link, files, &sources, moved, &mut zeros);
     drop(sources);
     let helpers = crate::sys::limits::cpus().clamp(1, 4);
     // Room for a batch of checks per helper (their MD5s are computed side by side).
@@ -278,35 +262,10 @@ pub fn transfer(
     std::thread::scope(|s| {
         for _ in 0..helpers {
             let (rx, tx) = (work_rx.clone(), done_tx.clone());
-            s.spawn(move || {
-                let mut done = Vec::new();
-                loop {
-                    // One piece of work, waited for, and whatever else is queued already.
-                    let taken = match rx.lock() {
-                        Ok(g) => g.recv().map(|w| {
-                            let mut ws = vec![w];
-                            ws.extend(std::iter::from_fn(|| g.try_recv().ok()).take(batch - 1));
-                            ws
-                        }),
-                        Err(_) => return,
-                    };
-                    let Ok(ws) = taken else { return };
-                    work(ws, &mut done);
-                    for d in done.drain(..) {
-                        if tx.send(d).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
+            s.spawn(move || helper(rx, tx, batch));
         }
         drop(done_tx);
-        let remote = jobs
-            .iter()
-            .enumerate()
-            .filter(|(_, j)| matches!(j.src, Src::Remote | Src::Delta))
-            .map(|(i, _)| i)
-            .collect();
+        let remote = remote_jobs(&jobs);
         let mut run = Run {
             link,
             pipe: Pipe::new(link, next_id),
@@ -335,6 +294,93 @@ pub fn transfer(
         REUSED.fetch_add(run.pulls.iter().map(|p| p.reused).sum(), Ordering::Relaxed);
         r
     })
+}
+
+/// Plans each file of the batch, in order: its pull and the jobs of its blocks. A file whose
+/// plan fails (its temp file cannot be opened) ends its need here.
+fn plan_all(
+    link: &Link<'_>,
+    files: Vec<Entry>,
+    sources: &HashMap<Hash, (String, u64)>,
+    moved: &HashMap<String, Entry>,
+    zeros: &mut Zeros,
+) -> (Vec<Pull>, Vec<Job>) {
+    let mut pulls: Vec<Pull> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    for e in files {
+        let path = e.path.clone();
+        match plan(link, e, sources, moved.get(&path), zeros) {
+            Ok((p, srcs)) => {
+                let file = pulls.len();
+                jobs.extend(srcs.into_iter().enumerate().map(|(block, src)| Job {
+                    file,
+                    block,
+                    src,
+                }));
+                pulls.push(p);
+            }
+            Err((e, err)) => crate::sync::install::finish_need(link, &e, Err(err)),
+        }
+    }
+    (pulls, jobs)
+}
+
+/// A helper thread: takes work from `rx` (one piece, waited for, and whatever else is queued
+/// already, up to `batch`), does it and reports to `tx`, until either channel closes.
+fn helper(rx: Arc<Mutex<Receiver<Work>>>, tx: mpsc::Sender<Done>, batch: usize) {
+    let mut done = Vec::new();
+    loop {
+        let taken = match rx.lock() {
+            Ok(g) => g.recv().map(|w| {
+                let mut ws = vec![w];
+                ws.extend(std::iter::from_fn(|| g.try_recv().ok()).take(batch - 1));
+                ws
+            }),
+            Err(_) => return,
+        };
+        let Ok(ws) = taken else { return };
+        work(ws, &mut done);
+        for d in done.drain(..) {
+            if tx.send(d).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The jobs whose data comes from the peer (whole or by delta), in order: the order their
+/// requests go out.
+fn remote_jobs(jobs: &[Job]) -> Vec<usize> {
+    jobs.iter()
+        .enumerate()
+        .filter(|(_, j)| matches!(j.src, Src::Remote | Src::Delta))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// How many jobs from `ji` (a block copied unchanged from our current version, `len` bytes)
+/// one copy takes, and their bytes: the unchanged blocks right after it in the same file
+/// (`block_len` gives a block's length), added while the copy is under `piece` bytes.
+fn keep_run(
+    jobs: &[Job],
+    ji: usize,
+    len: u64,
+    piece: u64,
+    block_len: impl Fn(usize) -> u64,
+) -> (usize, u64) {
+    let (fi, block) = (jobs[ji].file, jobs[ji].block);
+    let mut n = 1;
+    let mut bytes = len;
+    while let Some(j) = jobs.get(ji + n)
+        && j.file == fi
+        && j.block == block + n
+        && matches!(j.src, Src::Keep)
+        && bytes < piece
+    {
+        bytes += block_len(block + n);
+        n += 1;
+    }
+    (n, bytes)
 }
 
 /// Our files' blocks that the batch needs, by hash: where each can be read locally. Only for
@@ -709,99 +755,111 @@ impl Run<'_, '_, '_> {
         }
         let src = std::mem::replace(&mut self.jobs[ji].src, Src::Remote);
         match src {
-            Src::Moved => {
-                let p = &mut self.pulls[fi];
-                match p.moved_fast.get(block) {
-                    Some(f) => p.fast[block] = *f,
-                    None => p.fast_known = false,
-                }
-                p.reused += len as u64;
-                self.completed(fi, block, 1, len as u64);
-            }
-            Src::Keep => {
-                // This block and the unchanged ones after it, in one copy.
-                let mut n = 1;
-                let mut bytes = len as u64;
-                while let Some(j) = self.jobs.get(ji + n)
-                    && j.file == fi
-                    && j.block == block + n
-                    && matches!(j.src, Src::Keep)
-                    && bytes < COPY_PIECE
-                {
-                    bytes += self.pulls[fi].e.block_range(block + n).1 as u64;
-                    n += 1;
-                }
-                let p = &mut self.pulls[fi];
-                for k in block..block + n {
-                    match p.old_fast.get(k) {
-                        Some(f) => p.fast[k] = *f,
-                        None => p.fast_known = false,
-                    }
-                }
-                let w = Work::Copy {
-                    tag: Tag {
-                        file: fi,
-                        first: block,
-                        n,
-                        bytes,
-                        reused: bytes,
-                        retry: None,
-                    },
-                    tmp: p.tmp.clone(),
-                    from: p.old.clone().ok_or_else(|| Error::msg("no old version"))?,
-                    from_off: off,
-                    off,
-                };
-                self.dispatch(w)?;
-                return Ok(n);
-            }
-            Src::Zero => {
-                let (_, fast) = self.zeros.get(len);
-                self.pulls[fi].fast[block] = fast;
-                if off >= self.pulls[fi].fresh_from {
-                    // Never written: it reads as zeros once the file gets its length.
-                    self.pulls[fi].reused += len as u64;
-                    self.completed(fi, block, 1, len as u64);
-                } else {
-                    let tag = self.tag(fi, block, len as u64, None);
-                    self.check(fi, block, vec![0u8; len], true, tag)?;
-                }
-            }
-            Src::Have => {
-                let mut buf = self.buffer(len);
-                let p = &self.pulls[fi];
-                if read_at(&p.tmp, &mut buf, off, len).is_ok() {
-                    let tag = self.tag(fi, block, len as u64, Some(true));
-                    self.check(fi, block, buf, false, tag)?;
-                } else {
-                    self.retry(fi, block, true);
-                }
-            }
+            Src::Moved => self.moved(fi, block, len),
+            Src::Keep => return self.keep(ji, fi, block, off, len),
+            Src::Zero => self.zero(fi, block, off, len)?,
+            Src::Have => self.have(fi, block, off, len)?,
             Src::Same(o) => self.same(fi, block, o)?,
-            Src::Local(path, o) => {
-                let root = &self.link.model.root;
-                if self.local_file.as_ref().is_none_or(|(p, _)| *p != path)
-                    && let Ok(f) =
-                        crate::sys::open::open_in(root, &path, crate::sys::open::Open::Read)
-                {
-                    self.local_file = Some((path.clone(), f));
-                }
-                let mut buf = self.buffer(len);
-                let read = match &self.local_file {
-                    Some((lp, f)) if *lp == path => read_at(f, &mut buf, o, len).is_ok(),
-                    _ => false,
-                };
-                if read {
-                    let tag = self.tag(fi, block, len as u64, Some(true));
-                    self.check(fi, block, buf, true, tag)?;
-                } else {
-                    self.retry(fi, block, true);
-                }
-            }
+            Src::Local(path, o) => self.local(fi, block, path, o, len)?,
             Src::Remote | Src::Delta => self.fetch(fi, block, issued)?,
         }
         self.show_progress(fi);
         Ok(1)
+    }
+
+    /// A block already in the temp file, the moved file's: complete as it is.
+    fn moved(&mut self, fi: usize, block: usize, len: usize) {
+        let p = &mut self.pulls[fi];
+        match p.moved_fast.get(block) {
+            Some(f) => p.fast[block] = *f,
+            None => p.fast_known = false,
+        }
+        p.reused += len as u64;
+        self.completed(fi, block, 1, len as u64);
+    }
+
+    /// A block unchanged in our current version, at `off`: copied with the unchanged ones after
+    /// it, in one copy on a helper. Returns how many jobs that took.
+    fn keep(&mut self, ji: usize, fi: usize, block: usize, off: u64, len: usize) -> Result<usize> {
+        let e = &self.pulls[fi].e;
+        let (n, bytes) = keep_run(&self.jobs, ji, len as u64, COPY_PIECE, |k| {
+            e.block_range(k).1 as u64
+        });
+        let p = &mut self.pulls[fi];
+        for k in block..block + n {
+            match p.old_fast.get(k) {
+                Some(f) => p.fast[k] = *f,
+                None => p.fast_known = false,
+            }
+        }
+        let w = Work::Copy {
+            tag: Tag {
+                file: fi,
+                first: block,
+                n,
+                bytes,
+                reused: bytes,
+                retry: None,
+            },
+            tmp: p.tmp.clone(),
+            from: p.old.clone().ok_or_else(|| Error::msg("no old version"))?,
+            from_off: off,
+            off,
+        };
+        self.dispatch(w)?;
+        Ok(n)
+    }
+
+    /// A block of zeros at `off`: left as a hole past what the temp file held, else written.
+    fn zero(&mut self, fi: usize, block: usize, off: u64, len: usize) -> Result<()> {
+        let (_, fast) = self.zeros.get(len);
+        self.pulls[fi].fast[block] = fast;
+        if off >= self.pulls[fi].fresh_from {
+            // Never written: it reads as zeros once the file gets its length.
+            self.pulls[fi].reused += len as u64;
+            self.completed(fi, block, 1, len as u64);
+            Ok(())
+        } else {
+            let tag = self.tag(fi, block, len as u64, None);
+            self.check(fi, block, vec![0u8; len], true, tag)
+        }
+    }
+
+    /// A block perhaps in the temp file from an earlier try, at `off`: read back and checked;
+    /// fetched (by delta if it can be) if it cannot be read.
+    fn have(&mut self, fi: usize, block: usize, off: u64, len: usize) -> Result<()> {
+        let mut buf = self.buffer(len);
+        let p = &self.pulls[fi];
+        if read_at(&p.tmp, &mut buf, off, len).is_ok() {
+            let tag = self.tag(fi, block, len as u64, Some(true));
+            self.check(fi, block, buf, false, tag)
+        } else {
+            self.retry(fi, block, true);
+            Ok(())
+        }
+    }
+
+    /// A block another local file holds at `o` of `path`: read (the file kept open for the
+    /// next block), checked and written; fetched (by delta if it can be) if it cannot be read.
+    fn local(&mut self, fi: usize, block: usize, path: String, o: u64, len: usize) -> Result<()> {
+        let root = &self.link.model.root;
+        if self.local_file.as_ref().is_none_or(|(p, _)| *p != path)
+            && let Ok(f) = crate::sys::open::open_in(root, &path, crate::sys::open::Open::Read)
+        {
+            self.local_file = Some((path.clone(), f));
+        }
+        let mut buf = self.buffer(len);
+        let read = match &self.local_file {
+            Some((lp, f)) if *lp == path => read_at(f, &mut buf, o, len).is_ok(),
+            _ => false,
+        };
+        if read {
+            let tag = self.tag(fi, block, len as u64, Some(true));
+            self.check(fi, block, buf, true, tag)
+        } else {
+            self.retry(fi, block, true);
+            Ok(())
+        }
     }
 
     /// A block with the same data as an earlier block of the file: copied within the temp file
@@ -1235,6 +1293,93 @@ fn read_at(f: &File, buf: &mut Vec<u8>, off: u64, len: usize) -> io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Jobs from a compact form: (file, block, 'K' keep / 'R' remote / 'D' delta / 'Z' zero).
+    fn jobs(list: &[(usize, usize, char)]) -> Vec<Job> {
+        let src = |c| match c {
+            'K' => Src::Keep,
+            'R' => Src::Remote,
+            'D' => Src::Delta,
+            _ => Src::Zero,
+        };
+        (list.iter())
+            .map(|&(file, block, c)| Job {
+                file,
+                block,
+                src: src(c),
+            })
+            .collect()
+    }
+
+    /// One copy of unchanged data takes the unchanged blocks right after the first, in the
+    /// same file, while it is under the piece size.
+    #[test]
+    fn keep_run_table() {
+        // (jobs, first job, block length, piece) -> (jobs taken, bytes)
+        type Case = (
+            &'static [(usize, usize, char)],
+            usize,
+            u64,
+            u64,
+            (usize, u64),
+        );
+        let cases: &[Case] = &[
+            (&[(0, 0, 'K')], 0, 10, 100, (1, 10)),
+            (
+                &[(0, 0, 'K'), (0, 1, 'K'), (0, 2, 'K')],
+                0,
+                10,
+                100,
+                (3, 30),
+            ),
+            // Stops at another source, a gap, another file.
+            (
+                &[(0, 0, 'K'), (0, 1, 'R'), (0, 2, 'K')],
+                0,
+                10,
+                100,
+                (1, 10),
+            ),
+            (&[(0, 0, 'K'), (0, 2, 'K')], 0, 10, 100, (1, 10)),
+            (&[(0, 0, 'K'), (1, 1, 'K')], 0, 10, 100, (1, 10)),
+            // From a later job.
+            (
+                &[(0, 0, 'R'), (0, 1, 'K'), (0, 2, 'K')],
+                1,
+                10,
+                100,
+                (2, 20),
+            ),
+            // A block is added while the copy is under the piece: it may end past it.
+            (&[(0, 0, 'K'), (0, 1, 'K'), (0, 2, 'K')], 0, 10, 20, (2, 20)),
+            (&[(0, 0, 'K'), (0, 1, 'K'), (0, 2, 'K')], 0, 10, 15, (2, 20)),
+            (&[(0, 0, 'K'), (0, 1, 'K'), (0, 2, 'K')], 0, 10, 10, (1, 10)),
+        ];
+        for (i, &(list, ji, len, piece, want)) in cases.iter().enumerate() {
+            assert_eq!(
+                keep_run(&jobs(list), ji, len, piece, |_| len),
+                want,
+                "case {i}"
+            );
+        }
+    }
+
+    /// The peer's jobs, whole or by delta, in job order.
+    #[test]
+    fn remote_jobs_table() {
+        type Case = (&'static [(usize, usize, char)], &'static [usize]);
+        let cases: &[Case] = &[
+            (&[], &[]),
+            (&[(0, 0, 'K'), (0, 1, 'Z')], &[]),
+            (
+                &[(0, 0, 'R'), (0, 1, 'K'), (0, 2, 'D'), (1, 0, 'R')],
+                &[0, 2, 3],
+            ),
+        ];
+        for &(list, want) in cases {
+            assert_eq!(remote_jobs(&jobs(list)), want);
+        }
+    }
 
     /// Which source each block comes from, first choice first.
     #[test]
