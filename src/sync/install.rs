@@ -291,8 +291,8 @@ impl Apply<'_> {
 }
 
 /// The entry of a folder of ours (`cur`, if it is one) that stays where the file `e` was to
-/// go: live, with its mode and `stat` here (`None`: it is gone), and a version newer than both
-/// made by `device`.
+/// go: live, with its mode and `stat` here (`None`: it is gone), and a version newer than ours
+/// (whatever kind) and `e`'s, made by `device`.
 fn folder_kept(cur: Option<&Entry>, e: &Entry, stat: Option<Stat>, device: u64) -> Entry {
     let mode = stat.map_or(0o755, |s| s.mode);
     let mut d = cur
@@ -307,7 +307,11 @@ fn folder_kept(cur: Option<&Entry>, e: &Entry, stat: Option<Stat>, device: u64) 
     d.deleted = false;
     // The folder as it is here (our entry may be a tombstone, with no mode).
     d.mode = mode;
-    d.version = d.version.merged(&e.version).bumped(device);
+    // Newer than whatever we had at the path, a file too (our index may not have seen the
+    // folder replace it yet): a version of it that a peer still holds must not come back over
+    // the folder as concurrent with it.
+    let ours = cur.map_or(d.version.clone(), |c| c.version.clone());
+    d.version = ours.merged(&e.version).bumped(device);
     d.modified_by = device;
     d.stat = stat.unwrap_or_default();
     d
@@ -456,8 +460,8 @@ mod tests {
                 "{i}"
             );
             assert_eq!(d.version.compare(&e.version), Order::Newer, "{i}");
-            // Ours counts only if it is the folder (a file's version is not merged in).
-            if let Some(c) = cur.as_ref().filter(|c| c.kind == Kind::Dir) {
+            // Ours is merged in, a file's too.
+            if let Some(c) = cur.as_ref() {
                 assert_eq!(d.version.compare(&c.version), Order::Newer, "{i}");
             }
             assert!(d.version.get(4) > 0, "{i}");
