@@ -852,7 +852,11 @@ fn record(
         if !st.busy.contains(&c.path) {
             crate::sync::disk::remove_temp(root, &c.path);
         }
+        // Taken over a concurrent version of ours (kept as a conflict copy), as the install
+        // would have recorded it: with ours merged in.
+        let version = crate::sync::install::taken_version(cur.as_deref(), &rec, st.index.device);
         let mut e = rec;
+        e.version = version;
         e.fast = fast.into();
         e.stat = before;
         st.put(e);
@@ -1060,6 +1064,68 @@ mod tests {
         let g = model.lock();
         assert_eq!(g.index.get("d/e/deep").map(|e| e.size), Some(2));
         assert_eq!(g.index.get("d/e").map(|e| e.kind), Some(Kind::Dir));
+        drop(g);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A file found at start that is an install the index had not recorded (a crash between
+    /// the rename and the index's save) takes the sender's version, with ours merged in where
+    /// ours was a concurrent edit it won over, as the install would have recorded it.
+    #[test]
+    fn an_install_found_after_a_crash_keeps_the_merged_version() {
+        use crate::store::version::{Order, Version};
+        let root = std::env::temp_dir().join(format!("left-recv-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join(names::STATE_DIR)).unwrap();
+        let model = Model::new(
+            root.clone(),
+            root.join(names::STATE_DIR),
+            crate::store::index::Index::new(7),
+        );
+        // What the peer sent, on disk under its name, and hashed as a scan would.
+        fs::write(root.join("a"), b"theirs").unwrap();
+        let f = fs::File::open(root.join("a")).unwrap();
+        let bs = block_size_for(6);
+        let b = hash::file_blocks(&f, 6, bs, None, &|| true).unwrap();
+        let theirs = Entry {
+            path: "a".into(),
+            kind: Kind::File,
+            size: 6,
+            mode: 0o644,
+            block_size: bs,
+            file_hash: hash::list_hash(&b.md5),
+            blocks: b.md5.into(),
+            version: Version::from_pairs(vec![(2, 1)]),
+            modified_by: 2,
+            ..Entry::default()
+        };
+        fs::set_permissions(
+            root.join("a"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+        let ours = Entry {
+            path: "a".into(),
+            kind: Kind::File,
+            size: 4,
+            mode: 0o644,
+            version: Version::from_pairs(vec![(7, 1)]),
+            modified_by: 7,
+            ..Entry::default()
+        };
+        {
+            let mut g = model.lock();
+            g.put(ours.clone());
+            g.received.insert("a".into(), theirs.clone());
+        }
+        scan(&model, None, None).unwrap();
+        let g = model.lock();
+        let got = g.index.get("a").unwrap();
+        assert_eq!(got.file_hash, theirs.file_hash);
+        assert_eq!(got.modified_by, 2, "the sender's version, not a new one");
+        assert_eq!(got.version.compare(&theirs.version), Order::Newer);
+        assert_eq!(got.version.compare(&ours.version), Order::Newer);
+        assert_eq!(got.version.get(7), 1, "not bumped here");
         drop(g);
         fs::remove_dir_all(&root).unwrap();
     }

@@ -5,6 +5,7 @@
 use crate::error::{Context, Error, Result};
 use crate::store::entry::{Entry, Kind, Stat};
 use crate::store::names;
+use crate::store::version::{Order, Version};
 use crate::sync::disk::{clear_temps, remove_temp, same_bytes};
 use crate::sync::link::Link;
 use crate::sync::model::{Decision, Model, State, decide};
@@ -171,18 +172,26 @@ impl Apply<'_> {
     /// merged winner: it knew the change that made it ([`crate::sync::model::remote_wins`]).
     fn record(mut self, e: &Entry, md: Option<&fs::Metadata>) {
         let mut ne = e.clone();
-        if let Some(c) = &self.cur
-            && e.version.compare(&c.version) == crate::store::version::Order::Concurrent
-        {
-            let merged = e.version.merged(&c.version);
-            if merged.fits_with(self.g.index.device) {
-                ne.version = merged;
-            }
-        }
+        ne.version = taken_version(self.cur.as_ref(), e, self.g.index.device);
         ne.stat = md.map(Stat::of).unwrap_or_default();
         self.g.kept_temps.remove(&e.path);
         self.g.put(ne);
     }
+}
+
+/// The version to record for the peer's entry `e` taken over ours (`cur`): `e`'s, with ours
+/// merged in where the two are concurrent (see [`Apply::record`]) and the merge leaves room
+/// for this `device`. Used as well where an install is recognised after a crash.
+pub fn taken_version(cur: Option<&Entry>, e: &Entry, device: u64) -> Version {
+    if let Some(c) = cur
+        && e.version.compare(&c.version) == Order::Concurrent
+    {
+        let merged = e.version.merged(&c.version);
+        if merged.fits_with(device) {
+            return merged;
+        }
+    }
+    e.version.clone()
 }
 
 /// Under the lock: checks the decision still holds and that nothing changed on disk behind the
@@ -398,7 +407,40 @@ pub fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::version::{Order, Version};
+
+    /// The version recorded for a peer's entry taken over ours: ours merged in only where the
+    /// two are concurrent and the merge leaves room for this device.
+    #[test]
+    fn taken_version_table() {
+        let v = |pairs: &[(u64, u64)]| Version::from_pairs(pairs.to_vec());
+        let at = |version: Version| Entry {
+            path: "a".into(),
+            version,
+            ..Entry::default()
+        };
+        // 1023 other devices with ours (device 1) and the peer's (2): a merge names 1025.
+        let crowd: Vec<(u64, u64)> = (10..1033).map(|d| (d, 1)).collect();
+        let crowd_ours = [&crowd[..], &[(1, 1)]].concat();
+        let cases: [(Option<Version>, Version, Version); 5] = [
+            (None, v(&[(2, 1)]), v(&[(2, 1)])),
+            (Some(v(&[(2, 1)])), v(&[(2, 2)]), v(&[(2, 2)])),
+            (Some(v(&[(1, 1)])), v(&[(2, 1)]), v(&[(1, 1), (2, 1)])),
+            (
+                Some(v(&[(1, 3), (2, 1)])),
+                v(&[(2, 2)]),
+                v(&[(1, 3), (2, 2)]),
+            ),
+            (
+                Some(Version::from_pairs(crowd_ours)),
+                v(&[(2, 1)]),
+                v(&[(2, 1)]),
+            ),
+        ];
+        for (i, (ours, theirs, want)) in cases.into_iter().enumerate() {
+            let got = taken_version(ours.map(at).as_ref(), &at(theirs), 3);
+            assert_eq!(got, want, "{i}");
+        }
+    }
 
     /// The folder that stays where a received file was to go: ours if it is a folder (a
     /// tombstone made live), else a new one; its mode and stat as it is here; a version newer
