@@ -30,6 +30,28 @@
 //!   (inotify), `signal`, `limits`; with the hashing kernels, the only place with `unsafe`;
 //! - `log`, `error`.
 //!
+//! # Threads, their state, and the lock
+//!
+//! Each stage keeps its working state to itself and hands on results: the scanner's walk (the
+//! folders to list, the files to hash, what it found gone) lives in `scan::scanner::Walk`; each
+//! connection has a reader, a writer fed by a queue of `Out` messages, and a puller with its own
+//! batch, buffers (`sync::pool`) and block answers (a channel from the reader); hashing and
+//! assembling run with no lock held. What is shared is `sync::model::State` behind one mutex:
+//! the index, and per peer what it has that we need (decided against the index, so they change
+//! together), which paths pulls are busy with, and what `left status` shows.
+//!
+//! Some file operations do run under that lock, on purpose: an install checks that its decision
+//! still holds and that the file on disk is the one the index knows, renames, and records the
+//! new entry in one step (with the lock released between the check and the rename, a scan or
+//! another connection could change the path in between and the index would describe a file
+//! that is not there); the scanner looks at a path once more under the lock before it records a
+//! folder or a deletion, for the same reason; and a whole rewrite of the index base is written
+//! under it (see Index), paced so it never takes more than a third of the time. File data is
+//! never read, written or fsynced under the lock: what is renamed under it was made durable
+//! before; after the rename of a big file its folder is fsynced under the lock, while a group of
+//! small files is made durable by one filesystem sync once the lock is released. Moving these
+//! steps out of the lock (a claim per path instead) is work still to do.
+//!
 //! # Index
 //!
 //! Per file: path, size, mtime, mode, block size, the MD5 of every block, the file's hash (the MD5
