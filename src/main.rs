@@ -48,9 +48,10 @@
 //! folder or a deletion, for the same reason; and a whole rewrite of the index base is written
 //! under it (see Index), paced so it never takes more than a third of the time. File data is
 //! never read, written or fsynced under the lock: what is renamed under it was made durable
-//! before; after the rename of a big file its folder is fsynced under the lock, while a group of
-//! small files is made durable by one filesystem sync once the lock is released. Moving these
-//! steps out of the lock (a claim per path instead) is work still to do.
+//! before, and the renames are made durable once the lock is released (a big file's folder
+//! fsynced, a group of small files by one filesystem sync), with index saves held until then.
+//! Moving the checks and renames out of the lock too (a claim per path instead) is work still
+//! to do.
 //!
 //! # Index
 //!

@@ -276,16 +276,18 @@ impl Apply<'_> {
         Ok(())
     }
 
-    /// Renames the temp file `tmp` of `e` into place (the folder synced if `durable`) and
-    /// records it with the stat it was made with.
-    fn rename_in(self, e: &Entry, tmp: &str, durable: bool) -> Result<()> {
-        let dir = self.dir(e)?;
+    /// Renames the temp file `tmp` of `e` into place and records it with the stat it was made
+    /// with; with `durable`, the folder is then synced, once the lock is released. The caller
+    /// holds index saves meanwhile (its install is in the install log): no saved index can name
+    /// the file before its rename is on disk.
+    fn rename_in(mut self, e: &Entry, tmp: &str, durable: bool) -> Result<()> {
+        let dir = self
+            .dir
+            .take()
+            .ok_or_else(|| Error::msg("its folder is missing").at(&e.path))?;
         // The file as it is made (mode and mtime set), before it can be touched under its name.
         let made = dir.stat(tmp).at(&e.path)?;
-        dir.rename(tmp, dir, &self.name).at(&e.path)?;
-        if durable {
-            dir.sync().at(&e.path)?;
-        }
+        dir.rename(tmp, &dir, &self.name).at(&e.path)?;
         let md = dir.stat(&self.name).at(&e.path)?;
         // Changed the moment it got its name (a chmod between the rename and this stat): the
         // index keeps the stat it was made with, so that the next scan sees the change. Recorded
@@ -295,6 +297,9 @@ impl Apply<'_> {
             (_, md) => md,
         };
         self.record(e, md.as_ref());
+        if durable {
+            dir.sync().at(&e.path)?;
+        }
         Ok(())
     }
 }
