@@ -2560,3 +2560,26 @@ fn regression_review17_folder_deleted_knowing_it_back_after_a_type_conflict() {
         },
     );
 }
+
+/// Review of 218d3da (chaos seed 17308, 4 peers, shrunk by hand to 3): A and C write d/x
+/// together, C's later (C wins). A (and B) keep A's as a copy and record C's merged with A's,
+/// which is newer than C's own version: C pulls its own content back. C meanwhile replaced its
+/// file with an empty folder (`mkdir C d/x`, not scanned yet): the install finds an empty
+/// folder where the file goes, removes it and puts the file in, and the scan then finds the
+/// file as the index has it. C's folder is gone and #2C, which C replaced, is back at d/x
+/// (resurrection). The install refuses a file or a deletion changed behind the index's back,
+/// not a folder that replaced a file of ours (`Apply::folder_stays` removes it when empty).
+/// Before 218d3da nothing came back to C (its version was the one everyone held). A race
+/// (the folder must not be scanned before the install): 1 run in 3-4 fails; eight runs.
+#[test]
+fn regression_review17_own_content_back_over_an_unscanned_folder() {
+    replay_times(
+        "peers=3 topo=mesh
+         round ABC
+         1 write A d/x 222
+         2 write C d/x 2560477
+         3 sleep 40
+         4 mkdir C d/x",
+        8,
+    );
+}
