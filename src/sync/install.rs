@@ -136,6 +136,13 @@ impl Apply<'_> {
             .is_some_and(|c| c.is_file() && c.stat == Stat::of(md))
     }
 
+    /// Whether our index has a live folder at the target.
+    fn known_folder(&self) -> bool {
+        self.cur
+            .as_ref()
+            .is_some_and(|c| c.kind == Kind::Dir && !c.deleted)
+    }
+
     /// The folder that holds the target (there for anything but deletions).
     fn dir(&self, e: &Entry) -> Result<&Dir> {
         self.dir
@@ -214,6 +221,14 @@ pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
                 a.keep_ours(e)?;
             }
             false
+        }
+        // A folder our index does not have (made here since the last scan, where our file or
+        // nothing was): the scan records it first, and the decision is made again.
+        Some(md) if md.is_dir() && !a.known_folder() => {
+            return Err(Error::msg(
+                "a folder made locally is in the way; will look again after the next scan",
+            )
+            .at(&e.path));
         }
         Some(md) if md.is_dir() => a.folder_stays(&model.root, e, &tmp, durable)?,
         Some(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
@@ -394,6 +409,14 @@ pub fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
                 }
                 dir.unlink(&a.name).at(&e.path)?;
                 info!("deleted {}", e.path);
+            }
+            Some(md) if md.is_dir() && !a.known_folder() => {
+                // Made here since the last scan where our file was: the scan records it, and
+                // the deletion is weighed against it then.
+                return Err(Error::msg(
+                    "a folder made locally is in the way; will look again after the next scan",
+                )
+                .at(&e.path));
             }
             Some(md) if md.is_dir() => {
                 // Stale temp files do not keep a deleted folder alive.
