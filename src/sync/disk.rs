@@ -1,7 +1,7 @@
 //! Putting an entry's metadata on disk and clearing temp files, through folder descriptors and
 //! without the model: the filesystem steps the model, the installer and the puller share.
 
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 use crate::store::entry::{Entry, Kind, Stat};
 use crate::store::names;
 use crate::sys::dirfd::Dir;
@@ -25,15 +25,26 @@ pub fn mtime_of(e: &Entry) -> SystemTime {
 }
 
 /// Sets mode and mtime of a local file or folder to an entry's, through the file itself,
-/// opened without following a symlink on the way; returns its stat afterwards.
-pub fn set_meta(root: &Path, e: &Entry) -> Result<Stat> {
+/// opened without following a symlink on the way; returns its stat afterwards. Only if it is
+/// still as our index has it (`known`: the same file, or a folder of the same mode): one changed
+/// since the last scan is left to the scan, which would not see the change once the stat it
+/// compares with is taken from the changed file.
+pub fn set_meta(root: &Path, e: &Entry, known: &Stat) -> Result<Stat> {
+    let changed = || Error::msg("changed locally; will look again after the next scan").at(&e.path);
     let (dir, name) = Dir::parent(root, &e.path, false).at(&e.path)?;
     if e.kind == Kind::Dir {
         let d = dir.sub(name).at(&e.path)?;
+        let now = Stat::of(&d.metadata().at(&e.path)?);
+        if (now.ino, now.mode) != (known.ino, known.mode) {
+            return Err(changed());
+        }
         d.chmod(e.dir_mode()).at(&e.path)?;
         return Ok(Stat::of(&d.metadata().at(&e.path)?));
     }
     let f = dir.open_file(name, false).at(&e.path)?;
+    if Stat::of(&f.metadata().at(&e.path)?) != *known {
+        return Err(changed());
+    }
     f.set_permissions(fs::Permissions::from_mode(e.file_mode()))
         .at(&e.path)?;
     f.set_modified(mtime_of(e)).at(&e.path)?;
@@ -93,6 +104,38 @@ pub fn same_bytes(dir: &Dir, a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A merge's metadata is set only on the file the index knows: one written since the last
+    /// scan keeps its own, for the scan to see.
+    #[test]
+    fn metadata_is_set_only_on_the_file_the_index_knows() {
+        let root = std::env::temp_dir().join(format!("left-meta2-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join("f"), b"one").unwrap();
+        fs::set_permissions(root.join("f"), fs::Permissions::from_mode(0o600)).unwrap();
+        let known = Stat::of(&fs::metadata(root.join("f")).unwrap());
+        let e = Entry {
+            path: "f".into(),
+            mode: 0o640,
+            mtime: 1_000_000,
+            ..Entry::default()
+        };
+        // Written since: left alone.
+        fs::write(root.join("f"), b"one more").unwrap();
+        assert!(set_meta(&root, &e, &known).is_err());
+        assert_eq!(mode_of(&root.join("f")), 0o600);
+        // As the index knows it: set.
+        let known = Stat::of(&fs::metadata(root.join("f")).unwrap());
+        let after = set_meta(&root, &e, &known).unwrap();
+        assert_eq!(mode_of(&root.join("f")), 0o640);
+        assert_eq!(after.mtime, 1_000_000);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
     /// A local user swaps a folder of the share for a symlink to a folder outside it: setting
     /// a file's mode and mtime, or removing its temp file, must not reach through it.
     #[test]
@@ -114,7 +157,8 @@ mod tests {
             mtime: 1_000_000,
             ..Entry::default()
         };
-        assert!(set_meta(&root, &e).is_err());
+        let known = Stat::of(&fs::metadata(outside.join("f")).unwrap());
+        assert!(set_meta(&root, &e, &known).is_err());
         remove_temp(&root, "d/f");
         let md = fs::metadata(outside.join("f")).unwrap();
         assert_eq!(md.permissions().mode() & 0o777, 0o600);

@@ -28,12 +28,14 @@ pub enum Decision {
 
 /// Whether the remote entry `r` wins over the concurrent local entry `l`: an existing file or
 /// folder beats a deletion (an edit is never lost to a delete) unless the deletion was made
-/// knowing that very file; otherwise one made knowing the other's change wins, then the newer
-/// mtime, then the larger device id. Every device computes the same answer.
+/// knowing that very file or folder (a folder that holds files the deleting side did not know
+/// stays on disk, and the scan makes it a new version); otherwise one made knowing the other's
+/// change wins, then the newer mtime, then the larger device id. Every device computes the same
+/// answer.
 pub fn remote_wins(l: &Entry, r: &Entry) -> bool {
     if l.deleted != r.deleted {
         let (edit, deletion) = if l.deleted { (r, l) } else { (l, r) };
-        return (edit.kind == Kind::File && knew(deletion, edit)) != l.deleted;
+        return knew(deletion, edit) != l.deleted;
     }
     match (knew(r, l), knew(l, r)) {
         (true, false) => return true,
@@ -73,7 +75,10 @@ pub fn decide(local: Option<&Entry>, r: &Entry) -> Decision {
         }
         Order::Concurrent if remote_wins(l, r) => Decision::Take {
             // A deletion wins over a file only if it was made knowing it: no copy to keep.
-            conflict: l.is_file() && !r.deleted,
+            // Nor is one kept of a file whose content the winner's maker had and replaced
+            // (ours is its own earlier version, with a conflict it won merged in since): that
+            // is a later change, not a concurrent one.
+            conflict: l.is_file() && !r.deleted && !knew(r, l),
         },
         Order::Concurrent => Decision::Keep,
     }
@@ -490,10 +495,11 @@ impl Model {
             Decision::Merge(m) if !fits(me, r, &m.version) => false,
             Decision::Merge(mut m) => {
                 // Same content: take over the winner's metadata where it is the peer's.
-                let differs = local.is_some_and(|l| meta_differs(&l, &m));
+                let differs = local.as_ref().is_some_and(|l| meta_differs(l, &m));
                 if !m.deleted
                     && differs
-                    && let Ok(stat) = crate::sync::disk::set_meta(&self.root, &m)
+                    && let Some(l) = &local
+                    && let Ok(stat) = crate::sync::disk::set_meta(&self.root, &m, &l.stat)
                 {
                     m.stat = stat;
                 }
@@ -599,6 +605,59 @@ mod tests {
             blocks: vec![[content; 16]].into(),
             ..Entry::default()
         }
+    }
+
+    /// A winner's later change over its own merged version: taken with no conflict copy (its
+    /// maker had that content); a concurrent edit it did not have is kept as a copy.
+    #[test]
+    fn a_later_change_by_the_winners_maker_keeps_no_copy() {
+        // Device 3's version, merged on another device with a loser of device 1's.
+        let merged = file(3, 20, 3, &[(1, 1), (3, 1)]);
+        // Device 3 changes it again, never having had the merge.
+        let later = file(4, 10, 3, &[(3, 2)]);
+        assert_eq!(later.version.compare(&merged.version), Order::Concurrent);
+        assert_eq!(
+            decide(Some(&merged), &later),
+            Decision::Take { conflict: false }
+        );
+        assert_eq!(decide(Some(&later), &merged), Decision::Keep);
+        // Device 2's edit, made without device 3's content: a real conflict, and a copy.
+        let blind = file(5, 30, 2, &[(2, 1)]);
+        assert_eq!(
+            decide(Some(&merged), &blind),
+            Decision::Take { conflict: true }
+        );
+    }
+
+    /// A folder deletion made knowing the folder wins over it, even over a version of the
+    /// folder that took in more since (a file it beat); one made blind to it loses.
+    #[test]
+    fn a_folder_deletion_made_knowing_it_wins() {
+        let dir = |by: u64, v: &[(u64, u64)]| Entry {
+            path: "d".into(),
+            kind: Kind::Dir,
+            mode: 0o755,
+            modified_by: by,
+            version: Version::from_pairs(v.to_vec()),
+            ..Entry::default()
+        };
+        let gone = |v: &[(u64, u64)]| Entry {
+            path: "d".into(),
+            kind: Kind::Dir,
+            deleted: true,
+            modified_by: 3,
+            version: Version::from_pairs(v.to_vec()),
+            ..Entry::default()
+        };
+        let merged = dir(2, &[(1, 1), (2, 1)]);
+        let knowing = gone(&[(2, 1), (3, 1)]);
+        assert_eq!(
+            decide(Some(&merged), &knowing),
+            Decision::Take { conflict: false }
+        );
+        assert_eq!(decide(Some(&knowing), &merged), Decision::Keep);
+        let blind = gone(&[(3, 1)]);
+        assert_eq!(decide(Some(&merged), &blind), Decision::Keep);
     }
 
     /// The metadata a merge of the same content takes over: a folder's mode; a file's mtime
