@@ -2583,3 +2583,32 @@ fn regression_review17_own_content_back_over_an_unscanned_folder() {
         8,
     );
 }
+
+/// Review of f76df45 (found by hand, 2 peers): A and B each make folder `d` apart, B later and
+/// with mode 700. A's user replaces its `d` by another folder of the same mode (a new inode)
+/// while the daemon is stopped; the scan finds a folder of the mode the index has and keeps
+/// the old stat (`FolderSeen::Known`: the inode is not compared, the entry not updated). On
+/// heal the folders merge (same content), B's wins (newer mtime), and A's `set_meta` refuses to
+/// chmod a folder whose inode is not the index's, yet A records the merged entry with mode 700
+/// while its disk keeps 755; the scan compares the mode with the stale stat (755) and sees
+/// nothing. A keeps 755, B 700, for ever (convergence-mode). Before f76df45 `set_meta` set the
+/// mode. Fails 3 of 3 runs (the rename gives `d` a new inode; with `delete` and `mkdir` instead
+/// the inode is often reused and it fails 2 runs in 3).
+#[test]
+fn regression_review17b_merged_folder_mode_never_set_on_a_recreated_folder() {
+    replay(
+        "peers=2 topo=mesh
+         round A|B
+         1 mkdir A d
+         2 sleep 1100
+         3 mkdir B d
+         4 chmod B d 700
+         5 sleep 500
+         6 stop A
+         7 mkdir A f
+         8 delete A d
+         9 rename A f d
+         10 cont A
+         round AB",
+    );
+}
