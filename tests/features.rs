@@ -152,3 +152,35 @@ fn leftignore_keeps_matching_paths_local() {
     assert_eq!(fs::read(a.path("scratch.tmp")).unwrap(), b"scratch");
     assert_eq!(fs::read(b.path("scratch.tmp")).unwrap(), b"B's own scratch");
 }
+
+/// Review of dbc1809: A has an ignored folder `build/` (`.leftignore`: `build/`, folders only);
+/// B makes a file `build`, which A's rules do not ignore (a file). A's install refuses the
+/// folder in the way because its index does not have it, to wait for the scan; but the scan
+/// never records an ignored folder, so the install fails every 5 s for ever and A never
+/// settles (before dbc1809 the file was kept beside the folder as a conflict copy).
+#[test]
+fn regression_review17b_file_over_an_ignored_folder_retried_for_ever() {
+    let t = TestDir::new("ignore-folder");
+    for side in ["A", "B"] {
+        fs::create_dir_all(t.join(side)).unwrap();
+        fs::write(t.join(&format!("{side}/.leftignore")), "build/\n").unwrap();
+    }
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    fs::create_dir_all(a.path("build")).unwrap();
+    fs::write(a.path("build/x.o"), b"obj").unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    fs::write(b.path("build"), b"B's file named build").unwrap();
+    std::thread::sleep(Duration::from_secs(13));
+    let log = a.log_text();
+    let refusals = log
+        .lines()
+        .filter(|l| l.contains("build") && l.contains("a folder made locally is in the way"))
+        .count();
+    assert!(
+        refusals < 2,
+        "A refused the file {refusals} times in 13 s, waiting for a scan that never records an \
+         ignored folder:\n{log}"
+    );
+}
