@@ -49,7 +49,9 @@
 //! under it (see Index), paced so it never takes more than a third of the time. File data is
 //! never read, written or fsynced under the lock: what is renamed under it was made durable
 //! before, and the renames are made durable once the lock is released (a big file's folder
-//! fsynced, a group of small files by one filesystem sync), with index saves held until then.
+//! fsynced, a group of small files by one filesystem sync), with index saves held until then;
+//! only where a losing edit was just renamed aside is its folder fsynced under the lock, before
+//! the winner is recorded with the loser's version merged in (and announced).
 //! Moving the checks and renames out of the lock too (a claim per path instead) is work still
 //! to do.
 //!

@@ -35,7 +35,9 @@ pub fn set_meta(root: &Path, e: &Entry, known: &Stat) -> Result<Stat> {
     if e.kind == Kind::Dir {
         let d = dir.sub(name).at(&e.path)?;
         let now = Stat::of(&d.metadata().at(&e.path)?);
-        if (now.ino, now.mode) != (known.ino, known.mode) {
+        // A folder's metadata is its mode: one with the mode the index has is as the index
+        // has it, even with another inode (made again, restored from a backup).
+        if now.mode != known.mode {
             return Err(changed());
         }
         d.chmod(e.dir_mode()).at(&e.path)?;

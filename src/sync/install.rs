@@ -137,10 +137,13 @@ impl Apply<'_> {
     }
 
     /// Whether our index has a live folder at the target.
-    fn known_folder(&self) -> bool {
+    /// An ignored folder is never recorded by a scan: it counts as known (else a file or a
+    /// deletion at its name would wait for good).
+    fn known_folder(&self, e: &Entry) -> bool {
         self.cur
             .as_ref()
             .is_some_and(|c| c.kind == Kind::Dir && !c.deleted)
+            || (!self.g.ignore.is_empty() && self.g.ignore.is_ignored(&e.path, true))
     }
 
     /// The folder that holds the target (there for anything but deletions).
@@ -224,7 +227,7 @@ pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
         }
         // A folder our index does not have (made here since the last scan, where our file or
         // nothing was): the scan records it first, and the decision is made again.
-        Some(md) if md.is_dir() && !a.known_folder() => {
+        Some(md) if md.is_dir() && !a.known_folder(e) => {
             return Err(Error::msg(
                 "a folder made locally is in the way; will look again after the next scan",
             )
@@ -311,8 +314,16 @@ impl Apply<'_> {
             (Some(made), Some(md)) if Stat::of(&made).ino == Stat::of(&md).ino => Some(made),
             (_, md) => md,
         };
+        // Our losing edit was renamed aside: both renames are made durable before the winner
+        // is recorded with our version merged in, and announced. A peer holding that merged
+        // version takes it over ours without a copy; were the renames lost to a power cut
+        // after it had it, our edit would be back at its path and then replaced, kept nowhere.
+        let synced = self.conflict;
+        if synced {
+            dir.sync().at(&e.path)?;
+        }
         self.record(e, md.as_ref());
-        if durable {
+        if durable && !synced {
             dir.sync().at(&e.path)?;
         }
         Ok(())
@@ -366,12 +377,17 @@ pub fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
             }
             let dir = a.dir(e)?;
             if a.conflict {
-                // Our file is a concurrent edit that loses to the folder: kept beside it.
+                // Our file is a concurrent edit that loses to the folder: kept beside it, and
+                // durably so before the folder is recorded with our version merged in (see
+                // `rename_in`).
                 a.keep_ours(e)?;
             } else {
                 dir.unlink(&a.name).at(&e.path)?;
             }
             dir.mkdir(&a.name, 0o700).at(&e.path)?;
+            if a.conflict {
+                dir.sync().at(&e.path)?;
+            }
         }
         Some(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
         None => match a.dir(e)?.mkdir(&a.name, 0o700) {
@@ -410,7 +426,7 @@ pub fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
                 dir.unlink(&a.name).at(&e.path)?;
                 info!("deleted {}", e.path);
             }
-            Some(md) if md.is_dir() && !a.known_folder() => {
+            Some(md) if md.is_dir() && !a.known_folder(e) => {
                 // Made here since the last scan where our file was: the scan records it, and
                 // the deletion is weighed against it then.
                 return Err(Error::msg(
@@ -421,8 +437,28 @@ pub fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
             Some(md) if md.is_dir() => {
                 // Stale temp files do not keep a deleted folder alive.
                 clear_temps(&model.root, &e.path, dir, &a.name);
-                if dir.rmdir(&a.name).is_ok() {
-                    info!("deleted {}/", e.path);
+                match dir.rmdir(&a.name) {
+                    Ok(()) => info!("deleted {}/", e.path),
+                    // It holds files the deleting side did not know of: it stays, recorded at
+                    // once with a version newer than the deletion (not left to a scan, which
+                    // a partial one may not make for long, while what arrives for the path
+                    // waits for it).
+                    Err(err) if matches!(err.raw_os_error(), Some(39 | 17)) => {
+                        let device = a.g.index.device;
+                        let stat = dir.stat(&a.name).ok().flatten().map(|m| Stat::of(&m));
+                        let kept = folder_kept(a.cur.as_ref(), e, stat, device);
+                        if kept.version.fits_with(device) {
+                            info!(
+                                "{}/ stays: it holds files the deletion did not know of",
+                                e.path
+                            );
+                            let mut g = a.g;
+                            g.kept_temps.remove(&e.path);
+                            g.put(kept);
+                            return Ok(());
+                        }
+                    }
+                    Err(_) => {}
                 }
             }
             _ => {}
