@@ -184,3 +184,142 @@ fn regression_review17b_file_over_an_ignored_folder_retried_for_ever() {
          ignored folder:\n{log}"
     );
 }
+
+/// Review 17c: "Ignored paths are neither sent nor taken nor deleted" (README). A's ignored
+/// folder `build/` (empty) is removed by a file of that name from B: 7667c67 counts an ignored
+/// folder as known, so the install rmdirs it and puts B's file in its place.
+#[test]
+fn regression_review17c_empty_ignored_folder_replaced_by_a_peers_file() {
+    let t = TestDir::new("ignore-empty-folder");
+    for side in ["A", "B"] {
+        fs::create_dir_all(t.join(side)).unwrap();
+        fs::write(t.join(&format!("{side}/.leftignore")), "build/\n").unwrap();
+    }
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    fs::create_dir_all(a.path("build")).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    fs::write(b.path("build"), b"B's file named build").unwrap();
+    fs::write(b.path("marker"), b"m").unwrap();
+    assert!(wait_until(SOON, || a.path("marker").exists()));
+    std::thread::sleep(Duration::from_secs(3));
+    let md = fs::symlink_metadata(a.path("build")).unwrap();
+    assert!(
+        md.is_dir(),
+        "A's ignored folder build/ was removed and replaced by B's file:\n{}",
+        a.log_text()
+    );
+}
+
+/// Review 17c: a non-empty ignored folder `build/` at A, a file `build` at B (not ignored: the
+/// pattern is for folders). A keeps B's file as a conflict copy and records its ignored folder
+/// in the index, newer, and announces it; B ignores it, so nothing converges, and every edit of
+/// B's file makes one more conflict copy on both sides.
+#[test]
+fn regression_review17c_ignored_folder_copies_every_edit_of_a_peers_file() {
+    let t = TestDir::new("ignore-folder-copies");
+    for side in ["A", "B"] {
+        fs::create_dir_all(t.join(side)).unwrap();
+        fs::write(t.join(&format!("{side}/.leftignore")), "build/\n").unwrap();
+    }
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    fs::create_dir_all(a.path("build")).unwrap();
+    fs::write(a.path("build/x.o"), b"obj").unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    for i in 0..3 {
+        fs::write(b.path("build"), format!("B's file named build, edit {i}")).unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let copies = |p: &Peer| {
+        fs::read_dir(p.path(""))
+            .unwrap()
+            .flatten()
+            .filter(|x| x.file_name().to_string_lossy().contains("sync-conflict"))
+            .count()
+    };
+    let (ca, cb) = (copies(&a), copies(&b));
+    assert!(
+        ca <= 1 && cb <= 1,
+        "conflict copies: A {ca}, B {cb} after 3 edits of B's file\nA:\n{}\nB:\n{}",
+        a.log_text(),
+        b.log_text()
+    );
+}
+
+/// Review 17c, the gap 7667c67 left in its own rule ("a losing edit renamed aside is made
+/// durable before the winner is recorded with its version merged in and announced"): a file
+/// received where a folder holding files stays is renamed aside as a conflict copy and the
+/// folder recorded with the file's version merged in (`keep_beside`), but in a group of small
+/// files (`install_group`, `durable` false) nothing syncs that rename before the folder is
+/// announced. The sender takes the folder as newer and unlinks its file, with no copy: a power
+/// cut here before the group's filesystem sync loses the rename, the temp file is an orphan,
+/// and the file is gone on both sides. Seen with strace: A writes the folder's announcement
+/// to the socket after renaming B's file aside and before any sync completes.
+#[test]
+fn regression_review17c_file_kept_beside_a_folder_announced_before_durable() {
+    if std::process::Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("no strace: skipped");
+        return;
+    }
+    let t = TestDir::new("keep-beside-durable");
+    let (pa, pb) = two_ports();
+    fs::create_dir_all(t.join("A/keepme")).unwrap();
+    fs::write(t.join("A/keepme/x"), b"A's file in the folder").unwrap();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let trace = t.join("a.strace");
+    let mut st = std::process::Command::new("strace")
+        .args(["-f", "-yy", "-s", "256", "-tt", "-o"])
+        .arg(&trace)
+        .args(["-e", "trace=renameat2,renameat,rename,syncfs,fsync,fdatasync,write,sendto,writev,sendmsg"])
+        .args(["-p", &a.pid().unwrap().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    fs::create_dir_all(t.join("B")).unwrap();
+    fs::write(t.join("B/keepme"), b"B's only copy").unwrap();
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    let copy = || {
+        fs::read_dir(a.path("")).unwrap().flatten().any(|x| {
+            x.file_name()
+                .to_string_lossy()
+                .starts_with("keepme.sync-conflict")
+        })
+    };
+    assert!(wait_until(SOON, || copy() && b.path("keepme").is_dir()));
+    std::thread::sleep(Duration::from_millis(500));
+    signal(st.id(), "INT");
+    let _ = st.wait();
+    let text = fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("rename") && l.contains("keepme.sync-conflict"))
+        .unwrap_or_else(|| panic!("no rename aside in the trace:\n{text}"));
+    let mut announced = None;
+    for l in &lines[at + 1..] {
+        if (l.contains("syncfs(") || l.contains("fsync(") || l.contains("syncfs resumed")
+            || l.contains("fsync resumed"))
+            && !l.contains("unfinished")
+        {
+            break;
+        }
+        if l.contains("<TCP") && l.contains("keepme") && !l.contains("sync-conflict") {
+            announced = Some(*l);
+            break;
+        }
+    }
+    assert!(
+        announced.is_none(),
+        "A announced its folder (B's file's version merged in) before the rename of B's file \
+         aside was made durable:\n{}\n{}\nB:\n{}",
+        lines[at],
+        announced.unwrap_or_default(),
+        b.log_text()
+    );
+}
