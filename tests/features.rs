@@ -260,7 +260,11 @@ fn regression_review17c_ignored_folder_copies_every_edit_of_a_peers_file() {
 /// to the socket after renaming B's file aside and before any sync completes.
 #[test]
 fn regression_review17c_file_kept_beside_a_folder_announced_before_durable() {
-    if std::process::Command::new("strace").arg("-V").output().is_err() {
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
         eprintln!("no strace: skipped");
         return;
     }
@@ -274,7 +278,10 @@ fn regression_review17c_file_kept_beside_a_folder_announced_before_durable() {
     let mut st = std::process::Command::new("strace")
         .args(["-f", "-yy", "-s", "256", "-tt", "-o"])
         .arg(&trace)
-        .args(["-e", "trace=renameat2,renameat,rename,syncfs,fsync,fdatasync,write,sendto,writev,sendmsg"])
+        .args([
+            "-e",
+            "trace=renameat2,renameat,rename,syncfs,fsync,fdatasync,write,sendto,writev,sendmsg",
+        ])
         .args(["-p", &a.pid().unwrap().to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -303,7 +310,9 @@ fn regression_review17c_file_kept_beside_a_folder_announced_before_durable() {
         .unwrap_or_else(|| panic!("no rename aside in the trace:\n{text}"));
     let mut announced = None;
     for l in &lines[at + 1..] {
-        if (l.contains("syncfs(") || l.contains("fsync(") || l.contains("syncfs resumed")
+        if (l.contains("syncfs(")
+            || l.contains("fsync(")
+            || l.contains("syncfs resumed")
             || l.contains("fsync resumed"))
             && !l.contains("unfinished")
         {

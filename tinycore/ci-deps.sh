@@ -8,6 +8,7 @@
 #   cpio, xz-utils   the VMs' initramfs, compressed kernel modules
 #   file             shows what the static binaries are
 #   e2fsprogs        mkfs.ext4, e2fsck, debugfs for make powercut's disk image
+#   strace           tests/features.rs watches when an install's announcement is written
 #   rustup targets   x86_64-unknown-linux-musl, i686-unknown-linux-musl
 #   rust-src         for make static's std rebuild (smaller binaries)
 #
@@ -17,7 +18,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-pkgs=(squashfs-tools zsync qemu-system-x86 cpio xz-utils file e2fsprogs)
+pkgs=(squashfs-tools zsync qemu-system-x86 cpio xz-utils file e2fsprogs strace)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

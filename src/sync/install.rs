@@ -139,11 +139,16 @@ impl Apply<'_> {
     /// Whether our index has a live folder at the target.
     /// An ignored folder is never recorded by a scan: it counts as known (else a file or a
     /// deletion at its name would wait for good).
-    fn known_folder(&self, e: &Entry) -> bool {
+    fn known_folder(&self) -> bool {
         self.cur
             .as_ref()
             .is_some_and(|c| c.kind == Kind::Dir && !c.deleted)
-            || (!self.g.ignore.is_empty() && self.g.ignore.is_ignored(&e.path, true))
+    }
+
+    /// Whether a folder at the target is one our ignore patterns keep local: a scan never
+    /// records it, and nothing from a peer removes, replaces or records it.
+    fn ignored_folder(&self, e: &Entry) -> bool {
+        !self.g.ignore.is_empty() && self.g.ignore.is_ignored(&e.path, true)
     }
 
     /// The folder that holds the target (there for anything but deletions).
@@ -225,15 +230,23 @@ pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
             }
             false
         }
+        // A folder our ignore patterns keep local: the peer's file does not replace it, and
+        // is not kept (nothing of the folder is recorded either).
+        Some(md) if md.is_dir() && a.ignored_folder(e) => {
+            debug!("{}: not installed over a folder ignored here", e.path);
+            drop(a);
+            remove_temp(&model.root, &e.path);
+            return Ok(());
+        }
         // A folder our index does not have (made here since the last scan, where our file or
         // nothing was): the scan records it first, and the decision is made again.
-        Some(md) if md.is_dir() && !a.known_folder(e) => {
+        Some(md) if md.is_dir() && !a.known_folder() => {
             return Err(Error::msg(
                 "a folder made locally is in the way; will look again after the next scan",
             )
             .at(&e.path));
         }
-        Some(md) if md.is_dir() => a.folder_stays(&model.root, e, &tmp, durable)?,
+        Some(md) if md.is_dir() => a.folder_stays(&model.root, e, &tmp)?,
         Some(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
         // Our file is gone since the last scan: deleted here. Installed now, the peer's version
         // would take its place unseen, even one that the deletion, once scanned, wins over
@@ -255,7 +268,7 @@ impl Apply<'_> {
     /// A folder is where the file `e` goes: removed if it is empty (but for stale temp files);
     /// one holding files stays and the file is kept beside it (`keep_beside`). Returns whether
     /// it stayed.
-    fn folder_stays(&mut self, root: &Path, e: &Entry, tmp: &str, durable: bool) -> Result<bool> {
+    fn folder_stays(&mut self, root: &Path, e: &Entry, tmp: &str) -> Result<bool> {
         let dir = self.dir(e)?;
         clear_temps(root, &e.path, dir, &self.name);
         let Err(err) = dir.rmdir(&self.name) else {
@@ -265,13 +278,13 @@ impl Apply<'_> {
             return Err(Error::from(err).at(&e.path));
         }
         // ENOTEMPTY: the folder holds files the peer's version does not know of.
-        self.keep_beside(e, tmp, durable)?;
+        self.keep_beside(e, tmp)?;
         Ok(true)
     }
 
     /// Keeps the received file `e` (at `tmp`) as a conflict copy beside the folder holding
     /// files at its name, and gives the folder a version newer than both.
-    fn keep_beside(&mut self, e: &Entry, tmp: &str, durable: bool) -> Result<()> {
+    fn keep_beside(&mut self, e: &Entry, tmp: &str) -> Result<()> {
         let device = self.g.index.device;
         let merged =
             (self.cur.as_ref()).map_or(e.version.clone(), |c| c.version.merged(&e.version));
@@ -285,9 +298,10 @@ impl Apply<'_> {
             "conflict: {} is a folder holding files here; the file received for it is kept as {name}",
             e.path
         );
-        if durable {
-            dir.sync().at(&e.path)?;
-        }
+        // Durable before the folder is recorded with the file's version merged in, and
+        // announced (see `rename_in`): the sender then drops its file for our folder, and the
+        // copy kept here is all there is of it.
+        dir.sync().at(&e.path)?;
         let md = dir.stat(&self.name).at(&e.path)?;
         let d = folder_kept(self.cur.as_ref(), e, md.as_ref().map(Stat::of), device);
         self.g.put(d);
@@ -426,7 +440,9 @@ pub fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
                 dir.unlink(&a.name).at(&e.path)?;
                 info!("deleted {}", e.path);
             }
-            Some(md) if md.is_dir() && !a.known_folder(e) => {
+            // A folder ignored here is never removed for a peer.
+            Some(md) if md.is_dir() && a.ignored_folder(e) => {}
+            Some(md) if md.is_dir() && !a.known_folder() => {
                 // Made here since the last scan where our file was: the scan records it, and
                 // the deletion is weighed against it then.
                 return Err(Error::msg(
