@@ -308,6 +308,37 @@ impl Apply<'_> {
         Ok(())
     }
 
+    /// Renames the temp file `tmp` of `e` to the target's name, never over anything but the file
+    /// the checks found there: our known file is swapped with the temp file in one step and
+    /// looked at once more under the temp name, swapped back if it changed since the check (a
+    /// user's rename over it in between); where nothing is to be there, nothing is replaced.
+    fn put_in_place(&self, dir: &Dir, e: &Entry, tmp: &str) -> Result<()> {
+        let changed =
+            || Error::msg("changed locally; will look again after the next scan").at(&e.path);
+        let ours = self.cur.as_ref().filter(|c| c.is_file()).map(|c| c.stat);
+        let there = dir.stat(&self.name).at(&e.path)?;
+        match (there, ours) {
+            (None, _) => match dir.rename_noreplace(tmp, &self.name) {
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Err(changed()),
+                r => r.at(&e.path),
+            },
+            (Some(_), Some(known)) if dir.exchange(tmp, &self.name).at(&e.path)? => {
+                let old = dir.stat(tmp).at(&e.path)?;
+                if old.is_some_and(|m| m.is_file() && Stat::of(&m) == known) {
+                    dir.unlink(tmp).at(&e.path)?;
+                    Ok(())
+                } else {
+                    dir.exchange(tmp, &self.name).at(&e.path)?;
+                    Err(changed())
+                }
+            }
+            // No swap on this filesystem: the check made a moment ago stands.
+            (Some(_), Some(_)) => dir.rename(tmp, dir, &self.name).at(&e.path),
+            // Something our index has no file of came since the check.
+            (Some(_), None) => Err(changed()),
+        }
+    }
+
     /// Renames the temp file `tmp` of `e` into place and records it with the stat it was made
     /// with; with `durable`, the folder is then synced, once the lock is released. The caller
     /// holds index saves meanwhile (its install is in the install log): no saved index can name
@@ -319,14 +350,14 @@ impl Apply<'_> {
             .ok_or_else(|| Error::msg("its folder is missing").at(&e.path))?;
         // The file as it is made (mode and mtime set), before it can be touched under its name.
         let made = dir.stat(tmp).at(&e.path)?;
-        dir.rename(tmp, &dir, &self.name).at(&e.path)?;
-        let md = dir.stat(&self.name).at(&e.path)?;
-        // Changed the moment it got its name (a chmod between the rename and this stat): the
-        // index keeps the stat it was made with, so that the next scan sees the change. Recorded
-        // as it is now, the change would match the index and never be seen.
-        let md = match (made, md) {
-            (Some(made), Some(md)) if Stat::of(&made).ino == Stat::of(&md).ino => Some(made),
-            (_, md) => md,
+        self.put_in_place(&dir, e, tmp)?;
+        // Changed, or replaced, the moment it got its name (a chmod or a rename over it before
+        // this point): the index keeps the stat it was made with, so that the next scan sees
+        // the change. Recorded as it is now, the change would match the index and never be
+        // seen.
+        let md = match made {
+            Some(made) => Some(made),
+            None => dir.stat(&self.name).at(&e.path)?,
         };
         // Our losing edit was renamed aside: both renames are made durable before the winner
         // is recorded with our version merged in, and announced. A peer holding that merged
@@ -487,6 +518,63 @@ pub fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A user's rename over the target between the install's check and its rename: the file
+    /// put there is never replaced; our temp file stays for the next try.
+    #[test]
+    fn a_file_put_over_the_target_after_the_check_is_never_replaced() {
+        let root = std::env::temp_dir().join(format!("left-inplace-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join(names::STATE_DIR)).unwrap();
+        let model = Model::new(
+            root.clone(),
+            root.join(names::STATE_DIR),
+            crate::store::index::Index::new(7),
+        );
+        fs::write(root.join("f"), b"old").unwrap();
+        let ours = Entry {
+            path: "f".into(),
+            kind: Kind::File,
+            size: 3,
+            version: Version::from_pairs(vec![(7, 1)]),
+            modified_by: 7,
+            stat: Stat::of(&fs::metadata(root.join("f")).unwrap()),
+            ..Entry::default()
+        };
+        model.lock().put(ours);
+        let theirs = Entry {
+            path: "f".into(),
+            kind: Kind::File,
+            size: 6,
+            version: Version::from_pairs(vec![(7, 1), (2, 1)]),
+            modified_by: 2,
+            ..Entry::default()
+        };
+        let tmp = names::temp_for("f");
+        fs::write(root.join(&tmp), b"theirs").unwrap();
+        let a = begin(&model, &theirs, false).unwrap().unwrap();
+        // The check passes; then a user puts a file over the target.
+        let md = a.target(&theirs).unwrap().unwrap();
+        assert!(a.known_file(&md));
+        fs::write(root.join("user.tmp"), b"user's").unwrap();
+        fs::rename(root.join("user.tmp"), root.join("f")).unwrap();
+        let dir = a.dir.as_ref().unwrap().sub(".").unwrap();
+        assert!(a.put_in_place(&dir, &theirs, &tmp).is_err());
+        assert_eq!(fs::read(root.join("f")).unwrap(), b"user's");
+        assert_eq!(fs::read(root.join(&tmp)).unwrap(), b"theirs");
+        // Unchanged since the check: swapped in, the old file gone.
+        drop(a);
+        let mut known = model.lock().index.get("f").unwrap().into_owned();
+        known.stat = Stat::of(&fs::metadata(root.join("f")).unwrap());
+        model.lock().put(known);
+        let a = begin(&model, &theirs, false).unwrap().unwrap();
+        let dir = a.dir.as_ref().unwrap().sub(".").unwrap();
+        a.put_in_place(&dir, &theirs, &tmp).unwrap();
+        assert_eq!(fs::read(root.join("f")).unwrap(), b"theirs");
+        assert!(!root.join(&tmp).exists());
+        drop(a);
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     /// The version recorded for a peer's entry taken over ours: ours merged in only where the
     /// two are concurrent and the merge leaves room for this device.

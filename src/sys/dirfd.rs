@@ -24,6 +24,7 @@ const O_CREAT: c_int = 0o100;
 const O_EXCL: c_int = 0o200;
 const AT_REMOVEDIR: c_int = 0x200;
 const RENAME_NOREPLACE: c_uint = 1;
+const RENAME_EXCHANGE: c_uint = 2;
 const ENOENT: i32 = 2;
 const EEXIST: i32 = 17;
 const ENOSYS: i32 = 38;
@@ -184,6 +185,32 @@ impl Dir {
         // SAFETY: as above.
         check(unsafe { linkat(self.fd(), a.as_ptr(), self.fd(), b.as_ptr(), 0) })?;
         self.unlink(from)
+    }
+
+    /// Swaps `a` and `b` (both in this folder) in one step. `Ok(false)` where the filesystem
+    /// cannot (no `RENAME_EXCHANGE`): nothing was done.
+    pub fn exchange(&self, a: &str, b: &str) -> io::Result<bool> {
+        let (a, b) = (cstr(a)?, cstr(b)?);
+        let fd = self.fd() as std::ffi::c_long;
+        // SAFETY: as in `open_raw`; the arguments are what renameat2 takes.
+        let r = unsafe {
+            syscall(
+                SYS_RENAMEAT2,
+                fd,
+                a.as_ptr(),
+                fd,
+                b.as_ptr(),
+                RENAME_EXCHANGE as std::ffi::c_long,
+            )
+        };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        if matches!(e.raw_os_error(), Some(ENOSYS | EINVAL)) {
+            return Ok(false);
+        }
+        Err(e)
     }
 
     /// Sets the folder's own mode.
