@@ -196,14 +196,18 @@ impl Apply<'_> {
 
 /// The version to record for the peer's entry `e` taken over ours (`cur`): `e`'s, with ours
 /// merged in where the two are concurrent (see [`Apply::record`]) and the merge leaves room
-/// for this `device`. Used as well where an install is recognised after a crash.
+/// for this `device`, made ours by a step of our counter (the entry's maker stays whose content
+/// it is). Without the step, two devices that resolved different pairs of the same versions
+/// (one a deletion over a merged edit, the other that edit over the deletion) could hold the
+/// same vector with different content, and neither would ever take the other's. Used as well
+/// where an install is recognised after a crash.
 pub fn taken_version(cur: Option<&Entry>, e: &Entry, device: u64) -> Version {
     if let Some(c) = cur
         && e.version.compare(&c.version) == Order::Concurrent
     {
         let merged = e.version.merged(&c.version);
         if merged.fits_with(device) {
-            return merged;
+            return merged.bumped(device);
         }
     }
     e.version.clone()
@@ -589,24 +593,33 @@ mod tests {
         // 1023 other devices with ours (device 1) and the peer's (2): a merge names 1025.
         let crowd: Vec<(u64, u64)> = (10..1033).map(|d| (d, 1)).collect();
         let crowd_ours = [&crowd[..], &[(1, 1)]].concat();
-        let cases: [(Option<Version>, Version, Version); 5] = [
-            (None, v(&[(2, 1)]), v(&[(2, 1)])),
-            (Some(v(&[(2, 1)])), v(&[(2, 2)]), v(&[(2, 2)])),
-            (Some(v(&[(1, 1)])), v(&[(2, 1)]), v(&[(1, 1), (2, 1)])),
+        // (ours, theirs, what is recorded, and whether stepped by this device after a merge)
+        let cases: [(Option<Version>, Version, Version, bool); 5] = [
+            (None, v(&[(2, 1)]), v(&[(2, 1)]), false),
+            (Some(v(&[(2, 1)])), v(&[(2, 2)]), v(&[(2, 2)]), false),
+            (Some(v(&[(1, 1)])), v(&[(2, 1)]), v(&[(1, 1), (2, 1)]), true),
             (
                 Some(v(&[(1, 3), (2, 1)])),
                 v(&[(2, 2)]),
                 v(&[(1, 3), (2, 2)]),
+                true,
             ),
             (
                 Some(Version::from_pairs(crowd_ours)),
                 v(&[(2, 1)]),
                 v(&[(2, 1)]),
+                false,
             ),
         ];
-        for (i, (ours, theirs, want)) in cases.into_iter().enumerate() {
+        for (i, (ours, theirs, want, stepped)) in cases.into_iter().enumerate() {
             let got = taken_version(ours.map(at).as_ref(), &at(theirs), 3);
-            assert_eq!(got, want, "{i}");
+            if stepped {
+                assert_eq!(got.compare(&want), Order::Newer, "{i}");
+                assert_eq!(got.merged(&want), got, "{i}");
+                assert!(got.get(3) > 0, "{i}");
+            } else {
+                assert_eq!(got, want, "{i}");
+            }
         }
     }
 
