@@ -177,8 +177,8 @@ impl Apply<'_> {
     }
 
     /// Records the peer's entry as ours, with the target's stat now (`None`: nothing there).
-    /// A peer's version that won over a concurrent one of ours takes in what ours knew, as
-    /// Syncthing does: the conflict is resolved here. Otherwise the version ours had replaced
+    /// A peer's version that won over a concurrent one of ours takes in what ours knew
+    /// ([`taken_version`]): the conflict is resolved here. Otherwise the version ours had replaced
     /// could come back from a third peer as concurrent with the winner, and ours itself, still
     /// held by the peer that made it, would stay concurrent with every later change of the
     /// winner's: a later deletion of the path by a peer that had the winner (and the conflict
