@@ -690,4 +690,62 @@ mod tests {
             assert!(d.version.get(4) > 0, "{i}");
         }
     }
+
+    /// A user's rename over the target between a deletion's check and its unlink: the file
+    /// put there must never be removed (as an install never replaces it since d0be47d). Raced
+    /// by a thread; counts the iterations where the user's file, renamed in after the check,
+    /// was deleted.
+    #[test]
+    fn a_file_put_over_a_deleted_target_after_the_check_is_never_removed() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let root = std::env::temp_dir().join(format!("left-rv17d-del-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let mut lost = 0;
+        for i in 0..15000 {
+            let _ = fs::remove_dir_all(&root);
+            fs::create_dir_all(root.join(names::STATE_DIR)).unwrap();
+            let model = Model::new(
+                root.clone(),
+                root.join(names::STATE_DIR),
+                crate::store::index::Index::new(7),
+            );
+            fs::write(root.join("f"), b"old").unwrap();
+            let ours = Entry {
+                path: "f".into(),
+                kind: Kind::File,
+                size: 3,
+                version: Version::from_pairs(vec![(7, 1)]),
+                modified_by: 7,
+                stat: Stat::of(&fs::metadata(root.join("f")).unwrap()),
+                ..Entry::default()
+            };
+            model.lock().put(ours);
+            let del = Entry {
+                path: "f".into(),
+                kind: Kind::File,
+                deleted: true,
+                version: Version::from_pairs(vec![(7, 1), (2, 1)]),
+                modified_by: 2,
+                ..Entry::default()
+            };
+            fs::write(root.join("user.tmp"), b"user's").unwrap();
+            let go = Arc::new(AtomicBool::new(false));
+            let (g2, r2) = (go.clone(), root.clone());
+            let spin = i % 300;
+            let t = std::thread::spawn(move || {
+                while !g2.load(Ordering::Acquire) {}
+                for _ in 0..spin { std::hint::spin_loop(); }
+                fs::rename(r2.join("user.tmp"), r2.join("f")).is_ok()
+            });
+            go.store(true, Ordering::Release);
+            let r = apply_delete(&model, &del);
+            let renamed = t.join().unwrap();
+            if renamed && r.is_ok() && !root.join("f").exists() {
+                lost += 1;
+            }
+        }
+        let _ = fs::remove_dir_all(&root);
+        assert_eq!(lost, 0, "a user's file renamed in after the check was deleted {lost} times in 15000");
+    }
 }
