@@ -151,6 +151,36 @@ impl Apply<'_> {
         !self.g.ignore.is_empty() && self.g.ignore.is_ignored(&e.path, true)
     }
 
+    /// Removes our known file at the target, never what a user put there after the check: it
+    /// is first renamed aside (to its temp name, cleared before) and looked at there, and put
+    /// back if it is not the file the index knows.
+    fn remove_known(&self, dir: &Dir, e: &Entry) -> Result<()> {
+        let changed =
+            || Error::msg("changed locally; will look again after the next scan").at(&e.path);
+        let side = names::temp_for(&self.name);
+        match dir.rename_noreplace(&self.name, &side) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Err(changed()),
+            Err(err) => return Err(Error::from(err).at(&e.path)),
+        }
+        let known = self.cur.as_ref().filter(|c| c.is_file()).map(|c| c.stat);
+        let there = dir.stat(&side).at(&e.path)?;
+        if there.is_some_and(|m| m.is_file() && Some(Stat::of(&m)) == known) {
+            return dir.unlink(&side).at(&e.path);
+        }
+        // Not ours: back under its name, or, where something took the name meanwhile, kept as
+        // a conflict copy (never lost, never over anything).
+        match dir.rename_noreplace(&side, &self.name) {
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                let key = (0, self.g.index.device, &crate::hash::Hash::default());
+                keep_aside(&self.g, dir, &side, &e.path, key)?;
+            }
+            r => r.at(&e.path)?,
+        }
+        Err(changed())
+    }
+
     /// The folder that holds the target (there for anything but deletions).
     fn dir(&self, e: &Entry) -> Result<&Dir> {
         self.dir
@@ -196,18 +226,18 @@ impl Apply<'_> {
 
 /// The version to record for the peer's entry `e` taken over ours (`cur`): `e`'s, with ours
 /// merged in where the two are concurrent (see [`Apply::record`]) and the merge leaves room
-/// for this `device`, made ours by a step of our counter (the entry's maker stays whose content
-/// it is). Without the step, two devices that resolved different pairs of the same versions
-/// (one a deletion over a merged edit, the other that edit over the deletion) could hold the
-/// same vector with different content, and neither would ever take the other's. Used as well
-/// where an install is recognised after a crash.
+/// for this `device`. (Two devices that resolved different pairs of the same versions can so
+/// come to hold one vector with different content: [`crate::sync::model::decide`] weighs
+/// those as concurrent. A step of our counter here instead made the merged winner look newer
+/// than what the other pair's resolution knew, and brought back a version deleted knowingly:
+/// chaos seed 641.) Used as well where an install is recognised after a crash.
 pub fn taken_version(cur: Option<&Entry>, e: &Entry, device: u64) -> Version {
     if let Some(c) = cur
         && e.version.compare(&c.version) == Order::Concurrent
     {
         let merged = e.version.merged(&c.version);
         if merged.fits_with(device) {
-            return merged.bumped(device);
+            return merged;
         }
     }
     e.version.clone()
@@ -472,7 +502,7 @@ pub fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
                             .at(&e.path),
                     );
                 }
-                dir.unlink(&a.name).at(&e.path)?;
+                a.remove_known(dir, e)?;
                 info!("deleted {}", e.path);
             }
             // A folder ignored here is never removed for a peer.
@@ -593,7 +623,7 @@ mod tests {
         // 1023 other devices with ours (device 1) and the peer's (2): a merge names 1025.
         let crowd: Vec<(u64, u64)> = (10..1033).map(|d| (d, 1)).collect();
         let crowd_ours = [&crowd[..], &[(1, 1)]].concat();
-        // (ours, theirs, what is recorded, and whether stepped by this device after a merge)
+        // (ours, theirs, what is recorded, and whether that is a merge)
         let cases: [(Option<Version>, Version, Version, bool); 5] = [
             (None, v(&[(2, 1)]), v(&[(2, 1)]), false),
             (Some(v(&[(2, 1)])), v(&[(2, 2)]), v(&[(2, 2)]), false),
@@ -613,13 +643,7 @@ mod tests {
         ];
         for (i, (ours, theirs, want, stepped)) in cases.into_iter().enumerate() {
             let got = taken_version(ours.map(at).as_ref(), &at(theirs), 3);
-            if stepped {
-                assert_eq!(got.compare(&want), Order::Newer, "{i}");
-                assert_eq!(got.merged(&want), got, "{i}");
-                assert!(got.get(3) > 0, "{i}");
-            } else {
-                assert_eq!(got, want, "{i}");
-            }
+            assert_eq!(got, want, "{i} (merged: {stepped})");
         }
     }
 
@@ -697,8 +721,8 @@ mod tests {
     /// was deleted.
     #[test]
     fn a_file_put_over_a_deleted_target_after_the_check_is_never_removed() {
-        use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
         let root = std::env::temp_dir().join(format!("left-rv17d-del-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         let mut lost = 0;
@@ -735,7 +759,9 @@ mod tests {
             let spin = i % 300;
             let t = std::thread::spawn(move || {
                 while !g2.load(Ordering::Acquire) {}
-                for _ in 0..spin { std::hint::spin_loop(); }
+                for _ in 0..spin {
+                    std::hint::spin_loop();
+                }
                 fs::rename(r2.join("user.tmp"), r2.join("f")).is_ok()
             });
             go.store(true, Ordering::Release);
@@ -746,6 +772,9 @@ mod tests {
             }
         }
         let _ = fs::remove_dir_all(&root);
-        assert_eq!(lost, 0, "a user's file renamed in after the check was deleted {lost} times in 15000");
+        assert_eq!(
+            lost, 0,
+            "a user's file renamed in after the check was deleted {lost} times in 15000"
+        );
     }
 }

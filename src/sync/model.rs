@@ -65,6 +65,12 @@ pub fn decide(local: Option<&Entry>, r: &Entry) -> Decision {
     };
     match r.version.compare(&l.version) {
         Order::Newer => Decision::Take { conflict: false },
+        // One vector with other content: two devices resolved different pairs of the same
+        // concurrent versions (a deletion over a merged edit here, that edit over the deletion
+        // there). Weighed as concurrent, the same answer on both sides; nothing to merge.
+        Order::Equal if !l.same_content(r) && remote_wins(l, r) => Decision::Take {
+            conflict: l.is_file() && !r.deleted && !knew(r, l),
+        },
         Order::Equal | Order::Older => Decision::Keep,
         Order::Concurrent if l.same_content(r) => {
             let winner = if remote_wins(l, r) { r } else { l };
@@ -482,7 +488,11 @@ impl Model {
                 // announced once more. Only where the peer's side of the rule picks ours: with
                 // a tie neither side takes, and announcing would go back and forth for ever.
                 if let Some(l) = local
-                    && r.version.compare(&l.version) == Order::Concurrent
+                    && match r.version.compare(&l.version) {
+                        Order::Concurrent => true,
+                        Order::Equal => !l.same_content(r),
+                        _ => false,
+                    }
                     && remote_wins(r, &l)
                 {
                     let again = l.into_owned();
@@ -627,6 +637,24 @@ mod tests {
             decide(Some(&merged), &blind),
             Decision::Take { conflict: true }
         );
+    }
+
+    /// One vector with other content (two resolutions of different pairs): weighed as
+    /// concurrent, the same answer on both sides.
+    #[test]
+    fn one_vector_with_other_content_is_weighed_as_concurrent() {
+        let edit = file(3, 10, 3, &[(2, 4), (3, 5)]);
+        let mut gone = file(0, 20, 2, &[(2, 4), (3, 5)]);
+        gone.deleted = true;
+        assert_eq!(edit.version.compare(&gone.version), Order::Equal);
+        // The deletion knew the edit (its vector holds the edit's counter): it wins.
+        assert_eq!(
+            decide(Some(&edit), &gone),
+            Decision::Take { conflict: false }
+        );
+        assert_eq!(decide(Some(&gone), &edit), Decision::Keep);
+        // Same content: nothing to do.
+        assert_eq!(decide(Some(&edit), &edit.clone()), Decision::Keep);
     }
 
     /// A folder deletion made knowing the folder wins over it, even over a version of the
