@@ -235,13 +235,14 @@
 //! mtime wins, then the larger device id — the same answer on every device, except that a change
 //! made knowing the other's (its vector holds the counter of the device that made the other)
 //! wins over it. The device that takes a winner over a concurrent version of its own keeps its
-//! own as a conflict copy and records the winner with both vectors merged and a step of its own
-//! counter: the conflict is resolved there, and a later change of the winner's descends from the
-//! loser too (otherwise the loser, still held by the device that made it, would be concurrent
-//! with it, and a later deletion of the path would lose to it); the step keeps two devices that
-//! resolved different pairs of the same versions from holding one vector with different content.
-//! No conflict copy is kept of a version whose content the winner's maker had (its vector holds
-//! that content's counter): that is a later change, not a concurrent one. A conflict copy never
+//! own as a conflict copy and records the winner with both vectors merged: the conflict is
+//! resolved there, and a later change of the winner's descends from the loser too (otherwise the
+//! loser, still held by the device that made it, would be concurrent with it, and a later
+//! deletion of the path would lose to it). Two devices that resolved different pairs of the same
+//! versions can so hold one vector with different content: such entries are weighed as
+//! concurrent, with the same answer on both sides. No conflict copy is kept of a version whose
+//! content the winner's maker had (its vector holds that content's counter): that is a later
+//! change, not a concurrent one. A conflict copy never
 //! replaces anything: the rename refuses an existing name (`RENAME_NOREPLACE`), and a name holding
 //! other content gets a number (`...-DEVICE-2.EXT`); one already holding the same content is kept as
 //! it is.
