@@ -4,7 +4,7 @@
 //! user between a check and the change is never followed.
 
 use crate::sys::open::{O_CLOEXEC, O_DIRECTORY, O_LARGEFILE, O_NOFOLLOW};
-use std::ffi::{CString, c_char, c_int, c_uint};
+use std::ffi::{CStr, CString, c_char, c_int, c_uint};
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -155,11 +155,9 @@ impl Dir {
         check(unsafe { renameat(self.fd(), a.as_ptr(), dest.fd(), b.as_ptr()) }).map(drop)
     }
 
-    /// Renames `from` to `to` (both in this folder) only if nothing is at `to`: `EEXIST`
-    /// otherwise. Where the filesystem has no `RENAME_NOREPLACE`, a hard link and an unlink
-    /// (a crash between them leaves both names, losing nothing).
-    pub fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
-        let (a, b) = (cstr(from)?, cstr(to)?);
+    /// `renameat2` of `a` to `b` (both in this folder) with `flags`. `Ok(false)` where the
+    /// filesystem or the kernel has no such flag: nothing was done.
+    fn renameat2(&self, a: &CStr, b: &CStr, flags: c_uint) -> io::Result<bool> {
         let fd = self.fd() as std::ffi::c_long;
         // SAFETY: as in `open_raw`; the arguments are what renameat2 takes.
         let r = unsafe {
@@ -169,38 +167,7 @@ impl Dir {
                 a.as_ptr(),
                 fd,
                 b.as_ptr(),
-                RENAME_NOREPLACE as std::ffi::c_long,
-            )
-        };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if !matches!(e.raw_os_error(), Some(ENOSYS | EINVAL)) {
-            return Err(e);
-        }
-        unsafe extern "C" {
-            fn linkat(od: c_int, o: *const c_char, nd: c_int, n: *const c_char, f: c_int) -> c_int;
-        }
-        // SAFETY: as above.
-        check(unsafe { linkat(self.fd(), a.as_ptr(), self.fd(), b.as_ptr(), 0) })?;
-        self.unlink(from)
-    }
-
-    /// Swaps `a` and `b` (both in this folder) in one step. `Ok(false)` where the filesystem
-    /// cannot (no `RENAME_EXCHANGE`): nothing was done.
-    pub fn exchange(&self, a: &str, b: &str) -> io::Result<bool> {
-        let (a, b) = (cstr(a)?, cstr(b)?);
-        let fd = self.fd() as std::ffi::c_long;
-        // SAFETY: as in `open_raw`; the arguments are what renameat2 takes.
-        let r = unsafe {
-            syscall(
-                SYS_RENAMEAT2,
-                fd,
-                a.as_ptr(),
-                fd,
-                b.as_ptr(),
-                RENAME_EXCHANGE as std::ffi::c_long,
+                flags as std::ffi::c_long,
             )
         };
         if r == 0 {
@@ -211,6 +178,28 @@ impl Dir {
             return Ok(false);
         }
         Err(e)
+    }
+
+    /// Renames `from` to `to` (both in this folder) only if nothing is at `to`: `EEXIST`
+    /// otherwise. Where the filesystem has no `RENAME_NOREPLACE`, a hard link and an unlink
+    /// (a crash between them leaves both names, losing nothing).
+    pub fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
+        let (a, b) = (cstr(from)?, cstr(to)?);
+        if self.renameat2(&a, &b, RENAME_NOREPLACE)? {
+            return Ok(());
+        }
+        unsafe extern "C" {
+            fn linkat(od: c_int, o: *const c_char, nd: c_int, n: *const c_char, f: c_int) -> c_int;
+        }
+        // SAFETY: as in `open_raw`.
+        check(unsafe { linkat(self.fd(), a.as_ptr(), self.fd(), b.as_ptr(), 0) })?;
+        self.unlink(from)
+    }
+
+    /// Swaps `a` and `b` (both in this folder) in one step. `Ok(false)` where the filesystem
+    /// cannot (no `RENAME_EXCHANGE`): nothing was done.
+    pub fn exchange(&self, a: &str, b: &str) -> io::Result<bool> {
+        self.renameat2(&cstr(a)?, &cstr(b)?, RENAME_EXCHANGE)
     }
 
     /// Sets the folder's own mode.
