@@ -1049,16 +1049,10 @@ mod tests {
     #[test]
     fn a_scan_records_what_the_share_holds() {
         let root = std::env::temp_dir().join(format!("left-scan-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(root.join(names::STATE_DIR)).unwrap();
+        let model = crate::sync::model::fresh_model(&root, 7);
         fs::create_dir_all(root.join("d/e")).unwrap();
         fs::write(root.join("top"), b"1").unwrap();
         fs::write(root.join("d/e/deep"), b"22").unwrap();
-        let model = Model::new(
-            root.clone(),
-            root.join(names::STATE_DIR),
-            crate::store::index::Index::new(7),
-        );
         let s = scan(&model, None, None).unwrap();
         assert_eq!(s.changed, 4, "{s:?}");
         let g = model.lock();
@@ -1075,13 +1069,7 @@ mod tests {
     fn an_install_found_after_a_crash_keeps_the_merged_version() {
         use crate::store::version::{Order, Version};
         let root = std::env::temp_dir().join(format!("left-recv-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(root.join(names::STATE_DIR)).unwrap();
-        let model = Model::new(
-            root.clone(),
-            root.join(names::STATE_DIR),
-            crate::store::index::Index::new(7),
-        );
+        let model = crate::sync::model::fresh_model(&root, 7);
         // What the peer sent, on disk under its name, and hashed as a scan would.
         fs::write(root.join("a"), b"theirs").unwrap();
         let f = fs::File::open(root.join("a")).unwrap();

@@ -558,13 +558,7 @@ mod tests {
     #[test]
     fn a_file_put_over_the_target_after_the_check_is_never_replaced() {
         let root = std::env::temp_dir().join(format!("left-inplace-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(root.join(names::STATE_DIR)).unwrap();
-        let model = Model::new(
-            root.clone(),
-            root.join(names::STATE_DIR),
-            crate::store::index::Index::new(7),
-        );
+        let model = crate::sync::model::fresh_model(&root, 7);
         fs::write(root.join("f"), b"old").unwrap();
         let ours = Entry {
             path: "f".into(),
@@ -727,13 +721,7 @@ mod tests {
         let _ = fs::remove_dir_all(&root);
         let mut lost = 0;
         for i in 0..15000 {
-            let _ = fs::remove_dir_all(&root);
-            fs::create_dir_all(root.join(names::STATE_DIR)).unwrap();
-            let model = Model::new(
-                root.clone(),
-                root.join(names::STATE_DIR),
-                crate::store::index::Index::new(7),
-            );
+            let model = crate::sync::model::fresh_model(&root, 7);
             fs::write(root.join("f"), b"old").unwrap();
             let ours = Entry {
                 path: "f".into(),

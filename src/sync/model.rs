@@ -597,6 +597,20 @@ fn waits_for_pull(take: bool, back: bool, busy: bool, r: &Entry, need: Option<&E
     !take && !back && busy && need.is_some_and(|n| r.version.compare(&n.version) == Order::Newer)
 }
 
+/// A model over `root` made empty (its state folder in it), as device `device`: for the unit
+/// tests that run the scanner and installs on real files.
+#[cfg(test)]
+pub fn fresh_model(root: &std::path::Path, device: u64) -> Model {
+    let _ = std::fs::remove_dir_all(root);
+    let state = root.join(crate::store::names::STATE_DIR);
+    std::fs::create_dir_all(&state).unwrap();
+    Model::new(
+        root.to_path_buf(),
+        state,
+        crate::store::index::Index::new(device),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
