@@ -181,7 +181,7 @@ fn open_share(opts: &Options) -> Result<(Arc<Model>, std::path::PathBuf)> {
     if let Some(k) = &opts.key_file {
         model.key = Some(crate::proto::auth::load_key(k)?);
     }
-    scanner::clean_temps(&root, TEMP_MAX_AGE);
+    model.lock().found_temps = scanner::clean_temps(&root, TEMP_MAX_AGE);
     Ok((Arc::new(model), state))
 }
 

@@ -332,3 +332,34 @@ fn regression_review17c_file_kept_beside_a_folder_announced_before_durable() {
         b.log_text()
     );
 }
+
+/// A pull cut by a crash leaves its temp file; by the time the daemon starts again the version
+/// it was for is replaced everywhere (here: deleted, and the deletion taken in before the
+/// crash), so no pull will ever finish or remove it. Once the peer has announced all it holds,
+/// such a temp file goes, and so does one for a path nobody announces (chaos seed 732, 3 peers:
+/// `d/.x.left-tmp` stayed for good). A temp file a pull still wants stays and is resumed
+/// (`kill_9_mid_transfer_then_resume` in tests/sync.rs).
+#[test]
+fn temp_files_from_before_a_crash_that_no_pull_wants_go() {
+    let t = TestDir::new("found-temps");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let mut b = Peer::start(&t, "B", pb, &[pa]);
+    write_file(&a.path("d/x"), b"one");
+    assert!(wait_until(SOON, || has_content(&b.path("d/x"), b"one")));
+    fs::remove_file(a.path("d/x")).unwrap();
+    assert!(wait_until(SOON, || !b.path("d/x").exists()));
+    b.kill();
+    fs::write(b.path("d/.x.left-tmp"), b"half of a version nobody holds").unwrap();
+    fs::write(b.path(".y.left-tmp"), b"of a path nobody announces").unwrap();
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    write_file(&a.path("z"), b"after");
+    assert!(wait_until(SOON, || has_content(&b.path("z"), b"after")));
+    assert!(
+        wait_until(SOON, || !b.path("d/.x.left-tmp").exists()
+            && !b.path(".y.left-tmp").exists()),
+        "temp files no pull wants stayed\nB:\n{}",
+        tail(&b.log_text(), 30)
+    );
+    wait_identical(&a.dir, &b.dir, SOON);
+}

@@ -889,9 +889,11 @@ fn record(
     true
 }
 
-/// Removes temp files whose target is not being pulled and which are older than `max_age`.
-pub fn clean_temps(root: &Path, max_age: std::time::Duration) {
+/// Removes the temp files older than `max_age` (at start: no pull is running); returns the
+/// others' paths, for [`crate::sync::model::State::found_temps`].
+pub fn clean_temps(root: &Path, max_age: std::time::Duration) -> Vec<String> {
     use crate::sys::dirfd::Dir;
+    let mut kept = Vec::new();
     // Each folder opened from the top one component at a time without following a symlink
     // (a folder swapped for one while the walk goes on is never walked), one open at a time.
     let mut stack = vec![String::new()];
@@ -908,26 +910,30 @@ pub fn clean_temps(root: &Path, max_age: std::time::Duration) {
             let Some(name) = ent.file_name().to_str().map(str::to_string) else {
                 continue;
             };
+            let path = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
             if ft.is_dir() && !(rel.is_empty() && name == names::STATE_DIR) {
-                stack.push(if rel.is_empty() {
-                    name
-                } else {
-                    format!("{rel}/{name}")
-                });
-            } else if ft.is_file()
-                && names::is_temp(&name)
-                && dir
+                stack.push(path);
+            } else if ft.is_file() && names::is_temp(&name) {
+                let old = dir
                     .stat(&name)
                     .ok()
                     .flatten()
                     .and_then(|md| md.modified().ok())
                     .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|a| a > max_age)
-            {
-                dir.unlink_file(&name);
+                    .is_some_and(|a| a > max_age);
+                if old {
+                    dir.unlink_file(&name);
+                } else {
+                    kept.push(path);
+                }
             }
         }
     }
+    kept
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use crate::proto::wire::Request;
 use crate::store::entry::{Entry, Kind};
 use crate::store::ignore::Ignore;
 use crate::store::index::Index;
+use crate::store::names;
 use crate::store::version::Order;
 use crate::sync::needs::Needs;
 use std::collections::{BTreeMap, HashSet};
@@ -181,6 +182,9 @@ pub struct State {
     /// a peer's word comes for the path and we would not take that entry any more (ours is the
     /// same, newer, or won over it), the pull is moot and its temp file is removed.
     pub kept_temps: std::collections::HashMap<String, Entry>,
+    /// Temp files (paths of their own) found at start: left by pulls cut by a stop or a crash,
+    /// for entries nobody here remembers. Looked at when a peer's first pass is complete.
+    pub found_temps: Vec<String>,
     /// The first scan of the share has finished.
     pub scanned: bool,
     /// Changes were seen that no scan has recorded yet (a scan is due or running).
@@ -277,6 +281,7 @@ impl Model {
             ignore_text: String::new(),
             received: Default::default(),
             kept_temps: Default::default(),
+            found_temps: Vec::new(),
         };
         Model {
             root,
@@ -444,9 +449,40 @@ impl Model {
             p.remote_seq = p.remote_seq.max(seq);
             // Only a pass's last frame carries a number.
             p.pass_open = seq == 0;
+            // Not for a connection closed meanwhile (one of two to the same peer, say): what
+            // it brought was not taken in.
+            if seq != 0 && !st.found_temps.is_empty() {
+                self.sweep_found_temps(st);
+            }
         }
         self.changed.notify_all();
         Ok(())
+    }
+
+    /// Once a peer has announced all it holds (its whole index: every connection starts from
+    /// nothing): the temp files found at start that no pull wants now will never be finished
+    /// (the version they were for is replaced or deleted, and was decided before the stop), so
+    /// they go; the others are left to their pulls, which keep or remove them. Not while a
+    /// connection's needs wait on disk (one of them may be the temp file's). A pull cut before
+    /// a stop whose version only a peer not connected yet holds starts over.
+    fn sweep_found_temps(&self, st: &mut State) {
+        if st.peers.values().any(|p| p.needs.waiting()) {
+            return;
+        }
+        let mut wanted: HashSet<String> = st.busy.iter().map(|p| names::temp_rel(p)).collect();
+        wanted.extend(st.kept_temps.keys().map(|p| names::temp_rel(p)));
+        for p in st.peers.values() {
+            wanted.extend(p.needs.mem().keys().map(|k| names::temp_rel(k)));
+        }
+        for t in std::mem::take(&mut st.found_temps) {
+            if !wanted.contains(&t) {
+                let (dir, name) = names::split(&t);
+                if let Ok(d) = crate::sys::dirfd::Dir::open(&self.root, dir, false) {
+                    debug!("{t}: a temp file from before the start no pull wants: removed");
+                    d.unlink_file(name);
+                }
+            }
+        }
     }
 
     /// Brings back needs of `conn` that waited on disk, once there is room for them in memory;
