@@ -461,7 +461,8 @@ pub fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
                 // `rename_in`).
                 a.keep_ours(e)?;
             } else {
-                dir.unlink(&a.name).at(&e.path)?;
+                // Never what a user put there after the check (see `remove_known`).
+                a.remove_known(dir, e)?;
             }
             dir.mkdir(&a.name, 0o700).at(&e.path)?;
             if a.conflict {
@@ -709,18 +710,21 @@ mod tests {
         }
     }
 
-    /// A user's rename over the target between a deletion's check and its unlink: the file
-    /// put there must never be removed (as an install never replaces it since d0be47d). Raced
-    /// by a thread; counts the iterations where the user's file, renamed in after the check,
-    /// was deleted.
-    #[test]
-    fn a_file_put_over_a_deleted_target_after_the_check_is_never_removed() {
+    /// Our file `f` ("old", known to the index) meets the peer's `theirs` while a thread renames
+    /// a user's file over `f` at a varying moment; returns in how many of `n` tries the user's
+    /// file, once renamed in, was in the share nowhere afterwards (the apply succeeded or not).
+    fn user_file_lost_in_race(
+        tag: &str,
+        n: usize,
+        theirs: &Entry,
+        apply: fn(&Model, &Entry) -> Result<()>,
+    ) -> usize {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, Ordering};
-        let root = std::env::temp_dir().join(format!("left-rv17d-del-{}", std::process::id()));
+        let root = std::env::temp_dir().join(format!("left-race-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         let mut lost = 0;
-        for i in 0..15000 {
+        for i in 0..n {
             let model = crate::sync::model::fresh_model(&root, 7);
             fs::write(root.join("f"), b"old").unwrap();
             let ours = Entry {
@@ -733,14 +737,6 @@ mod tests {
                 ..Entry::default()
             };
             model.lock().put(ours);
-            let del = Entry {
-                path: "f".into(),
-                kind: Kind::File,
-                deleted: true,
-                version: Version::from_pairs(vec![(7, 1), (2, 1)]),
-                modified_by: 2,
-                ..Entry::default()
-            };
             fs::write(root.join("user.tmp"), b"user's").unwrap();
             let go = Arc::new(AtomicBool::new(false));
             let (g2, r2) = (go.clone(), root.clone());
@@ -753,16 +749,55 @@ mod tests {
                 fs::rename(r2.join("user.tmp"), r2.join("f")).is_ok()
             });
             go.store(true, Ordering::Release);
-            let r = apply_delete(&model, &del);
+            let _ = apply(&model, theirs);
             let renamed = t.join().unwrap();
-            if renamed && r.is_ok() && !root.join("f").exists() {
+            let kept = fs::read_dir(&root)
+                .unwrap()
+                .flatten()
+                .any(|x| fs::read(x.path()).is_ok_and(|b| b == b"user's"));
+            if renamed && !kept {
                 lost += 1;
             }
         }
         let _ = fs::remove_dir_all(&root);
+        lost
+    }
+
+    /// A peer's deletion of our file: a file a user put there after the install's check must
+    /// never be removed (as an install never replaces it since d0be47d).
+    #[test]
+    fn a_file_put_over_a_deleted_target_after_the_check_is_never_removed() {
+        let del = Entry {
+            path: "f".into(),
+            kind: Kind::File,
+            deleted: true,
+            version: Version::from_pairs(vec![(7, 1), (2, 1)]),
+            modified_by: 2,
+            ..Entry::default()
+        };
+        let lost = user_file_lost_in_race("del", 15000, &del, apply_delete);
         assert_eq!(
             lost, 0,
             "a user's file renamed in after the check was deleted {lost} times in 15000"
+        );
+    }
+
+    /// A peer's folder in place of our file (the sibling of the deletion: it removed what it
+    /// had checked by name, and a user's file renamed in after the check went with it).
+    #[test]
+    fn a_file_put_over_a_target_a_folder_replaces_after_the_check_is_never_removed() {
+        let dir = Entry {
+            path: "f".into(),
+            kind: Kind::Dir,
+            mode: 0o755,
+            version: Version::from_pairs(vec![(7, 1), (2, 1)]),
+            modified_by: 2,
+            ..Entry::default()
+        };
+        let lost = user_file_lost_in_race("dir", 15000, &dir, apply_dir);
+        assert_eq!(
+            lost, 0,
+            "a user's file renamed in after the check was removed {lost} times in 15000"
         );
     }
 }
