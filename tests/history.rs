@@ -423,3 +423,32 @@ fn status_is_pending_until_a_large_move_has_arrived() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A file's mode changes after it synced (or a peer that won a conflict sends the winner back
+/// with the loser's version merged in): a newer version with the same content. Its
+/// metadata is put on the peer's copy, not a whole new copy pulled and written (a chmod of a
+/// 500 MiB file rewrote 500 MiB on every peer): the peer's file keeps its inode.
+#[test]
+fn a_newer_version_with_the_same_content_changes_metadata_only() {
+    use std::os::unix::fs::MetadataExt;
+    let t = TestDir::new("meta-only");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    write_random(&a.path("big.bin"), 8 << 20, 77);
+    converge(&[&a, &b]);
+    let ino = fs::metadata(b.path("big.bin")).unwrap().ino();
+    fs::set_permissions(a.path("big.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(
+        wait_until(SOON, || mode_of(&b.path("big.bin")) == 0o600),
+        "B's big.bin is {:o}",
+        mode_of(&b.path("big.bin"))
+    );
+    converge(&[&a, &b]);
+    assert_eq!(
+        fs::metadata(b.path("big.bin")).unwrap().ino(),
+        ino,
+        "B wrote a whole new copy for a change of metadata"
+    );
+    assert_eq!(md5sum(&a.path("big.bin")), md5sum(&b.path("big.bin")));
+}

@@ -53,6 +53,22 @@ pub fn set_meta(root: &Path, e: &Entry, known: &Stat) -> Result<Stat> {
     Ok(Stat::of(&f.metadata().at(&e.path)?))
 }
 
+/// Whether `e`'s path holds what our index has for it (`known`), as [`set_meta`] checks it:
+/// nothing for a deletion, a folder of that mode, the very file (looked at without following
+/// a symlink on the way).
+pub fn is_as_known(root: &Path, e: &Entry, known: &Stat) -> bool {
+    let Ok((dir, name)) = Dir::parent(root, &e.path, false) else {
+        return e.deleted;
+    };
+    match dir.stat(name) {
+        Ok(None) => e.deleted,
+        Ok(Some(_)) if e.deleted => false,
+        Ok(Some(md)) if e.kind == Kind::Dir => md.is_dir() && Stat::of(&md).mode == known.mode,
+        Ok(Some(md)) => md.is_file() && Stat::of(&md) == *known,
+        Err(_) => false,
+    }
+}
+
 /// Removes the temp file of `path` if there is one (a pull that will not be finished).
 pub fn remove_temp(root: &Path, path: &str) {
     if let Ok((dir, name)) = Dir::parent(root, path, false) {

@@ -470,6 +470,13 @@ pub fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
             }
         }
         Some(_) => return Err(Error::msg("a symlink or special file is in the way").at(&e.path)),
+        // Our folder is gone since the last scan: deleted here, and made again now, the
+        // deletion would never be seen (as for a file, see `install`).
+        None if a.known_folder() => {
+            return Err(
+                Error::msg("deleted locally; will look again after the next scan").at(&e.path),
+            );
+        }
         None => match a.dir(e)?.mkdir(&a.name, 0o700) {
             Err(err) if err.kind() != io::ErrorKind::AlreadyExists => {
                 return Err(Error::from(err).at(&e.path));
@@ -799,5 +806,38 @@ mod tests {
             lost, 0,
             "a user's file renamed in after the check was removed {lost} times in 15000"
         );
+    }
+
+    /// Our folder deleted here since the last scan meets a peer's newer version of it (a
+    /// chmod there): it is not made again behind the scan's back, which would never see the
+    /// deletion; the scan records it first, and the two are weighed then.
+    #[test]
+    fn a_folder_deleted_here_is_not_made_again_by_a_newer_version() {
+        let root = std::env::temp_dir().join(format!("left-dir-gone-{}", std::process::id()));
+        let model = crate::sync::model::fresh_model(&root, 7);
+        fs::create_dir(root.join("d")).unwrap();
+        let ours = Entry {
+            path: "d".into(),
+            kind: Kind::Dir,
+            mode: 0o755,
+            version: Version::from_pairs(vec![(7, 1)]),
+            modified_by: 7,
+            stat: Stat::of(&fs::metadata(root.join("d")).unwrap()),
+            ..Entry::default()
+        };
+        model.lock().put(ours);
+        fs::remove_dir(root.join("d")).unwrap();
+        let theirs = Entry {
+            path: "d".into(),
+            kind: Kind::Dir,
+            mode: 0o700,
+            version: Version::from_pairs(vec![(7, 1), (2, 1)]),
+            modified_by: 2,
+            ..Entry::default()
+        };
+        let r = apply_dir(&model, &theirs);
+        let made = root.join("d").exists();
+        let _ = fs::remove_dir_all(&root);
+        assert!(r.is_err() && !made, "{r:?}, made again: {made}");
     }
 }

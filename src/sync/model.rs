@@ -537,7 +537,31 @@ impl Model {
                 }
                 false
             }
-            Decision::Take { .. } => fits(me, r, &r.version),
+            Decision::Take { .. } if !fits(me, r, &r.version) => false,
+            Decision::Take { .. } => match local {
+                // A newer version with our content (a chmod there, a conflict resolved there
+                // that we won): its metadata is put on ours, not a whole new copy pulled.
+                // Only where the disk holds what the index has: else it is pulled after all,
+                // and the install sorts out the change here (recorded as it was, the new
+                // version would make the scan drop that change as one a pull made: seed 181).
+                Some(l) if r.version.compare(&l.version) == Order::Newer && l.same_content(r) => {
+                    use crate::sync::disk::{is_as_known, set_meta};
+                    let mut m = r.clone();
+                    (m.stat, m.fast) = (l.stat, l.fast.clone());
+                    let done = if r.deleted || !meta_differs(&l, &m) {
+                        is_as_known(&self.root, &m, &l.stat)
+                    } else {
+                        set_meta(&self.root, &m, &l.stat)
+                            .map(|s| m.stat = s)
+                            .is_ok()
+                    };
+                    if done {
+                        st.put(m);
+                    }
+                    !done
+                }
+                _ => true,
+            },
             Decision::Merge(m) if !fits(me, r, &m.version) => false,
             Decision::Merge(mut m) => {
                 // Same content: take over the winner's metadata where it is the peer's.
