@@ -841,3 +841,179 @@ mod tests {
         assert!(r.is_err() && !made, "{r:?}, made again: {made}");
     }
 }
+
+/// Fifth review: races of a local user against a peer's folder and conflict copies.
+#[cfg(test)]
+pub(crate) mod review5 {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    pub(crate) fn ours_at(root: &Path, path: &str) -> Entry {
+        let md = fs::metadata(root.join(path)).unwrap();
+        Entry {
+            path: path.into(),
+            kind: Kind::File,
+            size: md.len(),
+            mtime: 1000,
+            version: Version::from_pairs(vec![(7, 1)]),
+            modified_by: 7,
+            stat: Stat::of(&md),
+            ..Entry::default()
+        }
+    }
+
+    /// Runs `step` while a thread renames `user.tmp` (holding "user's") over `f` after a
+    /// spin of 0..300; counts the runs where the rename succeeded, the step succeeded, and the
+    /// user's bytes are nowhere in the share but under a temp name (or nowhere at all).
+    pub(crate) fn race(tag: &str, iters: usize, setup: impl Fn(&Path, &Model), step: impl Fn(&Model) -> Result<()>) -> usize {
+        let root = std::env::temp_dir().join(format!("left-rv5-{tag}-{}", std::process::id()));
+        let mut lost = 0;
+        for i in 0..iters {
+            let model = crate::sync::model::fresh_model(&root, 7);
+            setup(&root, &model);
+            fs::write(root.join("user.tmp"), b"user's").unwrap();
+            let go = Arc::new(AtomicBool::new(false));
+            let (g2, r2) = (go.clone(), root.clone());
+            let spin = i % 300;
+            let t = std::thread::spawn(move || {
+                while !g2.load(Ordering::Acquire) {}
+                for _ in 0..spin {
+                    std::hint::spin_loop();
+                }
+                fs::rename(r2.join("user.tmp"), r2.join("f")).is_ok()
+            });
+            go.store(true, Ordering::Release);
+            let r = step(&model);
+            let renamed = t.join().unwrap();
+            let kept = fs::read_dir(&root).unwrap().flatten().any(|x| {
+                let n = x.file_name().into_string().unwrap();
+                !names::is_temp(&n) && x.path().is_file() && fs::read(x.path()).unwrap() == b"user's"
+            });
+            if renamed && r.is_ok() && !kept {
+                lost += 1;
+            }
+        }
+        let _ = fs::remove_dir_all(&root);
+        lost
+    }
+
+    /// A peer's folder replaces our file `f` (a version descending from ours): the file is
+    /// unlinked by name after the check, so a file the user renamed over `f` in between is
+    /// removed (the race f8f9be4 closed in `apply_delete`, open in `apply_dir`).
+    #[test]
+    fn a_file_put_over_the_target_of_a_peers_folder_is_never_removed() {
+        let lost = race(
+            "dir",
+            15000,
+            |root, model| {
+                fs::write(root.join("f"), b"old").unwrap();
+                model.lock().put(ours_at(root, "f"));
+            },
+            |model| {
+                let folder = Entry {
+                    path: "f".into(),
+                    kind: Kind::Dir,
+                    mode: 0o755,
+                    version: Version::from_pairs(vec![(7, 1), (2, 1)]),
+                    modified_by: 2,
+                    ..Entry::default()
+                };
+                apply_dir(model, &folder)
+            },
+        );
+        assert_eq!(lost, 0, "a user's file renamed over f was removed {lost} times in 15000");
+    }
+
+    /// Our losing edit is kept as a conflict copy whose name already holds the same content
+    /// (kept there before, or synced from a peer that kept it): `keep_aside` compares the
+    /// bytes, then unlinks the target by name; a file the user renamed over the target while
+    /// the bytes were read is removed.
+    #[test]
+    fn a_file_put_over_a_losing_edit_while_its_copy_is_compared_is_never_removed() {
+        let big = vec![7u8; 8 << 20];
+        let lost = race(
+            "aside",
+            300,
+            |root, model| {
+                fs::write(root.join("f"), &big).unwrap();
+                let mut ours = ours_at(root, "f");
+                ours.file_hash = [9; 16];
+                let copy = names::conflict_name("f", ours.mtime, ours.modified_by, 1);
+                fs::write(root.join(&copy), &big).unwrap();
+                let mut c = ours_at(root, &copy);
+                c.file_hash = [9; 16];
+                c.version = Version::from_pairs(vec![(5, 1)]);
+                let mut g = model.lock();
+                g.put(ours);
+                g.put(c);
+                drop(g);
+                fs::write(root.join(names::temp_for("f")), b"theirs").unwrap();
+            },
+            |model| {
+                // Concurrent with ours and newer: ours loses and is kept as a copy.
+                let theirs = Entry {
+                    path: "f".into(),
+                    kind: Kind::File,
+                    size: 6,
+                    mtime: 2000,
+                    file_hash: [1; 16],
+                    version: Version::from_pairs(vec![(2, 1)]),
+                    modified_by: 2,
+                    ..Entry::default()
+                };
+                install(model, &theirs, false)
+            },
+        );
+        assert_eq!(lost, 0, "a user's file renamed over f was removed {lost} times in 300");
+    }
+
+    /// An install swaps the temp file with our known file and, finding a user's file there
+    /// instead, swaps back. A user saving twice (two renames over `f`, as an editor does),
+    /// the first before the swap and the second between the swap and the swap back, ends with
+    /// the first save at `f` and the second, the last, under the temp name (taken for a
+    /// resume, or removed).
+    #[test]
+    fn a_users_last_save_is_never_left_under_the_temp_name() {
+        let root = std::env::temp_dir().join(format!("left-rv5-twice-{}", std::process::id()));
+        let mut lost = 0;
+        let n = 20000;
+        for i in 0..n {
+            let model = crate::sync::model::fresh_model(&root, 7);
+            fs::write(root.join("f"), b"old").unwrap();
+            model.lock().put(ours_at(&root, "f"));
+            fs::write(root.join(names::temp_for("f")), b"theirs").unwrap();
+            fs::write(root.join("u1"), b"first save").unwrap();
+            fs::write(root.join("u2"), b"last save").unwrap();
+            let theirs = Entry {
+                path: "f".into(),
+                kind: Kind::File,
+                size: 6,
+                version: Version::from_pairs(vec![(7, 1), (2, 1)]),
+                modified_by: 2,
+                ..Entry::default()
+            };
+            let go = Arc::new(AtomicBool::new(false));
+            let (g2, r2) = (go.clone(), root.clone());
+            let spin = i % 400;
+            let t = std::thread::spawn(move || {
+                while !g2.load(Ordering::Acquire) {}
+                for _ in 0..spin {
+                    std::hint::spin_loop();
+                }
+                fs::rename(r2.join("u1"), r2.join("f")).unwrap();
+                fs::rename(r2.join("u2"), r2.join("f")).unwrap();
+            });
+            go.store(true, Ordering::Release);
+            let _ = install(&model, &theirs, false);
+            t.join().unwrap();
+            if fs::read(root.join("f")).unwrap() != b"last save" {
+                lost += 1;
+                eprintln!("{i}: f holds {:?}, temp {:?}", String::from_utf8_lossy(&fs::read(root.join("f")).unwrap()),
+                    fs::read(root.join(names::temp_for("f"))).map(|b| String::from_utf8_lossy(&b).into_owned()));
+            }
+        }
+        let _ = fs::remove_dir_all(&root);
+        assert_eq!(lost, 0, "the user's last save was not at f {lost} times in {n}");
+    }
+}

@@ -558,4 +558,44 @@ mod tests {
         f.add(&big);
         assert!(!f.fits(&big, usize::MAX) && big.mem_cost() * 2 > BATCH_MEM);
     }
+
+    /// Fifth review: a renamed file is moved to the new name's temp file after a check by
+    /// name; a file the user renamed over the old name in between is moved instead, under a
+    /// temp name (overwritten by the transfer, or removed), and the old name's deletion is
+    /// recorded.
+    #[test]
+    fn a_file_put_over_a_renamed_files_old_name_is_never_moved_to_a_temp_name() {
+        use crate::store::version::Version;
+        use crate::sync::install::review5::{ours_at, race};
+        let lost = race(
+            "moved",
+            15000,
+            |root, model| {
+                std::fs::write(root.join("f"), b"old").unwrap();
+                model.lock().put(ours_at(root, "f"));
+            },
+            |model| {
+                let old = model.lock().index.get("f").unwrap().into_owned();
+                let gone = Entry {
+                    path: "f".into(),
+                    kind: Kind::File,
+                    deleted: true,
+                    version: Version::from_pairs(vec![(7, 1), (2, 1)]),
+                    modified_by: 2,
+                    ..Entry::default()
+                };
+                let new = Entry {
+                    path: "g".into(),
+                    version: Version::from_pairs(vec![(2, 2)]),
+                    modified_by: 2,
+                    ..old
+                };
+                match rename_if_moved(model, &new, &[&gone]) {
+                    Some(_) => Ok(()),
+                    None => Err(crate::error::Error::msg("not moved")),
+                }
+            },
+        );
+        assert_eq!(lost, 0, "a user's file renamed over f went to a temp name {lost} times in 15000");
+    }
 }
