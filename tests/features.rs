@@ -363,3 +363,28 @@ fn temp_files_from_before_a_crash_that_no_pull_wants_go() {
     );
     wait_identical(&a.dir, &b.dir, SOON);
 }
+
+/// Fifth review: a conflict on a file whose name is over 217 bytes. The conflict copy's name
+/// (`NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.EXT`) is longer than a name may be
+/// (ENAMETOOLONG): `keep_aside` fails, the winner is never installed on the losing side and is
+/// retried every 5 s for ever; the peers never converge (temp names hash such names, conflict
+/// names do not).
+#[test]
+fn review5_conflict_on_a_long_name_converges() {
+    let t = TestDir::new("rv5-longname");
+    let name = format!("{}.txt", "n".repeat(230));
+    let (pa, pb) = two_ports();
+    write_file(&t.join("A").join(&name), b"made on A");
+    write_file(&t.join("B").join(&name), b"made on B, longer");
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    let same = wait_until(Duration::from_secs(20), || {
+        read(&a.path(&name)).is_some() && read(&a.path(&name)) == read(&b.path(&name))
+    });
+    assert!(
+        same,
+        "a conflict on a long name never resolved\nA:\n{}\nB:\n{}",
+        tail(&a.log_text(), 8),
+        tail(&b.log_text(), 8)
+    );
+}
