@@ -388,3 +388,44 @@ fn review5_conflict_on_a_long_name_converges() {
         tail(&b.log_text(), 8)
     );
 }
+
+/// Fifth review of deb6cdd: the temp files found at start go once *a* peer's pass completes,
+/// whatever the other connected peers have yet to announce. B restarts with half of `big` in
+/// its temp file; peer 1 (which holds `big`) is connected and mid-pass (a long index), peer 2
+/// (a small or empty index) completes its pass first: the temp file is removed and `big` is
+/// fetched whole from peer 1 although B held half of it.
+#[test]
+fn review5_a_found_temp_file_a_peer_mid_pass_wants_is_resumed() {
+    use common::wire::{self, Entry as WEntry};
+    let t = TestDir::new("rv5-found-temp-mid-pass");
+    let data = random_bytes(55, 4 << 20);
+    let half = data.len() / 2;
+    write_file(&t.join("B/.big.left-tmp"), &data[..half]);
+    let (pb, p1) = two_ports();
+    let p2 = free_port();
+    let b = Peer::start(&t, "B", pb, &[p1, p2]);
+    let f1 = FakePeer::connect(b.port, 0x5EED_0000_0000_5001, p1);
+    f1.offer("big", data.clone());
+    f1.offer("a", b"a".to_vec());
+    // Peer 1's pass is open: its first frame (no number) announced something else.
+    assert!(f1.send(&wire::index(0, &[WEntry::file("a", b"a", f1.device, 1)])));
+    assert!(b.wait_log(SOON, "received a"));
+    // Peer 2 announces all it holds: nothing.
+    let f2 = FakePeer::connect(b.port, 0x5EED_0000_0000_5002, p2);
+    assert!(f2.send(&wire::index(1, &[])));
+    assert!(f2.send(&wire::seq_frame(wire::T_INDEX_DONE, 1)));
+    std::thread::sleep(Duration::from_secs(1));
+    // Peer 1's pass goes on with big.
+    assert!(f1.send(&wire::index(1, &[WEntry::file("big", &data, f1.device, 1)])));
+    assert!(f1.send(&wire::seq_frame(wire::T_INDEX_DONE, 1)));
+    assert!(wait_until(SOON, || has_content(&b.path("big"), &data)));
+    let asked: u64 = (f1.requests.lock().unwrap().iter())
+        .filter(|r| r.path == "big")
+        .map(|r| r.len as u64)
+        .sum();
+    assert!(
+        asked <= (data.len() - half) as u64,
+        "{asked} bytes asked of {} although the temp file held {half}",
+        data.len()
+    );
+}
