@@ -866,7 +866,12 @@ pub(crate) mod review5 {
     /// Runs `step` while a thread renames `user.tmp` (holding "user's") over `f` after a
     /// spin of 0..300; counts the runs where the rename succeeded, the step succeeded, and the
     /// user's bytes are nowhere in the share but under a temp name (or nowhere at all).
-    pub(crate) fn race(tag: &str, iters: usize, setup: impl Fn(&Path, &Model), step: impl Fn(&Model) -> Result<()>) -> usize {
+    pub(crate) fn race(
+        tag: &str,
+        iters: usize,
+        setup: impl Fn(&Path, &Model),
+        step: impl Fn(&Model) -> Result<()>,
+    ) -> usize {
         let root = std::env::temp_dir().join(format!("left-rv5-{tag}-{}", std::process::id()));
         let mut lost = 0;
         for i in 0..iters {
@@ -888,7 +893,9 @@ pub(crate) mod review5 {
             let renamed = t.join().unwrap();
             let kept = fs::read_dir(&root).unwrap().flatten().any(|x| {
                 let n = x.file_name().into_string().unwrap();
-                !names::is_temp(&n) && x.path().is_file() && fs::read(x.path()).unwrap() == b"user's"
+                !names::is_temp(&n)
+                    && x.path().is_file()
+                    && fs::read(x.path()).unwrap() == b"user's"
             });
             if renamed && r.is_ok() && !kept {
                 lost += 1;
@@ -922,7 +929,10 @@ pub(crate) mod review5 {
                 apply_dir(model, &folder)
             },
         );
-        assert_eq!(lost, 0, "a user's file renamed over f was removed {lost} times in 15000");
+        assert_eq!(
+            lost, 0,
+            "a user's file renamed over f was removed {lost} times in 15000"
+        );
     }
 
     /// Our losing edit is kept as a conflict copy whose name already holds the same content
@@ -965,7 +975,10 @@ pub(crate) mod review5 {
                 install(model, &theirs, false)
             },
         );
-        assert_eq!(lost, 0, "a user's file renamed over f was removed {lost} times in 300");
+        assert_eq!(
+            lost, 0,
+            "a user's file renamed over f was removed {lost} times in 300"
+        );
     }
 
     /// An install swaps the temp file with our known file and, finding a user's file there
@@ -1009,11 +1022,18 @@ pub(crate) mod review5 {
             t.join().unwrap();
             if fs::read(root.join("f")).unwrap() != b"last save" {
                 lost += 1;
-                eprintln!("{i}: f holds {:?}, temp {:?}", String::from_utf8_lossy(&fs::read(root.join("f")).unwrap()),
-                    fs::read(root.join(names::temp_for("f"))).map(|b| String::from_utf8_lossy(&b).into_owned()));
+                eprintln!(
+                    "{i}: f holds {:?}, temp {:?}",
+                    String::from_utf8_lossy(&fs::read(root.join("f")).unwrap()),
+                    fs::read(root.join(names::temp_for("f")))
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                );
             }
         }
         let _ = fs::remove_dir_all(&root);
-        assert_eq!(lost, 0, "the user's last save was not at f {lost} times in {n}");
+        assert_eq!(
+            lost, 0,
+            "the user's last save was not at f {lost} times in {n}"
+        );
     }
 }

@@ -596,6 +596,9 @@ mod tests {
                 }
             },
         );
-        assert_eq!(lost, 0, "a user's file renamed over f went to a temp name {lost} times in 15000");
+        assert_eq!(
+            lost, 0,
+            "a user's file renamed over f went to a temp name {lost} times in 15000"
+        );
     }
 }
