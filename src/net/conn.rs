@@ -352,10 +352,7 @@ fn route(
             drop(permit);
             model.fold_if_due(grew);
         }
-        Msg::IndexDone { seq } => update_peer(model, id, |p| {
-            p.remote_done = true;
-            p.remote_seq = p.remote_seq.max(seq);
-        }),
+        Msg::IndexDone { seq } => model.remote_done(id, seq),
         Msg::Request(req) => queue(routes, Out::Serve(req))?,
         Msg::SubHashes(req) => queue(routes, Out::ServeSubs(req))?,
         Msg::Ping => {}

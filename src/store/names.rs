@@ -97,7 +97,23 @@ pub fn conflict_name(path: &str, mtime: i64, device: u64, n: u32) -> String {
     if n > 1 {
         dev = format!("{dev}-{n}");
     }
-    let file = format!("{stem}.sync-conflict-{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{dev}{ext}");
+    let tail = format!(".sync-conflict-{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{dev}");
+    let mut file = format!("{stem}{tail}{ext}");
+    if file.len() > MAX_COMPONENT {
+        // Too long for a name: the stem is cut (at a character) and marked with a hash of the
+        // whole name, so that two long names keep apart; a long extension goes with it.
+        let (stem, ext) = if ext.len() > 32 {
+            (name, "")
+        } else {
+            (stem, ext)
+        };
+        let tag = &crate::hash::hex(&crate::hash::md5(name.as_bytes()))[..8];
+        let mut cut = MAX_COMPONENT - (tail.len() + ext.len() + 9);
+        while !stem.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        file = format!("{}~{tag}{tail}{ext}", &stem[..cut]);
+    }
     if dir.is_empty() {
         file
     } else {
@@ -150,6 +166,31 @@ mod tests {
         ] {
             assert!(check(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    /// A conflict copy of a long name still has a name (within 255 bytes, cut at a
+    /// character), and two long names that differ only at the end keep apart.
+    #[test]
+    fn conflict_names_of_long_names_fit() {
+        let a = format!("d/{}a.txt", "é".repeat(120));
+        let b = format!("d/{}b.txt", "é".repeat(120));
+        let long_ext = format!("x.{}", "e".repeat(250));
+        for p in [a.as_str(), b.as_str(), long_ext.as_str()] {
+            let c = conflict_name(p, 0, 0x7601429, 2);
+            let (_, file) = split(&c);
+            assert!(file.len() <= MAX_COMPONENT, "{} bytes: {file}", file.len());
+            assert!(file.contains(".sync-conflict-19700101-000000-"), "{file}");
+            check(&c).unwrap();
+        }
+        assert!(conflict_name(&a, 0, 1, 1).ends_with(".txt"));
+        assert_ne!(conflict_name(&a, 0, 1, 1), conflict_name(&b, 0, 1, 1));
+        assert_eq!(
+            conflict_name("d/f.txt", 0, 1, 1),
+            format!(
+                "d/f.sync-conflict-19700101-000000-{}.txt",
+                crate::hash::short_id(1)
+            )
+        );
     }
 
     #[test]

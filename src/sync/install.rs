@@ -6,7 +6,7 @@ use crate::error::{Context, Error, Result};
 use crate::store::entry::{Entry, Kind, Stat};
 use crate::store::names;
 use crate::store::version::{Order, Version};
-use crate::sync::disk::{clear_temps, remove_temp, same_bytes};
+use crate::sync::disk::{clear_temps, remove_temp};
 use crate::sync::link::Link;
 use crate::sync::model::{Decision, Model, State, decide};
 use crate::sys::dirfd::Dir;
@@ -54,36 +54,97 @@ pub fn need_done(model: &Model, conn: u64, e: &Entry, r: Result<()>) {
 }
 
 /// Moves `from` (a file in `dir`) to a conflict name for `path`, made from `mtime` and
-/// `device`, never replacing anything: a name taken by other content gets a number. Where the
-/// name already holds this very content (`hash` as the index knows it, and byte for byte),
-/// `from` is removed instead: it is kept there. Returns the name used.
+/// `device`: the first free one (a name taken gets the next number), never replacing anything.
+/// Where a name taken before holds this very content (`hash`, as the index knows that name's
+/// file, which is as the index has it) and what was moved is the file `moved` (its stat: the
+/// content behind `hash`), the moved file is removed again: the content is kept there already
+/// (a peer kept the same losing version, and its copy synced here). Moved first, looked at
+/// after: whatever a user put at `from` meanwhile is what gets kept, and nothing is read
+/// (under the lock) to compare. Returns the name the content is kept under.
 fn keep_aside(
     st: &State,
     dir: &Dir,
     from: &str,
     path: &str,
     (mtime, device, hash): (i64, u64, &crate::hash::Hash),
+    moved: Option<Stat>,
 ) -> Result<String> {
+    let mut same = None;
     for n in 1..=1000 {
         let name = names::conflict_name(path, mtime, device, n);
         let (_, file) = names::split(&name);
         match dir.rename_noreplace(from, file) {
-            Ok(()) => return Ok(name),
+            Ok(()) => {
+                let is_moved = || {
+                    let now = dir.stat(file).ok().flatten();
+                    now.is_some_and(|m| m.is_file() && Some(Stat::of(&m)) == moved)
+                };
+                return match same {
+                    Some(kept) if is_moved() => dir.unlink(file).at(&name).map(|()| kept),
+                    _ => Ok(name),
+                };
+            }
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                let same = st
-                    .index
-                    .get(&name)
-                    .is_some_and(|c| c.is_file() && c.file_hash == *hash)
-                    && same_bytes(dir, from, file);
-                if same {
-                    dir.unlink(from).at(&name)?;
-                    return Ok(name);
+                if same.is_none() && holds_known(st, dir, &name, hash) {
+                    same = Some(name);
                 }
             }
             Err(err) => return Err(Error::from(err).at(&name)),
         }
     }
     Err(Error::msg("no free name for a conflict copy").at(path))
+}
+
+/// Whether `name` (its file in `dir`) holds content `hash`, as the index knows it and has its
+/// file (a hash nobody has, all zeros, never matches).
+fn holds_known(st: &State, dir: &Dir, name: &str, hash: &crate::hash::Hash) -> bool {
+    let (_, file) = names::split(name);
+    *hash != crate::hash::Hash::default()
+        && st.index.get(name).is_some_and(|c| {
+            c.is_file()
+                && c.file_hash == *hash
+                && dir
+                    .stat(file)
+                    .is_ok_and(|m| m.is_some_and(|m| m.is_file() && Stat::of(&m) == c.stat))
+        })
+}
+
+/// Moves the file `name` of `dir`, the one our index has at `path` (`known`: its stat), to
+/// `side` (a temp name of ours, free), never what a user put there after a check: moved first
+/// (never over anything), then looked at, and put back if it is not that file. Ok(false):
+/// nothing was there.
+pub fn move_known(
+    st: &State,
+    dir: &Dir,
+    (name, side): (&str, &str),
+    path: &str,
+    known: Option<Stat>,
+) -> Result<bool> {
+    let changed = || Error::msg("changed locally; will look again after the next scan").at(path);
+    match dir.rename_noreplace(name, side) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Err(changed()),
+        Err(err) => return Err(Error::from(err).at(path)),
+    }
+    let there = dir.stat(side).at(path)?;
+    if there.is_some_and(|m| m.is_file() && Some(Stat::of(&m)) == known) {
+        return Ok(true);
+    }
+    put_back(st, dir, (side, name), path)?;
+    Err(changed())
+}
+
+/// Puts a user's file found at our `side` name back at `name`, or, where something took the
+/// name meanwhile, keeps it as a conflict copy (never lost, never over anything).
+pub fn put_back(st: &State, dir: &Dir, (side, name): (&str, &str), path: &str) -> Result<()> {
+    match dir.rename_noreplace(side, name) {
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+            let key = (0, st.index.device, &crate::hash::Hash::default());
+            keep_aside(st, dir, side, path, key, None).map(drop)
+        }
+        r => r.at(path),
+    }
 }
 
 /// Applying a peer's entry to disk (a file, a folder, a deletion) starts the same way: under the
@@ -152,33 +213,15 @@ impl Apply<'_> {
     }
 
     /// Removes our known file at the target, never what a user put there after the check: it
-    /// is first renamed aside (to its temp name, cleared before) and looked at there, and put
-    /// back if it is not the file the index knows.
+    /// is first moved aside to its temp name (cleared before) and looked at there
+    /// ([`move_known`]).
     fn remove_known(&self, dir: &Dir, e: &Entry) -> Result<()> {
-        let changed =
-            || Error::msg("changed locally; will look again after the next scan").at(&e.path);
         let side = names::temp_for(&self.name);
-        match dir.rename_noreplace(&self.name, &side) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Err(changed()),
-            Err(err) => return Err(Error::from(err).at(&e.path)),
-        }
         let known = self.cur.as_ref().filter(|c| c.is_file()).map(|c| c.stat);
-        let there = dir.stat(&side).at(&e.path)?;
-        if there.is_some_and(|m| m.is_file() && Some(Stat::of(&m)) == known) {
-            return dir.unlink(&side).at(&e.path);
+        if move_known(&self.g, dir, (&self.name, &side), &e.path, known)? {
+            dir.unlink(&side).at(&e.path)?;
         }
-        // Not ours: back under its name, or, where something took the name meanwhile, kept as
-        // a conflict copy (never lost, never over anything).
-        match dir.rename_noreplace(&side, &self.name) {
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                let key = (0, self.g.index.device, &crate::hash::Hash::default());
-                keep_aside(&self.g, dir, &side, &e.path, key)?;
-            }
-            r => r.at(&e.path)?,
-        }
-        Err(changed())
+        Ok(())
     }
 
     /// The folder that holds the target (there for anything but deletions).
@@ -193,7 +236,8 @@ impl Apply<'_> {
     fn keep_ours(&self, e: &Entry) -> Result<()> {
         let c = self.cur.as_ref().unwrap_or(e);
         let key = (c.mtime, c.modified_by, &c.file_hash);
-        let name = keep_aside(&self.g, self.dir(e)?, &self.name, &e.path, key)?;
+        let known = self.cur.as_ref().filter(|c| c.is_file()).map(|c| c.stat);
+        let name = keep_aside(&self.g, self.dir(e)?, &self.name, &e.path, key, known)?;
         info!("conflict: {} kept as {name}", e.path);
         Ok(())
     }
@@ -327,7 +371,8 @@ impl Apply<'_> {
         }
         let dir = self.dir(e)?;
         let key = (e.mtime, e.modified_by, &e.file_hash);
-        let name = keep_aside(&self.g, dir, tmp, &e.path, key)?;
+        let made = dir.stat(tmp).at(&e.path)?.map(|m| Stat::of(&m));
+        let name = keep_aside(&self.g, dir, tmp, &e.path, key, made)?;
         info!(
             "conflict: {} is a folder holding files here; the file received for it is kept as {name}",
             e.path
@@ -346,7 +391,7 @@ impl Apply<'_> {
     /// the checks found there: our known file is swapped with the temp file in one step and
     /// looked at once more under the temp name, swapped back if it changed since the check (a
     /// user's rename over it in between); where nothing is to be there, nothing is replaced.
-    fn put_in_place(&self, dir: &Dir, e: &Entry, tmp: &str) -> Result<()> {
+    fn put_in_place(&self, dir: &Dir, e: &Entry, tmp: &str, made: Option<Stat>) -> Result<()> {
         let changed =
             || Error::msg("changed locally; will look again after the next scan").at(&e.path);
         let ours = self.cur.as_ref().filter(|c| c.is_file()).map(|c| c.stat);
@@ -363,6 +408,16 @@ impl Apply<'_> {
                     Ok(())
                 } else {
                     dir.exchange(tmp, &self.name).at(&e.path)?;
+                    // A save of the user's between the swaps (an editor saves with a rename)
+                    // went under the name, and is at the temp name now, the save before it
+                    // under the name: the last goes back to the name, the other is kept as
+                    // a conflict copy.
+                    let back = dir.stat(tmp).at(&e.path)?;
+                    if !back.is_some_and(|m| Some(Stat::of(&m)) == made) {
+                        dir.exchange(tmp, &self.name).at(&e.path)?;
+                        let key = (0, self.g.index.device, &crate::hash::Hash::default());
+                        keep_aside(&self.g, dir, tmp, &e.path, key, None)?;
+                    }
                     Err(changed())
                 }
             }
@@ -384,7 +439,7 @@ impl Apply<'_> {
             .ok_or_else(|| Error::msg("its folder is missing").at(&e.path))?;
         // The file as it is made (mode and mtime set), before it can be touched under its name.
         let made = dir.stat(tmp).at(&e.path)?;
-        self.put_in_place(&dir, e, tmp)?;
+        self.put_in_place(&dir, e, tmp, made.as_ref().map(Stat::of))?;
         // Changed, or replaced, the moment it got its name (a chmod or a rename over it before
         // this point): the index keeps the stat it was made with, so that the next scan sees
         // the change. Recorded as it is now, the change would match the index and never be
@@ -595,7 +650,8 @@ mod tests {
         fs::write(root.join("user.tmp"), b"user's").unwrap();
         fs::rename(root.join("user.tmp"), root.join("f")).unwrap();
         let dir = a.dir.as_ref().unwrap().sub(".").unwrap();
-        assert!(a.put_in_place(&dir, &theirs, &tmp).is_err());
+        let made = Some(Stat::of(&fs::metadata(root.join(&tmp)).unwrap()));
+        assert!(a.put_in_place(&dir, &theirs, &tmp, made).is_err());
         assert_eq!(fs::read(root.join("f")).unwrap(), b"user's");
         assert_eq!(fs::read(root.join(&tmp)).unwrap(), b"theirs");
         // Unchanged since the check: swapped in, the old file gone.
@@ -605,7 +661,7 @@ mod tests {
         model.lock().put(known);
         let a = begin(&model, &theirs, false).unwrap().unwrap();
         let dir = a.dir.as_ref().unwrap().sub(".").unwrap();
-        a.put_in_place(&dir, &theirs, &tmp).unwrap();
+        a.put_in_place(&dir, &theirs, &tmp, made).unwrap();
         assert_eq!(fs::read(root.join("f")).unwrap(), b"theirs");
         assert!(!root.join(&tmp).exists());
         drop(a);
@@ -717,59 +773,6 @@ mod tests {
         }
     }
 
-    /// Our file `f` ("old", known to the index) meets the peer's `theirs` while a thread renames
-    /// a user's file over `f` at a varying moment; returns in how many of `n` tries the user's
-    /// file, once renamed in, was in the share nowhere afterwards (the apply succeeded or not).
-    fn user_file_lost_in_race(
-        tag: &str,
-        n: usize,
-        theirs: &Entry,
-        apply: fn(&Model, &Entry) -> Result<()>,
-    ) -> usize {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let root = std::env::temp_dir().join(format!("left-race-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        let mut lost = 0;
-        for i in 0..n {
-            let model = crate::sync::model::fresh_model(&root, 7);
-            fs::write(root.join("f"), b"old").unwrap();
-            let ours = Entry {
-                path: "f".into(),
-                kind: Kind::File,
-                size: 3,
-                version: Version::from_pairs(vec![(7, 1)]),
-                modified_by: 7,
-                stat: Stat::of(&fs::metadata(root.join("f")).unwrap()),
-                ..Entry::default()
-            };
-            model.lock().put(ours);
-            fs::write(root.join("user.tmp"), b"user's").unwrap();
-            let go = Arc::new(AtomicBool::new(false));
-            let (g2, r2) = (go.clone(), root.clone());
-            let spin = i % 300;
-            let t = std::thread::spawn(move || {
-                while !g2.load(Ordering::Acquire) {}
-                for _ in 0..spin {
-                    std::hint::spin_loop();
-                }
-                fs::rename(r2.join("user.tmp"), r2.join("f")).is_ok()
-            });
-            go.store(true, Ordering::Release);
-            let _ = apply(&model, theirs);
-            let renamed = t.join().unwrap();
-            let kept = fs::read_dir(&root)
-                .unwrap()
-                .flatten()
-                .any(|x| fs::read(x.path()).is_ok_and(|b| b == b"user's"));
-            if renamed && !kept {
-                lost += 1;
-            }
-        }
-        let _ = fs::remove_dir_all(&root);
-        lost
-    }
-
     /// A peer's deletion of our file: a file a user put there after the install's check must
     /// never be removed (as an install never replaces it since d0be47d).
     #[test]
@@ -782,7 +785,7 @@ mod tests {
             modified_by: 2,
             ..Entry::default()
         };
-        let lost = user_file_lost_in_race("del", 15000, &del, apply_delete);
+        let lost = review5::race("del", 15000, review5::ours_old, |m| apply_delete(m, &del));
         assert_eq!(
             lost, 0,
             "a user's file renamed in after the check was deleted {lost} times in 15000"
@@ -801,7 +804,7 @@ mod tests {
             modified_by: 2,
             ..Entry::default()
         };
-        let lost = user_file_lost_in_race("dir", 15000, &dir, apply_dir);
+        let lost = review5::race("dir", 15000, review5::ours_old, |m| apply_dir(m, &dir));
         assert_eq!(
             lost, 0,
             "a user's file renamed in after the check was removed {lost} times in 15000"
@@ -863,9 +866,16 @@ pub(crate) mod review5 {
         }
     }
 
+    /// Our file `f` holding "old", known to the index (a `setup` for [`race`]).
+    pub(crate) fn ours_old(root: &Path, model: &Model) {
+        fs::write(root.join("f"), b"old").unwrap();
+        model.lock().put(ours_at(root, "f"));
+    }
+
     /// Runs `step` while a thread renames `user.tmp` (holding "user's") over `f` after a
-    /// spin of 0..300; counts the runs where the rename succeeded, the step succeeded, and the
-    /// user's bytes are nowhere in the share but under a temp name (or nowhere at all).
+    /// spin of 0..300; counts the runs where the rename succeeded and the user's bytes are
+    /// afterwards nowhere in the share but under a temp name (or nowhere at all), whether the
+    /// step succeeded or not.
     pub(crate) fn race(
         tag: &str,
         iters: usize,
@@ -889,7 +899,7 @@ pub(crate) mod review5 {
                 fs::rename(r2.join("user.tmp"), r2.join("f")).is_ok()
             });
             go.store(true, Ordering::Release);
-            let r = step(&model);
+            let _ = step(&model);
             let renamed = t.join().unwrap();
             let kept = fs::read_dir(&root).unwrap().flatten().any(|x| {
                 let n = x.file_name().into_string().unwrap();
@@ -897,42 +907,12 @@ pub(crate) mod review5 {
                     && x.path().is_file()
                     && fs::read(x.path()).unwrap() == b"user's"
             });
-            if renamed && r.is_ok() && !kept {
+            if renamed && !kept {
                 lost += 1;
             }
         }
         let _ = fs::remove_dir_all(&root);
         lost
-    }
-
-    /// A peer's folder replaces our file `f` (a version descending from ours): the file is
-    /// unlinked by name after the check, so a file the user renamed over `f` in between is
-    /// removed (the race f8f9be4 closed in `apply_delete`, open in `apply_dir`).
-    #[test]
-    fn a_file_put_over_the_target_of_a_peers_folder_is_never_removed() {
-        let lost = race(
-            "dir",
-            15000,
-            |root, model| {
-                fs::write(root.join("f"), b"old").unwrap();
-                model.lock().put(ours_at(root, "f"));
-            },
-            |model| {
-                let folder = Entry {
-                    path: "f".into(),
-                    kind: Kind::Dir,
-                    mode: 0o755,
-                    version: Version::from_pairs(vec![(7, 1), (2, 1)]),
-                    modified_by: 2,
-                    ..Entry::default()
-                };
-                apply_dir(model, &folder)
-            },
-        );
-        assert_eq!(
-            lost, 0,
-            "a user's file renamed over f was removed {lost} times in 15000"
-        );
     }
 
     /// Our losing edit is kept as a conflict copy whose name already holds the same content

@@ -449,24 +449,41 @@ impl Model {
             p.remote_seq = p.remote_seq.max(seq);
             // Only a pass's last frame carries a number.
             p.pass_open = seq == 0;
-            // Not for a connection closed meanwhile (one of two to the same peer, say): what
-            // it brought was not taken in.
-            if seq != 0 && !st.found_temps.is_empty() {
-                self.sweep_found_temps(st);
-            }
         }
         self.changed.notify_all();
         Ok(())
     }
 
-    /// Once a peer has announced all it holds (its whole index: every connection starts from
-    /// nothing): the temp files found at start that no pull wants now will never be finished
-    /// (the version they were for is replaced or deleted, and was decided before the stop), so
-    /// they go; the others are left to their pulls, which keep or remove them. Not while a
-    /// connection's needs wait on disk (one of them may be the temp file's). A pull cut before
-    /// a stop whose version only a peer not connected yet holds starts over.
+    /// The peer on connection `conn` has announced all it holds (`IndexDone`: its whole index,
+    /// as every connection starts from nothing), up to its number `seq`.
+    pub fn remote_done(&self, conn: u64, seq: u64) {
+        let mut g = self.lock();
+        let st = &mut *g;
+        // Not for a connection closed meanwhile (one of two to the same peer, say): what it
+        // brought was not taken in.
+        let Some(p) = st.peers.get_mut(&conn) else {
+            return;
+        };
+        p.remote_done = true;
+        p.remote_seq = p.remote_seq.max(seq);
+        if !st.found_temps.is_empty() {
+            self.sweep_found_temps(st);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Once every peer connected has announced all it holds: the temp files found at start
+    /// that no pull wants now will never be finished (the version they were for is replaced or
+    /// deleted, and was decided before the stop), so they go; the others are left to their
+    /// pulls, which keep or remove them. Not while a connection's needs wait on disk (one of
+    /// them may be the temp file's). A pull cut before a stop whose version only a peer not
+    /// connected yet holds starts over.
     fn sweep_found_temps(&self, st: &mut State) {
-        if st.peers.values().any(|p| p.needs.waiting()) {
+        if st
+            .peers
+            .values()
+            .any(|p| !p.remote_done || p.needs.waiting())
+        {
             return;
         }
         let mut wanted: HashSet<String> = st.busy.iter().map(|p| names::temp_rel(p)).collect();

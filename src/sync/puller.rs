@@ -9,7 +9,7 @@ use crate::proto::wire::Msg;
 use crate::store::entry::{Entry, Kind, Stat};
 use crate::store::names;
 use crate::sync::disk::remove_temp;
-use crate::sync::install::{apply_delete, apply_dir, finish_need};
+use crate::sync::install::{apply_delete, apply_dir, finish_need, move_known, put_back};
 use crate::sync::link::Link;
 use crate::sync::model::{Decision, Model, Out, Peer, decide};
 use crate::sync::transfer;
@@ -360,22 +360,33 @@ fn rename_if_moved(model: &Model, e: &Entry, deleted: &[&Entry]) -> Option<Entry
         let Ok((from_dir, from)) = Dir::parent(root, &t.path, false) else {
             continue;
         };
-        let unchanged = from_dir
-            .stat(from)
-            .is_ok_and(|md| md.is_some_and(|md| md.is_file() && Stat::of(&md) == old.stat));
-        if !unchanged {
-            continue;
-        }
         let Ok((to_dir, to)) = Dir::parent(root, &e.path, true) else {
             continue;
         };
-        if from_dir.rename(from, &to_dir, &names::temp_for(to)).is_ok() {
+        // Moved aside first and looked at there: a user's file renamed over the old name
+        // after a check would go to the new file's temp name, and its bytes be taken for the
+        // blocks the index knows.
+        let side = names::temp_for(from);
+        let known = Some(old.stat);
+        if !matches!(
+            move_known(&g, &from_dir, (from, &side), &t.path, known),
+            Ok(true)
+        ) {
+            continue;
+        }
+        if from_dir
+            .rename(&side, &to_dir, &names::temp_for(to))
+            .is_ok()
+        {
             info!("renamed {} -> {}", t.path, e.path);
             // The old name's deletion is applied now, so no scan mistakes it for a local one.
             let mut gone = (*t).clone();
             gone.stat = Stat::default();
             g.put(gone);
             return Some(old);
+        }
+        if let Err(err) = put_back(&g, &from_dir, (&side, from), &t.path) {
+            warn!("{err}");
         }
     }
     None
@@ -566,36 +577,28 @@ mod tests {
     #[test]
     fn a_file_put_over_a_renamed_files_old_name_is_never_moved_to_a_temp_name() {
         use crate::store::version::Version;
-        use crate::sync::install::review5::{ours_at, race};
-        let lost = race(
-            "moved",
-            15000,
-            |root, model| {
-                std::fs::write(root.join("f"), b"old").unwrap();
-                model.lock().put(ours_at(root, "f"));
-            },
-            |model| {
-                let old = model.lock().index.get("f").unwrap().into_owned();
-                let gone = Entry {
-                    path: "f".into(),
-                    kind: Kind::File,
-                    deleted: true,
-                    version: Version::from_pairs(vec![(7, 1), (2, 1)]),
-                    modified_by: 2,
-                    ..Entry::default()
-                };
-                let new = Entry {
-                    path: "g".into(),
-                    version: Version::from_pairs(vec![(2, 2)]),
-                    modified_by: 2,
-                    ..old
-                };
-                match rename_if_moved(model, &new, &[&gone]) {
-                    Some(_) => Ok(()),
-                    None => Err(crate::error::Error::msg("not moved")),
-                }
-            },
-        );
+        use crate::sync::install::review5::{ours_old, race};
+        let lost = race("moved", 15000, ours_old, |model| {
+            let old = model.lock().index.get("f").unwrap().into_owned();
+            let gone = Entry {
+                path: "f".into(),
+                kind: Kind::File,
+                deleted: true,
+                version: Version::from_pairs(vec![(7, 1), (2, 1)]),
+                modified_by: 2,
+                ..Entry::default()
+            };
+            let new = Entry {
+                path: "g".into(),
+                version: Version::from_pairs(vec![(2, 2)]),
+                modified_by: 2,
+                ..old
+            };
+            match rename_if_moved(model, &new, &[&gone]) {
+                Some(_) => Ok(()),
+                None => Err(crate::error::Error::msg("not moved")),
+            }
+        });
         assert_eq!(
             lost, 0,
             "a user's file renamed over f went to a temp name {lost} times in 15000"

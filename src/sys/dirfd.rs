@@ -182,18 +182,31 @@ impl Dir {
 
     /// Renames `from` to `to` (both in this folder) only if nothing is at `to`: `EEXIST`
     /// otherwise. Where the filesystem has no `RENAME_NOREPLACE`, a hard link and an unlink
-    /// (a crash between them leaves both names, losing nothing).
+    /// (a crash between them leaves both names, losing nothing) of `from` if it is still the
+    /// file linked.
     pub fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
         let (a, b) = (cstr(from)?, cstr(to)?);
         if self.renameat2(&a, &b, RENAME_NOREPLACE)? {
             return Ok(());
         }
+        self.link_then_unlink(&a, &b, from, to)
+    }
+
+    /// [`Dir::rename_noreplace`] without `renameat2`'s flags.
+    fn link_then_unlink(&self, a: &CStr, b: &CStr, from: &str, to: &str) -> io::Result<()> {
         unsafe extern "C" {
             fn linkat(od: c_int, o: *const c_char, nd: c_int, n: *const c_char, f: c_int) -> c_int;
         }
         // SAFETY: as in `open_raw`.
         check(unsafe { linkat(self.fd(), a.as_ptr(), self.fd(), b.as_ptr(), 0) })?;
-        self.unlink(from)
+        // Only the name that still is the file linked: one a user renamed over `from` since
+        // stays (both names then hold something, and the caller looks at `to`).
+        use std::os::unix::fs::MetadataExt;
+        let ino = |n: &str| self.stat(n).ok().flatten().map(|m| (m.dev(), m.ino()));
+        if ino(from).is_some() && ino(from) == ino(to) {
+            self.unlink(from)?;
+        }
+        Ok(())
     }
 
     /// Swaps `a` and `b` (both in this folder) in one step. `Ok(false)` where the filesystem
@@ -235,6 +248,34 @@ impl Dir {
 mod tests {
     use super::*;
     use std::fs;
+
+    /// The fallback of `rename_noreplace` (filesystems without `RENAME_NOREPLACE`): moves,
+    /// never over anything; and where `from` is another file by the time the link is made (a
+    /// user's rename over it), that file stays.
+    #[test]
+    fn link_then_unlink_never_replaces_and_never_removes_another_file() {
+        let root = std::env::temp_dir().join(format!("left-dirfd-link-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let d = Dir::open(&root, "", false).unwrap();
+        let c = |n: &str| cstr(n).unwrap();
+        fs::write(root.join("a"), b"ours").unwrap();
+        fs::write(root.join("taken"), b"other").unwrap();
+        let e = d
+            .link_then_unlink(&c("a"), &c("taken"), "a", "taken")
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        d.link_then_unlink(&c("a"), &c("b"), "a", "b").unwrap();
+        assert!(!root.join("a").exists());
+        assert_eq!(fs::read(root.join("b")).unwrap(), b"ours");
+        // As if a user's file had come to `a` between the link and the unlink: `a` is not the
+        // file linked to `c`, so it stays.
+        fs::write(root.join("a"), b"user's").unwrap();
+        fs::hard_link(root.join("b"), root.join("c")).unwrap();
+        d.link_then_unlink(&c("b"), &c("d"), "a", "c").unwrap();
+        assert_eq!(fs::read(root.join("a")).unwrap(), b"user's");
+        let _ = fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn nothing_is_followed_through_a_symlink() {
