@@ -25,20 +25,23 @@ clean:
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-# ---- Tiny Core packaging: static musl builds, left.tcz, VM test (issue 3) ----
+# ---- Tiny Core packaging: static musl builds, left.tcz, VM test (issue 3; piCore: issue 21) ----
 ARCH ?= x86_64
+# make static builds every architecture unless ARCH is given.
+STATIC_ARCHS := $(if $(filter command line environment,$(origin ARCH)),$(ARCH),x86_64 x86 aarch64)
 
 .PHONY: static tcz tcz-all vm-test powercut large-test tinycore-deps
 
-static: ## static musl binaries (x86_64 and i686), stripped, sizes printed
-	bash tinycore/build-static.sh x86_64 x86
+static: ## static musl binaries (x86_64, i686, aarch64; ARCH=... for one), stripped, sizes printed
+	bash tinycore/build-static.sh $(STATIC_ARCHS)
 
-tcz: ## left.tcz, .info, .list, .md5.txt, .zsync in target/tcz/ARCH (ARCH=x86_64 or x86)
+tcz: ## left.tcz, .info, .list, .md5.txt, .zsync in target/tcz/ARCH (ARCH=x86_64, x86 or aarch64)
 	bash tinycore/build-tcz.sh $(ARCH)
 
-tcz-all: ## left.tcz for both x86_64 and x86
+tcz-all: ## left.tcz for x86_64, x86 and aarch64 (piCore64)
 	bash tinycore/build-tcz.sh x86_64
 	bash tinycore/build-tcz.sh x86
+	bash tinycore/build-tcz.sh aarch64
 
 vm-test: tcz-all ## two qemu VMs install left.tcz, start it from bootlocal.sh and sync
 	bash tinycore/vm-test/vm-test.sh target/tcz/x86/left.tcz target/tcz/x86_64/left.tcz
