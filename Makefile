@@ -59,6 +59,23 @@ large-test: ## the 32-bit binary syncs a 4.4 GiB file on 127.0.0.1 (needs ~5 GiB
 tinycore-deps: ## as root: apt packages and rustup targets for the targets above
 	bash tinycore/ci-deps.sh
 
+# piCore64: aarch64 binaries linked by the toolchain's rust-lld, run under qemu-user (no binfmt
+# needed: cargo's runner, set here rather than in a config folder).
+QEMU_AARCH64 ?= $(firstword $(shell command -v qemu-aarch64-static qemu-aarch64 2>/dev/null))
+AARCH64_ENV = CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=$(QEMU_AARCH64)
+
+.PHONY: test-aarch64 interop-test
+
+test-aarch64: ## the unit tests built for aarch64 (musl), run under qemu-user
+	@test -n "$(QEMU_AARCH64)" || { echo "test-aarch64: qemu-aarch64 missing (apt-get install qemu-user-static)"; exit 1; }
+	@rustup target list --installed | grep -qx aarch64-unknown-linux-musl || rustup target add aarch64-unknown-linux-musl
+	$(AARCH64_ENV) $(CARGO) test --release --target aarch64-unknown-linux-musl --bin left
+
+interop-test: ## an aarch64 left (under qemu-user) and an x86_64 left sync both ways on 127.0.0.1
+	bash tinycore/build-static.sh x86_64 aarch64
+	QEMU_AARCH64=$(QEMU_AARCH64) bash tinycore/interop-test.sh target/static/x86_64/left target/static/aarch64/left
+
 # ---- Benchmark: the paper's test plan against rsync and syncthing (issue 6) ----
 .PHONY: bench
 
