@@ -43,8 +43,13 @@ tcz-all: ## left.tcz for x86_64, x86 and aarch64 (piCore64)
 	bash tinycore/build-tcz.sh x86
 	bash tinycore/build-tcz.sh aarch64
 
-vm-test: tcz-all ## two qemu VMs install left.tcz, start it from bootlocal.sh and sync
-	bash tinycore/vm-test/vm-test.sh target/tcz/x86/left.tcz target/tcz/x86_64/left.tcz
+# make vm-test: VM a 32-bit x86, VM b x86_64; with ARCH=aarch64, VM a a piCore64-like aarch64 one.
+VM_A := $(if $(filter aarch64 arm64,$(ARCH)),aarch64,x86)
+
+vm-test: ## two qemu VMs install left.tcz, start it from bootlocal.sh and sync (ARCH=aarch64: one is aarch64)
+	bash tinycore/build-tcz.sh $(VM_A)
+	bash tinycore/build-tcz.sh x86_64
+	bash tinycore/vm-test/vm-test.sh target/tcz/$(VM_A)/left.tcz target/tcz/x86_64/left.tcz
 
 CUTS ?= 5
 

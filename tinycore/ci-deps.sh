@@ -6,6 +6,7 @@
 #   squashfs-tools   mksquashfs / unsquashfs for left.tcz
 #   zsync            zsyncmake for left.tcz.zsync
 #   qemu-system-x86  the two test VMs (TCG, no KVM needed)
+#   qemu-system-arm  the aarch64 (piCore64) VM of make vm-test ARCH=aarch64
 #   cpio, xz-utils   the VMs' initramfs, compressed kernel modules
 #   file             shows what the static binaries are
 #   e2fsprogs        mkfs.ext4, e2fsck, debugfs for make powercut's disk image
@@ -16,18 +17,24 @@
 #                    (linked by the toolchain's own rust-lld: no cross gcc)
 #   rust-src         for make static's std rebuild (smaller binaries)
 #
-# The VMs' kernel (linux-image-amd64) and busybox-static are not installed:
-# vm-test fetches them with `apt-get download` into target/vm-test/cache, so
-# this script runs `apt-get update` for it.
+# The VMs' kernel (linux-image-amd64, linux-image-arm64:arm64) and busybox-static
+# (amd64 and arm64) are not installed: vm-test fetches them with `apt-get download`
+# into target/vm-test/cache, so this script adds the arm64 architecture to dpkg
+# (for downloads only; nothing of arm64 is installed) and runs `apt-get update`.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-pkgs=(squashfs-tools zsync qemu-system-x86 cpio xz-utils file e2fsprogs strace qemu-user-static binutils)
+pkgs=(squashfs-tools zsync qemu-system-x86 qemu-system-arm cpio xz-utils file e2fsprogs strace
+    qemu-user-static binutils)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if [ "$(id -u)" -eq 0 ]; then
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+        echo "ci-deps: dpkg --add-architecture arm64 (apt-get download of the aarch64 VM's kernel)"
+        dpkg --add-architecture arm64
+    fi
     apt-get update -qq
     if [ ${#missing[@]} -gt 0 ]; then
         echo "ci-deps: apt-get install ${missing[*]}"

@@ -12,8 +12,8 @@
 #   LEFTTEST <role> PASS|FAIL <what>      LEFTTEST <role> END
 #   LEFTTEST <role> MD5 <md5> <path>      LEFTLOG <role>: <line of left.log>
 
-. /etc/left-test.conf # ROLE, IP, PEER, NETDELAY, WAIT
-SHARE=/mnt/sda1/left/share
+. /etc/left-test.conf # ROLE, IP, PEER, NETDELAY, WAIT, DISK
+SHARE=/mnt/${DISK:-sda1}/left/share
 DATA=/test/data
 INIT=/usr/local/etc/init.d/left
 FAILS=0
