@@ -65,10 +65,12 @@ tinycore-deps: ## as root: apt packages and rustup targets for the targets above
 	bash tinycore/ci-deps.sh
 
 # piCore64: aarch64 binaries linked by the toolchain's rust-lld, run under qemu-user (no binfmt
-# needed: cargo's runner, set here rather than in a config folder).
+# needed: cargo's runner, set here rather than in a config folder) with the CPU model of the
+# Pi 3 and Zero 2 W (Cortex-A53, ARMv8.0), so that no newer instruction goes unnoticed.
 QEMU_AARCH64 ?= $(firstword $(shell command -v qemu-aarch64-static qemu-aarch64 2>/dev/null))
+QEMU_CPU ?= cortex-a53
 AARCH64_ENV = CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
-	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=$(QEMU_AARCH64)
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=$(QEMU_AARCH64) QEMU_CPU=$(QEMU_CPU)
 
 .PHONY: test-aarch64 interop-test
 
@@ -79,7 +81,7 @@ test-aarch64: ## the unit tests built for aarch64 (musl), run under qemu-user
 
 interop-test: ## an aarch64 left (under qemu-user) and an x86_64 left sync both ways on 127.0.0.1
 	bash tinycore/build-static.sh x86_64 aarch64
-	QEMU_AARCH64=$(QEMU_AARCH64) bash tinycore/interop-test.sh target/static/x86_64/left target/static/aarch64/left
+	QEMU_AARCH64=$(QEMU_AARCH64) QEMU_CPU=$(QEMU_CPU) bash tinycore/interop-test.sh target/static/x86_64/left target/static/aarch64/left
 
 # ---- Benchmark: the paper's test plan against rsync and syncthing (issue 6) ----
 .PHONY: bench

@@ -5,7 +5,7 @@
 #   tinycore/interop-test.sh [X86_64_BIN] [AARCH64_BIN]
 #       (default target/static/x86_64/left and target/static/aarch64/left)
 #
-# Each round runs the two as `left --once` with a shared key, one folder each under
+# Each round runs the two as `left -v --once` with a shared key, one folder each under
 # target/interop-test/, and then compares both folders with a model: a third folder that the
 # script changes the same way it changes the shares, never touched by `left`. Every file's path,
 # MD5 and mode and every folder must match the model on both sides, so a file that did not
@@ -17,10 +17,11 @@
 #            (sent as a delta to x86_64), x86_64 deletes the 3 MiB file and a folder and adds a
 #            file; each must see the other's changes
 #
-# The aarch64 binary runs under QEMU_AARCH64 (default qemu-aarch64-static, else qemu-aarch64),
-# or directly where it runs natively. Both binaries are checked to be what they claim (the ELF
-# machine), both `--once` must exit 0 within INTEROP_TIMEOUT seconds (default 300), and neither
-# log may show a panic. Prints PASS/FAIL lines and "N passed, N failed"; exits non-zero on any
+# The aarch64 binary runs under QEMU_AARCH64 (default qemu-aarch64-static, else qemu-aarch64)
+# with the CPU model QEMU_CPU (default cortex-a53: the Pi 3's and Zero 2 W's core, ARMv8.0), or
+# directly where it runs natively. Both binaries are checked to be what they claim (the ELF
+# machine), both `--once` must exit 0 within INTEROP_TIMEOUT seconds (default 300), the aarch64
+# one must name the NEON kernels in its log, and neither log may show a panic. Prints PASS/FAIL lines and "N passed, N failed"; exits non-zero on any
 # failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,8 +69,9 @@ if ! "$ARM" --version >/dev/null 2>&1; then
         fail "$ARM does not run here and qemu-aarch64(-static) is missing (apt-get install qemu-user-static)"
         finish
     }
+    export QEMU_CPU=${QEMU_CPU:-cortex-a53}
     run_arm=("$qemu" "$ARM")
-    how="under $(basename "$qemu") ($("$qemu" --version | head -n 1 | sed 's/.*version \([^ ]*\).*/\1/'))"
+    how="under $(basename "$qemu") $("$qemu" --version | head -n 1 | sed 's/.*version \([^ ]*\).*/\1/'), CPU $QEMU_CPU"
 fi
 echo "interop-test: x86_64 $("$X86" --version), aarch64 $("${run_arm[@]}" --version) $how"
 
@@ -103,10 +105,10 @@ round() {
     local name=$1 port rx=0 ra=0 t
     port=$((20000 + RANDOM % 30000))
     t=$(date +%s)
-    (cd "$WORK/x86" && exec timeout "$TIMEOUT" "$X86" --once --timeout 60 --key-file "$WORK/key" \
+    (cd "$WORK/x86" && exec timeout "$TIMEOUT" "$X86" -v --once --timeout 60 --key-file "$WORK/key" \
         --port "$port" "127.0.0.1:$((port + 1))" 2>>x86.log) &
     local px=$!
-    (cd "$WORK/arm" && exec timeout "$TIMEOUT" "${run_arm[@]}" --once --timeout 60 --key-file "$WORK/key" \
+    (cd "$WORK/arm" && exec timeout "$TIMEOUT" "${run_arm[@]}" -v --once --timeout 60 --key-file "$WORK/key" \
         --port $((port + 1)) "127.0.0.1:$port" 2>>arm.log) &
     local pa=$!
     wait "$px" || rx=$?
@@ -169,6 +171,12 @@ round "round 2 (a delta, an append, deletions, a new file)"
 if grep -q 'big-x86.bin' "$WORK/x86/x86.log"; then
     echo "interop-test: x86_64 received: $(grep 'big-x86.bin' "$WORK/x86/x86.log" | tail -n 1 | cut -d' ' -f2-)"
 fi
+# The aarch64 side checked what it received with the NEON kernels (left -v names them).
+lanes=$(grep -h 'MD5s side by side' "$WORK/arm/arm.log" | head -n 1 | sed 's/.*side by side: //')
+case "$lanes" in
+    *Neon*) pass "aarch64 hashed with the NEON kernels: $lanes" ;;
+    *) fail "aarch64 did not use the NEON kernels: ${lanes:-no line in its log}" ;;
+esac
 crash=$(grep -hE 'panicked at|Aborted|Segmentation fault|Illegal instruction|qemu: uncaught' \
     "$WORK/x86/x86.log" "$WORK/arm/arm.log" | head -n 5 || true)
 if [ -z "$crash" ]; then
