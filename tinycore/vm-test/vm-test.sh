@@ -152,7 +152,7 @@ done) >"$WORK/manifest"
 
 # --- one initramfs per VM
 build_initramfs() { # vm ip peer netdelay tcz bootlocal-style arch
-    local vm=$1 ip=$2 peer=$3 delay=$4 tcz=$5 style=$6 root=$WORK/root-$1 darch disk=sda1
+    local vm=$1 ip=$2 peer=$3 delay=$4 tcz=$5 style=$6 root=$WORK/root-$1 darch disk=sda1 line
     darch=$(debian_arch "$7")
     [ "$7" = aarch64 ] && disk=mmcblk0p2 # piCore: the SD card's second partition
     rm -rf "$root"
@@ -190,10 +190,13 @@ build_initramfs() { # vm ip peer netdelay tcz bootlocal-style arch
     chmod 600 "$root/opt/left.key"
     if [ "$style" = conf ]; then
         printf '# left settings (see /usr/local/share/doc/left/README.md)\npeer = %s\ndir = /mnt/%s/left/share\nkey-file = /opt/left.key\n' "$peer" "$disk" >"$root/opt/left.conf"
-        printf '#!/bin/sh\n# put other system startup commands here\n/usr/local/etc/init.d/left start\n' >"$root/opt/bootlocal.sh"
+        line='/usr/local/etc/init.d/left start'
     else
-        printf '#!/bin/sh\n# put other system startup commands here\n/usr/local/etc/init.d/left start %s --dir /mnt/%s/left/share --key-file /opt/left.key\n' "$peer" "$disk" >"$root/opt/bootlocal.sh"
+        line="/usr/local/etc/init.d/left start $peer --dir /mnt/$disk/left/share --key-file /opt/left.key"
     fi
+    # piCore: wait for the clock (tinycore/README.md's line for piCore).
+    [ "$disk" = mmcblk0p2 ] && line="(while [ \"\$(date +%Y)\" -lt 2020 ]; do sleep 1; done; $line) &"
+    printf '#!/bin/sh\n# put other system startup commands here\n%s\n' "$line" >"$root/opt/bootlocal.sh"
     chmod 775 "$root/opt/bootlocal.sh"
     (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$WORK/initramfs-$vm.cpio"
     rm -rf "$root"
