@@ -25,23 +25,31 @@ clean:
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-# ---- Tiny Core packaging: static musl builds, left.tcz, VM test (issue 3) ----
+# ---- Tiny Core packaging: static musl builds, left.tcz, VM test (issue 3; piCore: issue 21) ----
 ARCH ?= x86_64
+# make static builds every architecture unless ARCH is given.
+STATIC_ARCHS := $(if $(filter command line environment,$(origin ARCH)),$(ARCH),x86_64 x86 aarch64)
 
 .PHONY: static tcz tcz-all vm-test powercut large-test tinycore-deps
 
-static: ## static musl binaries (x86_64 and i686), stripped, sizes printed
-	bash tinycore/build-static.sh x86_64 x86
+static: ## static musl binaries (x86_64, i686, aarch64; ARCH=... for one), stripped, sizes printed
+	bash tinycore/build-static.sh $(STATIC_ARCHS)
 
-tcz: ## left.tcz, .info, .list, .md5.txt, .zsync in target/tcz/ARCH (ARCH=x86_64 or x86)
+tcz: ## left.tcz, .info, .list, .md5.txt, .zsync in target/tcz/ARCH (ARCH=x86_64, x86 or aarch64)
 	bash tinycore/build-tcz.sh $(ARCH)
 
-tcz-all: ## left.tcz for both x86_64 and x86
+tcz-all: ## left.tcz for x86_64, x86 and aarch64 (piCore64)
 	bash tinycore/build-tcz.sh x86_64
 	bash tinycore/build-tcz.sh x86
+	bash tinycore/build-tcz.sh aarch64
 
-vm-test: tcz-all ## two qemu VMs install left.tcz, start it from bootlocal.sh and sync
-	bash tinycore/vm-test/vm-test.sh target/tcz/x86/left.tcz target/tcz/x86_64/left.tcz
+# make vm-test: VM a 32-bit x86, VM b x86_64; with ARCH=aarch64, VM a a piCore64-like aarch64 one.
+VM_A := $(if $(filter aarch64 arm64,$(ARCH)),aarch64,x86)
+
+vm-test: ## two qemu VMs install left.tcz, start it from bootlocal.sh and sync (ARCH=aarch64: one is aarch64)
+	bash tinycore/build-tcz.sh $(VM_A)
+	bash tinycore/build-tcz.sh x86_64
+	bash tinycore/vm-test/vm-test.sh target/tcz/$(VM_A)/left.tcz target/tcz/x86_64/left.tcz
 
 CUTS ?= 5
 
@@ -55,6 +63,25 @@ large-test: ## the 32-bit binary syncs a 4.4 GiB file on 127.0.0.1 (needs ~5 GiB
 
 tinycore-deps: ## as root: apt packages and rustup targets for the targets above
 	bash tinycore/ci-deps.sh
+
+# piCore64: aarch64 binaries linked by the toolchain's rust-lld, run under qemu-user (no binfmt
+# needed: cargo's runner, set here rather than in a config folder) with the CPU model of the
+# Pi 3 and Zero 2 W (Cortex-A53, ARMv8.0), so that no newer instruction goes unnoticed.
+QEMU_AARCH64 ?= $(firstword $(shell command -v qemu-aarch64-static qemu-aarch64 2>/dev/null))
+QEMU_CPU ?= cortex-a53
+AARCH64_ENV = CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=$(QEMU_AARCH64) QEMU_CPU=$(QEMU_CPU)
+
+.PHONY: test-aarch64 interop-test
+
+test-aarch64: ## the unit tests built for aarch64 (musl), run under qemu-user
+	@test -n "$(QEMU_AARCH64)" || { echo "test-aarch64: qemu-aarch64 missing (apt-get install qemu-user-static)"; exit 1; }
+	@rustup target list --installed | grep -qx aarch64-unknown-linux-musl || rustup target add aarch64-unknown-linux-musl
+	$(AARCH64_ENV) $(CARGO) test --release --target aarch64-unknown-linux-musl --bin left
+
+interop-test: ## an aarch64 left (under qemu-user) and an x86_64 left sync both ways on 127.0.0.1
+	bash tinycore/build-static.sh x86_64 aarch64
+	QEMU_AARCH64=$(QEMU_AARCH64) QEMU_CPU=$(QEMU_CPU) bash tinycore/interop-test.sh target/static/x86_64/left target/static/aarch64/left
 
 # ---- Benchmark: the paper's test plan against rsync and syncthing (issue 6) ----
 .PHONY: bench

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds left.tcz and its companion files for Tiny Core Linux.
 #
-#   tinycore/build-tcz.sh x86_64|x86
+#   tinycore/build-tcz.sh x86_64|x86|aarch64
 #
 # Output in target/tcz/<arch>/: left.tcz, left.tcz.info, left.tcz.list,
 # left.tcz.md5.txt, and left.tcz.zsync when zsyncmake is installed.
@@ -16,10 +16,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 arch=${1:-${ARCH:-x86_64}}
+# The example share in .info's comment: on piCore the tce directory (and the
+# room for a share) is the SD card's second partition.
 case "$arch" in
-    x86_64) ;;
-    x86 | i686) arch=x86 ;;
-    *) echo "build-tcz: ARCH must be x86_64 or x86, not '$arch'" >&2; exit 2 ;;
+    x86_64) example=/mnt/sda1 ;;
+    x86 | i686) arch=x86 example=/mnt/sda1 ;;
+    aarch64 | arm64) arch=aarch64 example=/mnt/mmcblk0p2 ;;
+    *) echo "build-tcz: ARCH must be x86_64, x86 or aarch64, not '$arch'" >&2; exit 2 ;;
 esac
 for tool in mksquashfs md5sum du; do
     command -v "$tool" >/dev/null || {
@@ -87,6 +90,7 @@ size=$(cd "$out" && du -h left.tcz | cut -f 1)
 date=$(date -u -d "@$epoch" +%Y/%m/%d)
 sed -e "s|@VERSION@|$version|g" -e "s|@LICENSE@|${license:-see /usr/local/share/doc/left/LICENSE}|g" \
     -e "s|@SITE@|${site:--}|g" -e "s|@SIZE@|$size|g" -e "s|@DATE@|$date|g" -e "s|@ARCH@|$arch|g" \
+    -e "s|@DISK@|$example|g" \
     tinycore/left.tcz.info.in | tr -d '\r' >"$out/left.tcz.info"
 
 (cd "$out" && md5sum left.tcz >left.tcz.md5.txt)

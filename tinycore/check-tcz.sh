@@ -90,6 +90,17 @@ check "left.tcz.info: 12 fields in order" \
     diff <(printf '%s:\n' $fields) <(cut -f 1 "$info")
 check "left.tcz.info: each line Field:<TAB>value" bash -c '! grep -Eqv "^[A-Za-z_-]+:	[^	]+$" "$1"' _ "$info"
 check "left.tcz.info: Title left.tcz" grep -qx $'Title:\tleft.tcz' "$info"
+# The binary is built for the architecture the .info names (x86_64, x86 or aarch64): its ELF
+# class (byte 4) and machine (bytes 18-19, little-endian).
+named=$(sed -n 's/^Current:.*(\(.*\))$/\1/p' "$info")
+elf=$(unsquashfs -cat "$tcz" usr/local/bin/left 2>/dev/null | od -An -tx1 -N20 | tr -d ' \n')
+case "${elf:8:2}:${elf:36:4}" in
+    02:3e00) machine=x86_64 ;;
+    01:0300) machine=x86 ;;
+    02:b700) machine=aarch64 ;;
+    *) machine="unknown (ELF class ${elf:8:2}, machine ${elf:36:4})" ;;
+esac
+check "binary for $machine, as left.tcz.info names it (${named:-none})" test "$machine" = "$named"
 size=$(cd "$dir" && du -h left.tcz | cut -f 1)
 check "left.tcz.info: Size $size as du -h prints it" grep -qx "Size:	$size" "$info"
 

@@ -34,7 +34,7 @@ const EINVAL: i32 = 22;
 const SYS_RENAMEAT2: std::ffi::c_long = 316;
 #[cfg(target_arch = "x86")]
 const SYS_RENAMEAT2: std::ffi::c_long = 353;
-#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+#[cfg(target_arch = "aarch64")]
 const SYS_RENAMEAT2: std::ffi::c_long = 276;
 
 fn cstr(name: &str) -> io::Result<CString> {

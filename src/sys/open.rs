@@ -84,14 +84,14 @@ pub fn open_own(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     }
 }
 
-/// `open` flags (Linux; x86 and x86_64 values, then the generic ones).
+/// `open` flags (Linux): x86 and x86_64 have the generic values, aarch64 its own (as 32-bit ARM).
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub const O_NOFOLLOW: i32 = 0o400000;
-#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+#[cfg(target_arch = "aarch64")]
 pub const O_NOFOLLOW: i32 = 0o100000;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub const O_DIRECTORY: i32 = 0o200000;
-#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+#[cfg(target_arch = "aarch64")]
 pub const O_DIRECTORY: i32 = 0o40000;
 /// Opens never wait: a FIFO swapped in for a file must not hang a thread in `open`.
 pub const O_NONBLOCK: i32 = 0o4000;
@@ -99,7 +99,7 @@ pub const O_NONBLOCK: i32 = 0o4000;
 pub const ELOOP: i32 = 40;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub const O_LARGEFILE: i32 = 0o100000;
-#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+#[cfg(target_arch = "aarch64")]
 pub const O_LARGEFILE: i32 = 0o400000;
 const O_RDWR: u64 = 2;
 const O_CREAT: u64 = 0o100;

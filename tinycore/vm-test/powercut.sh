@@ -128,15 +128,16 @@ mkdir -p "$WORK/lists"
 RANDOM=$SEED
 
 # --- Debian's kernel with the modules for virtio-blk, ext4 and e1000, and busybox-static
+# The amd64 ones: the cache shared with vm-test may also hold arm64 packages.
 fetch_deb() { # package -> prints the path of the downloaded .deb
     local pkg=$1 deb
-    deb=$(ls "$CACHE"/"${pkg}"_*.deb 2>/dev/null | head -n 1 || true)
+    deb=$(ls "$CACHE"/"${pkg}"_*_amd64.deb 2>/dev/null | head -n 1 || true)
     if [ -z "$deb" ]; then
-        (cd "$CACHE" && apt-get download "$pkg" >/dev/null 2>"$CACHE/apt-$pkg.err") || {
+        (cd "$CACHE" && apt-get download "$pkg:amd64" >/dev/null 2>"$CACHE/apt-$pkg.err") || {
             cat "$CACHE/apt-$pkg.err" >&2
-            die "apt-get download $pkg failed (run apt-get update, or tinycore/ci-deps.sh)"
+            die "apt-get download $pkg:amd64 failed (run apt-get update, or tinycore/ci-deps.sh)"
         }
-        deb=$(ls "$CACHE"/"${pkg}"_*.deb | head -n 1)
+        deb=$(ls "$CACHE"/"${pkg}"_*_amd64.deb | head -n 1)
     fi
     echo "$deb"
 }

@@ -12,8 +12,8 @@
 #   LEFTTEST <role> PASS|FAIL <what>      LEFTTEST <role> END
 #   LEFTTEST <role> MD5 <md5> <path>      LEFTLOG <role>: <line of left.log>
 
-. /etc/left-test.conf # ROLE, IP, PEER, NETDELAY, WAIT
-SHARE=/mnt/sda1/left/share
+. /etc/left-test.conf # ROLE, IP, PEER, NETDELAY, WAIT, DISK
+SHARE=/mnt/${DISK:-sda1}/left/share
 DATA=/test/data
 INIT=/usr/local/etc/init.d/left
 FAILS=0
@@ -141,6 +141,14 @@ else
 	abort "left is not running 20 s after /opt/bootlocal.sh"
 fi
 wait_for 60 net_up || abort "network did not come up"
+# piCore: bootlocal.sh waited for the clock, so nothing in left's log is dated 1970.
+if [ "$DISK" = mmcblk0p2 ]; then
+	if grep -q '^1970' /var/log/left.log; then
+		fail "left started before the clock was set: $(grep -m 1 '^1970' /var/log/left.log)"
+	else
+		pass "left started only once the clock was set: $(head -n 1 /var/log/left.log | cut -c 1-19)"
+	fi
+fi
 
 if wait_for 30 share_exists; then
 	pass "left created the share $SHARE"

@@ -11,6 +11,15 @@
 # inside), no host networking. VM a (10.0.2.1) gets TCZ_A, VM b (10.0.2.2)
 # TCZ_B; by default the 32-bit build runs on a and the 64-bit one on b.
 #
+# Each VM is of the architecture of the binary in its extension: x86 and
+# x86_64 on qemu-system-x86_64 with Debian's amd64 kernel; aarch64 (piCore64)
+# on qemu-system-aarch64, machine virt with a Cortex-A53 (the Raspberry Pi 3's
+# and Zero 2 W's core, ARMv8.0: nothing newer may be in the binary), Debian's
+# arm64 kernel and busybox-static:arm64 (which needs `dpkg --add-architecture
+# arm64` and `apt-get update`; tinycore/ci-deps.sh does it). An aarch64 VM
+# keeps its tce directory and share on /mnt/mmcblk0p2, as piCore does on the
+# SD card's second partition; an x86 one on /mnt/sda1.
+#
 # The guests print "LEFTTEST <vm> PASS|FAIL ..." lines on their serial
 # consoles (saved in target/vm-test/{a,b}.serial.log); this script repeats
 # them, checks the MD5s b reports against the host's, and exits non-zero on
@@ -18,8 +27,9 @@
 #
 # Environment: VM_TIMEOUT, VM_WAIT (per-step wait in the guests, default
 # 120 s), VM_WORK (default target/vm-test), VM_CACHE (default
-# $VM_WORK/cache), VM_KERNEL_PKG (default: what linux-image-amd64 depends
-# on), QEMU (default qemu-system-x86_64), VM_KEEP=1 keeps the initramfs
+# $VM_WORK/cache), VM_KERNEL_PKG and VM_KERNEL_PKG_ARM64 (default: what
+# linux-image-amd64 and linux-image-arm64:arm64 depend on), QEMU (default
+# qemu-system-x86_64), QEMU_ARM (default qemu-system-aarch64), VM_KEEP=1 keeps the initramfs
 # images, VM_A_STYLE / VM_B_STYLE (conf or inline: settings in
 # /opt/left.conf or on the bootlocal.sh line; default conf for a, inline
 # for b).
@@ -34,6 +44,7 @@ CACHE=${VM_CACHE:-$WORK/cache}
 TIMEOUT=${VM_TIMEOUT:-300}
 WAIT=${VM_WAIT:-120}
 QEMU=${QEMU:-qemu-system-x86_64}
+QEMU_ARM=${QEMU_ARM:-qemu-system-aarch64}
 T0=$(date +%s)
 
 log() { echo "vm-test: $*"; }
@@ -44,53 +55,84 @@ die() {
 elapsed() { echo $(($(date +%s) - T0)); }
 
 for f in "$TCZ_A" "$TCZ_B"; do
-    [ -f "$f" ] || die "$f not found (make tcz ARCH=x86 and ARCH=x86_64 first)"
+    [ -f "$f" ] || die "$f not found (make tcz ARCH=x86, x86_64 or aarch64 first)"
 done
-for tool in "$QEMU" cpio apt-get dpkg-deb md5sum unsquashfs; do
+for tool in cpio apt-get dpkg-deb md5sum unsquashfs; do
     command -v "$tool" >/dev/null || die "$tool is missing (run tinycore/ci-deps.sh)"
+done
+
+# The architecture of the binary in an extension (its ELF machine), and the Debian
+# architecture whose kernel and busybox boot it.
+tcz_arch() {
+    case "$(unsquashfs -cat "$1" usr/local/bin/left 2>/dev/null | od -An -tx1 -j18 -N2 | tr -d ' \n')" in
+        3e00) echo x86_64 ;;
+        0300) echo x86 ;;
+        b700) echo aarch64 ;;
+        *)
+            echo "vm-test: FAIL $1: usr/local/bin/left is not an x86, x86_64 or aarch64 binary" >&2
+            exit 1
+            ;;
+    esac
+}
+debian_arch() { if [ "$1" = aarch64 ]; then echo arm64; else echo amd64; fi; }
+ARCH_A=$(tcz_arch "$TCZ_A")
+ARCH_B=$(tcz_arch "$TCZ_B")
+for arch in "$ARCH_A" "$ARCH_B"; do
+    q=$QEMU
+    [ "$arch" = aarch64 ] && q=$QEMU_ARM
+    command -v "$q" >/dev/null || die "$q is missing for the $arch VM (run tinycore/ci-deps.sh)"
 done
 
 mkdir -p "$WORK" "$CACHE"
 WORK=$(cd "$WORK" && pwd)
 CACHE=$(cd "$CACHE" && pwd)
 
-# --- Debian's kernel, its loop/squashfs/e1000 modules, and busybox-static
-fetch_deb() { # package -> prints the path of the downloaded .deb
-    local pkg=$1 deb
-    deb=$(ls "$CACHE"/"${pkg}"_*.deb 2>/dev/null | head -n 1 || true)
+# --- Debian's kernel, its loop/squashfs/e1000 modules, and busybox-static, per architecture
+fetch_deb() { # package debian-arch -> prints the path of the downloaded .deb
+    local pkg=$1 darch=$2 deb
+    deb=$(ls "$CACHE"/"${pkg}"_*_"$darch".deb 2>/dev/null | head -n 1 || true)
     if [ -z "$deb" ]; then
-        (cd "$CACHE" && apt-get download "$pkg" >/dev/null 2>"$CACHE/apt-$pkg.err") || {
+        (cd "$CACHE" && apt-get download "$pkg:$darch" >/dev/null 2>"$CACHE/apt-$pkg.err") || {
             cat "$CACHE/apt-$pkg.err" >&2
-            die "apt-get download $pkg failed (run apt-get update, or tinycore/ci-deps.sh)"
+            die "apt-get download $pkg:$darch failed (run apt-get update, or tinycore/ci-deps.sh)"
         }
-        deb=$(ls "$CACHE"/"${pkg}"_*.deb | head -n 1)
+        deb=$(ls "$CACHE"/"${pkg}"_*_"$darch".deb | head -n 1)
     fi
     echo "$deb"
 }
 
-kpkg=${VM_KERNEL_PKG:-$(apt-cache depends linux-image-amd64 2>/dev/null |
-    awk '/Depends: linux-image-[0-9]/ { print $2; exit }')}
-[ -n "$kpkg" ] || die "cannot resolve linux-image-amd64 (run apt-get update, or tinycore/ci-deps.sh)"
-KDIR=$CACHE/$kpkg
-if ! ls "$KDIR"/boot/vmlinuz-* >/dev/null 2>&1; then
-    log "fetching $kpkg"
-    deb=$(fetch_deb "$kpkg")
-    rm -rf "$KDIR.tmp" && mkdir -p "$KDIR.tmp"
-    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$KDIR.tmp" --wildcards \
-        '*/vmlinuz-*' '*/loop.ko*' '*/squashfs.ko*' '*/e1000.ko*'
-    rm -rf "$KDIR" && mv "$KDIR.tmp" "$KDIR"
-    rm -f "$deb"
-fi
-KERNEL=$(ls "$KDIR"/boot/vmlinuz-* | head -n 1)
-
-BBDIR=$CACHE/busybox-static
-if [ ! -x "$BBDIR/bin/busybox" ]; then
-    log "fetching busybox-static"
-    deb=$(fetch_deb busybox-static)
-    rm -rf "$BBDIR" && mkdir -p "$BBDIR"
-    dpkg-deb -x "$deb" "$BBDIR"
-fi
-log "kernel $(basename "$KERNEL") ($kpkg), $("$BBDIR/bin/busybox" | head -n 1 | cut -d' ' -f1-2)"
+declare -A KDIR KERNEL BBDIR
+prepare() { # debian-arch: fills KDIR, KERNEL and BBDIR for it
+    local darch=$1 kpkg deb over=VM_KERNEL_PKG
+    [ "$darch" = arm64 ] && over=VM_KERNEL_PKG_ARM64
+    kpkg=${!over:-$(apt-cache depends "linux-image-$darch:$darch" 2>/dev/null |
+        awk '/Depends: linux-image-[0-9]/ { sub(/:.*/, "", $2); print $2; exit }')}
+    [ -n "$kpkg" ] || die "cannot resolve linux-image-$darch:$darch (run$([ "$darch" = arm64 ] &&
+        echo " dpkg --add-architecture arm64 and") apt-get update, or tinycore/ci-deps.sh)"
+    KDIR[$darch]=$CACHE/$kpkg
+    if ! ls "${KDIR[$darch]}"/boot/vmlinuz-* >/dev/null 2>&1; then
+        log "fetching $kpkg"
+        deb=$(fetch_deb "$kpkg" "$darch")
+        rm -rf "${KDIR[$darch]}.tmp" && mkdir -p "${KDIR[$darch]}.tmp"
+        dpkg-deb --fsys-tarfile "$deb" | tar -x -C "${KDIR[$darch]}.tmp" --wildcards \
+            '*/vmlinuz-*' '*/loop.ko*' '*/squashfs.ko*' '*/e1000.ko*'
+        rm -rf "${KDIR[$darch]}" && mv "${KDIR[$darch]}.tmp" "${KDIR[$darch]}"
+        rm -f "$deb"
+    fi
+    KERNEL[$darch]=$(ls "${KDIR[$darch]}"/boot/vmlinuz-* | head -n 1)
+    BBDIR[$darch]=$CACHE/busybox-static
+    [ "$darch" = amd64 ] || BBDIR[$darch]=$CACHE/busybox-static-$darch
+    if [ ! -e "${BBDIR[$darch]}/bin/busybox" ]; then
+        log "fetching busybox-static:$darch"
+        deb=$(fetch_deb busybox-static "$darch")
+        rm -rf "${BBDIR[$darch]}" && mkdir -p "${BBDIR[$darch]}"
+        dpkg-deb -x "$deb" "${BBDIR[$darch]}"
+    fi
+    log "$darch: kernel $(basename "${KERNEL[$darch]}") ($kpkg), busybox-static:$darch"
+}
+for darch in $(printf '%s\n' "$(debian_arch "$ARCH_A")" "$(debian_arch "$ARCH_B")" | sort -u); do
+    prepare "$darch"
+done
 
 # --- test data, shared by both VMs: 10 MiB file, 50 small files, a change
 DATA=$WORK/data
@@ -109,12 +151,14 @@ echo "changed on b: $RANDOM $(date)" >"$DATA/change.txt"
 done) >"$WORK/manifest"
 
 # --- one initramfs per VM
-build_initramfs() { # vm ip peer netdelay tcz bootlocal-style
-    local vm=$1 ip=$2 peer=$3 delay=$4 tcz=$5 style=$6 root=$WORK/root-$1
+build_initramfs() { # vm ip peer netdelay tcz bootlocal-style arch
+    local vm=$1 ip=$2 peer=$3 delay=$4 tcz=$5 style=$6 root=$WORK/root-$1 darch disk=sda1 line
+    darch=$(debian_arch "$7")
+    [ "$7" = aarch64 ] && disk=mmcblk0p2 # piCore: the SD card's second partition
     rm -rf "$root"
-    mkdir -p "$root"/{bin,sbin,etc,lib/modules,opt,proc,sys,dev,tmp,usr/bin,var/log,var/run,mnt/sda1,tcz,test}
-    cp "$BBDIR/bin/busybox" "$root/bin/busybox"
-    find "$KDIR" -name '*.ko*' | while read -r m; do
+    mkdir -p "$root"/{bin,sbin,etc,lib/modules,opt,proc,sys,dev,tmp,usr/bin,var/log,var/run,mnt/$disk,tcz,test}
+    cp "${BBDIR[$darch]}/bin/busybox" "$root/bin/busybox"
+    find "${KDIR[$darch]}" -name '*.ko*' | while read -r m; do
         case "$m" in
             *.ko.xz) xz -dc "$m" >"$root/lib/modules/$(basename "$m" .xz)" ;;
             *.ko.zst) zstd -qdc "$m" >"$root/lib/modules/$(basename "$m" .zst)" ;;
@@ -138,26 +182,29 @@ build_initramfs() { # vm ip peer netdelay tcz bootlocal-style
     unsquashfs -cat "$tcz" usr/local/bin/left >"$WORK/left-$vm.bin"
     bits=$(od -An -tx1 -j4 -N1 "$WORK/left-$vm.bin" | tr -d ' \n' | sed 's/^01$/32/;s/^02$/64/')
     rm -f "$WORK/left-$vm.bin"
-    printf 'ROLE=%s\nIP=%s\nPEER=%s\nNETDELAY=%s\nWAIT=%s\nELFBITS=%s\n' "$vm" "$ip" "$peer" "$delay" "$WAIT" "$bits" >"$root/etc/left-test.conf"
+    printf 'ROLE=%s\nIP=%s\nPEER=%s\nNETDELAY=%s\nWAIT=%s\nELFBITS=%s\nDISK=%s\n' "$vm" "$ip" "$peer" "$delay" "$WAIT" "$bits" "$disk" >"$root/etc/left-test.conf"
     # /opt/bootlocal.sh as the README says, with the settings either in
     # /opt/left.conf (style conf) or on the line itself (style inline), and
     # the same shared key in /opt/left.key on both.
     cp "$WORK/left.key" "$root/opt/left.key"
     chmod 600 "$root/opt/left.key"
     if [ "$style" = conf ]; then
-        printf '# left settings (see /usr/local/share/doc/left/README.md)\npeer = %s\ndir = /mnt/sda1/left/share\nkey-file = /opt/left.key\n' "$peer" >"$root/opt/left.conf"
-        printf '#!/bin/sh\n# put other system startup commands here\n/usr/local/etc/init.d/left start\n' >"$root/opt/bootlocal.sh"
+        printf '# left settings (see /usr/local/share/doc/left/README.md)\npeer = %s\ndir = /mnt/%s/left/share\nkey-file = /opt/left.key\n' "$peer" "$disk" >"$root/opt/left.conf"
+        line='/usr/local/etc/init.d/left start'
     else
-        printf '#!/bin/sh\n# put other system startup commands here\n/usr/local/etc/init.d/left start %s --dir /mnt/sda1/left/share --key-file /opt/left.key\n' "$peer" >"$root/opt/bootlocal.sh"
+        line="/usr/local/etc/init.d/left start $peer --dir /mnt/$disk/left/share --key-file /opt/left.key"
     fi
+    # piCore: wait for the clock (tinycore/README.md's line for piCore).
+    [ "$disk" = mmcblk0p2 ] && line="(while [ \"\$(date +%Y)\" -lt 2020 ]; do sleep 1; done; $line) &"
+    printf '#!/bin/sh\n# put other system startup commands here\n%s\n' "$line" >"$root/opt/bootlocal.sh"
     chmod 775 "$root/opt/bootlocal.sh"
     (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$WORK/initramfs-$vm.cpio"
     rm -rf "$root"
 }
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/left.key"
-build_initramfs a 10.0.2.1 10.0.2.2 8 "$TCZ_A" "${VM_A_STYLE:-conf}"
-build_initramfs b 10.0.2.2 10.0.2.1 4 "$TCZ_B" "${VM_B_STYLE:-inline}"
-log "initramfs: a $(du -h "$WORK/initramfs-a.cpio" | cut -f1) ($TCZ_A), b $(du -h "$WORK/initramfs-b.cpio" | cut -f1) ($TCZ_B)"
+build_initramfs a 10.0.2.1 10.0.2.2 8 "$TCZ_A" "${VM_A_STYLE:-conf}" "$ARCH_A"
+build_initramfs b 10.0.2.2 10.0.2.1 4 "$TCZ_B" "${VM_B_STYLE:-inline}" "$ARCH_B"
+log "initramfs: a $(du -h "$WORK/initramfs-a.cpio" | cut -f1) ($TCZ_A, $ARCH_A), b $(du -h "$WORK/initramfs-b.cpio" | cut -f1) ($TCZ_B, $ARCH_B)"
 
 # --- boot both
 PIDS=()
@@ -169,12 +216,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-start_vm() { # vm mac local-port remote-port
-    local vm=$1
+start_vm() { # vm mac local-port remote-port arch
+    local vm=$1 qemu=("$QEMU") console=ttyS0 kernel=${KERNEL[amd64]:-}
+    if [ "$5" = aarch64 ]; then
+        qemu=("$QEMU_ARM" -machine virt -cpu cortex-a53) console=ttyAMA0 kernel=${KERNEL[arm64]}
+    fi
     : >"$WORK/$vm.serial.log"
-    "$QEMU" -accel tcg -m 512 -smp 1 -nodefaults -no-user-config -display none \
-        -kernel "$KERNEL" -initrd "$WORK/initramfs-$vm.cpio" \
-        -append "console=ttyS0 quiet panic=-1" -no-reboot \
+    "${qemu[@]}" -accel tcg -m 512 -smp 1 -nodefaults -no-user-config -display none \
+        -kernel "$kernel" -initrd "$WORK/initramfs-$vm.cpio" \
+        -append "console=$console quiet panic=-1" -no-reboot \
         -serial "file:$WORK/$vm.serial.log" \
         -netdev "socket,id=n0,udp=127.0.0.1:$4,localaddr=127.0.0.1:$3" \
         -device "e1000,netdev=n0,mac=$2,romfile=" \
@@ -185,8 +235,8 @@ start_vm() { # vm mac local-port remote-port
 booted=
 for _ in 1 2 3; do
     port=$((20000 + RANDOM % 30000))
-    start_vm a 52:54:00:12:34:01 "$port" $((port + 1))
-    start_vm b 52:54:00:12:34:02 $((port + 1)) "$port"
+    start_vm a 52:54:00:12:34:01 "$port" $((port + 1)) "$ARCH_A"
+    start_vm b 52:54:00:12:34:02 $((port + 1)) "$port" "$ARCH_B"
     sleep 2
     if kill -0 "${PIDS[0]}" 2>/dev/null && kill -0 "${PIDS[1]}" 2>/dev/null; then
         booted=1
@@ -197,7 +247,7 @@ for _ in 1 2 3; do
     PIDS=()
 done
 [ -n "$booted" ] || die "qemu did not start"
-log "booted VM a (10.0.2.1) and VM b (10.0.2.2) on udp 127.0.0.1:$port/$((port + 1)), 512 MB each, TCG"
+log "booted VM a (10.0.2.1, $ARCH_A) and VM b (10.0.2.2, $ARCH_B) on udp 127.0.0.1:$port/$((port + 1)), 512 MB each, TCG"
 
 # --- follow the serial logs until a and b have ended (or a VM died)
 shown_a=0 shown_b=0
