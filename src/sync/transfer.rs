@@ -91,6 +91,10 @@ pub struct Pull {
     old_fast: Vec<u64>,
     /// XXH64s of the moved file's blocks (empty if unknown).
     moved_fast: Vec<u64>,
+    /// The moved file's stat, which the temp file must still have when it is complete: one
+    /// written to meanwhile (through a descriptor opened before the move) holds other bytes
+    /// than the blocks taken as they were.
+    moved_stat: Option<Stat>,
     /// The temp file's length when this pull began: past it, zero blocks are left as holes.
     fresh_from: u64,
     /// Blocks not complete yet.
@@ -458,6 +462,7 @@ fn plan(
         old,
         old_fast: keep.map(|c| c.fast.to_vec()).unwrap_or_default(),
         moved_fast: moved.map(|m| m.fast.to_vec()).unwrap_or_default(),
+        moved_stat: moved.map(|m| m.stat),
         fresh_from: tlen,
         left: n,
         busy: 0,
@@ -1052,6 +1057,15 @@ impl Run<'_, '_, '_> {
         }
         let big = p.e.size >= SMALL_FILE;
         let r = (|| -> Result<()> {
+            if let Some(want) = p.moved_stat
+                && Stat::of(&p.tmp.metadata().at(&p.tmp_path)?) != want
+            {
+                // Kept as a temp file: the next try reads its blocks back and checks them.
+                return Err(
+                    Error::msg("changed while it was moved here; will check it again")
+                        .at(&p.e.path),
+                );
+            }
             // Written to its end unless it ends in zeros never written: then it gets its length.
             if p.tmp.metadata().at(&p.tmp_path)?.len() != p.e.size {
                 p.tmp.set_len(p.e.size).at(&p.tmp_path)?;
