@@ -310,10 +310,37 @@ fn purge_tombstones(model: &Model) -> bool {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
+    purge_at(model, now)
+}
+
+/// A clock before this (2020-01-01) is not set yet: a board without a real-time clock (a
+/// Raspberry Pi) starts at 1970 until the network sets it.
+const CLOCK_SET: i64 = 1_577_836_800;
+
+/// [`purge_tombstones`] at time `now`. Not while the clock is not set; a deletion recorded
+/// while it was not takes the time now instead (else it would be forgotten the moment the
+/// clock is set, and a peer's old copy come back).
+fn purge_at(model: &Model, now: i64) -> bool {
+    if now < CLOCK_SET {
+        return false;
+    }
     let cutoff = now - TOMBSTONE_AGE.as_secs() as i64;
     let mut g = model.lock();
     if g.index.wants_fold() {
         return true; // once what memory holds is saved
+    }
+    let unset: Vec<String> = (g.index.values())
+        .filter(|e| e.deleted && recorded(e) < CLOCK_SET)
+        .take(PURGE_BYTES / 256)
+        .map(|e| e.path.clone())
+        .collect();
+    for p in &unset {
+        let stat = crate::store::entry::Stat {
+            mtime: now,
+            ..Default::default()
+        };
+        g.index.set_local(p, stat, Vec::new());
+        g.dirty = true;
     }
     let (purged, more) = g
         .index
@@ -811,6 +838,46 @@ fn poll_pause(took: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Deletions recorded while the clock was not set (a Raspberry Pi boots at 1970) are not
+    /// forgotten when it is: they count from then. Nothing is forgotten while it is not set.
+    #[test]
+    fn deletions_recorded_before_the_clock_was_set_are_kept() {
+        use crate::store::entry::{Entry, Stat};
+        let root = std::env::temp_dir().join(format!("left-purge-{}", std::process::id()));
+        let model = crate::sync::model::fresh_model(&root, 7);
+        let now = 1_800_000_000;
+        for (p, at) in [("a", 100), ("b", now - 40 * 86_400), ("c", now - 86_400)] {
+            let mut g = model.lock();
+            g.index.put(Entry {
+                path: p.into(),
+                deleted: true,
+                ..Entry::default()
+            });
+            let stat = Stat {
+                mtime: at,
+                ..Stat::default()
+            };
+            g.index.set_local(p, stat, Vec::new());
+        }
+        assert!(!purge_at(&model, 5000));
+        assert_eq!(
+            model.lock().index.values().count(),
+            3,
+            "purged with the clock unset"
+        );
+        purge_at(&model, now);
+        let g = model.lock();
+        let left: Vec<(String, i64)> = (g.index.values())
+            .map(|e| (e.path.clone(), e.stat.mtime))
+            .collect();
+        assert_eq!(
+            left,
+            [("a".to_string(), now), ("c".to_string(), now - 86_400)]
+        );
+        drop(g);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn the_tick_does_what_is_due() {

@@ -195,7 +195,7 @@ build_initramfs() { # vm ip peer netdelay tcz bootlocal-style arch
         line="/usr/local/etc/init.d/left start $peer --dir /mnt/$disk/left/share --key-file /opt/left.key"
     fi
     # piCore: wait for the clock (tinycore/README.md's line for piCore).
-    [ "$disk" = mmcblk0p2 ] && line="(while [ \"\$(date +%Y)\" -lt 2020 ]; do sleep 1; done; $line) &"
+    [ "$disk" = mmcblk0p2 ] && line="(i=0; while [ \"\$(date +%Y)\" -lt 2020 ] && [ \$i -lt 120 ]; do sleep 1; i=\$((i+1)); done; $line) &"
     printf '#!/bin/sh\n# put other system startup commands here\n%s\n' "$line" >"$root/opt/bootlocal.sh"
     chmod 775 "$root/opt/bootlocal.sh"
     (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$WORK/initramfs-$vm.cpio"
