@@ -51,7 +51,10 @@
 //! before, and the renames are made durable once the lock is released (a big file's folder
 //! fsynced, a group of small files by one filesystem sync), with index saves held until then;
 //! only where a losing edit was just renamed aside is its folder fsynced under the lock, before
-//! the winner is recorded with the loser's version merged in (and announced).
+//! the winner is recorded with the loser's version merged in (and announced), and only where a
+//! conflict copy of the same content (by the index's hash) is already there are the two read
+//! and compared under it (a stat can hide an edit; the copy is removed only if they match). A
+//! peer's newer version with our content puts its mode and mtime on our file under the lock.
 //! Moving the checks and renames out of the lock too (a claim per path instead) is work still
 //! to do.
 //!

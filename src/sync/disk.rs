@@ -6,6 +6,7 @@ use crate::store::entry::{Entry, Kind, Stat};
 use crate::store::names;
 use crate::sys::dirfd::Dir;
 use std::fs;
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -85,6 +86,34 @@ pub fn clear_temps(root: &Path, path: &str, dir: &Dir, name: &str) {
     for x in rd.flatten() {
         if let Some(n) = x.file_name().to_str().filter(|n| names::is_temp(n)) {
             sub.unlink_file(n);
+        }
+    }
+}
+
+/// Whether files `a` and `b` of `dir` hold the same bytes (read, not assumed from a stat).
+pub fn same_bytes(dir: &Dir, a: &str, b: &str) -> bool {
+    use std::io::Read;
+    let (Ok(fa), Ok(fb)) = (dir.open_file(a, false), dir.open_file(b, false)) else {
+        return false;
+    };
+    let (Ok(ma), Ok(mb)) = (fa.metadata(), fb.metadata()) else {
+        return false;
+    };
+    if !ma.is_file() || !mb.is_file() || ma.len() != mb.len() {
+        return false;
+    }
+    let (mut ra, mut rb) = (io::BufReader::new(fa), io::BufReader::new(fb));
+    let (mut x, mut y) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    loop {
+        let n = match ra.read(&mut x) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 {
+            return true;
+        }
+        if rb.read_exact(&mut y[..n]).is_err() || x[..n] != y[..n] {
+            return false;
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::error::{Context, Error, Result};
 use crate::store::entry::{Entry, Kind, Stat};
 use crate::store::names;
 use crate::store::version::{Order, Version};
-use crate::sync::disk::{clear_temps, remove_temp};
+use crate::sync::disk::{clear_temps, remove_temp, same_bytes};
 use crate::sync::link::Link;
 use crate::sync::model::{Decision, Model, State, decide};
 use crate::sys::dirfd::Dir;
@@ -55,37 +55,37 @@ pub fn need_done(model: &Model, conn: u64, e: &Entry, r: Result<()>) {
 
 /// Moves `from` (a file in `dir`) to a conflict name for `path`, made from `mtime` and
 /// `device`: the first free one (a name taken gets the next number), never replacing anything.
-/// Where a name taken before holds this very content (`hash`, as the index knows that name's
-/// file, which is as the index has it) and what was moved is the file `moved` (its stat: the
-/// content behind `hash`), the moved file is removed again: the content is kept there already
-/// (a peer kept the same losing version, and its copy synced here). Moved first, looked at
-/// after: whatever a user put at `from` meanwhile is what gets kept, and nothing is read
-/// (under the lock) to compare. Returns the name the content is kept under.
+/// Where a name taken before holds this very content (`hash` as the index knows that name's
+/// file, and byte for byte: a stat can hide an edit), the moved file is removed again: the
+/// content is kept there already (a peer kept the same losing version, and its copy synced
+/// here). Moved first, compared after: whatever a user put at `from` meanwhile is what is
+/// compared, and kept unless the copy holds it. Returns the name the content is kept under.
 fn keep_aside(
     st: &State,
     dir: &Dir,
     from: &str,
     path: &str,
     (mtime, device, hash): (i64, u64, &crate::hash::Hash),
-    moved: Option<Stat>,
 ) -> Result<String> {
-    let mut same = None;
+    let mut same: Option<String> = None;
     for n in 1..=1000 {
         let name = names::conflict_name(path, mtime, device, n);
         let (_, file) = names::split(&name);
         match dir.rename_noreplace(from, file) {
             Ok(()) => {
-                let is_moved = || {
-                    let now = dir.stat(file).ok().flatten();
-                    now.is_some_and(|m| m.is_file() && Some(Stat::of(&m)) == moved)
-                };
                 return match same {
-                    Some(kept) if is_moved() => dir.unlink(file).at(&name).map(|()| kept),
+                    Some(kept) if same_bytes(dir, file, names::split(&kept).1) => {
+                        dir.unlink(file).at(&name).map(|()| kept)
+                    }
                     _ => Ok(name),
                 };
             }
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                if same.is_none() && holds_known(st, dir, &name, hash) {
+                let known = st
+                    .index
+                    .get(&name)
+                    .is_some_and(|c| c.is_file() && c.file_hash == *hash);
+                if same.is_none() && *hash != crate::hash::Hash::default() && known {
                     same = Some(name);
                 }
             }
@@ -93,20 +93,6 @@ fn keep_aside(
         }
     }
     Err(Error::msg("no free name for a conflict copy").at(path))
-}
-
-/// Whether `name` (its file in `dir`) holds content `hash`, as the index knows it and has its
-/// file (a hash nobody has, all zeros, never matches).
-fn holds_known(st: &State, dir: &Dir, name: &str, hash: &crate::hash::Hash) -> bool {
-    let (_, file) = names::split(name);
-    *hash != crate::hash::Hash::default()
-        && st.index.get(name).is_some_and(|c| {
-            c.is_file()
-                && c.file_hash == *hash
-                && dir
-                    .stat(file)
-                    .is_ok_and(|m| m.is_some_and(|m| m.is_file() && Stat::of(&m) == c.stat))
-        })
 }
 
 /// Moves the file `name` of `dir`, the one our index has at `path` (`known`: its stat), to
@@ -141,7 +127,7 @@ pub fn put_back(st: &State, dir: &Dir, (side, name): (&str, &str), path: &str) -
     match dir.rename_noreplace(side, name) {
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
             let key = (0, st.index.device, &crate::hash::Hash::default());
-            keep_aside(st, dir, side, path, key, None).map(drop)
+            keep_aside(st, dir, side, path, key).map(drop)
         }
         r => r.at(path),
     }
@@ -236,8 +222,7 @@ impl Apply<'_> {
     fn keep_ours(&self, e: &Entry) -> Result<()> {
         let c = self.cur.as_ref().unwrap_or(e);
         let key = (c.mtime, c.modified_by, &c.file_hash);
-        let known = self.cur.as_ref().filter(|c| c.is_file()).map(|c| c.stat);
-        let name = keep_aside(&self.g, self.dir(e)?, &self.name, &e.path, key, known)?;
+        let name = keep_aside(&self.g, self.dir(e)?, &self.name, &e.path, key)?;
         info!("conflict: {} kept as {name}", e.path);
         Ok(())
     }
@@ -371,8 +356,7 @@ impl Apply<'_> {
         }
         let dir = self.dir(e)?;
         let key = (e.mtime, e.modified_by, &e.file_hash);
-        let made = dir.stat(tmp).at(&e.path)?.map(|m| Stat::of(&m));
-        let name = keep_aside(&self.g, dir, tmp, &e.path, key, made)?;
+        let name = keep_aside(&self.g, dir, tmp, &e.path, key)?;
         info!(
             "conflict: {} is a folder holding files here; the file received for it is kept as {name}",
             e.path
@@ -416,7 +400,7 @@ impl Apply<'_> {
                     if !back.is_some_and(|m| Some(Stat::of(&m)) == made) {
                         dir.exchange(tmp, &self.name).at(&e.path)?;
                         let key = (0, self.g.index.device, &crate::hash::Hash::default());
-                        keep_aside(&self.g, dir, tmp, &e.path, key, None)?;
+                        keep_aside(&self.g, dir, tmp, &e.path, key)?;
                     }
                     Err(changed())
                 }
