@@ -2461,6 +2461,31 @@ fn regression_seed_5098_install_over_an_unscanned_deletion() {
     }
 }
 
+/// Seed 732 (3 peers, mesh): A, stopped and then killed while pulling d/x, came back with the
+/// temp file of a version deleted meanwhile (the deletion taken in before the kill); nothing
+/// wanted the temp file any more, and it stayed for good. The whole schedule is run.
+#[test]
+fn regression_seed_732_temp_file_of_a_version_deleted_before_a_kill() {
+    let s = generate(732, 3, Topo::Mesh);
+    let o = run_schedule(&s, 732);
+    if let Some(f) = &o.failure {
+        panic!("seed 732: {}: {}\n{}", f.kind, f.detail, o.report);
+    }
+}
+
+/// Seed 833 (3 peers, chain; failed once, a race): B renamed f/g/v to a while A wrote f/g/v; A
+/// moved its f/g/v to a's temp file while the write went on through its descriptor, and
+/// installed those bytes as B's version of a (A's copy differed from B's for good). The whole
+/// schedule is run.
+#[test]
+fn regression_seed_833_a_file_written_while_moved_for_a_rename() {
+    let s = generate(833, 3, Topo::Chain);
+    let o = run_schedule(&s, 833);
+    if let Some(f) = &o.failure {
+        panic!("seed 833: {}: {}\n{}", f.kind, f.detail, o.report);
+    }
+}
+
 /// Seed 181 (3 peers, chain; failed in two of two runs before the fix): B, killed, replaced
 /// folder d/e with a file; at restart its scan found the file while the connections announced
 /// the folder again (ours won a conflict), which gave the entry a new number, and the scan took
