@@ -65,3 +65,31 @@ fn a_kill_right_after_a_metadata_only_apply_brings_back_no_deletion() {
         tail(&b.log_text(), 20)
     );
 }
+
+/// A file of the share that is also linked outside it (a hard link made by a user: a file kept
+/// in both places, or one planted by whoever can write the share) gets a peer's chmod through
+/// the shared inode since 91c0028: `disk::set_meta` changes the mode (and mtime) of the file
+/// outside the share, where a pull (a new file renamed into place) left it alone, as it
+/// leaves its content alone. A peer (or a hostile one: a Newer version with our blocks is
+/// all it takes) can so make a file outside the share world-writable.
+#[test]
+fn a_peers_chmod_never_reaches_a_file_outside_the_share() {
+    let t = TestDir::new("r6-meta-link");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    fs::write(a.path("f"), b"a file kept in two places").unwrap();
+    fs::set_permissions(a.path("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(wait_until(SOON, || mode_of(&b.path("f")) == 0o600));
+    std::thread::sleep(Duration::from_millis(500));
+    let outside = t.join("outside-the-share");
+    fs::hard_link(b.path("f"), &outside).unwrap();
+    fs::set_permissions(a.path("f"), fs::Permissions::from_mode(0o666)).unwrap();
+    assert!(wait_until(SOON, || mode_of(&b.path("f")) == 0o666));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        mode_of(&outside),
+        0o600,
+        "the file outside the share took the peer's mode"
+    );
+}
