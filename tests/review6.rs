@@ -93,3 +93,67 @@ fn a_peers_chmod_never_reaches_a_file_outside_the_share() {
         "the file outside the share took the peer's mode"
     );
 }
+
+/// A file a peer renamed is moved here to the new name's temp file and installed as it is
+/// (its blocks taken as the index knows them). 2f68d3b checks, when it is complete, that it
+/// still has the moved file's stat; a write through a descriptor a user opened before the move,
+/// landing after that check (while the install's filesystem sync runs, here made slow by other
+/// dirty data), is installed: B's `g` holds the user's bytes, its index A's content with the
+/// stat after the write, and the write's event named the temp file, which the scanner ignores.
+/// B never sees the change: the two copies differ for good (while the writer keeps its file
+/// open, or until something else touches `g`).
+#[test]
+fn a_write_through_an_open_descriptor_to_a_moved_file_is_never_installed_unseen() {
+    use std::io::{Seek, SeekFrom, Write};
+    let t = TestDir::new("r6-moved-write");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    let mut differ = Vec::new();
+    let mut writers = Vec::new();
+    for round in 0..4u64 {
+        let (f, g) = (format!("f{round}"), format!("g{round}"));
+        write_random(&a.path(&f), 2 << 20, 500 + round);
+        assert!(wait_until(SOON, || read(&b.path(&f)).is_some() && read(&b.path(&f)) == read(&a.path(&f))));
+        std::thread::sleep(Duration::from_millis(800));
+        // A user's program on B holds the file open for writing.
+        let mut w = fs::OpenOptions::new().write(true).open(b.path(&f)).unwrap();
+        // Other dirty data written meanwhile on the same filesystem: the install's syncfs
+        // takes a while.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let junk = {
+            let (stop, path) = (stop.clone(), t.join(&format!("junk{round}")));
+            std::thread::spawn(move || {
+                let mut j = fs::File::create(&path).unwrap();
+                let chunk = random_bytes(900, 1 << 20);
+                for _ in 0..256 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    j.write_all(&chunk).unwrap();
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        fs::rename(a.path(&f), a.path(&g)).unwrap();
+        let tmp = b.path(&format!(".{g}.left-tmp"));
+        assert!(spin_until(SOON, || tmp.exists() || b.path(&g).exists()));
+        std::thread::sleep(Duration::from_millis(3));
+        w.seek(SeekFrom::Start(0)).unwrap();
+        w.write_all(&random_bytes(700 + round, 4096)).unwrap();
+        writers.push(w);
+        assert!(wait_until(SOON, || b.path(&g).exists()));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        junk.join().unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = fs::remove_file(t.join(&format!("junk{round}")));
+        if read(&a.path(&g)) != read(&b.path(&g)) {
+            differ.push(g);
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "A's and B's copies differ for good: {differ:?}\n{}",
+        tail(&b.log_text(), 20)
+    );
+}
