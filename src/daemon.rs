@@ -841,6 +841,47 @@ mod tests {
 
     /// Deletions recorded while the clock was not set (a Raspberry Pi boots at 1970) are not
     /// forgotten when it is: they count from then. Nothing is forgotten while it is not set.
+    /// More deletions recorded while the clock was not set than one purge step moves to the
+    /// time now (`PURGE_BYTES / 256`, 4096): the rest are forgotten by that very step (their
+    /// recorded time, 1970, is older than the cutoff), and peers' old copies come back.
+    #[test]
+    fn many_deletions_recorded_before_the_clock_was_set_are_all_kept() {
+        use crate::store::entry::{Entry, Stat};
+        let root = std::env::temp_dir().join(format!("left-purge-many-{}", std::process::id()));
+        let model = crate::sync::model::fresh_model(&root, 7);
+        let n = 5000;
+        for i in 0..n {
+            let p = format!("gone{i:05}");
+            let mut g = model.lock();
+            g.index.put(Entry {
+                path: p.clone(),
+                deleted: true,
+                ..Entry::default()
+            });
+            let stat = Stat {
+                mtime: 100 + i as i64,
+                ..Stat::default()
+            };
+            g.index.set_local(&p, stat, Vec::new());
+            g.dirty = true;
+        }
+        model.save_index_now();
+        let now = 1_800_000_000;
+        for _ in 0..20 {
+            let more = purge_at(&model, now);
+            model.save_index_now();
+            if !more {
+                break;
+            }
+        }
+        let kept = model.lock().index.values().filter(|e| e.deleted).count();
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(
+            kept, n,
+            "deletions recorded before the clock was set, forgotten at once"
+        );
+    }
+
     #[test]
     fn deletions_recorded_before_the_clock_was_set_are_kept() {
         use crate::store::entry::{Entry, Stat};

@@ -114,7 +114,8 @@ fn a_write_through_an_open_descriptor_to_a_moved_file_is_never_installed_unseen(
     for round in 0..4u64 {
         let (f, g) = (format!("f{round}"), format!("g{round}"));
         write_random(&a.path(&f), 2 << 20, 500 + round);
-        assert!(wait_until(SOON, || read(&b.path(&f)).is_some() && read(&b.path(&f)) == read(&a.path(&f))));
+        assert!(wait_until(SOON, || read(&b.path(&f)).is_some()
+            && read(&b.path(&f)) == read(&a.path(&f))));
         std::thread::sleep(Duration::from_millis(800));
         // A user's program on B holds the file open for writing.
         let mut w = fs::OpenOptions::new().write(true).open(b.path(&f)).unwrap();
