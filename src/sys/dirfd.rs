@@ -335,4 +335,47 @@ mod tests {
         fs::remove_dir_all(&root).unwrap();
         fs::remove_dir_all(&outside).unwrap();
     }
+
+    /// The fallback's check and unlink by name are two steps: a user's file renamed over
+    /// `from` between them is unlinked (its bytes are nowhere afterwards).
+    #[test]
+    fn link_then_unlink_never_removes_a_file_renamed_in_after_its_check() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let root = std::env::temp_dir().join(format!("left-dirfd-race-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let d = Dir::open(&root, "", false).unwrap();
+        let c = |n: &str| cstr(n).unwrap();
+        let (mut lost, n) = (0, 20000);
+        for i in 0..n {
+            let _ = fs::remove_file(root.join("to"));
+            fs::write(root.join("from"), b"ours").unwrap();
+            fs::write(root.join("user.tmp"), b"user's").unwrap();
+            let go = Arc::new(AtomicBool::new(false));
+            let (g2, r2) = (go.clone(), root.clone());
+            let spin = i % 2000;
+            let t = std::thread::spawn(move || {
+                while !g2.load(Ordering::Acquire) {}
+                for _ in 0..spin {
+                    std::hint::spin_loop();
+                }
+                fs::rename(r2.join("user.tmp"), r2.join("from")).is_ok()
+            });
+            go.store(true, Ordering::Release);
+            let _ = d.link_then_unlink(&c("from"), &c("to"), "from", "to");
+            let renamed = t.join().unwrap();
+            let kept = ["from", "to"]
+                .iter()
+                .any(|n| fs::read(root.join(n)).is_ok_and(|b| b == b"user's"));
+            if renamed && !kept {
+                lost += 1;
+            }
+        }
+        let _ = fs::remove_dir_all(&root);
+        assert_eq!(
+            lost, 0,
+            "a user's file renamed over `from` was unlinked {lost} times in {n}"
+        );
+    }
 }
