@@ -827,6 +827,46 @@ mod tests {
         let _ = fs::remove_dir_all(&root);
         assert!(r.is_err() && !made, "{r:?}, made again: {made}");
     }
+
+    /// Our folder chmodded here since the last scan meets a peer's newer version of it (a
+    /// chmod there): 91c0028 leaves it to the pull "so that the install sorts out the change
+    /// here", but `apply_dir` puts the peer's mode over the user's and records the folder's
+    /// stat as it is then: the scan never sees the user's chmod (a local change lost unweighed,
+    /// where a file's is kept by `install`'s check).
+    #[test]
+    fn a_folder_chmodded_here_is_not_overwritten_by_a_newer_version() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("left-dir-chmod-{}", std::process::id()));
+        let model = crate::sync::model::fresh_model(&root, 7);
+        fs::create_dir(root.join("d")).unwrap();
+        fs::set_permissions(root.join("d"), fs::Permissions::from_mode(0o755)).unwrap();
+        let ours = Entry {
+            path: "d".into(),
+            kind: Kind::Dir,
+            mode: 0o755,
+            version: Version::from_pairs(vec![(7, 1)]),
+            modified_by: 7,
+            stat: Stat::of(&fs::metadata(root.join("d")).unwrap()),
+            ..Entry::default()
+        };
+        model.lock().put(ours);
+        fs::set_permissions(root.join("d"), fs::Permissions::from_mode(0o711)).unwrap();
+        let theirs = Entry {
+            path: "d".into(),
+            kind: Kind::Dir,
+            mode: 0o750,
+            version: Version::from_pairs(vec![(7, 1), (2, 1)]),
+            modified_by: 2,
+            ..Entry::default()
+        };
+        let r = apply_dir(&model, &theirs);
+        let mode = fs::metadata(root.join("d")).unwrap().permissions().mode() & 0o777;
+        let _ = fs::remove_dir_all(&root);
+        assert!(
+            r.is_err() && mode == 0o711,
+            "{r:?}: the user's chmod (0711) became {mode:o}, unseen by the scan"
+        );
+    }
 }
 
 /// Fifth review: races of a local user against a peer's folder and conflict copies.
