@@ -158,3 +158,52 @@ fn a_write_through_an_open_descriptor_to_a_moved_file_is_never_installed_unseen(
         tail(&b.log_text(), 20)
     );
 }
+
+/// A write through a descriptor opened before a peer's rename, landing after the file was
+/// moved to the new name's temp file and before 2f68d3b's check: the check sends the file
+/// back to be pulled again, and the blocks the user wrote are replaced by the peer's. The
+/// user's write is then nowhere: not at the old name (deleted, as the peer renamed it), not
+/// at the new one, not in a conflict copy. (A write before the move keeps the old file as a
+/// local edit, which wins over the peer's deletion.)
+#[test]
+fn a_write_to_a_file_while_it_is_moved_for_a_peers_rename_is_kept_somewhere() {
+    use std::io::{Seek, SeekFrom, Write};
+    let t = TestDir::new("r6-moved-lost");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    let mut lost = Vec::new();
+    let mut writers = Vec::new();
+    for round in 0..12u64 {
+        let (f, g) = (format!("f{round}"), format!("g{round}"));
+        write_random(&a.path(&f), 2 << 20, 500 + round);
+        assert!(wait_until(SOON, || read(&b.path(&f)).is_some()
+            && read(&b.path(&f)) == read(&a.path(&f))));
+        std::thread::sleep(Duration::from_millis(600));
+        let mut w = fs::OpenOptions::new().write(true).open(b.path(&f)).unwrap();
+        fs::rename(a.path(&f), a.path(&g)).unwrap();
+        let tmp = b.path(&format!(".{g}.left-tmp"));
+        let end = Instant::now() + SOON;
+        while !tmp.exists() && !b.path(&g).exists() && Instant::now() < end {}
+        let mine = random_bytes(700 + round, 4096);
+        w.seek(SeekFrom::Start(0)).unwrap();
+        w.write_all(&mine).unwrap();
+        writers.push(w);
+        assert!(wait_until(SOON, || b.path(&g).exists()));
+        std::thread::sleep(Duration::from_millis(1500));
+        let somewhere = [&a.dir, &b.dir].iter().any(|d| {
+            listing(d)
+                .unwrap_or_default()
+                .iter()
+                .any(|(p, _)| read(&d.join(p)).is_some_and(|x| x.starts_with(&mine)))
+        });
+        if !somewhere {
+            lost.push(g);
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "the user's write is in no file of either share: {lost:?}\n{}",
+        tail(&b.log_text(), 30)
+    );
+}
