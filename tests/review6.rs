@@ -101,14 +101,18 @@ fn a_peers_chmod_never_reaches_a_file_outside_the_share() {
 /// dirty data), is installed: B's `g` holds the user's bytes, its index A's content with the
 /// stat after the write, and the write's event named the temp file, which the scanner ignores.
 /// B never sees the change: the two copies differ for good (while the writer keeps its file
-/// open, or until something else touches `g`).
+/// open, or until something else touches `g`), and C, which knows only B, never gets `g`
+/// (every block B serves fails its MD5, retried every 5 s for ever).
 #[test]
 fn a_write_through_an_open_descriptor_to_a_moved_file_is_never_installed_unseen() {
     use std::io::{Seek, SeekFrom, Write};
     let t = TestDir::new("r6-moved-write");
     let (pa, pb) = two_ports();
+    let pc = free_port();
     let a = Peer::start(&t, "A", pa, &[pb]);
-    let b = Peer::start(&t, "B", pb, &[pa]);
+    let b = Peer::start(&t, "B", pb, &[pa, pc]);
+    // C knows only B (a chain): it can get `g` from B alone.
+    let c = Peer::start(&t, "C", pc, &[pb]);
     let mut differ = Vec::new();
     let mut writers = Vec::new();
     for round in 0..4u64 {
@@ -152,10 +156,17 @@ fn a_write_through_an_open_descriptor_to_a_moved_file_is_never_installed_unseen(
             differ.push(g);
         }
     }
+    // C asks B for blocks B's index has and its file does not hold: every answer fails its
+    // MD5 check, and C never gets the file.
+    let stuck: Vec<String> = differ
+        .iter()
+        .filter(|g| !wait_until(Duration::from_secs(15), || c.path(g).exists()))
+        .cloned()
+        .collect();
     assert!(
         differ.is_empty(),
-        "A's and B's copies differ for good: {differ:?}\n{}",
-        tail(&b.log_text(), 20)
+        "A's and B's copies differ for good: {differ:?}; C never got {stuck:?}\n{}",
+        tail(&c.log_text(), 10)
     );
 }
 
