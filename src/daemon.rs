@@ -342,9 +342,10 @@ fn purge_at(model: &Model, now: i64) -> bool {
         g.index.set_local(p, stat, Vec::new());
         g.dirty = true;
     }
-    let (purged, more) = g
-        .index
-        .purge(|e| e.deleted && recorded(e) < cutoff, PURGE_BYTES);
+    let (purged, more) = g.index.purge(
+        |e| e.deleted && (CLOCK_SET..cutoff).contains(&recorded(e)),
+        PURGE_BYTES,
+    );
     if purged > 0 {
         g.dirty = true;
         info!(

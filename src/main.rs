@@ -198,9 +198,14 @@
 //! # Renames
 //!
 //! The sender recognises a moved file by its inode, size and mtime and reuses its hashes instead of
-//! reading it again; the receiver, seeing a new file whose content is a file the same batch deletes,
-//! moves that file into place instead of copying it. A renamed file costs no data and no copy, and
-//! the log says `renamed OLD -> NEW`.
+//! reading it again; the receiver, seeing a new file whose blocks a file the same batch deletes
+//! holds, reads them from that file, checks each one's MD5 and writes it to the new file's temp
+//! file; the old file is deleted after. A renamed file costs no data on the wire (its log line
+//! says so: 0 on the wire, all of it reused locally). It is copied, not moved into place: the old
+//! file may be open, and a write to it that lands while it is moved would be installed under
+//! the new name as the peer's version (sixth review; chaos seed 833), or lost; copied, such a
+//! write fails a block's check (that block comes from the peer) and stays in the old file,
+//! which its deletion then finds changed and keeps.
 //!
 //! # Safety
 //!

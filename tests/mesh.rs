@@ -520,8 +520,8 @@ fn chain_peer_offline_during_a_delete() {
 // ---------------------------------------------------------------------------------------------
 // Renames
 
-/// A 100 MB file renamed: the receiver moves its own copy (`renamed OLD -> NEW` in its log) and
-/// under 1% of the size crosses the wire. Renamed three times: to a name sorting before the old
+/// A 100 MB file renamed: the receiver copies its own copy (read and checked block by block; the
+/// old file is not moved, it may be open) and under 1% of the size crosses the wire. Renamed three times: to a name sorting before the old
 /// one, to one sorting after it, and into folders that do not exist yet on the other side (from
 /// B back to A). Every rename is checked; the failures are reported together.
 #[test]
@@ -574,12 +574,6 @@ fn renaming_a_100_mb_file_sends_almost_nothing() {
         if wire * 100 >= size {
             failures.push(format!(
                 "{old} -> {new}: {wire} of {size} bytes crossed the wire to {} ({r:?})",
-                dst.name
-            ));
-        }
-        if !log.contains(&format!("renamed {old} -> {new}")) {
-            failures.push(format!(
-                "{old} -> {new}: no `renamed {old} -> {new}` in {}'s log ({r:?})",
                 dst.name
             ));
         }

@@ -41,16 +41,31 @@ pub fn set_meta(root: &Path, e: &Entry, known: &Stat) -> Result<Stat> {
             return Err(changed());
         }
         d.chmod(e.dir_mode()).at(&e.path)?;
-        return Ok(Stat::of(&d.metadata().at(&e.path)?));
+        let after = Stat::of(&d.metadata().at(&e.path)?);
+        // A chmod of the user's between ours and this look: the scan is to see it.
+        if after.mode != e.dir_mode() & 0o777 {
+            return Err(changed());
+        }
+        return Ok(after);
     }
     let f = dir.open_file(name, false).at(&e.path)?;
-    if Stat::of(&f.metadata().at(&e.path)?) != *known {
+    let md = f.metadata().at(&e.path)?;
+    if Stat::of(&md) != *known {
         return Err(changed());
+    }
+    // A file with another name (a hard link) may be outside the share: its mode is not ours to
+    // set. A pull puts a new file in place instead.
+    if std::os::unix::fs::MetadataExt::nlink(&md) > 1 {
+        return Err(Error::msg("has other names (hard links); replaced instead").at(&e.path));
     }
     f.set_permissions(fs::Permissions::from_mode(e.file_mode()))
         .at(&e.path)?;
     f.set_modified(mtime_of(e)).at(&e.path)?;
-    Ok(Stat::of(&f.metadata().at(&e.path)?))
+    let after = Stat::of(&f.metadata().at(&e.path)?);
+    if after.mode != e.file_mode() & 0o777 {
+        return Err(changed());
+    }
+    Ok(after)
 }
 
 /// Whether `e`'s path holds what our index has for it (`known`), as [`set_meta`] checks it:

@@ -99,7 +99,7 @@ fn keep_aside(
 /// `side` (a temp name of ours, free), never what a user put there after a check: moved first
 /// (never over anything), then looked at, and put back if it is not that file. Ok(false):
 /// nothing was there.
-pub fn move_known(
+fn move_known(
     st: &State,
     dir: &Dir,
     (name, side): (&str, &str),
@@ -123,7 +123,7 @@ pub fn move_known(
 
 /// Puts a user's file found at our `side` name back at `name`, or, where something took the
 /// name meanwhile, keeps it as a conflict copy (never lost, never over anything).
-pub fn put_back(st: &State, dir: &Dir, (side, name): (&str, &str), path: &str) -> Result<()> {
+fn put_back(st: &State, dir: &Dir, (side, name): (&str, &str), path: &str) -> Result<()> {
     match dir.rename_noreplace(side, name) {
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
             let key = (0, st.index.device, &crate::hash::Hash::default());
@@ -190,6 +190,11 @@ impl Apply<'_> {
         self.cur
             .as_ref()
             .is_some_and(|c| c.kind == Kind::Dir && !c.deleted)
+    }
+
+    /// The mode our index has for what is at the target, as last seen on disk.
+    fn cur_mode(&self) -> Option<u32> {
+        self.cur.as_ref().map(|c| c.stat.mode)
     }
 
     /// Whether a folder at the target is one our ignore patterns keep local: a scan never
@@ -488,6 +493,13 @@ pub fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
         let _ = a.dir(e)?.unlink(&tmp);
     }
     match a.target(e)? {
+        // Our folder with another mode than the index has: chmodded here since the last scan,
+        // which weighs that change against the peer's first.
+        Some(md) if md.is_dir() && a.known_folder() && a.cur_mode() != Some(Stat::of(&md).mode) => {
+            return Err(
+                Error::msg("changed locally; will look again after the next scan").at(&e.path),
+            );
+        }
         Some(md) if md.is_dir() => {}
         Some(md) if md.is_file() => {
             if !a.known_file(&md) {

@@ -6,14 +6,12 @@
 
 use crate::error::Result;
 use crate::proto::wire::Msg;
-use crate::store::entry::{Entry, Kind, Stat};
-use crate::store::names;
+use crate::store::entry::{Entry, Kind};
 use crate::sync::disk::remove_temp;
-use crate::sync::install::{apply_delete, apply_dir, finish_need, move_known, put_back};
+use crate::sync::install::{apply_delete, apply_dir, finish_need};
 use crate::sync::link::Link;
-use crate::sync::model::{Decision, Model, Out, Peer, decide};
+use crate::sync::model::{Decision, Out, Peer, decide};
 use crate::sync::transfer;
-use crate::sys::dirfd::Dir;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -314,16 +312,10 @@ fn pull_batch(
         finish_need(link, e, r);
     }
     let files: Vec<Entry> = batch.iter().filter(|e| e.is_file()).cloned().collect();
-    let mut moved = HashMap::new();
-    for e in &files {
-        if let Some(old) = rename_if_moved(model, e, &late) {
-            moved.insert(e.path.clone(), old);
-        }
-    }
     let result = if files.is_empty() {
         Ok(())
     } else {
-        transfer::transfer(link, files, &moved, install, handed, next_id)
+        transfer::transfer(link, files, &late, install, handed, next_id)
     };
     // The batch's files are installed, their data durable, before the files it deletes are
     // gone: blocks may have been copied from them.
@@ -335,61 +327,6 @@ fn pull_batch(
         finish_need(link, e, r);
     }
     result
-}
-
-/// A renamed or moved file: when a new file has the content of a local file that this batch
-/// deletes, the local file is moved to the new file's temp name, where the transfer finds every
-/// block already in place. Nothing crosses the wire, nothing is copied or read again. Returns
-/// the moved file's entry.
-fn rename_if_moved(model: &Model, e: &Entry, deleted: &[&Entry]) -> Option<Entry> {
-    if e.size == 0 {
-        return None;
-    }
-    let root = &model.root;
-    let mut g = model.lock();
-    for t in deleted {
-        let Some(old) = g.index.get(&t.path).map(std::borrow::Cow::into_owned) else {
-            continue;
-        };
-        if !(old.is_file() && old.size == e.size && old.file_hash == e.file_hash) {
-            continue;
-        }
-        if !matches!(decide(Some(&old), t), Decision::Take { .. }) {
-            continue;
-        }
-        let Ok((from_dir, from)) = Dir::parent(root, &t.path, false) else {
-            continue;
-        };
-        let Ok((to_dir, to)) = Dir::parent(root, &e.path, true) else {
-            continue;
-        };
-        // Moved aside first and looked at there: a user's file renamed over the old name
-        // after a check would go to the new file's temp name, and its bytes be taken for the
-        // blocks the index knows.
-        let side = names::temp_for(from);
-        let known = Some(old.stat);
-        if !matches!(
-            move_known(&g, &from_dir, (from, &side), &t.path, known),
-            Ok(true)
-        ) {
-            continue;
-        }
-        if from_dir
-            .rename(&side, &to_dir, &names::temp_for(to))
-            .is_ok()
-        {
-            info!("renamed {} -> {}", t.path, e.path);
-            // The old name's deletion is applied now, so no scan mistakes it for a local one.
-            let mut gone = (*t).clone();
-            gone.stat = Stat::default();
-            g.put(gone);
-            return Some(old);
-        }
-        if let Err(err) = put_back(&g, &from_dir, (&side, from), &t.path) {
-            warn!("{err}");
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -568,40 +505,5 @@ mod tests {
         let mut f = Fill::default();
         f.add(&big);
         assert!(!f.fits(&big, usize::MAX) && big.mem_cost() * 2 > BATCH_MEM);
-    }
-
-    /// Fifth review: a renamed file is moved to the new name's temp file after a check by
-    /// name; a file the user renamed over the old name in between is moved instead, under a
-    /// temp name (overwritten by the transfer, or removed), and the old name's deletion is
-    /// recorded.
-    #[test]
-    fn a_file_put_over_a_renamed_files_old_name_is_never_moved_to_a_temp_name() {
-        use crate::store::version::Version;
-        use crate::sync::install::review5::{ours_old, race};
-        let lost = race("moved", 15000, ours_old, |model| {
-            let old = model.lock().index.get("f").unwrap().into_owned();
-            let gone = Entry {
-                path: "f".into(),
-                kind: Kind::File,
-                deleted: true,
-                version: Version::from_pairs(vec![(7, 1), (2, 1)]),
-                modified_by: 2,
-                ..Entry::default()
-            };
-            let new = Entry {
-                path: "g".into(),
-                version: Version::from_pairs(vec![(2, 2)]),
-                modified_by: 2,
-                ..old
-            };
-            match rename_if_moved(model, &new, &[&gone]) {
-                Some(_) => Ok(()),
-                None => Err(crate::error::Error::msg("not moved")),
-            }
-        });
-        assert_eq!(
-            lost, 0,
-            "a user's file renamed over f went to a temp name {lost} times in 15000"
-        );
     }
 }

