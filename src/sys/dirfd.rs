@@ -288,6 +288,35 @@ mod tests {
         let _ = fs::remove_dir_all(&root);
     }
 
+    /// Seventh review: the fallback moves `from` aside with a plain rename to
+    /// `.left-aside-PID-N`, a name that is neither a temp name nor checked to be free: a file
+    /// already holding it (one the fallback left behind under a process of the same PID before
+    /// a restart, or synced from a peer whose daemon had this PID) is replaced, and then
+    /// unlinked as ours. Its bytes are nowhere afterwards.
+    #[test]
+    fn link_then_unlink_never_replaces_a_file_at_its_aside_name() {
+        let root = std::env::temp_dir().join(format!("left-dirfd-aside-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let d = Dir::open(&root, "", false).unwrap();
+        let c = |n: &str| cstr(n).unwrap();
+        let pid = std::process::id();
+        // Other tests of this binary may have used some of the counter already.
+        let names: Vec<String> = (0..64).map(|n| format!(".left-aside-{pid}-{n}")).collect();
+        for n in &names {
+            fs::write(root.join(n), n.as_bytes()).unwrap();
+        }
+        fs::write(root.join("a"), b"ours").unwrap();
+        d.link_then_unlink(&c("a"), &c("b"), "a", "b").unwrap();
+        assert_eq!(fs::read(root.join("b")).unwrap(), b"ours");
+        let lost: Vec<&String> = names
+            .iter()
+            .filter(|n| fs::read(root.join(n)).ok().as_deref() != Some(n.as_bytes()))
+            .collect();
+        let _ = fs::remove_dir_all(&root);
+        assert!(lost.is_empty(), "a file at the aside name was replaced and removed: {lost:?}");
+    }
+
     #[test]
     fn nothing_is_followed_through_a_symlink() {
         let root = std::env::temp_dir().join(format!("left-dirfd-{}", std::process::id()));
