@@ -1,0 +1,118 @@
+//! Seventh review: failing tests for 4be9695 (renames copied, metadata-only applies logged,
+//! set_meta's hard-link refusal, apply_dir's mode check). Each runs real daemons on 127.0.0.1.
+
+mod common;
+
+use common::proxy::Proxy;
+use common::*;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+fn mode_of(p: &Path) -> u32 {
+    fs::metadata(p).map_or(0, |m| m.mode() & 0o7777)
+}
+
+/// Polls every millisecond (`wait_until` polls every 50 ms: too slow to beat a 0.25 s save).
+fn spin_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+/// 4be9695 logs a metadata-only apply in the install log (`Model::put_meta`) for folders too,
+/// but only files are ever recognised from it (`intents::received` requires `is_file`, and only
+/// the scanner's `record`, for files, looks): B killed after a peer's folder chmod and before
+/// its index is saved comes back with a folder whose mode is not its index's stat's, takes it
+/// for a local chmod (`folder_seen` -> ModeChanged: a new version of B's own, concurrent with
+/// A's deletion of the folder made meanwhile), and the folder comes back on A. The same
+/// sequence as review6's `a_kill_right_after_a_metadata_only_apply_brings_back_no_deletion`,
+/// with a folder.
+#[test]
+fn a_kill_right_after_a_peers_folder_chmod_brings_back_no_deletion() {
+    let t = TestDir::new("r7-dir-meta-kill");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let mut b = Peer::start(&t, "B", pb, &[pa]);
+    let mut back = Vec::new();
+    for round in 0..4u64 {
+        let name = format!("d{round}");
+        fs::create_dir(a.path(&name)).unwrap();
+        fs::set_permissions(a.path(&name), fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(wait_until(SOON, || mode_of(&b.path(&name)) == 0o755));
+        // Let B's index be saved with the folder as it is now.
+        std::thread::sleep(Duration::from_millis(800));
+        fs::set_permissions(a.path(&name), fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(spin_until(SOON, || mode_of(&b.path(&name)) == 0o700));
+        b.kill();
+        fs::remove_dir(a.path(&name)).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        b = Peer::start(&t, "B", pb, &[pa]);
+        std::thread::sleep(Duration::from_millis(300));
+        wait_identical(&a.dir, &b.dir, SOON);
+        if a.path(&name).exists() {
+            back.push(name);
+        }
+    }
+    assert!(
+        back.is_empty(),
+        "deleted on A, back after B's kill: {back:?}\n{}",
+        tail(&b.log_text(), 20)
+    );
+}
+
+/// 4be9695's `set_meta` refuses a file with other names (nlink > 1), and the Take branch of
+/// `Model::weigh` then pulls a new file instead. The Merge branch (concurrent versions, same
+/// content: two chmods made apart) does not: it records the merged entry, with the winner's
+/// (A's) mode, under the stat our file still has (`m.stat = l.stat`, model.rs `weigh`). The
+/// file keeps B's mode, the index says A's, the stat matches so no scan ever looks again: B
+/// announces A's mode, both sides call it in sync, and B's disk differs for good.
+#[test]
+fn a_merged_chmod_on_a_hard_linked_file_still_converges() {
+    let t = TestDir::new("r7-merge-link");
+    let (pa, pb) = two_ports();
+    let to_b = Proxy::start(0, pb);
+    let to_a = Proxy::start(0, pa);
+    let a = Peer::start(&t, "A", pa, &[to_b.port]);
+    let b = Peer::start(&t, "B", pb, &[to_a.port]);
+    fs::write(a.path("f"), b"a file kept in two places").unwrap();
+    fs::set_permissions(a.path("f"), fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(wait_until(SOON, || mode_of(&b.path("f")) == 0o644
+        && read(&b.path("f")) == read(&a.path("f"))));
+    std::thread::sleep(Duration::from_millis(800));
+    to_b.set_cut(true);
+    to_a.set_cut(true);
+    std::thread::sleep(Duration::from_millis(300));
+    // Apart: A chmods (and its newer mtime wins the merge), B chmods a file it also keeps
+    // elsewhere.
+    fs::set_permissions(a.path("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(a.path("f"))
+        .unwrap()
+        .set_modified(SystemTime::now() + Duration::from_secs(100))
+        .unwrap();
+    fs::hard_link(b.path("f"), t.join("outside-the-share")).unwrap();
+    fs::set_permissions(b.path("f"), fs::Permissions::from_mode(0o640)).unwrap();
+    // Both scans record their own change.
+    assert!(a.wait_log(SOON, "f"));
+    std::thread::sleep(Duration::from_millis(1500));
+    to_b.set_cut(false);
+    to_a.set_cut(false);
+    let same = wait_until(Duration::from_secs(30), || {
+        mode_of(&a.path("f")) == mode_of(&b.path("f"))
+    });
+    assert!(
+        same,
+        "A's f is {:o}, B's {:o} for good\nB:\n{}",
+        mode_of(&a.path("f")),
+        mode_of(&b.path("f")),
+        tail(&b.log_text(), 20)
+    );
+}
