@@ -116,3 +116,39 @@ fn a_merged_chmod_on_a_hard_linked_file_still_converges() {
         tail(&b.log_text(), 20)
     );
 }
+
+/// 4be9695 copies a renamed file from its old name and deletes the old name "after" (the
+/// batch's `late` deletions in `puller::pull_batch`). But they are applied whatever the
+/// transfer returned: when the connection ends mid-batch (the peer killed, here while B reads
+/// the renamed file's blocks and waits for another file of the batch from A), the new name is
+/// not complete (its temp file holds the blocks copied so far, and the walk at start removes
+/// temp files), and the old name is deleted all the same. B then holds the content nowhere;
+/// before, it sat whole in the new name's temp file, kept for resume.
+#[test]
+fn a_renamed_file_is_never_deleted_here_before_its_new_name_is_complete() {
+    let t = TestDir::new("r7-rename-cut");
+    let (pa, pb) = two_ports();
+    let mut a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    let content = random_bytes(7, 60 << 20);
+    put_file(&t.join("stage"), &a.path("z-old"), &content);
+    assert!(wait_until(SOON, || has_content(&b.path("z-old"), &content)));
+    std::thread::sleep(Duration::from_millis(800));
+    // One change: the rename and a new file only A has, in the same batch (62 MB < 64 MiB).
+    fs::write(t.join("stage/a-new"), random_bytes(8, 2 << 20)).unwrap();
+    fs::rename(a.path("z-old"), a.path("z-new")).unwrap();
+    fs::rename(t.join("stage/a-new"), a.path("a-new")).unwrap();
+    let tmp = b.path(".z-new.left-tmp");
+    assert!(spin_until(SOON, || tmp.exists() || b.path("z-new").exists()));
+    a.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    let kept = has_content(&b.path("z-old"), &content) || has_content(&b.path("z-new"), &content);
+    assert!(
+        kept,
+        "B holds z-old's content under no name (z-old {}, z-new {}, temp {:?} bytes)\n{}",
+        b.path("z-old").exists(),
+        b.path("z-new").exists(),
+        fs::metadata(&tmp).map(|m| m.len()).ok(),
+        tail(&b.log_text(), 15)
+    );
+}
