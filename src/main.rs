@@ -200,8 +200,11 @@
 //! The sender recognises a moved file by its inode, size and mtime and reuses its hashes instead of
 //! reading it again; the receiver, seeing a new file whose blocks a file the same batch deletes
 //! holds, reads them from that file, checks each one's MD5 and writes it to the new file's temp
-//! file; the old file is deleted after. A renamed file costs no data on the wire (its log line
-//! says so: 0 on the wire, all of it reused locally). It is copied, not moved into place: the old
+//! file; the old name's deletion waits until the new file is in (`puller::choose`), so it is
+//! read from in whatever batch the new file falls and is never gone while the new name is not
+//! complete. A renamed file costs no data on the wire (its log line says so: 0 on the wire, all
+//! of it reused locally), unless its old name's deletion waits on disk (a rename of more
+//! entries than `--max-pending` holds in memory sends some files again). It is copied, not moved into place: the old
 //! file may be open, and a write to it that lands while it is moved would be installed under
 //! the new name as the peer's version (sixth review; chaos seed 833), or lost; copied, such a
 //! write fails a block's check (that block comes from the peer) and stays in the old file,

@@ -153,24 +153,27 @@ fn a_renamed_file_is_never_deleted_here_before_its_new_name_is_complete() {
     );
 }
 
-/// The crate docs (Renames): "A renamed file costs no data on the wire". A folder of 1,200
-/// small files renamed to a name that sorts before its old one: needs are taken in path order,
-/// so the batches (at most 1,024 entries) fill with the new files, and their old names'
-/// deletions, which `local_sources` reads them from, come in later batches: the new files'
-/// blocks all come over the wire (4be9695 reads only the `late` deletions of the same batch;
-/// the whole-index walk is skipped for batches of small files).
+/// A renamed folder of small files: its old names' deletions wait in the needs until the new
+/// files are in (`puller::choose`), and `local_sources` reads the new files' blocks from them,
+/// in whatever batch they fall: nothing crosses the wire. (Before, only the deletions of the
+/// same batch were read; batches fill in path order with the new names, which here sort first.)
+/// 1,200 files, B holding 4,096 needs in memory: all 2,400 fit, in three batches. Past
+/// `--max-pending` the deletions that wait on disk are not read from (the crate docs, Renames,
+/// say so).
 #[test]
-fn a_renamed_folder_of_many_small_files_costs_no_data_on_the_wire() {
+fn a_renamed_folder_of_small_files_costs_no_data_on_the_wire() {
     let t = TestDir::new("r7-folder-rename");
     let (pa, pb) = two_ports();
     let a = Peer::start(&t, "A", pa, &[pb]);
-    let b = Peer::start(&t, "B", pb, &[pa]);
+    let b = Peer::start_with(&t, "B", pb, &[pa], &["--max-pending", "4096"]);
     let stage = t.join("stage");
     for i in 0..1200u64 {
         write_file(&stage.join(format!("src/f{i:04}")), random_bytes(i, 1000));
     }
     fs::rename(stage.join("src"), a.path("src")).unwrap();
-    assert!(wait_until(SOON, || fs::read_dir(b.path("src")).map_or(0, |d| d.count()) == 1200));
+    assert!(wait_until(SOON, || fs::read_dir(b.path("src"))
+        .map_or(0, |d| d.count())
+        == 1200));
     received_when(&b, 1200, |r| r.path.starts_with("src/"));
     std::thread::sleep(Duration::from_millis(800));
     fs::rename(a.path("src"), a.path("dst")).unwrap();
@@ -182,5 +185,8 @@ fn a_renamed_folder_of_many_small_files_costs_no_data_on_the_wire() {
         .filter(|r| r.path.starts_with("dst/"))
         .map(|r| r.wire)
         .sum();
-    assert_eq!(wire, 0, "a renamed folder's files came over the wire: {wire} bytes");
+    assert_eq!(
+        wire, 0,
+        "a renamed folder's files came over the wire: {wire} bytes"
+    );
 }

@@ -436,6 +436,17 @@ impl Walk<'_> {
             (FolderSeen::ModeChanged, Some(e))
                 if again().is_some_and(|m| Stat::of(&m).mode == stat.mode) =>
             {
+                // A peer's mode put on it just before the last stop (logged ahead, the index not
+                // saved): the peer's version, not a change here.
+                if let Some(rec) = st.received.remove(path).filter(|r| {
+                    r.kind == Kind::Dir && !r.deleted && r.dir_mode() & 0o777 == stat.mode
+                }) {
+                    info!("{path}/: its mode was received before the last stop");
+                    let mut ne = rec;
+                    ne.stat = *stat;
+                    st.put(ne);
+                    return !(self.dirs.is_some() && self.watched(path, stat.ino));
+                }
                 // Its mode changed here since we last looked: a new version of the folder.
                 let mut ne = e.clone();
                 ne.mode = stat.mode;
@@ -514,6 +525,10 @@ impl Walk<'_> {
             let (blocks, fast) = (old.blocks.to_vec(), old.fast.to_vec());
             if record(st, root, &c, blocks, fast, old.block_size) {
                 self.out.changed += 1;
+                // Its old name's deletion right after it, announced with it: a peer has both
+                // before it takes the new name, and reads its blocks from its old copy.
+                let gone = vec![old.path.clone()];
+                record_gone(st, root, &self.ignore, &[], gone, &mut self.out);
             }
         }
         let gone = std::mem::take(&mut self.gone);

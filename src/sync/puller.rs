@@ -147,8 +147,21 @@ fn choose<'i>(
     let mut batch = Vec::new();
     let mut fill = Fill::default();
     let mut moot = Vec::new();
+    // The files still to come, by content: a local file with one of these contents whose
+    // deletion is needed too is most likely renamed there, and its blocks are read from it.
+    let mut wanted: HashMap<crate::hash::Hash, Vec<&str>> = HashMap::new();
+    for (p, n) in at.needs.iter().filter(|(_, n)| n.is_file() && n.size > 0) {
+        wanted.entry(n.file_hash).or_default().push(p);
+    }
     for (path, r) in at.needs {
         if at.busy.contains(path) || at.retry.get(path).is_some_and(|t| *t > at.now) {
+            continue;
+        }
+        // So its deletion waits until they are in (whatever batch they fall in, and after a
+        // failed try too): never is the old name gone while the new one is not complete.
+        // Not where one holds the other (a file replacing its own folder, or the reverse),
+        // where one of the two must go first.
+        if r.deleted && r.kind == Kind::File && renamed_to(path, local(path).as_deref(), &wanted) {
             continue;
         }
         // A folder's deletion waits until the deletions of what is inside it are done: until
@@ -191,6 +204,23 @@ fn choose<'i>(
         }
     }
     (batch, moot)
+}
+
+/// Whether our file at `path` (`ours`) has content one of the files still to come has, at a
+/// path neither inside it nor holding it (see [`choose`]).
+fn renamed_to(
+    path: &str,
+    ours: Option<&Entry>,
+    wanted: &HashMap<crate::hash::Hash, Vec<&str>>,
+) -> bool {
+    let nested =
+        |a: &str, b: &str| a.len() > b.len() && a.starts_with(b) && a.as_bytes()[b.len()] == b'/';
+    ours.filter(|l| l.is_file() && l.size > 0)
+        .and_then(|l| wanted.get(&l.file_hash))
+        .is_some_and(|to| {
+            to.iter()
+                .any(|t| *t != path && !nested(t, path) && !nested(path, t))
+        })
 }
 
 /// Forgets the needs of `p` that are `moot`: a pull of one that failed earlier is not to be

@@ -402,7 +402,15 @@ fn local_sources(
         }
     };
     let g = link.model.lock();
-    for t in gone {
+    // The batch's deletions, and those the connection's needs hold back until these files are
+    // in (renamed here: see `puller::choose`).
+    let pending = g.peers.get(&link.conn).into_iter().flat_map(|p| {
+        p.needs
+            .mem()
+            .values()
+            .filter(|n| n.deleted && n.kind == crate::store::entry::Kind::File)
+    });
+    for t in gone.iter().copied().chain(pending) {
         if let Some(old) = g.index.get(&t.path).filter(|e| e.is_file()) {
             add(&old);
         }

@@ -203,9 +203,17 @@ impl Dir {
         // over `from` since the link goes back to its name (a link, never over anything), or,
         // if something took the name again, stays under ours, a file like any other.
         use std::os::unix::fs::MetadataExt;
+        // The name is left's temp-file form (never scanned, never synced), made unique by the
+        // process, a counter and the time, and looked for first: nothing is there to replace.
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let aside = format!(".left-aside-{}-{n}", std::process::id());
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let aside = format!(".aside-{}-{n}-{t}.left-tmp", std::process::id());
+        if self.stat(&aside)?.is_some() {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
         match self.rename(from, self, &aside) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             r => r?,
@@ -214,10 +222,21 @@ impl Dir {
         if ino(&aside) == ino(to) {
             return self.unlink(&aside);
         }
+        // Not ours: back to its name, or, where that is taken again, beside it under a name of
+        // its own, never a temp name (links: never over anything).
         let back = cstr(&aside)?;
-        // SAFETY: as above.
-        if check(unsafe { linkat(self.fd(), back.as_ptr(), self.fd(), a.as_ptr(), 0) }).is_ok() {
-            self.unlink(&aside)?;
+        for k in 0..100 {
+            let name = if k == 0 {
+                cstr(from)?
+            } else {
+                cstr(&format!("{from}.kept-{t}-{k}"))?
+            };
+            // SAFETY: as above.
+            if check(unsafe { linkat(self.fd(), back.as_ptr(), self.fd(), name.as_ptr(), 0) })
+                .is_ok()
+            {
+                return self.unlink(&aside);
+            }
         }
         Ok(())
     }
@@ -314,7 +333,10 @@ mod tests {
             .filter(|n| fs::read(root.join(n)).ok().as_deref() != Some(n.as_bytes()))
             .collect();
         let _ = fs::remove_dir_all(&root);
-        assert!(lost.is_empty(), "a file at the aside name was replaced and removed: {lost:?}");
+        assert!(
+            lost.is_empty(),
+            "a file at the aside name was replaced and removed: {lost:?}"
+        );
     }
 
     #[test]
