@@ -763,8 +763,11 @@ def run_daemon_tool(tool, rs=None):
 # ---- rsync -------------------------------------------------------------------------------------
 
 class Rsync:
-    variants = ["rsync -a", "rsync -W"]
-    flags = {"rsync -a": [], "rsync -W": ["--whole-file"], "rsync -a --partial": ["--partial"]}
+    # The --fsync modes (rsync 3.2.4 and later) are the fair anchor for a tool that fsyncs every
+    # file as left does; the plain modes are rsync as most people run it.
+    variants = ["rsync -a", "rsync -W", "rsync -a --fsync", "rsync -W --fsync"]
+    flags = {"rsync -a": [], "rsync -W": ["--whole-file"], "rsync -a --partial": ["--partial"],
+             "rsync -a --fsync": ["--fsync"], "rsync -W --fsync": ["--whole-file", "--fsync"]}
 
     def __init__(self, base=WORK):
         self.root = fresh(base / "rsync")
@@ -1068,26 +1071,31 @@ def scale_steps(tree, want, fs):
     for x in d.values():
         x.kill(signal.SIGTERM)
 
-    # rsync: the whole tree, then again after the same one-file change.
+    # rsync, plain and durable: the whole tree, then again after the same one-file change.
     rs = Rsync(fs.make() if fs else WORK)
-    for label, edit in (("SCALE_INIT", False), ("SCALE_ONE", True)):
-        if edit:
-            (tree / rel).write_bytes(new)
-        daemon = rs._daemon("B")
-        net0 = veth_bytes()
-        t0 = time.monotonic()
-        c = rs._client("A", "rsync -a", tree, "B", "scale")
-        c.p.stdout.read()
-        ru = [c.wait()]
-        wall = time.monotonic() - t0
-        net = veth_bytes() - net0
-        cpu, rss_c, rss_d = rs._finish(daemon, ru)
-        dst = rs.root / "dst" / "B" / "scale"
-        ok = (md5_file(dst / rel) == hashlib.md5(new).hexdigest()) if edit else tree_matches(dst, want)
-        if not ok:
-            MISBEHAVIOUR.append(f"rsync -a: {label} content does not match")
-        row(label, "rsync -a", wall if ok else None, net, cpu, {"A": rss_c, "B": rss_d}, files=n,
-            note="command time (verified afterwards)")
+    old = (tree / rel).read_bytes()
+    for variant, sub in (("rsync -a", "scale"), ("rsync -a --fsync", "scale-fsync")):
+        (tree / rel).write_bytes(old)
+        for label, edit in (("SCALE_INIT", False), ("SCALE_ONE", True)):
+            if edit:
+                (tree / rel).write_bytes(new)
+            flush_disk()
+            daemon = rs._daemon("B")
+            net0 = veth_bytes()
+            t0 = time.monotonic()
+            c = rs._client("A", variant, tree, "B", sub)
+            c.p.stdout.read()
+            ru = [c.wait()]
+            wall = time.monotonic() - t0
+            net = veth_bytes() - net0
+            cpu, rss_c, rss_d = rs._finish(daemon, ru)
+            dst = rs.root / "dst" / "B" / sub
+            ok = (md5_file(dst / rel) == hashlib.md5(new).hexdigest()) if edit \
+                else tree_matches(dst, want)
+            if not ok:
+                MISBEHAVIOUR.append(f"{variant}: {label} content does not match")
+            row(label, variant, wall if ok else None, net, cpu, {"A": rss_c, "B": rss_d},
+                files=n, note="command time (verified afterwards)")
 
 
 # ---- limits of this machine --------------------------------------------------------------------
@@ -1132,7 +1140,8 @@ s.close()"""]), check=True)
 
 # ---- report ------------------------------------------------------------------------------------
 
-TOOLS = ["left", "syncthing", "rsync -a", "rsync -W", "rsync -a --partial"]
+TOOLS = ["left", "syncthing", "rsync -a", "rsync -W", "rsync -a --fsync", "rsync -W --fsync",
+         "rsync -a --partial"]
 ORDER = ["TC_1B", "XFER", "TC_2A", "TC_FA", "KILL40", "TC_2B_a", "TC_2B_b", "TC_2B_c", "TC_INS",
          "TC_2A_Z",
          "SCALE_INIT", "SCALE_ONE", "SCALE_IDLE"]
@@ -1314,7 +1323,8 @@ def main():
         "the daemon with its children (wait4 rusage). RSS: VmHWM per left process, reset at the "
         "start of each step; for rsync, ru_maxrss of the client and of the daemon's largest child.",
         "rsync -a is rsync's delta transfer (the default between two hosts); rsync -W is "
-        "rsync -a --whole-file. rsync does not fsync; left (and syncthing) fsync every file. "
+        "rsync -a --whole-file; neither fsyncs. The --fsync rows fsync every file written (rsync "
+        "3.2.4 and later), as left (and syncthing) do: the durable anchor. "
         "Before each timed act the bench runs sync(), untimed, so that no fsync waits for data "
         "an earlier step left dirty.",
         "TC_1B: rsync has no peer to start late; it is run as soon as the file is there.",
