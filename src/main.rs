@@ -391,6 +391,17 @@ mod store;
 mod sync;
 mod sys;
 
+/// How many tries a race test makes: `n`, or a twentieth of it on aarch64, whose unit tests CI
+/// runs under qemu-user (each try starts a thread and makes a dozen system calls, emulated).
+#[cfg(test)]
+fn tries(n: usize) -> usize {
+    if cfg!(target_arch = "aarch64") {
+        n / 20
+    } else {
+        n
+    }
+}
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

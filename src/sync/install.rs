@@ -781,10 +781,12 @@ mod tests {
             modified_by: 2,
             ..Entry::default()
         };
-        let lost = review5::race("del", 15000, review5::ours_old, |m| apply_delete(m, &del));
+        let lost = review5::race("del", crate::tries(15000), review5::ours_old, |m| {
+            apply_delete(m, &del)
+        });
         assert_eq!(
             lost, 0,
-            "a user's file renamed in after the check was deleted {lost} times in 15000"
+            "a user's file renamed in after the check was deleted {lost} times"
         );
     }
 
@@ -800,10 +802,12 @@ mod tests {
             modified_by: 2,
             ..Entry::default()
         };
-        let lost = review5::race("dir", 15000, review5::ours_old, |m| apply_dir(m, &dir));
+        let lost = review5::race("dir", crate::tries(15000), review5::ours_old, |m| {
+            apply_dir(m, &dir)
+        });
         assert_eq!(
             lost, 0,
-            "a user's file renamed in after the check was removed {lost} times in 15000"
+            "a user's file renamed in after the check was removed {lost} times"
         );
     }
 
@@ -960,7 +964,7 @@ pub(crate) mod review5 {
         let big = vec![7u8; 8 << 20];
         let lost = race(
             "aside",
-            300,
+            crate::tries(300),
             |root, model| {
                 fs::write(root.join("f"), &big).unwrap();
                 let mut ours = ours_at(root, "f");
@@ -1006,7 +1010,7 @@ pub(crate) mod review5 {
     fn a_users_last_save_is_never_left_under_the_temp_name() {
         let root = std::env::temp_dir().join(format!("left-rv5-twice-{}", std::process::id()));
         let mut lost = 0;
-        let n = 20000;
+        let n = crate::tries(20000);
         for i in 0..n {
             let model = crate::sync::model::fresh_model(&root, 7);
             fs::write(root.join("f"), b"old").unwrap();

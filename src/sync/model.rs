@@ -986,7 +986,7 @@ mod tests {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, Ordering};
         let root = std::env::temp_dir().join(format!("left-meta-race-{}", std::process::id()));
-        let (mut lost, n) = (0, 20000);
+        let (mut lost, n) = (0, crate::tries(20000));
         for i in 0..n {
             let model = fresh_model(&root, 7);
             let f = root.join("f");

@@ -409,7 +409,7 @@ mod tests {
         fs::create_dir_all(&root).unwrap();
         let d = Dir::open(&root, "", false).unwrap();
         let c = |n: &str| cstr(n).unwrap();
-        let (mut lost, n) = (0, 20000);
+        let (mut lost, n) = (0, crate::tries(20000));
         for i in 0..n {
             let _ = fs::remove_file(root.join("to"));
             fs::write(root.join("from"), b"ours").unwrap();
