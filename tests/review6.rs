@@ -5,25 +5,8 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
-
-fn mode_of(p: &Path) -> u32 {
-    fs::metadata(p).map_or(0, |m| m.mode() & 0o7777)
-}
-
-/// Polls every millisecond (`wait_until` polls every 50 ms: too slow to beat a 0.25 s save).
-fn spin_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    false
-}
 
 /// A peer's chmod applied as metadata only (91c0028) is not in the install log: B killed
 /// before its index is saved comes back with a file whose mode is not its index's, takes it
@@ -44,11 +27,11 @@ fn a_kill_right_after_a_metadata_only_apply_brings_back_no_deletion() {
         fs::set_permissions(a.path(&name), fs::Permissions::from_mode(0o644)).unwrap();
         assert!(wait_until(SOON, || b.path(&name).exists()
             && fs::read(b.path(&name)).ok() == fs::read(a.path(&name)).ok()
-            && mode_of(&b.path(&name)) == 0o644));
+            && mode_or_zero(&b.path(&name)) == 0o644));
         // Let B's index be saved with the file as it is now.
         std::thread::sleep(Duration::from_millis(800));
         fs::set_permissions(a.path(&name), fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(spin_until(SOON, || mode_of(&b.path(&name)) == 0o600));
+        assert!(spin_until(SOON, || mode_or_zero(&b.path(&name)) == 0o600));
         b.kill();
         fs::remove_file(a.path(&name)).unwrap();
         std::thread::sleep(Duration::from_millis(500));
@@ -80,15 +63,15 @@ fn a_peers_chmod_never_reaches_a_file_outside_the_share() {
     let b = Peer::start(&t, "B", pb, &[pa]);
     fs::write(a.path("f"), b"a file kept in two places").unwrap();
     fs::set_permissions(a.path("f"), fs::Permissions::from_mode(0o600)).unwrap();
-    assert!(wait_until(SOON, || mode_of(&b.path("f")) == 0o600));
+    assert!(wait_until(SOON, || mode_or_zero(&b.path("f")) == 0o600));
     std::thread::sleep(Duration::from_millis(500));
     let outside = t.join("outside-the-share");
     fs::hard_link(b.path("f"), &outside).unwrap();
     fs::set_permissions(a.path("f"), fs::Permissions::from_mode(0o666)).unwrap();
-    assert!(wait_until(SOON, || mode_of(&b.path("f")) == 0o666));
+    assert!(wait_until(SOON, || mode_or_zero(&b.path("f")) == 0o666));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        mode_of(&outside),
+        mode_or_zero(&outside),
         0o600,
         "the file outside the share took the peer's mode"
     );

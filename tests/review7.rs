@@ -6,25 +6,8 @@ mod common;
 use common::proxy::Proxy;
 use common::*;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
-
-fn mode_of(p: &Path) -> u32 {
-    fs::metadata(p).map_or(0, |m| m.mode() & 0o7777)
-}
-
-/// Polls every millisecond (`wait_until` polls every 50 ms: too slow to beat a 0.25 s save).
-fn spin_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    false
-}
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, SystemTime};
 
 /// 4be9695 logs a metadata-only apply in the install log (`Model::put_meta`) for folders too,
 /// but only files are ever recognised from it (`intents::received` requires `is_file`, and only
@@ -45,11 +28,11 @@ fn a_kill_right_after_a_peers_folder_chmod_brings_back_no_deletion() {
         let name = format!("d{round}");
         fs::create_dir(a.path(&name)).unwrap();
         fs::set_permissions(a.path(&name), fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(wait_until(SOON, || mode_of(&b.path(&name)) == 0o755));
+        assert!(wait_until(SOON, || mode_or_zero(&b.path(&name)) == 0o755));
         // Let B's index be saved with the folder as it is now.
         std::thread::sleep(Duration::from_millis(800));
         fs::set_permissions(a.path(&name), fs::Permissions::from_mode(0o700)).unwrap();
-        assert!(spin_until(SOON, || mode_of(&b.path(&name)) == 0o700));
+        assert!(spin_until(SOON, || mode_or_zero(&b.path(&name)) == 0o700));
         b.kill();
         fs::remove_dir(a.path(&name)).unwrap();
         std::thread::sleep(Duration::from_millis(500));
@@ -83,7 +66,7 @@ fn a_merged_chmod_on_a_hard_linked_file_still_converges() {
     let b = Peer::start(&t, "B", pb, &[to_a.port]);
     fs::write(a.path("f"), b"a file kept in two places").unwrap();
     fs::set_permissions(a.path("f"), fs::Permissions::from_mode(0o644)).unwrap();
-    assert!(wait_until(SOON, || mode_of(&b.path("f")) == 0o644
+    assert!(wait_until(SOON, || mode_or_zero(&b.path("f")) == 0o644
         && read(&b.path("f")) == read(&a.path("f"))));
     std::thread::sleep(Duration::from_millis(800));
     to_b.set_cut(true);
@@ -106,13 +89,13 @@ fn a_merged_chmod_on_a_hard_linked_file_still_converges() {
     to_b.set_cut(false);
     to_a.set_cut(false);
     let same = wait_until(Duration::from_secs(30), || {
-        mode_of(&a.path("f")) == mode_of(&b.path("f"))
+        mode_or_zero(&a.path("f")) == mode_or_zero(&b.path("f"))
     });
     assert!(
         same,
         "A's f is {:o}, B's {:o} for good\nB:\n{}",
-        mode_of(&a.path("f")),
-        mode_of(&b.path("f")),
+        mode_or_zero(&a.path("f")),
+        mode_or_zero(&b.path("f")),
         tail(&b.log_text(), 20)
     );
 }
