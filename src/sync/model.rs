@@ -579,13 +579,26 @@ impl Model {
             Decision::Merge(m) if !fits(me, r, &m.version) => false,
             Decision::Merge(mut m) => {
                 // Same content: take over the winner's metadata where it is the peer's.
+                // Where it cannot be put on disk (the file is hard-linked elsewhere, or
+                // changed since the scan), ours is kept: recorded with the peer's mode, the
+                // index would hold what the disk has not, the scan would never see it, and
+                // the peers would keep two modes for good (review7 #3). Kept as a change
+                // made here after the merge (our counter steps): the peer, which resolved
+                // the same pair the other way, takes it, as it would a chmod here.
                 let differs = local.as_ref().is_some_and(|l| meta_differs(l, &m));
                 if !m.deleted
                     && differs
                     && let Some(l) = &local
-                    && let Ok(stat) = self.put_meta(&m, &l.stat)
                 {
-                    m.stat = stat;
+                    match self.put_meta(&m, &l.stat) {
+                        Ok(stat) => m.stat = stat,
+                        Err(e) => {
+                            debug!("{}: ours kept in a merge: {e}", m.path);
+                            let version = m.version.bumped(me);
+                            m = l.clone().into_owned();
+                            (m.version, m.modified_by) = (version, me);
+                        }
+                    }
                 }
                 st.put(m);
                 false
@@ -971,6 +984,49 @@ mod tests {
             ..Entry::default()
         };
         assert!(matches!(decide(Some(&d1), &d2), Decision::Merge(_)));
+    }
+
+    /// A concurrent chmod that wins the merge but cannot be put on our file (hard-linked
+    /// outside the share: a chmod would change that file too) is not recorded as if it were:
+    /// ours is kept, as a change made after the merge, which carries our mode to the peers.
+    #[test]
+    fn a_merge_that_cannot_be_put_on_disk_keeps_ours() {
+        use crate::store::entry::Stat;
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("left-merge-link-{}", std::process::id()));
+        let model = fresh_model(&root, 7);
+        let f = root.join("f");
+        std::fs::write(&f, b"x").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let _ = std::fs::remove_file(root.with_extension("link"));
+        std::fs::hard_link(&f, root.with_extension("link")).unwrap();
+        let md = std::fs::metadata(&f).unwrap();
+        let mut ours = file(1, std::os::unix::fs::MetadataExt::mtime(&md), 7, &[(7, 2)]);
+        (ours.mode, ours.mtime_ns, ours.stat) = (0o640, Stat::of(&md).mtime_ns, Stat::of(&md));
+        model.lock().put(ours.clone());
+        let mut theirs = ours.clone();
+        (theirs.mode, theirs.mtime, theirs.modified_by) = (0o600, ours.mtime + 100, 2);
+        theirs.version = Version::from_pairs(vec![(7, 1), (2, 1)]);
+        assert!(matches!(decide(Some(&ours), &theirs), Decision::Merge(m) if m.mode == 0o600));
+        {
+            let mut g = model.lock();
+            assert!(!model.weigh(&mut g, &theirs));
+        }
+        let entry = model.lock().index.get("f").unwrap().into_owned();
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        let _ = std::fs::remove_dir_all(&root);
+        let _ = std::fs::remove_file(root.with_extension("link"));
+        assert_eq!((mode, entry.mode & 0o777), (0o640, 0o640));
+        // A change here after the merge: newer than the peer's side of it, which it takes.
+        let merged = ours.version.merged(&theirs.version);
+        assert_eq!(entry.version.compare(&merged), Order::Newer);
+        assert_eq!(entry.modified_by, 7);
+        let mut on_peer = theirs.clone();
+        on_peer.version = merged;
+        assert_eq!(
+            decide(Some(&on_peer), &entry),
+            Decision::Take { conflict: false }
+        );
     }
 
     /// A user's chmod of our file at the moment a peer's chmod of it is put on it as metadata
