@@ -606,8 +606,18 @@ fn dial_loop(model: &Arc<Model>, peer: &PeerAddr) {
                     known = Some(dev);
                     set_dial(model, peer, Some(dev), None, true);
                     // The peer dialed us first (we had not learned its device yet): that
-                    // connection, maybe busy pulling, stays; this one only told us who it is.
-                    let dup = (model.lock().peers.values()).any(|p| p.device == dev && p.listed);
+                    // connection stays, and this one only told us who it is, where the rule of
+                    // crossing connections keeps it (`conn::register`: the one dialed by the
+                    // smaller device id). Else ours goes on and replaces it: the peer keeps
+                    // ours by the same rule, and had we dropped it, each side would have
+                    // closed one of the two (a `--once` peer that synced on the one the other
+                    // side was closing exited, and the other waited for it in vain).
+                    let dup = {
+                        let g = model.lock();
+                        let me = g.index.device;
+                        (g.peers.values())
+                            .any(|p| p.device == dev && p.listed && conn::dialer(p, me) <= me)
+                    };
                     if dup {
                         continue;
                     }

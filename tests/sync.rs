@@ -635,9 +635,10 @@ fn index_journal_survives_kill_9() {
     wait_identical(&t.join("A"), &t.join("B"), SOON);
 }
 
-/// Both sides run `--once` against each other: both agree, so both should exit 0.
-/// Engine bug (open): the first to finish exits and the other, which then never sees it again,
-/// waits for it forever (its `--timeout` only counts while a peer was never reached).
+/// Both sides run `--once` against each other: both agree, so both should exit 0. They dial
+/// each other at once: each side must keep the same one of the two crossing connections (a
+/// dialer that dropped its own where the peer kept it made A sync on the connection B was
+/// closing, exit, and leave B waiting for it: failed once in make test before the fix).
 #[test]
 fn both_once_without_changes_exit_0() {
     let t = TestDir::new("both-once");

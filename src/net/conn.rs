@@ -203,12 +203,17 @@ fn pull(link: &Link<'_>, addr: SocketAddr, stream: &TcpStream) -> Result<()> {
     r
 }
 
+/// The device that dialed connection `p` (`me`: this one).
+pub fn dialer(p: &Peer, me: u64) -> u64 {
+    if p.dialed { me } else { p.device }
+}
+
 /// Adds a connection. Of two connections to one device (both sides dialed), the one dialed by
 /// the smaller device id stays: both ends pick the same one.
 fn register(model: &Model, id: u64, peer: Peer) -> Result<()> {
     let mut g = model.lock();
     let me = g.index.device;
-    let dialer = |p: &Peer| if p.dialed { me } else { p.device };
+    let dialer = |p: &Peer| dialer(p, me);
     // Of two connections claiming one device, one with a listed peer's address beats one
     // allowed only by --allow (without a key a device id proves nothing: an allowed client
     // claiming a listed peer's device must not keep that peer out); then the one dialed by
