@@ -500,6 +500,21 @@ pub fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
                 Error::msg("changed locally; will look again after the next scan").at(&e.path),
             );
         }
+        // A folder our index does not have (made here since the last scan) with a mode of
+        // its own: the scan records it first, and the two folders are weighed then (as
+        // `install` and `apply_delete` do). Taken over now, a user's private folder got the
+        // peer's mode on every peer (review8).
+        Some(md)
+            if md.is_dir()
+                && !a.known_folder()
+                && !a.ignored_folder(e)
+                && Stat::of(&md).mode & 0o777 != e.dir_mode() =>
+        {
+            return Err(Error::msg(
+                "a folder made locally is in the way; will look again after the next scan",
+            )
+            .at(&e.path));
+        }
         Some(md) if md.is_dir() => {}
         Some(md) if md.is_file() => {
             if !a.known_file(&md) {
