@@ -51,18 +51,28 @@ pub fn check(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// The suffix of temp names not made from a target's name (a long name's hash, a file moved
+/// aside): no target's `.NAME.left-tmp` ends so, so they are never another file's temp name.
+pub const OWN_TEMP_SUFFIX: &str = ".left-tmp~";
+
 /// Whether a file name (one component) is one of `left`'s temp files.
 pub fn is_temp(name: &str) -> bool {
-    name.len() > TEMP_SUFFIX.len() + 1 && name.starts_with('.') && name.ends_with(TEMP_SUFFIX)
+    name.starts_with('.')
+        && [TEMP_SUFFIX, OWN_TEMP_SUFFIX]
+            .iter()
+            .any(|s| name.len() > s.len() + 1 && name.ends_with(s))
 }
 
-/// The temp file name for a target file name (one component), kept within 255 bytes.
+/// The temp file name for a target file name (one component), kept within 255 bytes. A name
+/// too long for that gets one made from its hash, in a form of its own: as `.HASH.left-tmp` it
+/// was the temp name of a file named HASH, and pulls of both in one batch wrote one temp file
+/// (one of them installed with the other's bytes: review8).
 pub fn temp_for(name: &str) -> String {
     if name.len() + 1 + TEMP_SUFFIX.len() <= MAX_COMPONENT {
         format!(".{name}{TEMP_SUFFIX}")
     } else {
         format!(
-            ".{}{TEMP_SUFFIX}",
+            ".{}{OWN_TEMP_SUFFIX}",
             crate::hash::hex(&crate::hash::md5(name.as_bytes()))
         )
     }
@@ -200,7 +210,12 @@ mod tests {
         let long = "y".repeat(250);
         assert!(temp_for(&long).len() <= 255);
         assert!(is_temp(&temp_for(&long)));
+        // Never the temp name of the file its hash names.
+        let hashed = crate::hash::hex(&crate::hash::md5(long.as_bytes()));
+        assert_ne!(temp_for(&long), temp_for(&hashed));
         assert!(!is_temp(".left-tmp"));
+        assert!(!is_temp(".left-tmp~"));
+        assert!(is_temp(".x.left-tmp~"));
         assert!(!is_temp("a.left-tmp"));
     }
 
