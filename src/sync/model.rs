@@ -519,14 +519,18 @@ impl Model {
         if !st.ignore.is_empty() && st.ignore.is_ignored(&r.path, r.kind == Kind::Dir) {
             return Ok(());
         }
-        let take = self.weigh(st, &r);
+        let (r, take) = match self.weigh(st, &r) {
+            Weighed::Kept => (r, false),
+            Weighed::Pull => (r, true),
+            Weighed::PullMerged(m) => (m, true),
+        };
         self.settle_need(st, conn, r, take, back)
     }
 
     /// Decides the peer's entry `r` against ours; whether it is to be taken (pulled). Ours
     /// that wins a conflict is announced again where the peer may have stopped looking at it,
     /// and the same content is merged at once.
-    fn weigh(&self, st: &mut State, r: &Entry) -> bool {
+    fn weigh(&self, st: &mut State, r: &Entry) -> Weighed {
         let local = st.index.get(&r.path);
         // A version that would leave no room for this device (a later change here adds it) is
         // not taken, nor merged into ours: every vector we hold and send stays one our peers
@@ -552,9 +556,9 @@ impl Model {
                     debug!("{}: ours wins a conflict: announced again", again.path);
                     st.put(again);
                 }
-                false
+                Weighed::Kept
             }
-            Decision::Take { .. } if !fits(me, r, &r.version) => false,
+            Decision::Take { .. } if !fits(me, r, &r.version) => Weighed::Kept,
             Decision::Take { .. } => match local {
                 // A newer version with our content (a chmod there, a conflict resolved there
                 // that we won): its metadata is put on ours, not a whole new copy pulled.
@@ -571,20 +575,23 @@ impl Model {
                     };
                     if done {
                         st.put(m);
+                        Weighed::Kept
+                    } else {
+                        Weighed::Pull
                     }
-                    !done
                 }
-                _ => true,
+                _ => Weighed::Pull,
             },
-            Decision::Merge(m) if !fits(me, r, &m.version) => false,
+            Decision::Merge(m) if !fits(me, r, &m.version) => Weighed::Kept,
             Decision::Merge(mut m) => {
                 // Same content: take over the winner's metadata where it is the peer's.
-                // Where it cannot be put on disk (the file is hard-linked elsewhere, or
-                // changed since the scan), ours is kept: recorded with the peer's mode, the
-                // index would hold what the disk has not, the scan would never see it, and
-                // the peers would keep two modes for good (review7 #3). Kept as a change
-                // made here after the merge (our counter steps): the peer, which resolved
-                // the same pair the other way, takes it, as it would a chmod here.
+                // Where it cannot be put on our file (hard-linked elsewhere: a chmod would
+                // change that file too; or changed since the scan), the merged entry is pulled
+                // instead, as the Take branch does: a fresh copy made of our own blocks, or
+                // the install sorts out the change here. Recorded as merged with the peer's
+                // mode, the index held what the disk had not and two peers kept two modes for
+                // good (review7 #3); kept as ours with our counter stepped, a losing chmod
+                // won on every peer (review8).
                 let differs = local.as_ref().is_some_and(|l| meta_differs(l, &m));
                 if !m.deleted
                     && differs
@@ -593,15 +600,13 @@ impl Model {
                     match self.put_meta(&m, &l.stat) {
                         Ok(stat) => m.stat = stat,
                         Err(e) => {
-                            debug!("{}: ours kept in a merge: {e}", m.path);
-                            let version = m.version.bumped(me);
-                            m = l.clone().into_owned();
-                            (m.version, m.modified_by) = (version, me);
+                            debug!("{}: merged version pulled: {e}", m.path);
+                            return Weighed::PullMerged(m);
                         }
                     }
                 }
                 st.put(m);
-                false
+                Weighed::Kept
             }
         }
     }
@@ -657,6 +662,18 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// What became of a peer's entry weighed against ours.
+#[derive(Debug)]
+enum Weighed {
+    /// Not pulled: ours stays, or it was merged into ours, or its metadata put on our file.
+    Kept,
+    /// Pulled.
+    Pull,
+    /// The same content merged, with metadata that could not be put on our file: this merged
+    /// entry is pulled instead of the peer's.
+    PullMerged(Entry),
 }
 
 /// Whether version `v` (of the peer's entry `r`, or merged with it) leaves room for device `me`;
@@ -987,10 +1004,11 @@ mod tests {
     }
 
     /// A concurrent chmod that wins the merge but cannot be put on our file (hard-linked
-    /// outside the share: a chmod would change that file too) is not recorded as if it were:
-    /// ours is kept, as a change made after the merge, which carries our mode to the peers.
+    /// outside the share: a chmod would change that file too) is not recorded as if it were
+    /// on disk, nor lost: the merged entry, the winner's mode with both versions merged, is
+    /// pulled (a fresh copy made of our own blocks), and ours stays in the index until then.
     #[test]
-    fn a_merge_that_cannot_be_put_on_disk_keeps_ours() {
+    fn a_merge_that_cannot_be_put_on_disk_is_pulled() {
         use crate::store::entry::Stat;
         use std::os::unix::fs::PermissionsExt;
         let root = std::env::temp_dir().join(format!("left-merge-link-{}", std::process::id()));
@@ -1008,25 +1026,28 @@ mod tests {
         (theirs.mode, theirs.mtime, theirs.modified_by) = (0o600, ours.mtime + 100, 2);
         theirs.version = Version::from_pairs(vec![(7, 1), (2, 1)]);
         assert!(matches!(decide(Some(&ours), &theirs), Decision::Merge(m) if m.mode == 0o600));
-        {
+        let weighed = {
             let mut g = model.lock();
-            assert!(!model.weigh(&mut g, &theirs));
-        }
+            model.weigh(&mut g, &theirs)
+        };
         let entry = model.lock().index.get("f").unwrap().into_owned();
         let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
         let _ = std::fs::remove_dir_all(&root);
         let _ = std::fs::remove_file(root.with_extension("link"));
+        // Nothing changed here: disk and index both have ours.
         assert_eq!((mode, entry.mode & 0o777), (0o640, 0o640));
-        // A change here after the merge: newer than the peer's side of it, which it takes.
-        let merged = ours.version.merged(&theirs.version);
-        assert_eq!(entry.version.compare(&merged), Order::Newer);
-        assert_eq!(entry.modified_by, 7);
+        assert_eq!(entry.version, ours.version);
+        let Weighed::PullMerged(m) = weighed else {
+            panic!("{weighed:?}")
+        };
+        assert_eq!((m.mode, m.modified_by), (0o600, 2));
+        assert_eq!(m.version, ours.version.merged(&theirs.version));
+        // Pulled, it is taken over ours; the peer, which merged the same pair with its own
+        // metadata, holds the same version and content: nothing more goes either way.
+        assert_eq!(decide(Some(&ours), &m), Decision::Take { conflict: false });
         let mut on_peer = theirs.clone();
-        on_peer.version = merged;
-        assert_eq!(
-            decide(Some(&on_peer), &entry),
-            Decision::Take { conflict: false }
-        );
+        on_peer.version = m.version.clone();
+        assert_eq!(decide(Some(&on_peer), &m), Decision::Keep);
     }
 
     /// A user's chmod of our file at the moment a peer's chmod of it is put on it as metadata
@@ -1071,7 +1092,7 @@ mod tests {
             go.store(true, Ordering::Release);
             {
                 let mut g = model.lock();
-                model.weigh(&mut g, &theirs);
+                let _ = model.weigh(&mut g, &theirs);
             }
             t.join().unwrap();
             let now = Stat::of(&std::fs::metadata(&f).unwrap());
