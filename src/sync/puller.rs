@@ -161,7 +161,15 @@ fn choose<'i>(
         // failed try too): never is the old name gone while the new one is not complete.
         // Not where one holds the other (a file replacing its own folder, or the reverse),
         // where one of the two must go first.
-        if r.deleted && r.kind == Kind::File && renamed_to(path, local(path).as_deref(), &wanted) {
+        // A new name that is a file replacing a folder of ours does not hold a deletion back:
+        // it waits itself for what its folder holds to go (`files_over_full_folders`), and
+        // two files swapped out of two folders into their places waited on each other for
+        // good (review8). That deletion then goes first, and the blocks come from the peer.
+        let over_folder = |t: &str| local(t).is_some_and(|l| l.kind == Kind::Dir && !l.deleted);
+        if r.deleted
+            && r.kind == Kind::File
+            && renamed_to(path, local(path).as_deref(), &wanted, over_folder)
+        {
             continue;
         }
         // A folder's deletion waits until the deletions of what is inside it are done: until
@@ -207,11 +215,13 @@ fn choose<'i>(
 }
 
 /// Whether our file at `path` (`ours`) has content one of the files still to come has, at a
-/// path neither inside it nor holding it (see [`choose`]).
+/// path neither inside it nor holding it, nor (`over_folder`) a file replacing a folder of ours
+/// (see [`choose`]).
 fn renamed_to(
     path: &str,
     ours: Option<&Entry>,
     wanted: &HashMap<crate::hash::Hash, Vec<&str>>,
+    over_folder: impl Fn(&str) -> bool,
 ) -> bool {
     let nested =
         |a: &str, b: &str| a.len() > b.len() && a.starts_with(b) && a.as_bytes()[b.len()] == b'/';
@@ -219,7 +229,7 @@ fn renamed_to(
         .and_then(|l| wanted.get(&l.file_hash))
         .is_some_and(|to| {
             to.iter()
-                .any(|t| *t != path && !nested(t, path) && !nested(path, t))
+                .any(|t| *t != path && !nested(t, path) && !nested(path, t) && !over_folder(t))
         })
 }
 
@@ -502,6 +512,54 @@ mod tests {
             let moot: Vec<&str> = moot.iter().map(|m| m.as_str()).collect();
             assert_eq!((&batch[..], &moot[..]), (c.batch, c.moot), "case {i}");
         }
+    }
+
+    /// A deletion of a file whose content a file still to come has waits for it (a rename),
+    /// but not for a file that replaces a folder of ours: that one waits for its folder's
+    /// deletions, and two files swapped out of two folders into their places (`a/x` -> `b`,
+    /// `b/y` -> `a`) waited on each other for good (review8).
+    #[test]
+    fn a_rename_holds_its_deletion_back_unless_the_new_name_replaces_a_folder() {
+        let with = |e: Entry, h: u8| Entry {
+            file_hash: [h; 16],
+            ..e
+        };
+        let needs: BTreeMap<String, Entry> = [
+            with(entry("a", "f", 10, 2), 1),
+            with(entry("a/x", "-f", 0, 2), 0),
+            with(entry("b", "f", 10, 2), 2),
+            with(entry("b/y", "-f", 0, 2), 0),
+            with(entry("c", "-f", 0, 2), 0),
+            with(entry("n", "f", 10, 2), 3),
+        ]
+        .into_iter()
+        .map(|e| (e.path.clone(), e))
+        .collect();
+        let local: HashMap<&str, Entry> = [
+            entry("a", "d", 0, 1),
+            with(entry("a/x", "f", 10, 1), 2),
+            entry("b", "d", 0, 1),
+            with(entry("b/y", "f", 10, 1), 1),
+            // Renamed to n, which replaces nothing: its deletion waits.
+            with(entry("c", "f", 10, 1), 3),
+        ]
+        .into_iter()
+        .map(|e| (e.path.clone().leak() as &str, e))
+        .collect();
+        let (busy, retry) = (HashSet::new(), BTreeMap::new());
+        let at = Pending {
+            needs: &needs,
+            busy: &busy,
+            retry: &retry,
+            now: Instant::now(),
+            pass_open: false,
+            disk_first: false,
+            max_files: 100,
+        };
+        let (batch, moot) = choose(&at, |p| local.get(p).map(Cow::Borrowed));
+        let batch: Vec<&str> = batch.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(batch, ["a", "a/x", "b", "b/y", "n"]);
+        assert!(moot.is_empty());
     }
 
     #[test]
