@@ -148,7 +148,9 @@ fn a_long_name_and_its_hashed_temp_name_never_share_a_temp_file() {
     assert!(
         bad.is_empty(),
         "B's copies differ from A's for good: {:?}\n{}",
-        bad.iter().map(|n| &n[..n.len().min(12)]).collect::<Vec<_>>(),
+        bad.iter()
+            .map(|n| &n[..n.len().min(12)])
+            .collect::<Vec<_>>(),
         tail(&b.log_text(), 20)
     );
 }
@@ -189,7 +191,10 @@ fn a_new_file_on_a_reused_inode_is_not_taken_for_a_moved_one() {
     assert!(wait_until(SOON, || (0..n).all(|i| has_content(
         &b.path(&format!("x{i}")),
         &data("x", i)
-    ) && has_content(&b.path(&format!("z{i}")), &data("z", i)))));
+    ) && has_content(
+        &b.path(&format!("z{i}")),
+        &data("z", i)
+    ))));
     std::thread::sleep(Duration::from_millis(800));
     a.terminate(Duration::from_secs(10));
     // `rm x; cp -p z y`, pair by pair.
@@ -200,7 +205,8 @@ fn a_new_file_on_a_reused_inode_is_not_taken_for_a_moved_one() {
         let y = a.path(&format!("y{i}"));
         let mut h = fs::File::create(&y).unwrap();
         std::io::Write::write_all(&mut h, &data("z", i)).unwrap();
-        h.set_permissions(fs::Permissions::from_mode(0o644)).unwrap();
+        h.set_permissions(fs::Permissions::from_mode(0o644))
+            .unwrap();
         h.set_modified(when).unwrap();
         drop(h);
         reused += usize::from(gone.contains(&fs::metadata(&y).unwrap().ino()));
@@ -211,8 +217,10 @@ fn a_new_file_on_a_reused_inode_is_not_taken_for_a_moved_one() {
     }
     let n = done;
     let a = Peer::start(&t, "A", pa, &[pb]);
-    assert!(wait_until(SOON, || (0..n).all(|i| b.path(&format!("y{i}")).exists()
-        && !b.path(&format!("x{i}")).exists())));
+    assert!(wait_until(SOON, || (0..n)
+        .all(
+            |i| b.path(&format!("y{i}")).exists() && !b.path(&format!("x{i}")).exists()
+        )));
     std::thread::sleep(Duration::from_secs(2));
     let wrong: Vec<u64> = (0..n)
         .filter(|&i| !has_content(&b.path(&format!("y{i}")), &data("z", i)))
@@ -251,9 +259,16 @@ fn a_folder_made_here_unscanned_keeps_its_mode() {
         fs::DirBuilder::new().mode(0o755).create(&stage).unwrap();
         fs::set_permissions(&stage, fs::Permissions::from_mode(0o755)).unwrap();
         fs::rename(&stage, a.path(&n)).unwrap();
-        fs::File::open(a.path(&n)).unwrap().set_modified(old).unwrap();
+        fs::File::open(a.path(&n))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         std::thread::sleep(Duration::from_millis(2 * i));
-        if fs::DirBuilder::new().mode(0o700).create(b.path(&n)).is_err() {
+        if fs::DirBuilder::new()
+            .mode(0o700)
+            .create(b.path(&n))
+            .is_err()
+        {
             continue; // A's came first: no folder of B's user's
         }
         fs::set_permissions(b.path(&n), fs::Permissions::from_mode(0o700)).unwrap();
@@ -270,7 +285,10 @@ fn a_folder_made_here_unscanned_keeps_its_mode() {
             ));
         }
     }
-    assert!(made > 0, "A's folder reached B before B's mkdir in every round");
+    assert!(
+        made > 0,
+        "A's folder reached B before B's mkdir in every round"
+    );
     assert!(
         lost.is_empty(),
         "B's new folder (0700, newer) got A's mode in {} of {made} rounds: {lost:?}",
