@@ -33,7 +33,8 @@ pub struct Scan {
 /// Files to hash found before they are hashed: past this many, the walk stops for them.
 const CANDIDATES_AT_ONCE: usize = 1024;
 
-/// Hashes files found changed or new, except those found moved (into `moves`).
+/// Hashes files found changed or new; those found moved go into `moves` once their content is
+/// seen to be their old name's.
 fn hash_candidates(
     model: &Model,
     candidates: &mut Vec<Candidate>,
@@ -45,18 +46,27 @@ fn hash_candidates(
     let candidates = std::mem::take(candidates);
     let mut moved = find_moved(model, &candidates, gone, emptied);
     let (mut small, mut big) = (Vec::new(), Vec::new());
+    let (mut small_moved, mut big_moved) = (Vec::new(), Vec::new());
     for c in candidates {
-        if let Some(old) = moved.remove(&c.path) {
-            moves.push((c, old));
-        } else if c.stat.size < SIDE_BY_SIDE_BELOW {
-            small.push(c);
-        } else {
-            big.push(c);
+        let is_small = c.stat.size < SIDE_BY_SIDE_BELOW;
+        match moved.remove(&c.path) {
+            Some(old) if is_small => small_moved.push((c, old)),
+            Some(old) => big_moved.push((c, old)),
+            None if is_small => small.push(c),
+            None => big.push(c),
         }
     }
     // Large files are hashed one at a time, each on every core (`hash::file_blocks`).
+    let confirmed = std::sync::Mutex::new(Vec::new());
+    let hash_moved = |(c, old): &(Candidate, Entry)| hash_moved(model, c, old, &confirmed);
+    for (cs, threads) in [(small_moved, SIDE_BY_SIDE), (big_moved, 1)] {
+        let (changed, unstable) = hash_each(&cs, threads, &hash_moved);
+        out.changed += changed;
+        out.unstable += unstable;
+    }
+    moves.extend(confirmed.into_inner().unwrap_or_default());
     for (cs, threads) in [(small, SIDE_BY_SIDE), (big, 1)] {
-        let (changed, unstable) = hash_each(model, &cs, threads);
+        let (changed, unstable) = hash_each(&cs, threads, &|c| hash_one(model, c));
         out.changed += changed;
         out.unstable += unstable;
     }
@@ -68,14 +78,18 @@ fn hash_candidates(
 const SIDE_BY_SIDE_BELOW: u64 = 1 << 20;
 const SIDE_BY_SIDE: usize = 2;
 
-/// Hashes and records files on `threads` threads; returns how many changed and how many were
-/// seen changing while hashed.
-fn hash_each(model: &Model, cs: &[Candidate], threads: usize) -> (usize, usize) {
+/// Hashes and records files (`one` each) on `threads` threads; returns how many changed and how
+/// many were seen changing while hashed.
+fn hash_each<T: Sync>(
+    cs: &[T],
+    threads: usize,
+    one: &(dyn Fn(&T) -> Result<bool> + Sync),
+) -> (usize, usize) {
     let next = AtomicUsize::new(0);
     let work = || {
         let (mut changed, mut unstable) = (0, 0);
         while let Some(c) = cs.get(next.fetch_add(1, Ordering::Relaxed)) {
-            match hash_one(model, c) {
+            match one(c) {
                 Ok(true) => changed += 1,
                 Ok(false) => {}
                 Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => {}
@@ -102,6 +116,7 @@ fn hash_each(model: &Model, cs: &[Candidate], threads: usize) -> (usize, usize) 
 
 /// A file to hash: its path, what it looked like, and the index entry's seq and version when
 /// seen.
+#[derive(Clone)]
 struct Candidate {
     path: String,
     stat: Stat,
@@ -733,7 +748,8 @@ fn now_secs() -> i64 {
 }
 
 /// New paths that are a file the index knows under another name, now gone (renamed or moved):
-/// same inode, size and mtime. Their hashes are taken over instead of hashing again. The old
+/// same inode, size, mtime and mode. Only candidates: each is read to see that it holds the
+/// gone file's content before its hashes are taken over (`hash_moved`). The old
 /// names are looked for among what the scan found gone so far (`gone`, and what was inside the
 /// folders in `emptied`), not in the whole index.
 fn find_moved(
@@ -784,6 +800,49 @@ fn find_moved(
 /// whose XXH64 is the one recorded last time keep their MD5; a file that changes while it is
 /// hashed is left for the next scan.
 fn hash_one(model: &Model, c: &Candidate) -> Result<bool> {
+    let cur = model.lock().index.get(&c.path).map(|e| e.into_owned());
+    let (b, bs) = read_blocks(model, c, cur.as_ref())?;
+    if cur.is_some_and(|e| e.block_size == bs && !e.fast.is_empty()) && b.hashed < b.md5.len() {
+        debug!("{}: {} of {} blocks changed", c.path, b.hashed, b.md5.len());
+    }
+    Ok(record(&mut model.lock(), &model.root, c, b.md5, b.fast, bs))
+}
+
+/// Reads a file found moved from `old`'s name (the same inode, size, mtime and mode), and puts
+/// it in `confirmed` if it holds `old`'s content; else records it as the new file it is. Those
+/// four say nothing of the content: a file removed while we were stopped frees its inode for
+/// the next one made, which may well be given the same size, mtime and mode (`cp -p`). Taking
+/// over `old`'s hashes unread would announce the wrong content for good: peers build it from
+/// their copy of `old`, whose blocks match every hash. Each block is read, and keeps `old`'s
+/// MD5 only where its XXH64 is `old`'s (as in any rescan), so a renamed big file costs a read
+/// and no MD5; a small one (no XXH64s kept) is hashed.
+fn hash_moved(
+    model: &Model,
+    c: &Candidate,
+    old: &Entry,
+    confirmed: &std::sync::Mutex<Vec<(Candidate, Entry)>>,
+) -> Result<bool> {
+    let (b, bs) = read_blocks(model, c, Some(old))?;
+    if bs == old.block_size && *b.md5 == *old.blocks {
+        let mut old = old.clone();
+        old.fast = b.fast.into();
+        if let Ok(mut v) = confirmed.lock() {
+            v.push((c.clone(), old));
+        }
+        return Ok(false);
+    }
+    debug!(
+        "{}: on the inode of {}, gone, with its size and mtime, but not its content",
+        c.path, old.path
+    );
+    Ok(record(&mut model.lock(), &model.root, c, b.md5, b.fast, bs))
+}
+
+/// The blocks of candidate `c`'s file, and their size: those whose length and XXH64 are those of
+/// `prev` (what the index had for the file, or for the one it moved from) keep its MD5. Fails if
+/// the file is not as `c.stat` says before and after it is read: one changed meanwhile is left
+/// for the next scan.
+fn read_blocks(model: &Model, c: &Candidate, prev: Option<&Entry>) -> Result<(hash::Blocks, u32)> {
     let path = model.root.join(&c.path);
     // Never through a symlink on the way: a folder swapped for one since the listing would
     // have us read, and announce, a file outside the share.
@@ -794,28 +853,20 @@ fn hash_one(model: &Model, c: &Candidate) -> Result<bool> {
         return Err(Error::msg("changed while scanning").at(&path));
     }
     let bs = block_size_for(before.size);
-    let prev = {
-        let g = model.lock();
-        g.index
-            .get(&c.path)
-            .filter(|e| e.is_file() && e.block_size == bs && !e.fast.is_empty())
-            .map(|e| (e.size, e.blocks.clone(), e.fast.clone()))
-    };
-    let prev = prev.as_ref().map(|(size, blocks, fast)| hash::Previous {
-        size: *size,
-        blocks,
-        fast,
-    });
+    let prev = prev
+        .filter(|e| e.is_file() && e.block_size == bs && !e.fast.is_empty())
+        .map(|e| hash::Previous {
+            size: e.size,
+            blocks: &e.blocks,
+            fast: &e.fast,
+        });
     let same = || f.metadata().is_ok_and(|m| Stat::of(&m) == before);
     let b = hash::file_blocks(&f, before.size, bs, prev, &same).at(&path)?;
     let after = Stat::of(&fs::symlink_metadata(&path).at(&path)?);
     if after != before {
         return Err(Error::msg("file changed during hashing; will retry").at(&path));
     }
-    if prev.is_some() && b.hashed < b.md5.len() {
-        debug!("{}: {} of {} blocks changed", c.path, b.hashed, b.md5.len());
-    }
-    Ok(record(&mut model.lock(), &model.root, c, b.md5, b.fast, bs))
+    Ok((b, bs))
 }
 
 /// Records what a candidate holds; true if that is a new version.
@@ -954,6 +1005,7 @@ pub fn clean_temps(root: &Path, max_age: std::time::Duration) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::entry::MIN_BLOCK;
 
     #[test]
     fn children_are_found_without_walking_deeper() {
@@ -1135,6 +1187,99 @@ mod tests {
         assert_eq!(got.version.compare(&theirs.version), Order::Newer);
         assert_eq!(got.version.compare(&ours.version), Order::Newer);
         assert_eq!(got.version.get(7), 1, "not bumped here");
+        drop(g);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Writes `data` at `path` with mode 0644 and a fixed mtime.
+    fn put_file(path: &Path, data: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::write(path, data).unwrap();
+        let f = fs::File::options().write(true).open(path).unwrap();
+        f.set_permissions(fs::Permissions::from_mode(0o644))
+            .unwrap();
+        f.set_modified(UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+            .unwrap();
+    }
+
+    /// A file made, while we were stopped, on the inode of one removed meanwhile, with its size,
+    /// mtime and mode (`rm x; cp -p z y`), is no move of it: it is hashed, not given x's hashes
+    /// (announced so, peers would build it from their x, and keep x's bytes for good). Small
+    /// files and big ones (XXH64s kept) alike.
+    #[test]
+    fn a_new_file_on_a_gone_files_inode_is_hashed() {
+        let root = std::env::temp_dir().join(format!("left-reuse-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let model = crate::sync::model::fresh_model(&root, 7);
+        // Names of their own per size: a name the index has, deleted, is never taken for moved.
+        for size in [5000usize, 20 * MIN_BLOCK as usize + 100] {
+            let [xn, yn, zn] = ["x", "y", "z"].map(|n| format!("{n}{size}"));
+            let x: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+            let z: Vec<u8> = (0..size).map(|i| (i * 13 % 241) as u8).collect();
+            put_file(&root.join(&xn), &x);
+            put_file(&root.join(&zn), &z);
+            scan(&model, None, None).unwrap();
+            fs::remove_file(root.join(&xn)).unwrap();
+            put_file(&root.join(&yn), &z);
+            // ext4 would likely give y x's inode: the index is told x had y's.
+            let y = Stat::of(&fs::metadata(root.join(&yn)).unwrap());
+            {
+                let mut g = model.lock();
+                let mut e = g.index.get(&xn).unwrap().into_owned();
+                assert_eq!(
+                    Stat {
+                        ino: y.ino,
+                        ..e.stat
+                    },
+                    y,
+                    "same size, mtime and mode"
+                );
+                e.stat.ino = y.ino;
+                g.index.set_local(&xn, e.stat, e.fast.to_vec());
+            }
+            let s = scan(&model, None, None).unwrap();
+            let g = model.lock();
+            let (got, want) = (g.index.get(&yn).unwrap(), g.index.get(&zn).unwrap());
+            assert_eq!(got.file_hash, want.file_hash, "{size} bytes: {s:?}");
+            assert_eq!(got.blocks, want.blocks);
+            assert!(g.index.get(&xn).unwrap().deleted);
+            drop(g);
+            fs::remove_file(root.join(&yn)).unwrap();
+            fs::remove_file(root.join(&zn)).unwrap();
+            scan(&model, None, None).unwrap();
+        }
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A big file renamed keeps its hashes: each block is read, but none is hashed with MD5
+    /// again (a wrong MD5 planted in the index survives, which a recomputation would not).
+    #[test]
+    fn a_renamed_big_file_keeps_its_md5s() {
+        let root = std::env::temp_dir().join(format!("left-rename-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let model = crate::sync::model::fresh_model(&root, 7);
+        let data: Vec<u8> = (0..20 * MIN_BLOCK as usize + 100)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        put_file(&root.join("a"), &data);
+        scan(&model, None, None).unwrap();
+        {
+            let mut g = model.lock();
+            let mut e = g.index.get("a").unwrap().into_owned();
+            let mut blocks = e.blocks.to_vec();
+            blocks[7] = [0xee; 16];
+            e.file_hash = hash::list_hash(&blocks);
+            e.blocks = blocks.into();
+            g.put(e);
+        }
+        let planted = model.lock().index.get("a").unwrap().file_hash;
+        fs::rename(root.join("a"), root.join("b")).unwrap();
+        scan(&model, None, None).unwrap();
+        let g = model.lock();
+        let b = g.index.get("b").unwrap();
+        assert_eq!(b.blocks[7], [0xee; 16], "block 7 was hashed again");
+        assert_eq!(b.file_hash, planted);
+        assert!(g.index.get("a").unwrap().deleted);
         drop(g);
         fs::remove_dir_all(&root).unwrap();
     }
