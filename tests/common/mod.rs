@@ -81,18 +81,22 @@ fn remove_big_files(dir: &Path, limit: u64) -> usize {
 
 /// A TCP port free right now on 127.0.0.1, never handed out twice in this process.
 pub fn free_port() -> u16 {
-    static USED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    // Below the kernel's ephemeral range (32768-60999 here): a port picked there and released
+    // could be taken by any outgoing connection (a daemon's dial) before the peer binds it
+    // ("Address already in use": once in make test). Each process starts at its own offset.
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: Mutex<Option<u32>> = Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|p| p.into_inner());
+    let n = next.get_or_insert_with(|| std::process::id().wrapping_mul(7919) % SPAN);
     loop {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        drop(l);
-        // `left` listens on [::] (dual stack): make sure that is free too.
-        if TcpListener::bind(("::", port)).is_err() && TcpListener::bind(("0.0.0.0", port)).is_err()
-        {
-            continue;
-        }
-        let mut g = USED.lock().unwrap_or_else(|p| p.into_inner());
-        if g.get_or_insert_with(HashSet::new).insert(port) {
+        *n = (*n + 1) % SPAN;
+        let port = (LOW + *n) as u16;
+        // `left` listens on [::] (dual stack): the port must be free there and on 127.0.0.1.
+        let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && (TcpListener::bind(("::", port)).is_ok()
+                || TcpListener::bind(("0.0.0.0", port)).is_ok());
+        if free {
             return port;
         }
     }
