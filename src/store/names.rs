@@ -51,16 +51,16 @@ pub fn check(path: &str) -> Result<()> {
     Ok(())
 }
 
-/// The suffix of temp names not made from a target's name (a long name's hash, a file moved
-/// aside): no target's `.NAME.left-tmp` ends so, so they are never another file's temp name.
-pub const OWN_TEMP_SUFFIX: &str = ".left-tmp~";
-
 /// Whether a file name (one component) is one of `left`'s temp files.
 pub fn is_temp(name: &str) -> bool {
-    name.starts_with('.')
-        && [TEMP_SUFFIX, OWN_TEMP_SUFFIX]
-            .iter()
-            .any(|s| name.len() > s.len() + 1 && name.ends_with(s))
+    name.len() > TEMP_SUFFIX.len() + 1 && name.starts_with('.') && name.ends_with(TEMP_SUFFIX)
+}
+
+/// A temp name not made from a target's name (a long name's hash, a file moved aside): the
+/// temp name of `.STEM.left-tmp`, itself a temp name, which no file synced or pulled has. So
+/// it is never another file's temp name, and claims no name beyond `.NAME.left-tmp`.
+pub fn own_temp(stem: &str) -> String {
+    format!("..{stem}{TEMP_SUFFIX}{TEMP_SUFFIX}")
 }
 
 /// The temp file name for a target file name (one component), kept within 255 bytes. A name
@@ -71,10 +71,7 @@ pub fn temp_for(name: &str) -> String {
     if name.len() + 1 + TEMP_SUFFIX.len() <= MAX_COMPONENT {
         format!(".{name}{TEMP_SUFFIX}")
     } else {
-        format!(
-            ".{}{OWN_TEMP_SUFFIX}",
-            crate::hash::hex(&crate::hash::md5(name.as_bytes()))
-        )
+        own_temp(&crate::hash::hex(&crate::hash::md5(name.as_bytes())))
     }
 }
 
@@ -214,8 +211,10 @@ mod tests {
         let hashed = crate::hash::hex(&crate::hash::md5(long.as_bytes()));
         assert_ne!(temp_for(&long), temp_for(&hashed));
         assert!(!is_temp(".left-tmp"));
-        assert!(!is_temp(".left-tmp~"));
-        assert!(is_temp(".x.left-tmp~"));
+        // Its own form is a temp name, of a temp name: no file that syncs is ever its target.
+        let own = own_temp("aside-1-2-3");
+        assert!(is_temp(&own) && is_temp(&own[1..own.len() - ".left-tmp".len()]));
+        assert!(!is_temp(".x.left-tmp~"));
         assert!(!is_temp("a.left-tmp"));
     }
 

@@ -210,8 +210,8 @@ impl Dir {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        // Its suffix is `store::names::OWN_TEMP_SUFFIX`: never a target's temp name.
-        let aside = format!(".aside-{}-{n}-{t}.left-tmp~", std::process::id());
+        // In the form of `store::names::own_temp`: never a target's temp name.
+        let aside = format!("..aside-{}-{n}-{t}.left-tmp.left-tmp", std::process::id());
         if self.stat(&aside)?.is_some() {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }
