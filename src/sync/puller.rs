@@ -189,6 +189,20 @@ fn choose<'i>(
                 continue;
             }
         }
+        // A file or folder whose folder we do not hold (nor take in this batch) waits while
+        // the pass is open: the folder's entry, with the peer's mode, is on its way. Made
+        // here for it, the folder was scanned as a new one of ours, newer, and its mode won
+        // over the peer's on every peer (review9).
+        if !r.deleted
+            && at.pass_open
+            && let Some((parent, _)) = path.rsplit_once('/')
+            && !local(parent).is_some_and(|l| l.kind == Kind::Dir && !l.deleted)
+            && !batch
+                .iter()
+                .any(|b: &Entry| b.path == parent && b.kind == Kind::Dir && !b.deleted)
+        {
+            continue;
+        }
         let local = local(path);
         // A file that replaces a folder holding files waits, like a folder's deletion,
         // for the deletions of what the folder held, which come after it in the pass.
@@ -470,6 +484,31 @@ mod tests {
             Case {
                 needs: &[("d", "-d", 0), ("d/x", "-f", 0), ("dd", "-d", 0)],
                 batch: &["d/x", "dd"],
+                ..BASE
+            },
+            // A file or folder whose folder we neither hold nor take waits while the pass is
+            // open, not after; one whose folder comes in the batch goes.
+            Case {
+                needs: &[
+                    ("d/e", "d", 1),
+                    ("d/f", "f", 1),
+                    ("e", "d", 1),
+                    ("e/f", "f", 1),
+                ],
+                pass_open: true,
+                batch: &["e", "e/f"],
+                ..BASE
+            },
+            Case {
+                needs: &[("d/e", "d", 1), ("d/f", "f", 1), ("x/y", "f", 1)],
+                local: &[("x", "d", 1)],
+                pass_open: true,
+                batch: &["x/y"],
+                ..BASE
+            },
+            Case {
+                needs: &[("d/e", "d", 1), ("d/f", "f", 1)],
+                batch: &["d/e", "d/f"],
                 ..BASE
             },
             // A file over a folder of ours waits while the pass is open, not after.
