@@ -147,12 +147,17 @@ struct Apply<'a> {
 }
 
 fn begin<'a>(model: &'a Model, e: &Entry, create: bool) -> Result<Option<Apply<'a>>> {
-    let g = model.lock();
+    let mut g = model.lock();
     let cur = g.index.get(&e.path).map(std::borrow::Cow::into_owned);
     let Decision::Take { conflict } = decide(cur.as_ref(), e) else {
         return Ok(None);
     };
-    let (dir, name) = match Dir::parent(&model.root, &e.path, create) {
+    let made = if create {
+        g.make_parents(&model.root, &e.path)
+    } else {
+        Ok(())
+    };
+    let (dir, name) = match made.and_then(|()| Dir::parent(&model.root, &e.path, false)) {
         Ok((d, n)) => (Some(d), n),
         Err(_) if e.deleted => (None, names::split(&e.path).1),
         Err(err) => {
@@ -254,6 +259,7 @@ impl Apply<'_> {
         ne.version = taken_version(self.cur.as_ref(), e, self.g.index.device);
         ne.stat = md.map(Stat::of).unwrap_or_default();
         self.g.kept_temps.remove(&e.path);
+        self.g.made_dirs.remove(&e.path);
         self.g.put(ne);
     }
 }
@@ -508,6 +514,7 @@ pub fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
             if md.is_dir()
                 && !a.known_folder()
                 && !a.ignored_folder(e)
+                && !a.g.made_dirs.contains_key(&e.path)
                 && Stat::of(&md).mode & 0o777 != e.dir_mode() =>
         {
             return Err(Error::msg(

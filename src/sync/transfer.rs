@@ -434,7 +434,7 @@ fn plan(
 ) -> std::result::Result<(Pull, Vec<Src>), (Entry, Error)> {
     let root = &link.model.root;
     let tmp_path = temp_path(root, &e.path);
-    let (tmp, tlen) = match open_temp(root, &e, &tmp_path) {
+    let (tmp, tlen) = match open_temp(link.model, &e, &tmp_path) {
         Ok(x) => x,
         Err(err) => return Err((e, err)),
     };
@@ -535,7 +535,8 @@ fn sources_of(e: &Entry, had: &Had<'_>) -> Vec<Src> {
 
 /// Opens (or makes) the temp file of `e` for writing, with what an earlier try left in it (cut
 /// to the file's size): never through a symlink, and only one we made.
-fn open_temp(root: &Path, e: &Entry, tmp_path: &Path) -> Result<(File, u64)> {
+fn open_temp(model: &Model, e: &Entry, tmp_path: &Path) -> Result<(File, u64)> {
+    let root = &model.root;
     // Never through a symlink, on the way or in the temp file's place (the name is ours:
     // one there is removed).
     let rel = names::temp_rel(&e.path);
@@ -543,7 +544,7 @@ fn open_temp(root: &Path, e: &Entry, tmp_path: &Path) -> Result<(File, u64)> {
     // The folder usually exists: it is made only when the open says it is missing.
     let mut f = match open() {
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            Dir::parent(root, &e.path, true).at(&e.path)?;
+            model.lock().make_parents(root, &e.path).at(&e.path)?;
             open()
         }
         r => r,
