@@ -482,14 +482,6 @@ impl Walk<'_> {
                 if again().is_none() {
                     return false;
                 }
-                // Made here for a pull, its peer's entry still to come: not a folder of ours
-                // (see `disk::make_parents`). What is inside it is looked at all the same.
-                if let Some(t) = st.made_dirs.get(path) {
-                    if t.elapsed() < crate::sync::model::MADE_DIR_WAIT {
-                        return true;
-                    }
-                    st.made_dirs.remove(path);
-                }
                 let version = cur
                     .map(|e| e.version.bumped(device))
                     .unwrap_or_else(|| crate::store::version::Version::default().bumped(device));

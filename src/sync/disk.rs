@@ -12,20 +12,16 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Makes the folders missing on the way to `rel` (a file's or a folder's path) for a pull, never
-/// through a symlink; returns those made with no mode of ours, to be noted by the caller. Each
-/// gets the mode `known` gives (our index's live folder there: one removed here since the last
-/// scan is made again as it was recorded, and the scan sees nothing new), else 0700 until the
-/// peer's entry for it is applied. Made 0755, such a folder was scanned as a new folder of
-/// ours, newer than the peer's, and its mode won on every peer (review10). Under the model's
-/// lock, so that no scan looks between the mkdir and the chmod.
-pub fn make_parents(
-    root: &Path,
-    rel: &str,
-    known: impl Fn(&str) -> Option<u32>,
-) -> io::Result<Vec<String>> {
-    let mut made = Vec::new();
+/// through a symlink. Each gets the mode `known` gives (our index's live folder there: one
+/// removed here since the last scan is made again as it was recorded, and the scan sees no
+/// change), else 0700 (review10: made 0755, a folder removed here came back world-readable as a
+/// change of ours). One our index does not know is then a new folder of ours to the scan, as
+/// any folder made here: the peer's entry for it is weighed against it (the newer wins, 0700 is
+/// never more open than what the peer had). Under the model's lock, so that no scan looks
+/// between the mkdir and the chmod.
+pub fn make_parents(root: &Path, rel: &str, known: impl Fn(&str) -> Option<u32>) -> io::Result<()> {
     let Some((parents, _)) = rel.rsplit_once('/') else {
-        return Ok(made);
+        return Ok(());
     };
     let mut d = Dir::open(root, "", false)?;
     let mut at = String::new();
@@ -35,25 +31,21 @@ pub fn make_parents(
         }
         at.push_str(c);
         d = match d.sub(c) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let mode = known(&at);
-                match d.mkdir(c, 0o700) {
-                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-                    Err(_) => d.sub(c)?,
-                    Ok(()) => {
-                        let sub = d.sub(c)?;
-                        match mode {
-                            Some(m) => sub.chmod(m)?,
-                            None => made.push(at.clone()),
-                        }
-                        sub
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match d.mkdir(c, 0o700) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                Err(_) => d.sub(c)?,
+                Ok(()) => {
+                    let sub = d.sub(c)?;
+                    if let Some(m) = known(&at) {
+                        sub.chmod(m)?;
                     }
+                    sub
                 }
-            }
+            },
             r => r?,
         };
     }
-    Ok(made)
+    Ok(())
 }
 
 /// An entry's mtime as a time; one outside what the system can hold (a peer can send any
@@ -183,7 +175,7 @@ mod tests {
     use super::*;
 
     /// Folders made for a pull: one our index knows gets its recorded mode (past the umask),
-    /// others 0700 and are returned; what exists is left as it is; never through a symlink.
+    /// others 0700; what exists is left as it is; never through a symlink.
     #[test]
     fn parents_made_for_a_pull() {
         let root = std::env::temp_dir().join(format!("left-parents-{}", std::process::id()));
@@ -191,14 +183,13 @@ mod tests {
         fs::create_dir_all(root.join("a")).unwrap();
         fs::set_permissions(root.join("a"), fs::Permissions::from_mode(0o750)).unwrap();
         let known = |p: &str| (p == "a/b").then_some(0o777);
-        let made = make_parents(&root, "a/b/c/f", known).unwrap();
+        make_parents(&root, "a/b/c/f", known).unwrap();
         let mode = |p: &str| fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o777;
-        assert_eq!(made, ["a/b/c"]);
         assert_eq!(
             (mode("a"), mode("a/b"), mode("a/b/c")),
             (0o750, 0o777, 0o700)
         );
-        assert!(make_parents(&root, "top", known).unwrap().is_empty());
+        make_parents(&root, "top", known).unwrap();
         std::os::unix::fs::symlink(&root, root.join("l")).unwrap();
         assert!(make_parents(&root, "l/x/f", known).is_err());
         assert!(!root.join("x").exists());

@@ -147,7 +147,7 @@ struct Apply<'a> {
 }
 
 fn begin<'a>(model: &'a Model, e: &Entry, create: bool) -> Result<Option<Apply<'a>>> {
-    let mut g = model.lock();
+    let g = model.lock();
     let cur = g.index.get(&e.path).map(std::borrow::Cow::into_owned);
     let Decision::Take { conflict } = decide(cur.as_ref(), e) else {
         return Ok(None);
@@ -259,7 +259,6 @@ impl Apply<'_> {
         ne.version = taken_version(self.cur.as_ref(), e, self.g.index.device);
         ne.stat = md.map(Stat::of).unwrap_or_default();
         self.g.kept_temps.remove(&e.path);
-        self.g.made_dirs.remove(&e.path);
         self.g.put(ne);
     }
 }
@@ -514,7 +513,6 @@ pub fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
             if md.is_dir()
                 && !a.known_folder()
                 && !a.ignored_folder(e)
-                && !a.g.made_dirs.contains_key(&e.path)
                 && Stat::of(&md).mode & 0o777 != e.dir_mode() =>
         {
             return Err(Error::msg(

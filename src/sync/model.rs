@@ -206,32 +206,18 @@ pub struct State {
     /// Installs logged before the last stop and perhaps missing from the index (the install
     /// log, read at start): the first scan takes their versions for files that hold them.
     pub received: std::collections::HashMap<String, Entry>,
-    /// Folders made here for a pull (`disk::make_parents`) that our index has no live folder
-    /// for, with when: the scan does not record them as new folders of ours, and the peer's
-    /// entry for one is applied over it, until [`MADE_DIR_WAIT`] has passed.
-    pub made_dirs: std::collections::HashMap<String, std::time::Instant>,
 }
 
-/// How long a folder made for a pull waits for the peer's entry before a scan records it as
-/// ours (the entry may never come: a need dropped, a connection gone).
-pub const MADE_DIR_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
-
 impl State {
-    /// Makes the folders missing on the way to `rel` for a pull (see `disk::make_parents`),
-    /// noting those made with no mode of ours.
-    pub fn make_parents(&mut self, root: &std::path::Path, rel: &str) -> std::io::Result<()> {
+    /// Makes the folders missing on the way to `rel` for a pull (see `disk::make_parents`).
+    pub fn make_parents(&self, root: &std::path::Path, rel: &str) -> std::io::Result<()> {
         let index = &self.index;
-        let made = crate::sync::disk::make_parents(root, rel, |p| {
+        crate::sync::disk::make_parents(root, rel, |p| {
             index
                 .get(p)
                 .filter(|e| e.kind == Kind::Dir && !e.deleted)
                 .map(|e| e.dir_mode())
-        })?;
-        let now = std::time::Instant::now();
-        for p in made {
-            self.made_dirs.insert(p, now);
-        }
-        Ok(())
+        })
     }
 
     /// Notes that a pull of `e` failed or was cut: its temp file stays to resume it.
@@ -305,7 +291,6 @@ impl Model {
             ignore: Ignore::default(),
             ignore_text: String::new(),
             received: Default::default(),
-            made_dirs: Default::default(),
             kept_temps: Default::default(),
             found_temps: Vec::new(),
         };
