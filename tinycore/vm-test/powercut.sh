@@ -167,7 +167,7 @@ if [ ! -x "$BBDIR/bin/busybox" ]; then
 fi
 
 # --- the initramfs: busybox, the modules in dependency order, the extension, the settings
-SPORT=$((20000 + RANDOM % 30000)) # left on the host
+SPORT=$((10000 + RANDOM % 22000)) # left on the host; below the ephemeral range (32768 and up)
 FWD=$((SPORT + 1))                # hostfwd 127.0.0.1:FWD -> guest's 24680
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/left.key"
 root=$WORK/root
