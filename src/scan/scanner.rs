@@ -326,7 +326,7 @@ impl Walk<'_> {
         // swapped in since it was found would have us list a folder outside the share. The
         // folder stays open while it is listed: the entries' stats may go through its
         // `/proc/self/fd` name (musl's std stats an entry by its path).
-        let listed = crate::sys::dirfd::Dir::open(&self.model.root, &dir, false)
+        let listed = crate::sys::dirfd::Dir::open(&self.model.root, &dir)
             .and_then(|d| d.read_dir(&abs).map(|rd| (d, rd)));
         let (opened, rd) = match listed {
             Ok(x) => x,
@@ -964,7 +964,7 @@ pub fn clean_temps(root: &Path, max_age: std::time::Duration) -> Vec<String> {
     // (a folder swapped for one while the walk goes on is never walked), one open at a time.
     let mut stack = vec![String::new()];
     while let Some(rel) = stack.pop() {
-        let Ok(dir) = Dir::open(root, &rel, false) else {
+        let Ok(dir) = Dir::open(root, &rel) else {
             continue;
         };
         let Ok(rd) = dir.read_dir(&root.join(&rel)) else {

@@ -23,7 +23,7 @@ pub fn make_parents(root: &Path, rel: &str, known: impl Fn(&str) -> Option<u32>)
     let Some((parents, _)) = rel.rsplit_once('/') else {
         return Ok(());
     };
-    let mut d = Dir::open(root, "", false)?;
+    let mut d = Dir::open(root, "")?;
     let mut at = String::new();
     for c in parents.split('/') {
         if !at.is_empty() {
@@ -68,7 +68,7 @@ pub fn mtime_of(e: &Entry) -> SystemTime {
 /// compares with is taken from the changed file.
 pub fn set_meta(root: &Path, e: &Entry, known: &Stat) -> Result<Stat> {
     let changed = || Error::msg("changed locally; will look again after the next scan").at(&e.path);
-    let (dir, name) = Dir::parent(root, &e.path, false).at(&e.path)?;
+    let (dir, name) = Dir::parent(root, &e.path).at(&e.path)?;
     if e.kind == Kind::Dir {
         let d = dir.sub(name).at(&e.path)?;
         let now = Stat::of(&d.metadata().at(&e.path)?);
@@ -109,7 +109,7 @@ pub fn set_meta(root: &Path, e: &Entry, known: &Stat) -> Result<Stat> {
 /// nothing for a deletion, a folder of that mode, the very file (looked at without following
 /// a symlink on the way).
 pub fn is_as_known(root: &Path, e: &Entry, known: &Stat) -> bool {
-    let Ok((dir, name)) = Dir::parent(root, &e.path, false) else {
+    let Ok((dir, name)) = Dir::parent(root, &e.path) else {
         return e.deleted;
     };
     match dir.stat(name) {
@@ -123,7 +123,7 @@ pub fn is_as_known(root: &Path, e: &Entry, known: &Stat) -> bool {
 
 /// Removes the temp file of `path` if there is one (a pull that will not be finished).
 pub fn remove_temp(root: &Path, path: &str) {
-    if let Ok((dir, name)) = Dir::parent(root, path, false) {
+    if let Ok((dir, name)) = Dir::parent(root, path) {
         dir.unlink_file(&names::temp_for(name));
     }
 }

@@ -157,7 +157,7 @@ fn begin<'a>(model: &'a Model, e: &Entry, create: bool) -> Result<Option<Apply<'
     } else {
         Ok(())
     };
-    let (dir, name) = match made.and_then(|()| Dir::parent(&model.root, &e.path, false)) {
+    let (dir, name) = match made.and_then(|()| Dir::parent(&model.root, &e.path)) {
         Ok((d, n)) => (Some(d), n),
         Err(_) if e.deleted => (None, names::split(&e.path).1),
         Err(err) => {

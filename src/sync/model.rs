@@ -505,7 +505,7 @@ impl Model {
         for t in std::mem::take(&mut st.found_temps) {
             if !wanted.contains(&t) {
                 let (dir, name) = names::split(&t);
-                if let Ok(d) = crate::sys::dirfd::Dir::open(&self.root, dir, false) {
+                if let Ok(d) = crate::sys::dirfd::Dir::open(&self.root, dir) {
                     debug!("{t}: a temp file from before the start no pull wants: removed");
                     d.unlink_file(name);
                 }

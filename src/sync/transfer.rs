@@ -557,7 +557,7 @@ fn open_temp(model: &Model, e: &Entry, tmp_path: &Path) -> Result<(File, u64)> {
         Err(_) => false,
     };
     if !ours {
-        let (dir, name) = Dir::parent(root, &rel, false).at(tmp_path)?;
+        let (dir, name) = Dir::parent(root, &rel).at(tmp_path)?;
         let _ = dir.unlink(name);
         f = dir.create_new(name);
     }

@@ -26,6 +26,7 @@ const AT_REMOVEDIR: c_int = 0x200;
 const RENAME_NOREPLACE: c_uint = 1;
 const RENAME_EXCHANGE: c_uint = 2;
 const ENOENT: i32 = 2;
+#[cfg(test)]
 const EEXIST: i32 = 17;
 const ENOSYS: i32 = 38;
 const EINVAL: i32 = 22;
@@ -54,9 +55,9 @@ pub struct Dir(File);
 
 impl Dir {
     /// Opens folder `rel` of the share at `root` ("" is the share itself), each folder on the
-    /// way without following a symlink; with `create`, missing folders are made (mode 0755).
-    /// A symlink or a file on the way gives `ENOTDIR` or `ELOOP`.
-    pub fn open(root: &Path, rel: &str, create: bool) -> io::Result<Dir> {
+    /// way without following a symlink (folders missing on the way are made for a pull by
+    /// `sync::disk::make_parents`). A symlink or a file on the way gives `ENOTDIR` or `ELOOP`.
+    pub fn open(root: &Path, rel: &str) -> io::Result<Dir> {
         use std::os::unix::fs::OpenOptionsExt;
         let top = std::fs::OpenOptions::new()
             .read(true)
@@ -64,21 +65,15 @@ impl Dir {
             .open(root)?;
         let mut d = Dir(top);
         for c in rel.split('/').filter(|c| !c.is_empty()) {
-            d = match d.sub(c) {
-                Err(e) if create && e.raw_os_error() == Some(ENOENT) => match d.mkdir(c, 0o755) {
-                    Err(e) if e.raw_os_error() != Some(EEXIST) => return Err(e),
-                    _ => d.sub(c)?,
-                },
-                r => r?,
-            };
+            d = d.sub(c)?;
         }
         Ok(d)
     }
 
     /// Opens the folder that holds `rel` and returns it with `rel`'s last component.
-    pub fn parent<'a>(root: &Path, rel: &'a str, create: bool) -> io::Result<(Dir, &'a str)> {
+    pub fn parent<'a>(root: &Path, rel: &'a str) -> io::Result<(Dir, &'a str)> {
         let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        Ok((Dir::open(root, dir, create)?, name))
+        Ok((Dir::open(root, dir)?, name))
     }
 
     /// The folder `name` inside this one, not through a symlink.
@@ -289,7 +284,7 @@ mod tests {
         let root = std::env::temp_dir().join(format!("left-dirfd-link-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root).unwrap();
-        let d = Dir::open(&root, "", false).unwrap();
+        let d = Dir::open(&root, "").unwrap();
         let c = |n: &str| cstr(n).unwrap();
         fs::write(root.join("a"), b"ours").unwrap();
         fs::write(root.join("taken"), b"other").unwrap();
@@ -318,7 +313,7 @@ mod tests {
         let root = std::env::temp_dir().join(format!("left-dirfd-aside-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root).unwrap();
-        let d = Dir::open(&root, "", false).unwrap();
+        let d = Dir::open(&root, "").unwrap();
         let c = |n: &str| cstr(n).unwrap();
         let pid = std::process::id();
         // Other tests of this binary may have used some of the counter already.
@@ -352,19 +347,18 @@ mod tests {
         std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
         fs::write(root.join("a/file"), b"x").unwrap();
 
-        assert!(Dir::open(&root, "a/b", false).is_ok());
-        assert!(Dir::open(&root, "link", false).is_err());
-        assert!(Dir::open(&root, "link/sub", true).is_err());
-        assert!(!outside.join("sub").exists());
-        assert!(Dir::open(&root, "a/file", false).is_err());
-        assert!(Dir::open(&root, "a/file/x", true).is_err());
-        let d = Dir::open(&root, "new/deep", true).unwrap();
-        assert!(root.join("new/deep").is_dir());
+        assert!(Dir::open(&root, "a/b").is_ok());
+        assert!(Dir::open(&root, "link").is_err());
+        assert!(Dir::open(&root, "link/sub").is_err());
+        assert!(Dir::open(&root, "a/file").is_err());
+        assert!(Dir::open(&root, "a/file/x").is_err());
+        fs::create_dir_all(root.join("new/deep")).unwrap();
+        let d = Dir::open(&root, "new/deep").unwrap();
         d.mkdir("m", 0o700).unwrap();
         assert!(d.stat("m").unwrap().unwrap().is_dir());
         assert!(d.stat("none").unwrap().is_none());
 
-        let top = Dir::open(&root, "", false).unwrap();
+        let top = Dir::open(&root, "").unwrap();
         assert!(top.stat("link").unwrap().unwrap().file_type().is_symlink());
         assert!(top.open_file("link", false).is_err());
         top.unlink("link").unwrap();
@@ -408,7 +402,7 @@ mod tests {
         let root = std::env::temp_dir().join(format!("left-dirfd-race-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root).unwrap();
-        let d = Dir::open(&root, "", false).unwrap();
+        let d = Dir::open(&root, "").unwrap();
         let c = |n: &str| cstr(n).unwrap();
         let (mut lost, n) = (0, crate::tries(20000));
         for i in 0..n {
