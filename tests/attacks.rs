@@ -569,9 +569,9 @@ fn an_index_frame_of_countless_tiny_entries_is_refused() {
     let mut entries = Vec::new();
     let mut len = 12usize;
     while len < (8 << 20) - 200 {
-        let mut e = WEntry::file(&format!("{:x}", entries.len()), b"", f.device, 1);
-        e.version = vec![];
-        len += 63 + e.path.len() - 1;
+        // With a version: one with none is refused for that alone.
+        let e = WEntry::file(&format!("{:x}", entries.len()), b"", f.device, 1);
+        len += 79 + e.path.len() - 1;
         entries.push(e);
     }
     let _ = f.send(&wire::index(1, &entries));
@@ -1100,8 +1100,9 @@ fn a_growing_pile_of_tombstones_does_not_stall_a_good_peer() {
         folds.iter().sum::<u64>(),
         lat.len()
     );
-    // A bound on liveness, looser in a debug build (10-25 s before the fix, in release).
-    let limit = Duration::from_secs(if cfg!(debug_assertions) { 20 } else { 5 });
+    // A bound on liveness, looser in a debug build (10-25 s before the fix, in release; 5.2 s
+    // once in CI on a loaded machine with the fix).
+    let limit = Duration::from_secs(if cfg!(debug_assertions) { 20 } else { 8 });
     assert!(
         worst < limit,
         "a file from A took {worst:?} to reach B while a peer piled up tombstones"

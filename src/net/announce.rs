@@ -24,6 +24,11 @@ pub fn announce(model: &Model, w: &mut FrameWriter<'_>, sent: u64) -> Result<u64
             let mut e = Enc::default();
             let mut n = 0u32;
             g.index.changed(sent, top, &mut at, |x| {
+                // A folder made for a pull before its entry came (an empty version, see
+                // `Model::make_parents`) is not a version to offer.
+                if x.version.pairs().is_empty() {
+                    return true;
+                }
                 codec::put_entry(&mut e, x);
                 n += 1;
                 e.0.len() < wire::INDEX_BATCH && (n as usize) < wire::MAX_INDEX_ENTRIES

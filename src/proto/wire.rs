@@ -298,7 +298,16 @@ pub fn decode(body: Vec<u8>) -> Result<Msg> {
             }
             let mut entries = Vec::with_capacity(n);
             for _ in 0..n {
-                entries.push(get_entry(&mut d)?);
+                let e = get_entry(&mut d)?;
+                // Every version a peer makes names it; an empty one is our placeholder's
+                // (`sync::model::Model::make_parents`), never announced.
+                if e.version.pairs().is_empty() {
+                    return Err(Error::protocol(format!(
+                        "{}: an entry with no version",
+                        e.path
+                    )));
+                }
+                entries.push(e);
             }
             Msg::Index { seq, entries }
         }
@@ -439,6 +448,7 @@ mod tests {
                     Entry {
                         path: "d".into(),
                         kind: Kind::Dir,
+                        version: crate::store::version::Version::from_pairs(vec![(3, 1)]),
                         ..Entry::default()
                     },
                 ],
@@ -575,6 +585,16 @@ mod tests {
         };
         assert!(many(MAX_INDEX_ENTRIES).is_ok());
         assert!(many(MAX_INDEX_ENTRIES + 1).is_err());
+        // An entry with no version: only our own placeholders have one, never announced.
+        let mut e = entry();
+        e.version = Default::default();
+        assert!(
+            decode_stream(&encode(&Msg::Index {
+                seq: 1,
+                entries: vec![e]
+            }))
+            .is_err()
+        );
         // Blocks that do not fit the size.
         let mut e = entry();
         e.blocks = [&e.blocks[..], &[[4; 16]]].concat().into();
@@ -628,11 +648,13 @@ mod fuzz {
         let dir = Entry {
             path: "d".into(),
             kind: Kind::Dir,
+            version: Version::from_pairs(vec![(2, 3)]),
             ..Entry::default()
         };
         let gone = Entry {
             path: "x".into(),
             deleted: true,
+            version: Version::from_pairs(vec![(1, 2)]),
             ..Entry::default()
         };
         [

@@ -8,6 +8,7 @@ use crate::hash;
 use crate::store::entry::{Entry, FAST_MIN_BLOCKS, Kind, Stat, block_size_for};
 use crate::store::ignore::{self, Ignore};
 use crate::store::names;
+use crate::store::version::Order;
 use crate::sync::model::{Model, State};
 use std::collections::HashSet;
 use std::fs;
@@ -481,6 +482,28 @@ impl Walk<'_> {
             (FolderSeen::New, _) => {
                 if again().is_none() {
                     return false;
+                }
+                // Made for a pull, or a peer's folder made, just before the last stop (logged
+                // ahead, the index not saved): the entry logged, not a new folder of ours,
+                // which would be newer than the peer's and win with the mode it was made
+                // with (review11).
+                if let Some(mut rec) = st.received.remove(path).filter(|r| {
+                    r.kind == Kind::Dir
+                        && !r.deleted
+                        && r.dir_mode() & 0o777 == stat.mode
+                        && (r.version.pairs().is_empty()
+                            || cur.is_none_or(|c| {
+                                matches!(
+                                    r.version.compare(&c.version),
+                                    Order::Newer | Order::Concurrent
+                                )
+                            }))
+                }) {
+                    info!("{path}/: made for a pull before the last stop");
+                    rec.stat = *stat;
+                    st.put(rec);
+                    // Not fresh: the temp files in it are kept pulls', to resume.
+                    return true;
                 }
                 let version = cur
                     .map(|e| e.version.bumped(device))
@@ -1138,6 +1161,60 @@ mod tests {
     /// A file found at start that is an install the index had not recorded (a crash between
     /// the rename and the index's save) takes the sender's version, with ours merged in where
     /// ours was a concurrent edit it won over, as the install would have recorded it.
+    /// Folders made for a pull are placeholders (an empty version, beaten by any peer entry),
+    /// for the scan too, and still after a kill that lost the index's last changes (review11):
+    /// only a change here makes one a version of ours.
+    #[test]
+    fn a_folder_made_for_a_pull_stays_a_placeholder_across_a_kill() {
+        use crate::store::version::Version;
+        use crate::sync::model::{Decision, decide};
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("left-placeholder-{}", std::process::id()));
+        let model = crate::sync::model::fresh_model(&root, 7);
+        model.make_parents(&mut model.lock(), "d/e/f").unwrap();
+        let empty = |m: &Model, p: &str| {
+            let g = m.lock();
+            let e = g.index.get(p).unwrap();
+            (e.kind, e.version.pairs().is_empty(), e.mode & 0o777)
+        };
+        assert_eq!(empty(&model, "d/e"), (Kind::Dir, true, 0o700));
+        scan(&model, None, None).unwrap();
+        assert_eq!(
+            empty(&model, "d"),
+            (Kind::Dir, true, 0o700),
+            "no change of ours"
+        );
+        let theirs = Entry {
+            path: "d".into(),
+            kind: Kind::Dir,
+            mode: 0o750,
+            version: Version::from_pairs(vec![(2, 1)]),
+            modified_by: 2,
+            ..Entry::default()
+        };
+        let held = model.lock().index.get("d").unwrap().into_owned();
+        assert!(matches!(
+            decide(Some(&held), &theirs),
+            Decision::Take { conflict: false }
+        ));
+        // A kill before the index was saved: a new model with an empty index and the log.
+        let state = root.join(names::STATE_DIR);
+        let again = Model::new(
+            root.clone(),
+            state.clone(),
+            crate::store::index::Index::new(7),
+        );
+        again.lock().received = crate::store::intents::load(&state);
+        scan(&again, None, None).unwrap();
+        assert_eq!(empty(&again, "d"), (Kind::Dir, true, 0o700));
+        assert_eq!(empty(&again, "d/e"), (Kind::Dir, true, 0o700));
+        // A chmod here is a change of ours.
+        fs::set_permissions(root.join("d"), fs::Permissions::from_mode(0o711)).unwrap();
+        scan(&again, None, None).unwrap();
+        assert_eq!(empty(&again, "d"), (Kind::Dir, false, 0o711));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn an_install_found_after_a_crash_keeps_the_merged_version() {
         use crate::store::version::{Order, Version};

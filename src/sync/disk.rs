@@ -12,16 +12,21 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Makes the folders missing on the way to `rel` (a file's or a folder's path) for a pull, never
-/// through a symlink. Each gets the mode `known` gives (our index's live folder there: one
-/// removed here since the last scan is made again as it was recorded, and the scan sees no
-/// change), else 0700 (review10: made 0755, a folder removed here came back world-readable as a
-/// change of ours). One our index does not know is then a new folder of ours to the scan, as
-/// any folder made here: the peer's entry for it is weighed against it (the newer wins, 0700 is
-/// never more open than what the peer had). Under the model's lock, so that no scan looks
+/// through a symlink; returns the paths it made, with their stats. Each gets the mode `known`
+/// gives (our index's live folder there: one removed here since the last scan is made again as
+/// it was recorded, and the scan sees no change), else 0700 (review10: made 0755, a folder
+/// removed here came back world-readable as a change of ours). One our index does not know is
+/// recorded by the caller as a placeholder that any peer's entry beats
+/// (`sync::model::Model::make_parents`). Under the model's lock, so that no scan looks
 /// between the mkdir and the chmod.
-pub fn make_parents(root: &Path, rel: &str, known: impl Fn(&str) -> Option<u32>) -> io::Result<()> {
+pub fn make_parents(
+    root: &Path,
+    rel: &str,
+    known: impl Fn(&str) -> Option<u32>,
+) -> io::Result<Vec<(String, Stat)>> {
+    let mut made = Vec::new();
     let Some((parents, _)) = rel.rsplit_once('/') else {
-        return Ok(());
+        return Ok(made);
     };
     let mut d = Dir::open(root, "")?;
     let mut at = String::new();
@@ -39,13 +44,14 @@ pub fn make_parents(root: &Path, rel: &str, known: impl Fn(&str) -> Option<u32>)
                     if let Some(m) = known(&at) {
                         sub.chmod(m)?;
                     }
+                    made.push((at.clone(), Stat::of(&sub.metadata()?)));
                     sub
                 }
             },
             r => r?,
         };
     }
-    Ok(())
+    Ok(made)
 }
 
 /// An entry's mtime as a time; one outside what the system can hold (a peer can send any
@@ -183,13 +189,16 @@ mod tests {
         fs::create_dir_all(root.join("a")).unwrap();
         fs::set_permissions(root.join("a"), fs::Permissions::from_mode(0o750)).unwrap();
         let known = |p: &str| (p == "a/b").then_some(0o777);
-        make_parents(&root, "a/b/c/f", known).unwrap();
+        let made = make_parents(&root, "a/b/c/f", known).unwrap();
+        let made: Vec<_> = made.iter().map(|(p, s)| (p.as_str(), s.mode)).collect();
+        assert_eq!(made, [("a/b", 0o777), ("a/b/c", 0o700)]);
         let mode = |p: &str| fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o777;
         assert_eq!(
             (mode("a"), mode("a/b"), mode("a/b/c")),
             (0o750, 0o777, 0o700)
         );
-        make_parents(&root, "top", known).unwrap();
+        assert!(make_parents(&root, "top", known).unwrap().is_empty());
+        assert!(make_parents(&root, "a/b/c/g", known).unwrap().is_empty());
         std::os::unix::fs::symlink(&root, root.join("l")).unwrap();
         assert!(make_parents(&root, "l/x/f", known).is_err());
         assert!(!root.join("x").exists());

@@ -147,13 +147,13 @@ struct Apply<'a> {
 }
 
 fn begin<'a>(model: &'a Model, e: &Entry, create: bool) -> Result<Option<Apply<'a>>> {
-    let g = model.lock();
+    let mut g = model.lock();
     let cur = g.index.get(&e.path).map(std::borrow::Cow::into_owned);
     let Decision::Take { conflict } = decide(cur.as_ref(), e) else {
         return Ok(None);
     };
     let made = if create {
-        g.make_parents(&model.root, &e.path)
+        model.make_parents(&mut g, &e.path)
     } else {
         Ok(())
     };

@@ -209,17 +209,6 @@ pub struct State {
 }
 
 impl State {
-    /// Makes the folders missing on the way to `rel` for a pull (see `disk::make_parents`).
-    pub fn make_parents(&self, root: &std::path::Path, rel: &str) -> std::io::Result<()> {
-        let index = &self.index;
-        crate::sync::disk::make_parents(root, rel, |p| {
-            index
-                .get(p)
-                .filter(|e| e.kind == Kind::Dir && !e.deleted)
-                .map(|e| e.dir_mode())
-        })
-    }
-
     /// Notes that a pull of `e` failed or was cut: its temp file stays to resume it.
     pub fn keep_temp(&mut self, e: &Entry) {
         if e.is_file() {
@@ -307,6 +296,52 @@ impl Model {
             watch_fd: std::sync::atomic::AtomicI32::new(-1),
             needs_budget: Default::default(),
         }
+    }
+
+    /// Makes the folders missing on the way to `rel` for a pull (see `disk::make_parents`),
+    /// under the lock `st`. Each made where our index has no live folder is recorded as a
+    /// placeholder: a folder entry with an empty version, which is never announced and which
+    /// any peer's entry for the path beats (review10, review11: recorded by the scan as a new
+    /// folder of ours, 0700 and newer, it won over the peer's folder and its mode). It is also
+    /// logged ahead with the installs, so that a scan after a kill takes the folder for one
+    /// made for a pull, not for a new folder of ours. A change here (a chmod, a removal) makes
+    /// it a version of ours like any other.
+    pub fn make_parents(&self, st: &mut State, rel: &str) -> std::io::Result<()> {
+        let index = &st.index;
+        let made = crate::sync::disk::make_parents(&self.root, rel, |p| {
+            index
+                .get(p)
+                .filter(|e| e.kind == Kind::Dir && !e.deleted)
+                .map(|e| e.dir_mode())
+        })?;
+        let mut logged = Vec::new();
+        for (path, stat) in made {
+            // A live file there (removed since the last scan) keeps its entry: the scan
+            // records its deletion and the folder.
+            if st.index.get(&path).is_some_and(|e| !e.deleted) {
+                continue;
+            }
+            let e = Entry {
+                path,
+                kind: Kind::Dir,
+                mode: stat.mode,
+                // What a new folder of ours would have: a chmod here before the peer's entry
+                // comes is weighed with the time the folder was made.
+                mtime: stat.mtime,
+                mtime_ns: stat.mtime_ns,
+                modified_by: st.index.device,
+                stat,
+                ..Entry::default()
+            };
+            logged.push(e.clone());
+            st.put(e);
+        }
+        if !logged.is_empty()
+            && let Err(e) = self.installs().append(&logged)
+        {
+            warn!("{e}");
+        }
+        Ok(())
     }
 
     /// Saves what changed in the index: a journal record, written without the model's lock,

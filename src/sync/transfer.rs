@@ -544,7 +544,7 @@ fn open_temp(model: &Model, e: &Entry, tmp_path: &Path) -> Result<(File, u64)> {
     // The folder usually exists: it is made only when the open says it is missing.
     let mut f = match open() {
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            model.lock().make_parents(root, &e.path).at(&e.path)?;
+            model.make_parents(&mut model.lock(), &e.path).at(&e.path)?;
             open()
         }
         r => r,
