@@ -7,26 +7,12 @@ mod common;
 
 use common::wire;
 use common::*;
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
-
-/// Sets the mtime of a file or folder.
-fn set_mtime(path: &Path, t: SystemTime) {
-    File::open(path).unwrap().set_modified(t).unwrap();
-}
-
-/// Every path of a share (files and folders, conflict copies included, temp files excluded).
-fn names(root: &Path) -> Vec<String> {
-    listing(root)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect()
-}
 
 /// The contents of every file of a share, conflict copies included.
 fn contents(root: &Path) -> Vec<Vec<u8>> {

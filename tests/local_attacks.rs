@@ -9,12 +9,6 @@ use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-/// A daemon listening on `port`, listing `peer` (which the fake peer claims to be).
-fn victim(t: &TestDir) -> (Peer, u16) {
-    let (port, peer) = two_ports();
-    (Peer::start(t, "B", port, &[peer]), peer)
-}
-
 /// `outside/f` hard-linked at the temp name of `x`, then a peer announces `x` with mode 4755:
 /// the outside file keeps its bytes and its mode, and `x` arrives, 0755.
 #[test]

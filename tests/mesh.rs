@@ -6,33 +6,11 @@
 mod common;
 
 use common::*;
-use std::fs::{self, OpenOptions};
-use std::path::Path;
+use std::fs;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MIB: u64 = 1 << 20;
 const LONG: Duration = Duration::from_secs(180);
-
-/// Two daemons, A and B, each dialing the other.
-fn pair(t: &TestDir) -> (Peer, Peer) {
-    let (pa, pb) = two_ports();
-    (
-        Peer::start(t, "A", pa, &[pb]),
-        Peer::start(t, "B", pb, &[pa]),
-    )
-}
-
-fn wait_content(p: &Peer, rel: &str, want: &[u8]) {
-    let ok = wait_until(SOON, || has_content(&p.path(rel), want));
-    assert!(
-        ok,
-        "{}/{rel} does not hold the expected {} bytes (it has {:?} bytes)\n{}",
-        p.name,
-        want.len(),
-        read(&p.path(rel)).map(|d| d.len()),
-        tail(&p.log_text(), 15)
-    );
-}
 
 fn wait_gone(p: &Peer, rel: &str) {
     let ok = wait_until(SOON, || fs::symlink_metadata(p.path(rel)).is_err());
@@ -45,25 +23,11 @@ fn wait_gone(p: &Peer, rel: &str) {
     );
 }
 
-/// Sets a file's mtime to `secs` seconds after the epoch (whole seconds).
-fn set_mtime(path: &Path, secs: u64) {
-    OpenOptions::new()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_modified(UNIX_EPOCH + Duration::from_secs(secs))
-        .unwrap();
-}
-
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    listing(dir).unwrap().into_iter().map(|(p, _)| p).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -118,7 +82,7 @@ fn folder_deleted_on_b_disappears_from_a() {
     let a = Peer::start(&t, "A", pa, &[pb]);
     let b = Peer::start(&t, "B", pb, &[pa]);
     fs::write(a.path("marker"), b"m").unwrap();
-    wait_content(&b, "marker", b"m");
+    wait_content(&b, "marker", b"m", SOON);
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(names(&a.dir), vec!["keep.txt", "marker"]);
     assert_eq!(names(&b.dir), vec!["keep.txt", "marker"]);
@@ -262,7 +226,7 @@ fn concurrent_offline_edits_keep_both_versions_everywhere() {
     let edit = |side: &str, rel: &str, data: &[u8], mtime: u64| {
         let p = t.join(&format!("{side}/{rel}"));
         fs::write(&p, data).unwrap();
-        set_mtime(&p, mtime);
+        set_mtime(&p, UNIX_EPOCH + Duration::from_secs(mtime));
     };
     // notes.txt: B's edit is newer and wins.
     edit("A", "notes.txt", b"A's notes\n", now - 600);
@@ -391,6 +355,7 @@ fn three_peers_in_a_full_mesh() {
                 p,
                 &format!("from-{}/data.bin", q.name),
                 &random_bytes(60 + i as u64, 300_000 + i),
+                SOON,
             );
         }
     }
@@ -401,8 +366,8 @@ fn three_peers_in_a_full_mesh() {
     // An edit on C.
     let edited = random_bytes(70, 123_457);
     put_file(&t.join("staging"), &c.path("from-A/data.bin"), &edited);
-    wait_content(&a, "from-A/data.bin", &edited);
-    wait_content(&b, "from-A/data.bin", &edited);
+    wait_content(&a, "from-A/data.bin", &edited, SOON);
+    wait_content(&b, "from-A/data.bin", &edited, SOON);
     // A deletion on A.
     fs::remove_file(a.path("B.txt")).unwrap();
     wait_gone(&b, "B.txt");
@@ -460,8 +425,8 @@ fn three_peers_in_a_chain_edit_and_delete() {
     fs::write(a.path("docs/report.bin"), &d1).unwrap();
     fs::write(a.path("docs/old/x"), b"old x").unwrap();
     fs::write(a.path("shared.txt"), b"version 1\n").unwrap();
-    wait_content(&c, "docs/report.bin", &d1);
-    wait_content(&c, "shared.txt", b"version 1\n");
+    wait_content(&c, "docs/report.bin", &d1, SOON);
+    wait_content(&c, "shared.txt", b"version 1\n", SOON);
     // A and C never talk to each other directly.
     assert!(!a.log_text().contains(&format!("127.0.0.1:{pc}")));
     assert!(!c.log_text().contains(&format!("127.0.0.1:{pa}")));
@@ -471,7 +436,7 @@ fn three_peers_in_a_chain_edit_and_delete() {
         &c.path("shared.txt"),
         b"version 2, from C\n",
     );
-    wait_content(&a, "shared.txt", b"version 2, from C\n");
+    wait_content(&a, "shared.txt", b"version 2, from C\n", SOON);
     fs::remove_file(c.path("docs/report.bin")).unwrap();
     wait_gone(&a, "docs/report.bin");
     fs::remove_dir_all(a.path("docs/old")).unwrap();

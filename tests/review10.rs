@@ -12,10 +12,6 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-fn mode(p: &std::path::Path) -> u32 {
-    fs::metadata(p).map_or(0, |m| m.permissions().mode() & 0o777)
-}
-
 /// 82d9411 makes a file whose folder we do not hold wait for the folder's entry, so that the
 /// folder is not made here (0755) and scanned as a new folder of ours. It trusts the index:
 /// a folder the index still has live, but that a user removed here and no scan has seen yet,
@@ -36,7 +32,7 @@ fn a_folder_removed_here_unscanned_is_not_remade_with_a_mode_of_its_own() {
     fs::write(a.path("d/a"), b"a").unwrap();
     fs::set_permissions(a.path("d"), fs::Permissions::from_mode(0o700)).unwrap();
     assert!(wait_until(SOON, || b.path("d/a").exists()
-        && mode(&b.path("d")) == 0o700));
+        && mode_or_zero(&b.path("d")) == 0o700));
     std::thread::sleep(Duration::from_millis(1500));
     b.terminate(Duration::from_secs(10));
     fs::remove_dir_all(b.path("d")).unwrap();
@@ -49,7 +45,7 @@ fn a_folder_removed_here_unscanned_is_not_remade_with_a_mode_of_its_own() {
     let b = Peer::start(&t, "B", pb, &[pa]);
     assert!(wait_until(SOON, || b.path("d/f").exists()));
     std::thread::sleep(Duration::from_secs(8));
-    let (ma, mb) = (mode(&a.path("d")), mode(&b.path("d")));
+    let (ma, mb) = (mode_or_zero(&a.path("d")), mode_or_zero(&b.path("d")));
     assert!(
         ma == 0o700 && mb == 0o700,
         "d's mode: A {ma:o}, B {mb:o} (0700 everywhere, no user chmodded it)\nB:\n{}",
@@ -91,7 +87,7 @@ fn a_folder_entry_waiting_on_disk_does_not_lose_its_mode() {
     let b = Peer::start_with(&t, "B", pb, &[pa], &["--max-pending", "2"]);
     wait_identical(&a.dir, &b.dir, SOON);
     std::thread::sleep(Duration::from_secs(4));
-    let (ma, mb) = (mode(&a.path("d")), mode(&b.path("d")));
+    let (ma, mb) = (mode_or_zero(&a.path("d")), mode_or_zero(&b.path("d")));
     assert!(
         ma == 0o700 && mb == 0o700,
         "d's mode: A {ma:o}, B {mb:o} (0700 everywhere, no user chmodded it)\nB:\n{}",
@@ -119,7 +115,7 @@ fn a_folder_kept_for_a_new_file_keeps_its_mode() {
     fs::write(a.path("d/a"), b"a").unwrap();
     fs::set_permissions(a.path("d"), fs::Permissions::from_mode(0o700)).unwrap();
     assert!(wait_until(SOON, || b.path("d/a").exists()
-        && mode(&b.path("d")) == 0o700));
+        && mode_or_zero(&b.path("d")) == 0o700));
     std::thread::sleep(Duration::from_millis(1500));
     a.terminate(Duration::from_secs(10));
     fs::remove_dir_all(b.path("d")).unwrap();
@@ -129,7 +125,7 @@ fn a_folder_kept_for_a_new_file_keeps_its_mode() {
     let a = Peer::start(&t, "A", pa, &[pb]);
     wait_identical(&a.dir, &b.dir, SOON);
     std::thread::sleep(Duration::from_secs(4));
-    let (ma, mb) = (mode(&a.path("d")), mode(&b.path("d")));
+    let (ma, mb) = (mode_or_zero(&a.path("d")), mode_or_zero(&b.path("d")));
     assert!(
         ma == 0o700 && mb == 0o700,
         "d's mode: A {ma:o}, B {mb:o} (0700 everywhere, no user chmodded it)\nB:\n{}",

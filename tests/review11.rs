@@ -15,10 +15,6 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-fn mode(p: &std::path::Path) -> u32 {
-    fs::metadata(p).map_or(0, |m| m.permissions().mode() & 0o777)
-}
-
 /// A (reached by B through a proxy) holds `d` (mode 0750) with `d/f00` (48 MiB) and 11 small
 /// files, announced before `d` (review10's way in: `d` waits on disk under B's
 /// `--max-pending 2` when the pass closes). Returns once B has made `d` for the pull of
@@ -66,7 +62,7 @@ fn a_folder_noted_at_a_kill_does_not_win_with_its_own_mode() {
     to_a.set_cut(true);
     to_b.set_cut(true);
     b.kill();
-    let at_kill = mode(&b.path("d"));
+    let at_kill = mode_or_zero(&b.path("d"));
     std::thread::sleep(Duration::from_millis(500));
     let b = Peer::start(&t, "B", pb, &[to_a.port]);
     std::thread::sleep(Duration::from_secs(3));
@@ -74,7 +70,7 @@ fn a_folder_noted_at_a_kill_does_not_win_with_its_own_mode() {
     to_b.set_cut(false);
     wait_identical(&a.dir, &b.dir, SOON);
     std::thread::sleep(Duration::from_secs(4));
-    let (ma, mb) = (mode(&a.path("d")), mode(&b.path("d")));
+    let (ma, mb) = (mode_or_zero(&a.path("d")), mode_or_zero(&b.path("d")));
     assert!(
         ma == 0o750 && mb == 0o750,
         "d's mode: A {ma:o}, B {mb:o} (0750 everywhere: A's user set it; B's d was {at_kill:o} \
@@ -136,14 +132,14 @@ fn a_users_chmod_of_a_noted_folder_is_not_overwritten() {
     to_a.set_cut(true);
     to_b.set_cut(true);
     std::thread::sleep(Duration::from_millis(500));
-    let made = mode(&b.path("d"));
+    let made = mode_or_zero(&b.path("d"));
     fs::set_permissions(b.path("d"), fs::Permissions::from_mode(0o711)).unwrap();
     std::thread::sleep(Duration::from_secs(3));
     to_a.set_cut(false);
     to_b.set_cut(false);
     wait_identical(&a.dir, &b.dir, SOON);
     std::thread::sleep(Duration::from_secs(4));
-    let (ma, mb) = (mode(&a.path("d")), mode(&b.path("d")));
+    let (ma, mb) = (mode_or_zero(&a.path("d")), mode_or_zero(&b.path("d")));
     assert!(
         ma == 0o711 && mb == 0o711,
         "d's mode: A {ma:o}, B {mb:o} (0711 everywhere: B's user set it after A's 0750; B had \

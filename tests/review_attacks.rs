@@ -19,11 +19,6 @@ fn now_secs() -> i64 {
         .as_secs() as i64
 }
 
-fn victim(t: &TestDir) -> (Peer, u16) {
-    let (port, peer) = two_ports();
-    (Peer::start(t, "B", port, &[peer]), peer)
-}
-
 /// Every file (path, content) of a tree, symlinks not followed.
 fn snapshot(root: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();

@@ -12,38 +12,8 @@ const MIB: u64 = 1 << 20;
 /// For transfers of large files on a busy two-core machine: generous, never a speed test.
 const LONG: Duration = Duration::from_secs(180);
 
-/// Two daemons, A and B, each dialing the other.
-fn pair(t: &TestDir) -> (Peer, Peer) {
-    let (pa, pb) = two_ports();
-    let a = Peer::start(t, "A", pa, &[pb]);
-    let b = Peer::start(t, "B", pb, &[pa]);
-    (a, b)
-}
-
-/// Waits for `path` to hold `want`, failing with the peer's log otherwise.
-fn wait_content(p: &Peer, rel: &str, want: &[u8], timeout: Duration) {
-    let ok = wait_until(timeout, || has_content(&p.path(rel), want));
-    assert!(
-        ok,
-        "{}/{rel} does not hold the expected {} bytes (has {:?} bytes)",
-        p.name,
-        want.len(),
-        read(&p.path(rel)).map(|d| d.len())
-    );
-}
-
 fn received_of<'a>(r: &'a [Received], path: &str) -> Vec<&'a Received> {
     r.iter().filter(|x| x.path == path).collect()
-}
-
-/// Sets a file's mtime.
-fn set_mtime(path: &std::path::Path, t: SystemTime) {
-    OpenOptions::new()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1498,3 +1498,45 @@ pub fn mode_of(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
 }
+
+/// Two daemons, A and B, each dialing the other.
+pub fn pair(t: &TestDir) -> (Peer, Peer) {
+    let (pa, pb) = two_ports();
+    let a = Peer::start(t, "A", pa, &[pb]);
+    let b = Peer::start(t, "B", pb, &[pa]);
+    (a, b)
+}
+
+/// A daemon B listening on a port of its own and listing the other port: the peer a fake peer
+/// claims to be. Returns it and that listed port.
+pub fn victim(t: &TestDir) -> (Peer, u16) {
+    let (port, peer) = two_ports();
+    (Peer::start(t, "B", port, &[peer]), peer)
+}
+
+/// Waits for `rel` on `p` to hold `want`, failing with the peer's log otherwise.
+pub fn wait_content(p: &Peer, rel: &str, want: &[u8], timeout: Duration) {
+    let ok = wait_until(timeout, || has_content(&p.path(rel), want));
+    assert!(
+        ok,
+        "{}/{rel} does not hold the expected {} bytes (it has {:?} bytes)\n{}",
+        p.name,
+        want.len(),
+        read(&p.path(rel)).map(|d| d.len()),
+        tail(&p.log_text(), 15)
+    );
+}
+
+/// Sets the mtime of a file or folder.
+pub fn set_mtime(path: &Path, t: std::time::SystemTime) {
+    File::open(path).unwrap().set_modified(t).unwrap();
+}
+
+/// Every path of a share (files and folders, conflict copies included, temp files excluded).
+pub fn names(root: &Path) -> Vec<String> {
+    listing(root)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
+}
