@@ -264,3 +264,36 @@ fn a_symlinked_leftignore_is_never_followed() {
         tail(&a.log_text(), 15)
     );
 }
+
+/// What a peer announced while we ignored it is never looked at again once we stop ignoring
+/// it: `Model::take_in` drops an ignored entry for good (no need, no note), and a peer
+/// announces an entry once (the whole index only on a new connection); a change of
+/// `.leftignore` (`scanner::load_ignore`) weighs nothing again. Sequence: B keeps a
+/// `.leftignore` of its own (`.leftignore` and `*.log`: a local-only list, as the gitignore
+/// rules allow); A writes `y.log` and `z.txt`; B takes `z.txt` and, rightly, not `y.log`. B's
+/// user then removes `.leftignore`: nothing is ignored on B any more, yet B never gets
+/// `y.log` (not in 15 s, not ever while the connection lasts), and `left status` on both
+/// says in sync while A holds a file B lacks.
+#[test]
+fn a_file_no_longer_ignored_is_taken() {
+    let t = TestDir::new("r12-unignore");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    fs::write(b.path(".leftignore"), ".leftignore\n*.log\n").unwrap();
+    assert!(b.wait_log(SOON, "patterns in force"));
+    fs::write(a.path("y.log"), b"a log").unwrap();
+    fs::write(a.path("z.txt"), b"text").unwrap();
+    assert!(wait_until(SOON, || b.path("z.txt").exists()));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!b.path("y.log").exists(), "y.log was ignored on B");
+    fs::remove_file(b.path(".leftignore")).unwrap();
+    let taken = wait_until(Duration::from_secs(15), || b.path("y.log").exists());
+    let (code, out) = status(&b.dir);
+    assert!(
+        taken,
+        "B ignores nothing any more, yet never takes A's y.log; `left status` on B exits \
+         {code:?}:\n{out}\nB:\n{}",
+        tail(&b.log_text(), 10)
+    );
+}
