@@ -297,3 +297,78 @@ fn a_file_no_longer_ignored_is_taken() {
         tail(&b.log_text(), 10)
     );
 }
+
+/// A file replacing a folder is held back only by the deletions of the folder's content that
+/// are in memory (`puller::files_over_full_folders` looks at `needs.mem()`): under
+/// `--max-pending`, those waiting on disk do not count, and the file goes while the folder
+/// still holds them. Sequence: A and B hold `c` (a file, content X) and `d/x`; B is stopped;
+/// A's user replaces the folder `d` by the file `c` (`rm d/x; rmdir d; mv c d`), and changes
+/// a big sparse file `zbig` a few times until A writes its index whole (so that the pass is
+/// sent by path: `c`, `d`, `d/x`, `zbig`). B starts with `--max-pending 2`: `c`'s deletion
+/// and the file `d` are kept in memory, `d/x`'s deletion waits on disk. The pass is one frame,
+/// complete at once: the batch takes `c`'s deletion and the file `d`; `install` finds `d` a
+/// folder holding `x` (`folder_stays`) and keeps A's file "beside it as a conflict copy",
+/// giving the folder a version newer than both; `d/x`'s deletion comes after. Both peers end
+/// with an empty folder `d` and `d.sync-conflict-...`: A's user's change is undone, where
+/// README says a file that wins over a folder "replaces it once the folder is empty (the
+/// deletions of what it held ... are applied first)".
+#[test]
+fn a_file_replacing_a_folder_waits_for_the_deletions_waiting_on_disk() {
+    use std::os::unix::fs::FileExt;
+    let t = TestDir::new("r12-file-over-folder-disk");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    let mut b = Peer::start_with(&t, "B", pb, &[pa], &["--max-pending", "2"]);
+    let x = random_bytes(5, 300_000);
+    fs::write(a.path("c"), &x).unwrap();
+    fs::create_dir(a.path("d")).unwrap();
+    fs::write(a.path("d/x"), b"inside").unwrap();
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(1));
+    b.terminate(Duration::from_secs(10));
+    fs::remove_file(a.path("d/x")).unwrap();
+    fs::remove_dir(a.path("d")).unwrap();
+    fs::rename(a.path("c"), a.path("d")).unwrap();
+    assert!(a.wait_log(SOON, "changed locally: d ("));
+    let wholes = |a: &Peer| a.log_text().matches("index written whole").count();
+    let before = wholes(&a);
+    // Journal records of a file of 8192 blocks, until the journal outgrows 1 MiB and the
+    // index is written whole.
+    let big = fs::File::create(a.path("zbig")).unwrap();
+    big.set_len(512 << 20).unwrap();
+    drop(big);
+    for i in 0..12u64 {
+        if wholes(&a) > before {
+            break;
+        }
+        let f = fs::File::options().write(true).open(a.path("zbig")).unwrap();
+        f.write_all_at(&[i as u8 + 1], i * (40 << 20) + 7).unwrap();
+        drop(f);
+        let n = i as usize + 1;
+        assert!(wait_until(SOON, || a
+            .log_text()
+            .matches("changed locally: zbig")
+            .count()
+            >= n));
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    assert!(
+        wait_until(SOON, || wholes(&a) > before),
+        "A never wrote its index whole"
+    );
+    let b = Peer::start_with(&t, "B", pb, &[pa], &["--max-pending", "2"]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(2));
+    let kind = |p: &Path| match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => "a folder".to_string(),
+        Ok(_) => format!("a file ({})", fs::read(p).is_ok_and(|v| v == x)),
+        Err(_) => "missing".to_string(),
+    };
+    assert!(
+        has_content(&a.path("d"), &x) && has_content(&b.path("d"), &x),
+        "A's user replaced the folder d by the file c; d on A is {}, on B {}\nB:\n{}",
+        kind(&a.path("d")),
+        kind(&b.path("d")),
+        tail(&b.log_text(), 15)
+    );
+}
