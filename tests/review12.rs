@@ -341,7 +341,10 @@ fn a_file_replacing_a_folder_waits_for_the_deletions_waiting_on_disk() {
         if wholes(&a) > before {
             break;
         }
-        let f = fs::File::options().write(true).open(a.path("zbig")).unwrap();
+        let f = fs::File::options()
+            .write(true)
+            .open(a.path("zbig"))
+            .unwrap();
         f.write_all_at(&[i as u8 + 1], i * (40 << 20) + 7).unwrap();
         drop(f);
         let n = i as usize + 1;
@@ -369,6 +372,128 @@ fn a_file_replacing_a_folder_waits_for_the_deletions_waiting_on_disk() {
         "A's user replaced the folder d by the file c; d on A is {}, on B {}\nB:\n{}",
         kind(&a.path("d")),
         kind(&b.path("d")),
+        tail(&b.log_text(), 15)
+    );
+}
+
+/// A's index written whole by an edit loop of a big sparse file `zbig` (the journal outgrows
+/// 1 MiB), so that the next pass is sent by path.
+fn write_index_whole(a: &Peer) {
+    use std::os::unix::fs::FileExt;
+    let wholes = |a: &Peer| a.log_text().matches("index written whole").count();
+    let before = wholes(a);
+    let big = fs::File::create(a.path("zbig")).unwrap();
+    big.set_len(512 << 20).unwrap();
+    drop(big);
+    for i in 0..12u64 {
+        if wholes(a) > before {
+            break;
+        }
+        let f = fs::File::options()
+            .write(true)
+            .open(a.path("zbig"))
+            .unwrap();
+        f.write_all_at(&[i as u8 + 1], i * (40 << 20) + 7).unwrap();
+        drop(f);
+        let n = i as usize + 1;
+        assert!(wait_until(SOON, || a
+            .log_text()
+            .matches("changed locally: zbig")
+            .count()
+            >= n));
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    assert!(
+        wait_until(SOON, || wholes(a) > before),
+        "A never wrote its index whole"
+    );
+}
+
+/// A and B hold `d1/x` ... `d6/x`; B is stopped; A's user removes `d1` ... `d6` (`rm -rf`),
+/// and A's index is written whole (`write_index_whole`: the big file `zbig` is made, then
+/// removed unless `keep_big`), so that A's next pass goes by path: `d1`, `d1/x`, `d2`, ...
+/// (a folder before what it held). B starts again with `--max-pending 2`.
+fn folders_deleted_while_b_was_down(t: &TestDir, keep_big: bool) -> (Peer, Peer) {
+    let (pa, pb) = two_ports();
+    let a = Peer::start(t, "A", pa, &[pb]);
+    let mut b = Peer::start_with(t, "B", pb, &[pa], &["--max-pending", "2"]);
+    for i in 1..=6 {
+        write_file(&a.path(&format!("d{i}/x")), format!("file {i}"));
+    }
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(1));
+    b.terminate(Duration::from_secs(10));
+    for i in 1..=6 {
+        fs::remove_dir_all(a.path(&format!("d{i}"))).unwrap();
+    }
+    assert!(wait_until(SOON, || a
+        .log_text()
+        .matches("deleted locally: d")
+        .count()
+        >= 12));
+    write_index_whole(&a);
+    if !keep_big {
+        fs::remove_file(a.path("zbig")).unwrap();
+        assert!(a.wait_log(SOON, "deleted locally: zbig"));
+    }
+    let b = Peer::start_with(t, "B", pb, &[pa], &["--max-pending", "2"]);
+    (a, b)
+}
+
+/// Folders whose content B has not seen deleted yet.
+fn folders_back(p: &Peer) -> Vec<String> {
+    (1..=6)
+        .map(|i| format!("d{i}"))
+        .filter(|d| p.path(d).exists())
+        .collect()
+}
+
+/// A folder's deletion waits while entries wait on disk, unless memory is "crowded" with
+/// folder deletions (`Needs::crowded`); then it goes once no need in memory is inside it
+/// (`puller::choose`), though its content's deletions may still wait on disk. Sequence:
+/// `folders_deleted_while_b_was_down`: refills of one or two entries bring a folder's
+/// deletion back without its content's; with three folder deletions and a file's in memory,
+/// memory is crowded, and a folder whose `x` still waits on disk is deleted: `apply_delete`
+/// finds it holding `x` and keeps it ("d3/ stays: it holds files the deletion did not know
+/// of") with a version newer than A's deletion; `x` is deleted next. The empty folder comes
+/// back on A: folders A's user deleted are resurrected on both peers, although the deleting
+/// side knew everything they held. (With `zbig` removed too, its deletion goes first and the
+/// refills fall otherwise: none came back in one run.)
+#[test]
+fn folders_deleted_with_their_content_stay_deleted_under_max_pending() {
+    let t = TestDir::new("r12-crowded-folder-deletes");
+    let (a, b) = folders_deleted_while_b_was_down(&t, true);
+    // (B then stalls with zbig: the next test; what comes back does so at once.)
+    assert!(b.wait_log(SOON, "deleted d6/x"));
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        folders_back(&a).is_empty(),
+        "A's user deleted d1..d6; back on A: {:?} (on B: {:?})\nB:\n{}",
+        folders_back(&a),
+        folders_back(&b),
+        tail(&b.log_text(), 25)
+    );
+}
+
+/// A large entry waiting on disk never comes back while folder deletions hold memory: the
+/// refill takes it only within the budget (`Needs::budget_room`: under `MEM_FLOOR`, or `N x 2
+/// KiB` for all, or for a connection holding nothing), and a connection's memory holding
+/// folder deletions holds something; those folder deletions wait in turn for what waits on
+/// disk (`disk_first`, memory not crowded). Sequence: `folders_deleted_while_b_was_down`
+/// with `zbig` (512 MiB sparse: 8192 block hashes, about 200 KB of entry) kept: B ends with
+/// the folder deletions of `d4` and `d6` in memory and `zbig` on disk, and stays so ("to
+/// receive 3 files / 536870912 bytes", nothing pulled) for good: the peers never converge.
+#[test]
+fn a_big_entry_waiting_behind_folder_deletions_is_taken() {
+    let t = TestDir::new("r12-big-behind-folder-deletes");
+    let (a, b) = folders_deleted_while_b_was_down(&t, true);
+    let got = wait_until(SOON, || {
+        has_content(&b.path("zbig"), &fs::read(a.path("zbig")).unwrap())
+    });
+    let (code, out) = status(&b.dir);
+    assert!(
+        got,
+        "B never took zbig; `left status` on B exits {code:?}:\n{out}\nB:\n{}",
         tail(&b.log_text(), 15)
     );
 }
