@@ -1,4 +1,8 @@
 //! Twelfth review: failing tests (helper session, branch review12). Real daemons on 127.0.0.1.
+//! Names (a newline in `left status`, a conflict copy under a temp name), a file put at the
+//! temp name during a pull, symlinks (over a file, at `.leftignore`), an ignore removed, and
+//! three under `--max-pending` with a pass sent by path (a file over a folder, folder
+//! deletions in a crowded memory, a big entry behind folder deletions).
 
 mod common;
 
