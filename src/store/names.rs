@@ -96,6 +96,10 @@ pub fn split(path: &str) -> (&str, &str) {
 pub fn conflict_name(path: &str, mtime: i64, device: u64, n: u32) -> String {
     let (dir, name) = split(path);
     let (stem, ext) = match name.rfind('.') {
+        // A name that starts with a dot and ends in `.left-tmp` (`..left-tmp` is no temp
+        // name: too short) keeps its extension in the stem: its copy would be a temp name,
+        // never synced and swept as one (review12).
+        Some(_) if name.starts_with('.') && name.ends_with(TEMP_SUFFIX) => (name, ""),
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, ""),
     };
@@ -233,6 +237,24 @@ mod tests {
         assert_eq!(
             conflict_name(".bashrc", t, 0xabcdef, 3),
             format!(".bashrc.sync-conflict-20261125-160345-{dev}-3")
+        );
+        // Never a temp name, whatever the name (review12: `..left-tmp` gave one).
+        for name in [
+            "..left-tmp",
+            "d/..left-tmp",
+            ".a.left-tmp.x",
+            "..x.left-tmp",
+        ] {
+            let long = format!(".{}{TEMP_SUFFIX}", "y".repeat(240));
+            for p in [name, long.as_str()] {
+                let c = conflict_name(p, t, 0xabcdef, 1);
+                assert!(!is_temp(split(&c).1), "{p} -> {c}");
+                assert!(check(&c).is_ok(), "{p} -> {c}");
+            }
+        }
+        assert_eq!(
+            conflict_name("..left-tmp", t, 0xabcdef, 1),
+            format!("..left-tmp.sync-conflict-20261125-160345-{dev}")
         );
     }
 }
