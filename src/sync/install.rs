@@ -285,7 +285,7 @@ pub fn taken_version(cur: Option<&Entry>, e: &Entry, device: u64) -> Version {
 /// Under the lock: checks the decision still holds and that nothing changed on disk behind the
 /// index's back, keeps a losing local edit as a conflict copy, then renames the temp file into
 /// place. A folder holding files where the file goes stays: the file is kept beside it.
-pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
+pub fn install(model: &Model, e: &Entry, durable: bool, written: Option<u64>) -> Result<()> {
     let Some(mut a) = begin(model, e, false)? else {
         remove_temp(&model.root, &e.path);
         return Ok(());
@@ -334,7 +334,7 @@ pub fn install(model: &Model, e: &Entry, durable: bool) -> Result<()> {
     if folder_stays {
         return Ok(());
     }
-    a.rename_in(e, &tmp, durable)
+    a.rename_in(e, &tmp, durable, written)
 }
 
 impl Apply<'_> {
@@ -426,13 +426,30 @@ impl Apply<'_> {
     /// with; with `durable`, the folder is then synced, once the lock is released. The caller
     /// holds index saves meanwhile (its install is in the install log): no saved index can name
     /// the file before its rename is on disk.
-    fn rename_in(mut self, e: &Entry, tmp: &str, durable: bool) -> Result<()> {
+    fn rename_in(
+        mut self,
+        e: &Entry,
+        tmp: &str,
+        durable: bool,
+        written: Option<u64>,
+    ) -> Result<()> {
         let dir = self
             .dir
             .take()
             .ok_or_else(|| Error::msg("its folder is missing").at(&e.path))?;
         // The file as it is made (mode and mtime set), before it can be touched under its name.
         let made = dir.stat(tmp).at(&e.path)?;
+        // Only the file the pull wrote and verified (`written`: its inode): another put at the
+        // temp name since (a user's rename over it) would be installed with the peer's
+        // version, and recorded with its own stat, never looked at again (review12).
+        if let Some(ino) = written
+            && made.as_ref().is_none_or(|m| Stat::of(m).ino != ino)
+        {
+            return Err(Error::msg(
+                "its temp file was replaced since it was written; will fetch it again",
+            )
+            .at(&e.path));
+        }
         self.put_in_place(&dir, e, tmp, made.as_ref().map(Stat::of))?;
         // Changed, or replaced, the moment it got its name (a chmod or a rename over it before
         // this point): the index keeps the stat it was made with, so that the next scan sees
@@ -1012,7 +1029,7 @@ pub(crate) mod review5 {
                     modified_by: 2,
                     ..Entry::default()
                 };
-                install(model, &theirs, false)
+                install(model, &theirs, false, None)
             },
         );
         assert_eq!(
@@ -1058,7 +1075,7 @@ pub(crate) mod review5 {
                 fs::rename(r2.join("u2"), r2.join("f")).unwrap();
             });
             go.store(true, Ordering::Release);
-            let _ = install(&model, &theirs, false);
+            let _ = install(&model, &theirs, false, None);
             t.join().unwrap();
             if fs::read(root.join("f")).unwrap() != b"last save" {
                 lost += 1;

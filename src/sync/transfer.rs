@@ -74,6 +74,8 @@ pub struct Pull {
     pub e: Entry,
     pub tmp_path: PathBuf,
     tmp: Arc<File>,
+    /// The temp file's inode, once complete (see `install::install`).
+    ino: u64,
     pub failed: bool,
     pub t0: Instant,
     /// File data received for it (block data, sub-block hashes and runs).
@@ -465,6 +467,7 @@ fn plan(
     let p = Pull {
         tmp_path,
         tmp: Arc::new(tmp),
+        ino: 0,
         failed: false,
         t0: Instant::now(),
         wire: 0,
@@ -1061,6 +1064,7 @@ impl Run<'_, '_, '_> {
             p.tmp
                 .set_modified(crate::sync::disk::mtime_of(&p.e))
                 .at(&p.tmp_path)?;
+            p.ino = std::os::unix::fs::MetadataExt::ino(&p.tmp.metadata().at(&p.tmp_path)?);
             if big {
                 let t = Instant::now();
                 // Logged ahead of the rename, made durable with the file by one filesystem sync;
@@ -1074,7 +1078,7 @@ impl Run<'_, '_, '_> {
                     sync_fs(&model.root)?;
                 }
                 let synced = t.elapsed();
-                crate::sync::install::install(self.link.model, &p.e, true)?;
+                crate::sync::install::install(self.link.model, &p.e, true, Some(p.ino))?;
                 debug!(
                     "{}: blocks in {:.2} s, fsync {:.2} s, installed {:.2} s later",
                     p.e.path,
@@ -1128,6 +1132,8 @@ impl Drop for HoldSave<'_> {
 /// A small file complete and verified, waiting to be installed.
 pub struct Ready {
     e: Entry,
+    /// The inode of the temp file written (only it is installed).
+    ino: u64,
     wire: u64,
     reused: u64,
     t0: Instant,
@@ -1137,6 +1143,7 @@ impl Ready {
     fn of(p: &Pull) -> Ready {
         Ready {
             e: p.e.clone(),
+            ino: p.ino,
             wire: p.wire,
             reused: p.reused,
             t0: p.t0,
@@ -1239,7 +1246,7 @@ fn install_group(model: &Model, conn: u64, files: Vec<Ready>) {
     let mut results = Vec::with_capacity(files.len());
     for r in &files {
         results.push(match &synced {
-            Ok(()) => crate::sync::install::install(model, &r.e, false),
+            Ok(()) => crate::sync::install::install(model, &r.e, false, Some(r.ino)),
             Err(e) => Err(Error::msg(e.to_string())),
         });
     }
