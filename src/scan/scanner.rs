@@ -425,7 +425,11 @@ impl Walk<'_> {
         // folder that is gone or is something else now. Per name the index knows: whether
         // the folder holds it, and as a folder.
         let mut on_disk: Vec<Option<bool>> = vec![None; known.len()];
-        let listed = l.children.iter().map(|(p, md)| (p, md.is_dir()));
+        // Symlinks and special files are not synced: a file replaced by one is gone
+        // (review12: the name counted, the file stayed live in the index for good).
+        let listed = (l.children.iter())
+            .filter(|(_, md)| md.is_dir() || md.is_file())
+            .map(|(p, md)| (p, md.is_dir()));
         for (p, is_dir) in listed.chain(l.unlisted.iter().map(|p| (p, true))) {
             if let Ok(i) = known.binary_search_by(|k| k.path.as_str().cmp(p)) {
                 on_disk[i] = Some(is_dir);
@@ -491,13 +495,14 @@ impl Walk<'_> {
                     r.kind == Kind::Dir
                         && !r.deleted
                         && r.dir_mode() & 0o777 == stat.mode
-                        && (r.version.pairs().is_empty()
-                            || cur.is_none_or(|c| {
-                                matches!(
+                        && cur.is_none_or(|c| {
+                            // A placeholder is made only where the index has nothing.
+                            !r.version.pairs().is_empty()
+                                && matches!(
                                     r.version.compare(&c.version),
                                     Order::Newer | Order::Concurrent
                                 )
-                            }))
+                        })
                 }) {
                     info!("{path}/: made for a pull before the last stop");
                     rec.stat = *stat;
@@ -633,7 +638,7 @@ fn record_gone(
     gone.sort_unstable_by(|a, b| b.cmp(a));
     gone.dedup();
     for path in gone {
-        if fs::symlink_metadata(root.join(&path)).is_ok() {
+        if fs::symlink_metadata(root.join(&path)).is_ok_and(|m| m.is_dir() || m.is_file()) {
             continue; // created since the folder was read (by a pull): next scan sees it
         }
         let Some(old) = st.index.get(&path).filter(|e| !e.deleted) else {
@@ -735,16 +740,31 @@ fn known_children(index: &crate::store::index::Index, dir: &str) -> Vec<Known> {
 /// force (also kept in the model, where incoming entries are checked against them).
 fn load_ignore(model: &Model) -> Ignore {
     let path = model.root.join(ignore::FILE_NAME);
-    let text = match fs::metadata(&path) {
-        Ok(md) if md.is_file() && md.len() <= 1 << 20 => {
-            fs::read_to_string(&path).unwrap_or_default()
+    // Never through a symlink (review12: one to a file outside the share was read), as the
+    // scan never follows one: a symlinked `.leftignore` is no `.leftignore`.
+    let opened =
+        crate::sys::open::open_in(&model.root, ignore::FILE_NAME, crate::sys::open::Open::Read)
+            .and_then(|f| f.metadata().map(|md| (f, md)));
+    let (text, problem) = match opened {
+        Ok((f, md)) if md.is_file() && md.len() <= 1 << 20 => {
+            let mut text = String::new();
+            let _ = io::Read::read_to_string(&mut io::Read::take(&f, 1 << 20), &mut text);
+            (text, "")
         }
-        Ok(_) => {
-            warn!("{}: not a text file under 1 MiB; ignored", path.display());
-            String::new()
+        Ok(_) => (String::new(), "not a text file under 1 MiB"),
+        Err(e) if e.raw_os_error() == Some(crate::sys::open::ELOOP) => {
+            (String::new(), "a symlink, not followed")
         }
-        Err(_) => String::new(),
+        Err(_) => (String::new(), ""),
     };
+    // Said once, not at every scan.
+    static SAID: std::sync::Mutex<&str> = std::sync::Mutex::new("");
+    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+    if *said != problem && !problem.is_empty() {
+        warn!("{}: {problem}; ignored", path.display());
+    }
+    *said = problem;
+    drop(said);
     let mut g = model.lock();
     if g.ignore_text != text {
         let ig = Ignore::parse(&text);

@@ -299,7 +299,7 @@ impl Model {
     }
 
     /// Makes the folders missing on the way to `rel` for a pull (see `disk::make_parents`),
-    /// under the lock `st`. Each made where our index has no live folder is recorded as a
+    /// under the lock `st`. Each made where our index has no entry is recorded as a
     /// placeholder: a folder entry with an empty version, which is never announced and which
     /// any peer's entry for the path beats (review10, review11: recorded by the scan as a new
     /// folder of ours, 0700 and newer, it won over the peer's folder and its mode). It is also
@@ -316,9 +316,13 @@ impl Model {
         })?;
         let mut logged = Vec::new();
         for (path, stat) in made {
-            // A live file there (removed since the last scan) keeps its entry: the scan
-            // records its deletion and the folder.
-            if st.index.get(&path).is_some_and(|e| !e.deleted) {
+            // Only where our index has nothing. A live file there (removed since the last
+            // scan) keeps its entry: the scan records its deletion and the folder. So does a
+            // deletion: a peer's entry for the folder may have been weighed against it
+            // already (and lost), and never come again; the scan records the folder as a new
+            // version of ours over the deletion (chaos seed 1227, 3 peers in a chain: the
+            // placeholder stayed 0700 on one of them for good).
+            if st.index.get(&path).is_some() {
                 continue;
             }
             let e = Entry {
