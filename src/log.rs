@@ -26,10 +26,34 @@ pub fn line(level: u8, args: std::fmt::Arguments<'_>) {
     let mut msg = String::with_capacity(192);
     use std::fmt::Write as _;
     let _ = write_timestamp(&mut msg, now.as_secs() as i64, now.subsec_millis());
-    let _ = writeln!(msg, " {args}");
+    let _ = write!(msg, " {args}");
+    // One line per event, whatever the names in it hold (a peer's name with a newline would
+    // forge a line of its own).
+    if msg.contains(|c: char| c.is_control()) {
+        msg = escape_controls(&msg).into_owned();
+    }
+    msg.push('\n');
     // One write call per line keeps lines whole when several threads log at once.
     use std::io::Write;
     let _ = std::io::stderr().write_all(msg.as_bytes());
+}
+
+/// `s` with its control characters (a newline in a file name, an escape sequence) written as
+/// `\n`, `\t` or `\u{..}`, so that a line of the log or of the status stays one line.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(|c: char| c.is_control()) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Lets one kind of line through at most `burst` times per interval and counts the ones held
@@ -145,6 +169,18 @@ macro_rules! debug {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert!(matches!(
+            escape_controls("a b/c.txt"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escape_controls("big\nstate: in sync\tx\u{1b}[2J"),
+            "big\\nstate: in sync\\tx\\u{1b}[2J"
+        );
+    }
 
     #[test]
     fn a_throttle_lets_a_burst_through_and_counts_the_rest() {

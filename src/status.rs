@@ -39,7 +39,7 @@ pub fn render(model: &Model, opts: &Options) -> (String, bool) {
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
         short_id(st.index.device),
-        model.root.display()
+        crate::log::escape_controls(&model.root.display().to_string())
     );
     let t = st.index.totals();
     let (files, bytes) = (t.files, t.bytes);
@@ -59,7 +59,12 @@ pub fn render(model: &Model, opts: &Options) -> (String, bool) {
     let _ = writeln!(s, "share: {files} files, {bytes} bytes");
     s.push_str(&body);
     if let Some((t, e)) = &st.last_error {
-        let _ = writeln!(s, "last error: {} {e}", when(*t));
+        let _ = writeln!(
+            s,
+            "last error: {} {}",
+            when(*t),
+            crate::log::escape_controls(e)
+        );
     }
     (s, all_in_sync)
 }
@@ -99,7 +104,7 @@ fn progress_line(body: &mut String, pr: &Progress) {
     let _ = writeln!(
         body,
         "  receiving {}: {}% of {} bytes, {:.1} MB/s, ETA {:.0} s",
-        pr.path,
+        crate::log::escape_controls(&pr.path),
         pr.done * 100 / pr.size.max(1),
         pr.size,
         rate / 1e6,
@@ -119,9 +124,10 @@ fn dialer_lines(body: &mut String, st: &State) -> bool {
         let _ = writeln!(
             body,
             "peer {peer}: not connected{}",
-            d.last_error
-                .as_ref()
-                .map_or(String::new(), |e| format!(" ({e})"))
+            d.last_error.as_ref().map_or(String::new(), |e| format!(
+                " ({})",
+                crate::log::escape_controls(e)
+            ))
         );
     }
     all
@@ -212,11 +218,18 @@ pub fn show(dir: &Path) -> Result<u8> {
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.elapsed().ok());
-    let pid = text
-        .split_whitespace()
+    // Read where the daemon writes them, the first and second lines: no name elsewhere in
+    // the text can pass for them (names are written with their control characters escaped,
+    // and a share's path may hold any word).
+    let mut lines = text.lines();
+    let pid = lines
+        .next()
+        .unwrap_or("")
+        .split(' ')
         .skip_while(|w| *w != "pid")
         .nth(1)
         .unwrap_or("");
+    let in_sync = lines.next() == Some("state: in sync");
     let alive = !pid.is_empty() && Path::new("/proc").join(pid).exists();
     if !alive || age.is_none_or(|a| a > STALE) {
         crate::log::out(&format!(
@@ -226,9 +239,5 @@ pub fn show(dir: &Path) -> Result<u8> {
         return Ok(2);
     }
     crate::log::out(&text);
-    Ok(if text.lines().any(|l| l == "state: in sync") {
-        0
-    } else {
-        1
-    })
+    Ok(if in_sync { 0 } else { 1 })
 }
