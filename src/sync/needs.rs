@@ -43,6 +43,12 @@ const MAX_WAITING_BYTES: u64 = 4 << 30;
 const MEM_FLOOR: usize = 32 << 10;
 /// Bytes any one connection may have waiting on disk whatever the others have.
 const DISK_FLOOR: u64 = 16 << 20;
+/// Slots of the filter of the folders that entries waiting on disk are inside ([`Waiting::inside`]).
+const INSIDE_SLOTS: usize = 4096;
+/// Folder deletions memory may hold beyond twice the bound while each waits for what is inside
+/// it, still on disk: one comes back at a time. A pass by path holds as many as the folders
+/// around the entry it is at; past this many, folder deletions go ahead ([`Needs::crowded`]).
+const DEEP: usize = 256;
 
 /// What the needs of all connections take together: entries in memory, and waiting on disk.
 /// Changed only under the model's lock (needs live in its state).
@@ -98,6 +104,10 @@ struct Waiting {
     buf: Vec<u8>,
     files: usize,
     bytes: u64,
+    /// Per slot of a folder's name hash, how many waiting entries are inside folders of that
+    /// slot: a folder whose slot counts none has nothing inside it waiting (a slot shared with
+    /// another folder only makes it wait longer).
+    inside: Box<[u32]>,
 }
 
 impl Needs {
@@ -167,14 +177,13 @@ impl Needs {
     }
 
     /// Whether the budget has room for `more` bytes of this connection's: within its floor, or
-    /// within what all connections may hold together; or, for a connection holding nothing,
-    /// one entry however large while all hold less than half of that (so one of a huge file
-    /// always gets its turn, and only one such goes past the bound at a time).
+    /// within what all connections may hold together; or, for a connection holding nothing
+    /// but folder deletions (which may wait for it: review12), one entry however large while
+    /// all hold less than half of that (so one of a huge file always gets its turn, and only
+    /// one such goes past the bound at a time).
     fn budget_room(&self, more: usize) -> bool {
         let (all, max) = (self.budget.in_memory(), self.mem_max());
-        self.charged + more <= MEM_FLOOR
-            || all + more <= max
-            || (self.charged == 0 && all <= max / 2)
+        self.charged + more <= MEM_FLOOR || all + more <= max || (self.bytes == 0 && all <= max / 2)
     }
 
     /// Whether memory has room for `e` (folder deletions aside).
@@ -182,23 +191,38 @@ impl Needs {
         self.mem.len() < self.cap && self.bytes < self.mem_max() && self.budget_room(cost(e))
     }
 
-    /// Whether entries wait on disk (a folder's deletion waits for them: they may be inside).
+    /// Whether entries wait on disk.
     pub fn waiting(&self) -> bool {
         self.waiting.is_some()
     }
 
-    /// Whether memory is so full of folder deletions that they must go ahead of what waits on
-    /// disk (else nothing would come back). Announced deepest first, a folder's content is
-    /// ahead of it anyway; only an older peer, or a folder deleted again, orders them otherwise.
+    /// Whether entries inside `folder` may wait on disk (its deletion, or a file replacing it,
+    /// waits for them: review12, where only memory was looked at, or all of the disk).
+    pub fn may_wait_inside(&self, folder: &str) -> bool {
+        self.waiting
+            .as_ref()
+            .is_some_and(|w| w.inside[slot(folder)] > 0)
+    }
+
+    /// Whether memory is so full of folder deletions waiting for what is on disk that they
+    /// must go ahead of it (else nothing would come back). A peer's pass puts a folder's
+    /// content ahead of it (deepest first) or right after it (by path), so this takes folders
+    /// nested [`DEEP`] levels, or a peer ordering its entries otherwise.
     pub fn crowded(&self) -> bool {
-        self.mem.len() > self.cap + self.cap / 2
+        self.counted() == 0 && self.mem.len() >= 2 * self.cap + DEEP
     }
 
     /// How many entries may come back from disk: the bound, less what counts against it, and
-    /// never more than twice the bound in all.
+    /// never more than twice the bound in all; with nothing in memory but folder deletions
+    /// (waiting for what is inside them), at least one ([`DEEP`]).
     fn refill_room(&self) -> usize {
         let counted = self.cap.saturating_sub(self.counted());
-        counted.min((2 * self.cap).saturating_sub(self.mem.len()))
+        let room = counted.min((2 * self.cap).saturating_sub(self.mem.len()));
+        if self.counted() == 0 && !self.crowded() {
+            room.max(1)
+        } else {
+            room
+        }
     }
 
     /// Entries in memory that count against the bound.
@@ -259,6 +283,7 @@ impl Needs {
         w.buf = x.0;
         w.files += 1;
         w.bytes += e.size;
+        w.count_inside(&e.path, true);
         let n = n as u64 + 4;
         self.charged_disk += n;
         let all = self.budget.disk.fetch_add(n, Ordering::Relaxed) + n;
@@ -278,19 +303,22 @@ impl Needs {
     /// and those still needed given to [`Needs::restore`].
     pub fn refill(&mut self) -> Result<Vec<Entry>> {
         let room = self.refill_room();
+        let (counted, held) = (self.counted(), self.bytes);
         let budget = self.mem_max();
         let mut bytes = self.bytes;
         // What may come back within the budget of all connections: at least this connection's
         // floor, and never past half of what all may hold (the rest is for what arrives).
-        let (charged, all) = (self.charged, self.budget.in_memory());
+        // Folder deletions do not count against the floor: they may wait for what comes back
+        // (their number is bounded: [`Needs::crowded`]).
+        let all = self.budget.in_memory();
         let mut taken = 0usize;
         let free = MEM_FLOOR
-            .saturating_sub(charged)
+            .saturating_sub(held)
             .max((budget / 2).saturating_sub(all));
         let Some(w) = &mut self.waiting else {
             return Ok(Vec::new());
         };
-        if room < self.cap / 2 || bytes > budget / 2 || free == 0 {
+        if (room < self.cap / 2 && counted > 0) || room == 0 || bytes > budget / 2 || free == 0 {
             return Ok(Vec::new());
         }
         w.flush()?;
@@ -325,7 +353,7 @@ impl Needs {
                 let c = cost(&e);
                 // One larger than what is free waits, unless it is the first and the budget has
                 // room for it ([`Needs::budget_room`]).
-                let first = taken == 0 && charged == 0 && (all + c <= budget || all <= budget / 2);
+                let first = taken == 0 && held == 0 && (all + c <= budget || all <= budget / 2);
                 if taken + c > free && !first {
                     full = true;
                     break;
@@ -335,6 +363,7 @@ impl Needs {
                 taken += c;
                 w.files = w.files.saturating_sub(1);
                 w.bytes = w.bytes.saturating_sub(e.size);
+                w.count_inside(&e.path, false);
                 out.push(e);
             }
             if used == 0 && !full {
@@ -385,6 +414,15 @@ fn cost(e: &Entry) -> usize {
     e.mem_cost()
 }
 
+/// The filter slot of a folder's path (FNV-1a).
+fn slot(folder: &str) -> usize {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in folder.bytes() {
+        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
+    }
+    h as usize % INSIDE_SLOTS
+}
+
 fn is_folder_delete(e: &Entry) -> bool {
     e.deleted && e.kind == crate::store::entry::Kind::Dir
 }
@@ -421,7 +459,20 @@ impl Waiting {
             buf: Vec::new(),
             files: 0,
             bytes: 0,
+            inside: vec![0; INSIDE_SLOTS].into_boxed_slice(),
         })
+    }
+
+    /// Counts `path` in (`up`) or out of the folders holding it.
+    fn count_inside(&mut self, path: &str, up: bool) {
+        for (i, _) in path.match_indices('/') {
+            let c = &mut self.inside[slot(&path[..i])];
+            *c = if up {
+                c.saturating_add(1)
+            } else {
+                c.saturating_sub(1)
+            };
+        }
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -611,15 +662,36 @@ mod tests {
         }
         assert_eq!(n.mem().len(), 7);
         assert!(n.waiting());
-        // Now folder deletions go ahead: nothing else could come back.
-        assert!(n.crowded());
-        assert!(n.refill().unwrap().is_empty());
-        for p in ["x", "y", "z", "b", "c", "d"] {
-            n.remove(p);
-        }
+        // Memory holds nothing but folder deletions, which may wait for what is on disk: one
+        // more entry comes back at a time (never crowded this side of DEEP of them).
         assert!(!n.crowded());
         assert_eq!(n.refill().unwrap(), vec![entry("f", 1)]);
         assert!(!n.waiting());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Which folders have entries inside them waiting on disk: their deletions, and files
+    /// replacing them, wait for those (review12); others need not.
+    #[test]
+    fn what_waits_inside_a_folder_is_known() {
+        let d = dir("inside");
+        let mut n = Needs::new(d.clone(), 2, Arc::default());
+        for p in ["a", "b", "d/x", "d/e/y", "f"] {
+            n.add(entry(p, 1)).unwrap();
+        }
+        let inside = |n: &Needs| {
+            ["d", "d/e", "f", "e", "a"]
+                .into_iter()
+                .filter(|f| n.may_wait_inside(f))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(inside(&n), ["d", "d/e"]);
+        n.remove("a");
+        n.remove("b");
+        let back: Vec<String> = n.refill().unwrap().into_iter().map(|e| e.path).collect();
+        assert_eq!(back, ["d/x", "d/e/y"]);
+        assert!(n.waiting());
+        assert!(inside(&n).is_empty());
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -96,18 +96,20 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
             return None;
         }
         let p = st.peers.get_mut(&link.conn)?;
+        let (needs, crowded) = (&p.needs, p.needs.crowded());
+        let waits_inside = |f: &str| !crowded && needs.may_wait_inside(f);
         let pending = Pending {
-            needs: p.needs.mem(),
+            needs: needs.mem(),
             busy: &st.busy,
             retry: &p.retry,
             now,
             pass_open: p.pass_open,
-            disk_first: p.needs.waiting() && !p.needs.crowded(),
+            waits_inside: &waits_inside,
             max_files,
         };
         let (mut batch, moot) = choose(&pending, |path| st.index.get(path));
+        let waits = files_over_full_folders(&batch, &st.index, &pending);
         drop_moot(&link.model.root, p, &mut st.kept_temps, moot);
-        let waits = files_over_full_folders(&batch, &st.index, p.needs.mem());
         batch.retain(|r| !waits.contains(&r.path));
         if !batch.is_empty() {
             p.pulling = true;
@@ -131,8 +133,10 @@ struct Pending<'a> {
     now: Instant,
     /// The peer's announce pass is not complete.
     pass_open: bool,
-    /// Entries wait on disk and memory is not crowded with folder deletions: those wait.
-    disk_first: bool,
+    /// Whether entries inside a folder may wait on disk (`Needs::may_wait_inside`; never once
+    /// memory is crowded with folder deletions): a folder's deletion, or a file replacing it,
+    /// waits for them.
+    waits_inside: &'a dyn Fn(&str) -> bool,
     /// Files the batch may hold (its connection's share of open files).
     max_files: usize,
 }
@@ -174,9 +178,9 @@ fn choose<'i>(
         }
         // A folder's deletion waits until the deletions of what is inside it are done: until
         // the pass that announced it is complete (what it held may come after it), and
-        // while entries wait on disk (they may be inside it, unless memory is crowded).
+        // while entries inside it may wait on disk.
         if r.deleted && r.kind == Kind::Dir {
-            if at.pass_open || at.disk_first {
+            if at.pass_open || (at.waits_inside)(path) {
                 continue;
             }
             let inside = format!("{path}/");
@@ -307,13 +311,14 @@ impl Fill {
 }
 
 /// Files of `batch` that replace a folder of ours (in `index`) while needs under the folder stay
-/// out of the batch: they wait, so that the deletions of what the folder held (deepest first,
-/// in a batch) empty it first.
+/// out of the batch, in memory or on disk (`at`): they wait, so that the deletions of what the
+/// folder held (deepest first, in a batch) empty it first.
 fn files_over_full_folders(
     batch: &[Entry],
     index: &crate::store::index::Index,
-    needs: &std::collections::BTreeMap<String, Entry>,
+    at: &Pending<'_>,
 ) -> Vec<String> {
+    let needs = at.needs;
     batch
         .iter()
         .filter(|r| {
@@ -324,10 +329,11 @@ fn files_over_full_folders(
         })
         .filter(|r| {
             let inside = format!("{}/", r.path);
-            needs
-                .range(inside.clone()..)
-                .take_while(|(k, _)| k.starts_with(&inside))
-                .any(|(k, _)| !batch.iter().any(|b| b.path == *k))
+            (at.waits_inside)(&r.path)
+                || needs
+                    .range(inside.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&inside))
+                    .any(|(k, _)| !batch.iter().any(|b| b.path == *k))
         })
         .map(|r| r.path.clone())
         .collect()
@@ -427,7 +433,8 @@ mod tests {
             /// Paths to retry later.
             retry: &'static [&'static str],
             pass_open: bool,
-            disk_first: bool,
+            /// Folders with entries inside them waiting on disk.
+            on_disk: &'static [&'static str],
             max_files: usize,
             batch: &'static [&'static str],
             moot: &'static [&'static str],
@@ -438,7 +445,7 @@ mod tests {
             busy: &[],
             retry: &[],
             pass_open: false,
-            disk_first: false,
+            on_disk: &[],
             max_files: 100,
             batch: &[],
             moot: &[],
@@ -477,8 +484,9 @@ mod tests {
                 ..BASE
             },
             Case {
-                needs: &[("d", "-d", 0)],
-                disk_first: true,
+                needs: &[("d", "-d", 0), ("e", "-d", 0)],
+                on_disk: &["d"],
+                batch: &["e"],
                 ..BASE
             },
             Case {
@@ -525,6 +533,14 @@ mod tests {
                 batch: &["d"],
                 ..BASE
             },
+            // ... and after, while what its folder held may wait on disk (review12).
+            Case {
+                needs: &[("d", "f", 1), ("e", "f", 1)],
+                local: &[("d", "d", 1), ("e", "d", 1)],
+                on_disk: &["d"],
+                batch: &["e"],
+                ..BASE
+            },
         ];
         let now = Instant::now();
         for (i, c) in cases.iter().enumerate() {
@@ -537,16 +553,26 @@ mod tests {
             let busy = c.busy.iter().map(|p| p.to_string()).collect();
             let later = now + Duration::from_secs(5);
             let retry = c.retry.iter().map(|p| (p.to_string(), later)).collect();
+            let on_disk = |f: &str| c.on_disk.contains(&f);
             let at = Pending {
                 needs: &needs,
                 busy: &busy,
                 retry: &retry,
                 now,
                 pass_open: c.pass_open,
-                disk_first: c.disk_first,
+                waits_inside: &on_disk,
                 max_files: c.max_files,
             };
-            let (batch, moot) = choose(&at, |p| local.get(p).map(Cow::Borrowed));
+            let (mut batch, moot) = choose(&at, |p| local.get(p).map(Cow::Borrowed));
+            let index = {
+                let mut ix = crate::store::index::Index::new(1);
+                for e in local.values() {
+                    ix.put(e.clone());
+                }
+                ix
+            };
+            let waits = files_over_full_folders(&batch, &index, &at);
+            batch.retain(|r| !waits.contains(&r.path));
             let batch: Vec<&str> = batch.iter().map(|e| e.path.as_str()).collect();
             let moot: Vec<&str> = moot.iter().map(|m| m.as_str()).collect();
             assert_eq!((&batch[..], &moot[..]), (c.batch, c.moot), "case {i}");
@@ -592,7 +618,7 @@ mod tests {
             retry: &retry,
             now: Instant::now(),
             pass_open: false,
-            disk_first: false,
+            waits_inside: &|_| false,
             max_files: 100,
         };
         let (batch, moot) = choose(&at, |p| local.get(p).map(Cow::Borrowed));
