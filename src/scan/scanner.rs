@@ -778,6 +778,15 @@ fn load_ignore(model: &Model) -> Ignore {
         if !text.is_empty() {
             info!("{}: {} patterns in force", path.display(), ig.len());
         }
+        // What the old patterns ignored of the peers' was not kept: with patterns changed, the
+        // connections start over, and the peers' whole indexes are weighed under the new ones
+        // (review12: a file no longer ignored was never taken).
+        if !g.ignore_text.is_empty() && g.scanned {
+            info!("ignore patterns changed: connections start over to weigh what peers hold");
+            for p in g.peers.values() {
+                let _ = p.stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
         g.ignore = ig;
         g.ignore_text = text;
     }
