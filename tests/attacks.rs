@@ -1088,10 +1088,13 @@ fn a_growing_pile_of_tombstones_does_not_stall_a_good_peer() {
         .filter_map(|r| r.trim_end_matches(" ms").parse().ok())
         .collect();
     let worst = lat.iter().max().copied().unwrap_or_default();
+    let mut sorted = lat.clone();
+    sorted.sort();
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
     eprintln!(
         "{sent} tombstones of ~16 KiB in {:?}: B's base {} MB after {} whole writes (the last \
          {:?} ms, the longest {:?} ms, {} ms in all, all under the model's lock); A's files \
-         reached B in at most {worst:?} ({} probes)",
+         reached B in at most {worst:?}, median {median:?} ({} probes)",
         t0.elapsed(),
         base_len() >> 20,
         folds.len(),
@@ -1100,11 +1103,21 @@ fn a_growing_pile_of_tombstones_does_not_stall_a_good_peer() {
         folds.iter().sum::<u64>(),
         lat.len()
     );
-    // A bound on liveness, looser in a debug build (10-25 s before the fix, in release; 5.2 s
-    // once in CI on a loaded machine with the fix).
-    let limit = Duration::from_secs(if cfg!(debug_assertions) { 20 } else { 8 });
+    // Bounds on liveness, not a speed test: before the fix, the worst probe took 10-25 s in
+    // release, and files waited behind every whole write. With it the median is under a
+    // second here and the worst 5-11 s (the tail varies with the disk), so the tail is only
+    // bounded against a stall; the median says whether the good peer still gets its turn.
+    let (limit, typical) = if cfg!(debug_assertions) {
+        (60, 10)
+    } else {
+        (30, 3)
+    };
     assert!(
-        worst < limit,
+        median < Duration::from_secs(typical),
+        "files from A took {median:?} (median) to reach B while a peer piled up tombstones"
+    );
+    assert!(
+        worst < Duration::from_secs(limit),
         "a file from A took {worst:?} to reach B while a peer piled up tombstones"
     );
 }
