@@ -42,9 +42,9 @@ fn a_temp_file_written_into_during_its_pull_is_never_installed() {
         write_file(&a.path(n), &data);
         want.push(data);
     }
-    assert!(wait_until(SOON, || names
-        .iter()
-        .all(|n| a.log_text().contains(&format!("changed locally: {n}")))));
+    assert!(wait_until(SOON, || names.iter().all(|n| a
+        .log_text()
+        .contains(&format!("changed locally: {n}")))));
     let slow = Throttle::new(
         a.pid().unwrap(),
         Duration::from_millis(20),
@@ -77,7 +77,11 @@ fn a_temp_file_written_into_during_its_pull_is_never_installed() {
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     drop(slow);
-    assert!(arrived, "B never got the files\n{}", tail(&b.log_text(), 15));
+    assert!(
+        arrived,
+        "B never got the files\n{}",
+        tail(&b.log_text(), 15)
+    );
     assert!(
         hits.load(Ordering::Relaxed) > 0,
         "the writer never found a temp file"
@@ -178,7 +182,7 @@ fn levels_left(root: &Path) -> usize {
 /// seen and synced, comes back on B and then on A: resurrection of deleted folders. Seen: for
 /// about 128 s nothing at all happens on B (one folder deletion comes back per wake of the
 /// puller, every 500 ms), then B logs "stays: it holds files the deletion did not know of"
-/// 159 times, and all 270 levels are back on A and on B.
+/// 159 to 228 times (3 runs), and all 270 levels are back on A and on B.
 #[test]
 fn a_deep_chain_of_deleted_folders_stays_deleted_under_max_pending() {
     let t = TestDir::new("r13-deep-chain");
@@ -281,7 +285,9 @@ fn files_replacing_folders_that_fill_memory_are_taken() {
 fn folder_deletions_from_a_peer_stay_within_the_memory_budget() {
     let t = TestDir::new("r13-folder-deletions-memory");
     let (b, listed) = victim(&t);
-    let top: Vec<String> = (0..12).map(|i| format!("{i:02}{}", "p".repeat(248))).collect();
+    let top: Vec<String> = (0..12)
+        .map(|i| format!("{i:02}{}", "p".repeat(248)))
+        .collect();
     let top = top.join("/");
     const N: usize = 3000;
     for i in 0..N {
@@ -347,7 +353,10 @@ fn files_deleted_while_down_after_a_kill_stay_deleted() {
     let a = Peer::start(&t, "A", pa, &[pb]);
     const N: usize = 300;
     for i in 0..N {
-        write_file(&a.path(&format!("f{i:03}")), format!("file {i} ").repeat(100));
+        write_file(
+            &a.path(&format!("f{i:03}")),
+            format!("file {i} ").repeat(100),
+        );
     }
     assert!(wait_until(SOON, || count(&a, "changed locally: f") >= N));
     let mut b = Peer::start(&t, "B", pb, &[pa]);
