@@ -554,14 +554,17 @@ impl Model {
 
     /// Brings back needs of `conn` that waited on disk, once there is room for them in memory;
     /// each is decided again, as what we hold may have changed meanwhile.
-    pub fn refill_needs(&self, st: &mut State, conn: u64) -> crate::error::Result<()> {
+    /// Returns how many came back.
+    pub fn refill_needs(&self, st: &mut State, conn: u64) -> crate::error::Result<usize> {
         let Some(p) = st.peers.get_mut(&conn) else {
-            return Ok(());
+            return Ok(0);
         };
-        for r in p.needs.refill()? {
+        let back = p.needs.refill()?;
+        let n = back.len();
+        for r in back {
             self.take_in(st, conn, r, true)?;
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Decides one entry of a peer's; `back`: it is one that waited on disk.

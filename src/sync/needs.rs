@@ -45,10 +45,14 @@ const MEM_FLOOR: usize = 32 << 10;
 const DISK_FLOOR: u64 = 16 << 20;
 /// Slots of the filter of the folders that entries waiting on disk are inside ([`Waiting::inside`]).
 const INSIDE_SLOTS: usize = 4096;
-/// Folder deletions memory may hold beyond twice the bound while each waits for what is inside
-/// it, still on disk: one comes back at a time. A pass by path holds as many as the folders
-/// around the entry it is at; past this many, folder deletions go ahead ([`Needs::crowded`]).
-const DEEP: usize = 256;
+/// Entries memory may hold beyond twice the bound while each waits for what is inside a folder,
+/// still on disk (a folder's deletion, a file replacing a folder): one comes back at a time. A
+/// pass by path holds as many as the folders around the entry it is at (a path of 4,096 bytes
+/// nests at most 2,048); past this many, or [`EXTRA_BYTES`] past the budget, they go ahead
+/// ([`Needs::crowded`]).
+const DEEP: usize = 2048;
+/// Bytes of entries one connection may hold past the budget of all, for those waits.
+const EXTRA_BYTES: usize = 1 << 20;
 
 /// What the needs of all connections take together: entries in memory, and waiting on disk.
 /// Changed only under the model's lock (needs live in its state).
@@ -90,6 +94,9 @@ pub struct Needs {
     /// Where the waiting file is made.
     dir: PathBuf,
     waiting: Option<Waiting>,
+    /// The next refill brings back one entry past the bound: nothing in memory can be taken
+    /// before what waits on disk ([`Needs::force_refill`]).
+    force: bool,
 }
 
 /// The entries waiting on disk.
@@ -124,6 +131,7 @@ impl Needs {
             cap: cap.max(2),
             dir,
             waiting: None,
+            force: false,
         }
     }
 
@@ -209,7 +217,14 @@ impl Needs {
     /// content ahead of it (deepest first) or right after it (by path), so this takes folders
     /// nested [`DEEP`] levels, or a peer ordering its entries otherwise.
     pub fn crowded(&self) -> bool {
-        self.counted() == 0 && self.mem.len() >= 2 * self.cap + DEEP
+        self.mem.len() >= 2 * self.cap + DEEP || self.charged >= self.mem_max() + EXTRA_BYTES
+    }
+
+    /// Makes the next refill bring back one entry past the bound (never past [`Needs::crowded`]):
+    /// what is in memory all waits for what is on disk (review13: files replacing folders
+    /// filled memory, the deletions of what the folders held waited on disk, for good).
+    pub fn force_refill(&mut self) {
+        self.force = true;
     }
 
     /// How many entries may come back from disk: the bound, less what counts against it, and
@@ -302,7 +317,12 @@ impl Needs {
     /// least one, however large). They are to be decided again (what we hold may have changed)
     /// and those still needed given to [`Needs::restore`].
     pub fn refill(&mut self) -> Result<Vec<Entry>> {
-        let room = self.refill_room();
+        let force = std::mem::take(&mut self.force) && !self.crowded();
+        let room = if force {
+            self.refill_room().max(1)
+        } else {
+            self.refill_room()
+        };
         let (counted, held) = (self.counted(), self.bytes);
         let budget = self.mem_max();
         let mut bytes = self.bytes;
@@ -314,23 +334,31 @@ impl Needs {
         let mut taken = 0usize;
         let free = MEM_FLOOR
             .saturating_sub(held)
-            .max((budget / 2).saturating_sub(all));
+            .max((budget / 2).saturating_sub(all))
+            .max(usize::from(force));
         let Some(w) = &mut self.waiting else {
             return Ok(Vec::new());
         };
-        if (room < self.cap / 2 && counted > 0) || room == 0 || bytes > budget / 2 || free == 0 {
+        if !force && ((room < self.cap / 2 && counted > 0) || bytes > budget / 2 || free == 0)
+            || room == 0
+        {
             return Ok(Vec::new());
         }
         w.flush()?;
         let mut out = Vec::new();
         let mut chunk = Vec::new();
         let mut full = false;
-        while !full && out.len() < room && bytes < budget && taken < free && w.read < w.write {
+        while !full
+            && out.len() < room
+            && (bytes < budget || force && out.is_empty())
+            && taken < free
+            && w.read < w.write
+        {
             // A chunk of whole records, or one record larger than a chunk.
             chunk.resize(READ_CHUNK.min((w.write - w.read) as usize), 0);
             w.file.read_exact_at(&mut chunk, w.read).at(&w.path)?;
             let mut used = 0;
-            while out.len() < room && bytes < budget && taken < free {
+            while out.len() < room && (bytes < budget || force && out.is_empty()) && taken < free {
                 let rest = &chunk[used..];
                 let Some(len) = rest.get(..4) else { break };
                 let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
@@ -353,7 +381,8 @@ impl Needs {
                 let c = cost(&e);
                 // One larger than what is free waits, unless it is the first and the budget has
                 // room for it ([`Needs::budget_room`]).
-                let first = taken == 0 && held == 0 && (all + c <= budget || all <= budget / 2);
+                let first =
+                    taken == 0 && (force || held == 0 && (all + c <= budget || all <= budget / 2));
                 if taken + c > free && !first {
                     full = true;
                     break;

@@ -118,6 +118,23 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
             }
             return Some(batch);
         }
+        // Nothing in memory can go, and entries wait on disk: what is in memory may wait for
+        // them (a folder's deletion, a file replacing a folder, deep or many), so one more
+        // comes back now, not at the next wake (review13).
+        if p.needs.waiting() && !p.needs.mem().is_empty() && !p.needs.crowded() && !p.pass_open {
+            p.needs.force_refill();
+            match link.model.refill_needs(st, link.conn) {
+                Ok(0) => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    warn!("{e}");
+                    let p = st.peers.get(&link.conn)?;
+                    let _ = p.stream.shutdown(std::net::Shutdown::Both);
+                    return None;
+                }
+            }
+        }
+        let p = st.peers.get_mut(&link.conn)?;
         tell_in_sync(p, st.scan_pending);
         g = link.model.wait(g, Duration::from_millis(500));
     }
