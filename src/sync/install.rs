@@ -285,7 +285,31 @@ pub fn taken_version(cur: Option<&Entry>, e: &Entry, device: u64) -> Version {
 /// Under the lock: checks the decision still holds and that nothing changed on disk behind the
 /// index's back, keeps a losing local edit as a conflict copy, then renames the temp file into
 /// place. A folder holding files where the file goes stays: the file is kept beside it.
-pub fn install(model: &Model, e: &Entry, durable: bool, written: Option<u64>) -> Result<()> {
+/// A complete temp file as its pull left it: inode, size and the mtime it was given. Only that file, untouched
+/// since, is installed: another put at its name (a rename over it) or a write into it after
+/// it was complete would be installed and recorded with the peer's version, never looked at
+/// again (review12, review13).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Written {
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_ns: i64,
+}
+
+impl Written {
+    pub fn of(md: &std::fs::Metadata) -> Written {
+        use std::os::unix::fs::MetadataExt;
+        Written {
+            ino: md.ino(),
+            size: md.size(),
+            mtime: md.mtime(),
+            mtime_ns: md.mtime_nsec(),
+        }
+    }
+}
+
+pub fn install(model: &Model, e: &Entry, durable: bool, written: Option<Written>) -> Result<()> {
     let Some(mut a) = begin(model, e, false)? else {
         remove_temp(&model.root, &e.path);
         return Ok(());
@@ -431,7 +455,7 @@ impl Apply<'_> {
         e: &Entry,
         tmp: &str,
         durable: bool,
-        written: Option<u64>,
+        written: Option<Written>,
     ) -> Result<()> {
         let dir = self
             .dir
@@ -439,14 +463,17 @@ impl Apply<'_> {
             .ok_or_else(|| Error::msg("its folder is missing").at(&e.path))?;
         // The file as it is made (mode and mtime set), before it can be touched under its name.
         let made = dir.stat(tmp).at(&e.path)?;
-        // Only the file the pull wrote and verified (`written`: its inode): another put at the
-        // temp name since (a user's rename over it) would be installed with the peer's
-        // version, and recorded with its own stat, never looked at again (review12).
-        if let Some(ino) = written
-            && made.as_ref().is_none_or(|m| Stat::of(m).ino != ino)
+        // Only the file the pull wrote and verified, untouched since ([`Written`]).
+        if let Some(w) = written
+            && made.as_ref().is_none_or(|m| Written::of(m) != w)
         {
+            debug!(
+                "{}: temp file {w:?} when complete, {:?} now",
+                e.path,
+                made.as_ref().map(Written::of)
+            );
             return Err(Error::msg(
-                "its temp file was replaced since it was written; will fetch it again",
+                "its temp file was replaced or written since it was complete; will fetch it again",
             )
             .at(&e.path));
         }

@@ -74,8 +74,8 @@ pub struct Pull {
     pub e: Entry,
     pub tmp_path: PathBuf,
     tmp: Arc<File>,
-    /// The temp file's inode, once complete (see `install::install`).
-    ino: u64,
+    /// The temp file as it was once complete (see `install::install`).
+    ino: crate::sync::install::Written,
     pub failed: bool,
     pub t0: Instant,
     /// File data received for it (block data, sub-block hashes and runs).
@@ -467,7 +467,7 @@ fn plan(
     let p = Pull {
         tmp_path,
         tmp: Arc::new(tmp),
-        ino: 0,
+        ino: Default::default(),
         failed: false,
         t0: Instant::now(),
         wire: 0,
@@ -1064,7 +1064,7 @@ impl Run<'_, '_, '_> {
             p.tmp
                 .set_modified(crate::sync::disk::mtime_of(&p.e))
                 .at(&p.tmp_path)?;
-            p.ino = std::os::unix::fs::MetadataExt::ino(&p.tmp.metadata().at(&p.tmp_path)?);
+            p.ino = crate::sync::install::Written::of(&p.tmp.metadata().at(&p.tmp_path)?);
             if big {
                 let t = Instant::now();
                 // Logged ahead of the rename, made durable with the file by one filesystem sync;
@@ -1132,8 +1132,8 @@ impl Drop for HoldSave<'_> {
 /// A small file complete and verified, waiting to be installed.
 pub struct Ready {
     e: Entry,
-    /// The inode of the temp file written (only it is installed).
-    ino: u64,
+    /// The temp file as written (only it is installed).
+    ino: crate::sync::install::Written,
     wire: u64,
     reused: u64,
     t0: Instant,
