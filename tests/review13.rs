@@ -71,12 +71,16 @@ fn a_temp_file_written_into_during_its_pull_is_never_installed() {
         })
     };
     let b = Peer::start(&t, "B", pb, &[pa]);
-    let arrived = wait_until(Duration::from_secs(120), || {
+    // The writer goes on for 10 s (B must not install meanwhile what it spoilt), then stops.
+    let _ = wait_until(Duration::from_secs(10), || {
         names.iter().all(|n| b.path(n).exists())
     });
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     drop(slow);
+    let arrived = wait_until(Duration::from_secs(120), || {
+        names.iter().all(|n| b.path(n).exists())
+    });
     assert!(
         arrived,
         "B never got the files\n{}",
