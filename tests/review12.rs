@@ -318,7 +318,6 @@ fn a_file_no_longer_ignored_is_taken() {
 /// deletions of what it held ... are applied first)".
 #[test]
 fn a_file_replacing_a_folder_waits_for_the_deletions_waiting_on_disk() {
-    use std::os::unix::fs::FileExt;
     let t = TestDir::new("r12-file-over-folder-disk");
     let (pa, pb) = two_ports();
     let a = Peer::start(&t, "A", pa, &[pb]);
@@ -334,35 +333,7 @@ fn a_file_replacing_a_folder_waits_for_the_deletions_waiting_on_disk() {
     fs::remove_dir(a.path("d")).unwrap();
     fs::rename(a.path("c"), a.path("d")).unwrap();
     assert!(a.wait_log(SOON, "changed locally: d ("));
-    let wholes = |a: &Peer| a.log_text().matches("index written whole").count();
-    let before = wholes(&a);
-    // Journal records of a file of 8192 blocks, until the journal outgrows 1 MiB and the
-    // index is written whole.
-    let big = fs::File::create(a.path("zbig")).unwrap();
-    big.set_len(512 << 20).unwrap();
-    drop(big);
-    for i in 0..12u64 {
-        if wholes(&a) > before {
-            break;
-        }
-        let f = fs::File::options()
-            .write(true)
-            .open(a.path("zbig"))
-            .unwrap();
-        f.write_all_at(&[i as u8 + 1], i * (40 << 20) + 7).unwrap();
-        drop(f);
-        let n = i as usize + 1;
-        assert!(wait_until(SOON, || a
-            .log_text()
-            .matches("changed locally: zbig")
-            .count()
-            >= n));
-        std::thread::sleep(Duration::from_millis(600));
-    }
-    assert!(
-        wait_until(SOON, || wholes(&a) > before),
-        "A never wrote its index whole"
-    );
+    write_index_whole(&a);
     let b = Peer::start_with(&t, "B", pb, &[pa], &["--max-pending", "2"]);
     wait_identical(&a.dir, &b.dir, SOON);
     std::thread::sleep(Duration::from_secs(2));
@@ -377,39 +348,6 @@ fn a_file_replacing_a_folder_waits_for_the_deletions_waiting_on_disk() {
         kind(&a.path("d")),
         kind(&b.path("d")),
         tail(&b.log_text(), 15)
-    );
-}
-
-/// A's index written whole by an edit loop of a big sparse file `zbig` (the journal outgrows
-/// 1 MiB), so that the next pass is sent by path.
-fn write_index_whole(a: &Peer) {
-    use std::os::unix::fs::FileExt;
-    let wholes = |a: &Peer| a.log_text().matches("index written whole").count();
-    let before = wholes(a);
-    let big = fs::File::create(a.path("zbig")).unwrap();
-    big.set_len(512 << 20).unwrap();
-    drop(big);
-    for i in 0..12u64 {
-        if wholes(a) > before {
-            break;
-        }
-        let f = fs::File::options()
-            .write(true)
-            .open(a.path("zbig"))
-            .unwrap();
-        f.write_all_at(&[i as u8 + 1], i * (40 << 20) + 7).unwrap();
-        drop(f);
-        let n = i as usize + 1;
-        assert!(wait_until(SOON, || a
-            .log_text()
-            .matches("changed locally: zbig")
-            .count()
-            >= n));
-        std::thread::sleep(Duration::from_millis(600));
-    }
-    assert!(
-        wait_until(SOON, || wholes(a) > before),
-        "A never wrote its index whole"
     );
 }
 

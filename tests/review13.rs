@@ -129,37 +129,6 @@ fn count(p: &Peer, needle: &str) -> usize {
     p.log_text().matches(needle).count()
 }
 
-/// Writes A's index whole (a big sparse file `zbig` edited until its journal outgrows 1 MiB,
-/// as in tests/review12.rs), so that the next pass to a peer goes by path; `zbig` is removed
-/// again.
-fn write_index_whole(a: &Peer) {
-    let wholes = |a: &Peer| count(a, "index written whole");
-    let before = wholes(a);
-    let big = fs::File::create(a.path("zbig")).unwrap();
-    big.set_len(512 << 20).unwrap();
-    drop(big);
-    for i in 0..12u64 {
-        if wholes(a) > before {
-            break;
-        }
-        let f = fs::File::options()
-            .write(true)
-            .open(a.path("zbig"))
-            .unwrap();
-        f.write_all_at(&[i as u8 + 1], i * (40 << 20) + 7).unwrap();
-        drop(f);
-        let n = i as usize + 1;
-        assert!(wait_until(SOON, || count(a, "changed locally: zbig") >= n));
-        std::thread::sleep(Duration::from_millis(600));
-    }
-    assert!(
-        wait_until(SOON, || wholes(a) > before),
-        "A never wrote its index whole"
-    );
-    fs::remove_file(a.path("zbig")).unwrap();
-    assert!(a.wait_log(SOON, "deleted locally: zbig"));
-}
-
 /// Depth of the chain of folders in [`a_deep_chain_of_deleted_folders_stays_deleted`].
 const DEPTH: usize = 270;
 

@@ -1540,3 +1540,36 @@ pub fn names(root: &Path) -> Vec<String> {
         .map(|(p, _)| p)
         .collect()
 }
+
+/// A's index written whole by an edit loop of a big sparse file `zbig` (the journal outgrows
+/// 1 MiB), so that the next pass is sent by path.
+pub fn write_index_whole(a: &Peer) {
+    use std::os::unix::fs::FileExt;
+    let wholes = |a: &Peer| a.log_text().matches("index written whole").count();
+    let before = wholes(a);
+    let big = fs::File::create(a.path("zbig")).unwrap();
+    big.set_len(512 << 20).unwrap();
+    drop(big);
+    for i in 0..12u64 {
+        if wholes(a) > before {
+            break;
+        }
+        let f = fs::File::options()
+            .write(true)
+            .open(a.path("zbig"))
+            .unwrap();
+        f.write_all_at(&[i as u8 + 1], i * (40 << 20) + 7).unwrap();
+        drop(f);
+        let n = i as usize + 1;
+        assert!(wait_until(SOON, || a
+            .log_text()
+            .matches("changed locally: zbig")
+            .count()
+            >= n));
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    assert!(
+        wait_until(SOON, || wholes(a) > before),
+        "A never wrote its index whole"
+    );
+}
