@@ -591,13 +591,8 @@ impl Walk<'_> {
         let st = &mut *g;
         if !st.scanned {
             st.scanned = true;
-            // What the install log held is settled: its files were found, or are gone. One
-            // gone, with no temp file left of it either, was installed and then deleted here
-            // while we were down: that deletion is recorded, or the peer's version comes back
-            // (review13). One whose temp file is still there was not installed: its pull
-            // resumes.
-            let received = std::mem::take(&mut st.received);
-            record_received_gone(st, root, &self.ignore, received, &mut self.out);
+            // What the install log held is settled: its files were found, or are gone.
+            st.received = Default::default();
             // Connections hold back IndexDone until now.
             for p in st.peers.values() {
                 let _ = p.out.send(crate::sync::model::Out::Announce);
@@ -660,50 +655,6 @@ fn record_gone(
         };
         info!("deleted locally: {path}");
         st.put(e);
-        out.deleted += 1;
-    }
-}
-
-/// Records the deletions of files the install log names (`received`: not found by the first
-/// scan) that are gone, temp file included, and that our index has not as new.
-fn record_received_gone(
-    st: &mut State,
-    root: &Path,
-    ignore: &crate::store::ignore::Ignore,
-    received: std::collections::HashMap<String, Entry>,
-    out: &mut Scan,
-) {
-    let gone = |p: &str| matches!(fs::symlink_metadata(root.join(p)), Err(e) if e.kind() == io::ErrorKind::NotFound);
-    let device = st.index.device;
-    let mut paths: Vec<&String> = received.keys().collect();
-    paths.sort_unstable();
-    for path in paths {
-        let rec = &received[path];
-        if !rec.is_file()
-            || ignore.is_ignored(path, false)
-            || !gone(path)
-            || !gone(&names::temp_rel(path))
-            || st.index.get(path).is_some_and(|c| {
-                !matches!(
-                    rec.version.compare(&c.version),
-                    Order::Newer | Order::Concurrent
-                )
-            })
-        {
-            continue;
-        }
-        let base =
-            (st.index.get(path)).map_or(rec.version.clone(), |c| c.version.merged(&rec.version));
-        info!("deleted locally: {path} (received before the last stop)");
-        st.put(Entry {
-            path: path.clone(),
-            kind: rec.kind,
-            deleted: true,
-            mtime: now_secs(),
-            modified_by: device,
-            version: base.bumped(device),
-            ..Entry::default()
-        });
         out.deleted += 1;
     }
 }
