@@ -1,0 +1,68 @@
+//! Fourteenth review: failing tests (helper session, branch review14). Real daemons on
+//! 127.0.0.1.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::time::{Duration, SystemTime};
+
+fn count(p: &Peer, needle: &str) -> usize {
+    p.log_text().matches(needle).count()
+}
+
+/// A crash (kill or power cut) after an install is logged and before its rename is durable
+/// leaves the complete temp file, which carries the PEER's mtime (`transfer::finish` sets it
+/// before the install). At the restart `scanner::clean_temps` removes temp files whose mtime
+/// is older than 7 days, before the first scan; `record_received_gone` (30f9be1) then finds
+/// the logged file gone with no temp file and records a deletion, which the peer takes: a
+/// file nobody deleted is deleted everywhere. Sequence: A holds 300 small files last
+/// modified 30 days ago; B pulls them and is killed right after some are received; while
+/// B is down, each file of B is put back at its temp name (the state a crash between the
+/// log and the rename leaves); B restarts.
+#[test]
+fn a_crash_before_the_rename_of_an_old_file_deletes_it_on_the_peer() {
+    let t = TestDir::new("r14-old-temp-after-kill");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    const N: usize = 300;
+    let old = SystemTime::now() - Duration::from_secs(30 * 86_400);
+    for i in 0..N {
+        let p = a.path(&format!("f{i:03}"));
+        write_file(&p, format!("file {i} ").repeat(100));
+        fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    assert!(wait_until(SOON, || count(&a, "changed locally: f") >= N));
+    let mut b = Peer::start(&t, "B", pb, &[pa]);
+    assert!(spin_until(SOON, || count(&b, "received f") >= 30));
+    b.kill();
+    let got: Vec<String> = names(&b.dir)
+        .into_iter()
+        .filter(|n| n.starts_with('f'))
+        .collect();
+    assert!(!got.is_empty());
+    for n in &got {
+        fs::rename(b.path(n), b.path(&format!(".{n}.left-tmp"))).unwrap();
+    }
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    std::thread::sleep(Duration::from_secs(6));
+    let log = b.log_text();
+    let spurious: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("(received before the last stop)"))
+        .collect();
+    let lost_on_a = got.iter().filter(|n| !a.path(n).exists()).count();
+    assert!(
+        spurious.is_empty(),
+        "{} files whose rename a crash cut were recorded as deleted by B; {} of them gone \
+         from A too: {:?}",
+        spurious.len(),
+        lost_on_a,
+        &spurious[..spurious.len().min(5)]
+    );
+}
