@@ -12,41 +12,6 @@ use std::time::{Duration, Instant};
 const MIB: u64 = 1 << 20;
 const LONG: Duration = Duration::from_secs(180);
 
-/// Runs the binary with `args` in `cwd` (so a wrongly started daemon cannot litter the repo),
-/// killed after 20 s; returns (exit code, stdout, stderr).
-fn run_in(cwd: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("left {args:?} did not exit within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `left status --dir DIR`: (exit code, stdout).
-fn status(dir: &Path) -> (Option<i32>, String) {
-    let d = dir.display().to_string();
-    let (code, out, _) = run_in(dir.parent().unwrap(), &["status", "--dir", &d]);
-    (code, out)
-}
-
 /// Polls `left status` until it exits with `want`; returns its output.
 fn wait_status(dir: &Path, want: i32) -> String {
     let mut last = (None, String::new());

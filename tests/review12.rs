@@ -9,33 +9,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// `left status --dir DIR`: (exit code, stdout).
-fn status(dir: &Path) -> (Option<i32>, String) {
-    let mut child = Command::new(BIN)
-        .args(["status", "--dir", &dir.display().to_string()])
-        .current_dir(dir.parent().unwrap())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("left status did not exit within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
+use std::time::Duration;
 
 /// `left status` decides "in sync" by looking for a line `state: in sync` anywhere in the
 /// status text (`status::show`), and the text holds file names as they are: a name may hold

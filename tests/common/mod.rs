@@ -1573,3 +1573,38 @@ pub fn write_index_whole(a: &Peer) {
         "A never wrote its index whole"
     );
 }
+
+/// Runs the binary with `args` in `cwd` (so a wrongly started daemon cannot litter the repo),
+/// killed after 20 s; returns (exit code, stdout, stderr).
+pub fn run_in(cwd: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("left {args:?} did not exit within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `left status --dir DIR`: (exit code, stdout).
+pub fn status(dir: &Path) -> (Option<i32>, String) {
+    let d = dir.display().to_string();
+    let (code, out, _) = run_in(dir.parent().unwrap(), &["status", "--dir", &d]);
+    (code, out)
+}
