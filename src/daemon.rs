@@ -181,7 +181,9 @@ fn open_share(opts: &Options) -> Result<(Arc<Model>, std::path::PathBuf)> {
     if let Some(k) = &opts.key_file {
         model.key = Some(crate::proto::auth::load_key(k)?);
     }
-    model.lock().found_temps = scanner::clean_temps(&root, TEMP_MAX_AGE);
+    let mut g = model.lock();
+    g.found_temps = scanner::clean_temps(&root, TEMP_MAX_AGE, &g.received);
+    drop(g);
     Ok((Arc::new(model), state))
 }
 

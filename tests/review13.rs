@@ -321,7 +321,6 @@ fn folder_deletions_from_a_peer_stay_within_the_memory_budget() {
 /// keeps them), although B's user deleted them after B had them: deleted files resurrected
 /// (README: a file deleted on one side is deleted on the others).
 #[test]
-#[ignore = "open: the fix (30f9be1, a logged install gone with no temp file taken for deleted) was reverted: review14 showed a crash before the rename, with the temp file of an old file then removed at start, spread a deletion to the peer (tests/review14.rs)"]
 fn files_deleted_while_down_after_a_kill_stay_deleted() {
     let t = TestDir::new("r13-deleted-after-kill");
     let (pa, pb) = two_ports();

@@ -591,8 +591,13 @@ impl Walk<'_> {
         let st = &mut *g;
         if !st.scanned {
             st.scanned = true;
-            // What the install log held is settled: its files were found, or are gone.
-            st.received = Default::default();
+            // What the install log held is settled: its files were found, or are gone. One
+            // gone, with no temp file left of it either, was installed and then deleted here
+            // while we were down: that deletion is recorded, or the peer's version comes back
+            // (review13). One whose temp file is still there was not installed: its pull
+            // resumes.
+            let received = std::mem::take(&mut st.received);
+            record_received_gone(st, root, &self.ignore, received, &mut self.out);
             // Connections hold back IndexDone until now.
             for p in st.peers.values() {
                 let _ = p.out.send(crate::sync::model::Out::Announce);
@@ -659,6 +664,50 @@ fn record_gone(
     }
 }
 
+/// Records the deletions of files the install log names (`received`: not found by the first
+/// scan) that are gone, temp file included, and that our index has not as new.
+fn record_received_gone(
+    st: &mut State,
+    root: &Path,
+    ignore: &crate::store::ignore::Ignore,
+    received: std::collections::HashMap<String, Entry>,
+    out: &mut Scan,
+) {
+    let gone = |p: &str| matches!(fs::symlink_metadata(root.join(p)), Err(e) if e.kind() == io::ErrorKind::NotFound);
+    let device = st.index.device;
+    let mut paths: Vec<&String> = received.keys().collect();
+    paths.sort_unstable();
+    for path in paths {
+        let rec = &received[path];
+        if !rec.is_file()
+            || ignore.is_ignored(path, false)
+            || !gone(path)
+            || !gone(&names::temp_rel(path))
+            || st.index.get(path).is_some_and(|c| {
+                !matches!(
+                    rec.version.compare(&c.version),
+                    Order::Newer | Order::Concurrent
+                )
+            })
+        {
+            continue;
+        }
+        let base =
+            (st.index.get(path)).map_or(rec.version.clone(), |c| c.version.merged(&rec.version));
+        info!("deleted locally: {path} (received before the last stop)");
+        st.put(Entry {
+            path: path.clone(),
+            kind: rec.kind,
+            deleted: true,
+            mtime: now_secs(),
+            modified_by: device,
+            version: base.bumped(device),
+            ..Entry::default()
+        });
+        out.deleted += 1;
+    }
+}
+
 /// Removes the temp files `temps` of folder `dir` whose target no pull is busy with or wants
 /// (under the lock, which pulls take before they make a temp file).
 fn remove_orphan_temps(st: &State, d: &crate::sys::dirfd::Dir, dir: &str, temps: &[String]) {
@@ -672,7 +721,10 @@ fn remove_orphan_temps(st: &State, d: &crate::sys::dirfd::Dir, dir: &str, temps:
         format!("{dir}/")
     };
     for t in temps {
-        let wanted = st.busy.iter().any(|p| ours(t, p))
+        // Until the first scan has settled the install log, its files' temp files stay.
+        let logged = !st.scanned && st.received.keys().any(|p| ours(t, p));
+        let wanted = logged
+            || st.busy.iter().any(|p| ours(t, p))
             || st.peers.values().any(|peer| {
                 peer.needs
                     .mem()
@@ -1007,9 +1059,16 @@ fn record(
     true
 }
 
-/// Removes the temp files older than `max_age` (at start: no pull is running); returns the
-/// others' paths, for [`crate::sync::model::State::found_temps`].
-pub fn clean_temps(root: &Path, max_age: std::time::Duration) -> Vec<String> {
+/// Removes the temp files older than `max_age` (at start: no pull is running), but not those
+/// of installs `logged` (the first scan tells by them whether the install was renamed in);
+/// returns the others' paths, for [`crate::sync::model::State::found_temps`].
+pub fn clean_temps(
+    root: &Path,
+    max_age: std::time::Duration,
+    logged: &std::collections::HashMap<String, Entry>,
+) -> Vec<String> {
+    let keep: std::collections::HashSet<String> =
+        logged.keys().map(|p| names::temp_rel(p)).collect();
     use crate::sys::dirfd::Dir;
     let mut kept = Vec::new();
     // Each folder opened from the top one component at a time without following a symlink
@@ -1043,7 +1102,9 @@ pub fn clean_temps(root: &Path, max_age: std::time::Duration) -> Vec<String> {
                     .and_then(|md| md.modified().ok())
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|a| a > max_age);
-                if old {
+                // A logged install's temp file (it carries the peer's mtime, often old) stays:
+                // whether it is there tells the first scan if the install was renamed in.
+                if old && !keep.contains(&path) {
                     dir.unlink_file(&name);
                 } else {
                     kept.push(path);
@@ -1413,7 +1474,11 @@ mod tests {
         put(&temp(&root.join(names::STATE_DIR), "ours"), true);
         put(&temp(&outside, "c"), true);
         std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
-        clean_temps(&root, std::time::Duration::from_secs(60));
+        clean_temps(
+            &root,
+            std::time::Duration::from_secs(60),
+            &Default::default(),
+        );
         assert!(!temp(&root, "a").exists());
         assert!(!temp(&root.join("d/e"), "b").exists());
         assert!(temp(&root.join("d"), "fresh").exists());

@@ -529,10 +529,12 @@ impl Model {
     /// them may be the temp file's). A pull cut before a stop whose version only a peer not
     /// connected yet holds starts over.
     fn sweep_found_temps(&self, st: &mut State) {
-        if st
-            .peers
-            .values()
-            .any(|p| !p.remote_done || p.needs.waiting())
+        // Not before the first scan has settled the install log (see `clean_temps`).
+        if !st.scanned
+            || st
+                .peers
+                .values()
+                .any(|p| !p.remote_done || p.needs.waiting())
         {
             return;
         }
