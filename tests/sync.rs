@@ -197,6 +197,10 @@ fn a_file_made_again_is_served_from_the_new_file() {
     }
     put_file(&staging, &a.path("doc.bin"), &want);
     wait_content(&b, "doc.bin", &want, SOON);
+    // The "received" line follows the rename that wait_content saw.
+    wait_until(SOON, || {
+        received_of(&received(&b.log_text()), "doc.bin").len() >= 4
+    });
     let log = b.log_text();
     assert!(
         !log.contains("changed on the peer"),
@@ -950,6 +954,8 @@ fn many_small_files_under_a_low_open_file_limit() {
     }
     fs::rename(&staging, a.path("tree")).unwrap();
     wait_identical(&a.dir, &b.dir, LONG);
+    // The last group's "received" lines follow its renames.
+    wait_until(SOON, || received(&b.log_text()).len() >= 6 * 250);
     let log = b.log_text();
     assert!(
         !log.contains("Too many open files") && !log.contains("not synced yet"),
