@@ -328,13 +328,17 @@ impl Needs {
         let mut bytes = self.bytes;
         // What may come back within the budget of all connections: at least this connection's
         // floor, and never past half of what all may hold (the rest is for what arrives).
-        // Folder deletions do not count against the floor: they may wait for what comes back
-        // (their number is bounded: [`Needs::crowded`]).
+        // Folder deletions do not count against the floor: they may wait for what comes back.
+        // Their bytes do count against [`EXTRA_BYTES`] past the budget ([`Needs::crowded`]):
+        // bounded by number alone (twice the bound), a peer's folder deletions with long names
+        // and version vectors (22 KiB each) all came back, one per wake, to 3,000 entries and
+        // 64 MiB held while its pass stayed open (review13).
         let all = self.budget.in_memory();
         let mut taken = 0usize;
         let free = MEM_FLOOR
             .saturating_sub(held)
             .max((budget / 2).saturating_sub(all))
+            .min((budget + EXTRA_BYTES).saturating_sub(self.charged))
             .max(usize::from(force));
         let Some(w) = &mut self.waiting else {
             return Ok(Vec::new());
@@ -696,6 +700,49 @@ mod tests {
         assert!(!n.crowded());
         assert_eq!(n.refill().unwrap(), vec![entry("f", 1)]);
         assert!(!n.waiting());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Folder deletions coming back from disk, each waiting for what is inside it, stop at
+    /// [`EXTRA_BYTES`] past the budget, not at twice the bound by number alone: with long
+    /// version vectors that let one peer's pass hold 64 MiB (review13).
+    #[test]
+    fn folder_deletions_come_back_within_the_extra_bytes() {
+        let d = dir("folder-bytes");
+        let mut n = Needs::new(d.clone(), DEFAULT_IN_MEMORY, Arc::default());
+        let gone = |i: usize| Entry {
+            path: format!("{}/f{i:04}", vec!["p".repeat(250); 12].join("/")),
+            kind: Kind::Dir,
+            deleted: true,
+            version: Version::from_pairs((1..=1000).map(|d| (d, 1)).collect()),
+            ..Entry::default()
+        };
+        for i in 0..1000 {
+            n.add(gone(i)).unwrap();
+        }
+        assert!(n.waiting());
+        // One wake after another, as the puller refills while nothing in memory can go.
+        for _ in 0..1000 {
+            for e in n.refill().unwrap() {
+                n.restore(e);
+            }
+        }
+        let most = n.mem_max() + EXTRA_BYTES;
+        assert!(
+            n.charged <= most,
+            "{} bytes held, {most} allowed",
+            n.charged
+        );
+        assert!(n.refill().unwrap().is_empty() && n.waiting());
+        // Forced (nothing in memory can go), one more comes back past them: then they are
+        // crowded, and go ahead of what waits.
+        n.force_refill();
+        let back = n.refill().unwrap();
+        assert_eq!(back.len(), 1);
+        for e in back {
+            n.restore(e);
+        }
+        assert!(n.crowded());
         std::fs::remove_dir_all(&d).unwrap();
     }
 
