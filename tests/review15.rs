@@ -361,3 +361,107 @@ fn a_file_received_before_a_kill_and_replaced_by_a_folder_while_down_goes_while_
 fn a_file_received_before_a_kill_and_replaced_by_a_folder_while_down_goes_control_clean_stop() {
     a_file_received_before_a_kill_and_replaced_by_a_folder_while_down_goes_(Stop::Clean);
 }
+
+/// A and B in sync; A's user adds `n` items (by `make`), B takes them and is killed (SIGKILL)
+/// as soon as `at_least` are on B's disk; while B is down A's user deletes them all (A's scan
+/// records the deletions); B restarts. Returns (A, B restarted, the names B had).
+fn taken_then_deleted_while_down(
+    t: &TestDir,
+    n: usize,
+    at_least: usize,
+    make: impl Fn(&Path, usize) -> String,
+) -> (Peer, Peer, Vec<String>) {
+    let (pa, pb) = two_ports();
+    let a = Peer::start(t, "A", pa, &[pb]);
+    write_file(&a.path("seed"), "seed");
+    let mut b = Peer::start(t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    assert!(b.wait_log(SOON, "index written"));
+    let all: Vec<String> = (0..n).map(|i| make(&a.dir, i)).collect();
+    assert!(spin_until(SOON, || all
+        .iter()
+        .filter(|p| b.path(p).exists())
+        .count()
+        >= at_least));
+    b.kill();
+    let had: Vec<String> = all.iter().filter(|p| b.path(p).exists()).cloned().collect();
+    let deleted_before = count(&a, "deleted locally: ");
+    for p in &all {
+        let path = a.path(p);
+        if path.is_dir() {
+            fs::remove_dir_all(&path).unwrap();
+        } else {
+            fs::remove_file(&path).unwrap();
+        }
+    }
+    assert!(wait_until(SOON, || count(&a, "deleted locally: ")
+        >= deleted_before + n));
+    let b = Peer::start(t, "B", pb, &[pa]);
+    (a, b, had)
+}
+
+/// A peer's new folders made here (`install::apply_dir`: recorded in the index, not in the
+/// install log) just before a kill, then deleted on the peer while we are down. At the restart
+/// the scan finds folders the index does not have and records them as new folders of ours,
+/// concurrent with the peer's deletions: "an edit beats a deletion made without seeing it",
+/// and the peer's deleted folders come back on the peer. Sequence: A and B in sync; A's user
+/// makes 200 empty folders; B is killed as soon as 20 are on its disk; A's user removes all
+/// 200; B restarts. Expected: none of them on A or B.
+#[test]
+fn folders_taken_before_a_kill_and_deleted_on_the_peer_while_down_stay_deleted() {
+    let t = TestDir::new("r15-peer-deleted-folders");
+    let (a, b, had) = taken_then_deleted_while_down(&t, 200, 20, |root, i| {
+        let p = format!("e{i:03}");
+        fs::create_dir(root.join(&p)).unwrap();
+        p
+    });
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(3));
+    wait_identical(&a.dir, &b.dir, SOON);
+    let back: Vec<String> = names(&a.dir)
+        .into_iter()
+        .filter(|n| n.starts_with('e'))
+        .collect();
+    assert!(
+        back.is_empty(),
+        "A's user removed 200 folders while B (killed just after taking {} of them) was down; \
+         {} came back on A and B: {:?}\nB:\n{}",
+        had.len(),
+        back.len(),
+        &back[..back.len().min(8)],
+        tail(&b.log_text(), 12)
+    );
+}
+
+/// The same for files (logged: the scan takes them with the peer's version, which the
+/// peer's deletion then replaces). Expected: none of them on A or B.
+#[test]
+fn files_taken_before_a_kill_and_deleted_on_the_peer_while_down_stay_deleted() {
+    let t = TestDir::new("r15-peer-deleted-files");
+    let staging = t.join("staging");
+    let (a, b, had) = taken_then_deleted_while_down(&t, 300, 30, |root, i| {
+        let p = format!("g{i:03}");
+        put_file(
+            &staging,
+            &root.join(&p),
+            format!("file {i} ").repeat(100).as_bytes(),
+        );
+        p
+    });
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(3));
+    wait_identical(&a.dir, &b.dir, SOON);
+    let back: Vec<String> = names(&a.dir)
+        .into_iter()
+        .filter(|n| n.starts_with('g'))
+        .collect();
+    assert!(
+        back.is_empty() && conflicts(&a.dir).is_empty(),
+        "A's user deleted 300 files while B (killed just after taking {} of them) was down; \
+         {} came back: {:?}; conflict copies: {:?}",
+        had.len(),
+        back.len(),
+        &back[..back.len().min(8)],
+        conflicts(&a.dir)
+    );
+}
