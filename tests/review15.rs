@@ -675,3 +675,67 @@ fn files_deleted_while_down_after_a_kill_stay_deleted_when_the_first_scan_is_slo
         &back[..back.len().min(8)],
     );
 }
+
+/// A big file (installed alone, after an fsync) received just before a kill and deleted here
+/// while down stays deleted. Sequence: A and B in sync; A's user adds a 48 MiB file; B is
+/// killed as soon as its log says it is received; B's user deletes it; B restarts.
+#[test]
+fn a_big_file_received_before_a_kill_and_deleted_while_down_stays_deleted() {
+    let t = TestDir::new("r15-big-deleted-after-kill");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    write_file(&a.path("seed"), "seed");
+    let mut b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    assert!(b.wait_log(SOON, "index written"));
+    write_random(&t.join("staging/big"), 48 << 20, 7);
+    fs::rename(t.join("staging/big"), a.path("big")).unwrap();
+    assert!(spin_until(SOON, || b.log_text().contains("received big ")));
+    b.kill();
+    let logged = log_len(&b);
+    assert!(b.path("big").is_file());
+    fs::remove_file(b.path("big")).unwrap();
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(3));
+    wait_identical(&a.dir, &b.dir, SOON);
+    assert!(
+        !a.path("big").exists() && !b.path("big").exists(),
+        "B's user deleted big, received just before the kill (install log: {logged} bytes); \
+         it came back\nB:\n{}",
+        tail(&b.log_text(), 10)
+    );
+}
+
+/// Killed in the middle of receiving groups of small files, restarted with nothing changed:
+/// every file is A's, no conflict copy, nothing deleted anywhere (repeated 3 times).
+#[test]
+fn killed_while_receiving_and_restarted_makes_no_conflict_and_loses_nothing() {
+    for round in 0..3 {
+        let t = TestDir::new(&format!("r15-kill-nothing-changed-{round}"));
+        let (a, b, pa, pb) = received_then_stopped(
+            &t,
+            300,
+            30 + 40 * round,
+            |i| {
+                (
+                    format!("f{i:03}"),
+                    format!("file {i} ").repeat(100).into_bytes(),
+                )
+            },
+            Stop::KillRunning,
+        );
+        drop(b);
+        let b = Peer::start(&t, "B", pb, &[pa]);
+        wait_identical(&a.dir, &b.dir, SOON);
+        std::thread::sleep(Duration::from_secs(2));
+        wait_identical(&a.dir, &b.dir, SOON);
+        let files = names(&a.dir).iter().filter(|n| n.starts_with('f')).count();
+        assert!(
+            files == 300 && conflicts(&a.dir).is_empty() && count(&b, "deleted locally") == 0,
+            "round {round}: {files} files on A; conflict copies {:?}; B: {}",
+            conflicts(&a.dir),
+            tail(&b.log_text(), 8)
+        );
+    }
+}
