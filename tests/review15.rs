@@ -739,3 +739,61 @@ fn killed_while_receiving_and_restarted_makes_no_conflict_and_loses_nothing() {
         );
     }
 }
+
+/// A peer's new folders made here just before a kill (not logged, not saved), then chmodded on
+/// the peer while we are down: the restart's scan records them as new folders of ours with the
+/// old mode, concurrent with the peer's chmod, which they may beat. Sequence: A and B in sync;
+/// A's user makes 200 folders (0755); B is killed as soon as 20 are on its disk; A's user
+/// chmods all 200 to 0700; B restarts. Expected: 0700 on both.
+#[test]
+fn folders_taken_before_a_kill_and_chmodded_on_the_peer_while_down_keep_the_peers_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestDir::new("r15-peer-chmodded-folders");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    write_file(&a.path("seed"), "seed");
+    let mut b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    assert!(b.wait_log(SOON, "index written"));
+    const N: usize = 200;
+    let all: Vec<String> = (0..N).map(|i| format!("m{i:03}")).collect();
+    for p in &all {
+        fs::create_dir(a.path(p)).unwrap();
+        fs::set_permissions(a.path(p), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    assert!(spin_until(SOON, || all
+        .iter()
+        .filter(|p| mode_or_zero(&b.path(p)) & 0o777 == 0o755)
+        .count()
+        >= 20));
+    b.kill();
+    assert!(wait_until(SOON, || count(&a, "new folder m") >= N));
+    let before = count(&a, "folder mode changed locally: m");
+    for p in &all {
+        fs::set_permissions(a.path(p), fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    assert!(wait_until(SOON, || count(
+        &a,
+        "folder mode changed locally: m"
+    ) >= before + N));
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    let settled = |p: &Peer| {
+        all.iter()
+            .filter(|n| mode_or_zero(&p.path(n)) & 0o777 != 0o700)
+            .cloned()
+            .collect::<Vec<String>>()
+    };
+    let _ = wait_until(Duration::from_secs(10), || {
+        settled(&a).is_empty() && settled(&b).is_empty()
+    });
+    let (wa, wb) = (settled(&a), settled(&b));
+    assert!(
+        wa.is_empty() && wb.is_empty(),
+        "A's user chmodded {N} folders to 0700 while B was down; not 0700 on A: {} ({:?}), \
+         on B: {}",
+        wa.len(),
+        &wa[..wa.len().min(6)],
+        wb.len()
+    );
+}
