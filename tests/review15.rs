@@ -385,6 +385,11 @@ fn taken_then_deleted_while_down(
         >= at_least));
     b.kill();
     let had: Vec<String> = all.iter().filter(|p| b.path(p).exists()).cloned().collect();
+    // A has recorded them all (else a deletion is of something A never knew).
+    assert!(wait_until(SOON, || {
+        let log = a.log_text();
+        all.iter().all(|p| log.contains(p.as_str()))
+    }));
     let deleted_before = count(&a, "deleted locally: ");
     for p in &all {
         let path = a.path(p);
@@ -521,7 +526,9 @@ fn a_file_received_before_a_kill_and_restored_from_a_backup_while_down_stays_res
 }
 
 /// A file received before a kill and renamed here while down: A ends with the new name only,
-/// no conflict copy.
+/// no conflict copy. Timing-dependent: fails when the pulls of A's files (the old names, which
+/// B's index lacks) begin before the first scan (hashing the moved files) ends, as in the
+/// slow-first-scan test below (seen failing in 5 of 8 runs here): the old names come back.
 #[test]
 fn a_file_received_before_a_kill_and_renamed_while_down_is_moved() {
     let t = TestDir::new("r15-renamed-after-kill");
