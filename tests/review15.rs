@@ -528,7 +528,7 @@ fn a_file_received_before_a_kill_and_restored_from_a_backup_while_down_stays_res
 /// A file received before a kill and renamed here while down: A ends with the new name only,
 /// no conflict copy. Timing-dependent: fails when the pulls of A's files (the old names, which
 /// B's index lacks) begin before the first scan (hashing the moved files) ends, as in the
-/// slow-first-scan test below (seen failing in 5 of 8 runs here): the old names come back.
+/// slow-first-scan test below (seen failing in 4 of 6 runs here): the old names come back.
 #[test]
 fn a_file_received_before_a_kill_and_renamed_while_down_is_moved() {
     let t = TestDir::new("r15-renamed-after-kill");
