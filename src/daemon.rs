@@ -161,7 +161,8 @@ fn open_share(opts: &Options) -> Result<(Arc<Model>, std::path::PathBuf)> {
     let index = open_index(&state, device);
     let mut model = Model::new(root.clone(), state.clone(), index);
     if let Ok(st) = model.state.get_mut() {
-        st.received = crate::store::intents::load(&state);
+        let logged = crate::store::intents::load(&state);
+        (st.received, st.installed) = (logged.entries, logged.done);
         let now = Instant::now();
         for p in &opts.peers {
             // Literal addresses are known at once (names are resolved by the dialer).

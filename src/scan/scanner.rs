@@ -417,7 +417,13 @@ impl Walk<'_> {
                     self.stack.push(path.clone());
                 }
             } else if md.is_file() {
-                self.file(path, stat, find(path));
+                // In place of a folder received before a crash (logged, done, the index not
+                // saved): hashed after what the folder held is recorded deleted, as a file
+                // replacing a folder the index knows is (review15).
+                let was_folder = !st.scanned
+                    && st.installed.contains(path)
+                    && st.received.get(path).is_some_and(|r| r.kind == Kind::Dir);
+                self.file(path, stat, find(path), was_folder);
             }
             // Symlinks and special files are not synced (see the README).
         }
@@ -458,9 +464,10 @@ impl Walk<'_> {
             {
                 // A peer's mode put on it just before the last stop (logged ahead, the index not
                 // saved): the peer's version, not a change here.
-                if let Some(rec) = st.received.remove(path).filter(|r| {
+                let logged = st.received.get(path).is_some_and(|r| {
                     r.kind == Kind::Dir && !r.deleted && r.dir_mode() & 0o777 == stat.mode
-                }) {
+                });
+                if let Some(rec) = logged.then(|| st.received.remove(path)).flatten() {
                     info!("{path}/: its mode was received before the last stop");
                     let mut ne = rec;
                     ne.stat = *stat;
@@ -468,10 +475,11 @@ impl Walk<'_> {
                     return !(self.dirs.is_some() && self.watched(path, stat.ino));
                 }
                 // Its mode changed here since we last looked: a new version of the folder.
+                let done = take_done(&mut st.received, &mut st.installed, path);
                 let mut ne = e.clone();
                 ne.mode = stat.mode;
                 ne.modified_by = device;
-                ne.version = e.version.bumped(device);
+                ne.version = local_version(Some(&e.version), done.as_ref(), device);
                 ne.stat = *stat;
                 info!("folder mode changed locally: {path}/ ({:o})", stat.mode);
                 st.put(ne);
@@ -491,7 +499,12 @@ impl Walk<'_> {
                 // ahead, the index not saved): the entry logged, not a new folder of ours,
                 // which would be newer than the peer's and win with the mode it was made
                 // with (review11).
-                if let Some(mut rec) = st.received.remove(path).filter(|r| {
+                let mut stat = *stat;
+                if let Some(made) = finish_folder(st, root, path, &stat) {
+                    stat = made;
+                }
+                let stat = &stat;
+                let logged = st.received.get(path).is_some_and(|r| {
                     r.kind == Kind::Dir
                         && !r.deleted
                         && r.dir_mode() & 0o777 == stat.mode
@@ -503,16 +516,18 @@ impl Walk<'_> {
                                     Order::Newer | Order::Concurrent
                                 )
                         })
-                }) {
+                });
+                if let Some(mut rec) = logged.then(|| st.received.remove(path)).flatten() {
                     info!("{path}/: made for a pull before the last stop");
                     rec.stat = *stat;
                     st.put(rec);
                     // Not fresh: the temp files in it are kept pulls', to resume.
                     return true;
                 }
-                let version = cur
-                    .map(|e| e.version.bumped(device))
-                    .unwrap_or_else(|| crate::store::version::Version::default().bumped(device));
+                // A folder made here, perhaps in place of a file (or a folder of another
+                // mode) received before the last stop: a change of that.
+                let done = take_done(&mut st.received, &mut st.installed, path);
+                let version = local_version(cur.map(|e| &e.version), done.as_ref(), device);
                 info!("new folder {path}/");
                 st.put(Entry {
                     path: path.to_string(),
@@ -533,8 +548,12 @@ impl Walk<'_> {
     }
 
     /// Takes in a file found at `path`: queued for hashing if new or changed.
-    fn file(&mut self, path: &str, stat: Stat, cur: Option<&Entry>) {
-        let seen = file_seen(cur, &stat, self.written.contains(path));
+    fn file(&mut self, path: &str, stat: Stat, cur: Option<&Entry>, was_folder: bool) {
+        let seen = if was_folder {
+            FileSeen::Retyped
+        } else {
+            file_seen(cur, &stat, self.written.contains(path))
+        };
         if seen == FileSeen::Same {
             return;
         }
@@ -576,6 +595,12 @@ impl Walk<'_> {
         }
         let gone = std::mem::take(&mut self.gone);
         record_gone(st, root, &self.ignore, &self.emptied, gone, &mut self.out);
+        if !st.scanned {
+            // What the install log names as done and is gone now was deleted here while we
+            // were down: recorded, or the peer's version comes back (review13); before the
+            // files that replaced folders, as their content's deletions are.
+            record_received_gone(st, root, &self.ignore, &mut self.out);
+        }
         if !self.retyped.is_empty() {
             drop(g);
             let mut retyped = std::mem::take(&mut self.retyped);
@@ -592,12 +617,11 @@ impl Walk<'_> {
         if !st.scanned {
             st.scanned = true;
             // What the install log held is settled: its files were found, or are gone. One
-            // gone, with no temp file left of it either, was installed and then deleted here
-            // while we were down: that deletion is recorded, or the peer's version comes back
-            // (review13). One whose temp file is still there was not installed: its pull
-            // resumes.
-            let received = std::mem::take(&mut st.received);
-            record_received_gone(st, root, &self.ignore, received, &mut self.out);
+            // not done was not installed: its pull resumes.
+            st.received = Default::default();
+            st.installed = Default::default();
+            // Pulls wait for this after a crash (`puller::take_batch`).
+            model.changed.notify_all();
             // Connections hold back IndexDone until now.
             for p in st.peers.values() {
                 let _ = p.out.send(crate::sync::model::Out::Announce);
@@ -664,26 +688,96 @@ fn record_gone(
     }
 }
 
-/// Records the deletions of files the install log names (`received`: not found by the first
-/// scan) that are gone, temp file included, and that our index has not as new.
+/// A peer's folder made (0700, as `install::apply_dir` makes it) just before a kill, before
+/// it got the peer's mode: given it now, so that the scan takes it for the peer's, not for a
+/// new folder of ours (concurrent with a deletion made there since, it came back: review15).
+/// Returns the folder's stat then.
+fn finish_folder(st: &State, root: &Path, path: &str, stat: &Stat) -> Option<Stat> {
+    let rec = st.received.get(path)?;
+    if stat.mode != 0o700
+        || st.installed.contains(path)
+        || rec.kind != Kind::Dir
+        || rec.deleted
+        || rec.version.pairs().is_empty()
+        || rec.dir_mode() & 0o777 == 0o700
+    {
+        return None;
+    }
+    let (parent, name) = crate::sys::dirfd::Dir::parent(root, path).ok()?;
+    let sub = parent.sub(name).ok()?;
+    // The very folder looked at, not one put in its place since.
+    let md = sub.metadata().ok()?;
+    if Stat::of(&md).ino != stat.ino {
+        return None;
+    }
+    sub.chmod(rec.dir_mode()).ok()?;
+    debug!("{path}/: made for the peer's folder before the last stop; given its mode");
+    Some(Stat::of(&sub.metadata().ok()?))
+}
+
+/// The install the log names for `path`, taken out of `received`: its version if it was
+/// done (renamed in, folder made), so that what is found changed there was changed after it.
+fn take_done(
+    received: &mut std::collections::HashMap<String, Entry>,
+    installed: &mut std::collections::HashSet<String>,
+    path: &str,
+) -> Option<crate::store::version::Version> {
+    let rec = received.remove(path)?;
+    installed.remove(path).then_some(rec.version)
+}
+
+/// The version of a change found at a path: the index's (`cur`) bumped, with the install
+/// the log names for the path merged in if it was done (`done`): the user changed what was
+/// received while we were down, and that change wins over it, not beside it as a concurrent
+/// edit (review15: a spurious conflict copy, or the user's edit lost to an older mtime).
+fn local_version(
+    cur: Option<&crate::store::version::Version>,
+    done: Option<&crate::store::version::Version>,
+    device: u64,
+) -> crate::store::version::Version {
+    let base = match (cur, done) {
+        (Some(c), Some(d)) => c.merged(d),
+        (Some(c), None) => c.clone(),
+        (None, Some(d)) => d.clone(),
+        (None, None) => crate::store::version::Version::default(),
+    };
+    base.bumped(device)
+}
+
+/// Records the deletions of what the install log names as done (`received`, `installed`: not
+/// found by the first scan) and is gone (or under a file now), unless our index has it as
+/// new: the user deleted it while we were down, after it was received (review13, review15),
+/// and the peers' versions must not come back. An install not done (a crash before its rename)
+/// is no deletion: its pull resumes from the temp file. Folders made for a pull (no version)
+/// have nothing to delete. What a folder held goes before the folder.
 fn record_received_gone(
     st: &mut State,
     root: &Path,
     ignore: &crate::store::ignore::Ignore,
-    received: std::collections::HashMap<String, Entry>,
     out: &mut Scan,
 ) {
-    let gone = |p: &str| matches!(fs::symlink_metadata(root.join(p)), Err(e) if e.kind() == io::ErrorKind::NotFound);
+    let gone = |p: &str| match fs::symlink_metadata(root.join(p)) {
+        Err(e) => matches!(
+            e.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+        ),
+        Ok(_) => false,
+    };
     let device = st.index.device;
-    let mut paths: Vec<&String> = received.keys().collect();
-    paths.sort_unstable();
+    let mut paths: Vec<String> = (st.received.keys())
+        .filter(|p| st.installed.contains(*p))
+        .cloned()
+        .collect();
+    paths.sort_unstable_by(|a, b| b.cmp(a));
     for path in paths {
-        let rec = &received[path];
-        if !rec.is_file()
-            || ignore.is_ignored(path, false)
-            || !gone(path)
-            || !gone(&names::temp_rel(path))
-            || st.index.get(path).is_some_and(|c| {
+        let Some(rec) = st.received.get(&path) else {
+            continue;
+        };
+        if rec.deleted
+            || rec.version.pairs().is_empty()
+            || ignore.is_ignored(&path, rec.kind == Kind::Dir)
+            || !gone(&path)
+            || st.index.get(&path).is_some_and(|c| {
                 !matches!(
                     rec.version.compare(&c.version),
                     Order::Newer | Order::Concurrent
@@ -692,16 +786,20 @@ fn record_received_gone(
         {
             continue;
         }
-        let base =
-            (st.index.get(path)).map_or(rec.version.clone(), |c| c.version.merged(&rec.version));
+        let cur = st.index.get(&path).map(|c| c.version.clone());
+        let (kind, version) = (
+            rec.kind,
+            local_version(cur.as_ref(), Some(&rec.version), device),
+        );
+        st.received.remove(&path);
         info!("deleted locally: {path} (received before the last stop)");
         st.put(Entry {
-            path: path.clone(),
-            kind: rec.kind,
+            path,
+            kind,
             deleted: true,
             mtime: now_secs(),
             modified_by: device,
-            version: base.bumped(device),
+            version,
             ..Entry::default()
         });
         out.deleted += 1;
@@ -1006,13 +1104,11 @@ fn record(
         return false;
     }
     // Received before a crash, and not in the index yet: the peer's version, not a new one.
-    if let Some(rec) = st.received.remove(&c.path)
-        && crate::store::intents::received(
-            &rec,
-            cur.as_deref(),
-            (&file_hash, before.size, before.mode),
-        )
-    {
+    let took = st.received.get(&c.path).is_some_and(|rec| {
+        crate::store::intents::received(rec, cur.as_deref(), (&file_hash, before.size, before.mode))
+    });
+    if let Some(rec) = took.then(|| st.received.remove(&c.path)).flatten() {
+        st.installed.remove(&c.path);
         info!(
             "{}: received before the last stop; its version is the sender's",
             c.path
@@ -1033,10 +1129,8 @@ fn record(
         return false;
     }
     let device = st.index.device;
-    let version = match cur {
-        Some(e) => e.version.bumped(device),
-        None => crate::store::version::Version::default().bumped(device),
-    };
+    let done = take_done(&mut st.received, &mut st.installed, &c.path);
+    let version = local_version(cur.as_ref().map(|e| &e.version), done.as_ref(), device);
     let e = Entry {
         path: c.path.clone(),
         kind: Kind::File,
@@ -1294,7 +1388,10 @@ mod tests {
             state.clone(),
             crate::store::index::Index::new(7),
         );
-        again.lock().received = crate::store::intents::load(&state);
+        let logged = crate::store::intents::load(&state);
+        let mut g = again.lock();
+        (g.received, g.installed) = (logged.entries, logged.done);
+        drop(g);
         scan(&again, None, None).unwrap();
         assert_eq!(empty(&again, "d"), (Kind::Dir, true, 0o700));
         assert_eq!(empty(&again, "d/e"), (Kind::Dir, true, 0o700));

@@ -1,16 +1,19 @@
-//! The install log: before received files are renamed into place, their entries are appended
-//! to `.left/installs`, and the filesystem sync that makes the files' data durable makes these
-//! records durable too (no fsync of its own). After a crash or a power cut, a file on disk
-//! whose content is the one a record names was received, not edited here: the scanner takes
-//! the record's version for it instead of making a new local version, which would otherwise
-//! be a concurrent edit of what the peers hold (a spurious conflict copy). Once the index is
-//! saved with those installs in it, the log is emptied.
+//! The install log: before received files are renamed into place (and peers' folders made or
+//! given their mode), their entries are appended to `.left/installs`, and the filesystem sync
+//! that makes the files' data durable makes these records durable too (no fsync of its own).
+//! Once an install is done, a short "done" record names its path. After a crash or a power
+//! cut, a file on disk whose content is the one a record names was received, not edited here:
+//! the scanner takes the record's version for it instead of making a new local version, which
+//! would otherwise be a concurrent edit of what the peers hold (a spurious conflict copy). And
+//! what was done, then changed or deleted by the user while we were down, is a change of the
+//! received version, not of the older one the index holds (review15). Once the index is saved
+//! with those installs in it, the log is emptied.
 
 use crate::error::{Context, Result};
 use crate::store::codec::{self, Dec, Enc};
 use crate::store::entry::Entry;
 use crate::store::version::Order;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -24,6 +27,18 @@ const MAX_READ: u64 = 256 << 20;
 const MAX_RECORDS: usize = 1 << 16;
 /// Memory the entries read back may take ([`Entry::mem_cost`]).
 const MAX_HELD: usize = 16 << 20;
+/// The bit of a record's length that makes it a "done" record (its body a path): entries are
+/// far shorter ([`codec::MAX_ENTRY_BYTES`]).
+const DONE: u32 = 1 << 31;
+
+/// What the log held at start.
+#[derive(Default, Debug)]
+pub struct Logged {
+    /// The last entry logged for each path.
+    pub entries: HashMap<String, Entry>,
+    /// The paths whose last entry was installed (a "done" record follows it).
+    pub done: HashSet<String>,
+}
 
 /// The open log and how much it holds.
 #[derive(Default)]
@@ -48,10 +63,26 @@ impl Log {
         for e in entries {
             let mut enc = Enc::default();
             codec::put_entry(&mut enc, e);
-            let body = enc.0;
-            buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-            buf.extend_from_slice(&crate::hash::xxh64(&body).to_be_bytes());
-            buf.extend_from_slice(&body);
+            put_record(&mut buf, 0, &enc.0);
+        }
+        self.write(&buf)
+    }
+
+    /// Notes that the installs of `paths` logged last are done (renamed in, folder made):
+    /// what is found changed or gone there after a crash was changed here since.
+    pub fn done<'a>(&mut self, paths: impl IntoIterator<Item = &'a str>) {
+        let mut buf = Vec::new();
+        for p in paths {
+            put_record(&mut buf, DONE, p.as_bytes());
+        }
+        if let Err(e) = self.write(&buf) {
+            warn!("{e}");
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
         }
         if self.file.is_none() {
             // What it holds from before a crash stays until an index with it is saved.
@@ -62,7 +93,7 @@ impl Log {
         let Some(f) = &self.file else {
             return Ok(());
         };
-        f.write_all_at(&buf, self.len).at(&self.path)?;
+        f.write_all_at(buf, self.len).at(&self.path)?;
         self.len += buf.len() as u64;
         Ok(())
     }
@@ -86,11 +117,17 @@ impl Log {
     }
 }
 
+fn put_record(buf: &mut Vec<u8>, flag: u32, body: &[u8]) {
+    buf.extend_from_slice(&(body.len() as u32 | flag).to_be_bytes());
+    buf.extend_from_slice(&crate::hash::xxh64(body).to_be_bytes());
+    buf.extend_from_slice(body);
+}
+
 /// Reads what the log at start holds, by path (the last record of a path wins). A record cut
 /// short or damaged ends the reading: what comes after it was never made durable.
-pub fn load(state_dir: &Path) -> HashMap<String, Entry> {
+pub fn load(state_dir: &Path) -> Logged {
     let path = state_dir.join("installs");
-    let mut out = HashMap::new();
+    let mut out = Logged::default();
     let Ok(f) = crate::sys::open::open_state(&path) else {
         return out;
     };
@@ -103,7 +140,8 @@ pub fn load(state_dir: &Path) -> HashMap<String, Entry> {
         if r.read_exact(&mut head).is_err() {
             break;
         }
-        let n = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let n = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let (done, n) = (n & DONE != 0, (n & !DONE) as usize);
         let sum = u64::from_be_bytes([
             head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11],
         ]);
@@ -114,20 +152,32 @@ pub fn load(state_dir: &Path) -> HashMap<String, Entry> {
         if r.read_exact(&mut body).is_err() || crate::hash::xxh64(&body) != sum {
             break;
         }
+        if done {
+            // Of the last entry logged for the path (none: an index save emptied the log).
+            match std::str::from_utf8(&body) {
+                Ok(p) if out.entries.contains_key(p) => {
+                    out.done.insert(p.to_string());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+            continue;
+        }
         let mut d = Dec::new(&body);
         match codec::get_entry(&mut d) {
             Ok(e) if crate::store::names::check(&e.path).is_ok() => {
                 held += e.mem_cost();
-                out.insert(e.path.clone(), e);
+                out.done.remove(&e.path);
+                out.entries.insert(e.path.clone(), e);
             }
             _ => break,
         }
-        if out.len() > MAX_RECORDS || held > MAX_HELD {
+        if out.entries.len() > MAX_RECORDS || held > MAX_HELD {
             warn!(
                 "{}: holds more than an install log can; not used",
                 crate::error::shown(&path).display()
             );
-            return HashMap::new();
+            return Logged::default();
         }
     }
     out
@@ -172,6 +222,33 @@ mod tests {
         }
     }
 
+    /// A "done" record marks the last entry logged for its path; a later entry for the path
+    /// is not done until its own record comes; a record for a path never logged means nothing.
+    #[test]
+    fn done_records_mark_the_last_install_of_a_path() {
+        let dir = std::env::temp_dir().join(format!("left-intents-done-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut log = Log::new(&dir);
+        let (a, b) = (file("a", 1, &[(1, 5)]), file("d/b", 2, &[(1, 6)]));
+        log.done(["a"]);
+        log.append([&a, &b]).unwrap();
+        log.done(["a", "d/b"]);
+        let got = load(&dir);
+        assert_eq!(got.done.len(), 2);
+        log.append([&file("a", 3, &[(1, 7)])]).unwrap();
+        let got = load(&dir);
+        assert!(!got.done.contains("a") && got.done.contains("d/b"));
+        log.done(["a"]);
+        assert!(load(&dir).done.contains("a"));
+        // A "done" record cut short is no record.
+        let full = std::fs::read(dir.join("installs")).unwrap();
+        std::fs::write(dir.join("installs"), &full[..full.len() - 1]).unwrap();
+        let got = load(&dir);
+        assert!(!got.done.contains("a") && got.entries.len() == 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn records_survive_a_cut_and_only_matching_content_is_taken() {
         let dir = std::env::temp_dir().join(format!("left-intents-{}", std::process::id()));
@@ -182,7 +259,7 @@ mod tests {
         log.append([&a, &b]).unwrap();
         let a2 = file("a", 3, &[(1, 7)]);
         log.append([&a2]).unwrap();
-        let got = load(&dir);
+        let got = load(&dir).entries;
         assert_eq!(got.len(), 2);
         assert_eq!(got["a"], a2);
         assert_eq!(got["d/b"], b);
@@ -190,14 +267,14 @@ mod tests {
         // A record cut short (a crash while appending) ends the log; the others stand.
         let full = std::fs::read(dir.join("installs")).unwrap();
         std::fs::write(dir.join("installs"), &full[..full.len() - 3]).unwrap();
-        let got = load(&dir);
+        let got = load(&dir).entries;
         assert_eq!(got.len(), 2);
         assert_eq!(got["a"], a);
         // A damaged byte likewise.
         let mut bad = full.clone();
         bad[20] ^= 1;
         std::fs::write(dir.join("installs"), &bad).unwrap();
-        assert!(load(&dir).is_empty());
+        assert!(load(&dir).entries.is_empty());
 
         // Emptied only if nothing was appended since its length was read.
         std::fs::remove_file(dir.join("installs")).unwrap();
@@ -206,9 +283,9 @@ mod tests {
         let n = log.len();
         log.append([&b]).unwrap();
         log.clear_if(n);
-        assert_eq!(load(&dir).len(), 2);
+        assert_eq!(load(&dir).entries.len(), 2);
         log.clear_if(log.len());
-        assert!(load(&dir).is_empty());
+        assert!(load(&dir).entries.is_empty());
 
         // What counts as received: the record's content and mode, a version not older than
         // the index's.

@@ -358,7 +358,9 @@ pub fn install(model: &Model, e: &Entry, durable: bool, written: Option<Written>
     if folder_stays {
         return Ok(());
     }
-    a.rename_in(e, &tmp, durable, written)
+    a.rename_in(e, &tmp, durable, written)?;
+    model.installs().done([e.path.as_str()]);
+    Ok(())
 }
 
 impl Apply<'_> {
@@ -533,6 +535,12 @@ pub fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
     let Some(a) = begin(model, e, true)? else {
         return Ok(());
     };
+    // Logged ahead, as a file's install is, and done once recorded: after a kill before the
+    // index is saved, the scan takes the folder for the peer's, and a folder the user removed
+    // or replaced while we were down for a change of the peer's version (review15).
+    if let Err(err) = model.installs().append([e]) {
+        warn!("{err}");
+    }
     // A pull of a file of this name that failed will not be resumed: it is a folder now.
     let tmp = names::temp_for(&a.name);
     if a.dir(e)?
@@ -604,6 +612,7 @@ pub fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
     sub.chmod(e.dir_mode()).at(&e.path)?;
     let md = sub.metadata().at(&e.path)?;
     a.record(e, Some(&md));
+    model.installs().done([e.path.as_str()]);
     Ok(())
 }
 

@@ -206,6 +206,9 @@ pub struct State {
     /// Installs logged before the last stop and perhaps missing from the index (the install
     /// log, read at start): the first scan takes their versions for files that hold them.
     pub received: std::collections::HashMap<String, Entry>,
+    /// Of those, the paths whose install was done: what is found changed or gone there was
+    /// changed here after, from the received version.
+    pub installed: HashSet<String>,
 }
 
 impl State {
@@ -280,6 +283,7 @@ impl Model {
             ignore: Ignore::default(),
             ignore_text: String::new(),
             received: Default::default(),
+            installed: HashSet::new(),
             kept_temps: Default::default(),
             found_temps: Vec::new(),
         };
@@ -340,10 +344,13 @@ impl Model {
             logged.push(e.clone());
             st.put(e);
         }
-        if !logged.is_empty()
-            && let Err(e) = self.installs().append(&logged)
-        {
-            warn!("{e}");
+        if !logged.is_empty() {
+            let mut log = self.installs();
+            match log.append(&logged) {
+                // Made (logged once made: no "done" record can be wanting).
+                Ok(()) => log.done(logged.iter().map(|e| e.path.as_str())),
+                Err(e) => warn!("{e}"),
+            }
         }
         Ok(())
     }
@@ -675,7 +682,9 @@ impl Model {
         if let Err(e) = self.installs().append([m]) {
             warn!("{e}");
         }
-        crate::sync::disk::set_meta(&self.root, m, known)
+        let st = crate::sync::disk::set_meta(&self.root, m, known)?;
+        self.installs().done([m.path.as_str()]);
+        Ok(st)
     }
 
     /// Records what became of the peer's entry `r` (`take`: it is to be pulled) as a need of

@@ -95,6 +95,14 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
             let _ = p.stream.shutdown(std::net::Shutdown::Both);
             return None;
         }
+        // After a crash, the first scan settles what the install log names (found, changed
+        // or gone) before anything is pulled: a pull of a path it names (taken again, as the
+        // index lacks it) would make a temp file or a file there and hide a change the user
+        // made while we were down (review15).
+        if !st.scanned && !st.received.is_empty() {
+            g = link.model.wait(g, Duration::from_millis(500));
+            continue;
+        }
         let p = st.peers.get_mut(&link.conn)?;
         let (needs, crowded) = (&p.needs, p.needs.crowded());
         let waits_inside = |f: &str| !crowded && needs.may_wait_inside(f);
