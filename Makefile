@@ -102,10 +102,11 @@ SEEDS ?= 200
 PEERS ?= 3
 TOPO ?= both
 SEED_BASE ?= 1
+JOBS ?= 2
 SHRINK ?= 1
 SKIP ?=
 
-chaos: ## random schedules of edits, partitions, kills (SEEDS=200 PEERS=3|5 TOPO=mesh|chain|both SEED_BASE=1 SHRINK=1 SKIP=types,dirchmod)
-	LEFT_CHAOS_SEEDS=$(SEEDS) LEFT_CHAOS_PEERS=$(PEERS) LEFT_CHAOS_TOPO=$(TOPO) \
+chaos: ## random schedules of edits, partitions, kills (SEEDS=200 PEERS=3|5 TOPO=mesh|chain|both SEED_BASE=1 JOBS=2 SHRINK=1 SKIP=types,dirchmod)
+	LEFT_CHAOS_SEEDS=$(SEEDS) LEFT_CHAOS_PEERS=$(PEERS) LEFT_CHAOS_TOPO=$(TOPO) LEFT_CHAOS_JOBS=$(JOBS) \
 	LEFT_CHAOS_SEED_BASE=$(SEED_BASE) LEFT_CHAOS_SHRINK=$(SHRINK) LEFT_CHAOS_SKIP=$(SKIP) \
 	$(CARGO) test --release --test chaos -- --nocapture chaos

@@ -13,7 +13,8 @@
 //! Running it:
 //!   cargo test --release --test chaos -- --nocapture        (a few seeds)
 //!   make chaos SEEDS=200 PEERS=3 TOPO=both                   (hundreds, shrinking failures)
-//! Environment: LEFT_CHAOS_SEEDS (how many, default 4), LEFT_CHAOS_SEED_BASE (first seed),
+//! Environment: LEFT_CHAOS_SEEDS (how many, default 4), LEFT_CHAOS_JOBS (how many at once,
+//! default 2), LEFT_CHAOS_SEED_BASE (first seed),
 //! LEFT_CHAOS_PEERS (3), LEFT_CHAOS_TOPO (mesh|chain|both; both alternates by seed),
 //! LEFT_CHAOS_SHRINK (1: shrink each distinct failure), LEFT_CHAOS_SHRINK_SECS (time bound per
 //! failure, default 600), LEFT_CHAOS_TIMEOUT (convergence timeout in seconds, default 60),
@@ -2079,16 +2080,35 @@ fn chaos() {
     let mut failures: Vec<(u64, Schedule, Failure)> = Vec::new();
     let mut kinds: HashSet<String> = HashSet::new();
     let all = Instant::now();
-    for i in 0..seeds {
-        let seed = base + i;
-        let t = match topo.as_str() {
-            "mesh" => Topo::Mesh,
-            "chain" => Topo::Chain,
-            _ if seed.is_multiple_of(2) => Topo::Mesh,
-            _ => Topo::Chain,
-        };
-        let s = generate(seed, peers, t);
-        let o = run_schedule(&s, seed);
+    // Seeds run `jobs` at a time (their peers mostly wait on each other and the disk).
+    let jobs = env_u64("LEFT_CHAOS_JOBS", 2).max(1);
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let done = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|sc| {
+        for _ in 0..jobs {
+            sc.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= seeds {
+                        return;
+                    }
+                    let seed = base + i;
+                    let t = match topo.as_str() {
+                        "mesh" => Topo::Mesh,
+                        "chain" => Topo::Chain,
+                        _ if seed.is_multiple_of(2) => Topo::Mesh,
+                        _ => Topo::Chain,
+                    };
+                    let s = generate(seed, peers, t);
+                    let o = run_schedule(&s, seed);
+                    done.lock().unwrap().push((seed, t, s, o));
+                }
+            });
+        }
+    });
+    let mut done = done.into_inner().unwrap();
+    done.sort_by_key(|d| d.0);
+    for (seed, t, s, o) in done {
         match &o.failure {
             None => println!(
                 "seed {seed} ({peers} peers, {t:?}, {} rounds, {} steps): ok in {:.1} s",
