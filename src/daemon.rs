@@ -161,7 +161,18 @@ fn open_share(opts: &Options) -> Result<(Arc<Model>, std::path::PathBuf)> {
     let index = open_index(&state, device);
     let mut model = Model::new(root.clone(), state.clone(), index);
     if let Ok(st) = model.state.get_mut() {
-        let logged = crate::store::intents::load(&state);
+        let mut logged = crate::store::intents::load(&state);
+        // A file's install is marked done just before its rename: one whose temp file is
+        // still there was cut before it (its pull resumes).
+        logged.done.retain(|p| {
+            !logged
+                .entries
+                .get(p)
+                .is_some_and(crate::store::entry::Entry::is_file)
+                || matches!(fs::symlink_metadata(root.join(names::temp_rel(p))),
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::NotADirectory))
+        });
         (st.received, st.installed) = (logged.entries, logged.done);
         let now = Instant::now();
         for p in &opts.peers {

@@ -1,7 +1,9 @@
 //! The install log: before received files are renamed into place (and peers' folders made or
 //! given their mode), their entries are appended to `.left/installs`, and the filesystem sync
 //! that makes the files' data durable makes these records durable too (no fsync of its own).
-//! Once an install is done, a short "done" record names its path. After a crash or a power
+//! A short "done" record then names its path: for a file just before its rename (after a
+//! crash, a file's install marked done whose temp file is gone was renamed in), for a folder or
+//! a mode once applied. After a crash or a power
 //! cut, a file on disk whose content is the one a record names was received, not edited here:
 //! the scanner takes the record's version for it instead of making a new local version, which
 //! would otherwise be a concurrent edit of what the peers hold (a spurious conflict copy). And
@@ -68,8 +70,9 @@ impl Log {
         self.write(&buf)
     }
 
-    /// Notes that the installs of `paths` logged last are done (renamed in, folder made):
-    /// what is found changed or gone there after a crash was changed here since.
+    /// Notes that the installs of `paths` logged last are done (a file's is about to be
+    /// renamed in, a folder made): what is found changed or gone there after a crash was
+    /// changed here since (for a file, once its temp file is gone).
     pub fn done<'a>(&mut self, paths: impl IntoIterator<Item = &'a str>) {
         let mut buf = Vec::new();
         for p in paths {

@@ -139,6 +139,7 @@ fn put_back(st: &State, dir: &Dir, (side, name): (&str, &str), path: &str) -> Re
 /// losing concurrent edit, that folder (`None` for a deletion whose folder is missing or is
 /// not a folder: nothing is there to delete) and the target's name.
 struct Apply<'a> {
+    model: &'a Model,
     g: MutexGuard<'a, State>,
     cur: Option<Entry>,
     conflict: bool,
@@ -172,6 +173,7 @@ fn begin<'a>(model: &'a Model, e: &Entry, create: bool) -> Result<Option<Apply<'
         }
     };
     Ok(Some(Apply {
+        model,
         g,
         cur,
         conflict,
@@ -358,9 +360,7 @@ pub fn install(model: &Model, e: &Entry, durable: bool, written: Option<Written>
     if folder_stays {
         return Ok(());
     }
-    a.rename_in(e, &tmp, durable, written)?;
-    model.installs().done([e.path.as_str()]);
-    Ok(())
+    a.rename_in(e, &tmp, durable, written)
 }
 
 impl Apply<'_> {
@@ -479,6 +479,12 @@ impl Apply<'_> {
             )
             .at(&e.path));
         }
+        // Marked done just before the rename: after a kill, an install marked done whose temp
+        // file is gone was renamed in (the rename is the only step left), and one whose temp
+        // file is still there was not (`daemon`). Marked after it, a kill between the two
+        // took a file the user then moved or deleted while we were down for one never
+        // installed, and brought its name back (review15, under load: 1 run in 3).
+        self.model.installs().done([e.path.as_str()]);
         self.put_in_place(&dir, e, tmp, made.as_ref().map(Stat::of))?;
         // Changed, or replaced, the moment it got its name (a chmod or a rename over it before
         // this point): the index keeps the stat it was made with, so that the next scan sees
