@@ -1,0 +1,675 @@
+//! Sixteenth review: adversarial tests of the install log's "done" records and the first scan
+//! after a kill (helper session, branch review16). Real daemons on 127.0.0.1. A test asserts
+//! the correct behaviour: it fails where it found a defect.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn count(p: &Peer, needle: &str) -> usize {
+    p.log_text().matches(needle).count()
+}
+
+/// Every `*.sync-conflict-*` name in a share (recursively).
+fn conflicts(root: &Path) -> Vec<String> {
+    names(root)
+        .into_iter()
+        .filter(|n| n.contains(".sync-conflict-"))
+        .collect()
+}
+
+const DONE: u32 = 1 << 31;
+
+/// The records of an install log: (done, body).
+fn records(log: &[u8]) -> Vec<(bool, Vec<u8>)> {
+    let (mut out, mut at) = (Vec::new(), 0);
+    while at + 12 <= log.len() {
+        let n = u32::from_be_bytes(log[at..at + 4].try_into().unwrap());
+        let len = (n & !DONE) as usize;
+        let sum = u64::from_be_bytes(log[at + 4..at + 12].try_into().unwrap());
+        if at + 12 + len > log.len() {
+            break;
+        }
+        let body = log[at + 12..at + 12 + len].to_vec();
+        assert_eq!(xxh64(&body), sum, "checksum of an install log record");
+        out.push((n & DONE != 0, body));
+        at += 12 + len;
+    }
+    out
+}
+
+fn record(done: bool, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&(body.len() as u32 | if done { DONE } else { 0 }).to_be_bytes());
+    v.extend_from_slice(&xxh64(body).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// The path an entry record names (a u16 length, then the bytes).
+fn entry_path(body: &[u8]) -> String {
+    let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+    String::from_utf8_lossy(&body[2..2 + n]).into_owned()
+}
+
+fn chattr(flag: &str, p: &Path) {
+    let ok = Command::new("chattr")
+        .arg(flag)
+        .arg(p)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "chattr {flag} {} failed", p.display());
+}
+
+/// A and B in sync (one file `seed`), B's index saved. Returns (A, B, A's port, B's port).
+fn in_sync(t: &TestDir) -> (Peer, Peer, u16, u16) {
+    let (pa, pb) = two_ports();
+    let a = Peer::start(t, "A", pa, &[pb]);
+    write_file(&a.path("seed"), "seed");
+    let b = Peer::start(t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    assert!(b.wait_log(SOON, "index written"));
+    (a, b, pa, pb)
+}
+
+/// A file received twice in a row (A's user wrote it, then rewrote it), the second install
+/// cut by a kill after it was logged and before its rename, with no index save in between
+/// (saves are held while groups install, `transfer::install_group` `hold_save`; a save every
+/// 250 ms). The log then holds: f v1, v1 done, f v2 (not done). `intents::load` keeps the
+/// last entry per path and drops the done mark when a later entry comes: at the restart f
+/// (v1's content, which the index lacks) matches no record and its install is "not done",
+/// so `scanner::record` gives it a brand-new local version, concurrent with A's v2: a
+/// spurious conflict copy, A's v1 coming back as B's "edit". Made here by holding B's index
+/// saves off (chattr +i on `.left/index.log` and `.left/index`), receiving v1 and v2, killing
+/// B, and putting the crash state in place: v2's done record dropped, v2 back at its temp
+/// name (complete, as the kill left it), v1 at f. Expected: f is v2 on both, no conflict.
+#[test]
+fn a_second_version_cut_before_its_rename_makes_no_conflict_copy() {
+    let t = TestDir::new("r16-second-version-cut");
+    let (a, mut b, pa, pb) = in_sync(&t);
+    let ix = b.path(".left/index");
+    let jl = b.path(".left/index.log");
+    if !jl.exists() {
+        fs::write(&jl, b"").unwrap();
+    }
+    chattr("+i", &ix);
+    chattr("+i", &jl);
+    const N: usize = 20;
+    let v1 = |i: usize| format!("version one of f{i:02} ").repeat(50);
+    let v2 = |i: usize| format!("version TWO of f{i:02}, A's user's edit ").repeat(50);
+    let staging = t.join("staging");
+    for i in 0..N {
+        put_file(&staging, &a.path(&format!("f{i:02}")), v1(i).as_bytes());
+    }
+    let got = |b: &Peer, v: &dyn Fn(usize) -> String| {
+        (0..N).all(|i| has_content(&b.path(&format!("f{i:02}")), v(i).as_bytes()))
+    };
+    let ok1 = wait_until(SOON, || got(&b, &v1));
+    // v1's mtime, as B's install of it left it (the sender's).
+    let mtime1: Vec<std::time::SystemTime> = (0..N)
+        .map(|i| fs::metadata(b.path(&format!("f{i:02}"))).unwrap().modified().unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(1100));
+    for i in 0..N {
+        put_file(&staging, &a.path(&format!("f{i:02}")), v2(i).as_bytes());
+    }
+    let ok2 = wait_until(SOON, || got(&b, &v2));
+    b.kill();
+    chattr("-i", &ix);
+    chattr("-i", &jl);
+    assert!(ok1 && ok2, "B did not receive both versions");
+    // The crash state: v2's done records dropped (the last one of each f), v2 back at its
+    // temp name, v1 at f.
+    let logp = b.path(".left/installs");
+    let recs = records(&fs::read(&logp).unwrap());
+    let mut last_done = std::collections::HashMap::new();
+    let mut entries_per = std::collections::HashMap::<String, usize>::new();
+    for (k, (done, body)) in recs.iter().enumerate() {
+        if *done {
+            last_done.insert(String::from_utf8_lossy(body).into_owned(), k);
+        } else {
+            *entries_per.entry(entry_path(body)).or_default() += 1;
+        }
+    }
+    let cut: Vec<String> = (0..N)
+        .map(|i| format!("f{i:02}"))
+        .filter(|f| entries_per.get(f).copied().unwrap_or(0) >= 2 && last_done.contains_key(f))
+        .collect();
+    assert!(
+        !cut.is_empty(),
+        "B's install log does not hold two installs of any f (index saves not held?): {:?}",
+        entries_per
+    );
+    let drop: std::collections::HashSet<usize> = cut.iter().map(|f| last_done[f]).collect();
+    let mut kept = Vec::new();
+    for (k, (done, body)) in recs.iter().enumerate() {
+        if !drop.contains(&k) {
+            kept.extend(record(*done, body));
+        }
+    }
+    fs::write(&logp, kept).unwrap();
+    for f in &cut {
+        let i: usize = f[1..].parse().unwrap();
+        fs::rename(b.path(f), b.path(&format!(".{f}.left-tmp"))).unwrap();
+        write_file(&b.path(f), v1(i));
+        fs::set_permissions(b.path(f), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(b.path(f))
+            .unwrap()
+            .set_modified(mtime1[i])
+            .unwrap();
+    }
+    drop_peer(b);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(3));
+    wait_identical(&a.dir, &b.dir, SOON);
+    let c = conflicts(&a.dir);
+    let wrong: Vec<&String> = cut
+        .iter()
+        .filter(|f| {
+            let i: usize = f[1..].parse().unwrap();
+            !has_content(&a.path(f), v2(i).as_bytes())
+        })
+        .collect();
+    assert!(
+        c.is_empty() && wrong.is_empty(),
+        "{} second installs cut before their rename (nothing changed by B's user): conflict \
+         copies {:?}; not A's v2 on A: {:?}\nB:\n{}",
+        cut.len(),
+        &c[..c.len().min(5)],
+        wrong,
+        tail(&b.log_text(), 12)
+    );
+}
+
+fn drop_peer(p: Peer) {
+    drop(p);
+}
+
+/// Everything in a share (not `.left/`, not temp files) with content and mode.
+fn snapshot(root: &Path) -> Vec<(String, Option<Vec<u8>>, u32)> {
+    listing(root)
+        .unwrap()
+        .into_iter()
+        .map(|(p, size)| {
+            let full = root.join(&p);
+            let mode = mode_of(&full) & 0o777;
+            (p, size.map(|_| fs::read(&full).unwrap()), mode)
+        })
+        .collect()
+}
+
+fn snapshot_diff(
+    want: &[(String, Option<Vec<u8>>, u32)],
+    got: &[(String, Option<Vec<u8>>, u32)],
+) -> Vec<String> {
+    let w: std::collections::HashMap<_, _> =
+        want.iter().map(|(p, d, m)| (p.clone(), (d, m))).collect();
+    let g: std::collections::HashMap<_, _> =
+        got.iter().map(|(p, d, m)| (p.clone(), (d, m))).collect();
+    let mut out = Vec::new();
+    for (p, (d, m)) in &w {
+        match g.get(p) {
+            None => out.push(format!("{p}: gone")),
+            Some((gd, gm)) => {
+                if gd.is_some() != d.is_some() {
+                    out.push(format!("{p}: type changed"));
+                } else if gd != d {
+                    out.push(format!("{p}: content differs"));
+                } else if gm != m {
+                    out.push(format!("{p}: mode {gm:o}, want {m:o}"));
+                }
+            }
+        }
+    }
+    for p in g.keys() {
+        if !w.contains_key(p) {
+            out.push(format!("{p}: came (back)"));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A's user makes one round of mixed changes (round `r`) to the tree `base` made.
+fn mixed_changes(a: &Path, staging: &Path, r: usize) {
+    for i in 0..60 {
+        // New small files in nested folders.
+        put_file(
+            staging,
+            &a.join(format!("n{r}/d{}/e{}/f{i:02}", i % 4, i % 3)),
+            format!("round {r} file {i} ").repeat(40).as_bytes(),
+        );
+    }
+    for i in 0..20 {
+        // Edits of the base's files.
+        put_file(
+            staging,
+            &a.join(format!("base/g{i:02}")),
+            format!("round {r} edit of g{i:02} ").repeat(60).as_bytes(),
+        );
+    }
+    // Type changes: a file becomes a folder, a folder becomes a file.
+    let ft = a.join(format!("base/t{r}"));
+    if ft.is_file() {
+        fs::remove_file(&ft).unwrap();
+        write_file(&ft.join("inner"), format!("inner of t{r}"));
+    }
+    let dt = a.join(format!("base/u{r}"));
+    if dt.is_dir() {
+        fs::remove_dir_all(&dt).unwrap();
+        write_file(&dt, format!("u{r} is a file now"));
+    }
+    // Deletions and chmods.
+    for i in 0..10 {
+        let p = a.join(format!("base/h{r}{i}"));
+        if p.exists() {
+            fs::remove_file(&p).unwrap();
+        }
+        let c = a.join(format!("base/c{i:02}"));
+        fs::set_permissions(&c, fs::Permissions::from_mode(0o600 + (r as u32 % 2) * 0o40))
+            .unwrap();
+    }
+    // A big file, installed alone.
+    write_random(&staging.join("big"), 24 << 20, 100 + r as u64);
+    fs::rename(staging.join("big"), a.join(format!("big{r}"))).unwrap();
+}
+
+fn base_tree(a: &Path, staging: &Path, rounds: usize) {
+    for i in 0..20 {
+        put_file(staging, &a.join(format!("base/g{i:02}")), format!("g{i:02}").as_bytes());
+    }
+    for i in 0..10 {
+        put_file(staging, &a.join(format!("base/c{i:02}")), format!("c{i:02}").as_bytes());
+    }
+    for r in 0..rounds {
+        put_file(staging, &a.join(format!("base/t{r}")), b"t file");
+        write_file(&a.join(format!("base/u{r}/x")), "u folder's file");
+        for i in 0..10 {
+            put_file(staging, &a.join(format!("base/h{r}{i}")), b"to delete");
+        }
+    }
+}
+
+/// Kill -9 at many moments while B takes a round of mixed changes from A (nested new files in
+/// groups, edits, file<->folder, deletions, chmods, a big file), sometimes killed a second
+/// time soon after the restart (during the recovery scan), then restarted with NO change by
+/// B's user: every round ends with A exactly as A's user made it, B identical, no conflict
+/// copy, and B records no deletion of its own.
+#[test]
+fn killed_at_many_moments_while_taking_mixed_changes_loses_nothing() {
+    const ROUNDS: usize = 5;
+    let t = TestDir::new("r16-kill-mixed");
+    let staging = t.join("staging");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    base_tree(&a.dir, &staging, ROUNDS);
+    let mut b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    assert!(b.wait_log(SOON, "index written"));
+    let mut problems = Vec::new();
+    for r in 0..ROUNDS {
+        let before = count(&b, "received ");
+        mixed_changes(&a.dir, &staging, r);
+        // Kill after a different number of receipts each round.
+        let k = [1, 5, 25, 45, 70][r];
+        let _ = spin_until(SOON, || count(&b, "received ") >= before + k);
+        b.kill();
+        if r % 2 == 1 {
+            // Again, during the first scan after the restart.
+            b = Peer::start(&t, "B", pb, &[pa]);
+            std::thread::sleep(Duration::from_millis(30 + 70 * r as u64));
+            b.kill();
+        }
+        b = Peer::start(&t, "B", pb, &[pa]);
+        let want = {
+            // A's user's changes all seen by A (no more changes come).
+            std::thread::sleep(Duration::from_secs(2));
+            snapshot(&a.dir)
+        };
+        wait_identical(&a.dir, &b.dir, SOON);
+        std::thread::sleep(Duration::from_secs(2));
+        wait_identical(&a.dir, &b.dir, SOON);
+        let d = snapshot_diff(&want, &snapshot(&a.dir));
+        let c = conflicts(&a.dir);
+        let del = count(&b, "deleted locally");
+        if !d.is_empty() || !c.is_empty() || del > 0 {
+            problems.push(format!(
+                "round {r} (killed after {k} receipts): A changed: {:?}; conflicts {:?}; B's \
+                 own deletions {del}\nB:\n{}",
+                &d[..d.len().min(6)],
+                &c[..c.len().min(4)],
+                tail(&b.log_text(), 8)
+            ));
+            break;
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// B receives files (some nested), is killed; while B is down B's user edits some of them AND
+/// A's user edits the same ones (a real concurrent edit): both edits must survive, one of
+/// them as a conflict copy, on both sides; files only A edited are A's; files only B edited
+/// are B's.
+#[test]
+fn concurrent_edits_on_both_sides_while_b_is_down_after_a_kill_keep_both() {
+    let t = TestDir::new("r16-concurrent-after-kill");
+    let (a, mut b, pa, pb) = in_sync(&t);
+    let staging = t.join("staging");
+    const N: usize = 200;
+    let name = |i: usize| format!("p{}/q{}/f{i:03}", i % 5, i % 3);
+    for i in 0..N {
+        put_file(&staging, &a.path(&name(i)), format!("file {i} ").repeat(100).as_bytes());
+    }
+    assert!(spin_until(SOON, || count(&b, "received p") >= 40));
+    b.kill();
+    assert!(wait_until(SOON, || count(&a, "changed locally: p") >= N));
+    let had: Vec<usize> = (0..N)
+        .filter(|i| has_content(&b.path(&name(*i)), format!("file {i} ").repeat(100).as_bytes()))
+        .collect();
+    assert!(had.len() >= 6);
+    std::thread::sleep(Duration::from_millis(1100));
+    // Thirds: both edit, only B edits, only A edits.
+    let mut both = Vec::new();
+    let mut only_b = Vec::new();
+    let mut only_a = Vec::new();
+    for (k, &i) in had.iter().enumerate() {
+        let p = name(i);
+        match k % 3 {
+            0 => {
+                write_file(&b.path(&p), format!("B's user's edit of {i}\n"));
+                put_file(&staging, &a.path(&p), format!("A's user's edit of {i}\n").as_bytes());
+                both.push(i);
+            }
+            1 => {
+                write_file(&b.path(&p), format!("B's user's edit of {i}\n"));
+                only_b.push(i);
+            }
+            _ => {
+                put_file(&staging, &a.path(&p), format!("A's user's edit of {i}\n").as_bytes());
+                only_a.push(i);
+            }
+        }
+    }
+    assert!(wait_until(SOON, || count(&a, "changed locally: p") >= N + both.len() + only_a.len()));
+    drop_peer(b);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(3));
+    wait_identical(&a.dir, &b.dir, SOON);
+    let all = names(&a.dir);
+    let holds = |i: usize, what: &str| {
+        let want = format!("{what}'s user's edit of {i}\n");
+        let p = name(i);
+        let (dir, file) = p.rsplit_once('/').unwrap();
+        all.iter().any(|n| {
+            (n == &p || (n.starts_with(&format!("{dir}/{file}.sync-conflict-"))))
+                && has_content(&a.path(n), want.as_bytes())
+        })
+    };
+    let lost_both: Vec<String> = both
+        .iter()
+        .filter(|&&i| !holds(i, "A") || !holds(i, "B"))
+        .map(|&i| name(i))
+        .collect();
+    let lost_b: Vec<String> = only_b
+        .iter()
+        .filter(|&&i| !has_content(&a.path(&name(i)), format!("B's user's edit of {i}\n").as_bytes()))
+        .map(|&i| name(i))
+        .collect();
+    let lost_a: Vec<String> = only_a
+        .iter()
+        .filter(|&&i| !has_content(&a.path(&name(i)), format!("A's user's edit of {i}\n").as_bytes()))
+        .map(|&i| name(i))
+        .collect();
+    let c = conflicts(&a.dir);
+    assert!(
+        lost_both.is_empty() && lost_b.is_empty() && lost_a.is_empty() && c.len() == both.len(),
+        "both edited {}: an edit lost for {:?}; only B edited {}: not B's on A {:?}; only A \
+         edited {}: not A's {:?}; conflict copies {} (want {})\nB:\n{}",
+        both.len(),
+        &lost_both[..lost_both.len().min(5)],
+        only_b.len(),
+        &lost_b[..lost_b.len().min(5)],
+        only_a.len(),
+        &lost_a[..lost_a.len().min(5)],
+        c.len(),
+        both.len(),
+        tail(&b.log_text(), 10)
+    );
+}
+
+/// Folders received before a kill, renamed by B's user while B is down (and a file inside
+/// edited): on A the old names go, the new names come with B's content, no conflict copy.
+#[test]
+fn received_folders_renamed_while_down_after_a_kill_are_moved() {
+    let t = TestDir::new("r16-folder-renamed-after-kill");
+    let (a, mut b, pa, pb) = in_sync(&t);
+    let staging = t.join("staging");
+    const N: usize = 60;
+    for i in 0..N {
+        for j in 0..4 {
+            put_file(
+                &staging,
+                &a.path(&format!("r{i:02}/s/f{j}")),
+                format!("r{i} f{j} ").repeat(200).as_bytes(),
+            );
+        }
+    }
+    assert!(spin_until(SOON, || count(&b, "received r") >= 80));
+    b.kill();
+    assert!(wait_until(SOON, || count(&a, "changed locally: r") >= 4 * N));
+    // Whole folders B has (all four files).
+    let whole: Vec<usize> = (0..N)
+        .filter(|i| {
+            (0..4).all(|j| {
+                has_content(
+                    &b.path(&format!("r{i:02}/s/f{j}")),
+                    format!("r{i} f{j} ").repeat(200).as_bytes(),
+                )
+            })
+        })
+        .collect();
+    assert!(!whole.is_empty());
+    std::thread::sleep(Duration::from_millis(1100));
+    for &i in &whole {
+        fs::rename(b.path(&format!("r{i:02}")), b.path(&format!("moved{i:02}"))).unwrap();
+        write_file(&b.path(&format!("moved{i:02}/s/f0")), format!("B edited r{i} f0\n"));
+    }
+    drop_peer(b);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(3));
+    wait_identical(&a.dir, &b.dir, SOON);
+    let wrong: Vec<String> = whole
+        .iter()
+        .filter(|&&i| {
+            a.path(&format!("r{i:02}")).exists()
+                || !has_content(
+                    &a.path(&format!("moved{i:02}/s/f0")),
+                    format!("B edited r{i} f0\n").as_bytes(),
+                )
+                || !a.path(&format!("moved{i:02}/s/f3")).is_file()
+        })
+        .map(|i| format!("r{i:02}"))
+        .collect();
+    let c = conflicts(&a.dir);
+    assert!(
+        wrong.is_empty() && c.is_empty(),
+        "B's user renamed {} received folders while B was down: wrong on A {} {:?}; conflict \
+         copies {:?}\nB:\n{}",
+        whole.len(),
+        wrong.len(),
+        &wrong[..wrong.len().min(5)],
+        &c[..c.len().min(5)],
+        tail(&b.log_text(), 10)
+    );
+}
+
+/// B killed while receiving; B's user edits and deletes some received files while down; B
+/// restarts with A OFFLINE (stopped), runs its first scan, is killed again, restarts again
+/// still alone, then A comes back: B's edits and deletions reach A, nothing else changes, no
+/// conflict copy.
+#[test]
+fn changes_made_while_down_survive_a_restart_alone_and_a_second_kill() {
+    let t = TestDir::new("r16-restart-alone");
+    let (mut a, mut b, pa, pb) = in_sync(&t);
+    let staging = t.join("staging");
+    const N: usize = 300;
+    for i in 0..N {
+        put_file(
+            &staging,
+            &a.path(&format!("w{}/f{i:03}", i % 7)),
+            format!("file {i} ").repeat(100).as_bytes(),
+        );
+    }
+    assert!(spin_until(SOON, || count(&b, "received w") >= 40));
+    b.kill();
+    assert!(wait_until(SOON, || count(&a, "changed locally: w") >= N));
+    assert!(a.terminate(Duration::from_secs(20)).is_some_and(|s| s.success()));
+    let had: Vec<String> = (0..N)
+        .map(|i| format!("w{}/f{i:03}", i % 7))
+        .filter(|p| b.path(p).is_file())
+        .collect();
+    assert!(had.len() >= 4);
+    std::thread::sleep(Duration::from_millis(1100));
+    let (mut edited, mut deleted) = (Vec::new(), Vec::new());
+    for (k, p) in had.iter().enumerate() {
+        if k % 2 == 0 {
+            write_file(&b.path(p), format!("B's edit of {p}\n"));
+            edited.push(p.clone());
+        } else {
+            fs::remove_file(b.path(p)).unwrap();
+            deleted.push(p.clone());
+        }
+    }
+    drop_peer(b);
+    let mut b = Peer::start(&t, "B", pb, &[pa]);
+    assert!(b.wait_log(SOON, "index written"));
+    std::thread::sleep(Duration::from_millis(500));
+    b.kill();
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    std::thread::sleep(Duration::from_secs(2));
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(3));
+    wait_identical(&a.dir, &b.dir, SOON);
+    let lost: Vec<&String> = edited
+        .iter()
+        .filter(|p| !has_content(&a.path(p), format!("B's edit of {p}\n").as_bytes()))
+        .collect();
+    let back: Vec<&String> = deleted.iter().filter(|p| a.path(p).exists()).collect();
+    let others = (0..N)
+        .map(|i| format!("w{}/f{i:03}", i % 7))
+        .filter(|p| !edited.contains(p) && !deleted.contains(p))
+        .filter(|p| {
+            let i: usize = p[p.len() - 3..].parse().unwrap();
+            !has_content(&a.path(p), format!("file {i} ").repeat(100).as_bytes())
+        })
+        .count();
+    let c = conflicts(&a.dir);
+    assert!(
+        lost.is_empty() && back.is_empty() && others == 0 && c.is_empty(),
+        "edits lost {:?}; deletions undone {:?}; other files wrong {others}; conflict copies \
+         {:?}\nB:\n{}",
+        &lost[..lost.len().min(5)],
+        &back[..back.len().min(5)],
+        &c[..c.len().min(5)],
+        tail(&b.log_text(), 10)
+    );
+}
+
+/// A hostile or damaged `.left/installs` planted while B is down (B in sync with A, nothing
+/// changed by B's user): huge lengths, a done record with invalid UTF-8, done records for
+/// paths never logged, an entry naming `../` (checksummed, so read): B must start, touch
+/// nothing outside the share, delete nothing on A, and stay in sync.
+#[test]
+fn a_planted_install_log_crashes_nothing_and_deletes_nothing() {
+    let t = TestDir::new("r16-planted-log");
+    let (a, mut b, pa, pb) = in_sync(&t);
+    let staging = t.join("staging");
+    for i in 0..40 {
+        put_file(&staging, &a.path(&format!("k{i:02}")), format!("k {i} ").repeat(30).as_bytes());
+    }
+    assert!(spin_until(SOON, || count(&b, "received k") >= 5));
+    b.kill();
+    let real = fs::read(b.path(".left/installs")).unwrap_or_default();
+    let recs = records(&real);
+    let entry = recs.iter().find(|(d, _)| !d).map(|(_, b)| b.clone());
+    // B back in sync, stopped cleanly.
+    let mut b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(b.terminate(Duration::from_secs(20)).is_some_and(|s| s.success()));
+    let outside = t.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    write_file(&outside.join("victim"), "outside the share");
+    let want = snapshot(&a.dir);
+    let mut plants: Vec<(&str, Vec<u8>)> = Vec::new();
+    plants.push(("huge length", vec![0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2]));
+    plants.push(("huge done length", vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]));
+    {
+        let mut v = Vec::new();
+        v.extend(record(true, b"k01"));
+        v.extend(record(true, b"k02"));
+        v.extend(record(true, &[0xff, 0xfe, b'k']));
+        v.extend(record(true, b"../outside/victim"));
+        plants.push(("done records for paths never logged, invalid UTF-8", v));
+    }
+    if let Some(e) = &entry {
+        let p = entry_path(e);
+        let n = p.len();
+        // The same entry at `../outside/victim`-like paths and at an existing name.
+        for bad in ["../outside/victim", "/etc/passwd", ".left/index", "k00/../../x"] {
+            let mut body = Vec::new();
+            body.extend_from_slice(&(bad.len() as u16).to_be_bytes());
+            body.extend_from_slice(bad.as_bytes());
+            body.extend_from_slice(&e[2 + n..]);
+            let mut v = Vec::new();
+            v.extend(record(false, &body));
+            v.extend(record(true, bad.as_bytes()));
+            plants.push(("an entry naming a path outside", v));
+        }
+        // A real entry (some k file), done, then an entry and a done for it with a garbage
+        // body of the right checksum.
+        let mut v = Vec::new();
+        v.extend(record(false, e));
+        v.extend(record(true, p.as_bytes()));
+        v.extend(record(false, &[0u8; 40]));
+        plants.push(("a real entry, then a garbage entry", v));
+    }
+    let mut problems = Vec::new();
+    for (what, bytes) in &plants {
+        fs::write(b.path(".left/installs"), bytes).unwrap();
+        let mut bb = Peer::start(&t, "B", pb, &[pa]);
+        std::thread::sleep(Duration::from_secs(3));
+        let alive = bb.alive();
+        let d = snapshot_diff(&want, &snapshot(&a.dir));
+        let db = snapshot_diff(&want, &snapshot(&b.dir));
+        if !alive
+            || !d.is_empty()
+            || !db.is_empty()
+            || !has_content(&outside.join("victim"), b"outside the share")
+        {
+            problems.push(format!(
+                "{what}: B alive {alive}; A changed {:?}; B differs {:?}; outside victim there \
+                 {}\nB:\n{}",
+                &d[..d.len().min(4)],
+                &db[..db.len().min(4)],
+                outside.join("victim").exists(),
+                tail(&bb.log_text(), 6)
+            ));
+        }
+        let _ = bb.terminate(Duration::from_secs(20));
+        b = bb;
+    }
+    drop_peer(b);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
