@@ -752,3 +752,86 @@ fn files_rewritten_while_being_received_and_killed_make_no_conflict_copy() {
         }
     }
 }
+
+/// The folder form of the first test: A's folders made on B (logged, done), then A's chmod
+/// of them applied on B (`Model::put_meta`: logged, then done), cut by a kill between its log
+/// entry and the chmod, with no index save since the folders were made. The log's last
+/// entry for each folder is the chmod, not done; the folder on disk has the first mode; the
+/// index lacks it: `scanner::folder` takes it for a new folder of ours, concurrent with A's
+/// chmod, and B's mode may win: A's chmod undone on A, with no conflict copy (folders have
+/// none). Made as the first test: index saves held off (chattr +i), the chmod's done record
+/// dropped and the old mode put back. Expected: 0750 on both.
+#[test]
+fn a_peers_folder_chmod_cut_before_it_is_applied_is_not_undone() {
+    let t = TestDir::new("r16-folder-chmod-cut");
+    let (a, mut b, pa, pb) = in_sync(&t);
+    let ix = b.path(".left/index");
+    let jl = b.path(".left/index.log");
+    if !jl.exists() {
+        fs::write(&jl, b"").unwrap();
+    }
+    chattr("+i", &ix);
+    chattr("+i", &jl);
+    const N: usize = 20;
+    let all: Vec<String> = (0..N).map(|i| format!("m{i:02}")).collect();
+    for p in &all {
+        fs::create_dir(a.path(p)).unwrap();
+        fs::set_permissions(a.path(p), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let modes = |p: &Peer, m: u32| all.iter().all(|n| mode_or_zero(&p.path(n)) & 0o777 == m);
+    let ok1 = wait_until(SOON, || modes(&b, 0o755));
+    std::thread::sleep(Duration::from_millis(1100));
+    for p in &all {
+        fs::set_permissions(a.path(p), fs::Permissions::from_mode(0o750)).unwrap();
+    }
+    let ok2 = wait_until(SOON, || modes(&b, 0o750));
+    b.kill();
+    chattr("-i", &ix);
+    chattr("-i", &jl);
+    assert!(ok1 && ok2, "B did not take both modes");
+    let logp = b.path(".left/installs");
+    let recs = records(&fs::read(&logp).unwrap());
+    let mut last_done = std::collections::HashMap::new();
+    let mut entries_per = std::collections::HashMap::<String, usize>::new();
+    for (k, (done, body)) in recs.iter().enumerate() {
+        if *done {
+            last_done.insert(String::from_utf8_lossy(body).into_owned(), k);
+        } else {
+            *entries_per.entry(entry_path(body)).or_default() += 1;
+        }
+    }
+    let cut: Vec<&String> = all
+        .iter()
+        .filter(|f| entries_per.get(*f).copied().unwrap_or(0) >= 2 && last_done.contains_key(*f))
+        .collect();
+    assert!(!cut.is_empty(), "no folder logged twice: {entries_per:?}");
+    let drop: std::collections::HashSet<usize> = cut.iter().map(|f| last_done[*f]).collect();
+    let mut kept = Vec::new();
+    for (k, (done, body)) in recs.iter().enumerate() {
+        if !drop.contains(&k) {
+            kept.extend(record(*done, body));
+        }
+    }
+    fs::write(&logp, kept).unwrap();
+    for f in &cut {
+        fs::set_permissions(b.path(f), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    drop_peer(b);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    let _ = wait_until(Duration::from_secs(8), || modes(&a, 0o750) && modes(&b, 0o750));
+    let wrong = |p: &Peer| {
+        cut.iter()
+            .filter(|n| mode_or_zero(&p.path(n)) & 0o777 != 0o750)
+            .count()
+    };
+    assert!(
+        wrong(&a) == 0 && wrong(&b) == 0,
+        "A's chmod (0750) of {} folders, cut on B before it was applied: not 0750 on A: {}, on \
+         B: {}\nB:\n{}",
+        cut.len(),
+        wrong(&a),
+        wrong(&b),
+        tail(&b.log_text(), 8)
+    );
+}
