@@ -835,3 +835,100 @@ fn a_peers_folder_chmod_cut_before_it_is_applied_is_not_undone() {
         tail(&b.log_text(), 8)
     );
 }
+
+/// Folders received before a kill (their files logged and done, the index not saved), moved
+/// out of the share by B's user while B is down and replaced by symlinks to where they went
+/// (`mv d /elsewhere/d; ln -s /elsewhere/d d`). A symlink is not synced, so the folder and
+/// its files are deleted from the share on the peers (README: "a file replaced by one is
+/// deleted on the peers"). Found: nothing outside is touched, but the folders stay on A, after
+/// a kill AND after a clean stop (the control fails too: not a crash-recovery defect).
+/// `scanner::record_gone` (and `record_received_gone`'s `gone`) asks `symlink_metadata` of
+/// `d/x`, which follows the symlink `d` and finds the moved file: "created since the folder
+/// was read", skipped. Only `d`'s deletion is recorded; A answers "d/ stays: it holds files
+/// the deletion did not know of", and the shares never agree.
+#[test]
+fn received_folders_replaced_by_symlinks_while_down_touch_nothing_outside() {
+    received_folders_replaced_by_symlinks_(true);
+}
+
+/// Control: the same after a clean stop (B in sync, SIGTERM): the folders go from A.
+#[test]
+fn received_folders_replaced_by_symlinks_while_down_control_clean_stop() {
+    received_folders_replaced_by_symlinks_(false);
+}
+
+fn received_folders_replaced_by_symlinks_(kill: bool) {
+    let t = TestDir::new(&format!("r16-folder-to-symlink-{kill}"));
+    let (a, mut b, pa, pb) = in_sync(&t);
+    let staging = t.join("staging");
+    const N: usize = 60;
+    for i in 0..N {
+        for j in 0..3 {
+            put_file(
+                &staging,
+                &a.path(&format!("s{i:02}/f{j}")),
+                format!("s{i} f{j} ").repeat(200).as_bytes(),
+            );
+        }
+    }
+    if kill {
+        assert!(spin_until(SOON, || count(&b, "received s") >= 40));
+        b.kill();
+    } else {
+        wait_identical(&a.dir, &b.dir, SOON);
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(b.terminate(Duration::from_secs(20)).is_some_and(|s| s.success()));
+    }
+    assert!(wait_until(SOON, || count(&a, "changed locally: s") >= 3 * N));
+    let elsewhere = t.join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    // Folders B holds with at least one file, moved out and linked back.
+    let moved: Vec<usize> = (0..N)
+        .filter(|i| b.path(&format!("s{i:02}/f0")).is_file())
+        .collect();
+    assert!(!moved.is_empty());
+    let mut outside_before = Vec::new();
+    for &i in &moved {
+        let d = format!("s{i:02}");
+        fs::rename(b.path(&d), elsewhere.join(&d)).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join(&d), b.path(&d)).unwrap();
+        for j in 0..3 {
+            outside_before.push((
+                elsewhere.join(format!("{d}/f{j}")),
+                read(&elsewhere.join(format!("{d}/f{j}"))),
+            ));
+        }
+    }
+    drop_peer(b);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    std::thread::sleep(Duration::from_secs(8));
+    let touched: Vec<String> = outside_before
+        .iter()
+        .filter(|(p, d)| &read(p) != d)
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    let temps_outside = names(&elsewhere)
+        .into_iter()
+        .filter(|n| n.contains("left-tmp"))
+        .count();
+    let still_on_a = moved
+        .iter()
+        .filter(|i| a.path(&format!("s{i:02}")).is_dir())
+        .count();
+    let errors = b
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("s0") && (l.contains("symlink") || l.contains("failed")))
+        .count();
+    assert!(
+        touched.is_empty() && temps_outside == 0 && still_on_a == 0,
+        "B's user moved {} received folders out of the share and linked them back while B was \
+         down: files outside changed {}: {:?}; temp files outside {temps_outside}; folders \
+         still on A {still_on_a}; B's log lines about them \
+         {errors}\nB:\n{}",
+        moved.len(),
+        touched.len(),
+        &touched[..touched.len().min(4)],
+        tail(&b.log_text(), 10)
+    );
+}
