@@ -932,3 +932,80 @@ fn received_folders_replaced_by_symlinks_(kill: bool) {
         tail(&b.log_text(), 10)
     );
 }
+
+/// B's user edits files; B's scan gives them new versions and A takes them; B is killed before
+/// its next index save (every 250 ms; held off here with chattr +i, as a kill or power cut
+/// right after the change would leave it). While B is down A's user edits the same files
+/// (seeing B's edit: A's versions descend from B's). At the restart B's scan finds its files
+/// changed against the index (which lacks its own edit) and gives them new versions from the
+/// index's old one: concurrent with A's, which descend from B's lost version. Expected: A's
+/// edits on both, no conflict copy (B's content is what A edited).
+#[test]
+fn a_local_edit_sent_then_killed_before_the_index_save_makes_no_conflict_copy() {
+    a_local_edit_sent_then_killed_(true);
+}
+
+/// The same without holding the saves off: B killed as soon as A has taken its edits (the
+/// kill often lands before B's next save, 250 ms after the last).
+#[test]
+fn a_local_edit_sent_then_killed_at_once_makes_no_conflict_copy() {
+    a_local_edit_sent_then_killed_(false);
+}
+
+fn a_local_edit_sent_then_killed_(hold: bool) {
+    let t = TestDir::new(&format!("r16-local-edit-unsaved-{hold}"));
+    let (a, mut b, pa, pb) = in_sync(&t);
+    let staging = t.join("staging");
+    const N: usize = 30;
+    let name = |i: usize| format!("e{i:02}");
+    for i in 0..N {
+        put_file(&staging, &a.path(&name(i)), format!("first {i}\n").as_bytes());
+    }
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(2));
+    let ix = b.path(".left/index");
+    let jl = b.path(".left/index.log");
+    if !jl.exists() {
+        fs::write(&jl, b"").unwrap();
+    }
+    if hold {
+        chattr("+i", &ix);
+        chattr("+i", &jl);
+    }
+    let before = count(&a, "received e");
+    for i in 0..N {
+        put_file(&staging, &b.path(&name(i)), format!("B's edit {i}\n").as_bytes());
+    }
+    let ok = spin_until(SOON, || count(&a, "received e") >= before + N);
+    b.kill();
+    if hold {
+        chattr("-i", &ix);
+        chattr("-i", &jl);
+    }
+    assert!(ok, "A did not take B's edits");
+    std::thread::sleep(Duration::from_millis(1100));
+    let changed = count(&a, "changed locally: e");
+    for i in 0..N {
+        put_file(&staging, &a.path(&name(i)), format!("A's edit of B's edit {i}\n").as_bytes());
+    }
+    assert!(wait_until(SOON, || count(&a, "changed locally: e") >= changed + N));
+    drop_peer(b);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(3));
+    wait_identical(&a.dir, &b.dir, SOON);
+    let c = conflicts(&a.dir);
+    let wrong = (0..N)
+        .filter(|&i| {
+            !has_content(&a.path(&name(i)), format!("A's edit of B's edit {i}\n").as_bytes())
+        })
+        .count();
+    assert!(
+        c.is_empty() && wrong == 0,
+        "B's edits of {N} files, taken by A, then edited on A while B was down (B killed before \
+         its index save): {wrong} not A's edit; conflict copies {}: {:?}\nB:\n{}",
+        c.len(),
+        &c[..c.len().min(4)],
+        tail(&b.log_text(), 8)
+    );
+}
