@@ -1009,3 +1009,54 @@ fn a_local_edit_sent_then_killed_(hold: bool) {
         tail(&b.log_text(), 8)
     );
 }
+
+/// B's user makes new files and folders; A takes them; B is killed at once (before its next
+/// index save, 250 ms after the last); while B is down A's user deletes them all (A's
+/// deletions descend from B's versions). At the restart B's scan finds them new (its index
+/// never held them) and gives them versions of their own, concurrent with A's deletions:
+/// "an edit beats a deletion made without seeing it", and what A's user deleted comes back.
+/// Expected: gone from both.
+#[test]
+fn new_files_sent_then_killed_at_once_and_deleted_on_the_peer_stay_deleted() {
+    let t = TestDir::new("r16-new-unsaved-deleted-on-peer");
+    let (a, mut b, pa, pb) = in_sync(&t);
+    let staging = t.join("staging");
+    const N: usize = 30;
+    let before = count(&a, "received n");
+    for i in 0..N {
+        put_file(&staging, &b.path(&format!("n{i:02}")), format!("B's new file {i}\n").as_bytes());
+    }
+    for i in 0..5 {
+        fs::create_dir(b.path(&format!("nd{i}"))).unwrap();
+    }
+    let ok = spin_until(SOON, || {
+        count(&a, "received n") >= before + N && (0..5).all(|i| a.path(&format!("nd{i}")).is_dir())
+    });
+    b.kill();
+    assert!(ok, "A did not take B's new files");
+    let deleted = count(&a, "deleted locally: n");
+    for i in 0..N {
+        fs::remove_file(a.path(&format!("n{i:02}"))).unwrap();
+    }
+    for i in 0..5 {
+        fs::remove_dir(a.path(&format!("nd{i}"))).unwrap();
+    }
+    assert!(wait_until(SOON, || count(&a, "deleted locally: n") >= deleted + N + 5));
+    drop_peer(b);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(3));
+    wait_identical(&a.dir, &b.dir, SOON);
+    let back: Vec<String> = names(&a.dir)
+        .into_iter()
+        .filter(|n| n.starts_with('n'))
+        .collect();
+    assert!(
+        back.is_empty(),
+        "A's user deleted B's {N} new files and 5 folders (taken just before B's kill) while B \
+         was down; back on A and B: {} {:?}\nB:\n{}",
+        back.len(),
+        &back[..back.len().min(6)],
+        tail(&b.log_text(), 8)
+    );
+}
