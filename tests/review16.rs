@@ -1117,3 +1117,38 @@ fn folders_replaced_by_files_while_being_received_and_killed_come_out_right() {
         );
     }
 }
+
+/// The install log is emptied only when an index save finds nothing appended since it began
+/// (`Model::save`, `clear_if`); a log naming more than 65,536 paths is not used at all after a
+/// crash (`intents::MAX_RECORDS`). While B takes a large share in groups, the log must be
+/// emptied now and then: it must never name anywhere near that many paths.
+#[test]
+fn the_install_log_is_emptied_during_a_long_sync() {
+    let t = TestDir::new("r16-log-emptied");
+    let (a, b, _pa, _pb) = in_sync(&t);
+    const N: usize = 20_000;
+    for i in 0..N {
+        let p = a.path(&format!("z{}/f{i:05}", i % 50));
+        write_file(&p, format!("{i}"));
+    }
+    let logp = b.path(".left/installs");
+    let (mut max, mut shrunk, mut last) = (0u64, 0, 0u64);
+    let ok = wait_until(Duration::from_secs(120), || {
+        let n = fs::metadata(&logp).map_or(0, |m| m.len());
+        if n < last {
+            shrunk += 1;
+        }
+        last = n;
+        max = max.max(n);
+        names(&b.dir).len() > N
+    });
+    assert!(ok, "B did not take the {N} files");
+    // Bytes per path: an entry (about 120 bytes) and a done record (about 20).
+    let paths_at_most = max / 140;
+    assert!(
+        paths_at_most < 10_000,
+        "B's install log grew to {max} bytes (about {paths_at_most} paths) while it took {N} \
+         files; emptied {shrunk} times"
+    );
+    eprintln!("install log: max {max} bytes, emptied {shrunk} times");
+}
