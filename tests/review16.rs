@@ -1152,3 +1152,68 @@ fn the_install_log_is_emptied_during_a_long_sync() {
     );
     eprintln!("install log: max {max} bytes, emptied {shrunk} times");
 }
+
+/// Files received before a kill and replaced by symlinks by B's user while B is down
+/// (`mv f /elsewhere/f; ln -s /elsewhere/f f`). README: "a file replaced by one is deleted on
+/// the peers", as the control (a clean stop) shows. After the kill the index lacks the files;
+/// `record_received_gone` asks `symlink_metadata(f)`, finds the symlink, and takes the file for
+/// not gone: no deletion is recorded, and B keeps trying to pull A's file ("a symlink or special
+/// file is in the way"). Expected: the files gone from A, as after a clean stop.
+fn received_files_replaced_by_symlinks_(kill: bool) {
+    let t = TestDir::new(&format!("r16-file-to-symlink-{kill}"));
+    let (a, mut b, pa, pb) = in_sync(&t);
+    let staging = t.join("staging");
+    const N: usize = 300;
+    for i in 0..N {
+        put_file(&staging, &a.path(&format!("l{i:03}")), format!("l {i} ").repeat(100).as_bytes());
+    }
+    if kill {
+        assert!(spin_until(SOON, || count(&b, "received l") >= 30));
+        b.kill();
+    } else {
+        wait_identical(&a.dir, &b.dir, SOON);
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(b.terminate(Duration::from_secs(20)).is_some_and(|s| s.success()));
+    }
+    assert!(wait_until(SOON, || count(&a, "changed locally: l") >= N));
+    let elsewhere = t.join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let moved: Vec<String> = names(&b.dir)
+        .into_iter()
+        .filter(|n| n.starts_with('l'))
+        .collect();
+    assert!(!moved.is_empty());
+    for n in &moved {
+        fs::rename(b.path(n), elsewhere.join(n)).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join(n), b.path(n)).unwrap();
+    }
+    drop_peer(b);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    let gone = |a: &Peer| moved.iter().filter(|n| a.path(n).exists()).count();
+    let _ = wait_until(Duration::from_secs(10), || gone(&a) == 0);
+    let left = gone(&a);
+    let touched = moved
+        .iter()
+        .filter(|n| {
+            let i: usize = n[1..].parse().unwrap();
+            !has_content(&elsewhere.join(n), format!("l {i} ").repeat(100).as_bytes())
+        })
+        .count();
+    assert!(
+        left == 0 && touched == 0,
+        "B's user replaced {} received files by symlinks while B was down: {left} still on A; \
+         files outside changed {touched}\nB:\n{}",
+        moved.len(),
+        tail(&b.log_text(), 6)
+    );
+}
+
+#[test]
+fn received_files_replaced_by_symlinks_while_down_after_a_kill_are_deleted() {
+    received_files_replaced_by_symlinks_(true);
+}
+
+#[test]
+fn received_files_replaced_by_symlinks_while_down_control_clean_stop() {
+    received_files_replaced_by_symlinks_(false);
+}
