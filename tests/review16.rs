@@ -1217,3 +1217,61 @@ fn received_files_replaced_by_symlinks_while_down_after_a_kill_are_deleted() {
 fn received_files_replaced_by_symlinks_while_down_control_clean_stop() {
     received_files_replaced_by_symlinks_(false);
 }
+
+/// A file received (v1, logged and done) just before a kill, over an older version (v0) the
+/// index holds; while B is down B's user puts v0's content back (a backup, `git checkout`,
+/// an editor's undo). `scanner::record` finds the content equal to the index's entry, "same
+/// content (touched, or installed by us before a crash): no new version", and never looks at
+/// the log's done record: the index keeps v0, A's v1 descends from it and is pulled again,
+/// and B's user's revert is overwritten without a conflict copy. Expected: v0's content (B's
+/// revert) on both.
+#[test]
+fn a_received_file_reverted_while_down_after_a_kill_stays_reverted() {
+    let t = TestDir::new("r16-reverted-after-kill");
+    let (a, mut b, pa, pb) = in_sync(&t);
+    let staging = t.join("staging");
+    const N: usize = 200;
+    let v0 = |i: usize| format!("v0 of o{i:03} ").repeat(60);
+    let v1 = |i: usize| format!("v1 of o{i:03}, A's edit ").repeat(60);
+    for i in 0..N {
+        put_file(&staging, &a.path(&format!("o{i:03}")), v0(i).as_bytes());
+    }
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..N {
+        put_file(&staging, &a.path(&format!("o{i:03}")), v1(i).as_bytes());
+    }
+    let has_v1 = |b: &Peer| {
+        (0..N)
+            .filter(|&i| has_content(&b.path(&format!("o{i:03}")), v1(i).as_bytes()))
+            .collect::<Vec<_>>()
+    };
+    assert!(spin_until(SOON, || has_v1(&b).len() >= 20));
+    b.kill();
+    let reverted = has_v1(&b);
+    std::thread::sleep(Duration::from_millis(1100));
+    for &i in &reverted {
+        write_file(&b.path(&format!("o{i:03}")), v0(i));
+    }
+    drop_peer(b);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(3));
+    wait_identical(&a.dir, &b.dir, SOON);
+    let undone: Vec<String> = reverted
+        .iter()
+        .filter(|&&i| !has_content(&a.path(&format!("o{i:03}")), v0(i).as_bytes()))
+        .map(|i| format!("o{i:03}"))
+        .collect();
+    let c = conflicts(&a.dir);
+    assert!(
+        undone.is_empty(),
+        "B's user put back the old content of {} files received just before the kill; {} are \
+         A's v1 again on both (conflict copies: {}): {:?}\nB:\n{}",
+        reverted.len(),
+        undone.len(),
+        c.len(),
+        &undone[..undone.len().min(5)],
+        tail(&b.log_text(), 8)
+    );
+}
