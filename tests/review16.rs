@@ -1275,3 +1275,60 @@ fn a_received_file_reverted_while_down_after_a_kill_stays_reverted() {
         tail(&b.log_text(), 8)
     );
 }
+
+/// The mode form of the revert: A's chmod (0644 -> 0600) applied on B (`Model::put_meta`,
+/// logged and done) just before a kill; B's user chmods the files back to 0644 while B is
+/// down. The files now match the index's entries exactly (size, mtime, mode, inode): the
+/// scan sees nothing, the log's done records are dropped unused, and A's chmod is applied
+/// again over B's user's. Expected: 0644 on both.
+#[test]
+fn a_peers_chmod_reverted_while_down_after_a_kill_stays_reverted() {
+    let t = TestDir::new("r16-chmod-reverted-after-kill");
+    let (a, mut b, pa, pb) = in_sync(&t);
+    let staging = t.join("staging");
+    const N: usize = 200;
+    for i in 0..N {
+        put_file(&staging, &a.path(&format!("q{i:03}")), format!("q {i}").as_bytes());
+        fs::set_permissions(a.path(&format!("q{i:03}")), fs::Permissions::from_mode(0o644))
+            .unwrap();
+    }
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..N {
+        fs::set_permissions(a.path(&format!("q{i:03}")), fs::Permissions::from_mode(0o600))
+            .unwrap();
+    }
+    let private = |b: &Peer| {
+        (0..N)
+            .filter(|i| mode_or_zero(&b.path(&format!("q{i:03}"))) & 0o777 == 0o600)
+            .collect::<Vec<_>>()
+    };
+    assert!(spin_until(SOON, || private(&b).len() >= 20));
+    b.kill();
+    let reverted = private(&b);
+    for &i in &reverted {
+        fs::set_permissions(b.path(&format!("q{i:03}")), fs::Permissions::from_mode(0o644))
+            .unwrap();
+    }
+    drop_peer(b);
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(3));
+    let undone: Vec<String> = reverted
+        .iter()
+        .filter(|&&i| {
+            mode_or_zero(&a.path(&format!("q{i:03}"))) & 0o777 != 0o644
+                || mode_or_zero(&b.path(&format!("q{i:03}"))) & 0o777 != 0o644
+        })
+        .map(|i| format!("q{i:03}"))
+        .collect();
+    assert!(
+        undone.is_empty(),
+        "B's user chmodded back {} files A's chmod reached just before the kill; {} are 0600 \
+         again: {:?}\nB:\n{}",
+        reverted.len(),
+        undone.len(),
+        &undone[..undone.len().min(5)],
+        tail(&b.log_text(), 6)
+    );
+}
