@@ -712,7 +712,8 @@ fn a_planted_install_log_crashes_nothing_and_deletes_nothing() {
 #[test]
 fn files_rewritten_while_being_received_and_killed_make_no_conflict_copy() {
     let mut problems = Vec::new();
-    for round in 0..4 {
+    // Timing-dependent: failed in 4 of 6 runs here (at round 0 or 1).
+    for round in 0..6 {
         let t = TestDir::new(&format!("r16-rewritten-kill-{round}"));
         let (a, mut b, pa, pb) = in_sync(&t);
         let staging = t.join("staging");
@@ -721,7 +722,7 @@ fn files_rewritten_while_being_received_and_killed_make_no_conflict_copy() {
         for i in 0..N {
             put_file(&staging, &a.path(&format!("r{i:04}")), v(1, i).as_bytes());
         }
-        assert!(spin_until(SOON, || count(&b, "received r") >= 100 + 100 * round));
+        assert!(spin_until(SOON, || count(&b, "received r") >= 100 + 100 * (round % 4)));
         for i in 0..N {
             put_file(&staging, &a.path(&format!("r{i:04}")), v(2, i).as_bytes());
         }
@@ -734,7 +735,7 @@ fn files_rewritten_while_being_received_and_killed_make_no_conflict_copy() {
                 .filter(|r| !seen.insert(r[..4].to_string()))
                 .count()
         };
-        let _ = spin_until(SOON, || seconds(&b) >= 20 + 150 * round);
+        let _ = spin_until(SOON, || seconds(&b) >= 20 + 150 * (round % 4));
         b.kill();
         drop_peer(b);
         let b = Peer::start(&t, "B", pb, &[pa]);
@@ -1330,5 +1331,75 @@ fn a_peers_chmod_reverted_while_down_after_a_kill_stays_reverted() {
         undone.len(),
         &undone[..undone.len().min(5)],
         tail(&b.log_text(), 6)
+    );
+}
+
+/// B killed while receiving; while down B's user deletes half the received files, edits the
+/// others, and adds a big file (the first scan after the restart takes a moment hashing it);
+/// B is killed again in the middle of that first scan, then restarted with A up: the
+/// deletions and edits reach A, nothing comes back, no conflict copy.
+#[test]
+fn a_second_kill_during_the_recovery_scan_loses_no_change() {
+    let t = TestDir::new("r16-kill-during-recovery-scan");
+    let (a, mut b, pa, pb) = in_sync(&t);
+    let staging = t.join("staging");
+    const N: usize = 300;
+    for i in 0..N {
+        put_file(
+            &staging,
+            &a.path(&format!("y{}/f{i:03}", i % 5)),
+            format!("file {i} ").repeat(100).as_bytes(),
+        );
+    }
+    assert!(spin_until(SOON, || count(&b, "received y") >= 40));
+    b.kill();
+    assert!(wait_until(SOON, || count(&a, "changed locally: y") >= N));
+    let had: Vec<String> = (0..N)
+        .map(|i| format!("y{}/f{i:03}", i % 5))
+        .filter(|p| b.path(p).is_file())
+        .collect();
+    std::thread::sleep(Duration::from_millis(1100));
+    let (mut edited, mut deleted) = (Vec::new(), Vec::new());
+    for (k, p) in had.iter().enumerate() {
+        if k % 2 == 0 {
+            write_file(&b.path(p), format!("B's edit of {p}\n"));
+            edited.push(p.clone());
+        } else {
+            fs::remove_file(b.path(p)).unwrap();
+            deleted.push(p.clone());
+        }
+    }
+    write_random(&b.path("zbig"), 1 << 30, 3);
+    drop_peer(b);
+    let mut killed_in_scan = 0;
+    for round in 0..2 {
+        let mut b = Peer::start(&t, "B", pb, &[pa]);
+        std::thread::sleep(Duration::from_millis(20 * round));
+        if !b.log_text().contains("scan: ") {
+            killed_in_scan += 1;
+        }
+        b.kill();
+    }
+    eprintln!("killed {killed_in_scan} times before the first scan's end");
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    std::thread::sleep(Duration::from_secs(3));
+    wait_identical(&a.dir, &b.dir, SOON);
+    let lost: Vec<&String> = edited
+        .iter()
+        .filter(|p| !has_content(&a.path(p), format!("B's edit of {p}\n").as_bytes()))
+        .collect();
+    let back: Vec<&String> = deleted.iter().filter(|p| a.path(p).exists()).collect();
+    let c = conflicts(&a.dir);
+    assert!(
+        lost.is_empty() && back.is_empty() && c.is_empty(),
+        "(killed {killed_in_scan} times during the first scan) edits lost {}: {:?}; deletions \
+         undone {}: {:?}; conflict copies {:?}\nB:\n{}",
+        lost.len(),
+        &lost[..lost.len().min(4)],
+        back.len(),
+        &back[..back.len().min(4)],
+        &c[..c.len().min(4)],
+        tail(&b.log_text(), 8)
     );
 }
