@@ -1403,3 +1403,49 @@ fn a_second_kill_during_the_recovery_scan_loses_no_change() {
         tail(&b.log_text(), 8)
     );
 }
+
+/// `.left/installs` replaced while B is down by a FIFO, a folder, or a symlink to a file
+/// outside the share: B starts, takes A's new files, stays up, and writes nothing outside.
+#[test]
+fn an_install_log_that_is_no_file_crashes_nothing() {
+    let t = TestDir::new("r16-log-not-a-file");
+    let (a, mut b, pa, pb) = in_sync(&t);
+    assert!(b.terminate(Duration::from_secs(20)).is_some_and(|s| s.success()));
+    drop_peer(b);
+    let outside = t.join("outside-log");
+    write_file(&outside, "not yours");
+    let staging = t.join("staging");
+    let mut problems = Vec::new();
+    for (k, kind) in ["fifo", "folder", "symlink"].iter().enumerate() {
+        let logp = t.join("B/.left/installs");
+        let _ = fs::remove_file(&logp);
+        let _ = fs::remove_dir_all(&logp);
+        match *kind {
+            "fifo" => {
+                let ok = Command::new("mkfifo").arg(&logp).status().is_ok_and(|s| s.success());
+                assert!(ok);
+            }
+            "folder" => fs::create_dir(&logp).unwrap(),
+            _ => std::os::unix::fs::symlink(&outside, &logp).unwrap(),
+        }
+        let mut b = Peer::start(&t, "B", pb, &[pa]);
+        for i in 0..50 {
+            put_file(
+                &staging,
+                &a.path(&format!("{kind}/f{i:02}")),
+                format!("{kind} {i} {k}").as_bytes(),
+            );
+        }
+        let got = wait_until(SOON, || tree_diff(&a.dir, &b.dir).is_none());
+        let alive = b.alive();
+        if !got || !alive || !has_content(&outside, b"not yours") {
+            problems.push(format!(
+                "{kind}: in sync {got}; alive {alive}; outside file {:?}\nB:\n{}",
+                read(&outside).map(|d| d.len()),
+                tail(&b.log_text(), 5)
+            ));
+        }
+        let _ = b.terminate(Duration::from_secs(20));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
