@@ -1449,3 +1449,54 @@ fn an_install_log_that_is_no_file_crashes_nothing() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// After a kill, pulls wait for the first scan (`puller::take_batch`). B's user makes, while B
+/// is down, a folder chain deeper than PATH_MAX (6,000+ bytes of path) and a FIFO in the
+/// share: the first scan must still end, and B take A's files (those logged before the kill,
+/// and new ones).
+#[test]
+fn pulls_after_a_kill_do_not_wait_forever_on_an_odd_share() {
+    let t = TestDir::new("r16-odd-share-after-kill");
+    let (a, mut b, pa, pb) = in_sync(&t);
+    let staging = t.join("staging");
+    for i in 0..300 {
+        put_file(&staging, &a.path(&format!("v{i:03}")), format!("v {i} ").repeat(100).as_bytes());
+    }
+    assert!(spin_until(SOON, || count(&b, "received v") >= 30));
+    b.kill();
+    // A chain of 200 folders of 31-byte names, made relative to each folder in turn (in a
+    // shell: the test's own working folder is shared by the tests running beside it).
+    fs::create_dir(b.path("deep")).unwrap();
+    let script = format!(
+        "cd '{}' && for i in $(seq 200); do mkdir {n} && cd -P {n} || exit 1; done; echo bottom > bottom",
+        b.path("deep").display(),
+        n = "d".repeat(31)
+    );
+    let ok = Command::new("bash").args(["-c", &script]).status().is_ok_and(|s| s.success());
+    assert!(ok, "could not make the deep chain");
+    let ok = Command::new("mkfifo")
+        .arg(b.path("a-fifo"))
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok);
+    drop_peer(b);
+    let mut b = Peer::start(&t, "B", pb, &[pa]);
+    for i in 0..20 {
+        put_file(&staging, &a.path(&format!("w{i:02}")), format!("new {i}").as_bytes());
+    }
+    let all = |b: &Peer| {
+        (0..300).all(|i| b.path(&format!("v{i:03}")).is_file())
+            && (0..20).all(|i| b.path(&format!("w{i:02}")).is_file())
+    };
+    let got = wait_until(SOON, || all(&b));
+    let alive = b.alive();
+    let c = conflicts(&b.dir);
+    assert!(
+        got && alive && c.is_empty(),
+        "B (a deep folder chain and a FIFO made while it was down): all of A's files {got}; \
+         alive {alive}; conflicts {:?}; first scan ended {}\nB:\n{}",
+        c,
+        b.log_text().contains("scan: "),
+        tail(&b.log_text(), 8)
+    );
+}
