@@ -633,6 +633,7 @@ fn a_planted_install_log_crashes_nothing_and_deletes_nothing() {
     let real = fs::read(b.path(".left/installs")).unwrap_or_default();
     let recs = records(&real);
     let entry = recs.iter().find(|(d, _)| !d).map(|(_, b)| b.clone());
+    assert!(entry.is_some(), "no entry in B's install log to plant variants of");
     // B back in sync, stopped cleanly.
     let mut b = Peer::start(&t, "B", pb, &[pa]);
     wait_identical(&a.dir, &b.dir, SOON);
