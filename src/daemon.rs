@@ -161,19 +161,22 @@ fn open_share(opts: &Options) -> Result<(Arc<Model>, std::path::PathBuf)> {
     let index = open_index(&state, device);
     let mut model = Model::new(root.clone(), state.clone(), index);
     if let Ok(st) = model.state.get_mut() {
-        let mut logged = crate::store::intents::load(&state);
-        // A file's install is marked done just before its rename: one whose temp file is
-        // still there was cut before it (its pull resumes).
-        logged.done.retain(|p| {
-            !logged
-                .entries
-                .get(p)
-                .is_some_and(crate::store::entry::Entry::is_file)
-                || matches!(fs::symlink_metadata(root.join(names::temp_rel(p))),
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound
-                        | std::io::ErrorKind::NotADirectory))
-        });
-        (st.received, st.installed) = (logged.entries, logged.done);
+        let logged = crate::store::intents::load(&state);
+        st.installed = (logged.done.into_iter())
+            .filter_map(|(p, mut done)| {
+                // A file's install is marked done just before its rename: one whose complete
+                // temp file is still there was cut before it (its pull resumes), and what the
+                // file holds is the install marked done before it, if any.
+                if done
+                    .last()
+                    .is_some_and(|e| e.is_file() && temp_of(&root, e))
+                {
+                    done.pop();
+                }
+                Some((p, done.pop()?))
+            })
+            .collect();
+        st.received = logged.entries;
         let now = Instant::now();
         for p in &opts.peers {
             // Literal addresses are known at once (names are resolved by the dialer).
@@ -197,6 +200,21 @@ fn open_share(opts: &Options) -> Result<(Arc<Model>, std::path::PathBuf)> {
     g.found_temps = scanner::clean_temps(&root, TEMP_MAX_AGE, &g.received);
     drop(g);
     Ok((Arc::new(model), state))
+}
+
+/// Whether the temp file of `e`'s path is the one made for `e`: complete, its length and
+/// mtime `e`'s (a later pull's temp file has neither yet).
+fn temp_of(root: &std::path::Path, e: &crate::store::entry::Entry) -> bool {
+    let md = crate::sys::dirfd::Dir::parent(root, &names::temp_rel(&e.path))
+        .ok()
+        .and_then(|(d, name)| d.stat(name).ok().flatten());
+    md.is_some_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.is_file()
+            && m.len() == e.size
+            && m.mtime() == e.mtime
+            && m.mtime_nsec() == e.mtime_ns as i64
+    })
 }
 
 /// When the daemon's periodic work was last done.
@@ -811,6 +829,11 @@ fn scan_once(
         Ok(s) => {
             if s.changed + s.deleted > 0 {
                 debug!("scan: {s:?} in {:?}", t.elapsed());
+                // Saved now, not at the next tick: a peer may take these versions at once,
+                // and after a kill before the save the scan would make them again as new
+                // versions beside the peer's (review16; still open within a save's time, and
+                // while installs hold saves back).
+                model.save_index();
             }
             s.walk
         }

@@ -381,6 +381,14 @@ impl Walk<'_> {
             } else {
                 format!("{}/{name}", l.dir)
             };
+            // A name no peer would take (a path past 4,096 bytes, deep down): never recorded,
+            // or every connection would end on it, for good (review16).
+            if let Err(e) = names::check(&path) {
+                if self.warned_names.insert(abs.join(name)) {
+                    warn!("{}: skipped: {e}", abs.join(name).display());
+                }
+                continue;
+            }
             match ent.metadata() {
                 Ok(md) => l.children.push((path, md)),
                 Err(_) => l.unlisted.push(path),
@@ -421,9 +429,11 @@ impl Walk<'_> {
                 // saved): hashed after what the folder held is recorded deleted, as a file
                 // replacing a folder the index knows is (review15).
                 let was_folder = !st.scanned
-                    && st.installed.contains(path)
-                    && st.received.get(path).is_some_and(|r| r.kind == Kind::Dir);
-                self.file(path, stat, find(path), was_folder);
+                    && (st.installed.get(path)).is_some_and(|r| r.kind == Kind::Dir && !r.deleted);
+                // One an install since the index's entry was done for is looked at even if
+                // its stat is the entry's: the user may have put the entry's state back.
+                let logged = !st.scanned && st.installed.contains_key(path);
+                self.file(path, stat, find(path), was_folder, logged);
             }
             // Symlinks and special files are not synced (see the README).
         }
@@ -454,8 +464,9 @@ impl Walk<'_> {
         // making (made 0700, then given its mode), or one a pull has deleted since, and
         // recorded: it must not come back.
         let again = || {
-            fs::symlink_metadata(root.join(path))
+            crate::sys::dirfd::Dir::parent(root, path)
                 .ok()
+                .and_then(|(d, name)| d.stat(name).ok().flatten())
                 .filter(|m| m.is_dir())
         };
         match (folder_seen(cur, stat), cur) {
@@ -464,10 +475,10 @@ impl Walk<'_> {
             {
                 // A peer's mode put on it just before the last stop (logged ahead, the index not
                 // saved): the peer's version, not a change here.
-                let logged = st.received.get(path).is_some_and(|r| {
+                let holds = |r: &Entry| {
                     r.kind == Kind::Dir && !r.deleted && r.dir_mode() & 0o777 == stat.mode
-                });
-                if let Some(rec) = logged.then(|| st.received.remove(path)).flatten() {
+                };
+                if let Some(rec) = take_logged(&mut st.received, &mut st.installed, path, holds) {
                     info!("{path}/: its mode was received before the last stop");
                     let mut ne = rec;
                     ne.stat = *stat;
@@ -504,7 +515,7 @@ impl Walk<'_> {
                     stat = made;
                 }
                 let stat = &stat;
-                let logged = st.received.get(path).is_some_and(|r| {
+                let holds = |r: &Entry| {
                     r.kind == Kind::Dir
                         && !r.deleted
                         && r.dir_mode() & 0o777 == stat.mode
@@ -516,8 +527,9 @@ impl Walk<'_> {
                                     Order::Newer | Order::Concurrent
                                 )
                         })
-                });
-                if let Some(mut rec) = logged.then(|| st.received.remove(path)).flatten() {
+                };
+                if let Some(mut rec) = take_logged(&mut st.received, &mut st.installed, path, holds)
+                {
                     info!("{path}/: made for a pull before the last stop");
                     rec.stat = *stat;
                     st.put(rec);
@@ -548,11 +560,19 @@ impl Walk<'_> {
     }
 
     /// Takes in a file found at `path`: queued for hashing if new or changed.
-    fn file(&mut self, path: &str, stat: Stat, cur: Option<&Entry>, was_folder: bool) {
-        let seen = if was_folder {
-            FileSeen::Retyped
-        } else {
-            file_seen(cur, &stat, self.written.contains(path))
+    fn file(
+        &mut self,
+        path: &str,
+        stat: Stat,
+        cur: Option<&Entry>,
+        was_folder: bool,
+        logged: bool,
+    ) {
+        let seen = match file_seen(cur, &stat, self.written.contains(path)) {
+            // In place of a folder: hashed after what it held is recorded deleted.
+            _ if was_folder => FileSeen::Retyped,
+            FileSeen::Same if logged => FileSeen::Changed,
+            seen => seen,
         };
         if seen == FileSeen::Same {
             return;
@@ -667,7 +687,7 @@ fn record_gone(
     gone.sort_unstable_by(|a, b| b.cmp(a));
     gone.dedup();
     for path in gone {
-        if fs::symlink_metadata(root.join(&path)).is_ok_and(|m| m.is_dir() || m.is_file()) {
+        if on_disk(root, &path) {
             continue; // created since the folder was read (by a pull): next scan sees it
         }
         let Some(old) = st.index.get(&path).filter(|e| !e.deleted) else {
@@ -695,7 +715,10 @@ fn record_gone(
 fn finish_folder(st: &State, root: &Path, path: &str, stat: &Stat) -> Option<Stat> {
     let rec = st.received.get(path)?;
     if stat.mode != 0o700
-        || st.installed.contains(path)
+        || st
+            .installed
+            .get(path)
+            .is_some_and(|i| i.version == rec.version)
         || rec.kind != Kind::Dir
         || rec.deleted
         || rec.version.pairs().is_empty()
@@ -719,11 +742,25 @@ fn finish_folder(st: &State, root: &Path, path: &str, stat: &Stat) -> Option<Sta
 /// done (renamed in, folder made), so that what is found changed there was changed after it.
 fn take_done(
     received: &mut std::collections::HashMap<String, Entry>,
-    installed: &mut std::collections::HashSet<String>,
+    installed: &mut std::collections::HashMap<String, Entry>,
     path: &str,
 ) -> Option<crate::store::version::Version> {
-    let rec = received.remove(path)?;
-    installed.remove(path).then_some(rec.version)
+    received.remove(path);
+    installed.remove(path).map(|e| e.version)
+}
+
+/// The entry the install log names for `path` that `holds` what was found there: the last one
+/// logged (its install perhaps cut, the content there anyway), else the last one installed (a
+/// later one cut before it was applied: review16); taken out of the log's maps.
+fn take_logged(
+    received: &mut std::collections::HashMap<String, Entry>,
+    installed: &mut std::collections::HashMap<String, Entry>,
+    path: &str,
+    holds: impl Fn(&Entry) -> bool,
+) -> Option<Entry> {
+    let last = received.remove(path);
+    let done = installed.remove(path);
+    last.filter(|e| holds(e)).or(done.filter(|e| holds(e)))
 }
 
 /// The version of a change found at a path: the index's (`cur`) bumped, with the install
@@ -744,6 +781,26 @@ fn local_version(
     base.bumped(device)
 }
 
+/// Whether a file or folder is at `path`, reached without following a symlink: under a
+/// folder replaced by a symlink (review16: the files the folder held were found through it,
+/// outside the share, and never recorded deleted), or a file, nothing is; a symlink or a
+/// special file there is none either. A path that cannot be looked at counts as there.
+pub fn on_disk(root: &Path, path: &str) -> bool {
+    match crate::sys::dirfd::Dir::parent(root, path) {
+        Ok((dir, name)) => match dir.stat(name) {
+            Ok(Some(md)) => md.is_dir() || md.is_file(),
+            Ok(None) => false,
+            Err(_) => true,
+        },
+        Err(e) => {
+            !(matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) || e.raw_os_error() == Some(crate::sys::open::ELOOP))
+        }
+    }
+}
+
 /// Records the deletions of what the install log names as done (`received`, `installed`: not
 /// found by the first scan) and is gone (or under a file now), unless our index has it as
 /// new: the user deleted it while we were down, after it was received (review13, review15),
@@ -756,21 +813,12 @@ fn record_received_gone(
     ignore: &crate::store::ignore::Ignore,
     out: &mut Scan,
 ) {
-    let gone = |p: &str| match fs::symlink_metadata(root.join(p)) {
-        Err(e) => matches!(
-            e.kind(),
-            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-        ),
-        Ok(_) => false,
-    };
+    let gone = |p: &str| !on_disk(root, p);
     let device = st.index.device;
-    let mut paths: Vec<String> = (st.received.keys())
-        .filter(|p| st.installed.contains(*p))
-        .cloned()
-        .collect();
+    let mut paths: Vec<String> = st.installed.keys().cloned().collect();
     paths.sort_unstable_by(|a, b| b.cmp(a));
     for path in paths {
-        let Some(rec) = st.received.get(&path) else {
+        let Some(rec) = st.installed.get(&path) else {
             continue;
         };
         if rec.deleted
@@ -792,6 +840,7 @@ fn record_received_gone(
             local_version(cur.as_ref(), Some(&rec.version), device),
         );
         st.received.remove(&path);
+        st.installed.remove(&path);
         info!("deleted locally: {path} (received before the last stop)");
         st.put(Entry {
             path,
@@ -1092,7 +1141,22 @@ fn record(
     if cur.as_ref().map(|e| &e.version) != c.version.as_ref() {
         return false;
     }
-    if let Some(e) = &cur
+    // The last install known done at this path since the index's entry (a kill before the
+    // index was saved): what is found is that, or a change of it made while we were down.
+    let found = (&file_hash, before.size, before.mode);
+    let installed = (st.installed.get(&c.path))
+        .filter(|i| {
+            i.is_file()
+                && cur.as_ref().is_none_or(|c| {
+                    matches!(
+                        i.version.compare(&c.version),
+                        Order::Newer | Order::Concurrent
+                    )
+                })
+        })
+        .cloned();
+    if installed.is_none()
+        && let Some(e) = &cur
         && e.is_file()
         && e.file_hash == file_hash
         && e.size == before.size
@@ -1104,10 +1168,17 @@ fn record(
         return false;
     }
     // Received before a crash, and not in the index yet: the peer's version, not a new one.
-    let took = st.received.get(&c.path).is_some_and(|rec| {
-        crate::store::intents::received(rec, cur.as_deref(), (&file_hash, before.size, before.mode))
-    });
-    if let Some(rec) = took.then(|| st.received.remove(&c.path)).flatten() {
+    // The last install logged (its content is here, whether or not it was marked done), else
+    // the last one done (a later one cut before its rename: review16).
+    let last = (st.received.get(&c.path))
+        .is_some_and(|rec| crate::store::intents::received(rec, cur.as_deref(), found));
+    let taken = if last {
+        st.received.remove(&c.path)
+    } else {
+        installed.filter(|i| crate::store::intents::received(i, cur.as_deref(), found))
+    };
+    if let Some(rec) = taken {
+        st.received.remove(&c.path);
         st.installed.remove(&c.path);
         info!(
             "{}: received before the last stop; its version is the sender's",
@@ -1115,7 +1186,7 @@ fn record(
         );
         // A pull of that version whose install had not happened (the name was taken by a
         // copy of ours with the same content, say) left its temp file: nothing will finish it.
-        if !st.busy.contains(&c.path) {
+        if last && !st.busy.contains(&c.path) {
             crate::sync::disk::remove_temp(root, &c.path);
         }
         // Taken over a concurrent version of ours (kept as a conflict copy), as the install
@@ -1390,7 +1461,10 @@ mod tests {
         );
         let logged = crate::store::intents::load(&state);
         let mut g = again.lock();
-        (g.received, g.installed) = (logged.entries, logged.done);
+        g.installed = (logged.done.into_iter())
+            .filter_map(|(p, mut d)| Some((p, d.pop()?)))
+            .collect();
+        g.received = logged.entries;
         drop(g);
         scan(&again, None, None).unwrap();
         assert_eq!(empty(&again, "d"), (Kind::Dir, true, 0o700));

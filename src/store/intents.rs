@@ -15,7 +15,7 @@ use crate::error::{Context, Result};
 use crate::store::codec::{self, Dec, Enc};
 use crate::store::entry::Entry;
 use crate::store::version::Order;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -38,8 +38,9 @@ const DONE: u32 = 1 << 31;
 pub struct Logged {
     /// The last entry logged for each path.
     pub entries: HashMap<String, Entry>,
-    /// The paths whose last entry was installed (a "done" record follows it).
-    pub done: HashSet<String>,
+    /// Per path, the entries marked done, oldest first: the last two (a file's last one may
+    /// have been cut before its rename: then the one before it is what the file holds).
+    pub done: HashMap<String, Vec<Entry>>,
 }
 
 /// The open log and how much it holds.
@@ -158,10 +159,18 @@ pub fn load(state_dir: &Path) -> Logged {
         if done {
             // Of the last entry logged for the path (none: an index save emptied the log).
             match std::str::from_utf8(&body) {
-                Ok(p) if out.entries.contains_key(p) => {
-                    out.done.insert(p.to_string());
+                Ok(p) => {
+                    if let Some(e) = out.entries.get(p) {
+                        let done = out.done.entry(p.to_string()).or_default();
+                        if done.last() != Some(e) {
+                            held += e.mem_cost();
+                            done.push(e.clone());
+                        }
+                        if done.len() > 2 {
+                            done.remove(0);
+                        }
+                    }
                 }
-                Ok(_) => {}
                 Err(_) => break,
             }
             continue;
@@ -170,7 +179,6 @@ pub fn load(state_dir: &Path) -> Logged {
         match codec::get_entry(&mut d) {
             Ok(e) if crate::store::names::check(&e.path).is_ok() => {
                 held += e.mem_cost();
-                out.done.remove(&e.path);
                 out.entries.insert(e.path.clone(), e);
             }
             _ => break,
@@ -226,7 +234,8 @@ mod tests {
     }
 
     /// A "done" record marks the last entry logged for its path; a later entry for the path
-    /// is not done until its own record comes; a record for a path never logged means nothing.
+    /// is not done until its own record comes (the earlier one stays done); a record for a
+    /// path never logged means nothing.
     #[test]
     fn done_records_mark_the_last_install_of_a_path() {
         let dir = std::env::temp_dir().join(format!("left-intents-done-{}", std::process::id()));
@@ -239,16 +248,24 @@ mod tests {
         log.done(["a", "d/b"]);
         let got = load(&dir);
         assert_eq!(got.done.len(), 2);
-        log.append([&file("a", 3, &[(1, 7)])]).unwrap();
+        // A later entry of "a", not done: the earlier one stays done.
+        let a2 = file("a", 3, &[(1, 7)]);
+        log.append([&a2]).unwrap();
         let got = load(&dir);
-        assert!(!got.done.contains("a") && got.done.contains("d/b"));
+        assert_eq!(got.done["a"], std::slice::from_ref(&a));
+        assert_eq!(got.done["d/b"], std::slice::from_ref(&b));
         log.done(["a"]);
-        assert!(load(&dir).done.contains("a"));
+        assert_eq!(load(&dir).done["a"], [a.clone(), a2.clone()]);
+        // Only the last two are kept.
+        let a3 = file("a", 4, &[(1, 8)]);
+        log.append([&a3]).unwrap();
+        log.done(["a"]);
+        assert_eq!(load(&dir).done["a"], [a2.clone(), a3]);
         // A "done" record cut short is no record.
         let full = std::fs::read(dir.join("installs")).unwrap();
         std::fs::write(dir.join("installs"), &full[..full.len() - 1]).unwrap();
         let got = load(&dir);
-        assert!(!got.done.contains("a") && got.entries.len() == 2);
+        assert_eq!(got.done["a"], [a, a2]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -206,9 +206,9 @@ pub struct State {
     /// Installs logged before the last stop and perhaps missing from the index (the install
     /// log, read at start): the first scan takes their versions for files that hold them.
     pub received: std::collections::HashMap<String, Entry>,
-    /// Of those, the paths whose install was done: what is found changed or gone there was
-    /// changed here after, from the received version.
-    pub installed: HashSet<String>,
+    /// Per path, the last of those known installed (marked done, and renamed in): what is
+    /// found changed or gone there was changed here after, from that version.
+    pub installed: std::collections::HashMap<String, Entry>,
 }
 
 impl State {
@@ -283,7 +283,7 @@ impl Model {
             ignore: Ignore::default(),
             ignore_text: String::new(),
             received: Default::default(),
-            installed: HashSet::new(),
+            installed: Default::default(),
             kept_temps: Default::default(),
             found_temps: Vec::new(),
         };
@@ -633,7 +633,7 @@ impl Model {
                     let done = if r.deleted || !meta_differs(&l, &m) {
                         crate::sync::disk::is_as_known(&self.root, &m, &l.stat)
                     } else {
-                        self.put_meta(&m, &l.stat).map(|s| m.stat = s).is_ok()
+                        self.put_meta(st, &m, &l.stat).map(|s| m.stat = s).is_ok()
                     };
                     if done {
                         st.put(m);
@@ -659,7 +659,7 @@ impl Model {
                     && differs
                     && let Some(l) = &local
                 {
-                    match self.put_meta(&m, &l.stat) {
+                    match self.put_meta(st, &m, &l.stat) {
                         Ok(stat) => m.stat = stat,
                         Err(e) => {
                             debug!("{}: merged version pulled: {e}", m.path);
@@ -678,7 +678,15 @@ impl Model {
     /// the install log, as a pull's install is: after a kill before the index is saved, the
     /// scan takes the new mode for the peer's version, not for a change here (which would win
     /// over what the peer did since, a deletion say).
-    fn put_meta(&self, m: &Entry, known: &Stat) -> crate::error::Result<Stat> {
+    fn put_meta(&self, st: &State, m: &Entry, known: &Stat) -> crate::error::Result<Stat> {
+        // After a crash, not before the first scan has settled what the install log names
+        // here: the user may have put back, while we were down, what a logged change had
+        // changed, and that stat looks like the index's (review16). Pulled instead, the need
+        // waits for the scan (`puller::take_batch`) and is weighed again then.
+        if !st.scanned && (st.received.contains_key(&m.path) || st.installed.contains_key(&m.path))
+        {
+            return Err(crate::error::Error::msg("waits for the first scan").at(&m.path));
+        }
         if let Err(e) = self.installs().append([m]) {
             warn!("{e}");
         }
