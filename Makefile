@@ -9,8 +9,10 @@ all: build
 build: ## release binary for this machine
 	$(CARGO) build --release
 
-test: ## unit and integration tests (two real peers on 127.0.0.1)
-	$(CARGO) test --release
+TEST_THREADS ?= 4
+
+test: ## unit and integration tests (two real peers on 127.0.0.1; TEST_THREADS=4 at once: they mostly wait)
+	$(CARGO) test --release -- --test-threads=$(TEST_THREADS)
 
 fuzz: ## a million mutated frames through the decoder (make test runs a few thousand)
 	LEFT_FUZZ_FRAMES=1000000 $(CARGO) test --release --bin left fuzz

@@ -1016,15 +1016,18 @@ fn unsolicited_big_responses_are_not_hoarded() {
 }
 
 /// The index file changed under a running daemon (a bad disk, another program): the next read
-/// of it stops the daemon with one line, before it can take a file for new or deleted; the
+/// of the damaged bytes stops the daemon with one line, before it can take a file for new or deleted; the
 /// restart finds the file damaged, sets it aside and rebuilds the index from the files, and
 /// nothing is lost on either side.
 #[test]
 fn an_index_file_damaged_while_running_stops_the_daemon_and_a_restart_rebuilds_it() {
     let t = TestDir::new("index-damaged");
     let (pa, pb) = two_ports();
-    for i in 0..30 {
-        write_file(&t.join(&format!("A/f{i:02}")), format!("file {i}\n"));
+    // Enough entries for an index several times the daemon's read window (64 KiB): a read
+    // after the damage cannot be served from bytes read before it.
+    const N: usize = 3000;
+    for i in 0..N {
+        write_file(&t.join(&format!("A/f{i:04}")), format!("file {i}\n"));
     }
     let mut a = Peer::start_with(&t, "A", pa, &[pb], &["-v"]);
     let b = Peer::start(&t, "B", pb, &[pa]);
@@ -1040,9 +1043,14 @@ fn an_index_file_damaged_while_running_stops_the_daemon_and_a_restart_rebuilds_i
             .write(true)
             .open(a.path(".left/index"))
             .unwrap();
-        f.write_all_at(&[0xff; 64], 32).unwrap();
+        let len = f.metadata().unwrap().len();
+        let mut at = 32;
+        while at + 64 < len {
+            f.write_all_at(&[0xff; 64], at).unwrap();
+            at += 8 << 10;
+        }
     }
-    fs::write(a.path("f05"), b"changed after the damage\n").unwrap();
+    fs::write(a.path("f0005"), b"changed after the damage\n").unwrap();
     assert!(
         wait_until(SOON, || a.exit_status().is_some()),
         "still running with a damaged index file:\n{}",
@@ -1068,8 +1076,8 @@ fn an_index_file_damaged_while_running_stops_the_daemon_and_a_restart_rebuilds_i
     );
     wait_identical(&a.dir, &b.dir, SOON);
     assert_eq!(
-        fs::read(b.path("f05")).unwrap(),
+        fs::read(b.path("f0005")).unwrap(),
         b"changed after the damage\n"
     );
-    assert_eq!(listing(&b.dir).unwrap().len(), 30);
+    assert_eq!(listing(&b.dir).unwrap().len(), N);
 }

@@ -7,7 +7,7 @@ use crate::proto::wire::{self};
 use crate::store::codec::{self, Enc};
 use crate::sync::model::Model;
 
-/// Sends every entry changed after `sent`, up to the index's sequence number when called, in
+/// Sends every entry changed after `sent`, up to the index's sequence number as last saved, in
 /// frames of bounded size; returns the new mark. Entries are encoded under the lock a batch at
 /// a time and written without it.
 pub fn announce(model: &Model, w: &mut FrameWriter<'_>, sent: u64) -> Result<u64> {
@@ -16,7 +16,11 @@ pub fn announce(model: &Model, w: &mut FrameWriter<'_>, sent: u64) -> Result<u64
     // during the pass gets a new number past `top`, and the change queued another announce: it
     // goes in the next pass, so that block requests queued meanwhile are served between passes,
     // not after a whole first scan of the share.
-    let top = model.lock().index.seq;
+    // Only what is saved (`State::saved_seq`): what a kill would lose is never offered.
+    let top = {
+        let g = model.lock();
+        g.index.seq.min(g.saved_seq)
+    };
     let mut at = crate::store::index::Pass::Over(sent);
     loop {
         let (n, body) = {

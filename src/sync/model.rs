@@ -187,6 +187,11 @@ pub struct State {
     pub found_temps: Vec<String>,
     /// The first scan of the share has finished.
     pub scanned: bool,
+    /// The index's sequence number as last saved: entries numbered past it are not announced
+    /// yet (by the connections). A peer that took a version of ours we lose to a kill
+    /// builds on it, and the scan after the restart makes it again as a new version beside
+    /// theirs: a spurious conflict copy, or a deletion undone (review16).
+    pub saved_seq: u64,
     /// Changes were seen that no scan has recorded yet (a scan is due or running).
     pub scan_pending: bool,
     pub shutdown: bool,
@@ -222,7 +227,17 @@ impl State {
         }
     }
 
-    /// Stores a changed entry and tells every connection to announce it.
+    /// Notes that the index is saved up to number `seq`: connections announce what it holds.
+    fn saved(&mut self, seq: u64) {
+        if seq > self.saved_seq {
+            self.saved_seq = seq;
+            for p in self.peers.values() {
+                let _ = p.out.send(Out::Announce);
+            }
+        }
+    }
+
+    /// Stores a changed entry and tells every connection to announce it (once saved).
     pub fn put(&mut self, e: Entry) {
         self.index.put(e);
         self.dirty = true;
@@ -269,6 +284,7 @@ impl Model {
     pub fn new(root: PathBuf, state_dir: PathBuf, index: Index) -> Model {
         let installs = crate::store::intents::Log::new(&state_dir);
         let state = State {
+            saved_seq: index.seq,
             index,
             dirty: false,
             peers: BTreeMap::new(),
@@ -399,6 +415,8 @@ impl Model {
             match saved {
                 Ok(()) => {
                     g.dirty = false;
+                    let seq = g.index.seq;
+                    g.saved(seq);
                     self.installs().clear_if(logged);
                     let n = g.index.totals().entries;
                     debug!(
@@ -412,6 +430,7 @@ impl Model {
         };
         // Changes made from here on have later numbers, or mark their paths again: the next save.
         g.dirty = false;
+        let upto = g.index.seq;
         drop(g);
         let written = crate::store::index::append(&path, &record);
         let mut g = self.lock();
@@ -421,6 +440,7 @@ impl Model {
         }
         g.index.appended(&record, written.is_ok());
         if written.is_ok() {
+            g.saved(upto);
             self.installs().clear_if(logged);
         }
     }

@@ -1253,14 +1253,15 @@ fn install_group(model: &Model, conn: u64, files: Vec<Ready>) {
     if let Err(e) = sync_fs(root) {
         warn!("syncing {}: {e}", root.display());
     }
-    let fold = {
+    let free = {
         let mut g = model.lock();
         g.hold_save -= 1;
-        g.hold_save == 0 && g.index.wants_fold()
+        g.hold_save == 0
     };
     // Saves are held while installs are not durable: memory would fill with changed entries
-    // if the daemon's next try came in another group's hold. The first moment is now.
-    if fold {
+    // if the daemon's next try came in another group's hold, and what they hold is announced
+    // only once saved. The first moment is now.
+    if free {
         model.save_index();
     }
     for (r, res) in files.iter().zip(results) {
