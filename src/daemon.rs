@@ -829,10 +829,8 @@ fn scan_once(
         Ok(s) => {
             if s.changed + s.deleted > 0 {
                 debug!("scan: {s:?} in {:?}", t.elapsed());
-                // Saved now, not at the next tick: a peer may take these versions at once,
-                // and after a kill before the save the scan would make them again as new
-                // versions beside the peer's (review16; still open within a save's time, and
-                // while installs hold saves back).
+                // Saved now, not at the next tick: only what is saved is announced (a peer
+                // that took a version a kill then lost would build on it: review16).
                 model.save_index();
             }
             s.walk

@@ -237,13 +237,10 @@ impl State {
         }
     }
 
-    /// Stores a changed entry and tells every connection to announce it (once saved).
+    /// Stores a changed entry; the connections announce it once it is saved ([`State::saved`]).
     pub fn put(&mut self, e: Entry) {
         self.index.put(e);
         self.dirty = true;
-        for p in self.peers.values() {
-            let _ = p.out.send(Out::Announce);
-        }
     }
 }
 
@@ -417,6 +414,7 @@ impl Model {
                     g.dirty = false;
                     let seq = g.index.seq;
                     g.saved(seq);
+                    self.changed.notify_all();
                     self.installs().clear_if(logged);
                     let n = g.index.totals().entries;
                     debug!(
@@ -424,7 +422,10 @@ impl Model {
                         t.elapsed().as_millis()
                     );
                 }
-                Err(e) => warn!("saving the index: {e}"),
+                Err(e) => {
+                    warn!("saving the index: {e}");
+                    g.last_error = Some((SystemTime::now(), format!("saving the index: {e}")));
+                }
             }
             return;
         };
@@ -436,11 +437,13 @@ impl Model {
         let mut g = self.lock();
         if let Err(e) = &written {
             warn!("saving the index: {e}");
+            g.last_error = Some((SystemTime::now(), format!("saving the index: {e}")));
             g.dirty = true;
         }
         g.index.appended(&record, written.is_ok());
         if written.is_ok() {
             g.saved(upto);
+            self.changed.notify_all();
             self.installs().clear_if(logged);
         }
     }

@@ -143,7 +143,9 @@ fn take_batch(link: &Link<'_>, open_limit: u64) -> Option<Vec<Entry>> {
             }
         }
         let p = st.peers.get_mut(&link.conn)?;
-        tell_in_sync(p, st.scan_pending);
+        // Nor while changes of ours wait for a save (announced only once saved): the peer
+        // would take itself for in sync without them.
+        tell_in_sync(p, st.scan_pending || st.saved_seq < st.index.seq);
         g = link.model.wait(g, Duration::from_millis(500));
     }
 }

@@ -1126,6 +1126,11 @@ impl Drop for HoldSave<'_> {
     fn drop(&mut self) {
         let mut g = self.0.lock();
         g.hold_save = g.hold_save.saturating_sub(1);
+        // The first moment a save may come (what it holds is announced only once saved).
+        if g.hold_save == 0 {
+            drop(g);
+            self.0.save_index();
+        }
     }
 }
 
