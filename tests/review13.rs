@@ -125,10 +125,6 @@ fn a_temp_file_written_into_during_its_pull_is_never_installed() {
 }
 
 /// Counts how often `needle` is in the peer's log.
-fn count(p: &Peer, needle: &str) -> usize {
-    p.log_text().matches(needle).count()
-}
-
 /// Depth of the chain of folders in [`a_deep_chain_of_deleted_folders_stays_deleted`].
 const DEPTH: usize = 270;
 

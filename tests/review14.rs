@@ -7,10 +7,6 @@ use common::*;
 use std::fs;
 use std::time::{Duration, SystemTime};
 
-fn count(p: &Peer, needle: &str) -> usize {
-    p.log_text().matches(needle).count()
-}
-
 /// A crash (kill or power cut) after an install is logged and before its rename is durable
 /// leaves the complete temp file, which carries the PEER's mtime (`transfer::finish` sets it
 /// before the install). At the restart `scanner::clean_temps` removes temp files whose mtime

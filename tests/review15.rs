@@ -9,18 +9,6 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-fn count(p: &Peer, needle: &str) -> usize {
-    p.log_text().matches(needle).count()
-}
-
-/// Every `*.sync-conflict-*` name in a share (recursively).
-fn conflicts(root: &Path) -> Vec<String> {
-    names(root)
-        .into_iter()
-        .filter(|n| n.contains(".sync-conflict-"))
-        .collect()
-}
-
 /// Bytes held by B's install log (what a kill left unsaved).
 fn log_len(p: &Peer) -> u64 {
     fs::metadata(p.path(".left/installs")).map_or(0, |m| m.len())

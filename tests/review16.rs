@@ -11,18 +11,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-fn count(p: &Peer, needle: &str) -> usize {
-    p.log_text().matches(needle).count()
-}
-
-/// Every `*.sync-conflict-*` name in a share (recursively).
-fn conflicts(root: &Path) -> Vec<String> {
-    names(root)
-        .into_iter()
-        .filter(|n| n.contains(".sync-conflict-"))
-        .collect()
-}
-
 const DONE: u32 = 1 << 31;
 
 /// The records of an install log: (done, body).

@@ -1532,6 +1532,19 @@ pub fn set_mtime(path: &Path, t: std::time::SystemTime) {
     File::open(path).unwrap().set_modified(t).unwrap();
 }
 
+/// How many times `needle` occurs in a peer's log.
+pub fn count(p: &Peer, needle: &str) -> usize {
+    p.log_text().matches(needle).count()
+}
+
+/// Every `*.sync-conflict-*` name in a share (recursively).
+pub fn conflicts(root: &Path) -> Vec<String> {
+    names(root)
+        .into_iter()
+        .filter(|n| n.contains(".sync-conflict-"))
+        .collect()
+}
+
 /// Every path of a share (files and folders, conflict copies included, temp files excluded).
 pub fn names(root: &Path) -> Vec<String> {
     listing(root)
