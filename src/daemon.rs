@@ -831,7 +831,7 @@ fn scan_once(
                 debug!("scan: {s:?} in {:?}", t.elapsed());
                 // Saved now, not at the next tick: only what is saved is announced (a peer
                 // that took a version a kill then lost would build on it: review16).
-                model.save_index();
+                model.save_changes();
             }
             s.walk
         }

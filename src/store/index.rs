@@ -843,13 +843,13 @@ impl Index {
     /// The journal record of what changed since the last save, or `None` when the base must
     /// be rewritten instead ([`Index::save`]): there is none yet, entries were removed, the
     /// journal outgrew the base, or more changed than a record or memory holds.
-    pub fn journal_record(&mut self) -> Option<Record> {
+    pub fn journal_record(&mut self, fold_later: bool) -> Option<Record> {
         let d = &self.disk;
         let changed = self.over_seq.range(d.seq + 1..).count() + d.touched.len();
         if d.base.is_none()
             || d.full
             || changed > RECORD_MAX
-            || self.wants_fold()
+            || (self.wants_fold() && !fold_later)
             || d.log_bytes > d.base_bytes.max(LOG_COMPACT_MIN)
         {
             return None;
@@ -1383,7 +1383,7 @@ mod tests {
 
     /// Saves the way the daemon does: a journal record if the index allows one, else whole.
     fn save_changes(ix: &mut Index, p: &Path) -> bool {
-        match ix.journal_record() {
+        match ix.journal_record(false) {
             Some(r) => {
                 let w = append(p, &r);
                 ix.appended(&r, w.is_ok());
@@ -1480,7 +1480,7 @@ mod tests {
         let mut ix = Index::load(&p).unwrap();
         assert_eq!(at(&ix, "f06").blocks[..], [[204; 16]]);
         ix.purge(|e| e.path == "f01", usize::MAX);
-        assert!(ix.journal_record().is_none());
+        assert!(ix.journal_record(false).is_none());
         ix.save(&p).unwrap();
         let mut appends = 0;
         loop {

@@ -372,12 +372,21 @@ impl Model {
     /// or (now and then) a new base file, written under it. One save at a time: the daemon's
     /// loop and an installer both save.
     pub fn save_index(&self) {
-        self.save(false);
+        self.save(false, false);
+    }
+
+    /// [`Model::save_index`] right after changes that connections announce once saved: a
+    /// journal record if one can hold them, the whole rewrite a full memory wants left to the
+    /// next save. Announced from memory, entries go by number (a moved file's new name and its
+    /// old name's deletion side by side); from a rewritten base, by path, and a peer pulled a
+    /// renamed folder's files over the wire before it learnt the old names' deletions.
+    pub fn save_changes(&self) {
+        self.save(false, true);
     }
 
     /// [`Model::save_index`] at exit: a whole rewrite due comes now, whatever the pace.
     pub fn save_index_now(&self) {
-        self.save(true);
+        self.save(true, false);
     }
 
     /// How long a reader should pause before a whole rewrite may come (see [`FOLD_PACE`]).
@@ -388,7 +397,7 @@ impl Model {
         })
     }
 
-    fn save(&self, now: bool) {
+    fn save(&self, now: bool, fold_later: bool) {
         let path = self.state_dir.join("index");
         let mut next = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         let mut g = self.lock();
@@ -399,7 +408,7 @@ impl Model {
         // is saved, the log can go, unless more is logged meanwhile.
         // Not before the first scan: it takes what the log held from before a crash.
         let logged = if g.scanned { self.installs().len() } else { 0 };
-        let Some(record) = g.index.journal_record() else {
+        let Some(record) = g.index.journal_record(fold_later) else {
             // Under the lock: written without it, the changes made meanwhile would pile up in
             // memory (a fold of 100,000 entries takes 25-30 ms here), and memory is what the
             // index file is for.

@@ -1129,7 +1129,7 @@ impl Drop for HoldSave<'_> {
         // The first moment a save may come (what it holds is announced only once saved).
         if g.hold_save == 0 {
             drop(g);
-            self.0.save_index();
+            self.0.save_changes();
         }
     }
 }
@@ -1267,7 +1267,7 @@ fn install_group(model: &Model, conn: u64, files: Vec<Ready>) {
     // if the daemon's next try came in another group's hold, and what they hold is announced
     // only once saved. The first moment is now.
     if free {
-        model.save_index();
+        model.save_changes();
     }
     for (r, res) in files.iter().zip(results) {
         received(model, conn, r, res);
