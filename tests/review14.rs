@@ -31,16 +31,7 @@ fn a_crash_before_the_rename_of_an_old_file_deletes_it_on_the_peer() {
     if !jl.exists() {
         fs::write(&jl, b"").unwrap();
     }
-    let chattr = |flag: &str, p: &std::path::Path| {
-        std::process::Command::new("chattr")
-            .arg(flag)
-            .arg(p)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !(chattr("+i", &ix) && chattr("+i", &jl)) {
-        chattr("-i", &ix);
-        eprintln!("skipped: chattr +i is not supported here (needs root and ext4)");
+    if !hold_saves(&ix, &jl) {
         return;
     }
     const N: usize = 300;

@@ -45,25 +45,6 @@ fn entry_path(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[2..2 + n]).into_owned()
 }
 
-fn chattr(flag: &str, p: &Path) -> bool {
-    Command::new("chattr")
-        .arg(flag)
-        .arg(p)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Makes B's index files immutable (no save can land); false, with a line, where the
-/// filesystem (tmpfs, say) or the user cannot: the test is then skipped.
-fn hold_saves(ix: &Path, jl: &Path) -> bool {
-    if chattr("+i", ix) && chattr("+i", jl) {
-        return true;
-    }
-    chattr("-i", ix);
-    eprintln!("skipped: chattr +i is not supported here (needs root and ext4)");
-    false
-}
-
 /// A and B in sync (one file `seed`), B's index saved. Returns (A, B, A's port, B's port).
 fn in_sync(t: &TestDir) -> (Peer, Peer, u16, u16) {
     let (pa, pb) = two_ports();

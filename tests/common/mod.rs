@@ -1532,6 +1532,26 @@ pub fn set_mtime(path: &Path, t: std::time::SystemTime) {
     File::open(path).unwrap().set_modified(t).unwrap();
 }
 
+/// Runs `chattr FLAG PATH`; whether it worked.
+pub fn chattr(flag: &str, p: &Path) -> bool {
+    std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(p)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Makes B's index files immutable (no save can land); false, with a line, where the
+/// filesystem (tmpfs, say) or the user cannot: the test is then skipped.
+pub fn hold_saves(ix: &Path, jl: &Path) -> bool {
+    if chattr("+i", ix) && chattr("+i", jl) {
+        return true;
+    }
+    chattr("-i", ix);
+    eprintln!("skipped: chattr +i is not supported here (needs root and ext4)");
+    false
+}
+
 /// How many times `needle` occurs in a peer's log.
 pub fn count(p: &Peer, needle: &str) -> usize {
     p.log_text().matches(needle).count()
