@@ -451,6 +451,7 @@ impl Model {
         }
         g.index.appended(&record, written.is_ok());
         if written.is_ok() {
+            debug!("index journal: {} bytes appended", record.bytes.len());
             g.saved(upto);
             self.changed.notify_all();
             self.installs().clear_if(logged);
