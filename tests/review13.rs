@@ -124,6 +124,77 @@ fn a_temp_file_written_into_during_its_pull_is_never_installed() {
     );
 }
 
+/// The sharper form of the test above: a program opens `.f.left-tmp` once, as soon as it
+/// appears, keeps that descriptor, and writes `EVIL!` at offset 0 through it every
+/// millisecond for 8 s (a write after the pull's last check of the file, before its mtime is
+/// set, used to go unseen). A opens slowly (SIGSTOP/SIGCONT). Whatever the program wrote must
+/// never be installed: B ends with A's bytes, and A keeps them.
+#[test]
+fn a_temp_file_held_open_by_a_writer_is_never_installed() {
+    let t = TestDir::new("r13-temp-held-open");
+    let (pa, pb) = two_ports();
+    let a = Peer::start_own_group(&t, "A", pa, &[pb]);
+    let want = random_bytes(7, 3 << 20);
+    write_file(&a.path("f"), &want);
+    assert!(a.wait_log(SOON, "changed locally: f"));
+    let slow = Throttle::new(
+        a.pid().unwrap(),
+        Duration::from_millis(20),
+        Duration::from_millis(120),
+    );
+    let bdir = t.join("B");
+    fs::create_dir_all(&bdir).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, tmp) = (stop.clone(), bdir.join(".f.left-tmp"));
+        std::thread::spawn(move || {
+            let f = loop {
+                if stop.load(Ordering::Relaxed) {
+                    return 0;
+                }
+                if let Ok(f) = fs::OpenOptions::new().write(true).open(&tmp) {
+                    break f;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            };
+            let mut hits = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if f.write_all_at(b"EVIL!", 0).is_ok() {
+                    hits += 1;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            hits
+        })
+    };
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    std::thread::sleep(Duration::from_secs(8));
+    stop.store(true, Ordering::Relaxed);
+    let hits = writer.join().unwrap();
+    drop(slow);
+    assert!(hits > 0, "the writer never got the temp file open");
+    let converged = wait_until(Duration::from_secs(60), || {
+        has_content(&a.path("f"), &want) && has_content(&b.path("f"), &want)
+    });
+    let evil = read(&b.path("f")).is_some_and(|d| d.starts_with(b"EVIL!"))
+        || read(&a.path("f")).is_some_and(|d| d.starts_with(b"EVIL!"));
+    assert!(
+        converged && !evil,
+        "a writer into B's temp file ({hits} writes): B's f {}, A's f {}\nB:\n{}",
+        if has_content(&b.path("f"), &want) {
+            "is A's"
+        } else {
+            "is not A's"
+        },
+        if has_content(&a.path("f"), &want) {
+            "kept"
+        } else {
+            "changed"
+        },
+        tail(&b.log_text(), 15)
+    );
+}
+
 /// Counts how often `needle` is in the peer's log.
 /// Depth of the chain of folders in [`a_deep_chain_of_deleted_folders_stays_deleted`].
 const DEPTH: usize = 270;

@@ -13,7 +13,7 @@ use crate::sync::delta::Pipe;
 use crate::sync::link::{Link, RECEIVED, REUSED};
 use crate::sync::model::{Model, Progress};
 use crate::sys::dirfd::Dir;
-use crate::sys::file::{copy_range, start_writeback, sync_fs};
+use crate::sys::file::{Lease, copy_range, lease, lease_held, start_writeback, sync_fs, unlease};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
@@ -43,6 +43,12 @@ const READY_BATCH: usize = 1024;
 /// Files at least this large show progress in status and, every few seconds, in the log.
 const PROGRESS_MIN: u64 = 8 << 20;
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
+/// How often the leases of temp files waiting for data are looked at: the longest a program
+/// opening one waits (besides the time to the next block of its file).
+const LEASE_LOOK: Duration = Duration::from_millis(100);
+/// Why a pull whose temp file another program opened fails (see `Run::opened_elsewhere`).
+const OPENED: &str =
+    "its temp file was opened by another program while it was pulled; will fetch it again";
 
 /// Where a block comes from.
 #[derive(Debug, PartialEq, Eq)]
@@ -76,6 +82,9 @@ pub struct Pull {
     tmp: Arc<File>,
     /// The temp file as it was once complete (see `install::install`).
     ino: crate::sync::install::Written,
+    /// Whether a write lease on the temp file is held ([`crate::sys::file::lease`]): no other
+    /// program has opened it since before its resumed content was verified.
+    leased: bool,
     pub failed: bool,
     pub t0: Instant,
     /// File data received for it (block data, sub-block hashes and runs).
@@ -286,6 +295,7 @@ pub fn transfer(
             zeros,
             last_progress: Instant::now(),
             last_log: Instant::now(),
+            leases_seen: Instant::now(),
         };
         let r = run.run();
         // The helpers end once the queue closes; what they still report is dropped.
@@ -436,7 +446,7 @@ fn plan(
 ) -> std::result::Result<(Pull, Vec<Src>), (Entry, Error)> {
     let root = &link.model.root;
     let tmp_path = temp_path(root, &e.path);
-    let (tmp, tlen) = match open_temp(link.model, &e, &tmp_path) {
+    let (tmp, tlen, leased) = match open_temp(link.model, &e, &tmp_path) {
         Ok(x) => x,
         Err(err) => return Err((e, err)),
     };
@@ -468,6 +478,7 @@ fn plan(
         tmp_path,
         tmp: Arc::new(tmp),
         ino: Default::default(),
+        leased,
         failed: false,
         t0: Instant::now(),
         wire: 0,
@@ -537,13 +548,19 @@ fn sources_of(e: &Entry, had: &Had<'_>) -> Vec<Src> {
 }
 
 /// Opens (or makes) the temp file of `e` for writing, with what an earlier try left in it (cut
-/// to the file's size): never through a symlink, and only one we made.
-fn open_temp(model: &Model, e: &Entry, tmp_path: &Path) -> Result<(File, u64)> {
+/// to the file's size): never through a symlink, only one we made, and under a write lease
+/// (whether one is held: see [`Pull::leased`]).
+fn open_temp(model: &Model, e: &Entry, tmp_path: &Path) -> Result<(File, u64, bool)> {
     let root = &model.root;
     // Never through a symlink, on the way or in the temp file's place (the name is ours:
     // one there is removed).
     let rel = names::temp_rel(&e.path);
     let open = || crate::sys::open::open_in(root, &rel, crate::sys::open::Open::Create);
+    let fresh = || -> io::Result<File> {
+        let (dir, name) = Dir::parent(root, &rel)?;
+        let _ = dir.unlink(name);
+        dir.create_new(name)
+    };
     // The folder usually exists: it is made only when the open says it is missing.
     let mut f = match open() {
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
@@ -560,17 +577,47 @@ fn open_temp(model: &Model, e: &Entry, tmp_path: &Path) -> Result<(File, u64)> {
         Err(_) => false,
     };
     if !ours {
-        let (dir, name) = Dir::parent(root, &rel).at(tmp_path)?;
-        let _ = dir.unlink(name);
-        f = dir.create_new(name);
+        f = fresh();
     }
-    let f = f.at(tmp_path)?;
+    let mut f = f.at(tmp_path)?;
+    // Taken before anything of it is read: a program that opens it from here on breaks the
+    // lease, and the pull fails before installing what it may have written. One that has it
+    // open already could write at any time: the file is made anew.
+    let leased = match lease(&f) {
+        Lease::Held => true,
+        Lease::Unsupported => {
+            no_leases(tmp_path);
+            false
+        }
+        Lease::Busy => {
+            f = fresh().at(tmp_path)?;
+            match lease(&f) {
+                Lease::Held => true,
+                Lease::Unsupported => false,
+                Lease::Busy => {
+                    return Err(Error::msg("its temp file is open in another program").at(tmp_path));
+                }
+            }
+        }
+    };
     let mut len = f.metadata().at(tmp_path)?.len();
     if len > e.size {
         f.set_len(e.size).at(tmp_path)?;
         len = e.size;
     }
-    Ok((f, len))
+    Ok((f, len, leased))
+}
+
+/// Says once that temp files go without leases: a program writing into one while it is pulled
+/// is then seen only after it is complete (its mtime).
+fn no_leases(at: &Path) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        debug!(
+            "{}: no write lease here; temp files go without",
+            at.display()
+        );
+    }
 }
 
 /// The state of one batch's transfer.
@@ -599,6 +646,8 @@ struct Run<'l, 'b, 'p> {
     zeros: Zeros,
     last_progress: Instant,
     last_log: Instant,
+    /// When the leases of the batch's temp files were last looked at.
+    leases_seen: Instant,
 }
 
 impl Run<'_, '_, '_> {
@@ -620,6 +669,7 @@ impl Run<'_, '_, '_> {
             while let Ok(d) = self.done.try_recv() {
                 self.on_done(d);
             }
+            self.look_at_leases();
             if self.ready.len() >= READY_BATCH {
                 self.hand_off();
             }
@@ -962,6 +1012,9 @@ impl Run<'_, '_, '_> {
         if self.pulls[t.file].failed {
             return;
         }
+        if self.opened_elsewhere(t.file) {
+            return;
+        }
         match d.outcome {
             Outcome::Ok(fast) => {
                 let p = &mut self.pulls[t.file];
@@ -1005,6 +1058,38 @@ impl Run<'_, '_, '_> {
         }
         if p.left == 0 {
             self.finish(fi);
+        }
+    }
+
+    /// Whether another program opened pull `fi`'s temp file since its lease was taken: then
+    /// what the file holds is no longer ours to vouch for. The lease goes at once (that
+    /// program's open waits for it) and the pull fails; the next try verifies every block the
+    /// file holds under a new lease, or makes the file anew if it is still open elsewhere.
+    fn opened_elsewhere(&mut self, fi: usize) -> bool {
+        let p = &mut self.pulls[fi];
+        if !p.leased || lease_held(&p.tmp) {
+            return false;
+        }
+        unlease(&p.tmp);
+        p.leased = false;
+        if !p.failed {
+            self.fail(fi, OPENED.to_string());
+        }
+        true
+    }
+
+    /// Looks at the leases of the batch's unfinished temp files now and then, so that a
+    /// program opening one waits only briefly even while its file gets no data.
+    fn look_at_leases(&mut self) {
+        if self.leases_seen.elapsed() < LEASE_LOOK {
+            return;
+        }
+        self.leases_seen = Instant::now();
+        for fi in 0..self.pulls.len() {
+            let p = &self.pulls[fi];
+            if p.leased && !p.failed && p.left > 0 {
+                self.opened_elsewhere(fi);
+            }
         }
     }
 
@@ -1054,6 +1139,15 @@ impl Run<'_, '_, '_> {
         }
         let big = p.e.size >= SMALL_FILE;
         let r = (|| -> Result<()> {
+            let untouched = |p: &mut Pull| {
+                if !p.leased || lease_held(&p.tmp) {
+                    return Ok(());
+                }
+                unlease(&p.tmp);
+                p.leased = false;
+                Err(Error::msg(OPENED).at(&p.tmp_path))
+            };
+            untouched(p)?;
             // Written to its end unless it ends in zeros never written: then it gets its length.
             if p.tmp.metadata().at(&p.tmp_path)?.len() != p.e.size {
                 p.tmp.set_len(p.e.size).at(&p.tmp_path)?;
@@ -1065,6 +1159,14 @@ impl Run<'_, '_, '_> {
                 .set_modified(crate::sync::disk::mtime_of(&p.e))
                 .at(&p.tmp_path)?;
             p.ino = crate::sync::install::Written::of(&p.tmp.metadata().at(&p.tmp_path)?);
+            // Untouched by others up to its stat; from here on a write changes its mtime, which
+            // the install looks at ([`crate::sync::install::Written`]). Let go, so that a
+            // program opening it does not wait.
+            untouched(p)?;
+            if p.leased {
+                unlease(&p.tmp);
+                p.leased = false;
+            }
             if big {
                 let t = Instant::now();
                 // Logged ahead of the rename, made durable with the file by one filesystem sync;

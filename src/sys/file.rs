@@ -1,6 +1,7 @@
 //! File data through hand-declared calls: copies made in the kernel (`copy_file_range`, a
 //! reflink where the filesystem shares extents), writeback started early (`sync_file_range`),
-//! and a whole filesystem made durable at once (`syncfs`).
+//! a whole filesystem made durable at once (`syncfs`), and write leases (`fcntl`) that tell
+//! whether another program opened a temp file.
 
 use crate::error::{Context, Error, Result};
 use std::ffi::{c_int, c_uint};
@@ -21,6 +22,7 @@ unsafe extern "C" {
         len: usize,
         flags: c_uint,
     ) -> isize;
+    fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
 }
 
 const SYNC_FILE_RANGE_WRITE: c_uint = 2;
@@ -77,6 +79,53 @@ pub fn copy_range(from: &File, from_off: u64, to: &File, off: u64, len: u64) -> 
     Ok(())
 }
 
+/// `fcntl` commands and lease types (the same on x86, x86_64 and aarch64).
+const F_SETLEASE: c_int = 1024;
+const F_GETLEASE: c_int = 1025;
+const F_WRLCK: c_int = 1;
+const F_UNLCK: c_int = 2;
+const EAGAIN: i32 = 11;
+
+/// What taking a write lease on a file gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// Held: any other open of the file (to read or to write, by any process, root's too) or
+    /// a truncate by name breaks it, and [`lease_held`] says so. Writing into a file takes an
+    /// open first, so a lease still held proves nobody else wrote since it was taken.
+    Held,
+    /// The file is open elsewhere (another program, or another descriptor of ours).
+    Busy,
+    /// The filesystem or the system does not give leases (`fs.leases-enable` = 0, a network
+    /// filesystem), or the file is not ours.
+    Unsupported,
+}
+
+/// Takes a write lease on `f`. The kernel signals a break with SIGIO, which is ignored
+/// ([`crate::sys::signal::install`]): breaks are seen by asking ([`lease_held`]), and the
+/// program that opened the file waits until [`unlease`] (at most `fs.lease-break-time`, 45 s).
+pub fn lease(f: &File) -> Lease {
+    // SAFETY: a valid descriptor and integer arguments.
+    if unsafe { fcntl(f.as_raw_fd(), F_SETLEASE, F_WRLCK) } == 0 {
+        return Lease::Held;
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(EAGAIN) => Lease::Busy,
+        _ => Lease::Unsupported,
+    }
+}
+
+/// Whether the write lease on `f` is still held, unbroken: false once another open began.
+pub fn lease_held(f: &File) -> bool {
+    // SAFETY: a valid descriptor and integer arguments.
+    unsafe { fcntl(f.as_raw_fd(), F_GETLEASE) == F_WRLCK }
+}
+
+/// Lets the lease on `f` go: a program waiting in its open goes on.
+pub fn unlease(f: &File) {
+    // SAFETY: a valid descriptor and integer arguments; without a lease the call does nothing.
+    unsafe { fcntl(f.as_raw_fd(), F_SETLEASE, F_UNLCK) };
+}
+
 /// Flushes everything written to the filesystem holding `root`.
 pub fn sync_fs(root: &Path) -> Result<()> {
     let d = File::open(root).at(root)?;
@@ -91,6 +140,7 @@ pub fn sync_fs(root: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use std::fs;
+    use std::os::unix::fs::OpenOptionsExt;
 
     #[test]
     fn copy_range_copies_within_and_between_files() {
@@ -115,6 +165,46 @@ mod tests {
         assert_eq!(&got[250_000..260_000], &data[1000..11_000]);
         // A source shorter than asked for is an error, not a short copy.
         assert!(copy_range(&a, 299_000, &b, 0, 5_000).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_lease_is_broken_by_another_open_and_refused_while_one_is_open() {
+        crate::sys::signal::install();
+        let dir = std::env::temp_dir().join(format!("left-lease-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("t");
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        if lease(&f) == Lease::Unsupported {
+            eprintln!("no leases on {}: skipped", dir.display());
+            return fs::remove_dir_all(&dir).unwrap();
+        }
+        assert!(lease_held(&f));
+        // Our own writes, chmods and truncates through the descriptor keep it.
+        f.write_all_at(b"ours", 0).unwrap();
+        f.set_len(2).unwrap();
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        assert!(lease_held(&f));
+        // An open elsewhere (non-blocking: it would wait for the lease) breaks it.
+        let other = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(crate::sys::open::O_NONBLOCK)
+            .open(&p);
+        assert!(other.is_err(), "the open must wait for the lease");
+        assert!(!lease_held(&f));
+        unlease(&f);
+        // Now open elsewhere: a second lease is refused.
+        let reader = File::open(&p).unwrap();
+        let g = File::open(&p).unwrap();
+        assert_eq!(lease(&g), Lease::Busy);
+        drop((reader, g, f));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,6 +1,8 @@
 //! Signals: SIGTERM and SIGINT ask the daemon to stop cleanly (save the index, exit 0), through
 //! the libc `signal` symbol declared here; SIGPIPE is ignored so a dropped peer is an error, not
-//! a death; SIGUSR1 asks for the status file to be written at once.
+//! a death; SIGUSR1 asks for the status file to be written at once; SIGIO, which the kernel
+//! sends when a temp file's write lease is broken, is ignored (breaks are seen by asking:
+//! [`crate::sys::file::lease_held`]).
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +15,8 @@ const SIGINT: c_int = 2;
 pub const SIGUSR1: c_int = 10;
 const SIGPIPE: c_int = 13;
 const SIGTERM: c_int = 15;
+/// SIGIO (29 on x86, x86_64 and aarch64): a lease break. Its default action ends the process.
+const SIGIO: c_int = 29;
 const SIG_IGN: usize = 1;
 
 unsafe extern "C" {
@@ -35,6 +39,7 @@ pub fn install() {
         signal(SIGINT, on_stop as extern "C" fn(c_int) as usize);
         signal(SIGPIPE, SIG_IGN);
         signal(SIGUSR1, on_status as extern "C" fn(c_int) as usize);
+        signal(SIGIO, SIG_IGN);
     }
 }
 
