@@ -202,6 +202,9 @@ pub struct State {
     /// Installs whose renames are not durable yet: the index is not saved meanwhile, so it never
     /// names a file that a crash could take back.
     pub hold_save: usize,
+    /// A save found holds and waits for them to end: new holds wait for it first
+    /// ([`Model::hold_saves`]).
+    pub save_wanted: bool,
     /// Devices seen in sync with us, with our sequence number at that moment.
     pub synced: BTreeMap<u64, u64>,
     /// Patterns from `.leftignore`: matching paths are neither sent, taken nor deleted.
@@ -248,6 +251,8 @@ impl State {
 /// for a base a peer filled with deletions): the next one waits this many times as long, so
 /// the lock is free most of the time whatever a peer sends.
 const FOLD_PACE: u32 = 3;
+/// The longest a new hold on saves waits for a save that waits for holds to end.
+const HOLD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Bytes of entries a step must add to memory's part of the index to wait for a fold.
 const FOLD_PAYER: usize = 256 << 10;
 
@@ -293,6 +298,7 @@ impl Model {
             last_error: None,
             synced: BTreeMap::new(),
             hold_save: 0,
+            save_wanted: false,
             ignore: Ignore::default(),
             ignore_text: String::new(),
             received: Default::default(),
@@ -401,7 +407,16 @@ impl Model {
         let path = self.state_dir.join("index");
         let mut next = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         let mut g = self.lock();
-        if !g.dirty || g.hold_save > 0 {
+        if g.hold_save > 0 {
+            g.save_wanted |= g.dirty;
+            return;
+        }
+        if g.save_wanted {
+            // What was held for is in what this save snapshots: holds may come again.
+            g.save_wanted = false;
+            self.changed.notify_all();
+        }
+        if !g.dirty {
             return;
         }
         // Every install logged so far is in the index now (none is under way): once the index
@@ -458,6 +473,30 @@ impl Model {
         }
     }
 
+    /// Holds index saves ([`State::hold_save`]) for an install under way. Writers first: while
+    /// a save waits for holds to end, a new hold waits for that save (for [`HOLD_WAIT`] at
+    /// most), so that the overlapping installs of several connections never keep saves, and
+    /// the announcements that follow them, away for long.
+    pub fn hold_saves(&self) {
+        let until = Instant::now() + HOLD_WAIT;
+        let mut g = self.lock();
+        while g.save_wanted && g.hold_save > 0 && Instant::now() < until {
+            g = self.wait(g, std::time::Duration::from_millis(20));
+        }
+        g.hold_save += 1;
+    }
+
+    /// Ends a hold of [`Model::hold_saves`]; the last one saves what changed meanwhile, at once
+    /// (what it holds is announced only once saved).
+    pub fn release_saves(&self) {
+        let mut g = self.lock();
+        g.hold_save = g.hold_save.saturating_sub(1);
+        if g.hold_save == 0 {
+            drop(g);
+            self.save_changes();
+        }
+    }
+
     /// Writes the index out when memory holds more changes than it should, first waiting a
     /// while for installs under way to become durable and for the pace of whole rewrites
     /// ([`FOLD_PACE`]). Called by the thread that just grew memory's part of the index by
@@ -471,6 +510,7 @@ impl Model {
         let until = Instant::now() + std::time::Duration::from_secs(10);
         let mut g = self.lock();
         while g.index.wants_fold() && g.hold_save > 0 && Instant::now() < until {
+            g.save_wanted = true;
             g = self.wait(g, std::time::Duration::from_millis(50));
         }
         if !g.index.wants_fold() || g.hold_save > 0 {
@@ -850,6 +890,53 @@ mod tests {
             blocks: vec![[content; 16]].into(),
             ..Entry::default()
         }
+    }
+
+    /// Two installers whose holds on saves overlap without end (one always holding): a save
+    /// the daemon asks for still comes, and soon; new holds wait for it.
+    #[test]
+    fn overlapping_holds_never_keep_a_save_away() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::Duration;
+        let root = std::env::temp_dir().join(format!("left-holds-{}", std::process::id()));
+        let model = Arc::new(fresh_model(&root, 7));
+        model.save_index_now();
+        let stop = Arc::new(AtomicBool::new(false));
+        model.hold_saves();
+        let installers: Vec<_> = (0..2)
+            .map(|i| {
+                let (model, stop) = (model.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(5 * i));
+                    while !stop.load(Ordering::Relaxed) {
+                        model.hold_saves();
+                        std::thread::sleep(Duration::from_millis(10));
+                        model.release_saves();
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+        // The first hold ends while the installers' overlap: the count never reaches 0 alone.
+        model.release_saves();
+        let mut e = file(1, 10, 7, &[(7, 1)]);
+        e.path = "new".into();
+        model.lock().put(e);
+        let seq = model.lock().index.seq;
+        let until = Instant::now() + Duration::from_secs(20);
+        let mut saved = false;
+        while !saved && Instant::now() < until {
+            model.save_index();
+            saved = model.lock().saved_seq >= seq;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in installers {
+            t.join().unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&root);
+        assert!(saved, "no save while installs overlapped");
     }
 
     /// A winner's later change over its own merged version: taken with no conflict copy (its

@@ -1219,20 +1219,14 @@ struct HoldSave<'a>(&'a Model);
 
 impl<'a> HoldSave<'a> {
     fn new(model: &'a Model) -> HoldSave<'a> {
-        model.lock().hold_save += 1;
+        model.hold_saves();
         HoldSave(model)
     }
 }
 
 impl Drop for HoldSave<'_> {
     fn drop(&mut self) {
-        let mut g = self.0.lock();
-        g.hold_save = g.hold_save.saturating_sub(1);
-        // The first moment a save may come (what it holds is announced only once saved).
-        if g.hold_save == 0 {
-            drop(g);
-            self.0.save_changes();
-        }
+        self.0.release_saves();
     }
 }
 
@@ -1343,7 +1337,7 @@ pub fn installer(model: &Model, conn: u64, q: &Installs) {
 /// are made durable. A name never shows data that is not on disk. Their paths stop being busy.
 fn install_group(model: &Model, conn: u64, files: Vec<Ready>) {
     let root = &model.root;
-    model.lock().hold_save += 1;
+    let hold = HoldSave::new(model);
     // Logged ahead of the renames; the sync that makes the files' data durable makes the log
     // durable too.
     if let Err(e) = model.installs().append(files.iter().map(|r| &r.e)) {
@@ -1360,17 +1354,10 @@ fn install_group(model: &Model, conn: u64, files: Vec<Ready>) {
     if let Err(e) = sync_fs(root) {
         warn!("syncing {}: {e}", root.display());
     }
-    let free = {
-        let mut g = model.lock();
-        g.hold_save -= 1;
-        g.hold_save == 0
-    };
     // Saves are held while installs are not durable: memory would fill with changed entries
     // if the daemon's next try came in another group's hold, and what they hold is announced
-    // only once saved. The first moment is now.
-    if free {
-        model.save_changes();
-    }
+    // only once saved. The first moment is now (the last hold saves).
+    drop(hold);
     for (r, res) in files.iter().zip(results) {
         received(model, conn, r, res);
     }
