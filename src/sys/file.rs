@@ -101,7 +101,7 @@ pub enum Lease {
 }
 
 /// Takes a write lease on `f`. The kernel signals a break with SIGIO, which is ignored
-/// ([`crate::sys::signal::install`]): breaks are seen by asking ([`lease_held`]), and the
+/// (by `signal::install`): breaks are seen by asking ([`lease_held`]), and the
 /// program that opened the file waits until [`unlease`] (at most `fs.lease-break-time`, 45 s).
 pub fn lease(f: &File) -> Lease {
     // SAFETY: a valid descriptor and integer arguments.
