@@ -287,16 +287,21 @@ pub fn taken_version(cur: Option<&Entry>, e: &Entry, device: u64) -> Version {
 /// Under the lock: checks the decision still holds and that nothing changed on disk behind the
 /// index's back, keeps a losing local edit as a conflict copy, then renames the temp file into
 /// place. A folder holding files where the file goes stays: the file is kept beside it.
-/// A complete temp file as its pull left it: inode, size and the mtime it was given. Only that file, untouched
-/// since, is installed: another put at its name (a rename over it) or a write into it after
-/// it was complete would be installed and recorded with the peer's version, never looked at
-/// again (review12, review13).
+/// A complete temp file as its pull left it: inode, size, the mtime it was given and its
+/// ctime. Only that file, untouched since, is installed: another put at its name (a rename
+/// over it) or a write into it after it was complete (once its write lease is let go) would
+/// be installed and recorded with the peer's version, never looked at again (review12,
+/// review13, review17).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct Written {
     ino: u64,
     size: u64,
     mtime: i64,
     mtime_ns: i64,
+    /// The change time, which no program can set back (a write with its mtime put back, as
+    /// `touch -r` or `cp -p` do, still moves it).
+    ctime: i64,
+    ctime_ns: i64,
 }
 
 impl Written {
@@ -307,6 +312,8 @@ impl Written {
             size: md.size(),
             mtime: md.mtime(),
             mtime_ns: md.mtime_nsec(),
+            ctime: md.ctime(),
+            ctime_ns: md.ctime_nsec(),
         }
     }
 }

@@ -43,8 +43,8 @@ const READY_BATCH: usize = 1024;
 /// Files at least this large show progress in status and, every few seconds, in the log.
 const PROGRESS_MIN: u64 = 8 << 20;
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
-/// How often the leases of temp files waiting for data are looked at: the longest a program
-/// opening one waits (besides the time to the next block of its file).
+/// How often the leases of a batch's temp files are looked at: about the longest a program
+/// opening one waits.
 const LEASE_LOOK: Duration = Duration::from_millis(100);
 /// Why a pull whose temp file another program opened fails (see `Run::opened_elsewhere`).
 const OPENED: &str =
@@ -269,10 +269,19 @@ pub fn transfer(
     let (work_tx, work_rx) = mpsc::sync_channel::<Work>(batch);
     let (done_tx, done_rx) = mpsc::channel::<Done>();
     let work_rx = Arc::new(Mutex::new(work_rx));
+    let leased: Vec<Arc<File>> = pulls
+        .iter()
+        .filter(|p| p.leased)
+        .map(|p| p.tmp.clone())
+        .collect();
+    let (stop_watch, stopped) = mpsc::channel::<()>();
     std::thread::scope(|s| {
         for _ in 0..helpers {
             let (rx, tx) = (work_rx.clone(), done_tx.clone());
             s.spawn(move || helper(rx, tx, batch));
+        }
+        if !leased.is_empty() {
+            s.spawn(move || watch_leases(&leased, &stopped));
         }
         drop(done_tx);
         let remote = remote_jobs(&jobs);
@@ -298,6 +307,7 @@ pub fn transfer(
             leases_seen: Instant::now(),
         };
         let r = run.run();
+        drop(stop_watch);
         // The helpers end once the queue closes; what they still report is dropped.
         run.work = None;
         // Verified files are installed even if the connection failed meanwhile.
@@ -305,6 +315,20 @@ pub fn transfer(
         REUSED.fetch_add(run.pulls.iter().map(|p| p.reused).sum(), Ordering::Relaxed);
         r
     })
+}
+
+/// Lets go of each broken lease among the batch's temp files as soon as it breaks (looked at
+/// every [`LEASE_LOOK`], until `stop` ends): the program opening the file goes on at once,
+/// even while the batch waits long for the peer. The pull sees the lease gone
+/// ([`Run::opened_elsewhere`]) and fails.
+fn watch_leases(files: &[Arc<File>], stop: &Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(LEASE_LOOK) {
+        for f in files {
+            if !lease_held(f) {
+                unlease(f);
+            }
+        }
+    }
 }
 
 /// Plans each file of the batch, in order: its pull and the jobs of its blocks. A file whose
@@ -1078,8 +1102,8 @@ impl Run<'_, '_, '_> {
         true
     }
 
-    /// Looks at the leases of the batch's unfinished temp files now and then, so that a
-    /// program opening one waits only briefly even while its file gets no data.
+    /// Fails, now and then, the pulls whose temp file another program opened (the watcher
+    /// has let their leases go: [`watch_leases`]): no more of their blocks are asked for.
     fn look_at_leases(&mut self) {
         if self.leases_seen.elapsed() < LEASE_LOOK {
             return;
@@ -1096,6 +1120,11 @@ impl Run<'_, '_, '_> {
     fn fail(&mut self, fi: usize, why: String) {
         let p = &mut self.pulls[fi];
         p.failed = true;
+        // Its file is not looked at any more: a program opening it must not wait.
+        if p.leased {
+            unlease(&p.tmp);
+            p.leased = false;
+        }
         crate::sync::install::finish_need(self.link, &p.e, Err(Error::msg(why)));
     }
 
