@@ -466,7 +466,7 @@ impl Model {
         }
         g.index.appended(&record, written.is_ok());
         if written.is_ok() {
-            debug!("index journal: {} bytes appended", record.bytes.len());
+            debug!("index journal: a record of {} bytes", record.bytes.len());
             g.saved(upto);
             self.changed.notify_all();
             self.installs().clear_if(logged);
