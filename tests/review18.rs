@@ -441,3 +441,342 @@ fn edited_during_the_first_scan(delete: bool) {
         tail(&b.log_text(), 12)
     );
 }
+
+/// Temp files of pulls cut by a kill, replaced while B is down by what a local user (or
+/// another program) can put at their names: a symlink to a file outside the share, a folder
+/// holding a file, a FIFO. B must start, take A's files, never write through the symlink, and
+/// stay up.
+#[test]
+fn temp_files_replaced_by_odd_things_while_down_crash_nothing_and_sync() {
+    let t = TestDir::new("r18-odd-temps");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    write_file(&a.path("seed"), "seed");
+    let mut b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    let throttle = Throttle::new(
+        b.pid().unwrap(),
+        Duration::from_millis(20),
+        Duration::from_millis(80),
+    );
+    for i in 0..3 {
+        write_random(&t.join(&format!("staging/g{i}")), 16 << 20, 100 + i);
+        fs::rename(t.join(&format!("staging/g{i}")), a.path(&format!("g{i}"))).unwrap();
+    }
+    let any_temp = wait_until(SOON, || !temps(&b.dir).is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    b.kill();
+    drop(throttle);
+    assert!(any_temp, "no temp file");
+    let outside = t.join("outside");
+    write_file(&outside, "not yours");
+    for i in 0..3u64 {
+        let tmp = b.path(&format!(".g{i}.left-tmp"));
+        let _ = fs::remove_file(&tmp);
+        match i {
+            0 => std::os::unix::fs::symlink(&outside, &tmp).unwrap(),
+            1 => write_file(&tmp.join("inner"), "inner"),
+            _ => assert!(
+                std::process::Command::new("mkfifo")
+                    .arg(&tmp)
+                    .status()
+                    .unwrap()
+                    .success()
+            ),
+        }
+    }
+    let mut b = Peer::start(&t, "B", pb, &[pa]);
+    let ok = wait_until(SOON, || {
+        (0..3).all(|i| {
+            same_file(&a.path(&format!("g{i}")), &b.path(&format!("g{i}"))).unwrap_or(false)
+        })
+    });
+    assert!(
+        ok && b.alive() && has_content(&outside, b"not yours"),
+        "B took A's files: {ok}; alive: {}; outside file intact: {}\nB:\n{}",
+        b.alive(),
+        has_content(&outside, b"not yours"),
+        tail(&b.log_text(), 20)
+    );
+}
+
+/// A and C (not connected to each other) both write the same 200 paths with different
+/// content at once (a real conflict, resolved on B, in the middle), B killed at a random
+/// moment, twice, while it takes and resolves them. Expected: A, B and C identical within
+/// three minutes; for each path, both contents kept (the winner and one conflict copy), no
+/// more.
+#[test]
+fn concurrent_writes_on_two_peers_resolved_by_a_killed_middle_converge() {
+    for seed in [7u64, 8] {
+        let t = TestDir::new(&format!("r18-star-conflicts-{seed}"));
+        let mut rng = Rng::new(seed);
+        let (pa, pb) = two_ports();
+        let pc = free_port();
+        let a = Peer::start(&t, "A", pa, &[pb]);
+        let c = Peer::start(&t, "C", pc, &[pb]);
+        let mut b = Peer::start(&t, "B", pb, &[pa, pc]);
+        const N: usize = 200;
+        for (p, tag) in [(&a, "A"), (&c, "C")] {
+            for i in 0..N {
+                put_file(
+                    &t.join(&format!("staging-{tag}")),
+                    &p.path(&format!("s/f{i:03}")),
+                    format!("{tag}'s version of {i} ")
+                        .repeat(10 + i % 30)
+                        .as_bytes(),
+                );
+            }
+        }
+        for _ in 0..2 {
+            std::thread::sleep(Duration::from_millis(50 + rng.next_u64() % 600));
+            b.kill();
+            b = Peer::start(&t, "B", pb, &[pa, pc]);
+        }
+        let ok = wait_until(Duration::from_secs(180), || {
+            tree_diff(&a.dir, &b.dir).is_none() && tree_diff(&c.dir, &b.dir).is_none()
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let got = contents(&b.dir);
+        let mut bad = Vec::new();
+        for i in 0..N {
+            let base = format!("s/f{i:03}");
+            let versions: Vec<&Vec<u8>> = got
+                .iter()
+                .filter(|(k, _)| **k == base || k.starts_with(&format!("{base}.sync-conflict-")))
+                .map(|(_, v)| v)
+                .collect();
+            let ha = versions.iter().any(|v| v.starts_with(b"A's"));
+            let hc = versions.iter().any(|v| v.starts_with(b"C's"));
+            if versions.len() != 2 || !ha || !hc {
+                bad.push(format!(
+                    "{base}: {} copies, A's {ha}, C's {hc}",
+                    versions.len()
+                ));
+            }
+        }
+        assert!(
+            ok && bad.is_empty() && temps(&b.dir).is_empty(),
+            "seed {seed}: converged {ok} ({:?} / {:?}); wrong: {:?}; temps {:?}\nB:\n{}",
+            tree_diff(&a.dir, &b.dir),
+            tree_diff(&c.dir, &b.dir),
+            &bad[..bad.len().min(6)],
+            temps(&b.dir),
+            tail(&b.log_text(), 15)
+        );
+    }
+}
+
+const DONE: u32 = 1 << 31;
+
+/// The records of an install log: (done, body).
+fn records(log: &[u8]) -> Vec<(bool, Vec<u8>)> {
+    let (mut out, mut at) = (Vec::new(), 0);
+    while at + 12 <= log.len() {
+        let n = u32::from_be_bytes(log[at..at + 4].try_into().unwrap());
+        let len = (n & !DONE) as usize;
+        if at + 12 + len > log.len() {
+            break;
+        }
+        out.push((n & DONE != 0, log[at + 12..at + 12 + len].to_vec()));
+        at += 12 + len;
+    }
+    out
+}
+
+fn record(done: bool, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&(body.len() as u32 | if done { DONE } else { 0 }).to_be_bytes());
+    v.extend_from_slice(&xxh64(body).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// What A's user does while B is down, after B's install of A's new files was logged and cut
+/// before its renames.
+#[derive(Clone, Copy, Debug)]
+enum WhileDown {
+    /// Deletes them.
+    Delete,
+    /// Writes a second version of each.
+    Rewrite,
+}
+
+/// B's installs of A's new files logged and cut before their renames (no done record, each
+/// file complete at its temp name, none at its name; B's index saves held off so that the
+/// index lacks them, as a kill right after the log append leaves it). While B is down A's
+/// user deletes or rewrites them, and B's user copies in many small files (a slower first
+/// scan). B restarts. Expected: A's deletion or new version on both, no conflict copy, no temp
+/// file left.
+fn logged_not_done_then_changed_on_the_peer(what: WhileDown) {
+    let t = TestDir::new(&format!("r18-logged-not-done-{what:?}"));
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    write_file(&a.path("seed"), "seed");
+    let mut b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    assert!(b.wait_log(SOON, "index written"));
+    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
+    if !jl.exists() {
+        fs::write(&jl, b"").unwrap();
+    }
+    if !hold_saves(&ix, &jl) {
+        return;
+    }
+    const N: usize = 40;
+    let v1 = |i: usize| format!("A's first version of f{i:02} ").repeat(40);
+    let v2 = |i: usize| format!("A's SECOND version of f{i:02} ").repeat(45);
+    let staging = t.join("staging");
+    for i in 0..N {
+        put_file(&staging, &a.path(&format!("f{i:02}")), v1(i).as_bytes());
+    }
+    let ok = wait_until(SOON, || {
+        (0..N).all(|i| has_content(&b.path(&format!("f{i:02}")), v1(i).as_bytes()))
+    });
+    b.kill();
+    assert!(chattr("-i", &ix) && chattr("-i", &jl));
+    assert!(ok, "B did not receive A's files");
+    // The crash state: the done records dropped, each file back at its temp name.
+    let logp = b.path(".left/installs");
+    let mut kept = Vec::new();
+    for (done, body) in records(&fs::read(&logp).unwrap()) {
+        if !(done && body.starts_with(b"f")) {
+            kept.extend(record(done, &body));
+        }
+    }
+    fs::write(&logp, kept).unwrap();
+    for i in 0..N {
+        let f = format!("f{i:02}");
+        fs::rename(b.path(&f), b.path(&format!(".{f}.left-tmp"))).unwrap();
+    }
+    // While B is down.
+    for i in 0..N {
+        let f = format!("f{i:02}");
+        match what {
+            WhileDown::Delete => fs::remove_file(a.path(&f)).unwrap(),
+            WhileDown::Rewrite => put_file(&staging, &a.path(&f), v2(i).as_bytes()),
+        }
+    }
+    assert!(wait_until(SOON, || count(&a, "locally: f") >= 2 * N));
+    for i in 0..8000 {
+        write_file(
+            &b.path(&format!("0bulk-{i:04}")),
+            format!("bulk {i} ").repeat(200),
+        );
+    }
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, Duration::from_secs(120));
+    let left = wait_until(Duration::from_secs(30), || temps(&b.dir).is_empty());
+    let wrong: Vec<String> = (0..N)
+        .map(|i| (i, format!("f{i:02}")))
+        .filter(|(i, f)| match what {
+            WhileDown::Delete => a.path(f).exists(),
+            WhileDown::Rewrite => !has_content(&a.path(f), v2(*i).as_bytes()),
+        })
+        .map(|(_, f)| f)
+        .collect();
+    let c = conflicts(&a.dir);
+    assert!(
+        left && wrong.is_empty() && c.is_empty(),
+        "{what:?}: temp files left on B: {:?}; not as A's user left them: {:?}; conflict \
+         copies {:?}\nB:\n{}",
+        temps(&b.dir),
+        wrong,
+        &c[..c.len().min(5)],
+        tail(&b.log_text(), 15)
+    );
+}
+
+#[test]
+fn installs_logged_not_done_then_deleted_on_the_peer_while_down() {
+    logged_not_done_then_changed_on_the_peer(WhileDown::Delete);
+}
+
+#[test]
+fn installs_logged_not_done_then_rewritten_on_the_peer_while_down() {
+    logged_not_done_then_changed_on_the_peer(WhileDown::Rewrite);
+}
+
+/// Both users edit the same files at the same moment (A's user rewrites them, B's user
+/// appends a line to each on B), B killed at a random moment right after and restarted.
+/// Nothing is overwritten without being kept: each file's two edits both survive on A and B
+/// (one as the file, the other in a conflict copy, or B's appended to A's when B's edit was
+/// made on A's version), and the shares converge.
+#[test]
+fn simultaneous_edits_on_both_sides_with_a_kill_lose_nothing() {
+    for seed in [11u64, 12, 13] {
+        let t = TestDir::new(&format!("r18-both-edit-{seed}"));
+        let mut rng = Rng::new(seed);
+        let (pa, pb) = two_ports();
+        let a = Peer::start(&t, "A", pa, &[pb]);
+        const N: usize = 150;
+        let staging = t.join("staging");
+        for i in 0..N {
+            put_file(
+                &staging,
+                &a.path(&format!("f{i:03}")),
+                format!("base {i} ").repeat(30).as_bytes(),
+            );
+        }
+        let mut b = Peer::start(&t, "B", pb, &[pa]);
+        wait_identical(&a.dir, &b.dir, SOON);
+        std::thread::sleep(Duration::from_millis(600));
+        let kill_at = rng.next_u64() % 300;
+        let bdir = b.dir.clone();
+        let appender = std::thread::spawn(move || {
+            for i in 0..N {
+                use std::io::Write;
+                let mut h = fs::OpenOptions::new()
+                    .append(true)
+                    .open(bdir.join(format!("f{i:03}")))
+                    .unwrap();
+                writeln!(h, "B-edit-f{i:03}").unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        for i in 0..N {
+            put_file(
+                &staging,
+                &a.path(&format!("f{i:03}")),
+                format!("A-edit-f{i:03} ").repeat(30).as_bytes(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(kill_at));
+        b.kill();
+        appender.join().unwrap();
+        let b = Peer::start(&t, "B", pb, &[pa]);
+        let ok = wait_until(Duration::from_secs(120), || {
+            tree_diff(&a.dir, &b.dir).is_none()
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let got = contents(&a.dir);
+        let mut lost = Vec::new();
+        for i in 0..N {
+            let base = format!("f{i:03}");
+            let all: Vec<&Vec<u8>> = got
+                .iter()
+                .filter(|(k, _)| **k == base || k.starts_with(&format!("{base}.sync-conflict-")))
+                .map(|(_, v)| v)
+                .collect();
+            let has = |needle: &str| {
+                all.iter()
+                    .any(|v| String::from_utf8_lossy(v).contains(needle))
+            };
+            if !has(&format!("B-edit-{base}")) || !has(&format!("A-edit-{base}")) {
+                lost.push(format!(
+                    "{base}: B's {} A's {} ({} copies)",
+                    has(&format!("B-edit-{base}")),
+                    has(&format!("A-edit-{base}")),
+                    all.len()
+                ));
+            }
+        }
+        assert!(
+            ok && lost.is_empty(),
+            "seed {seed} (kill at {kill_at} ms): converged {ok} {:?}; edits lost: {} {:?}\nB:\n{}",
+            tree_diff(&a.dir, &b.dir),
+            lost.len(),
+            &lost[..lost.len().min(6)],
+            tail(&b.log_text(), 15)
+        );
+    }
+}
