@@ -40,15 +40,11 @@ fn temps(root: &Path) -> Vec<String> {
 }
 
 /// A pull cut by a kill leaves its temp file; while B is down, A's user deletes the file, so
-/// no pull will ever want that temp file again. B's user also adds a file to hash while B is
-/// down (a photo library copied in, say), so that B's first scan after the restart takes a
-/// moment. `Model::sweep_found_temps` (src/sync/model.rs:611) removes the temp files found at
-/// start that no pull wants, but only when a peer's `IndexDone` arrives (`remote_done`,
-/// model.rs:589) AND the first scan is done (model.rs:613); `IndexDone` comes once per
-/// connection (src/net/conn.rs:471-496), and here it comes while B still hashes: the sweep
-/// returns at once and is never run again while the connection lasts, and the end of the
-/// first scan (src/scan/scanner.rs:618-648) does not sweep. Expected: `.big.left-tmp` (most of
-/// 64 MiB) removed within a minute of the restart.
+/// no pull will ever want that temp file again. B's user also adds a 512 MiB file while B is
+/// down, so that B's first scan after the restart takes a moment (~0.9 s) and A's `IndexDone`
+/// arrives before it ends (`Model::sweep_found_temps`, src/sync/model.rs:611, returns at once
+/// before the first scan). Expected: `.big.left-tmp` removed within a minute. Passes (3 runs):
+/// the temp file goes anyway.
 #[test]
 fn a_cut_pulls_temp_file_goes_when_its_file_was_deleted_and_the_first_scan_is_slow() {
     let t = TestDir::new("r18-orphan-temp-slow-scan");
@@ -280,12 +276,15 @@ fn star_round(seed: u64) {
     );
 }
 
-/// A random schedule (seeded): A and C (not connected to each other) each add 120 small files
-/// and a 12 MiB one per round, at once; B, in the middle, is killed after a random 0.1-1.6 s;
-/// while B is down its user edits, deletes and renames some received files; B restarts and its
-/// user edits or deletes a few more at once. After 4 rounds: A, B and C identical, every
-/// edit, deletion and rename of B's user on all three, nothing resurrected, no conflict copy,
-/// no temp file left.
+/// A random schedule (seeded): A and C (not connected to each other) each add 400 small files
+/// per round (and a 12 MiB one every other round), and from round 1 rewrite 40 of their earlier
+/// files, at once; B, in the middle, is killed after a random 30-830 ms; while B is down its
+/// user edits, deletes and renames some received files; B restarts, is sometimes killed again
+/// within 0.4 s and restarted, and its user edits or deletes a few more once the first scan
+/// is done (during it: see `edited_during_the_first_scan`). After 4 rounds: A, B and C
+/// identical, every edit, deletion and rename of B's user on all three, A's and C's rewrites
+/// there, nothing resurrected, no conflict copy, no temp file left. Passes (seeds 1-3, 6 runs
+/// each).
 #[test]
 fn star_random_kills_with_user_changes_converge_seed_1() {
     star_round(1);
@@ -304,19 +303,29 @@ fn star_random_kills_with_user_changes_converge_seed_3() {
 /// Files received just before a kill and edited by B's user right after the restart, while
 /// B's first scan runs (a program appending to them as soon as it can, every 20 ms for 1.5
 /// s). Every edit is made on A's received version: B's content must replace A's on A, with
-/// no conflict copy (README: "a file received just before is not taken for a local edit").
+/// no conflict copy (README: "a file received just before is not taken for a local edit",
+/// "what you change while `left` is down changes what it had received"). Made reliable by
+/// holding B's index saves off while it receives (chattr +i, as a kill right after the
+/// installs leaves it) and by B's user copying in 16,000 small files while B is down (the
+/// first scan takes ~0.3 s hashing them).
 ///
-/// Seen first in `star_random_kills_with_user_changes_converge_seed_1` (1 run of 3: conflict
-/// copies `a3/f000.sync-conflict-...-<A>` for the files edited right after the restart); this
-/// test fails in most runs (see the report). The first scan finds such a file "changed while
-/// scanning" (`scanner::hash_one`, src/scan/scanner.rs:1104, or "changed during hashing",
-/// line 1118) and leaves it to the next scan, but at its end it empties the install log's
-/// maps (`st.received`/`st.installed`, src/scan/scanner.rs:641-642) for every path, those it
-/// did not settle included. The next scan finds the file with no index entry and no logged
-/// install (`record`, line 1211: `take_done` finds nothing) and gives it a brand-new local
-/// version, concurrent with A's: a conflict; B's newer mtime wins, A's own (never edited on
-/// A) version becomes a conflict copy on every peer. With an older mtime (a restore) A's
-/// version would win and B's user's edit would be the conflict copy.
+/// Seen first in `star_random_kills_with_user_changes_converge_seed_1` (1 run of 3, before
+/// that test's edits after a restart were made to wait for the first scan: conflict copies
+/// `a3/f000.sync-conflict-...-<A>` of the 3 files B's log had "changed while scanning"). This
+/// test: failed 4 runs of 4, every file B's first scan found "changed while scanning" (122 to
+/// 255 per run) ends with a conflict copy of A's own, never-edited version on A and B.
+///
+/// Suspected cause: the first scan finds such a file "changed while scanning"
+/// (`scanner::hash_one`, src/scan/scanner.rs:1104; or "changed during hashing", line 1118),
+/// counts it unstable (`hash_each`, line 99) and leaves it to the next scan, but at its end
+/// it empties the install log's maps (`st.received = ...; st.installed = ...`,
+/// src/scan/scanner.rs:641-642) for every path, those it did not settle included. The next
+/// scan finds the file with no index entry and no logged install (`record`,
+/// src/scan/scanner.rs:1123-1211: `take_done` finds nothing) and gives it a brand-new local
+/// version, concurrent with A's: a conflict. B's newer mtime wins, and A's version becomes a
+/// conflict copy on every peer; with an older mtime (a restore) A's version would win and the
+/// user's edit would be the conflict copy. (Suggested: keep the log's records of the paths
+/// the first scan left unsettled until a later scan settles them.)
 #[test]
 fn files_received_before_a_kill_and_edited_during_the_first_scan_make_no_conflict_copy() {
     edited_during_the_first_scan(false);
@@ -326,7 +335,8 @@ fn files_received_before_a_kill_and_edited_during_the_first_scan_make_no_conflic
 /// (a program that edits what comes in and removes what it is done with). The next scan has
 /// given B's edits brand-new versions (above), so B's deletions are of those, concurrent with
 /// A's version: "an edit beats a deletion made without seeing it", and A's files come back on
-/// B (resurrected). Expected: gone from A and B.
+/// B (resurrected). Expected: gone from A and B. Failed 4 runs of 4 (65 to 87 of the deleted files back on A and B).
+/// Same suspected cause as above (src/scan/scanner.rs:641-642).
 #[test]
 fn files_received_before_a_kill_edited_during_the_first_scan_then_deleted_stay_deleted() {
     edited_during_the_first_scan(true);
@@ -442,67 +452,85 @@ fn edited_during_the_first_scan(delete: bool) {
     );
 }
 
-/// Temp files of pulls cut by a kill, replaced while B is down by what a local user (or
-/// another program) can put at their names: a symlink to a file outside the share, a folder
-/// holding a file, a FIFO. B must start, take A's files, never write through the symlink, and
-/// stay up.
-#[test]
-fn temp_files_replaced_by_odd_things_while_down_crash_nothing_and_sync() {
-    let t = TestDir::new("r18-odd-temps");
+/// What a local user (or another program) may put at a temp name of B's.
+#[derive(Clone, Copy, Debug)]
+enum AtTemp {
+    /// A symlink to a file outside the share, and a FIFO.
+    SymlinkAndFifo,
+    /// A folder holding a file.
+    Folder,
+}
+
+/// Odd things at the temp names of files A is about to send (`.gN.left-tmp`), put there by
+/// B's user while B runs (as after a kill, when a pull's temp file is left: with a kill the
+/// pull of `g1` was stuck the same way in 1 run of 2, the other run had installed it before
+/// the kill). Expected: B takes A's files within a minute, writes nothing through the
+/// symlink, stays up.
+fn odd_things_at_temp_names(what: AtTemp) {
+    let t = TestDir::new(&format!("r18-odd-temps-{what:?}"));
     let (pa, pb) = two_ports();
     let a = Peer::start(&t, "A", pa, &[pb]);
     write_file(&a.path("seed"), "seed");
     let mut b = Peer::start(&t, "B", pb, &[pa]);
     wait_identical(&a.dir, &b.dir, SOON);
-    let throttle = Throttle::new(
-        b.pid().unwrap(),
-        Duration::from_millis(20),
-        Duration::from_millis(80),
-    );
-    for i in 0..3 {
-        write_random(&t.join(&format!("staging/g{i}")), 16 << 20, 100 + i);
-        fs::rename(t.join(&format!("staging/g{i}")), a.path(&format!("g{i}"))).unwrap();
-    }
-    let any_temp = wait_until(SOON, || !temps(&b.dir).is_empty());
-    std::thread::sleep(Duration::from_millis(300));
-    b.kill();
-    drop(throttle);
-    assert!(any_temp, "no temp file");
     let outside = t.join("outside");
     write_file(&outside, "not yours");
-    for i in 0..3u64 {
-        let tmp = b.path(&format!(".g{i}.left-tmp"));
-        let _ = fs::remove_file(&tmp);
-        match i {
-            0 => std::os::unix::fs::symlink(&outside, &tmp).unwrap(),
-            1 => write_file(&tmp.join("inner"), "inner"),
-            _ => assert!(
+    let names: Vec<String> = match what {
+        AtTemp::SymlinkAndFifo => {
+            std::os::unix::fs::symlink(&outside, b.path(".g0.left-tmp")).unwrap();
+            assert!(
                 std::process::Command::new("mkfifo")
-                    .arg(&tmp)
+                    .arg(b.path(".g1.left-tmp"))
                     .status()
                     .unwrap()
                     .success()
-            ),
+            );
+            vec!["g0".into(), "g1".into()]
         }
+        AtTemp::Folder => {
+            write_file(&b.path(".g0.left-tmp/inner"), "inner");
+            vec!["g0".into()]
+        }
+    };
+    for (i, n) in names.iter().enumerate() {
+        write_random(&t.join(&format!("staging/{n}")), 1 << 20, 500 + i as u64);
+        fs::rename(t.join(&format!("staging/{n}")), a.path(n)).unwrap();
     }
-    let mut b = Peer::start(&t, "B", pb, &[pa]);
     let ok = wait_until(SOON, || {
-        (0..3).all(|i| {
-            same_file(&a.path(&format!("g{i}")), &b.path(&format!("g{i}"))).unwrap_or(false)
-        })
+        names
+            .iter()
+            .all(|n| same_file(&a.path(n), &b.path(n)).unwrap_or(false))
     });
     assert!(
         ok && b.alive() && has_content(&outside, b"not yours"),
-        "B took A's files: {ok}; alive: {}; outside file intact: {}\nB:\n{}",
+        "{what:?}: B took A's files: {ok}; alive: {}; outside file intact: {}\nB:\n{}",
         b.alive(),
         has_content(&outside, b"not yours"),
-        tail(&b.log_text(), 20)
+        tail(&b.log_text(), 8)
     );
 }
 
+#[test]
+fn a_symlink_and_a_fifo_at_temp_names_crash_nothing_and_sync() {
+    odd_things_at_temp_names(AtTemp::SymlinkAndFifo);
+}
+
+/// Seen (2 runs of 2, and 1 of 2 of an earlier form with a kill): `g0: not synced yet:
+/// .../B/.g0.left-tmp: File exists (os error 17)` every 5 s, for good: A and B never agree.
+/// Suspected cause: `open_temp`'s `fresh` (src/sync/transfer.rs:583-587) removes whatever is
+/// at the temp name with `dir.unlink(name)` (no AT_REMOVEDIR: EISDIR on a folder, ignored)
+/// and then `create_new` fails with EEXIST; the pull is retried the same way forever. A
+/// symlink or a FIFO there is handled (the test above passes). Expected: the pull gets past
+/// it (the name is `left`'s: README "temp files (`.NAME.left-tmp`) are never synced"), or at
+/// least gives up with one clear error instead of retrying forever.
+#[test]
+fn a_folder_at_a_temp_name_does_not_block_the_pull_for_good() {
+    odd_things_at_temp_names(AtTemp::Folder);
+}
+
 /// A and C (not connected to each other) both write the same 200 paths with different
-/// content at once (a real conflict, resolved on B, in the middle), B killed at a random
-/// moment, twice, while it takes and resolves them. Expected: A, B and C identical within
+/// content while B, the only link between them, is not up (a real conflict, resolved on B);
+/// B starts and is killed at a random moment, twice, while it takes and resolves them. Expected: A, B and C identical within
 /// three minutes; for each path, both contents kept (the winner and one conflict copy), no
 /// more.
 #[test]
@@ -514,8 +542,8 @@ fn concurrent_writes_on_two_peers_resolved_by_a_killed_middle_converge() {
         let pc = free_port();
         let a = Peer::start(&t, "A", pa, &[pb]);
         let c = Peer::start(&t, "C", pc, &[pb]);
-        let mut b = Peer::start(&t, "B", pb, &[pa, pc]);
         const N: usize = 200;
+        // Written while B is not up: neither has seen the other's.
         for (p, tag) in [(&a, "A"), (&c, "C")] {
             for i in 0..N {
                 put_file(
@@ -527,6 +555,10 @@ fn concurrent_writes_on_two_peers_resolved_by_a_killed_middle_converge() {
                 );
             }
         }
+        for p in [&a, &c] {
+            assert!(wait_until(SOON, || count(p, "changed locally: s/f") >= N));
+        }
+        let mut b = Peer::start(&t, "B", pb, &[pa, pc]);
         for _ in 0..2 {
             std::thread::sleep(Duration::from_millis(50 + rng.next_u64() % 600));
             b.kill();
@@ -696,8 +728,8 @@ fn installs_logged_not_done_then_rewritten_on_the_peer_while_down() {
     logged_not_done_then_changed_on_the_peer(WhileDown::Rewrite);
 }
 
-/// Both users edit the same files at the same moment (A's user rewrites them, B's user
-/// appends a line to each on B), B killed at a random moment right after and restarted.
+/// Both users edit the same files at the same moment (each appends a line to each file, in
+/// place: an edit made on the other's received version keeps the other's line), B killed at a random moment right after and restarted.
 /// Nothing is overwritten without being kept: each file's two edits both survive on A and B
 /// (one as the file, the other in a conflict copy, or B's appended to A's when B's edit was
 /// made on A's version), and the shares converge.
@@ -734,11 +766,12 @@ fn simultaneous_edits_on_both_sides_with_a_kill_lose_nothing() {
             }
         });
         for i in 0..N {
-            put_file(
-                &staging,
-                &a.path(&format!("f{i:03}")),
-                format!("A-edit-f{i:03} ").repeat(30).as_bytes(),
-            );
+            use std::io::Write;
+            let mut h = fs::OpenOptions::new()
+                .append(true)
+                .open(a.path(&format!("f{i:03}")))
+                .unwrap();
+            writeln!(h, "A-edit-f{i:03}").unwrap();
         }
         std::thread::sleep(Duration::from_millis(kill_at));
         b.kill();
@@ -773,6 +806,181 @@ fn simultaneous_edits_on_both_sides_with_a_kill_lose_nothing() {
         assert!(
             ok && lost.is_empty(),
             "seed {seed} (kill at {kill_at} ms): converged {ok} {:?}; edits lost: {} {:?}\nB:\n{}",
+            tree_diff(&a.dir, &b.dir),
+            lost.len(),
+            &lost[..lost.len().min(6)],
+            tail(&b.log_text(), 15)
+        );
+    }
+}
+
+/// A program on B that looks at every file of the share now and then, dotfiles included (an
+/// indexer, a thumbnailer, `grep -r` in a loop): every 100 ms it opens each temp file it
+/// finds and reads a little of it, holding it open 50 ms. A's two 96 MiB files must still
+/// reach B (README: an open makes the pull start again, "verifying every block the file
+/// holds"): each restart must keep what was verified, not loop forever.
+#[test]
+fn big_pulls_converge_while_a_program_keeps_opening_temp_files() {
+    reader_loop(50);
+}
+
+/// The same, the program holding each temp file open 1 s (a slower reader: a virus scanner,
+/// an indexer extracting text).
+#[test]
+fn big_pulls_converge_while_a_slow_program_keeps_opening_temp_files() {
+    reader_loop(1000);
+}
+
+fn reader_loop(hold_ms: u64) {
+    let t = TestDir::new(&format!("r18-reader-loop-{hold_ms}"));
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    write_file(&a.path("seed"), "seed");
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s2, bdir) = (stop.clone(), b.dir.clone());
+    let opens = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let o2 = opens.clone();
+    let reader = std::thread::spawn(move || {
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            for tmp in temps(&bdir) {
+                use std::io::Read;
+                if let Ok(mut f) = fs::File::open(bdir.join(&tmp)) {
+                    let mut buf = [0u8; 4096];
+                    let _ = f.read(&mut buf);
+                    o2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(hold_ms));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    for i in 0..2 {
+        write_random(&t.join(&format!("staging/h{i}")), 96 << 20, 300 + i);
+        fs::rename(t.join(&format!("staging/h{i}")), a.path(&format!("h{i}"))).unwrap();
+    }
+    let ok = wait_until(Duration::from_secs(120), || {
+        (0..2).all(|i| {
+            same_file(&a.path(&format!("h{i}")), &b.path(&format!("h{i}"))).unwrap_or(false)
+        })
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    assert!(
+        ok,
+        "B did not get A's big files within 120 s while a program opened its temp files ({} \
+         opens)\nB:\n{}",
+        opens.load(std::sync::atomic::Ordering::Relaxed),
+        tail(&b.log_text(), 20)
+    );
+    eprintln!("{} opens", opens.load(std::sync::atomic::Ordering::Relaxed));
+}
+
+/// Both users create the same new files at the same moment, each only where the name is not
+/// taken yet (B's user with O_EXCL on B, A's user with a link), B is killed at a random moment
+/// right after, and while it is down B's user appends a line to every one B has. Nothing may
+/// be overwritten without being kept: each content a user made, and B's line, must survive on
+/// A (in the file or a conflict copy), and the shares converge. Aimed at the installs that fail
+/// "changed locally" after their done record (`Installer::rename_in`,
+/// src/sync/install.rs:490-491: done, then `put_in_place` finds B's user's file and gives
+/// up): after a kill the log says the peer's version was renamed in.
+#[test]
+fn simultaneous_creates_on_both_sides_with_a_kill_then_edits_while_down_lose_nothing() {
+    for seed in [21u64, 22, 23] {
+        let t = TestDir::new(&format!("r18-both-create-{seed}"));
+        let mut rng = Rng::new(seed);
+        let (pa, pb) = two_ports();
+        let a = Peer::start(&t, "A", pa, &[pb]);
+        write_file(&a.path("seed"), "seed");
+        let mut b = Peer::start(&t, "B", pb, &[pa]);
+        wait_identical(&a.dir, &b.dir, SOON);
+        std::thread::sleep(Duration::from_millis(600));
+        const N: usize = 300;
+        let kill_at = 50 + rng.next_u64() % 400;
+        let bdir = b.dir.clone();
+        // Each user creates a name only if it is not there yet (O_EXCL; a link for A's): an
+        // existing file (the other's, received) is never overwritten by a user here.
+        let writer = std::thread::spawn(move || {
+            let mut made = std::collections::HashSet::new();
+            for i in 0..N {
+                use std::io::Write;
+                if let Ok(mut h) = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(bdir.join(format!("f{i:03}")))
+                {
+                    h.write_all(format!("B-create-f{i:03} ").repeat(20).as_bytes())
+                        .unwrap();
+                    made.insert(i);
+                }
+            }
+            made
+        });
+        let staging = t.join("staging");
+        fs::create_dir_all(&staging).unwrap();
+        let mut a_made = std::collections::HashSet::new();
+        for i in 0..N {
+            let s = staging.join(format!("a{i:03}"));
+            fs::write(&s, format!("A-create-f{i:03} ").repeat(25)).unwrap();
+            if fs::hard_link(&s, a.path(&format!("f{i:03}"))).is_ok() {
+                a_made.insert(i);
+            }
+            fs::remove_file(&s).unwrap();
+        }
+        let b_made = writer.join().unwrap();
+        std::thread::sleep(Duration::from_millis(kill_at));
+        b.kill();
+        let mut b_down = std::collections::HashSet::new();
+        for i in 0..N {
+            use std::io::Write;
+            if let Ok(mut h) = fs::OpenOptions::new()
+                .append(true)
+                .open(b.path(&format!("f{i:03}")))
+            {
+                writeln!(h, "B-down-f{i:03}").unwrap();
+                b_down.insert(i);
+            }
+        }
+        let first = b.log_text();
+        eprintln!(
+            "seed {seed}: {} installs given up (changed locally), {} conflicts before the kill",
+            first.matches("changed locally; will look again").count(),
+            first.matches("conflict: ").count()
+        );
+        let b = Peer::start(&t, "B", pb, &[pa]);
+        let ok = wait_until(Duration::from_secs(120), || {
+            tree_diff(&a.dir, &b.dir).is_none()
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let got = contents(&a.dir);
+        let mut lost = Vec::new();
+        for i in 0..N {
+            let base = format!("f{i:03}");
+            let all: Vec<String> = got
+                .iter()
+                .filter(|(k, _)| **k == base || k.starts_with(&format!("{base}.sync-conflict-")))
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            let has = |needle: String| all.iter().any(|v| v.contains(&needle));
+            let (ha, hb, hd) = (
+                has(format!("A-create-{base}")),
+                has(format!("B-create-{base}")),
+                has(format!("B-down-{base}")),
+            );
+            if !((ha || !a_made.contains(&i))
+                && (hb || !b_made.contains(&i))
+                && (hd || !b_down.contains(&i)))
+            {
+                lost.push(format!(
+                    "{base}: A's {ha} B's {hb} B's line {hd} ({} copies)",
+                    all.len()
+                ));
+            }
+        }
+        assert!(
+            ok && lost.is_empty(),
+            "seed {seed} (kill at {kill_at} ms): converged {ok} {:?}; lost: {} {:?}\nB:\n{}",
             tree_diff(&a.dir, &b.dir),
             lost.len(),
             &lost[..lost.len().min(6)],
