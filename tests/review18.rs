@@ -283,7 +283,7 @@ fn star_round(seed: u64) {
 /// within 0.4 s and restarted, and its user edits or deletes a few more once the first scan
 /// is done (during it: see `edited_during_the_first_scan`). After 4 rounds: A, B and C
 /// identical, every edit, deletion and rename of B's user on all three, A's and C's rewrites
-/// there, nothing resurrected, no conflict copy, no temp file left. Passes (seeds 1-3, 6 runs
+/// there, nothing resurrected, no conflict copy, no temp file left. Passes (seeds 1-3, 9 runs
 /// each).
 #[test]
 fn star_random_kills_with_user_changes_converge_seed_1() {
@@ -312,7 +312,7 @@ fn star_random_kills_with_user_changes_converge_seed_3() {
 /// Seen first in `star_random_kills_with_user_changes_converge_seed_1` (1 run of 3, before
 /// that test's edits after a restart were made to wait for the first scan: conflict copies
 /// `a3/f000.sync-conflict-...-<A>` of the 3 files B's log had "changed while scanning"). This
-/// test: failed 4 runs of 4, every file B's first scan found "changed while scanning" (122 to
+/// test: failed 8 runs of 8, every file B's first scan found "changed while scanning" (122 to
 /// 255 per run) ends with a conflict copy of A's own, never-edited version on A and B.
 ///
 /// Suspected cause: the first scan finds such a file "changed while scanning"
@@ -335,7 +335,7 @@ fn files_received_before_a_kill_and_edited_during_the_first_scan_make_no_conflic
 /// (a program that edits what comes in and removes what it is done with). The next scan has
 /// given B's edits brand-new versions (above), so B's deletions are of those, concurrent with
 /// A's version: "an edit beats a deletion made without seeing it", and A's files come back on
-/// B (resurrected). Expected: gone from A and B. Failed 4 runs of 4 (65 to 87 of the deleted files back on A and B).
+/// B (resurrected). Expected: gone from A and B. Failed 8 runs of 8 (65 to 87 of the deleted files back on A and B).
 /// Same suspected cause as above (src/scan/scanner.rs:641-642).
 #[test]
 fn files_received_before_a_kill_edited_during_the_first_scan_then_deleted_stay_deleted() {
@@ -515,7 +515,7 @@ fn a_symlink_and_a_fifo_at_temp_names_crash_nothing_and_sync() {
     odd_things_at_temp_names(AtTemp::SymlinkAndFifo);
 }
 
-/// Seen (2 runs of 2, and 1 of 2 of an earlier form with a kill): `g0: not synced yet:
+/// Seen (3 runs of 3, and 1 of 2 of an earlier form with a kill): `g0: not synced yet:
 /// .../B/.g0.left-tmp: File exists (os error 17)` every 5 s, for good: A and B never agree.
 /// Suspected cause: `open_temp`'s `fresh` (src/sync/transfer.rs:583-587) removes whatever is
 /// at the temp name with `dir.unlink(name)` (no AT_REMOVEDIR: EISDIR on a folder, ignored)
