@@ -335,7 +335,8 @@ fn files_received_before_a_kill_and_edited_during_the_first_scan_make_no_conflic
 /// (a program that edits what comes in and removes what it is done with). The next scan has
 /// given B's edits brand-new versions (above), so B's deletions are of those, concurrent with
 /// A's version: "an edit beats a deletion made without seeing it", and A's files come back on
-/// B (resurrected). Expected: gone from A and B. Failed 8 runs of 8 (65 to 87 of the deleted files back on A and B).
+/// B (resurrected). Expected: gone from A and B. Failed 8 runs of 8 (65 to 87 of the
+/// deleted files back on A and B).
 /// Same suspected cause as above (src/scan/scanner.rs:641-642).
 #[test]
 fn files_received_before_a_kill_edited_during_the_first_scan_then_deleted_stay_deleted() {
