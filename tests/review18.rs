@@ -531,7 +531,8 @@ fn a_folder_at_a_temp_name_does_not_block_the_pull_for_good() {
 
 /// A and C (not connected to each other) both write the same 200 paths with different
 /// content while B, the only link between them, is not up (a real conflict, resolved on B);
-/// B starts and is killed at a random moment, twice, while it takes and resolves them. Expected: A, B and C identical within
+/// B starts and is killed at a random moment, twice, while it takes and resolves them.
+/// Expected: A, B and C identical within
 /// three minutes; for each path, both contents kept (the winner and one conflict copy), no
 /// more.
 #[test]
@@ -730,7 +731,8 @@ fn installs_logged_not_done_then_rewritten_on_the_peer_while_down() {
 }
 
 /// Both users edit the same files at the same moment (each appends a line to each file, in
-/// place: an edit made on the other's received version keeps the other's line), B killed at a random moment right after and restarted.
+/// place: an edit made on the other's received version keeps the other's line), B killed at
+/// a random moment right after and restarted.
 /// Nothing is overwritten without being kept: each file's two edits both survive on A and B
 /// (one as the file, the other in a conflict copy, or B's appended to A's when B's edit was
 /// made on A's version), and the shares converge.
