@@ -214,7 +214,7 @@ fn star_round(seed: u64) {
             .cloned()
             .collect();
         for k in &after {
-            if rng.next_u64() % 2 == 0 {
+            if rng.next_u64().is_multiple_of(2) {
                 let mut d = read(&b.path(k)).unwrap();
                 d.extend_from_slice(format!("B's edit after restart, round {r}\n").as_bytes());
                 write_file(&b.path(k), &d);
@@ -228,7 +228,7 @@ fn star_round(seed: u64) {
             b_changed.insert(k.clone());
         }
         // Sometimes killed again soon after the restart (during the recovery scan).
-        if rng.next_u64() % 2 == 0 {
+        if rng.next_u64().is_multiple_of(2) {
             std::thread::sleep(Duration::from_millis(rng.next_u64() % 400));
             b.kill();
             acted.push("killed again".into());
@@ -509,6 +509,16 @@ fn odd_things_at_temp_names(what: AtTemp) {
         has_content(&outside, b"not yours"),
         tail(&b.log_text(), 8)
     );
+    if matches!(what, AtTemp::Folder) {
+        // The user's folder is kept, moved aside, and syncs like any folder.
+        let kept = ".g0.left-tmp.kept/inner";
+        assert!(
+            wait_until(SOON, || has_content(&b.path(kept), b"inner")
+                && has_content(&a.path(kept), b"inner")),
+            "the folder at the temp name was not kept as {kept}\nB:\n{}",
+            tail(&b.log_text(), 8)
+        );
+    }
 }
 
 #[test]
@@ -971,10 +981,12 @@ fn simultaneous_creates_on_both_sides_with_a_kill_then_edits_while_down_lose_not
                 has(format!("B-create-{base}")),
                 has(format!("B-down-{base}")),
             );
-            if !((ha || !a_made.contains(&i))
-                && (hb || !b_made.contains(&i))
-                && (hd || !b_down.contains(&i)))
-            {
+            let wanted = [
+                (ha, a_made.contains(&i)),
+                (hb, b_made.contains(&i)),
+                (hd, b_down.contains(&i)),
+            ];
+            if wanted.iter().any(|&(found, made)| made && !found) {
                 lost.push(format!(
                     "{base}: A's {ha} B's {hb} B's line {hd} ({} copies)",
                     all.len()

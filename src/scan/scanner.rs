@@ -25,6 +25,8 @@ pub struct Scan {
     pub deleted: usize,
     /// Files seen changing while hashed: looked at again next time.
     pub unstable: usize,
+    /// Their paths (and those of files that could not be read).
+    pub unsettled: Vec<String>,
     /// Time spent walking the tree (metadata only, no hashing).
     pub walk: std::time::Duration,
     /// Time spent hashing.
@@ -61,15 +63,17 @@ fn hash_candidates(
     let confirmed = std::sync::Mutex::new(Vec::new());
     let hash_moved = |(c, old): &(Candidate, Entry)| hash_moved(model, c, old, &confirmed);
     for (cs, threads) in [(small_moved, SIDE_BY_SIDE), (big_moved, 1)] {
-        let (changed, unstable) = hash_each(&cs, threads, &hash_moved);
+        let (changed, unsettled) = hash_each(&cs, threads, &|(c, _)| &c.path, &hash_moved);
         out.changed += changed;
-        out.unstable += unstable;
+        out.unstable += unsettled.len();
+        out.unsettled.extend(unsettled);
     }
     moves.extend(confirmed.into_inner().unwrap_or_default());
     for (cs, threads) in [(small, SIDE_BY_SIDE), (big, 1)] {
-        let (changed, unstable) = hash_each(&cs, threads, &|c| hash_one(model, c));
+        let (changed, unsettled) = hash_each(&cs, threads, &|c| &c.path, &|c| hash_one(model, c));
         out.changed += changed;
-        out.unstable += unstable;
+        out.unstable += unsettled.len();
+        out.unsettled.extend(unsettled);
     }
     out.hashing += t.elapsed();
 }
@@ -79,16 +83,17 @@ fn hash_candidates(
 const SIDE_BY_SIDE_BELOW: u64 = 1 << 20;
 const SIDE_BY_SIDE: usize = 2;
 
-/// Hashes and records files (`one` each) on `threads` threads; returns how many changed and how
-/// many were seen changing while hashed.
+/// Hashes and records files (`one` each) on `threads` threads; returns how many changed and the
+/// paths (`path` of each) of those seen changing while hashed, or not read.
 fn hash_each<T: Sync>(
     cs: &[T],
     threads: usize,
+    path: &(dyn Fn(&T) -> &str + Sync),
     one: &(dyn Fn(&T) -> Result<bool> + Sync),
-) -> (usize, usize) {
+) -> (usize, Vec<String>) {
     let next = AtomicUsize::new(0);
     let work = || {
-        let (mut changed, mut unstable) = (0, 0);
+        let (mut changed, mut unsettled) = (0, Vec::new());
         while let Some(c) = cs.get(next.fetch_add(1, Ordering::Relaxed)) {
             match one(c) {
                 Ok(true) => changed += 1,
@@ -96,11 +101,11 @@ fn hash_each<T: Sync>(
                 Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => {}
                 Err(e) => {
                     debug!("{e}");
-                    unstable += 1;
+                    unsettled.push(path(c).to_string());
                 }
             }
         }
-        (changed, unstable)
+        (changed, unsettled)
     };
     if threads <= 1 || cs.len() < 2 {
         return work();
@@ -108,9 +113,10 @@ fn hash_each<T: Sync>(
     std::thread::scope(|s| {
         let others: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
         let mine = work();
-        others.into_iter().fold(mine, |(a, b), h| {
+        others.into_iter().fold(mine, |(a, mut b), h| {
             let (c, d) = h.join().unwrap_or_default();
-            (a + c, b + d)
+            b.extend(d);
+            (a + c, b)
         })
     })
 }
@@ -615,10 +621,11 @@ impl Walk<'_> {
         }
         let gone = std::mem::take(&mut self.gone);
         record_gone(st, root, &self.ignore, &self.emptied, gone, &mut self.out);
-        if !st.scanned {
+        if !st.installed.is_empty() {
             // What the install log names as done and is gone now was deleted here while we
             // were down: recorded, or the peer's version comes back (review13); before the
-            // files that replaced folders, as their content's deletions are.
+            // files that replaced folders, as their content's deletions are. Later scans too,
+            // for the files the first left unsettled.
             record_received_gone(st, root, &self.ignore, &mut self.out);
         }
         if !self.retyped.is_empty() {
@@ -637,9 +644,13 @@ impl Walk<'_> {
         if !st.scanned {
             st.scanned = true;
             // What the install log held is settled: its files were found, or are gone. One
-            // not done was not installed: its pull resumes.
-            st.received = Default::default();
-            st.installed = Default::default();
+            // not done was not installed: its pull resumes. Not a file the scan left to the
+            // next (changed while hashed, or not read): what that one finds changed there
+            // descends from the logged install too, or it makes a conflict copy of the
+            // peer's own version, and its deletion brings the peer's back (review18).
+            let keep: HashSet<&str> = self.out.unsettled.iter().map(String::as_str).collect();
+            st.received.retain(|p, _| keep.contains(p.as_str()));
+            st.installed.retain(|p, _| keep.contains(p.as_str()));
             // Pulls wait for this after a crash (`puller::take_batch`).
             model.changed.notify_all();
             // Connections hold back IndexDone until now.

@@ -127,6 +127,37 @@ pub fn is_as_known(root: &Path, e: &Entry, known: &Stat) -> bool {
     }
 }
 
+/// Frees the temp name `name` of `dir` (the name is ours: `path`'s): a file, symlink or special
+/// file there is removed; a folder, which may hold a user's files, is moved aside to
+/// `NAME.kept` (or `NAME.kept-N`), where it syncs like any folder. Left there, it blocked
+/// every pull of `path` for good (review18).
+pub fn free_temp_name(dir: &Dir, name: &str, path: &str) -> io::Result<()> {
+    match dir.stat(name)? {
+        None => Ok(()),
+        Some(md) if md.is_dir() => {
+            for n in 1..=100u32 {
+                let to = match n {
+                    1 => format!("{name}.kept"),
+                    n => format!("{name}.kept-{n}"),
+                };
+                match dir.rename_noreplace(name, &to) {
+                    Ok(()) => {
+                        warn!("{path}: a folder at its temp name {name} was moved to {to}");
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("a folder is at the temp name {name}, and no {name}.kept-N name is free"),
+            ))
+        }
+        Some(_) => dir.unlink(name),
+    }
+}
+
 /// Removes the temp file of `path` if there is one (a pull that will not be finished).
 pub fn remove_temp(root: &Path, path: &str) {
     if let Ok((dir, name)) = Dir::parent(root, path) {

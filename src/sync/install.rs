@@ -6,7 +6,7 @@ use crate::error::{Context, Error, Result};
 use crate::store::entry::{Entry, Kind, Stat};
 use crate::store::names;
 use crate::store::version::{Order, Version};
-use crate::sync::disk::{clear_temps, remove_temp, same_bytes};
+use crate::sync::disk::{clear_temps, free_temp_name, remove_temp, same_bytes};
 use crate::sync::link::Link;
 use crate::sync::model::{Decision, Model, State, decide};
 use crate::sys::dirfd::Dir;
@@ -554,14 +554,9 @@ pub fn apply_dir(model: &Model, e: &Entry) -> Result<()> {
     if let Err(err) = model.installs().append([e]) {
         warn!("{err}");
     }
-    // A pull of a file of this name that failed will not be resumed: it is a folder now.
-    let tmp = names::temp_for(&a.name);
-    if a.dir(e)?
-        .stat(&tmp)
-        .is_ok_and(|m| m.is_some_and(|m| m.is_file()))
-    {
-        let _ = a.dir(e)?.unlink(&tmp);
-    }
+    // A pull of a file of this name that failed will not be resumed: it is a folder now (and
+    // the name is needed free to move our file aside: `remove_known`).
+    let _ = free_temp_name(a.dir(e)?, &names::temp_for(&a.name), &e.path);
     match a.target(e)? {
         // Our folder with another mode than the index has: chmodded here since the last scan,
         // which weighs that change against the peer's first.
@@ -634,8 +629,9 @@ pub fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
         return Ok(());
     };
     if let Some(dir) = &a.dir {
-        // A pull of the file that will never be finished now.
-        dir.unlink_file(&names::temp_for(&a.name));
+        // A pull of the file that will never be finished now; the name is needed free to
+        // move our file aside (`remove_known`).
+        let _ = free_temp_name(dir, &names::temp_for(&a.name), &e.path);
         match dir.stat(&a.name).at(&e.path)? {
             Some(md) if md.is_file() => {
                 if !a.known_file(&md) {

@@ -582,7 +582,7 @@ fn open_temp(model: &Model, e: &Entry, tmp_path: &Path) -> Result<(File, u64, bo
     let open = || crate::sys::open::open_in(root, &rel, crate::sys::open::Open::Create);
     let fresh = || -> io::Result<File> {
         let (dir, name) = Dir::parent(root, &rel)?;
-        let _ = dir.unlink(name);
+        crate::sync::disk::free_temp_name(&dir, name, &e.path)?;
         dir.create_new(name)
     };
     // The folder usually exists: it is made only when the open says it is missing.
