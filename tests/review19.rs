@@ -440,3 +440,34 @@ fn files_received_before_a_kill_and_rewritten_during_the_first_scan_make_no_conf
         tail(&b.log_text(), 12)
     );
 }
+
+/// B's user has a folder at the temp name of a synced file `g0` (`.g0.left-tmp/inner`) and a
+/// file of their own at `.g0.left-tmp.kept`; A's user deletes `g0`. Expected: `g0` gone from
+/// B within a minute, and both of the user's files kept on B (`inner` somewhere, the `.kept`
+/// file as it was). Passes (3 runs of 3).
+#[test]
+fn a_deletion_with_a_folder_at_the_temp_name_and_the_kept_name_taken_keeps_both() {
+    let t = TestDir::new("r19-delete-temp-folder-kept-taken");
+    let (pa, pb) = two_ports();
+    let a = Peer::start(&t, "A", pa, &[pb]);
+    write_file(&a.path("g0"), "A's g0");
+    let b = Peer::start(&t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    write_file(&b.path(".g0.left-tmp.kept"), "mine");
+    write_file(&b.path(".g0.left-tmp/inner"), "inner");
+    assert!(wait_until(SOON, || a.path(".g0.left-tmp.kept").is_file()));
+    fs::remove_file(a.path("g0")).unwrap();
+    let gone = wait_until(SOON, || !b.path("g0").exists());
+    std::thread::sleep(Duration::from_secs(2));
+    let inner = names(&b.dir)
+        .into_iter()
+        .any(|p| p.ends_with("/inner") && has_content(&b.path(&p), b"inner"));
+    let mine = has_content(&b.path(".g0.left-tmp.kept"), b"mine");
+    assert!(
+        gone && inner && mine,
+        "g0 gone from B: {gone}; the folder's file kept: {inner}; the .kept file kept: \
+         {mine}\nB names: {:?}\nB:\n{}",
+        names(&b.dir),
+        tail(&b.log_text(), 8)
+    );
+}
