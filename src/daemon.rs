@@ -162,14 +162,17 @@ fn open_share(opts: &Options) -> Result<(Arc<Model>, std::path::PathBuf)> {
     let mut model = Model::new(root.clone(), state.clone(), index);
     if let Ok(st) = model.state.get_mut() {
         let logged = crate::store::intents::load(&state);
+        let done_last = logged.done_last;
         st.installed = (logged.done.into_iter())
             .filter_map(|(p, mut done)| {
                 // A file's install is marked done just before its rename: one whose complete
                 // temp file is still there was cut before it (its pull resumes), and what the
-                // file holds is the install marked done before it, if any.
-                if done
-                    .last()
-                    .is_some_and(|e| e.is_file() && temp_of(&root, e))
+                // file holds is the install marked done before it, if any. Unless a pull was
+                // logged after it (the temp file is that pull's).
+                if done_last.contains(&p)
+                    && done
+                        .last()
+                        .is_some_and(|e| e.is_file() && temp_of(&root, e))
                 {
                     done.pop();
                 }

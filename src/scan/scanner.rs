@@ -98,7 +98,10 @@ fn hash_each<T: Sync>(
             match one(c) {
                 Ok(true) => changed += 1,
                 Ok(false) => {}
-                Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => {}
+                // Gone meanwhile: not a change, but not settled either (it may be back).
+                Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => {
+                    unsettled.push(path(c).to_string());
+                }
                 Err(e) => {
                     debug!("{e}");
                     unsettled.push(path(c).to_string());
@@ -762,16 +765,23 @@ fn take_done(
 
 /// The entry the install log names for `path` that `holds` what was found there: the last one
 /// logged (its install perhaps cut, the content there anyway), else the last one installed (a
-/// later one cut before it was applied: review16); taken out of the log's maps.
+/// later one cut before it was applied: review16); taken out of the log's maps if found.
 fn take_logged(
     received: &mut std::collections::HashMap<String, Entry>,
     installed: &mut std::collections::HashMap<String, Entry>,
     path: &str,
     holds: impl Fn(&Entry) -> bool,
 ) -> Option<Entry> {
-    let last = received.remove(path);
-    let done = installed.remove(path);
-    last.filter(|e| holds(e)).or(done.filter(|e| holds(e)))
+    let found = match (received.get(path), installed.get(path)) {
+        (Some(last), _) if holds(last) => last.clone(),
+        (_, Some(done)) if holds(done) => done.clone(),
+        // Neither: both stay, for what the caller makes of the path instead ([`take_done`]:
+        // review19, a received file replaced by a folder made a conflict copy of the peer's).
+        _ => return None,
+    };
+    received.remove(path);
+    installed.remove(path);
+    Some(found)
 }
 
 /// The version of a change found at a path: the index's (`cur`) bumped, with the install

@@ -41,6 +41,11 @@ pub struct Logged {
     /// Per path, the entries marked done, oldest first: the last two (a file's last one may
     /// have been cut before its rename: then the one before it is what the file holds).
     pub done: HashMap<String, Vec<Entry>>,
+    /// Paths whose last record is a done one: a complete temp file of theirs can only be the
+    /// last done install's, cut before its rename. After a later entry (a pull of it again,
+    /// whose install was refused: the file changed here), the temp file is that pull's
+    /// (review19).
+    pub done_last: std::collections::HashSet<String>,
 }
 
 /// The open log and how much it holds.
@@ -169,6 +174,7 @@ pub fn load(state_dir: &Path) -> Logged {
                         if done.len() > 2 {
                             done.remove(0);
                         }
+                        out.done_last.insert(p.to_string());
                     }
                 }
                 Err(_) => break,
@@ -179,6 +185,7 @@ pub fn load(state_dir: &Path) -> Logged {
         match codec::get_entry(&mut d) {
             Ok(e) if crate::store::names::check(&e.path).is_ok() => {
                 held += e.mem_cost();
+                out.done_last.remove(&e.path);
                 out.entries.insert(e.path.clone(), e);
             }
             _ => break,
@@ -254,8 +261,12 @@ mod tests {
         let got = load(&dir);
         assert_eq!(got.done["a"], std::slice::from_ref(&a));
         assert_eq!(got.done["d/b"], std::slice::from_ref(&b));
+        // ... and a temp file of "a" now is that later pull's, not one cut before its rename.
+        assert!(!got.done_last.contains("a") && got.done_last.contains("d/b"));
         log.done(["a"]);
-        assert_eq!(load(&dir).done["a"], [a.clone(), a2.clone()]);
+        let got = load(&dir);
+        assert_eq!(got.done["a"], [a.clone(), a2.clone()]);
+        assert!(got.done_last.contains("a"));
         // Only the last two are kept.
         let a3 = file("a", 4, &[(1, 8)]);
         log.append([&a3]).unwrap();

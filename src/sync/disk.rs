@@ -127,18 +127,24 @@ pub fn is_as_known(root: &Path, e: &Entry, known: &Stat) -> bool {
     }
 }
 
+const ENAMETOOLONG: i32 = 36;
+
 /// Frees the temp name `name` of `dir` (the name is ours: `path`'s): a file, symlink or special
 /// file there is removed; a folder, which may hold a user's files, is moved aside to
-/// `NAME.kept` (or `NAME.kept-N`), where it syncs like any folder. Left there, it blocked
-/// every pull of `path` for good (review18).
+/// `NAME.kept` (or `NAME.kept-N`; `.left-tmp-folder.kept-N` if that is too long), where it
+/// syncs like any folder. Left there, it blocked every pull of `path` for good (review18,
+/// review19).
 pub fn free_temp_name(dir: &Dir, name: &str, path: &str) -> io::Result<()> {
     match dir.stat(name)? {
         None => Ok(()),
         Some(md) if md.is_dir() => {
+            // A long name's `.kept` name may be too long: then a short one.
+            let mut long = false;
             for n in 1..=100u32 {
-                let to = match n {
-                    1 => format!("{name}.kept"),
-                    n => format!("{name}.kept-{n}"),
+                let to = match (long, n) {
+                    (false, 1) => format!("{name}.kept"),
+                    (false, n) => format!("{name}.kept-{n}"),
+                    (true, n) => format!(".left-tmp-folder.kept-{n}"),
                 };
                 match dir.rename_noreplace(name, &to) {
                     Ok(()) => {
@@ -146,6 +152,7 @@ pub fn free_temp_name(dir: &Dir, name: &str, path: &str) -> io::Result<()> {
                         return Ok(());
                     }
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) if e.raw_os_error() == Some(ENAMETOOLONG) && !long => long = true,
                     Err(e) => return Err(e),
                 }
             }
