@@ -257,17 +257,19 @@ fn a_losing_pull_leaves_no_temp_file() {
     let (pa, pb) = two_ports();
     let a = Peer::start(&t, "A", pa, &[pb]);
     let b = Peer::start(&t, "B", pb, &[pa]);
-    write_random(&a.path("f.bin"), 8 << 20, 1);
+    // Large enough that the slowed pull lasts (8 MiB once went through in 0.08 s, before the
+    // test looked).
+    write_random(&a.path("f.bin"), 48 << 20, 1);
     converge(&[&a, &b]);
     let slow = Throttle::new(
         a.pid().unwrap(),
         Duration::from_millis(5),
         Duration::from_millis(60),
     );
-    write_random(&a.path("f.bin"), 8 << 20, 2);
+    write_random(&a.path("f.bin"), 48 << 20, 2);
     let tmp = b.path(".f.bin.left-tmp");
     assert!(
-        wait_until(SOON, || fs::metadata(&tmp).is_ok_and(|m| m.len() > 0)),
+        spin_until(SOON, || fs::metadata(&tmp).is_ok_and(|m| m.len() > 0)),
         "B never started pulling"
     );
     let mine = random_bytes(3, 100_000);
