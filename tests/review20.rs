@@ -30,8 +30,8 @@ use std::time::Duration;
 /// later scan hashes that file (`record`, `take_logged`/`take_done`) or finds it gone
 /// (`record_received_gone`, which skips ignored paths: src/scan/scanner.rs:847; the walk skips
 /// them at :427); an ignored file is neither, so `st.received`/`st.installed` never empty,
-/// and `Model::save` (src/sync/model.rs:427) never clears the log again for the whole run: every install from
-/// then on is appended to it for good (until `MAX_HELD`/`MAX_RECORDS` make `load` drop the
+/// and `Model::save` (src/sync/model.rs:427) never clears the log again for the whole run:
+/// every install from then on is appended to it for good (until `MAX_HELD`/`MAX_RECORDS` make `load` drop the
 /// whole log after the next crash, src/store/intents.rs:191-198, and with it the protection
 /// against spurious conflict copies).
 #[test]
