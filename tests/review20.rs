@@ -31,9 +31,9 @@ use std::time::Duration;
 /// (`record_received_gone`, which skips ignored paths: src/scan/scanner.rs:847; the walk skips
 /// them at :427); an ignored file is neither, so `st.received`/`st.installed` never empty,
 /// and `Model::save` (src/sync/model.rs:427) never clears the log again for the whole run:
-/// every install from then on is appended to it for good (until `MAX_HELD`/`MAX_RECORDS` make `load` drop the
-/// whole log after the next crash, src/store/intents.rs:191-198, and with it the protection
-/// against spurious conflict copies).
+/// every install from then on is appended to it for good (until `MAX_HELD`/`MAX_RECORDS`
+/// make `load` drop the whole log after the next crash, src/store/intents.rs:191-198, and
+/// with it the protection against spurious conflict copies).
 #[test]
 fn an_unsettled_file_then_ignored_does_not_keep_the_install_log_from_emptying() {
     let t = TestDir::new("r20-unsettled-ignored");
