@@ -624,11 +624,10 @@ impl Walk<'_> {
         }
         let gone = std::mem::take(&mut self.gone);
         record_gone(st, root, &self.ignore, &self.emptied, gone, &mut self.out);
-        if !st.installed.is_empty() {
+        if !st.scanned {
             // What the install log names as done and is gone now was deleted here while we
             // were down: recorded, or the peer's version comes back (review13); before the
-            // files that replaced folders, as their content's deletions are. Later scans too,
-            // for the files the first left unsettled.
+            // files that replaced folders, as their content's deletions are.
             record_received_gone(st, root, &self.ignore, &mut self.out);
         }
         if !self.retyped.is_empty() {
@@ -647,13 +646,19 @@ impl Walk<'_> {
         if !st.scanned {
             st.scanned = true;
             // What the install log held is settled: its files were found, or are gone. One
-            // not done was not installed: its pull resumes. Not a file the scan left to the
-            // next (changed while hashed, or not read): what that one finds changed there
-            // descends from the logged install too, or it makes a conflict copy of the
-            // peer's own version, and its deletion brings the peer's back (review18).
-            let keep: HashSet<&str> = self.out.unsettled.iter().map(String::as_str).collect();
-            st.received.retain(|p, _| keep.contains(p.as_str()));
-            st.installed.retain(|p, _| keep.contains(p.as_str()));
+            // not done was not installed: its pull resumes. A file the scan left to the next
+            // (changed while hashed, gone meanwhile, not read) is recorded as the install done
+            // there, with no stat, so that the next scan that reaches it (now, or once it is
+            // no longer ignored, after any restart) hashes it as a change of that version:
+            // else it made a conflict copy of the peer's own version, and its deletion brought
+            // the peer's back (review18, review19, review20).
+            for path in std::mem::take(&mut self.out.unsettled) {
+                if let Some(rec) = st.installed.remove(&path) {
+                    record_unsettled(st, rec);
+                }
+            }
+            st.received = Default::default();
+            st.installed = Default::default();
             // Pulls wait for this after a crash (`puller::take_batch`).
             model.changed.notify_all();
             // Connections hold back IndexDone until now.
@@ -761,6 +766,34 @@ fn take_done(
 ) -> Option<crate::store::version::Version> {
     received.remove(path);
     installed.remove(path).map(|e| e.version)
+}
+
+/// Records `rec`, the install done at a path the first scan after a crash left unsettled, as
+/// what the index has there, with an unknown stat (none matches it: the next scan hashes the
+/// file), unless the index has a later version.
+fn record_unsettled(st: &mut State, rec: Entry) {
+    if rec.deleted || !rec.is_file() {
+        return;
+    }
+    let cur = st.index.get(&rec.path).map(|e| e.into_owned());
+    if cur.as_ref().is_some_and(|c| {
+        !matches!(
+            rec.version.compare(&c.version),
+            Order::Newer | Order::Concurrent
+        )
+    }) {
+        return;
+    }
+    debug!(
+        "{}: received before the last stop, not settled yet",
+        rec.path
+    );
+    let version = crate::sync::install::taken_version(cur.as_ref(), &rec, st.index.device);
+    st.put(Entry {
+        version,
+        stat: Stat::default(),
+        ..rec
+    });
 }
 
 /// The entry the install log names for `path` that `holds` what was found there: the last one

@@ -422,13 +422,7 @@ impl Model {
         // Every install logged so far is in the index now (none is under way): once the index
         // is saved, the log can go, unless more is logged meanwhile.
         // Not before the first scan: it takes what the log held from before a crash.
-        // Nor while it keeps entries for files the first scan left unsettled (review19: a
-        // second kill, and they were taken for local edits).
-        let logged = if g.scanned && g.received.is_empty() && g.installed.is_empty() {
-            self.installs().len()
-        } else {
-            0
-        };
+        let logged = if g.scanned { self.installs().len() } else { 0 };
         let Some(record) = g.index.journal_record(fold_later) else {
             // Under the lock: written without it, the changes made meanwhile would pile up in
             // memory (a fold of 100,000 entries takes 25-30 ms here), and memory is what the
