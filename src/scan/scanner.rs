@@ -25,8 +25,6 @@ pub struct Scan {
     pub deleted: usize,
     /// Files seen changing while hashed: looked at again next time.
     pub unstable: usize,
-    /// Their paths (and those of files that could not be read).
-    pub unsettled: Vec<String>,
     /// Time spent walking the tree (metadata only, no hashing).
     pub walk: std::time::Duration,
     /// Time spent hashing.
@@ -63,17 +61,15 @@ fn hash_candidates(
     let confirmed = std::sync::Mutex::new(Vec::new());
     let hash_moved = |(c, old): &(Candidate, Entry)| hash_moved(model, c, old, &confirmed);
     for (cs, threads) in [(small_moved, SIDE_BY_SIDE), (big_moved, 1)] {
-        let (changed, unsettled) = hash_each(&cs, threads, &|(c, _)| &c.path, &hash_moved);
+        let (changed, unstable) = hash_each(&cs, threads, &hash_moved);
         out.changed += changed;
-        out.unstable += unsettled.len();
-        out.unsettled.extend(unsettled);
+        out.unstable += unstable;
     }
     moves.extend(confirmed.into_inner().unwrap_or_default());
     for (cs, threads) in [(small, SIDE_BY_SIDE), (big, 1)] {
-        let (changed, unsettled) = hash_each(&cs, threads, &|c| &c.path, &|c| hash_one(model, c));
+        let (changed, unstable) = hash_each(&cs, threads, &|c| hash_one(model, c));
         out.changed += changed;
-        out.unstable += unsettled.len();
-        out.unsettled.extend(unsettled);
+        out.unstable += unstable;
     }
     out.hashing += t.elapsed();
 }
@@ -83,32 +79,28 @@ fn hash_candidates(
 const SIDE_BY_SIDE_BELOW: u64 = 1 << 20;
 const SIDE_BY_SIDE: usize = 2;
 
-/// Hashes and records files (`one` each) on `threads` threads; returns how many changed and the
-/// paths (`path` of each) of those seen changing while hashed, or not read.
+/// Hashes and records files (`one` each) on `threads` threads; returns how many changed and how
+/// many were seen changing while hashed.
 fn hash_each<T: Sync>(
     cs: &[T],
     threads: usize,
-    path: &(dyn Fn(&T) -> &str + Sync),
     one: &(dyn Fn(&T) -> Result<bool> + Sync),
-) -> (usize, Vec<String>) {
+) -> (usize, usize) {
     let next = AtomicUsize::new(0);
     let work = || {
-        let (mut changed, mut unsettled) = (0, Vec::new());
+        let (mut changed, mut unstable) = (0, 0);
         while let Some(c) = cs.get(next.fetch_add(1, Ordering::Relaxed)) {
             match one(c) {
                 Ok(true) => changed += 1,
                 Ok(false) => {}
-                // Gone meanwhile: not a change, but not settled either (it may be back).
-                Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => {
-                    unsettled.push(path(c).to_string());
-                }
+                Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => {}
                 Err(e) => {
                     debug!("{e}");
-                    unsettled.push(path(c).to_string());
+                    unstable += 1;
                 }
             }
         }
-        (changed, unsettled)
+        (changed, unstable)
     };
     if threads <= 1 || cs.len() < 2 {
         return work();
@@ -116,10 +108,9 @@ fn hash_each<T: Sync>(
     std::thread::scope(|s| {
         let others: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
         let mine = work();
-        others.into_iter().fold(mine, |(a, mut b), h| {
+        others.into_iter().fold(mine, |(a, b), h| {
             let (c, d) = h.join().unwrap_or_default();
-            b.extend(d);
-            (a + c, b)
+            (a + c, b + d)
         })
     })
 }
@@ -646,16 +637,15 @@ impl Walk<'_> {
         if !st.scanned {
             st.scanned = true;
             // What the install log held is settled: its files were found, or are gone. One
-            // not done was not installed: its pull resumes. A file the scan left to the next
-            // (changed while hashed, gone meanwhile, not read) is recorded as the install done
-            // there, with no stat, so that the next scan that reaches it (now, or once it is
-            // no longer ignored, after any restart) hashes it as a change of that version:
-            // else it made a conflict copy of the peer's own version, and its deletion brought
-            // the peer's back (review18, review19, review20).
-            for path in std::mem::take(&mut self.out.unsettled) {
-                if let Some(rec) = st.installed.remove(&path) {
-                    record_unsettled(st, rec);
-                }
+            // not done was not installed: its pull resumes. A done one whose file the scan did
+            // not settle (changed while hashed, gone meanwhile, not read, made again after
+            // its folder was listed, ignored) is recorded as that install, with no stat, as
+            // an index saved before the crash would have had it: the next scan that reaches
+            // the file (now, or once it is no longer ignored, after any restart) hashes it as
+            // a change of that version. Else it made a conflict copy of the peer's own
+            // version, and its deletion brought the peer's back (review18-20).
+            for (_, rec) in std::mem::take(&mut st.installed) {
+                record_unsettled(st, rec);
             }
             st.received = Default::default();
             st.installed = Default::default();
@@ -768,9 +758,9 @@ fn take_done(
     installed.remove(path).map(|e| e.version)
 }
 
-/// Records `rec`, the install done at a path the first scan after a crash left unsettled, as
+/// Records `rec`, an install done at a path the first scan after a crash did not settle, as
 /// what the index has there, with an unknown stat (none matches it: the next scan hashes the
-/// file), unless the index has a later version.
+/// file), unless the index has it or a later version.
 fn record_unsettled(st: &mut State, rec: Entry) {
     if rec.deleted || !rec.is_file() {
         return;
