@@ -116,6 +116,26 @@ pub struct Pull {
     delta_subs: (usize, usize),
 }
 
+impl Pull {
+    /// Lets go of the temp file's lease, if held: a program opening the file goes on at once.
+    fn let_go(&mut self) {
+        if self.leased {
+            unlease(&self.tmp);
+            self.leased = false;
+        }
+    }
+
+    /// Whether the temp file's lease was held and is broken (or let go by [`watch_leases`]):
+    /// another program opened the file since. Then the lease is let go here too.
+    fn opened_elsewhere(&mut self) -> bool {
+        if !self.leased || lease_held(&self.tmp) {
+            return false;
+        }
+        self.let_go();
+        true
+    }
+}
+
 /// What a helper thread does with a block or a run of blocks, and what it reports back.
 struct Tag {
     file: usize,
@@ -1091,11 +1111,9 @@ impl Run<'_, '_, '_> {
     /// file holds under a new lease, or makes the file anew if it is still open elsewhere.
     fn opened_elsewhere(&mut self, fi: usize) -> bool {
         let p = &mut self.pulls[fi];
-        if !p.leased || lease_held(&p.tmp) {
+        if !p.opened_elsewhere() {
             return false;
         }
-        unlease(&p.tmp);
-        p.leased = false;
         if !p.failed {
             self.fail(fi, OPENED.to_string());
         }
@@ -1121,10 +1139,7 @@ impl Run<'_, '_, '_> {
         let p = &mut self.pulls[fi];
         p.failed = true;
         // Its file is not looked at any more: a program opening it must not wait.
-        if p.leased {
-            unlease(&p.tmp);
-            p.leased = false;
-        }
+        p.let_go();
         crate::sync::install::finish_need(self.link, &p.e, Err(Error::msg(why)));
     }
 
@@ -1168,13 +1183,9 @@ impl Run<'_, '_, '_> {
         }
         let big = p.e.size >= SMALL_FILE;
         let r = (|| -> Result<()> {
-            let untouched = |p: &mut Pull| {
-                if !p.leased || lease_held(&p.tmp) {
-                    return Ok(());
-                }
-                unlease(&p.tmp);
-                p.leased = false;
-                Err(Error::msg(OPENED).at(&p.tmp_path))
+            let untouched = |p: &mut Pull| match p.opened_elsewhere() {
+                false => Ok(()),
+                true => Err(Error::msg(OPENED).at(&p.tmp_path)),
             };
             untouched(p)?;
             // Written to its end unless it ends in zeros never written: then it gets its length.
@@ -1192,10 +1203,7 @@ impl Run<'_, '_, '_> {
             // the install looks at ([`crate::sync::install::Written`]). Let go, so that a
             // program opening it does not wait.
             untouched(p)?;
-            if p.leased {
-                unlease(&p.tmp);
-                p.leased = false;
-            }
+            p.let_go();
             if big {
                 let t = Instant::now();
                 // Logged ahead of the rename, made durable with the file by one filesystem sync;
