@@ -345,37 +345,20 @@ fn files_received_before_a_kill_edited_during_the_first_scan_then_deleted_stay_d
 
 fn edited_during_the_first_scan(delete: bool) {
     let t = TestDir::new(&format!("r18-edit-during-first-scan-{delete}"));
-    let (pa, pb) = two_ports();
-    let a = Peer::start(&t, "A", pa, &[pb]);
-    write_file(&a.path("seed"), "seed");
-    let mut b = Peer::start(&t, "B", pb, &[pa]);
-    wait_identical(&a.dir, &b.dir, SOON);
-    assert!(b.wait_log(SOON, "index written"));
     // B's index saves held off (as a kill right after the installs leaves it).
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
-        return;
-    }
     const N: usize = 300;
-    let staging = t.join("staging");
-    for i in 0..N {
-        put_file(
-            &staging,
-            &a.path(&format!("f{i:03}")),
-            format!("A's file {i} ").repeat(40).as_bytes(),
-        );
-    }
-    let got = spin_until(SOON, || count(&b, "received f") >= 60);
-    b.kill();
-    assert!(chattr("-i", &ix) && chattr("-i", &jl));
-    assert!(got, "B received nothing");
-    let have: Vec<String> = (0..N)
-        .map(|i| format!("f{i:03}"))
-        .filter(|f| b.path(f).is_file())
-        .collect();
+    let Some(k) = received_before_a_kill(&t, N, 60, |i| format!("A's file {i} ").repeat(40)) else {
+        return;
+    };
+    let KilledAfterReceiving {
+        a,
+        b,
+        pa,
+        pb,
+        staging: _,
+        have,
+    } = k;
+    let have: Vec<String> = have.iter().map(|i| format!("f{i:03}")).collect();
     // B's user also copies in a folder of many small files while B is down: B's first scan
     // after the restart takes a moment hashing them.
     for d in 0..40 {

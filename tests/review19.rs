@@ -78,36 +78,19 @@ fn a_folder_at_the_temp_name_of_a_long_name_does_not_block_the_pull_for_good() {
 #[test]
 fn files_still_unsettled_when_b_is_killed_again_make_no_conflict_copy() {
     let t = TestDir::new("r19-unsettled-second-kill");
-    let (pa, pb) = two_ports();
-    let a = Peer::start(&t, "A", pa, &[pb]);
-    write_file(&a.path("seed"), "seed");
-    let mut b = Peer::start(&t, "B", pb, &[pa]);
-    wait_identical(&a.dir, &b.dir, SOON);
-    assert!(b.wait_log(SOON, "index written"));
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
-        return;
-    }
     const N: usize = 300;
-    let staging = t.join("staging");
-    for i in 0..N {
-        put_file(
-            &staging,
-            &a.path(&format!("f{i:03}")),
-            format!("A's file {i} ").repeat(40).as_bytes(),
-        );
-    }
-    let got = spin_until(SOON, || count(&b, "received f") >= 60);
-    b.kill();
-    assert!(chattr("-i", &ix) && chattr("-i", &jl));
-    assert!(got, "B received nothing");
-    let have: Vec<String> = (0..N)
-        .map(|i| format!("f{i:03}"))
-        .filter(|f| b.path(f).is_file())
-        .collect();
+    let Some(k) = received_before_a_kill(&t, N, 60, |i| format!("A's file {i} ").repeat(40)) else {
+        return;
+    };
+    let KilledAfterReceiving {
+        a,
+        b,
+        pa,
+        pb,
+        staging: _,
+        have,
+    } = k;
+    let have: Vec<String> = have.iter().map(|i| format!("f{i:03}")).collect();
     for d in 0..40 {
         for i in 0..400 {
             write_file(
@@ -265,36 +248,19 @@ fn a_file_received_before_a_kill_and_replaced_by_a_folder_makes_no_conflict() {
 #[test]
 fn files_written_for_ten_seconds_after_a_restart_make_no_conflict_and_stay_deleted() {
     let t = TestDir::new("r19-unsettled-ten-seconds");
-    let (pa, pb) = two_ports();
-    let a = Peer::start(&t, "A", pa, &[pb]);
-    write_file(&a.path("seed"), "seed");
-    let mut b = Peer::start(&t, "B", pb, &[pa]);
-    wait_identical(&a.dir, &b.dir, SOON);
-    assert!(b.wait_log(SOON, "index written"));
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
-        return;
-    }
     const N: usize = 200;
-    let staging = t.join("staging");
-    for i in 0..N {
-        put_file(
-            &staging,
-            &a.path(&format!("f{i:03}")),
-            format!("A's file {i} ").repeat(40).as_bytes(),
-        );
-    }
-    let got = spin_until(SOON, || count(&b, "received f") >= 40);
-    b.kill();
-    assert!(chattr("-i", &ix) && chattr("-i", &jl));
-    assert!(got, "B received nothing");
-    let have: Vec<String> = (0..N)
-        .map(|i| format!("f{i:03}"))
-        .filter(|f| b.path(f).is_file())
-        .collect();
+    let Some(k) = received_before_a_kill(&t, N, 40, |i| format!("A's file {i} ").repeat(40)) else {
+        return;
+    };
+    let KilledAfterReceiving {
+        a,
+        b,
+        pa,
+        pb,
+        staging: _,
+        have,
+    } = k;
+    let have: Vec<String> = have.iter().map(|i| format!("f{i:03}")).collect();
     for d in 0..20 {
         for i in 0..400 {
             write_file(
@@ -368,36 +334,19 @@ fn files_written_for_ten_seconds_after_a_restart_make_no_conflict_and_stay_delet
 #[test]
 fn files_received_before_a_kill_and_rewritten_during_the_first_scan_make_no_conflict_copy() {
     let t = TestDir::new("r19-rewrite-during-first-scan");
-    let (pa, pb) = two_ports();
-    let a = Peer::start(&t, "A", pa, &[pb]);
-    write_file(&a.path("seed"), "seed");
-    let mut b = Peer::start(&t, "B", pb, &[pa]);
-    wait_identical(&a.dir, &b.dir, SOON);
-    assert!(b.wait_log(SOON, "index written"));
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
-        return;
-    }
     const N: usize = 300;
-    let staging = t.join("staging");
-    for i in 0..N {
-        put_file(
-            &staging,
-            &a.path(&format!("f{i:03}")),
-            format!("A's file {i} ").repeat(40).as_bytes(),
-        );
-    }
-    let got = spin_until(SOON, || count(&b, "received f") >= 60);
-    b.kill();
-    assert!(chattr("-i", &ix) && chattr("-i", &jl));
-    assert!(got, "B received nothing");
-    let have: Vec<String> = (0..N)
-        .map(|i| format!("f{i:03}"))
-        .filter(|f| b.path(f).is_file())
-        .collect();
+    let Some(k) = received_before_a_kill(&t, N, 60, |i| format!("A's file {i} ").repeat(40)) else {
+        return;
+    };
+    let KilledAfterReceiving {
+        a,
+        b,
+        pa,
+        pb,
+        staging: _,
+        have,
+    } = k;
+    let have: Vec<String> = have.iter().map(|i| format!("f{i:03}")).collect();
     for d in 0..40 {
         for i in 0..400 {
             write_file(

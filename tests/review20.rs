@@ -37,36 +37,19 @@ use std::time::Duration;
 #[test]
 fn an_unsettled_file_then_ignored_does_not_keep_the_install_log_from_emptying() {
     let t = TestDir::new("r20-unsettled-ignored");
-    let (pa, pb) = two_ports();
-    let a = Peer::start(&t, "A", pa, &[pb]);
-    write_file(&a.path("seed"), "seed");
-    let mut b = Peer::start(&t, "B", pb, &[pa]);
-    wait_identical(&a.dir, &b.dir, SOON);
-    assert!(b.wait_log(SOON, "index written"));
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
-        return;
-    }
     const N: usize = 200;
-    let staging = t.join("staging");
-    for i in 0..N {
-        put_file(
-            &staging,
-            &a.path(&format!("f{i:03}")),
-            format!("A's file {i} ").repeat(40).as_bytes(),
-        );
-    }
-    let got = spin_until(SOON, || count(&b, "received f") >= 40);
-    b.kill();
-    assert!(chattr("-i", &ix) && chattr("-i", &jl));
-    assert!(got, "B received nothing");
-    let have: Vec<String> = (0..N)
-        .map(|i| format!("f{i:03}"))
-        .filter(|f| b.path(f).is_file())
-        .collect();
+    let Some(k) = received_before_a_kill(&t, N, 40, |i| format!("A's file {i} ").repeat(40)) else {
+        return;
+    };
+    let KilledAfterReceiving {
+        a,
+        b,
+        pa,
+        pb,
+        staging,
+        have,
+    } = k;
+    let have: Vec<String> = have.iter().map(|i| format!("f{i:03}")).collect();
     for d in 0..30 {
         for i in 0..400 {
             write_file(
@@ -161,34 +144,21 @@ fn an_unsettled_file_then_ignored_does_not_keep_the_install_log_from_emptying() 
 #[test]
 fn files_rewritten_unchanged_during_the_first_scan_do_not_keep_the_install_log_from_emptying() {
     let t = TestDir::new("r20-unsettled-unchanged");
-    let (pa, pb) = two_ports();
-    let a = Peer::start(&t, "A", pa, &[pb]);
-    write_file(&a.path("seed"), "seed");
-    let mut b = Peer::start(&t, "B", pb, &[pa]);
-    wait_identical(&a.dir, &b.dir, SOON);
-    assert!(b.wait_log(SOON, "index written"));
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
-        return;
-    }
     const N: usize = 200;
-    let staging = t.join("staging");
     let content = |i: usize| format!("A's file {i} ").repeat(40);
-    for i in 0..N {
-        put_file(
-            &staging,
-            &a.path(&format!("f{i:03}")),
-            content(i).as_bytes(),
-        );
-    }
-    let got = spin_until(SOON, || count(&b, "received f") >= 40);
-    b.kill();
-    assert!(chattr("-i", &ix) && chattr("-i", &jl));
-    assert!(got, "B received nothing");
-    let have: Vec<usize> = (0..N)
+    let Some(k) = received_before_a_kill(&t, N, 40, content) else {
+        return;
+    };
+    let KilledAfterReceiving {
+        a,
+        b,
+        pa,
+        pb,
+        staging,
+        have,
+    } = k;
+    let have: Vec<usize> = have
+        .into_iter()
         .filter(|i| has_content(&b.path(&format!("f{i:03}")), content(*i).as_bytes()))
         .collect();
     for d in 0..30 {
@@ -275,36 +245,19 @@ fn files_rewritten_unchanged_during_the_first_scan_do_not_keep_the_install_log_f
 #[test]
 fn files_unsettled_then_ignored_over_a_restart_make_no_conflict_when_unignored() {
     let t = TestDir::new("r20-unsettled-ignored-restart");
-    let (pa, pb) = two_ports();
-    let a = Peer::start(&t, "A", pa, &[pb]);
-    write_file(&a.path("seed"), "seed");
-    let mut b = Peer::start(&t, "B", pb, &[pa]);
-    wait_identical(&a.dir, &b.dir, SOON);
-    assert!(b.wait_log(SOON, "index written"));
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
-        return;
-    }
     const N: usize = 200;
-    let staging = t.join("staging");
-    for i in 0..N {
-        put_file(
-            &staging,
-            &a.path(&format!("f{i:03}")),
-            format!("A's file {i} ").repeat(40).as_bytes(),
-        );
-    }
-    let got = spin_until(SOON, || count(&b, "received f") >= 40);
-    b.kill();
-    assert!(chattr("-i", &ix) && chattr("-i", &jl));
-    assert!(got, "B received nothing");
-    let have: Vec<String> = (0..N)
-        .map(|i| format!("f{i:03}"))
-        .filter(|f| b.path(f).is_file())
-        .collect();
+    let Some(k) = received_before_a_kill(&t, N, 40, |i| format!("A's file {i} ").repeat(40)) else {
+        return;
+    };
+    let KilledAfterReceiving {
+        a,
+        b,
+        pa,
+        pb,
+        staging: _,
+        have,
+    } = k;
+    let have: Vec<String> = have.iter().map(|i| format!("f{i:03}")).collect();
     for d in 0..30 {
         for i in 0..400 {
             write_file(
@@ -388,35 +341,18 @@ fn files_unsettled_then_ignored_over_a_restart_make_no_conflict_when_unignored()
 #[test]
 fn files_unsettled_then_renamed_go_on_a_and_do_not_come_back() {
     let t = TestDir::new("r20-unsettled-renamed");
-    let (pa, pb) = two_ports();
-    let a = Peer::start(&t, "A", pa, &[pb]);
-    write_file(&a.path("seed"), "seed");
-    let mut b = Peer::start(&t, "B", pb, &[pa]);
-    wait_identical(&a.dir, &b.dir, SOON);
-    assert!(b.wait_log(SOON, "index written"));
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
-        return;
-    }
     const N: usize = 200;
-    let staging = t.join("staging");
-    for i in 0..N {
-        put_file(
-            &staging,
-            &a.path(&format!("f{i:03}")),
-            format!("A's file {i} ").repeat(40).as_bytes(),
-        );
-    }
-    let got = spin_until(SOON, || count(&b, "received f") >= 40);
-    b.kill();
-    assert!(chattr("-i", &ix) && chattr("-i", &jl));
-    assert!(got, "B received nothing");
-    let have: Vec<usize> = (0..N)
-        .filter(|i| b.path(&format!("f{i:03}")).is_file())
-        .collect();
+    let Some(k) = received_before_a_kill(&t, N, 40, |i| format!("A's file {i} ").repeat(40)) else {
+        return;
+    };
+    let KilledAfterReceiving {
+        a,
+        b,
+        pa,
+        pb,
+        staging: _,
+        have,
+    } = k;
     for d in 0..30 {
         for i in 0..400 {
             write_file(

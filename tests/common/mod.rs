@@ -1641,3 +1641,65 @@ pub fn status(dir: &Path) -> (Option<i32>, String) {
     let (code, out, _) = run_in(dir.parent().unwrap(), &["status", "--dir", &d]);
     (code, out)
 }
+
+/// Two peers after [`received_before_a_kill`]: A running, B killed, and which of A's files B
+/// holds.
+pub struct KilledAfterReceiving {
+    pub a: Peer,
+    pub b: Peer,
+    pub pa: u16,
+    pub pb: u16,
+    /// Where A's files were put together before being moved into its share.
+    pub staging: PathBuf,
+    /// Which of A's files `fNNN` are in B's share.
+    pub have: Vec<usize>,
+}
+
+/// A and B in sync on one file; then B's index saves are held off ([`hold_saves`]), A gets
+/// `n` files `f000`.. (`content(i)`), and B is killed once it has received `at_least` of them:
+/// they are installed in B's share and recorded in its install log, not in its index, as a
+/// kill or a power cut right after the installs leaves them. `None` (the test is skipped)
+/// where saves cannot be held off.
+pub fn received_before_a_kill(
+    t: &TestDir,
+    n: usize,
+    at_least: usize,
+    content: impl Fn(usize) -> String,
+) -> Option<KilledAfterReceiving> {
+    let (pa, pb) = two_ports();
+    let a = Peer::start(t, "A", pa, &[pb]);
+    write_file(&a.path("seed"), "seed");
+    let mut b = Peer::start(t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    assert!(b.wait_log(SOON, "index written"));
+    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
+    if !jl.exists() {
+        fs::write(&jl, b"").unwrap();
+    }
+    if !hold_saves(&ix, &jl) {
+        return None;
+    }
+    let staging = t.join("staging");
+    for i in 0..n {
+        put_file(
+            &staging,
+            &a.path(&format!("f{i:03}")),
+            content(i).as_bytes(),
+        );
+    }
+    let got = spin_until(SOON, || count(&b, "received f") >= at_least);
+    b.kill();
+    assert!(chattr("-i", &ix) && chattr("-i", &jl));
+    assert!(got, "B received nothing");
+    let have = (0..n)
+        .filter(|i| b.path(&format!("f{i:03}")).is_file())
+        .collect();
+    Some(KilledAfterReceiving {
+        a,
+        b,
+        pa,
+        pb,
+        staging,
+        have,
+    })
+}
