@@ -188,64 +188,11 @@ fn choose<'i>(
         if at.busy.contains(path) || at.retry.get(path).is_some_and(|t| *t > at.now) {
             continue;
         }
-        // So its deletion waits until they are in (whatever batch they fall in, and after a
-        // failed try too): never is the old name gone while the new one is not complete.
-        // Not where one holds the other (a file replacing its own folder, or the reverse),
-        // where one of the two must go first.
-        // A new name that is a file replacing a folder of ours does not hold a deletion back:
-        // it waits itself for what its folder holds to go (`files_over_full_folders`), and
-        // two files swapped out of two folders into their places waited on each other for
-        // good (review8). That deletion then goes first, and the blocks come from the peer.
-        let over_folder = |t: &str| local(t).is_some_and(|l| l.kind == Kind::Dir && !l.deleted);
-        if r.deleted
-            && r.kind == Kind::File
-            && renamed_to(path, local(path).as_deref(), &wanted, over_folder)
-        {
+        let cur = local(path);
+        if waits(at, r, cur.as_deref(), &local, &wanted, &batch) {
             continue;
         }
-        // A folder's deletion waits until the deletions of what is inside it are done: until
-        // the pass that announced it is complete (what it held may come after it), and
-        // while entries inside it may wait on disk.
-        if r.deleted && r.kind == Kind::Dir {
-            if at.pass_open || (at.waits_inside)(path) {
-                continue;
-            }
-            let inside = format!("{path}/");
-            if at
-                .needs
-                .range(inside.clone()..)
-                .next()
-                .is_some_and(|(k, _)| k.starts_with(&inside))
-            {
-                continue;
-            }
-        }
-        // A file or folder whose folder we do not hold (nor take in this batch) waits while
-        // the pass is open: the folder's entry, with the peer's mode, is on its way. Made
-        // here for it, the folder was scanned as a new one of ours, newer, and its mode won
-        // over the peer's on every peer (review9).
-        if !r.deleted
-            && at.pass_open
-            && let Some((parent, _)) = path.rsplit_once('/')
-            && !local(parent).is_some_and(|l| l.kind == Kind::Dir && !l.deleted)
-            && !batch
-                .iter()
-                .any(|b: &Entry| b.path == parent && b.kind == Kind::Dir && !b.deleted)
-        {
-            continue;
-        }
-        let local = local(path);
-        // A file that replaces a folder holding files waits, like a folder's deletion,
-        // for the deletions of what the folder held, which come after it in the pass.
-        if r.is_file()
-            && at.pass_open
-            && local
-                .as_ref()
-                .is_some_and(|l| l.kind == Kind::Dir && !l.deleted)
-        {
-            continue;
-        }
-        match decide(local.as_deref(), r) {
+        match decide(cur.as_deref(), r) {
             Decision::Take { .. } => {
                 if !fill.fits(r, at.max_files) {
                     break;
@@ -257,6 +204,64 @@ fn choose<'i>(
         }
     }
     (batch, moot)
+}
+
+/// Whether the need `r` waits for others to go first (see [`choose`]): `cur` is our entry of
+/// its path, `wanted` the files still to come by content, `batch` what the batch takes so far.
+fn waits<'i>(
+    at: &Pending<'_>,
+    r: &Entry,
+    cur: Option<&Entry>,
+    local: &impl Fn(&str) -> Option<Cow<'i, Entry>>,
+    wanted: &HashMap<crate::hash::Hash, Vec<&str>>,
+    batch: &[Entry],
+) -> bool {
+    let path = r.path.as_str();
+    let is_folder = |l: Option<&Entry>| l.is_some_and(|l| l.kind == Kind::Dir && !l.deleted);
+    // So its deletion waits until they are in (whatever batch they fall in, and after a
+    // failed try too): never is the old name gone while the new one is not complete.
+    // Not where one holds the other (a file replacing its own folder, or the reverse),
+    // where one of the two must go first.
+    // A new name that is a file replacing a folder of ours does not hold a deletion back:
+    // it waits itself for what its folder holds to go (`files_over_full_folders`), and
+    // two files swapped out of two folders into their places waited on each other for
+    // good (review8). That deletion then goes first, and the blocks come from the peer.
+    if r.deleted
+        && r.kind == Kind::File
+        && renamed_to(path, cur, wanted, |t| is_folder(local(t).as_deref()))
+    {
+        return true;
+    }
+    // A folder's deletion waits until the deletions of what is inside it are done: until
+    // the pass that announced it is complete (what it held may come after it), and
+    // while entries inside it may wait on disk.
+    if r.deleted && r.kind == Kind::Dir {
+        let inside = format!("{path}/");
+        return at.pass_open
+            || (at.waits_inside)(path)
+            || at
+                .needs
+                .range(inside.clone()..)
+                .next()
+                .is_some_and(|(k, _)| k.starts_with(&inside));
+    }
+    // A file or folder whose folder we do not hold (nor take in this batch) waits while
+    // the pass is open: the folder's entry, with the peer's mode, is on its way. Made
+    // here for it, the folder was scanned as a new one of ours, newer, and its mode won
+    // over the peer's on every peer (review9).
+    if !r.deleted
+        && at.pass_open
+        && let Some((parent, _)) = path.rsplit_once('/')
+        && !is_folder(local(parent).as_deref())
+        && !batch
+            .iter()
+            .any(|b| b.path == parent && b.kind == Kind::Dir && !b.deleted)
+    {
+        return true;
+    }
+    // A file that replaces a folder holding files waits, like a folder's deletion,
+    // for the deletions of what the folder held, which come after it in the pass.
+    r.is_file() && at.pass_open && is_folder(cur)
 }
 
 /// Whether our file at `path` (`ours`) has content one of the files still to come has, at a
