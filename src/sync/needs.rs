@@ -99,6 +99,20 @@ pub struct Needs {
     force: bool,
 }
 
+/// What one refill may read back ([`Needs::refill_fit`]).
+struct Fit {
+    /// Read back at least one entry, however large.
+    force: bool,
+    /// Entries that may come back.
+    room: usize,
+    /// Bytes in memory all connections may hold, and what this one and all hold now.
+    budget: usize,
+    held: usize,
+    all: usize,
+    /// Bytes that may come back.
+    free: usize,
+}
+
 /// The entries waiting on disk.
 struct Waiting {
     file: File,
@@ -318,6 +332,22 @@ impl Needs {
     /// and those still needed given to [`Needs::restore`].
     pub fn refill(&mut self) -> Result<Vec<Entry>> {
         let force = std::mem::take(&mut self.force) && !self.crowded();
+        let Some(fit) = self.refill_fit(force) else {
+            return Ok(Vec::new());
+        };
+        let Some(w) = &mut self.waiting else {
+            return Ok(Vec::new());
+        };
+        let out = w.read_back(&fit)?;
+        if w.read == w.write {
+            self.drop_waiting();
+        }
+        Ok(out)
+    }
+
+    /// How much a refill may read back now; `None` if nothing (memory is not half empty, or
+    /// the budget of all connections is).
+    fn refill_fit(&self, force: bool) -> Option<Fit> {
         let room = if force {
             self.refill_room().max(1)
         } else {
@@ -325,7 +355,6 @@ impl Needs {
         };
         let (counted, held) = (self.counted(), self.bytes);
         let budget = self.mem_max();
-        let mut bytes = self.bytes;
         // What may come back within the budget of all connections: at least this connection's
         // floor, and never past half of what all may hold (the rest is for what arrives).
         // Folder deletions do not count against the floor: they may wait for what comes back.
@@ -334,83 +363,25 @@ impl Needs {
         // and version vectors (22 KiB each) all came back, one per wake, to 3,000 entries and
         // 64 MiB held while its pass stayed open (review13).
         let all = self.budget.in_memory();
-        let mut taken = 0usize;
         let free = MEM_FLOOR
             .saturating_sub(held)
             .max((budget / 2).saturating_sub(all))
             .min((budget + EXTRA_BYTES).saturating_sub(self.charged))
             .max(usize::from(force));
-        let Some(w) = &mut self.waiting else {
-            return Ok(Vec::new());
-        };
-        if !force && ((room < self.cap / 2 && counted > 0) || bytes > budget / 2 || free == 0)
+        if !force && ((room < self.cap / 2 && counted > 0) || held > budget / 2 || free == 0)
             || room == 0
         {
-            return Ok(Vec::new());
+            return None;
         }
-        w.flush()?;
-        let mut out = Vec::new();
-        let mut chunk = Vec::new();
-        let mut full = false;
-        while !full
-            && out.len() < room
-            && (bytes < budget || force && out.is_empty())
-            && taken < free
-            && w.read < w.write
-        {
-            // A chunk of whole records, or one record larger than a chunk.
-            chunk.resize(READ_CHUNK.min((w.write - w.read) as usize), 0);
-            w.file.read_exact_at(&mut chunk, w.read).at(&w.path)?;
-            let mut used = 0;
-            while out.len() < room && (bytes < budget || force && out.is_empty()) && taken < free {
-                let rest = &chunk[used..];
-                let Some(len) = rest.get(..4) else { break };
-                let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-                if n > wire::MAX_FRAME || w.read + (used + 4 + n) as u64 > w.write {
-                    return Err(Error::msg("damaged record").at(&w.path));
-                }
-                if rest.len() < 4 + n {
-                    if used == 0 {
-                        // Larger than a chunk: read it whole.
-                        chunk.resize(4 + n, 0);
-                        w.file.read_exact_at(&mut chunk, w.read).at(&w.path)?;
-                        continue;
-                    }
-                    break;
-                }
-                let mut d = Dec::new(&rest[4..4 + n]);
-                let e = codec::get_entry(&mut d)
-                    .and_then(|e| d.end().map(|_| e))
-                    .map_err(|e| e.at(&w.path))?;
-                let c = cost(&e);
-                // One larger than what is free waits, unless it is the first and the budget has
-                // room for it ([`Needs::budget_room`]).
-                let first =
-                    taken == 0 && (force || held == 0 && (all + c <= budget || all <= budget / 2));
-                if taken + c > free && !first {
-                    full = true;
-                    break;
-                }
-                used += 4 + n;
-                bytes += c;
-                taken += c;
-                w.files = w.files.saturating_sub(1);
-                w.bytes = w.bytes.saturating_sub(e.size);
-                w.count_inside(&e.path, false);
-                out.push(e);
-            }
-            if used == 0 && !full {
-                // Not even a record's length before the end: only a damaged file ends so.
-                return Err(Error::msg("damaged record").at(&w.path));
-            }
-            w.read += used as u64;
-        }
-        if w.read == w.write {
-            self.drop_waiting();
-        }
-        Ok(out)
+        Some(Fit {
+            force,
+            room,
+            budget,
+            held,
+            all,
+            free,
+        })
     }
-
     /// Puts back an entry read by [`Needs::refill`], unless the one in memory for its path is
     /// as new: what is in memory may have waited on disk before it (then this one is newer) or
     /// been announced after it (the peer's versions of a file only move forward).
@@ -461,6 +432,75 @@ fn is_folder_delete(e: &Entry) -> bool {
 }
 
 impl Waiting {
+    /// Reads back, from the oldest, the entries that `fit` lets come back.
+    fn read_back(&mut self, fit: &Fit) -> Result<Vec<Entry>> {
+        let (mut bytes, mut taken) = (fit.held, 0usize);
+        self.flush()?;
+        let mut out = Vec::new();
+        let mut chunk = Vec::new();
+        let mut full = false;
+        let more = |out: &Vec<Entry>, bytes: usize, taken: usize| {
+            out.len() < fit.room
+                && (bytes < fit.budget || fit.force && out.is_empty())
+                && taken < fit.free
+        };
+        while !full && more(&out, bytes, taken) && self.read < self.write {
+            // A chunk of whole records, or one record larger than a chunk.
+            chunk.resize(READ_CHUNK.min((self.write - self.read) as usize), 0);
+            self.file
+                .read_exact_at(&mut chunk, self.read)
+                .at(&self.path)?;
+            let mut used = 0;
+            while more(&out, bytes, taken) {
+                let rest = &chunk[used..];
+                let Some(len) = rest.get(..4) else { break };
+                let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                if n > wire::MAX_FRAME || self.read + (used + 4 + n) as u64 > self.write {
+                    return Err(Error::msg("damaged record").at(&self.path));
+                }
+                if rest.len() < 4 + n {
+                    if used == 0 {
+                        // Larger than a chunk: read it whole.
+                        chunk.resize(4 + n, 0);
+                        self.file
+                            .read_exact_at(&mut chunk, self.read)
+                            .at(&self.path)?;
+                        continue;
+                    }
+                    break;
+                }
+                let mut d = Dec::new(&rest[4..4 + n]);
+                let e = codec::get_entry(&mut d)
+                    .and_then(|e| d.end().map(|_| e))
+                    .map_err(|e| e.at(&self.path))?;
+                let c = cost(&e);
+                // One larger than what is free waits, unless it is the first and the budget has
+                // room for it ([`Needs::budget_room`]).
+                let first = taken == 0
+                    && (fit.force
+                        || fit.held == 0
+                            && (fit.all + c <= fit.budget || fit.all <= fit.budget / 2));
+                if taken + c > fit.free && !first {
+                    full = true;
+                    break;
+                }
+                used += 4 + n;
+                bytes += c;
+                taken += c;
+                self.files = self.files.saturating_sub(1);
+                self.bytes = self.bytes.saturating_sub(e.size);
+                self.count_inside(&e.path, false);
+                out.push(e);
+            }
+            if used == 0 && !full {
+                // Not even a record's length before the end: only a damaged file ends so.
+                return Err(Error::msg("damaged record").at(&self.path));
+            }
+            self.read += used as u64;
+        }
+        Ok(out)
+    }
+
     fn create(dir: &std::path::Path) -> Result<Waiting> {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
