@@ -458,43 +458,15 @@ impl Walk<'_> {
 
     /// Takes in a folder found at `path` (under the lock); returns whether to walk it.
     fn folder(&mut self, st: &mut State, path: &str, stat: &Stat, cur: Option<&Entry>) -> bool {
-        let root = &self.model.root;
-        let device = st.index.device;
         // Looked at again under the lock: the listing may have caught a folder a pull was
         // making (made 0700, then given its mode), or one a pull has deleted since, and
         // recorded: it must not come back.
-        let again = || {
-            crate::sys::dirfd::Dir::parent(root, path)
-                .ok()
-                .and_then(|(d, name)| d.stat(name).ok().flatten())
-                .filter(|m| m.is_dir())
-        };
+        let again = || folder_now(&self.model.root, path);
         match (folder_seen(cur, stat), cur) {
             (FolderSeen::ModeChanged, Some(e))
                 if again().is_some_and(|m| Stat::of(&m).mode == stat.mode) =>
             {
-                // A peer's mode put on it just before the last stop (logged ahead, the index not
-                // saved): the peer's version, not a change here.
-                let holds = |r: &Entry| {
-                    r.kind == Kind::Dir && !r.deleted && r.dir_mode() & 0o777 == stat.mode
-                };
-                if let Some(rec) = take_logged(&mut st.received, &mut st.installed, path, holds) {
-                    info!("{path}/: its mode was received before the last stop");
-                    let mut ne = rec;
-                    ne.stat = *stat;
-                    st.put(ne);
-                    return !(self.dirs.is_some() && self.watched(path, stat.ino));
-                }
-                // Its mode changed here since we last looked: a new version of the folder.
-                let done = take_done(&mut st.received, &mut st.installed, path);
-                let mut ne = e.clone();
-                ne.mode = stat.mode;
-                ne.modified_by = device;
-                ne.version = local_version(Some(&e.version), done.as_ref(), device);
-                ne.stat = *stat;
-                info!("folder mode changed locally: {path}/ ({:o})", stat.mode);
-                st.put(ne);
-                self.out.changed += 1;
+                self.folder_mode_changed(st, path, stat, e);
                 // A partial scan walks a folder it knew only if it had events, or if it is
                 // not watched yet (made by a pull: what came into it since made no event).
                 !(self.dirs.is_some() && self.watched(path, stat.ino))
@@ -506,57 +478,88 @@ impl Walk<'_> {
                 if again().is_none() {
                     return false;
                 }
-                // Made for a pull, or a peer's folder made, just before the last stop (logged
-                // ahead, the index not saved): the entry logged, not a new folder of ours,
-                // which would be newer than the peer's and win with the mode it was made
-                // with (review11).
-                let mut stat = *stat;
-                if let Some(made) = finish_folder(st, root, path, &stat) {
-                    stat = made;
-                }
-                let stat = &stat;
-                let holds = |r: &Entry| {
-                    r.kind == Kind::Dir
-                        && !r.deleted
-                        && r.dir_mode() & 0o777 == stat.mode
-                        && cur.is_none_or(|c| {
-                            // A placeholder is made only where the index has nothing.
-                            !r.version.pairs().is_empty()
-                                && matches!(
-                                    r.version.compare(&c.version),
-                                    Order::Newer | Order::Concurrent
-                                )
-                        })
-                };
-                if let Some(mut rec) = take_logged(&mut st.received, &mut st.installed, path, holds)
-                {
-                    info!("{path}/: made for a pull before the last stop");
-                    rec.stat = *stat;
-                    st.put(rec);
-                    // Not fresh: the temp files in it are kept pulls', to resume.
-                    return true;
-                }
-                // A folder made here, perhaps in place of a file (or a folder of another
-                // mode) received before the last stop: a change of that.
-                let done = take_done(&mut st.received, &mut st.installed, path);
-                let version = local_version(cur.map(|e| &e.version), done.as_ref(), device);
-                info!("new folder {path}/");
-                st.put(Entry {
-                    path: path.to_string(),
-                    kind: Kind::Dir,
-                    mode: stat.mode,
-                    mtime: stat.mtime,
-                    mtime_ns: stat.mtime_ns,
-                    modified_by: device,
-                    version,
-                    stat: *stat,
-                    ..Entry::default()
-                });
-                self.out.changed += 1;
-                self.fresh.insert(path.to_string());
+                self.new_folder(st, path, stat, cur);
                 true
             }
         }
+    }
+
+    /// Takes in the mode of our folder `e` at `path` changed to `stat`'s.
+    fn folder_mode_changed(&mut self, st: &mut State, path: &str, stat: &Stat, e: &Entry) {
+        // A peer's mode put on it just before the last stop (logged ahead, the index not
+        // saved): the peer's version, not a change here.
+        let holds =
+            |r: &Entry| r.kind == Kind::Dir && !r.deleted && r.dir_mode() & 0o777 == stat.mode;
+        if let Some(rec) = take_logged(&mut st.received, &mut st.installed, path, holds) {
+            info!("{path}/: its mode was received before the last stop");
+            let mut ne = rec;
+            ne.stat = *stat;
+            st.put(ne);
+            return;
+        }
+        // Its mode changed here since we last looked: a new version of the folder.
+        let device = st.index.device;
+        let done = take_done(&mut st.received, &mut st.installed, path);
+        let mut ne = e.clone();
+        ne.mode = stat.mode;
+        ne.modified_by = device;
+        ne.version = local_version(Some(&e.version), done.as_ref(), device);
+        ne.stat = *stat;
+        info!("folder mode changed locally: {path}/ ({:o})", stat.mode);
+        st.put(ne);
+        self.out.changed += 1;
+    }
+
+    /// Takes in a folder at `path` the index does not have live (`cur`: what it has).
+    fn new_folder(&mut self, st: &mut State, path: &str, stat: &Stat, cur: Option<&Entry>) {
+        // Made for a pull, or a peer's folder made, just before the last stop (logged
+        // ahead, the index not saved): the entry logged, not a new folder of ours,
+        // which would be newer than the peer's and win with the mode it was made
+        // with (review11).
+        let mut stat = *stat;
+        if let Some(made) = finish_folder(st, &self.model.root, path, &stat) {
+            stat = made;
+        }
+        let stat = &stat;
+        let holds = |r: &Entry| {
+            r.kind == Kind::Dir
+                && !r.deleted
+                && r.dir_mode() & 0o777 == stat.mode
+                && cur.is_none_or(|c| {
+                    // A placeholder is made only where the index has nothing.
+                    !r.version.pairs().is_empty()
+                        && matches!(
+                            r.version.compare(&c.version),
+                            Order::Newer | Order::Concurrent
+                        )
+                })
+        };
+        if let Some(mut rec) = take_logged(&mut st.received, &mut st.installed, path, holds) {
+            info!("{path}/: made for a pull before the last stop");
+            rec.stat = *stat;
+            st.put(rec);
+            // Not fresh: the temp files in it are kept pulls', to resume.
+            return;
+        }
+        // A folder made here, perhaps in place of a file (or a folder of another
+        // mode) received before the last stop: a change of that.
+        let device = st.index.device;
+        let done = take_done(&mut st.received, &mut st.installed, path);
+        let version = local_version(cur.map(|e| &e.version), done.as_ref(), device);
+        info!("new folder {path}/");
+        st.put(Entry {
+            path: path.to_string(),
+            kind: Kind::Dir,
+            mode: stat.mode,
+            mtime: stat.mtime,
+            mtime_ns: stat.mtime_ns,
+            modified_by: device,
+            version,
+            stat: *stat,
+            ..Entry::default()
+        });
+        self.out.changed += 1;
+        self.fresh.insert(path.to_string());
     }
 
     /// Takes in a file found at `path`: queued for hashing if new or changed.
@@ -1164,6 +1167,56 @@ fn read_blocks(model: &Model, c: &Candidate, prev: Option<&Entry>) -> Result<(ha
     Ok((b, bs))
 }
 
+/// The folder at `path` in the share now, if a folder is there (not through a symlink).
+fn folder_now(root: &Path, path: &str) -> Option<fs::Metadata> {
+    crate::sys::dirfd::Dir::parent(root, path)
+        .ok()
+        .and_then(|(d, name)| d.stat(name).ok().flatten())
+        .filter(|m| m.is_dir())
+}
+
+/// The last install known done at `path` since the index's entry `cur` (a kill before the
+/// index was saved): what a scan finds there is that, or a change of it made while we were
+/// down.
+fn done_since(st: &State, path: &str, cur: Option<&Entry>) -> Option<Entry> {
+    (st.installed.get(path))
+        .filter(|i| {
+            i.is_file()
+                && cur.is_none_or(|c| {
+                    matches!(
+                        i.version.compare(&c.version),
+                        Order::Newer | Order::Concurrent
+                    )
+                })
+        })
+        .cloned()
+}
+
+/// The logged install a file found at `path` (`found`: its hash, size and mode) is, if it is
+/// one: received before a crash and not in the index yet, the peer's version, not a new one.
+/// The last install logged (its content is here, whether or not it was marked done; then
+/// true), else `installed`, the last one done (a later one cut before its rename: review16).
+/// Its log entries go.
+fn received_before_stop(
+    received: &mut std::collections::HashMap<String, Entry>,
+    logged_done: &mut std::collections::HashMap<String, Entry>,
+    path: &str,
+    cur: Option<&Entry>,
+    installed: Option<Entry>,
+    found: (&crate::hash::Hash, u64, u32),
+) -> Option<(Entry, bool)> {
+    let last =
+        (received.get(path)).is_some_and(|rec| crate::store::intents::received(rec, cur, found));
+    let taken = if last {
+        received.remove(path)
+    } else {
+        installed.filter(|i| crate::store::intents::received(i, cur, found))
+    }?;
+    received.remove(path);
+    logged_done.remove(path);
+    Some((taken, last))
+}
+
 /// Records what a candidate holds; true if that is a new version.
 fn record(
     st: &mut State,
@@ -1185,20 +1238,8 @@ fn record(
     if cur.as_ref().map(|e| &e.version) != c.version.as_ref() {
         return false;
     }
-    // The last install known done at this path since the index's entry (a kill before the
-    // index was saved): what is found is that, or a change of it made while we were down.
     let found = (&file_hash, before.size, before.mode);
-    let installed = (st.installed.get(&c.path))
-        .filter(|i| {
-            i.is_file()
-                && cur.as_ref().is_none_or(|c| {
-                    matches!(
-                        i.version.compare(&c.version),
-                        Order::Newer | Order::Concurrent
-                    )
-                })
-        })
-        .cloned();
+    let installed = done_since(st, &c.path, cur.as_deref());
     if installed.is_none()
         && let Some(e) = &cur
         && e.is_file()
@@ -1211,19 +1252,15 @@ fn record(
         st.dirty = true;
         return false;
     }
-    // Received before a crash, and not in the index yet: the peer's version, not a new one.
-    // The last install logged (its content is here, whether or not it was marked done), else
-    // the last one done (a later one cut before its rename: review16).
-    let last = (st.received.get(&c.path))
-        .is_some_and(|rec| crate::store::intents::received(rec, cur.as_deref(), found));
-    let taken = if last {
-        st.received.remove(&c.path)
-    } else {
-        installed.filter(|i| crate::store::intents::received(i, cur.as_deref(), found))
-    };
-    if let Some(rec) = taken {
-        st.received.remove(&c.path);
-        st.installed.remove(&c.path);
+    let taken = received_before_stop(
+        &mut st.received,
+        &mut st.installed,
+        &c.path,
+        cur.as_deref(),
+        installed,
+        found,
+    );
+    if let Some((rec, last)) = taken {
         info!(
             "{}: received before the last stop; its version is the sender's",
             c.path
