@@ -351,12 +351,7 @@ fn edited_during_the_first_scan(delete: bool) {
         return;
     };
     let KilledAfterReceiving {
-        a,
-        b,
-        pa,
-        pb,
-        staging: _,
-        have,
+        a, b, pa, pb, have, ..
     } = k;
     let have: Vec<String> = have.iter().map(|i| format!("f{i:03}")).collect();
     // B's user also copies in a folder of many small files while B is down: B's first scan
@@ -636,19 +631,17 @@ enum WhileDown {
 /// file left.
 fn logged_not_done_then_changed_on_the_peer(what: WhileDown) {
     let t = TestDir::new(&format!("r18-logged-not-done-{what:?}"));
-    let (pa, pb) = two_ports();
-    let a = Peer::start(&t, "A", pa, &[pb]);
-    write_file(&a.path("seed"), "seed");
-    let mut b = Peer::start(&t, "B", pb, &[pa]);
-    wait_identical(&a.dir, &b.dir, SOON);
-    assert!(b.wait_log(SOON, "index written"));
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
+    let Some(h) = SavesHeld::start(&t) else {
         return;
-    }
+    };
+    let SavesHeld {
+        a,
+        mut b,
+        pa,
+        pb,
+        ix,
+        jl,
+    } = h;
     const N: usize = 40;
     let v1 = |i: usize| format!("A's first version of f{i:02} ").repeat(40);
     let v2 = |i: usize| format!("A's SECOND version of f{i:02} ").repeat(45);

@@ -83,12 +83,7 @@ fn files_still_unsettled_when_b_is_killed_again_make_no_conflict_copy() {
         return;
     };
     let KilledAfterReceiving {
-        a,
-        b,
-        pa,
-        pb,
-        staging: _,
-        have,
+        a, b, pa, pb, have, ..
     } = k;
     let have: Vec<String> = have.iter().map(|i| format!("f{i:03}")).collect();
     for d in 0..40 {
@@ -183,19 +178,17 @@ fn files_still_unsettled_when_b_is_killed_again_make_no_conflict_copy() {
 #[test]
 fn a_file_received_before_a_kill_and_replaced_by_a_folder_makes_no_conflict() {
     let t = TestDir::new("r19-received-then-folder");
-    let (pa, pb) = two_ports();
-    let a = Peer::start(&t, "A", pa, &[pb]);
-    write_file(&a.path("seed"), "seed");
-    let mut b = Peer::start(&t, "B", pb, &[pa]);
-    wait_identical(&a.dir, &b.dir, SOON);
-    assert!(b.wait_log(SOON, "index written"));
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
+    let Some(h) = SavesHeld::start(&t) else {
         return;
-    }
+    };
+    let SavesHeld {
+        a,
+        mut b,
+        pa,
+        pb,
+        ix,
+        jl,
+    } = h;
     const N: usize = 20;
     let staging = t.join("staging");
     for i in 0..N {
@@ -253,12 +246,7 @@ fn files_written_for_ten_seconds_after_a_restart_make_no_conflict_and_stay_delet
         return;
     };
     let KilledAfterReceiving {
-        a,
-        b,
-        pa,
-        pb,
-        staging: _,
-        have,
+        a, b, pa, pb, have, ..
     } = k;
     let have: Vec<String> = have.iter().map(|i| format!("f{i:03}")).collect();
     for d in 0..20 {
@@ -339,12 +327,7 @@ fn files_received_before_a_kill_and_rewritten_during_the_first_scan_make_no_conf
         return;
     };
     let KilledAfterReceiving {
-        a,
-        b,
-        pa,
-        pb,
-        staging: _,
-        have,
+        a, b, pa, pb, have, ..
     } = k;
     let have: Vec<String> = have.iter().map(|i| format!("f{i:03}")).collect();
     for d in 0..40 {

@@ -250,12 +250,7 @@ fn files_unsettled_then_ignored_over_a_restart_make_no_conflict_when_unignored()
         return;
     };
     let KilledAfterReceiving {
-        a,
-        b,
-        pa,
-        pb,
-        staging: _,
-        have,
+        a, b, pa, pb, have, ..
     } = k;
     let have: Vec<String> = have.iter().map(|i| format!("f{i:03}")).collect();
     for d in 0..30 {
@@ -346,12 +341,7 @@ fn files_unsettled_then_renamed_go_on_a_and_do_not_come_back() {
         return;
     };
     let KilledAfterReceiving {
-        a,
-        b,
-        pa,
-        pb,
-        staging: _,
-        have,
+        a, b, pa, pb, have, ..
     } = k;
     for d in 0..30 {
         for i in 0..400 {

@@ -1642,6 +1642,53 @@ pub fn status(dir: &Path) -> (Option<i32>, String) {
     (code, out)
 }
 
+/// A and B in sync on one file, B's index saves held off ([`hold_saves`]): whatever B
+/// installs from now on is in its install log only, as a kill or a power cut right after the
+/// installs leaves it.
+pub struct SavesHeld {
+    pub a: Peer,
+    pub b: Peer,
+    pub pa: u16,
+    pub pb: u16,
+    /// B's index files, immutable while saves are held.
+    pub ix: PathBuf,
+    pub jl: PathBuf,
+}
+
+impl SavesHeld {
+    /// Starts A and B and holds B's saves once they are in sync; `None` (the test is skipped)
+    /// where saves cannot be held off.
+    pub fn start(t: &TestDir) -> Option<SavesHeld> {
+        let (pa, pb) = two_ports();
+        let a = Peer::start(t, "A", pa, &[pb]);
+        write_file(&a.path("seed"), "seed");
+        let b = Peer::start(t, "B", pb, &[pa]);
+        wait_identical(&a.dir, &b.dir, SOON);
+        assert!(b.wait_log(SOON, "index written"));
+        let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
+        if !jl.exists() {
+            fs::write(&jl, b"").unwrap();
+        }
+        if !hold_saves(&ix, &jl) {
+            return None;
+        }
+        Some(SavesHeld {
+            a,
+            b,
+            pa,
+            pb,
+            ix,
+            jl,
+        })
+    }
+
+    /// Kills B and lets its saves go again (for its next start).
+    pub fn kill_b(&mut self) {
+        self.b.kill();
+        assert!(chattr("-i", &self.ix) && chattr("-i", &self.jl));
+    }
+}
+
 /// Two peers after [`received_before_a_kill`]: A running, B killed, and which of A's files B
 /// holds.
 pub struct KilledAfterReceiving {
@@ -1655,45 +1702,31 @@ pub struct KilledAfterReceiving {
     pub have: Vec<usize>,
 }
 
-/// A and B in sync on one file; then B's index saves are held off ([`hold_saves`]), A gets
-/// `n` files `f000`.. (`content(i)`), and B is killed once it has received `at_least` of them:
-/// they are installed in B's share and recorded in its install log, not in its index, as a
-/// kill or a power cut right after the installs leaves them. `None` (the test is skipped)
-/// where saves cannot be held off.
+/// [`SavesHeld`]; then A gets `n` files `f000`.. (`content(i)`), and B is killed once it has
+/// received `at_least` of them: they are installed in B's share and recorded in its install
+/// log, not in its index. `None` (the test is skipped) where saves cannot be held off.
 pub fn received_before_a_kill(
     t: &TestDir,
     n: usize,
     at_least: usize,
     content: impl Fn(usize) -> String,
 ) -> Option<KilledAfterReceiving> {
-    let (pa, pb) = two_ports();
-    let a = Peer::start(t, "A", pa, &[pb]);
-    write_file(&a.path("seed"), "seed");
-    let mut b = Peer::start(t, "B", pb, &[pa]);
-    wait_identical(&a.dir, &b.dir, SOON);
-    assert!(b.wait_log(SOON, "index written"));
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
-        return None;
-    }
+    let mut h = SavesHeld::start(t)?;
     let staging = t.join("staging");
     for i in 0..n {
         put_file(
             &staging,
-            &a.path(&format!("f{i:03}")),
+            &h.a.path(&format!("f{i:03}")),
             content(i).as_bytes(),
         );
     }
-    let got = spin_until(SOON, || count(&b, "received f") >= at_least);
-    b.kill();
-    assert!(chattr("-i", &ix) && chattr("-i", &jl));
+    let got = spin_until(SOON, || count(&h.b, "received f") >= at_least);
+    h.kill_b();
     assert!(got, "B received nothing");
     let have = (0..n)
-        .filter(|i| b.path(&format!("f{i:03}")).is_file())
+        .filter(|i| h.b.path(&format!("f{i:03}")).is_file())
         .collect();
+    let SavesHeld { a, b, pa, pb, .. } = h;
     Some(KilledAfterReceiving {
         a,
         b,
