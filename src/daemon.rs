@@ -768,6 +768,10 @@ fn scan_loop(model: &Model) {
         // of what the next event costs.
         let partial = dirs.is_some();
         let took = scan_once(model, dirs.as_ref(), watcher.as_mut(), t);
+        if std::mem::take(&mut model.lock().rescan_all) {
+            full = true;
+            continue;
+        }
         // What the scan saw is recorded: peers may be told we hold nothing more for them.
         model.lock().scan_pending = false;
         model.changed.notify_all();

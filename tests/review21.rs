@@ -356,6 +356,7 @@ fn while_down(i: usize) -> &'static str {
 /// `record_unsettled` (src/scan/scanner.rs:764) recorded with no stat are not "hashed by the
 /// next scan that reaches them" (its comment, src/scan/scanner.rs:640-646) until the full
 /// rescan (`RESCAN_EVERY`, 600 s, src/daemon.rs:27) or a restart.
+/// Fixed: a change of the ignore patterns makes the next scan walk every folder, at once.
 fn received_then_changed_and_ignored_while_down(restart: bool, dir: &str) {
     let t = TestDir::new(&format!("r21-ignored-while-down-{restart}-{}", dir.len()));
     let (pa, pb) = two_ports();
@@ -505,6 +506,7 @@ fn received_then_changed_and_ignored_while_down_in_a_subfolder_then_unignored() 
 /// `Log::len` is 0 (`len: 0`, src/store/intents.rs:64; opened and measured only in `write`,
 /// :99), so `Model::save` passes 0 (src/sync/model.rs:425) and `clear_if(0)` returns at once
 /// (src/store/intents.rs:118).
+/// Fixed: the log's length on disk counts from the start (`intents::Log::new`).
 #[test]
 fn the_install_log_empties_after_a_restart_with_nothing_new_to_install() {
     let t = TestDir::new("r21-log-after-restart");
@@ -937,6 +939,7 @@ fn random_kills_with_type_and_ignore_changes_seed_3() {
 /// (src/scan/scanner.rs:502-503). The changes made in `sub/` while ignored made their events
 /// then (skipped as ignored), none since: they wait for the full rescan every 600 s
 /// (src/daemon.rs:27) or a restart. Meanwhile `left status` can say "in sync".
+/// Fixed: a change of the ignore patterns makes the next scan walk every folder, at once.
 #[test]
 fn files_edited_while_ignored_in_a_subfolder_sync_once_unignored() {
     let t = TestDir::new("r21-unignore-subfolder");
@@ -1081,6 +1084,8 @@ fn a_temp_file_changed_while_b_is_down_is_verified_on_resume() {
 /// over the folder the walk found there and walked, without looking at what is on disk. The
 /// later scans walk `d` as a folder the index does not have as one only once the top is
 /// listed again.
+/// Fixed: a folder the first scan finds as the index has it, where a done install put
+/// something else, is a change of that install (`scanner::done_since_folder`).
 fn a_received_type_change_undone_while_down(to_file: bool) {
     let t = TestDir::new(&format!("r21-retype-back-{to_file}"));
     let (pa, pb) = two_ports();
@@ -1270,6 +1275,8 @@ fn the_second_install_cut_between_its_done_record_and_its_rename_resumes() {
 /// install in the log (`ModeChanged` would `take_done`, :473-500); at its end the log is
 /// dropped (`record_unsettled` skips folders, :765; then :650-651), the index keeps the old
 /// version, and A's newer one is pulled again over the user's change.
+/// Fixed: a folder the first scan finds as the index has it, where a done install put
+/// another mode, is a change of that install (`scanner::done_since_folder`).
 fn a_received_mode_changed_back_while_down(folder: bool) {
     use std::os::unix::fs::PermissionsExt;
     let t = TestDir::new(&format!("r21-mode-back-{folder}"));

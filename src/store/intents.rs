@@ -58,10 +58,18 @@ pub struct Log {
 
 impl Log {
     pub fn new(state_dir: &Path) -> Log {
+        let path = state_dir.join("installs");
+        // What it holds from before a crash counts (opened at the first write or clear): an
+        // index saved after the first scan records all of it, and the log can go then, not
+        // only once something new is logged (review21).
+        let len = std::fs::symlink_metadata(&path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map_or(0, |m| m.len());
         Log {
-            path: state_dir.join("installs"),
+            path,
             file: None,
-            len: 0,
+            len,
         }
     }
 
@@ -93,17 +101,22 @@ impl Log {
         if buf.is_empty() {
             return Ok(());
         }
+        self.open()?;
+        if let Some(f) = &self.file {
+            f.write_all_at(buf, self.len).at(&self.path)?;
+            self.len += buf.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Opens the log at its first use; what it holds from before a crash stays until an index
+    /// with it is saved.
+    fn open(&mut self) -> Result<()> {
         if self.file.is_none() {
-            // What it holds from before a crash stays until an index with it is saved.
             let f = crate::sys::open::open_own(&self.path).at(&self.path)?;
             self.len = f.metadata().at(&self.path)?.len();
             self.file = Some(f);
         }
-        let Some(f) = &self.file else {
-            return Ok(());
-        };
-        f.write_all_at(buf, self.len).at(&self.path)?;
-        self.len += buf.len() as u64;
         Ok(())
     }
 
@@ -118,7 +131,11 @@ impl Log {
         if len == 0 || self.len != len {
             return;
         }
+        if let Err(e) = self.open() {
+            warn!("{e}");
+        }
         if let Some(f) = &self.file
+            && self.len == len
             && f.set_len(0).is_ok()
         {
             self.len = 0;

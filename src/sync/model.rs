@@ -194,6 +194,9 @@ pub struct State {
     pub saved_seq: u64,
     /// Changes were seen that no scan has recorded yet (a scan is due or running).
     pub scan_pending: bool,
+    /// The ignore patterns changed during a scan: what they no longer ignore may be in any
+    /// folder, and the next scan walks them all, at once.
+    pub rescan_all: bool,
     pub shutdown: bool,
     /// Per configured peer (as given on the command line).
     pub dialers: BTreeMap<String, DialInfo>,
@@ -293,6 +296,7 @@ impl Model {
             busy: HashSet::new(),
             scanned: false,
             scan_pending: true,
+            rescan_all: false,
             shutdown: false,
             dialers: BTreeMap::new(),
             last_error: None,
