@@ -10,35 +10,6 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-/// Every temp file (`.NAME.left-tmp`) under a share, `.left/` excluded.
-fn temps(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![String::new()];
-    while let Some(rel) = stack.pop() {
-        let Ok(rd) = fs::read_dir(root.join(&rel)) else {
-            continue;
-        };
-        for ent in rd.flatten() {
-            let name = ent.file_name().to_string_lossy().into_owned();
-            if rel.is_empty() && name == ".left" {
-                continue;
-            }
-            let path = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
-            if ent.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(path);
-            } else if is_temp(&name) {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// A pull cut by a kill leaves its temp file; while B is down, A's user deletes the file, so
 /// no pull will ever want that temp file again. B's user also adds a 512 MiB file while B is
 /// down, so that B's first scan after the restart takes a moment (~0.9 s) and A's `IndexDone`

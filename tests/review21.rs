@@ -14,35 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// Every temp file (`.NAME.left-tmp`) under a share, `.left/` excluded.
-fn temps(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![String::new()];
-    while let Some(rel) = stack.pop() {
-        let Ok(rd) = fs::read_dir(root.join(&rel)) else {
-            continue;
-        };
-        for ent in rd.flatten() {
-            let name = ent.file_name().to_string_lossy().into_owned();
-            if rel.is_empty() && name == ".left" {
-                continue;
-            }
-            let path = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
-            if ent.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(path);
-            } else if is_temp(&name) {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Every file under `dir` (recursively), with content.
 fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -359,19 +330,17 @@ fn while_down(i: usize) -> &'static str {
 /// Fixed: a change of the ignore patterns makes the next scan walk every folder, at once.
 fn received_then_changed_and_ignored_while_down(restart: bool, dir: &str) {
     let t = TestDir::new(&format!("r21-ignored-while-down-{restart}-{}", dir.len()));
-    let (pa, pb) = two_ports();
-    let a = Peer::start(&t, "A", pa, &[pb]);
-    write_file(&a.path("seed"), "seed");
-    let mut b = Peer::start(&t, "B", pb, &[pa]);
-    wait_identical(&a.dir, &b.dir, SOON);
-    assert!(b.wait_log(SOON, "index written"));
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
+    let Some(h) = SavesHeld::start(&t) else {
         return;
-    }
+    };
+    let SavesHeld {
+        a,
+        mut b,
+        pa,
+        pb,
+        ix,
+        jl,
+    } = h;
     const N: usize = 60;
     let staging = t.join("staging");
     let a_content = |i: usize| format!("A's file {i} ").repeat(30 + i);
@@ -510,19 +479,17 @@ fn received_then_changed_and_ignored_while_down_in_a_subfolder_then_unignored() 
 #[test]
 fn the_install_log_empties_after_a_restart_with_nothing_new_to_install() {
     let t = TestDir::new("r21-log-after-restart");
-    let (pa, pb) = two_ports();
-    let a = Peer::start(&t, "A", pa, &[pb]);
-    write_file(&a.path("seed"), "seed");
-    let mut b = Peer::start(&t, "B", pb, &[pa]);
-    wait_identical(&a.dir, &b.dir, SOON);
-    assert!(b.wait_log(SOON, "index written"));
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
+    let Some(h) = SavesHeld::start(&t) else {
         return;
-    }
+    };
+    let SavesHeld {
+        a,
+        mut b,
+        pa,
+        pb,
+        ix,
+        jl,
+    } = h;
     let staging = t.join("staging");
     for i in 0..60 {
         put_file(

@@ -1736,3 +1736,32 @@ pub fn received_before_a_kill(
         have,
     })
 }
+
+/// Every temp file (`.NAME.left-tmp`) under a share, `.left/` excluded.
+pub fn temps(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(rd) = fs::read_dir(root.join(&rel)) else {
+            continue;
+        };
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if rel.is_empty() && name == ".left" {
+                continue;
+            }
+            let path = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            if ent.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+            } else if is_temp(&name) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
