@@ -9,6 +9,7 @@ pub const DEFAULT_PORT: u16 = 24680;
 pub const USAGE: &str = "\
 usage: left [OPTIONS] <PEER>...
        left status [--dir DIR]
+       left keygen FILE   write a new random shared key to FILE (mode 0600)
 
 Keeps the folder (default ./share) identical with the same folder on each PEER.
 PEER is IPv4, IPv4:PORT, [IPv6]:PORT, or a host name (optionally HOST:PORT).
@@ -88,6 +89,8 @@ pub enum Command {
     Run(Options),
     /// `left status [--dir DIR]`: report on the daemon serving DIR.
     Status(PathBuf),
+    /// `left keygen FILE`: write a fresh shared key to FILE.
+    Keygen(PathBuf),
     Help,
     Version,
 }
@@ -239,6 +242,13 @@ pub fn parse_with(
     args: &[String],
     load: impl Fn(&Path, bool) -> Result<Option<Config>, String>,
 ) -> Result<Command, String> {
+    // No config file is read for a key: it concerns no folder.
+    if args.first().is_some_and(|a| a == "keygen") {
+        return match &args[1..] {
+            [f] if !f.starts_with('-') => Ok(Command::Keygen(PathBuf::from(f))),
+            _ => Err("usage: left keygen FILE".into()),
+        };
+    }
     let cfg = match config_arg(args)? {
         Some(p) => load(&p, true)?,
         None => load(Path::new(crate::config::DEFAULT_PATH), false)?,
@@ -507,6 +517,13 @@ mod tests {
             Command::Status(PathBuf::from("x"))
         );
         assert!(st(&["status", "--bogus"]).is_err());
+        assert_eq!(
+            st(&["keygen", "k"]).unwrap(),
+            Command::Keygen(PathBuf::from("k"))
+        );
+        for bad in [&["keygen"][..], &["keygen", "a", "b"], &["keygen", "--dir"]] {
+            assert!(st(bad).unwrap_err().contains("usage: left keygen FILE"));
+        }
         assert_eq!(
             parse(&["--version".to_string(), "x".to_string()]).unwrap(),
             Command::Version

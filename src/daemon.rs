@@ -197,7 +197,11 @@ fn open_share(opts: &Options) -> Result<(Arc<Model>, std::path::PathBuf)> {
     }
     model.max_pending = opts.max_pending;
     if let Some(k) = &opts.key_file {
-        model.key = Some(crate::proto::auth::load_key(k)?);
+        let key = crate::proto::auth::load_key(k)?;
+        if let Some(w) = crate::proto::auth::weak_key(key.len()) {
+            warn!("{}: {w}", k.display());
+        }
+        model.key = Some(key);
     }
     let mut g = model.lock();
     g.found_temps = scanner::clean_temps(&root, TEMP_MAX_AGE, &g.received);

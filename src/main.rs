@@ -417,6 +417,18 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Ok(cli::Command::Keygen(file)) => {
+            return match proto::auth::keygen(&file) {
+                Ok(()) => {
+                    log::out(&format!("left: wrote a new key to {}\n", file.display()));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    log::err(&format!("left: {e}"));
+                    ExitCode::from(1)
+                }
+            };
+        }
         Ok(cli::Command::Help) => {
             log::out(cli::USAGE);
             return ExitCode::SUCCESS;

@@ -9,7 +9,8 @@ use crate::net::announce::announce;
 use crate::net::frame::{FrameReader, FrameWriter, Permit, READ_TIMEOUT, open_and_decode};
 use crate::net::handshake::Handshake;
 use crate::net::serve::serve;
-use crate::proto::auth::{self, Sealer};
+use crate::proto::aead;
+use crate::proto::seal::Sealer;
 use crate::proto::wire::{self, Msg};
 use crate::store::entry::{Entry, Stat};
 use crate::sync::link::Link;
@@ -325,7 +326,7 @@ fn next_frame(
         weigh_answer(&lengths, n, head)
     };
     match r
-        .body_vetted(wire::MAX_FRAME, vet)
+        .body_vetted(wire::MAX_FRAME, session.as_deref(), vet)
         .and_then(|(b, p)| Ok((open_and_decode(b, session)?, p)))
     {
         Ok(m) => Ok(Some(m)),
@@ -413,13 +414,13 @@ fn hand_on(
 }
 
 /// Whether a frame of `n` bytes starting with `head` may be read: an answer (a Response) no
-/// larger than what its request asked for (`lengths`, by request id) plus its header and MAC.
+/// larger than what its request asked for (`lengths`, by request id) plus its header and tag.
 fn weigh_answer(lengths: &HashMap<u32, usize>, n: usize, head: &[u8]) -> Result<()> {
     let Some(rid) = wire::response_id(head) else {
         return Ok(());
     };
     match lengths.get(&rid) {
-        Some(&len) if n <= len + wire::RESPONSE_BODY_HEADER + auth::MAC_LEN => Ok(()),
+        Some(&len) if n <= len + wire::RESPONSE_BODY_HEADER + aead::TAG_LEN => Ok(()),
         asked => Err(Error::protocol(format!(
             "an answer of {n} bytes to a request for {} at most",
             asked.copied().unwrap_or(0)
@@ -529,7 +530,7 @@ mod tests {
             }));
             f[4..].to_vec()
         };
-        let most = 65_536 + wire::RESPONSE_BODY_HEADER + auth::MAC_LEN;
+        let most = 65_536 + wire::RESPONSE_BODY_HEADER + aead::TAG_LEN;
         assert!(weigh_answer(&lengths, most, &head(7)).is_ok());
         assert!(weigh_answer(&lengths, most + 1, &head(7)).is_err());
         // An answer to nothing we asked, whatever its size.

@@ -1,9 +1,9 @@
 //! Frames on a socket: the budget all connections share for reading large frames (and the pace
 //! a frame holding a share must keep), the reader that reads a block's bytes once into their own
-//! buffer, and the writer that seals each frame with its MAC.
+//! buffer, and the writer that seals each frame (encrypts and authenticates it) with a key.
 
 use crate::error::{Error, Result};
-use crate::proto::auth::Sealer;
+use crate::proto::seal::Sealer;
 use crate::proto::wire::{self, Msg};
 use crate::store::entry::Entry;
 use crate::sync::pool::Pool;
@@ -138,7 +138,7 @@ impl Drop for Permit {
 }
 
 /// Reads one frame: the length is checked against `max` before the body is allocated; with a
-/// session, the frame's MAC is checked and stripped before it is decoded.
+/// session, the frame is opened (its tag checked, then decrypted) before it is decoded.
 pub fn read_frame(r: &mut impl Read, session: Option<&mut Sealer>, max: usize) -> Result<Msg> {
     let mut h = [0u8; 4];
     r.read_exact(&mut h)?;
@@ -153,10 +153,10 @@ pub fn read_frame(r: &mut impl Read, session: Option<&mut Sealer>, max: usize) -
     open_and_decode(body, session)
 }
 
-/// Checks and strips a frame's MAC (with a session), then decodes it.
+/// Opens a sealed frame (with a session: its tag checked, then decrypted), then decodes it.
 pub fn open_and_decode(mut body: Vec<u8>, session: Option<&mut Sealer>) -> Result<Msg> {
     if let Some(s) = session {
-        let n = s.open(&body)?.len();
+        let n = s.open(&mut body)?;
         body.truncate(n);
     }
     wire::decode(body)
@@ -234,15 +234,18 @@ impl<R: Read> FrameReader<R> {
     /// [`FrameReader::body_vetted`] with nothing to vet (tests).
     #[cfg(test)]
     fn body(&mut self, max: usize) -> Result<(Vec<u8>, Permit)> {
-        self.body_vetted(max, |_, _| Ok(()))
+        self.body_vetted(max, None, |_, _| Ok(()))
     }
 
     /// The next frame's body; its length is checked against `max` before anything is
-    /// allocated, and a large one is shown to `vet` (its length and first bytes), then waits
-    /// for its share of [`FRAME_BUDGET`] (kept until the permit is dropped).
+    /// allocated, and a large one is shown to `vet` (its length and first bytes, decrypted
+    /// with `session`'s next key stream if sealed: a hint only, the frame is checked whole
+    /// before use), then waits for its share of [`FRAME_BUDGET`] (kept until the permit is
+    /// dropped).
     pub fn body_vetted(
         &mut self,
         max: usize,
+        session: Option<&Sealer>,
         vet: impl FnOnce(usize, &[u8]) -> Result<()>,
     ) -> Result<(Vec<u8>, Permit)> {
         let mut h = Vec::with_capacity(4);
@@ -258,9 +261,13 @@ impl<R: Read> FrameReader<R> {
             while self.end - self.pos < wire::RESPONSE_BODY_HEADER {
                 self.fill()?;
             }
-            let head = &self.buf[self.pos..self.end];
-            vet(n, head)?;
-            if wire::response_id(head).is_some() {
+            let seen = &self.buf[self.pos..self.end];
+            let head = match session {
+                Some(s) => std::borrow::Cow::Owned(s.peek(seen)),
+                None => std::borrow::Cow::Borrowed(seen),
+            };
+            vet(n, &head)?;
+            if wire::response_id(&head).is_some() {
                 kind = Kind::Answer;
             }
         }
@@ -315,7 +322,7 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
-/// Writes frames, sealing each with a MAC when the connection is authenticated.
+/// Writes frames, sealing each (encrypted and authenticated) when the connection has a key.
 pub struct FrameWriter<'a> {
     w: BufWriter<TcpStream>,
     seal: Option<Sealer>,
@@ -348,7 +355,7 @@ impl<'a> FrameWriter<'a> {
                 .insert(id, len);
         }
         let frame = match &mut self.seal {
-            Some(s) => s.seal(frame),
+            Some(s) => s.seal(frame)?,
             None => frame,
         };
         self.w.write_all(&frame)?;
@@ -419,7 +426,7 @@ mod tests {
         }));
         let mut r = FrameReader::new(&big[..], Pool::default());
         let mut seen = None;
-        let got = r.body_vetted(wire::MAX_FRAME, |n, head| {
+        let got = r.body_vetted(wire::MAX_FRAME, None, |n, head| {
             seen = Some((n, wire::response_id(head)));
             Err(Error::protocol("larger than asked"))
         });
@@ -429,7 +436,7 @@ mod tests {
         let ping = wire::encode(&Msg::Ping);
         let mut r = FrameReader::new(&ping[..], Pool::default());
         assert!(
-            r.body_vetted(wire::MAX_FRAME, |_, _| unreachable!())
+            r.body_vetted(wire::MAX_FRAME, None, |_, _| unreachable!())
                 .is_ok()
         );
         assert_eq!(wire::response_id(&ping[4..]), None);

@@ -5,7 +5,8 @@
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::net::frame::read_frame;
-use crate::proto::auth::{self, Sealer};
+use crate::proto::auth;
+use crate::proto::seal::Sealer;
 use crate::proto::wire::{self, Hello, MAGIC, Msg, PROTOCOL_VERSION};
 use crate::sync::model::Model;
 use std::io::{Read, Write};
@@ -17,7 +18,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest frame accepted before the peer is authenticated.
 const MAX_HANDSHAKE_FRAME: usize = 256;
 
-/// MAC state of an authenticated connection: one sealer per direction.
+/// The keys of an authenticated connection: one sealer per direction.
 pub struct Session {
     pub send: Sealer,
     pub recv: Sealer,
@@ -194,7 +195,7 @@ fn transcript(ours: &[u8], h: &Hello, dialed: bool) -> auth::Transcript {
 /// The session's MAC states if the peer's proof `theirs` is the other side's proof of `key` over
 /// transcript `t`; otherwise why the handshake ends.
 fn check_proof(t: &auth::Transcript, key: &[u8], dialed: bool, theirs: &[u8]) -> Result<Session> {
-    if !auth::same(theirs, &t.proof(key, !dialed)) {
+    if !crate::proto::hmac::same(theirs, &t.proof(key, !dialed)) {
         return Err(Error::msg(
             "wrong shared key: the peer's proof does not verify",
         ));
@@ -247,7 +248,7 @@ mod tests {
             (
                 old,
                 hello(1, true, 8),
-                Some("protocol version 1, we speak 2"),
+                Some("protocol version 1, we speak 3"),
             ),
             (
                 hello(1, true, 9),
@@ -351,12 +352,16 @@ mod tests {
         let (td, ta) = both_sides(&d, &a);
         let mut dialer = check_proof(&td, key, true, &ta.proof(key, false)).unwrap();
         let mut acceptor = check_proof(&ta, key, false, &td.proof(key, true)).unwrap();
-        let f = dialer.send.seal(vec![0, 0, 0, 1, 7]);
-        assert_eq!(acceptor.recv.open(&f[4..]).unwrap(), &[7]);
-        let f = acceptor.send.seal(vec![0, 0, 0, 1, 8]);
-        assert_eq!(dialer.recv.open(&f[4..]).unwrap(), &[8]);
+        let f = dialer.send.seal(vec![0, 0, 0, 1, 7]).unwrap();
+        let mut b = f[4..].to_vec();
+        assert_eq!(acceptor.recv.open(&mut b).unwrap(), 1);
+        assert_eq!(b[0], 7);
+        let f = acceptor.send.seal(vec![0, 0, 0, 1, 8]).unwrap();
+        let mut b = f[4..].to_vec();
+        assert_eq!(dialer.recv.open(&mut b).unwrap(), 1);
+        assert_eq!(b[0], 8);
         // A frame is not good in the direction it came from.
-        let f = dialer.send.seal(vec![0, 0, 0, 1, 9]);
-        assert!(dialer.recv.open(&f[4..]).is_err());
+        let f = dialer.send.seal(vec![0, 0, 0, 1, 9]).unwrap();
+        assert!(dialer.recv.open(&mut f[4..].to_vec()).is_err());
     }
 }

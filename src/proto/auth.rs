@@ -1,40 +1,16 @@
-//! Peer authentication with a shared key: HMAC-MD5 (RFC 2104) on top of md-5, a mutual
-//! challenge-response over fresh nonces, and a MAC with a sequence number on every later frame.
+//! Peer authentication with a shared key: the key schedule over the handshake's transcript
+//! (proofs and per-direction session keys, see [`Transcript`]), and the key file (`left
+//! keygen` writes one).
 
 use crate::error::{Context, Error, Result};
 use crate::hash::Hash;
-use md5::{Digest, Md5};
+use crate::proto::hkdf;
+use crate::proto::seal::Sealer;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-const BLOCK: usize = 64;
 const MAX_KEY_FILE: u64 = 4096;
-pub const MAC_LEN: usize = 16;
-
-/// HMAC-MD5 of the concatenation of `parts`.
-pub fn hmac(key: &[u8], parts: &[&[u8]]) -> Hash {
-    let mut k = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        k[..16].copy_from_slice(&Md5::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Md5::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    for p in parts {
-        inner.update(p);
-    }
-    let mut outer = Md5::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
-}
-
-/// Compares MACs without an early exit.
-pub fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 pub fn random16() -> Result<[u8; 16]> {
     let mut b = [0u8; 16];
@@ -61,138 +37,101 @@ pub fn load_key(path: &Path) -> Result<Vec<u8>> {
     Ok(key)
 }
 
-/// What both sides saw of a handshake: the dialer's and the acceptor's hello frames, as sent.
-/// Proofs and session keys are computed over all of it, so they hold for this one connection
-/// only: another connection (a relay) differs in a nonce, and the other side differs in role.
+/// Keys at least this long (256 bits) get no warning; `left keygen` writes 64 hex digits.
+pub const STRONG_KEY: usize = 32;
+
+/// The warning a key of `len` bytes gets, if any: anyone who records one handshake (or dials
+/// us) can try guesses of a short key offline against the proofs.
+pub fn weak_key(len: usize) -> Option<String> {
+    (len < STRONG_KEY).then(|| {
+        format!(
+            "the shared key is only {len} bytes: a recorded handshake lets anyone try guesses \
+             of it offline; use a random key of {STRONG_KEY} bytes or more (left keygen FILE)"
+        )
+    })
+}
+
+/// Writes a fresh random key (256 bits from /dev/urandom, as 64 hex digits and a newline) to
+/// a new file `path`, readable by its owner only; an existing file is never overwritten.
+pub fn keygen(path: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut k = [0u8; 32];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut k))
+        .at("/dev/urandom")?;
+    let text = format!("{}\n", crate::hash::hex(&k));
+    let mut f = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(
+                Error::msg("already exists; not overwriting a key (remove it first)").at(path),
+            );
+        }
+        r => r.at(path)?,
+    };
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .at(path)
+}
+
+/// The salt of the key schedule's extract step (RFC 5869 allows a constant one): it names the
+/// protocol, so keys derived here are never those of another use of the same shared key.
+const SALT: &[u8] = b"left protocol 3";
+
+/// What both sides saw of a handshake: the dialer's and the acceptor's hello frames, as sent,
+/// each after its length as a u32. Proofs and session keys are derived over all of it, so they
+/// hold for this one connection only: another connection (a relay) differs in a nonce, and the
+/// other side differs in role.
+///
+/// The key schedule (HKDF, RFC 5869, with HMAC-MD5): `PRK = HKDF-Extract(SALT, shared key)`;
+/// side R's proof is `HKDF-Expand(PRK, "left-3 proof" | R | transcript, 16)` and the key of the
+/// frames R sends `HKDF-Expand(PRK, "left-3 key" | R | transcript, 32)`, R one byte (1 for the
+/// dialer, 0 for the acceptor). HMAC keeps its strength as a PRF whatever MD5's collisions:
+/// the transcript goes into HMAC whole, never through a bare MD5.
 pub struct Transcript {
-    digest: Hash,
+    bytes: Vec<u8>,
 }
 
 impl Transcript {
     pub fn new(dialer_hello: &[u8], acceptor_hello: &[u8]) -> Transcript {
-        let mut h = Md5::new();
+        let mut bytes = Vec::with_capacity(dialer_hello.len() + acceptor_hello.len() + 8);
         for part in [dialer_hello, acceptor_hello] {
-            h.update((part.len() as u32).to_be_bytes());
-            h.update(part);
+            bytes.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(part);
         }
-        Transcript {
-            digest: h.finalize().into(),
-        }
+        Transcript { bytes }
+    }
+
+    /// `HKDF-Expand(PRK, label | R | transcript)` into `out`.
+    fn derive(&self, key: &[u8], label: &[u8], dialer: bool, out: &mut [u8]) {
+        let prk = hkdf::extract(SALT, key);
+        hkdf::expand(&prk, &[label, &[u8::from(dialer)], &self.bytes], out);
     }
 
     /// The proof that the dialer (`by_dialer`) or the acceptor of this connection holds the key.
     pub fn proof(&self, key: &[u8], by_dialer: bool) -> Hash {
-        hmac(key, &[b"left-auth-2", &[u8::from(by_dialer)], &self.digest])
+        let mut p = [0u8; 16];
+        self.derive(key, b"left-3 proof", by_dialer, &mut p);
+        p
     }
 
-    /// MAC state for the frames sent by the dialer (`from_dialer`) or by the acceptor.
+    /// The sealer of the frames sent by the dialer (`from_dialer`) or by the acceptor.
     pub fn sealer(&self, key: &[u8], from_dialer: bool) -> Sealer {
-        Sealer {
-            key: hmac(
-                key,
-                &[b"left-session-2", &[u8::from(from_dialer)], &self.digest],
-            ),
-            seq: 0,
-        }
-    }
-}
-
-/// Per-direction MAC state for an authenticated connection.
-pub struct Sealer {
-    key: Hash,
-    seq: u64,
-}
-
-impl Sealer {
-    /// Keys for frames sent by the side with nonce `from` to the side with nonce `to` (tests).
-    #[cfg(test)]
-    pub fn new(key: &[u8], from: &[u8; 16], to: &[u8; 16]) -> Sealer {
-        Sealer {
-            key: hmac(key, &[b"left-session", from, to]),
-            seq: 0,
-        }
-    }
-
-    fn mac(&mut self, body: &[u8]) -> Hash {
-        let m = hmac(&self.key, &[&self.seq.to_be_bytes(), body]);
-        self.seq += 1;
-        m
-    }
-
-    /// Appends the MAC to a whole frame (length prefix included) and fixes its length.
-    pub fn seal(&mut self, mut frame: Vec<u8>) -> Vec<u8> {
-        let m = self.mac(&frame[4..]);
-        frame.extend_from_slice(&m);
-        let n = (frame.len() - 4) as u32;
-        frame[..4].copy_from_slice(&n.to_be_bytes());
-        frame
-    }
-
-    /// Checks and strips the MAC of a frame body; a frame altered, replayed, reordered or dropped
-    /// fails here, since the sequence number is implicit.
-    pub fn open<'a>(&mut self, body: &'a [u8]) -> Result<&'a [u8]> {
-        if body.len() < MAC_LEN + 1 {
-            return Err(Error::protocol("frame too short for its MAC"));
-        }
-        let (data, mac) = body.split_at(body.len() - MAC_LEN);
-        if !same(&self.mac(data), mac) {
-            return Err(Error::protocol(
-                "frame MAC does not verify (altered, replayed or reordered)",
-            ));
-        }
-        Ok(data)
+        let mut k = [0u8; 32];
+        self.derive(key, b"left-3 key", from_dialer, &mut k);
+        Sealer::new(k)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hash::hex;
-
-    #[test]
-    fn rfc2104_vectors() {
-        assert_eq!(
-            hex(&hmac(&[0x0b; 16], &[b"Hi There"])),
-            "9294727a3638bb1c13f48ef8158bfc9d"
-        );
-        assert_eq!(
-            hex(&hmac(b"Jefe", &[b"what do ya want ", b"for nothing?"])),
-            "750c783e6ab0b503eaa86e310a5db738"
-        );
-        assert_eq!(
-            hex(&hmac(&[0xaa; 16], &[&[0xdd; 50]])),
-            "56be34521d144c88dbb8c733f0e8b3f6"
-        );
-        // RFC 2202: a key longer than the block is hashed first.
-        assert_eq!(
-            hex(&hmac(
-                &[0xaa; 80],
-                &[b"Test Using Larger Than Block-Size Key - Hash Key First"]
-            )),
-            "6b1ab7fe4bd7bf8f0b62e6ce61b9d0cd"
-        );
-    }
-
-    #[test]
-    fn sealed_frames() {
-        let (a, b) = ([1u8; 16], [2u8; 16]);
-        let mut tx = Sealer::new(b"secret-key", &a, &b);
-        let mut rx = Sealer::new(b"secret-key", &a, &b);
-        let f1 = tx.seal(vec![0, 0, 0, 2, 7, 9]);
-        let f2 = tx.seal(vec![0, 0, 0, 1, 7]);
-        assert_eq!(rx.open(&f1[4..]).unwrap(), &[7, 9]);
-        // Replaying f1 fails (sequence moved on); f2 then fails too: the stream is dead.
-        assert!(rx.open(&f1[4..]).is_err());
-        let mut rx2 = Sealer::new(b"secret-key", &a, &b);
-        assert!(rx2.open(&f2[4..]).is_err(), "reordered frame accepted");
-        let mut rx3 = Sealer::new(b"secret-key", &a, &b);
-        let mut bad = f1.clone();
-        bad[5] ^= 1;
-        assert!(rx3.open(&bad[4..]).is_err(), "altered frame accepted");
-        let mut other = Sealer::new(b"other-key!", &a, &b);
-        assert!(other.open(&f1[4..]).is_err(), "wrong key accepted");
-        assert!(other.open(&[1, 2]).is_err());
-    }
+    use crate::proto::hmac::same;
 
     #[test]
     fn proofs_bind_both_hellos_and_the_role() {
@@ -214,13 +153,9 @@ mod tests {
         // Session keys per direction, and not the proofs.
         let mut tx = t.sealer(b"k", true);
         let mut rx = Transcript::new(d, a).sealer(b"k", true);
-        let f = tx.seal(vec![0, 0, 0, 1, 7]);
-        assert_eq!(rx.open(&f[4..]).unwrap(), &[7]);
+        let f = tx.seal(vec![0, 0, 0, 1, 7]).unwrap();
+        assert_eq!(rx.open(&mut f[4..].to_vec()).unwrap(), 1);
         let mut wrong = t.sealer(b"k", false);
-        assert!(
-            wrong
-                .open(&t.sealer(b"k", true).seal(vec![0, 0, 0, 1, 7])[4..])
-                .is_err()
-        );
+        assert!(wrong.open(&mut f[4..].to_vec()).is_err());
     }
 }

@@ -48,7 +48,7 @@ use crate::store::entry::{Entry, Hash};
 use crate::store::names;
 
 pub const MAGIC: [u8; 4] = *b"LEFT";
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest frame body: the largest block plus headroom.
 pub const MAX_FRAME: usize = crate::store::codec::MAX_ENTRY_BYTES;
 /// Largest index batch a sender builds; one entry alone may be larger (big files have many blocks).

@@ -990,7 +990,7 @@ pub mod wire {
     }
 
     /// The protocol version `left` speaks.
-    pub const VERSION: u16 = 2;
+    pub const VERSION: u16 = 3;
 
     /// A correct hello.
     pub fn hello(device: u64, flags: u32, nonce: [u8; 16], port: u16) -> Vec<u8> {
