@@ -1,6 +1,33 @@
-//! The handshake: hellos (magic, version, device, nonce, port), then with a shared key a proof
-//! of it from each side bound to both hellos, all within one deadline however the peer paces
-//! its bytes.
+//! The handshake: hellos (magic, version, device, nonce, port, flags), then with a shared key a
+//! proof of it from each side bound to the whole transcript, all within one deadline however
+//! the peer paces its bytes.
+//!
+//! # Sequence
+//!
+//! Each side, dialer and acceptor alike, at once and in this order:
+//!
+//! 1. sends its Hello: magic, protocol version (3), device id, flags (bit 0: a key is
+//!    required), a fresh 16-byte nonce, its listening port. Sent in clear.
+//! 2. reads the peer's Hello and checks it ([`check_hello`]): magic, then version (another
+//!    version is refused, naming both, with no fallback), not our own device, the same mind
+//!    on a key (a keyed side refuses a Hello without the key flag: a downgrade is refused
+//!    here, and would fail the proofs anyway, since they bind the flags), and with a key a
+//!    nonce that is not ours echoed. Without a key, the handshake ends here.
+//! 3. sends its Auth: its proof of the key, derived over the transcript — both Hellos as
+//!    sent, the dialer's first — and its role (see `proto::auth::Transcript`). It is sent
+//!    only now because it must bind the peer's Hello: a proof made before seeing the peer's
+//!    fresh nonce could be recorded and replayed to anyone, and one that did not bind both
+//!    Hellos and the role could be relayed between two key holders by a man in the middle
+//!    (forwarding a Hello from another session, or swapping which side dialed).
+//! 4. reads the peer's Auth and checks it against the proof the peer's role must give over
+//!    the same transcript (compared in constant time). A wrong one ends the connection with
+//!    "wrong shared key"; nothing else has been sent.
+//!
+//! Then each direction has its own key from the same transcript (`proto::seal`): every frame
+//! after the handshake is encrypted and authenticated, so the index, requests and data cross
+//! only in ciphertext. Anyone may still dial us and get our Hello and our proof: a proof over
+//! a known transcript lets them test guesses of a weak key offline, hence random keys of 256
+//! bits (`left keygen`) and a warning for short ones.
 
 use crate::error::{Error, Result};
 use crate::hash::Hash;
@@ -152,7 +179,8 @@ fn check_hello(h: &Hello, ours: &Hello) -> Result<()> {
     }
     if h.version != PROTOCOL_VERSION {
         return Err(Error::protocol(format!(
-            "peer speaks protocol version {}, we speak {PROTOCOL_VERSION}",
+            "peer speaks protocol version {}, we speak {PROTOCOL_VERSION}: refused, there is no \
+             fallback (run the same version of left on both sides)",
             h.version
         )));
     }
@@ -248,7 +276,7 @@ mod tests {
             (
                 old,
                 hello(1, true, 8),
-                Some("protocol version 1, we speak 3"),
+                Some("protocol version 1, we speak 3: refused, there is no fallback"),
             ),
             (
                 hello(1, true, 9),
