@@ -1,26 +1,31 @@
 //! The Poly1305 one-time authenticator (RFC 8439 §2.5), written from the RFC: the accumulator
-//! and `r` as five 26-bit limbs in u64s, so that a product of two limbs and the sum of five such
-//! fits a u64 with room to spare, and reduction modulo 2^130 - 5 is a multiply by 5 of what
-//! carries past 2^130. Constant-time by construction: the final choice between `h` and
-//! `h - p` is a mask, not a branch.
+//! and `r` as three limbs of 44, 44 and 42 bits in u64s, products of two limbs in u128s (nine
+//! multiplies a block), and reduction modulo 2^130 - 5 as a multiply by 5 of what carries past
+//! 2^130 (by 20 for a product past 2^132). Constant-time by construction: the final choice
+//! between `h` and `h - p` is a mask, not a branch.
 
 pub const KEY_LEN: usize = 32;
 pub const TAG_LEN: usize = 16;
-const MASK: u64 = (1 << 26) - 1;
+const M44: u64 = (1 << 44) - 1;
+const M42: u64 = (1 << 42) - 1;
 
-/// Five 26-bit limbs of a number, lowest first.
-type Limbs = [u64; 5];
+/// Three limbs of a number, lowest first: bits 0..44, 44..88, 88 and up.
+type Limbs = [u64; 3];
 
 fn limbs(n: u128) -> Limbs {
-    let l = |i: u32| (n >> (26 * i)) as u64 & MASK;
-    [l(0), l(1), l(2), l(3), (n >> 104) as u64]
+    [n as u64 & M44, (n >> 44) as u64 & M44, (n >> 88) as u64]
+}
+
+fn mul(a: u64, b: u64) -> u128 {
+    a as u128 * b as u128
 }
 
 /// The authenticator's state: `r` (clamped), `s`, and the accumulator `h`.
 pub struct Poly1305 {
     r: Limbs,
-    /// `5 * r[i]`: limbs that wrap past 2^130 come back times 5.
-    r5: Limbs,
+    /// `20 * r[1]`, `20 * r[2]`: a product at bit 132 or past comes back times 20 (2^132 is
+    /// 4 × 2^130, and 2^130 is 5 modulo p).
+    r20: [u64; 2],
     s: u128,
     h: Limbs,
 }
@@ -36,9 +41,9 @@ impl Poly1305 {
         let r = limbs(half(0) & 0x0fff_fffc_0fff_fffc_0fff_fffc_0fff_ffff);
         Poly1305 {
             r,
-            r5: r.map(|x| x * 5),
+            r20: [r[1] * 20, r[2] * 20],
             s: half(16),
-            h: [0; 5],
+            h: [0; 3],
         }
     }
 
@@ -46,20 +51,22 @@ impl Poly1305 {
     /// last partial one, already padded with its 1 byte) and multiplies by `r`.
     fn block(&mut self, m: &[u8; 16], hibit: u64) {
         let m = limbs(u128::from_le_bytes(*m));
-        let mut h = self.h;
-        for i in 0..5 {
-            h[i] += m[i];
-        }
-        h[4] += hibit << 24;
-        let (r, s) = (&self.r, &self.r5);
-        let d = [
-            h[0] * r[0] + h[1] * s[4] + h[2] * s[3] + h[3] * s[2] + h[4] * s[1],
-            h[0] * r[1] + h[1] * r[0] + h[2] * s[4] + h[3] * s[3] + h[4] * s[2],
-            h[0] * r[2] + h[1] * r[1] + h[2] * r[0] + h[3] * s[4] + h[4] * s[3],
-            h[0] * r[3] + h[1] * r[2] + h[2] * r[1] + h[3] * r[0] + h[4] * s[4],
-            h[0] * r[4] + h[1] * r[3] + h[2] * r[2] + h[3] * r[1] + h[4] * r[0],
-        ];
-        self.h = carry(d);
+        let h0 = self.h[0] + m[0];
+        let h1 = self.h[1] + m[1];
+        let h2 = self.h[2] + m[2] + (hibit << 40);
+        let (r, s) = (&self.r, &self.r20);
+        let d0 = mul(h0, r[0]) + mul(h1, s[1]) + mul(h2, s[0]);
+        let mut d1 = mul(h0, r[1]) + mul(h1, r[0]) + mul(h2, s[1]);
+        let mut d2 = mul(h0, r[2]) + mul(h1, r[1]) + mul(h2, r[0]);
+        // Carry: limbs back under 2^44, 2^44, 2^42 (the lowest a little over).
+        d1 += d0 >> 44;
+        d2 += d1 >> 44;
+        let c = (d2 >> 42) as u64;
+        let mut h = [d0 as u64 & M44, d1 as u64 & M44, d2 as u64 & M42];
+        h[0] += c * 5;
+        h[1] += h[0] >> 44;
+        h[0] &= M44;
+        self.h = h;
     }
 
     /// Adds the whole 16-byte blocks of `data`; gives back the partial rest.
@@ -100,56 +107,28 @@ impl Poly1305 {
     /// The tag: `h` reduced modulo 2^130 - 5, plus `s`, modulo 2^128.
     pub fn tag(self) -> [u8; TAG_LEN] {
         let mut h = self.h;
-        // Carry fully, twice: every limb under 2^26 (h under 2^130 + a little).
-        let mut c;
+        // Carry fully, twice: every limb within its width (h under 2^130 + a little).
         for _ in 0..2 {
-            for i in 0..4 {
-                c = h[i] >> 26;
-                h[i] &= MASK;
-                h[i + 1] += c;
-            }
-            c = h[4] >> 26;
-            h[4] &= MASK;
-            h[0] += c * 5;
+            h[1] += h[0] >> 44;
+            h[0] &= M44;
+            h[2] += h[1] >> 44;
+            h[1] &= M44;
+            h[0] += (h[2] >> 42) * 5;
+            h[2] &= M42;
         }
         // g = h + 5 - 2^130: when h + 5 carries out of 2^130, h >= p and g is h mod p.
-        let mut g = [0u64; 5];
-        c = 5;
-        for i in 0..5 {
-            let t = h[i] + c;
-            c = t >> 26;
-            g[i] = t & MASK;
-        }
-        // c is 1 exactly when h + 5 reached 2^130: take g, else h; by a mask, not a branch.
-        let take_g = c.wrapping_neg();
-        for i in 0..5 {
+        let g0 = h[0] + 5;
+        let g1 = h[1] + (g0 >> 44);
+        let g2 = h[2] + (g1 >> 44);
+        let g = [g0 & M44, g1 & M44, g2 & M42];
+        // 1 exactly when h + 5 reached 2^130: take g, else h; by a mask, not a branch.
+        let take_g = (g2 >> 42).wrapping_neg();
+        for i in 0..3 {
             h[i] = (g[i] & take_g) | (h[i] & !take_g);
         }
-        let n = (h[0] as u128)
-            | (h[1] as u128) << 26
-            | (h[2] as u128) << 52
-            | (h[3] as u128) << 78
-            | (h[4] as u128) << 104;
+        let n = (h[0] as u128) | (h[1] as u128) << 44 | (h[2] as u128) << 88;
         n.wrapping_add(self.s).to_le_bytes()
     }
-}
-
-/// Carries the limbs of a product back under about 2^26: the top limb's carry comes back
-/// times 5 into the lowest.
-fn carry(mut d: Limbs) -> Limbs {
-    let mut c;
-    for i in 0..4 {
-        c = d[i] >> 26;
-        d[i] &= MASK;
-        d[i + 1] += c;
-    }
-    c = d[4] >> 26;
-    d[4] &= MASK;
-    d[0] += c * 5;
-    c = d[0] >> 26;
-    d[0] &= MASK;
-    d[1] += c;
-    d
 }
 
 /// The tag of a whole message under a one-time key.
@@ -224,5 +203,42 @@ mod tests {
         assert_eq!(hex(&mac(&k, &m)), "13000000000000000000000000000000");
         m.extend_from_slice(&unhex("01000000000000000000000000000000"));
         assert_eq!(hex(&mac(&k, &m)), "14000000000000005500000000000000");
+    }
+
+    /// Keys and messages of many lengths (bytes of an MD5 chain), against tags computed with
+    /// Python's `cryptography` (OpenSSL's Poly1305): every way a message ends in a block.
+    #[test]
+    fn lengths_against_openssl() {
+        use md5::{Digest, Md5};
+        let stream = |seed: String, n: usize| -> Vec<u8> {
+            let mut out = Vec::new();
+            for i in 0u32.. {
+                if out.len() >= n {
+                    break;
+                }
+                let mut h = Md5::new();
+                h.update(seed.as_bytes());
+                h.update(i.to_be_bytes());
+                out.extend_from_slice(&h.finalize());
+            }
+            out.truncate(n);
+            out
+        };
+        let want = [
+            (0, "13fc862574c19424165f1698280c2056"),
+            (1, "ce1374bb9d566e71f8a6bdd38c5f6034"),
+            (15, "104d21afe1e3277674550e9d882d173a"),
+            (16, "a42ff75480703d7f6dcb0e45531444b9"),
+            (17, "8cb61b97da717e268aeb5047fe25a42a"),
+            (31, "99b29d4ad4a9552c10294ad3309327e9"),
+            (33, "6833a05fec286f7dd2826940a0319d5e"),
+            (64, "4be32bfa47d0901e2c9013f9193be1c3"),
+            (100, "1bb10ba6edcb301c1cc4c5ff60f6e2c5"),
+            (1000, "b664cf0bc96f5bec247375bd3f215cb6"),
+        ];
+        for (n, tag) in want {
+            let k: [u8; 32] = stream(format!("key{n}"), 32).try_into().unwrap();
+            assert_eq!(hex(&mac(&k, &stream(format!("msg{n}"), n))), tag, "{n}");
+        }
     }
 }
