@@ -19,8 +19,9 @@
 //!   fetch, verify, assemble), `delta` (sub-block transfer), `install` (renames into place,
 //!   folders, deletions, conflict copies), `disk` (metadata and temp files), `link` (what a
 //!   connection's puller works with), `pool` (block buffers);
-//! - [`proto`]: the protocol as pure functions over bytes: `wire` (frames) and `auth` (HMAC-MD5
-//!   proofs and frame MACs);
+//! - [`proto`]: the protocol as pure functions over bytes: `wire` (frames), `auth` (the key
+//!   schedule and proofs), `hmac` and `hkdf` (its PRF), `chacha`, `poly1305` and `aead` (RFC
+//!   8439, written here), `seal` (frames sealed per direction);
 //! - [`store`]: what we hold: `entry` (an entry and its rules), `codec` (its encoding, shared by
 //!   the wire and the index files), `index` (base file, journal, overlay), `version` (version
 //!   vectors), `intents` (the install log), `names` (what a name may be), `ignore`;
@@ -286,15 +287,17 @@
 //!
 //! ## Shared key
 //!
-//! After the hellos each side proves it holds the key with HMAC-MD5 (RFC 2104, written on top of
-//! md-5) over both hello frames as they crossed this connection (both devices, fresh 16-byte nonces
-//! from `/dev/urandom`, ports and flags) and which side dialed; a wrong or missing key closes the
-//! connection before any index or data is exchanged, and both sides log why. A proof is good for its
-//! own connection only: one relayed from another key holder (an attacker offering it a victim's
-//! nonce) or reflected back does not verify. Every later frame carries an HMAC-MD5 over a
-//! per-direction session key, derived from the same hellos, and an implicit sequence number, so
-//! frames cannot be altered, replayed, dropped or reordered unnoticed. Content is not encrypted (no
-//! cipher is written by hand here).
+//! After the hellos each side proves it holds the key over both hello frames as they crossed this
+//! connection (both devices, fresh 16-byte nonces from `/dev/urandom`, ports and flags) and which
+//! side dialed, derived with HKDF over HMAC-MD5 (RFC 5869, 2104, written on top of md-5); a wrong
+//! or missing key closes the connection before any index or data is exchanged, and both sides log
+//! why. A proof is good for its own connection only: one replayed, relayed from another key
+//! holder or reflected back does not verify. Every later frame is encrypted and authenticated
+//! with ChaCha20-Poly1305 (RFC 8439, written here from the RFC, constant-time by construction)
+//! under a per-direction key derived from the same hellos, its nonce the frame's number, so
+//! frames cannot be read, altered, replayed, dropped or reordered unnoticed; a count that would
+//! wrap ends the session. Peers of protocol 2 are refused, naming both versions. The sequence
+//! and why: `net::handshake`; the key schedule: `proto::auth`; the frame format: `proto::seal`.
 //!
 //! ## Names from peers
 //!

@@ -9,14 +9,14 @@
 //!
 //! | type | frame | payload |
 //! |---|---|---|
-//! | 1 | Hello | magic `LEFT`, u16 protocol version (2), u64 device id, u32 flags (bit 0: key required), 16-byte nonce, u16 listening port |
+//! | 1 | Hello | magic `LEFT`, u16 protocol version (3), u64 device id, u32 flags (bit 0: key required), 16-byte nonce, u16 listening port |
 //! | 2 | Index | u64 seq (0 except on the last frame of a pass), u32 count (at most 1,024), entries |
 //! | 3 | IndexDone | u64 seq: the initial index is complete |
 //! | 4 | Request | u32 id, str path, u64 offset, u32 length, 16-byte block MD5 (all zeros: any range of at most one block, for delta runs) |
 //! | 5 | Response | u32 id, u8 status (0 ok, 1 changed, 2 failed), u32 length, data |
 //! | 6 | InSync | u64 seq: I hold all you announced up to seq and need nothing from you |
 //! | 7 | Ping | (empty) |
-//! | 8 | Auth | 16-byte HMAC-MD5 proof of the shared key |
+//! | 8 | Auth | 16-byte proof of the shared key over the transcript (see below) |
 //! | 9 | SubHashes | as Request; answered by a Response holding, per 4 KiB sub-block, a u32 rolling checksum (rsync's: byte sum and weighted sum, 16 bits each) and its u64 XXH64 |
 //!
 //! An entry is: str path, u8 kind (0 file, 1 folder), u8 deleted, u64 size, i64 mtime seconds, u32
@@ -26,14 +26,27 @@
 //! arrives: relative, no empty, `.` or `..` components, no NUL, not inside `.left/`, not a
 //! temp-file name, at most 4096 bytes.
 //!
-//! # Authentication
+//! # With a shared key
 //!
-//! With a shared key, both sides send Auth after Hello, and every later frame ends with a 16-byte
-//! HMAC-MD5 (session key per direction, implicit sequence number) counted in its length. With
-//! `T = MD5(u32 n1 | dialer's hello | u32 n2 | acceptor's hello)`, each hello the whole frame as
-//! sent and n its size, and R one byte (1 for the dialer, 0 for the acceptor): R's proof is
-//! `HMAC(key, "left-auth-2" | R | T)`, and the key of the frames R sends
-//! `HMAC(key, "left-session-2" | R | T)`.
+//! Hellos and Auth frames cross in clear; the handshake's order is in `net::handshake`. With
+//! `transcript = u32 n1 | dialer's hello | u32 n2 | acceptor's hello` (each hello the whole
+//! frame as sent, n its size) and R one byte (1 for the dialer, 0 for the acceptor), the key
+//! schedule is HKDF (RFC 5869) with HMAC-MD5: `PRK = HKDF-Extract("left protocol 3", key)`,
+//! R's proof `HKDF-Expand(PRK, "left-3 proof" | R | transcript, 16)`, and the key of the
+//! frames R sends `HKDF-Expand(PRK, "left-3 key" | R | transcript, 32)`.
+//!
+//! Every later frame is sealed with ChaCha20-Poly1305 (RFC 8439) under its direction's key:
+//! `u32 length | ciphertext of (u8 type | payload) | 16-byte tag`, the length counting
+//! ciphertext and tag and being the AEAD's additional data; the nonce of a direction's frame
+//! `n` (0, 1, 2...) is four zero bytes and `n` as a u64, little-endian (see `proto::seal`). A
+//! frame that does not open ends the connection.
+//!
+//! Poly1305 rather than encrypt-then-HMAC-MD5: it is the RFC's own construction, with its test
+//! vectors, a one-time key per frame taken from the cipher, and it is fast. Measured on one core
+//! of the 2-core x86_64 machine this was written on (`cargo test --release --bin left throughput
+//! -- --ignored`, 256 MiB): ChaCha20 2,350 MB/s (AVX2; 620 MB/s in the portable 4 lanes),
+//! Poly1305 2,460 MB/s, HMAC-MD5 700 MB/s; sealing with ChaCha20-Poly1305 1,220 MB/s, where
+//! HMAC-MD5 would have capped it near 540 MB/s.
 //!
 //! # Conversation
 //!
@@ -145,7 +158,8 @@ pub enum Msg {
         seq: u64,
     },
     Ping,
-    /// Proof of the shared key: HMAC over both hellos and the sender's role ([`crate::proto::auth::Transcript`]).
+    /// Proof of the shared key over both hellos and the sender's role
+    /// ([`crate::proto::auth::Transcript`]).
     Auth {
         proof: Hash,
     },

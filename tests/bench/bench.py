@@ -429,14 +429,22 @@ class Left:
     up_pattern = r"serving "
     connected_pattern = r"connected to "
 
-    def __init__(self):
-        self.root = fresh(WORK / "left")
+    def __init__(self, keyed=False):
+        """keyed: both peers with a fresh shared key (`left keygen`): every frame sealed."""
+        tag = "left-key" if keyed else "left"
+        self.name = "left+key" if keyed else "left"
+        self.root = fresh(WORK / tag)
+        opts = []
+        if keyed:
+            subprocess.run([BIN, "keygen", str(self.root / "key")], check=True,
+                           capture_output=True)
+            opts = ["--key-file", str(self.root / "key")]
         self.d = {}
         for s in "AB":
             (self.root / s / "share").mkdir(parents=True)
             (self.root / s / "stage").mkdir()
-            self.d[s] = Daemon(f"left-{s}", s, [BIN, IP[OTHER[s]]], self.root / s,
-                               WORK / "logs" / f"left-{s}.log")
+            self.d[s] = Daemon(f"{tag}-{s}", s, [BIN, *opts, IP[OTHER[s]]], self.root / s,
+                               WORK / "logs" / f"{tag}-{s}.log")
 
     def share(self, s):
         return self.root / s / "share"
@@ -756,6 +764,25 @@ def run_daemon_tool(tool, rs=None):
             for v in rs.variants:
                 rs.run("TC_2A_Z", v, "B", ["zeros.bin"], kill_at=0.5)
 
+    for d in (A, B):
+        d.kill(signal.SIGTERM)
+
+
+def run_xfer(tool):
+    """The XFER step alone (a new SIZE_MB file from B to A), for a variant of left."""
+    A, B = tool.d["A"], tool.d["B"]
+    A.start()
+    B.start()
+    settle(tool)
+    stage_into(tool, "B", ["xfer.bin"])
+    flush_disk()
+    m = Meter([A, B])
+    w = Waiter({"f": (tool.share("A") / "xfer.bin", MD5["xfer.bin"])})
+    t0, aw, off = time.monotonic(), time.time(), log_sizes(tool)
+    act_rename(tool, "B", ["xfer.bin"])
+    wall = w.go(t0).result().get("f")
+    row("XFER", tool.name, wall, *m.end(), payload=tool.wire_payload("A", "xfer.bin", off["A"]),
+        act_utc=aw, **tool.breakdown("B", "A", "xfer.bin", aw, off))
     for d in (A, B):
         d.kill(signal.SIGTERM)
 
@@ -1358,6 +1385,12 @@ def run_all():
     if main_steps:
         say("left, with rsync side by side")
         run_daemon_tool(Left(), Rsync())
+    if "xfer" in STEPS:
+        say("left with a shared key: XFER again, every frame sealed (ChaCha20-Poly1305)")
+        NOTES.append("left+key: the XFER step again with a shared key (protocol 3: every frame "
+                     "encrypted and authenticated), in the same run; left/x is left's time "
+                     "without a key over this one.")
+        run_xfer(Left(keyed=True))
     if main_steps and have_st and use_st != "0":
         say("syncthing")
         NOTES.append("syncthing: headless, discovery, relays, NAT and usage reporting off, "
