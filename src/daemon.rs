@@ -198,8 +198,8 @@ fn open_share(opts: &Options) -> Result<(Arc<Model>, std::path::PathBuf)> {
     model.max_pending = opts.max_pending;
     if let Some(k) = &opts.key_file {
         let key = crate::proto::auth::load_key(k)?;
-        if let Some(w) = crate::proto::auth::weak_key(key.len()) {
-            warn!("{}: {w}", k.display());
+        if key.len() < crate::proto::auth::STRONG_KEY {
+            warn!("{}: {}", k.display(), crate::proto::auth::WEAK_KEY);
         }
         model.key = Some(key);
     }

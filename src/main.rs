@@ -423,7 +423,7 @@ fn main() -> ExitCode {
         Ok(cli::Command::Keygen(file)) => {
             return match proto::auth::keygen(&file) {
                 Ok(()) => {
-                    log::out(&format!("left: wrote a new key to {}\n", file.display()));
+                    log::out("left: wrote a new random key (mode 0600)\n");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

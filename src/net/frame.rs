@@ -262,12 +262,17 @@ impl<R: Read> FrameReader<R> {
                 self.fill()?;
             }
             let seen = &self.buf[self.pos..self.end];
+            let mut copy = [0u8; wire::RESPONSE_BODY_HEADER];
             let head = match session {
-                Some(s) => std::borrow::Cow::Owned(s.peek(seen)),
-                None => std::borrow::Cow::Borrowed(seen),
+                Some(s) => {
+                    copy.copy_from_slice(&seen[..wire::RESPONSE_BODY_HEADER]);
+                    s.peek(&mut copy);
+                    &copy[..]
+                }
+                None => seen,
             };
-            vet(n, &head)?;
-            if wire::response_id(&head).is_some() {
+            vet(n, head)?;
+            if wire::response_id(head).is_some() {
                 kind = Kind::Answer;
             }
         }

@@ -12,7 +12,9 @@ pub const TAG_LEN: usize = poly1305::TAG_LEN;
 /// The tag of ciphertext `ct` with additional data `aad` (§2.8).
 fn tag_of(c: &ChaCha, aad: &[u8], ct: &[u8]) -> [u8; TAG_LEN] {
     let mut otk = [0u8; poly1305::KEY_LEN];
-    otk.copy_from_slice(&c.block(0)[..poly1305::KEY_LEN]);
+    for (o, w) in otk.chunks_exact_mut(4).zip(c.block_words(0)) {
+        o.copy_from_slice(&w.to_le_bytes());
+    }
     let mut p = Poly1305::new(&otk);
     p.padded(aad);
     p.padded(ct);
@@ -177,11 +179,6 @@ only one tip for the future, sunscreen would be it.";
             c.apply(1, &mut buf);
         }
         rate("ChaCha20", t);
-        let t = Instant::now();
-        for _ in 0..total / buf.len() {
-            c.apply_lanes(1, &mut buf);
-        }
-        rate("ChaCha20, portable 4 lanes", t);
         let t = Instant::now();
         let mut acc = 0u8;
         for _ in 0..total / buf.len() {

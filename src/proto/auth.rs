@@ -40,42 +40,28 @@ pub fn load_key(path: &Path) -> Result<Vec<u8>> {
 /// Keys at least this long (256 bits) get no warning; `left keygen` writes 64 hex digits.
 pub const STRONG_KEY: usize = 32;
 
-/// The warning a key of `len` bytes gets, if any: anyone who records one handshake (or dials
-/// us) can try guesses of a short key offline against the proofs.
-pub fn weak_key(len: usize) -> Option<String> {
-    (len < STRONG_KEY).then(|| {
-        format!(
-            "the shared key is only {len} bytes: a recorded handshake lets anyone try guesses \
-             of it offline; use a random key of {STRONG_KEY} bytes or more (left keygen FILE)"
-        )
-    })
-}
+/// The warning a key shorter than [`STRONG_KEY`] gets: anyone who records one handshake (or
+/// dials us) can try guesses of a short key offline against the proofs.
+pub const WEAK_KEY: &str = "the shared key is shorter than 32 bytes: a recorded handshake lets \
+     anyone try guesses of it offline; use a random key (left keygen FILE)";
 
 /// Writes a fresh random key (256 bits from /dev/urandom, as 64 hex digits and a newline) to
 /// a new file `path`, readable by its owner only; an existing file is never overwritten.
 pub fn keygen(path: &Path) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut k = [0u8; 32];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut k))
-        .at("/dev/urandom")?;
-    let text = format!("{}\n", crate::hash::hex(&k));
-    let mut f = match std::fs::OpenOptions::new()
+    if path.symlink_metadata().is_ok() {
+        return Err(Error::msg("already exists; not overwriting a key (remove it first)").at(path));
+    }
+    let mut text = crate::hash::hex(&[random16()?, random16()?].concat()).into_bytes();
+    text.push(b'\n');
+    // create_new: should a file appear meanwhile, it is not written either.
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-    {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(
-                Error::msg("already exists; not overwriting a key (remove it first)").at(path),
-            );
-        }
-        r => r.at(path)?,
-    };
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
+        .and_then(|mut f| f.write_all(&text).and_then(|()| f.sync_all()))
         .at(path)
 }
 
@@ -109,8 +95,8 @@ impl Transcript {
 
     /// `HKDF-Expand(PRK, label | R | transcript)` into `out`.
     fn derive(&self, key: &[u8], label: &[u8], dialer: bool, out: &mut [u8]) {
-        let prk = hkdf::extract(SALT, key);
-        hkdf::expand(&prk, &[label, &[u8::from(dialer)], &self.bytes], out);
+        let info = [label, &[u8::from(dialer)], &self.bytes];
+        hkdf::expand(&hkdf::extract(SALT, key), info, out);
     }
 
     /// The proof that the dialer (`by_dialer`) or the acceptor of this connection holds the key.

@@ -14,19 +14,15 @@ pub fn extract(salt: &[u8], ikm: &[u8]) -> Hash {
 }
 
 /// HKDF-Expand (§2.3): `T(i) = HMAC(PRK, T(i-1) | info | i)`, `out` filled from T(1), T(2)...
-/// `out` may be at most 255 × 16 bytes (a caller's constant: the uses here take 16 or 32).
-pub fn expand(prk: &Hash, info: &[&[u8]], out: &mut [u8]) {
+/// `info` is the concatenation of its three parts. `out` may be at most 255 × 16 bytes (a
+/// caller's constant: the uses here take 16 or 32).
+pub fn expand(prk: &Hash, info: [&[u8]; 3], out: &mut [u8]) {
     debug_assert!(out.len() <= 255 * HASH_LEN);
-    let mut t: Vec<u8> = Vec::new();
+    let mut t = [0u8; HASH_LEN];
     for (i, chunk) in out.chunks_mut(HASH_LEN).enumerate() {
-        let n = [(i + 1) as u8];
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(info.len() + 2);
-        parts.push(&t);
-        parts.extend_from_slice(info);
-        parts.push(&n);
-        let block = hmac(prk, &parts);
-        chunk.copy_from_slice(&block[..chunk.len()]);
-        t = block.to_vec();
+        let prev = if i == 0 { &[][..] } else { &t[..] };
+        t = hmac(prk, &[prev, info[0], info[1], info[2], &[(i + 1) as u8]]);
+        chunk.copy_from_slice(&t[..chunk.len()]);
     }
 }
 
@@ -70,12 +66,16 @@ mod tests {
             let p = extract(salt, ikm);
             assert_eq!(hex(&p), *prk, "case {}", i + 1);
             let mut out = vec![0u8; okm.len() / 2];
-            expand(&p, &[info], &mut out);
+            expand(&p, [info, &[], &[]], &mut out);
             assert_eq!(hex(&out), *okm, "case {}", i + 1);
             // info in parts is the same as info whole.
             let (a, b) = info.split_at(info.len() / 2);
             let mut parts = vec![0u8; out.len()];
-            expand(&p, &[a, b], &mut parts);
+            expand(
+                &p,
+                [&a[..1.min(a.len())], &a[1.min(a.len())..], b],
+                &mut parts,
+            );
             assert_eq!(parts, out);
         }
     }

@@ -1,28 +1,27 @@
 //! HMAC-MD5 (RFC 2104) on top of md-5, and the comparison of MACs and tags in constant time:
 //! the PRF of the key schedule and of the handshake's proofs.
 
-use crate::hash::Hash;
-use md5::{Digest, Md5};
+use crate::hash::{Hash, md5};
 
 const BLOCK: usize = 64;
 
-/// HMAC-MD5 of the concatenation of `parts`.
+/// HMAC-MD5 of the concatenation of `parts`: each MD5 over one buffer, through the crate's one
+/// `md5` function (smaller than a streaming hasher inlined here: the binary has a size budget;
+/// the messages are a handshake's few hundred bytes).
 pub fn hmac(key: &[u8], parts: &[&[u8]]) -> Hash {
     let mut k = [0u8; BLOCK];
     if key.len() > BLOCK {
-        k[..16].copy_from_slice(&Md5::digest(key));
+        k[..16].copy_from_slice(&md5(key));
     } else {
         k[..key.len()].copy_from_slice(key);
     }
-    let mut inner = Md5::new();
-    inner.update(k.map(|b| b ^ 0x36));
+    let mut inner: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
     for p in parts {
-        inner.update(p);
+        inner.extend_from_slice(p);
     }
-    let mut outer = Md5::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+    let mut outer: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+    outer.extend_from_slice(&md5(&inner));
+    md5(&outer)
 }
 
 /// Compares MACs without an early exit.

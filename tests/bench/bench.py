@@ -1167,7 +1167,7 @@ s.close()"""]), check=True)
 
 # ---- report ------------------------------------------------------------------------------------
 
-TOOLS = ["left", "syncthing", "rsync -a", "rsync -W", "rsync -a --fsync", "rsync -W --fsync",
+TOOLS = ["left", "left+key", "syncthing", "rsync -a", "rsync -W", "rsync -a --fsync", "rsync -W --fsync",
          "rsync -a --partial"]
 ORDER = ["TC_1B", "XFER", "TC_2A", "TC_FA", "KILL40", "TC_2B_a", "TC_2B_b", "TC_2B_c", "TC_INS",
          "TC_2A_Z",
