@@ -322,3 +322,64 @@ fn a_peer_of_protocol_2_is_refused_naming_both_versions() {
         );
     }
 }
+
+#[test]
+fn keygen_writes_a_private_key_once_and_a_short_key_is_warned() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestDir::new("crypt-keygen");
+    let file = t.join("new.key");
+    let run = |f: &std::path::Path| {
+        std::process::Command::new(BIN)
+            .arg("keygen")
+            .arg(f)
+            .output()
+            .unwrap()
+    };
+    let out = run(&file);
+    assert!(out.status.success(), "{out:?}");
+    let text = fs::read_to_string(&file).unwrap();
+    assert_eq!(text.len(), 65, "{text:?}");
+    assert!(text.trim_end().bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(
+        fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Never over an existing file: one line saying so, the key untouched.
+    let again = run(&file);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(fs::read_to_string(&file).unwrap(), text);
+    // Two fresh keys differ.
+    let other = t.join("other.key");
+    assert!(run(&other).status.success());
+    assert_ne!(fs::read_to_string(&other).unwrap(), text);
+    // A generated key gets no warning; a short one does, and still works.
+    let good = Peer::start_with(
+        &t,
+        "G",
+        free_port(),
+        &[free_port()],
+        &["--key-file", &file.display().to_string()],
+    );
+    let short = key_file(&t, "short", "only 12 byte\n");
+    let weak = Peer::start_with(
+        &t,
+        "W",
+        free_port(),
+        &[free_port()],
+        &["--key-file", &short],
+    );
+    assert!(
+        weak.wait_log(SOON, "shorter than 32 bytes"),
+        "{}",
+        tail(&weak.log_text(), 5)
+    );
+    assert!(
+        good.wait_log(SOON, "serving"),
+        "{}",
+        tail(&good.log_text(), 5)
+    );
+    assert!(!good.log_text().contains("shorter than 32 bytes"));
+}
