@@ -122,5 +122,5 @@ ip -n "$NS_A" route | grep -q default && { echo "bench: unexpected default route
 python3 tests/bench/bench.py
 # The shares and data take several GB; results and logs stay (KEEP=1 keeps everything).
 if [ "${KEEP:-0}" != 1 ]; then
-  rm -rf "$WORK"/{data,left,rsync,syncthing,scale-left,tc2b-ref.bin}
+  rm -rf "$WORK"/{data,left,left-key,rsync,syncthing,scale-left,tc2b-ref.bin}
 fi
