@@ -87,7 +87,10 @@ fn set_old_mtime(p: &Path) {
 /// anything. Expected: B's first scan finds `d` as its index has it, with a done install
 /// newer: the very folder with that mode, recorded as received (`folder_changed`'s `holds`),
 /// no new local version: after 8 s A's `d` is still 0555 (a local version of B's would carry
-/// 0755 back to A, A's chmod lost), B's 0755, no "folder changed locally" line in B's log.
+/// 0755 back to A, A's chmod lost), B's 0755, no "folder changed locally" line in B's log;
+/// B's install log empty within 10 s.
+///
+/// Passes (6 runs): B logs `d/: its mode was received before the last stop`, no new version.
 #[test]
 fn a_received_folder_mode_that_changes_nothing_here_stays_the_peers_after_a_kill() {
     let t = TestDir::new("r22-mode-same-here");
@@ -126,6 +129,25 @@ fn a_received_folder_mode_that_changes_nothing_here_stays_the_peers_after_a_kill
 /// `ModeChanged`), with a new file `d/y` if `with_file`. B restarts. Expected: B's user's
 /// folder, made after the deletion it had received, wins: on A within 30 s `d` with `mode`
 /// (and `d/y`), `d/x` back nowhere, A and B identical, no conflict copy.
+///
+/// Empty, 0755 (`FolderSeen::Known`): failed 10 runs of 10. B's restart logs only `deleted
+/// locally: d/x`, then `deleted d/`: A's deletion, taken again, removes the folder B's user
+/// made; `d` exists nowhere. B's user's change is lost.
+///
+/// Suspected cause: received deletions are never written to the install log
+/// (`install::apply_delete`, src/sync/install.rs:627-690, has no `installs().append`/`done`,
+/// unlike `apply_dir`, :554/:623), so `done_since_folder` (src/scan/scanner.rs:1193) finds
+/// nothing for `d`, the `Known` arm (:479) does not fire, the index keeps its old live
+/// version, and A's tombstone is newer than it. The commit's message claims this case ("a
+/// deletion ... the user put it back").
+///
+/// With a file in it (0755 or 0750), and empty with 0750 (`ModeChanged`, a local version
+/// concurrent with A's tombstone): pass (6 runs each) with the check loosened to accept 0700
+/// on both: with a file, before loosening, 0755 failed 3 of 3 and 0750 1 of 6: A made `d`
+/// 0700 for `d/y` ahead of `d`'s entry, recorded it as its own new folder, and 0700 won on
+/// both (README, Limits: "where that name was deleted here before, it may keep 0700 on every
+/// peer"); for 0755, B logged `d/ stays: it holds files the deletion did not know of` after
+/// the restart, never a change of `d` in its first scan (same cause as above).
 fn a_received_deletion_undone_while_down(with_file: bool, mode: u32) {
     let t = TestDir::new(&format!("r22-undelete-{with_file}-{mode:o}"));
     let Some(mut h) = Held::start(&t, |a| {
@@ -198,6 +220,10 @@ fn a_received_folder_deletion_undone_while_down_empty_with_another_mode_wins() {
 /// as B's index has it, and no done install names `d`. B restarts. Expected: nothing of this
 /// is a change of B's: B ends with A's file `d`, A's `d` unchanged, no conflict copy, within
 /// 60 s.
+///
+/// Passes (7 runs), but did not reach the state aimed at: at the kill B's `d` was no longer a
+/// folder (removed before the file's data came; temp file 10 MiB, install log 0 bytes): a
+/// logged-not-done entry where a folder still is was not produced this way.
 #[test]
 fn a_folder_turned_into_a_file_cut_mid_pull_is_not_a_local_change() {
     let t = TestDir::new("r22-folder-to-file-cut");
@@ -253,6 +279,16 @@ fn a_folder_turned_into_a_file_cut_mid_pull_is_not_a_local_change() {
 /// ignored: 0755 on A and B within 30 s of the un-ignore (as
 /// review21's `a_received_folder_mode_changed_back_while_down_wins` without the ignore, and
 /// as done files are kept for an ignored path by `record_unsettled`).
+///
+/// Failed 6 runs of 6: 30 s after the un-ignore A's and B's `d` are 0750; B's first scan
+/// logged nothing about `d`, the un-ignore rescan neither: B's user's chmod is lost.
+///
+/// Suspected cause: the first scan skips the ignored `d` (src/scan/scanner.rs:418), so the
+/// new `Known` arm (:479) never sees it; `record_unsettled` keeps only files
+/// (src/scan/scanner.rs:784-786), and the done mode install is dropped with the rest of the
+/// log (:667-671; the log itself emptied at the next save, change 3). After the un-ignore `d`
+/// is 0755 as the index has it (`Known`, no done install any more): A's newer 0750 is taken
+/// again.
 #[test]
 fn a_received_folder_mode_changed_back_and_ignored_while_down_wins_once_unignored() {
     let t = TestDir::new("r22-mode-back-ignored");
@@ -298,6 +334,11 @@ fn a_received_folder_mode_changed_back_and_ignored_while_down_wins_once_unignore
 /// B restarts for good. Expected: the 20 edits on A (a lost log would make them concurrent
 /// with A's versions, and older: conflict copies, A's content at the names), no conflict
 /// copy, A and B identical.
+///
+/// Passes (6 runs): kills at the first record and at the end of the first scan found the log
+/// whole (25,200 bytes) and no index saved, or (the scan already saved) emptied with a save;
+/// a kill within 6-25 ms of the log being emptied lost nothing (20 edits on A, 0 conflict
+/// copies).
 #[test]
 fn kills_during_and_right_after_the_first_scan_lose_no_edit() {
     let t = TestDir::new("r22-kill-first-scan");
@@ -392,6 +433,9 @@ fn kills_during_and_right_after_the_first_scan_lose_no_edit() {
 /// polled. Expected: whenever it says in sync (exit 0), A has B's edit of `sub/x` (README:
 /// "in sync: no change on disk waits for a scan"); it says in sync within 40 s (the rewrites
 /// cause no endless rescans); A and B identical.
+///
+/// Passes (7 runs): never said in sync without the edit; in sync with it about 0.4 s after the
+/// removal; B logged 22 pattern changes for the 31 rewrites.
 #[test]
 fn ignore_rewrites_during_scans_end_in_sync_and_status_waits_for_the_rescan() {
     let t = TestDir::new("r22-ignore-rewrites");
@@ -449,6 +493,8 @@ fn ignore_rewrites_during_scans_end_in_sync_and_status_waits_for_the_rescan() {
 /// `.leftignore`; B takes the deletion, and its patterns change with it. Expected: B's edit,
 /// no longer ignored, reaches A within 20 s (a change of the patterns walks every folder, as
 /// when B's own user changes them).
+///
+/// Passes (4 runs).
 #[test]
 fn ignore_patterns_removed_by_a_peer_send_what_was_edited_while_ignored() {
     let t = TestDir::new("r22-unignore-by-peer");
@@ -494,6 +540,16 @@ fn ignore_patterns_removed_by_a_peer_send_what_was_edited_while_ignored() {
 /// and is killed. While B is down B's user puts `f` back (a copy from a backup: the same
 /// content, a new mtime). B restarts. Expected: B's user's `f`, made after the deletion it had
 /// received, wins: on A and B within 30 s, no conflict copy.
+///
+/// Failed 5 runs of 5: B's restart logs only `f: stat ... -> ...` (same content: no new
+/// version), then `deleted f`: A's tombstone, taken again, removes B's user's file; `f` is on
+/// neither side. Without the kill (index saved with the tombstone) the file would be new, a
+/// version that wins.
+///
+/// Suspected cause: as for the folder, received deletions are not in the install log
+/// (src/sync/install.rs:627-690); the first scan hashes `f` (new inode), finds the index's
+/// live entry's content (src/scan/scanner.rs:1282, "Same content ...: no new version"), and
+/// nothing tells it a deletion was done since.
 #[test]
 fn a_received_file_deletion_undone_while_down_with_the_same_content_wins() {
     let t = TestDir::new("r22-file-undelete");
@@ -550,6 +606,8 @@ fn folder_modes(root: &Path) -> Vec<(String, u32)> {
 /// edits `p6/x` (mtime 2001), or leaves each as it is. B restarts. Expected: A, B and C
 /// identical (names, contents, folder modes), each of B's user's changes there, A's and C's
 /// where B's user did not undo them, no conflict copy; B's install log empty once settled.
+///
+/// Passes: seeds 1-8, five runs each.
 fn three_peers_undo_while_down(seed: u64) {
     let t = TestDir::new(&format!("r22-three-{seed}"));
     let mut rng = Rng::new(seed);
@@ -685,4 +743,85 @@ fn three_peers_undo_while_down_seeds_3_to_8() {
     for seed in 3..=8 {
         three_peers_undo_while_down(seed);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The install log's tail.
+
+/// A record cut short at the end of B's install log (a power cut while it was appended: made
+/// by hand, 7 bytes of a 12-byte header, B down and in sync with A, its index saved). B
+/// restarts with its index saves held off (its first scan has nothing to record; the window
+/// between installs and the save that follows them). A adds `s0`..`s9`, B takes them (the
+/// install log has them) and is killed; while it is down B's user edits `s0`..`s4` (mtime
+/// 2001). B restarts. Expected: the edits are changes of what B had received: on A within
+/// 30 s, no conflict copy (README: "what you change while `left` is down changes what it had
+/// received").
+///
+/// Failed 5 runs of 5: none of the 5 edits on A, 5 conflict copies
+/// (`s0.sync-conflict-20010909-...`), A's content at the names; the log held 1,227 bytes at
+/// the kill. Not new in b05011a (`Log::open` measured the file the same way before); the torn
+/// tail is made by hand, as a power cut mid-append leaves it.
+///
+/// Suspected cause: `Log::new`/`Log::open` (src/store/intents.rs:60-74, :114-119) append at
+/// the file's length, after the torn record, and `load` stops at the torn record (:166, :197,
+/// :208): everything logged after it is never read back. The first save after the first scan
+/// would empty the log (change 3), but only if that scan records something (the index is
+/// dirty) and the save lands; here the shares were in sync and B's saves held. Truncating the log to its last whole record at
+/// start would do.
+#[test]
+fn installs_logged_after_a_torn_record_are_read_back() {
+    let t = TestDir::new("r22-torn-tail");
+    let Some(mut h) = Held::start(&t, |a| {
+        write_file(&a.path("seed2"), "seed");
+    }) else {
+        return;
+    };
+    h.kill_b();
+    let log = h.b.path(".left/installs");
+    let mut torn = fs::read(&log).unwrap_or_default();
+    torn.extend_from_slice(&[0, 0, 1, 0, 0x12, 0x34, 0x56]);
+    fs::write(&log, &torn).unwrap();
+    assert!(hold_saves(&h.ix, &h.jl));
+    h.restart_b(&t);
+    assert!(h.b.wait_log(SOON, "connected"));
+    std::thread::sleep(Duration::from_secs(1));
+    let staging = t.join("staging");
+    for i in 0..10 {
+        put_file(
+            &staging,
+            &h.a.path(&format!("s{i}")),
+            format!("A's s{i} ").repeat(40).as_bytes(),
+        );
+    }
+    let got = wait_until(SOON, || {
+        (0..10).all(|i| h.b.path(&format!("s{i}")).is_file())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let len = log_len(&h.b);
+    h.kill_b();
+    assert!(got, "B did not take A's files");
+    for i in 0..5 {
+        let p = h.b.path(&format!("s{i}"));
+        write_file(&p, format!("B's edit of s{i} while down"));
+        set_old_mtime(&p);
+    }
+    h.restart_b(&t);
+    let on_a = |i: usize| {
+        has_content(
+            &h.a.path(&format!("s{i}")),
+            format!("B's edit of s{i} while down").as_bytes(),
+        )
+    };
+    let ok = wait_until(Duration::from_secs(30), || {
+        (0..5).all(on_a) && tree_diff(&h.a.dir, &h.b.dir).is_none()
+    });
+    let c = conflicts(&h.a.dir);
+    let lost: Vec<usize> = (0..5).filter(|&i| !on_a(i)).collect();
+    assert!(
+        ok && c.is_empty(),
+        "installs logged after a torn record ({} bytes torn, log {len} bytes at the kill): B's \
+         edits not on A {lost:?}; conflict copies {c:?}\nB:\n{}",
+        torn.len(),
+        tail(&h.b.log_text(), 12)
+    );
 }
