@@ -1052,7 +1052,7 @@ fn a_temp_file_changed_while_b_is_down_is_verified_on_resume() {
 /// later scans walk `d` as a folder the index does not have as one only once the top is
 /// listed again.
 /// Fixed: a folder the first scan finds as the index has it, where a done install put
-/// something else, is a change of that install (`scanner::done_since_folder`).
+/// something else, is a change of that install (`scanner::done_over`).
 fn a_received_type_change_undone_while_down(to_file: bool) {
     let t = TestDir::new(&format!("r21-retype-back-{to_file}"));
     let (pa, pb) = two_ports();
@@ -1243,7 +1243,7 @@ fn the_second_install_cut_between_its_done_record_and_its_rename_resumes() {
 /// dropped (`record_unsettled` skips folders, :765; then :650-651), the index keeps the old
 /// version, and A's newer one is pulled again over the user's change.
 /// Fixed: a folder the first scan finds as the index has it, where a done install put
-/// another mode, is a change of that install (`scanner::done_since_folder`).
+/// another mode, is a change of that install (`scanner::done_over`).
 fn a_received_mode_changed_back_while_down(folder: bool) {
     use std::os::unix::fs::PermissionsExt;
     let t = TestDir::new(&format!("r21-mode-back-{folder}"));

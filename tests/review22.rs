@@ -148,6 +148,8 @@ fn a_received_folder_mode_that_changes_nothing_here_stays_the_peers_after_a_kill
 /// both (README, Limits: "where that name was deleted here before, it may keep 0700 on every
 /// peer"); for 0755, B logged `d/ stays: it holds files the deletion did not know of` after
 /// the restart, never a change of `d` in its first scan (same cause as above).
+/// Fixed: deletions are logged ahead and done like installs (`install::apply_delete`); what the
+/// first scan finds at the path is then a change of the deletion.
 fn a_received_deletion_undone_while_down(with_file: bool, mode: u32) {
     let t = TestDir::new(&format!("r22-undelete-{with_file}-{mode:o}"));
     let Some(mut h) = Held::start(&t, |a| {
@@ -289,6 +291,8 @@ fn a_folder_turned_into_a_file_cut_mid_pull_is_not_a_local_change() {
 /// log (:667-671; the log itself emptied at the next save, change 3). After the un-ignore `d`
 /// is 0755 as the index has it (`Known`, no done install any more): A's newer 0750 is taken
 /// again.
+/// Fixed: `record_unsettled` records a folder's done install too, with no stat; once
+/// un-ignored, its mode is weighed against the installed one.
 #[test]
 fn a_received_folder_mode_changed_back_and_ignored_while_down_wins_once_unignored() {
     let t = TestDir::new("r22-mode-back-ignored");
@@ -550,6 +554,8 @@ fn ignore_patterns_removed_by_a_peer_send_what_was_edited_while_ignored() {
 /// (src/sync/install.rs:627-690); the first scan hashes `f` (new inode), finds the index's
 /// live entry's content (src/scan/scanner.rs:1282, "Same content ...: no new version"), and
 /// nothing tells it a deletion was done since.
+/// Fixed: deletions are logged ahead and done like installs; a file found where a deletion was
+/// done is a change of it, even with the index's old content (`scanner::done_over`).
 #[test]
 fn a_received_file_deletion_undone_while_down_with_the_same_content_wins() {
     let t = TestDir::new("r22-file-undelete");
@@ -768,6 +774,7 @@ fn three_peers_undo_while_down_seeds_3_to_8() {
 /// would empty the log (change 3), but only if that scan records something (the index is
 /// dirty) and the save lands; here the shares were in sync and B's saves held. Truncating the log to its last whole record at
 /// start would do.
+/// Fixed: the log is cut back to its whole records before the first append (`intents::whole_len`).
 #[test]
 fn installs_logged_after_a_torn_record_are_read_back() {
     let t = TestDir::new("r22-torn-tail");

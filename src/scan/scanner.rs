@@ -477,7 +477,7 @@ impl Walk<'_> {
             // it, a file over the folder or the peer's mode, and the change was lost
             // (review21).
             (FolderSeen::Known, Some(e))
-                if done_since_folder(st, path, e)
+                if done_over(st, path, Some(e))
                     && again().is_some_and(|m| Stat::of(&m).mode == stat.mode) =>
             {
                 self.folder_changed(st, path, stat, e);
@@ -506,6 +506,14 @@ impl Walk<'_> {
         if let Some(rec) = take_logged(&mut st.received, &mut st.installed, path, holds) {
             info!("{path}/: its mode was received before the last stop");
             let mut ne = rec;
+            ne.stat = *stat;
+            st.put(ne);
+            return;
+        }
+        // Recorded, unsettled, at the end of a first scan (`record_unsettled`), and found as it
+        // was installed: that version.
+        if e.stat == Stat::default() && !e.deleted && e.dir_mode() & 0o777 == stat.mode {
+            let mut ne = e.clone();
             ne.stat = *stat;
             st.put(ne);
             return;
@@ -778,13 +786,12 @@ fn take_done(
     installed.remove(path).map(|e| e.version)
 }
 
-/// Records `rec`, an install done at a path the first scan after a crash did not settle, as
-/// what the index has there, with an unknown stat (none matches it: the next scan hashes the
-/// file), unless the index has it or a later version.
+/// Records `rec`, an install (a file, a folder, a deletion) done at a path the first scan after
+/// a crash did not settle, as what the index has there, with an unknown stat (none matches it:
+/// the next scan hashes the file, and weighs a folder's mode against the installed one),
+/// unless the index has it or a later version. A folder's was dropped: a mode the user put back
+/// in an ignored folder while we were down was lost to the peer's (review22).
 fn record_unsettled(st: &mut State, rec: Entry) {
-    if rec.deleted || !rec.is_file() {
-        return;
-    }
     let cur = st.index.get(&rec.path).map(|e| e.into_owned());
     if cur.as_ref().is_some_and(|c| {
         !matches!(
@@ -1188,14 +1195,16 @@ fn read_blocks(model: &Model, c: &Candidate, prev: Option<&Entry>) -> Result<(ha
     Ok((b, bs))
 }
 
-/// Whether an install done before the last stop is newer than the index's folder `cur` at
-/// `path` (or concurrent with it).
-fn done_since_folder(st: &State, path: &str, cur: &Entry) -> bool {
+/// Whether an install (or deletion) done before the last stop is newer than the index's entry
+/// `cur` at `path` (or concurrent with it), or the index has none.
+fn done_over(st: &State, path: &str, cur: Option<&Entry>) -> bool {
     st.installed.get(path).is_some_and(|d| {
-        matches!(
-            d.version.compare(&cur.version),
-            Order::Newer | Order::Concurrent
-        )
+        cur.is_none_or(|c| {
+            matches!(
+                d.version.compare(&c.version),
+                Order::Newer | Order::Concurrent
+            )
+        })
     })
 }
 
@@ -1272,7 +1281,11 @@ fn record(
     }
     let found = (&file_hash, before.size, before.mode);
     let installed = done_since(st, &c.path, cur.as_deref());
+    // A deletion (or a folder) done here since the index's entry: a file found is put back
+    // since, a change of that, even with the same content as the index's entry (review22).
+    let other_done = installed.is_none() && done_over(st, &c.path, cur.as_deref());
     if installed.is_none()
+        && !other_done
         && let Some(e) = &cur
         && e.is_file()
         && e.file_hash == file_hash

@@ -62,10 +62,7 @@ impl Log {
         // What it holds from before a crash counts (opened at the first write or clear): an
         // index saved after the first scan records all of it, and the log can go then, not
         // only once something new is logged (review21).
-        let len = std::fs::symlink_metadata(&path)
-            .ok()
-            .filter(|m| m.is_file())
-            .map_or(0, |m| m.len());
+        let len = crate::sys::open::open_state(&path).map_or(0, |f| whole_len(&f));
         Log {
             path,
             file: None,
@@ -114,7 +111,11 @@ impl Log {
     fn open(&mut self) -> Result<()> {
         if self.file.is_none() {
             let f = crate::sys::open::open_own(&self.path).at(&self.path)?;
-            self.len = f.metadata().at(&self.path)?.len();
+            let len = whole_len(&f);
+            if f.metadata().at(&self.path)?.len() > len {
+                f.set_len(len).at(&self.path)?;
+            }
+            self.len = len;
             self.file = Some(f);
         }
         Ok(())
@@ -161,23 +162,7 @@ pub fn load(state_dir: &Path) -> Logged {
     // costs no more memory than what its records name.
     let mut r = std::io::BufReader::with_capacity(64 << 10, f.take(MAX_READ));
     let (mut body, mut held) = (Vec::new(), 0usize);
-    loop {
-        let mut head = [0u8; 12];
-        if r.read_exact(&mut head).is_err() {
-            break;
-        }
-        let n = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-        let (done, n) = (n & DONE != 0, (n & !DONE) as usize);
-        let sum = u64::from_be_bytes([
-            head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11],
-        ]);
-        if n > codec::MAX_ENTRY_BYTES {
-            break;
-        }
-        body.resize(n, 0);
-        if r.read_exact(&mut body).is_err() || crate::hash::xxh64(&body) != sum {
-            break;
-        }
+    while let Some(done) = next_record(&mut r, &mut body) {
         if done {
             // Of the last entry logged for the path (none: an index save emptied the log).
             match std::str::from_utf8(&body) {
@@ -218,6 +203,35 @@ pub fn load(state_dir: &Path) -> Logged {
     out
 }
 
+/// Reads the next whole record into `body`; whether it is a done one. `None` at the end, or at
+/// a record cut short or damaged: what comes after it was never made durable.
+fn next_record(r: &mut impl Read, body: &mut Vec<u8>) -> Option<bool> {
+    let mut head = [0u8; 12];
+    r.read_exact(&mut head).ok()?;
+    let n = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let (done, n) = (n & DONE != 0, (n & !DONE) as usize);
+    let sum = u64::from_be_bytes([
+        head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11],
+    ]);
+    if n > codec::MAX_ENTRY_BYTES {
+        return None;
+    }
+    body.resize(n, 0);
+    r.read_exact(body).ok()?;
+    (crate::hash::xxh64(body) == sum).then_some(done)
+}
+
+/// The length of the whole records the log `f` starts with: appends go after them, over a
+/// record a crash cut short (else [`load`], which stops there, never read them: review22).
+fn whole_len(f: &File) -> u64 {
+    let mut r = std::io::BufReader::with_capacity(64 << 10, f.take(MAX_READ));
+    let (mut len, mut body) = (0u64, Vec::new());
+    while next_record(&mut r, &mut body).is_some() {
+        len += 12 + body.len() as u64;
+    }
+    len
+}
+
 /// Whether a file found changed at start, with content `hash` of `size` bytes and `mode`, is
 /// the install `rec` names, made after the index was last saved (`cur`, what the index holds
 /// for the path): its version is then the record's, not a new local one.
@@ -255,6 +269,37 @@ mod tests {
             blocks,
             ..Entry::default()
         }
+    }
+
+    /// A record cut short at the end (a crash in the middle of an append) is written over by
+    /// the next start's first append, which is then read back; the log's length counts only
+    /// whole records, so an index save empties it.
+    #[test]
+    fn appends_after_a_torn_record_are_read_back() {
+        let dir = std::env::temp_dir().join(format!("left-intents-torn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (file("a", 1, &[(1, 5)]), file("b", 2, &[(1, 6)]));
+        let mut log = Log::new(&dir);
+        log.append([&a]).unwrap();
+        log.done(["a"]);
+        let whole = log.len();
+        drop(log);
+        let path = dir.join("installs");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0, 0, 1, 0, 9, 9, 9]);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut log = Log::new(&dir);
+        assert_eq!(log.len(), whole);
+        log.append([&b]).unwrap();
+        log.done(["b"]);
+        let got = load(&dir);
+        assert_eq!(got.done["a"], std::slice::from_ref(&a));
+        assert_eq!(got.done["b"], std::slice::from_ref(&b));
+        let len = log.len();
+        log.clear_if(len);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A "done" record marks the last entry logged for its path; a later entry for the path

@@ -628,6 +628,13 @@ pub fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
     let Some(a) = begin(model, e, false)? else {
         return Ok(());
     };
+    // Logged ahead and done once recorded, as a folder's install is: after a kill before the
+    // index is saved, what the user put back at the path while we were down is a change of
+    // the deletion, not the index's old entry found again, which the deletion then removed a
+    // second time (review22).
+    if let Err(err) = model.installs().append([e]) {
+        warn!("{err}");
+    }
     if let Some(dir) = &a.dir {
         // A pull of the file that will never be finished now; the name is needed free to
         // move our file aside (`remove_known`).
@@ -687,6 +694,7 @@ pub fn apply_delete(model: &Model, e: &Entry) -> Result<()> {
         }
     }
     a.record(e, None);
+    model.installs().done([e.path.as_str()]);
     Ok(())
 }
 
