@@ -5,10 +5,10 @@
 //! on the key or the data.
 //!
 //! On x86_64 CPUs with AVX2 (looked up at run time), eight blocks at a time in AVX2 registers:
-//! 2,300 MB/s on one core here, against 700-800 MB/s one block at a time (`cargo test --release
-//! --bin left throughput -- --ignored`); the compiler does not vectorise lanes written as
-//! arrays at opt-level "s" (tried: slower than one block at a time). Its 1.6 KiB of code is
-//! worth a keyed sync three times as fast.
+//! 2,076-2,300 MB/s on one core here, against 590-800 MB/s one block at a time (`cargo test
+//! --release --bin left throughput -- --ignored`); the compiler does not vectorise lanes
+//! written as arrays at opt-level "s" (tried: slower than one block at a time). Its 1.6 KiB of
+//! code took a keyed 500 MiB XFER from 3.75 s to 2.40 s (tests/bench/README.md).
 
 /// Key and nonce sizes.
 pub const KEY_LEN: usize = 32;
