@@ -1205,3 +1205,139 @@ fn a_downgrade_of_both_hellos_is_refused_on_both_sides() {
     }
     assert!(!a.path("from-b.txt").exists() && !b.path("from-a.txt").exists());
 }
+
+/// A key holder dials twice at once as one device: the second session is refused, the first
+/// goes on; a key holder that trickles a small sealed frame a byte a second after the
+/// handshake holds its own connection only: a real key holder still syncs meanwhile.
+#[test]
+fn one_device_twice_and_a_trickling_holder_keep_no_one_out() {
+    let t = TestDir::new("r23-twice");
+    let key = key_file(&t);
+    let (pd, pb) = two_ports();
+    let mut d = Peer::start_with(&t, "D", pd, &[pb], &["--key-file", &key]);
+    fs::write(d.path("kept.txt"), b"the daemon's own file").unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let mut first = keyed(pd, 0x7717_0001, 9, KEY);
+    let mut second = keyed(pd, 0x7717_0001, 9, KEY);
+    assert!(
+        wait_closed(&mut second.s, Duration::from_secs(10)).is_some(),
+        "a second session of one device stayed"
+    );
+    assert!(d.wait_log(Duration::from_secs(5), "already connected"));
+    // The first is still served: it gets the daemon's index.
+    first
+        .s
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got_index = false;
+    while let Some((ty, _)) = first.recv() {
+        got_index |= ty == wire::T_INDEX;
+        if ty == wire::T_INDEX_DONE {
+            break;
+        }
+    }
+    assert!(got_index);
+    // The trickle: a sealed Ping a byte a second, on another session.
+    let mut slow = keyed(pd, 0x7717_0002, 9, KEY);
+    let f = crypto::seal(&slow.send, 0, &wire::frame(wire::T_PING, b""));
+    let trickle = std::thread::spawn(move || {
+        for b in f {
+            if slow.s.write_all(&[b]).is_err() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        slow.sent = 1;
+        slow.send(&wire::frame(wire::T_PING, b"")).is_ok()
+    });
+    let b = Peer::start_with(&t, "B", pb, &[pd], &["--key-file", &key]);
+    wait_content(
+        &b,
+        "kept.txt",
+        b"the daemon's own file",
+        Duration::from_secs(20),
+    );
+    fs::write(b.path("back.txt"), b"from b").unwrap();
+    wait_content(&d, "back.txt", b"from b", Duration::from_secs(20));
+    assert!(d.alive());
+    drop(first);
+    let _ = trickle.join();
+}
+
+/// How many log lines a middleman makes each side write by spoiling every session (frame 0
+/// replayed) for 10 s: bounded (the README: lines a peer can cause over and over are limited).
+#[test]
+fn a_middleman_spoiling_every_session_fills_no_log() {
+    let t = TestDir::new("r23-logs");
+    let key = key_file(&t);
+    let (pa, pb) = two_ports();
+    let m = meddler(pb, vec![Meddle::Replay; 100_000]);
+    let b = Peer::start_with(&t, "B", pb, &[free_port()], &["--key-file", &key]);
+    let a = Peer::start_with(&t, "A", pa, &[m], &["--key-file", &key]);
+    std::thread::sleep(Duration::from_secs(3));
+    let (la, lb) = (a.log_text().lines().count(), b.log_text().lines().count());
+    std::thread::sleep(Duration::from_secs(10));
+    let (na, nb) = (
+        a.log_text().lines().count() - la,
+        b.log_text().lines().count() - lb,
+    );
+    let sessions = b.log_text().matches("does not authenticate").count();
+    eprintln!("in 10 s: A wrote {na} lines, B {nb}; {sessions} sessions spoiled so far");
+    assert!(sessions > 5, "{}", tail(&b.log_text(), 10));
+    assert!(
+        na <= 200 && nb <= 200,
+        "A: {na} lines, B: {nb} lines in 10 s"
+    );
+}
+
+/// Someone without the key at a listed peer's address (behind the same NAT, here 127.0.0.1)
+/// keeps every handshake slot of that address busy, opening connections that say nothing
+/// (each lasts the handshake's 10 s). A key holder at that address that only dials (the
+/// daemon cannot dial it back) would have to get in for the key to help it. It does not
+/// (run 1 of 1: kept out for 25 s): the README's threat model leaves port floods unprotected
+/// and promises only that a flood from elsewhere keeps no listed peer out, so this is a note,
+/// not a defect; ignored, run on demand (`-- --ignored`).
+#[test]
+#[ignore]
+fn silent_handshakes_from_a_shared_address_keep_no_key_holder_out() {
+    let t = TestDir::new("r23-slots");
+    let key = key_file(&t);
+    let (pd, pb) = two_ports();
+    // D lists an address of 127.0.0.1 where nothing listens: it cannot dial B.
+    let d = Peer::start_with(&t, "D", pd, &[free_port()], &["--key-file", &key]);
+    fs::write(d.path("kept.txt"), b"the daemon's own file").unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let st = stop.clone();
+    let flood = std::thread::spawn(move || {
+        let mut held: Vec<TcpStream> = Vec::new();
+        while !st.load(std::sync::atomic::Ordering::SeqCst) {
+            held.retain(|s| {
+                s.set_nonblocking(true).unwrap();
+                let mut b = [0u8; 256];
+                !matches!((&*s).read(&mut b), Ok(0))
+                    && !matches!((&*s).read(&mut b), Err(ref e) if e.kind() != std::io::ErrorKind::WouldBlock)
+            });
+            while held.len() < 32 {
+                match TcpStream::connect(("127.0.0.1", pd)) {
+                    Ok(s) => held.push(s),
+                    Err(_) => break,
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let b = Peer::start_with(&t, "B", pb, &[pd], &["--key-file", &key]);
+    let got = wait_until(Duration::from_secs(25), || {
+        has_content(&b.path("kept.txt"), b"the daemon's own file")
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = flood.join();
+    assert!(
+        got,
+        "the key holder was kept out for 25 s by silent handshakes from its address:\nB: {}\nD: {}",
+        tail(&b.log_text(), 8),
+        tail(&d.log_text(), 8)
+    );
+}
