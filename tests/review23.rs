@@ -1341,3 +1341,59 @@ fn silent_handshakes_from_a_shared_address_keep_no_key_holder_out() {
         tail(&d.log_text(), 8)
     );
 }
+
+/// The daemon's Poly1305 (44-bit limbs) against the test's (26-bit limbs, from the RFC) on
+/// ciphertexts the test chooses as a key holder, where carries are largest: all 0xFF, all
+/// 0x00, 0xFE, at every length up to 300 bytes and at the reader's boundaries (16 KiB, 64 KiB,
+/// 1 MiB). Each frame's first byte decrypts to a type nobody knows (skipped), so the
+/// connection goes on exactly while the daemon's tags agree with the test's.
+#[test]
+fn the_daemons_poly1305_agrees_on_extreme_ciphertexts() {
+    let t = TestDir::new("r23-poly");
+    let key = key_file(&t);
+    let (d, port) = keyed_daemon(&t, &key, "file.txt");
+    std::thread::sleep(Duration::from_millis(800));
+    let mut k = keyed(port, 0x9017_0000, 9, KEY);
+    let reader = k.s.try_clone().unwrap();
+    // Drain what the daemon sends, so that it never blocks writing.
+    std::thread::spawn(move || {
+        let mut r = reader;
+        let mut b = vec![0u8; 1 << 16];
+        while matches!(r.read(&mut b), Ok(1..)) {}
+    });
+    let mut lens: Vec<usize> = (1..=300).collect();
+    lens.extend([16_383, 16_384, 16_385, 65_536, 65_537, 1 << 20]);
+    let mut frames = 0u64;
+    for fill in [0xFFu8, 0x00, 0xFE] {
+        for &len in &lens {
+            let n = k.sent;
+            let nonce = crypto::nonce(n);
+            let mut ct = vec![fill; len];
+            ct[0] = crypto::chacha_block(&k.send, 1, &nonce)[0] ^ 200;
+            let l = ((len + 16) as u32).to_be_bytes();
+            let tag = crypto::aead_tag(&k.send, &nonce, &l, &ct);
+            let mut f = l.to_vec();
+            f.extend_from_slice(&ct);
+            f.extend_from_slice(&tag);
+            k.s.write_all(&f).unwrap();
+            k.sent += 1;
+            frames += 1;
+        }
+    }
+    k.send(&wire::frame(wire::T_PING, b"")).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let log = d.log_text();
+    assert!(
+        !log.contains("does not authenticate") && !log.contains("ended"),
+        "the daemon refused one of {frames} frames:\n{}",
+        tail(&log, 10)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            d.log_text().matches("unknown type 200").count() as u64 == frames
+        }),
+        "{} of {frames} frames skipped:\n{}",
+        d.log_text().matches("unknown type 200").count(),
+        tail(&d.log_text(), 5)
+    );
+}
