@@ -735,6 +735,17 @@ fn altered_sealed_frames_end_the_session_and_nothing_else() {
             auth_fail,
         ),
         (
+            "frame 1 replayed after frame 3",
+            Box::new(|k, _, _, _| {
+                let ping = wire::frame(wire::T_PING, b"");
+                let f: Vec<Vec<u8>> = (0..4).map(|n| crypto::seal(&k.send, n, &ping)).collect();
+                let mut all = f.concat();
+                all.extend_from_slice(&f[1]);
+                all
+            }),
+            auth_fail,
+        ),
+        (
             "frames 0 and 1 swapped",
             Box::new(|k, b, _, _| {
                 let mut f = crypto::seal(&k.send, 1, b);
