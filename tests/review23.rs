@@ -1305,7 +1305,7 @@ fn a_middleman_spoiling_every_session_fills_no_log() {
 /// keeps every handshake slot of that address busy, opening connections that say nothing
 /// (each lasts the handshake's 10 s). A key holder at that address that only dials (the
 /// daemon cannot dial it back) would have to get in for the key to help it. It does not
-/// (run 1 of 1: kept out for 25 s): the README's threat model leaves port floods unprotected
+/// (runs 2 of 2: kept out for 25 s): the README's threat model leaves port floods unprotected
 /// and promises only that a flood from elsewhere keeps no listed peer out, so this is a note,
 /// not a defect; ignored, run on demand (`-- --ignored`).
 #[test]
