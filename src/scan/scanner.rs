@@ -727,9 +727,30 @@ fn record_gone(
         if on_disk(root, &path) {
             continue; // created since the folder was read (by a pull): next scan sees it
         }
-        let Some(old) = st.index.get(&path).filter(|e| !e.deleted) else {
+        let Some(old) = st
+            .index
+            .get(&path)
+            .filter(|e| !e.deleted)
+            .map(|e| e.into_owned())
+        else {
             continue; // deleted meanwhile (by a pull)
         };
+        // A peer's deletion applied before the last stop, the index not saved since: the
+        // peer's, not a new one of ours (review24: every deletion received before a kill came
+        // back as one, concurrent with the peer's and merged newer).
+        let received = |r: &Entry| {
+            r.deleted
+                && matches!(
+                    r.version.compare(&old.version),
+                    Order::Newer | Order::Concurrent
+                )
+        };
+        if let Some(rec) = take_logged(&mut st.received, &mut st.installed, &path, received) {
+            debug!("{path}: its deletion was received before the last stop");
+            let version = crate::sync::install::taken_version(Some(&old), &rec, device);
+            st.put(Entry { version, ..rec });
+            continue;
+        }
         let e = Entry {
             path: path.clone(),
             kind: old.kind,
