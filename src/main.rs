@@ -99,7 +99,8 @@
 //! At most a re-fetch of what was in flight (a file not yet renamed into place comes again, its temp
 //! file's verified blocks reused where they reached the disk); every file is one version or another,
 //! never a mix, and nothing installed before the cut goes back or away. `make powercut CUTS=20` at
-//! 95ae47c: 20 cuts of the receiving VM (ext4, qemu killed) mid-sync, 2,204 versions written, 0
+//! 2a825a9 (protocol 3, with a key): 2,086 versions, and at 789afb6: 2,210, each with 0 wrong,
+//! vanished or older files and 0 spurious conflict copies; at 95ae47c: 20 cuts of the receiving VM (ext4, qemu killed) mid-sync, 2,204 versions written, 0
 //! wrong, vanished or older files, 0 spurious conflict copies, 0 files taken for local changes after
 //! the boots (at 7667c67: 2,522 versions, at 1759eba: 2,266, all zeros too; the build before the
 //! install log: 2-4 spurious conflict copies in every 10 cuts).
