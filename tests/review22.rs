@@ -9,55 +9,20 @@ mod common;
 use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// A and B in sync on what `setup` put in A's share, B's index saves then held off: what B
 /// takes from now on is in its install log only.
-struct Held {
-    a: Peer,
-    b: Peer,
-    pa: u16,
-    pb: u16,
-    ix: PathBuf,
-    jl: PathBuf,
-}
-
-impl Held {
-    fn start(t: &TestDir, setup: impl FnOnce(&Peer)) -> Option<Held> {
-        let (pa, pb) = two_ports();
-        let a = Peer::start(t, "A", pa, &[pb]);
-        setup(&a);
-        let b = Peer::start(t, "B", pb, &[pa]);
-        wait_identical(&a.dir, &b.dir, SOON);
-        assert!(b.wait_log(SOON, "index written"));
-        std::thread::sleep(Duration::from_millis(500));
-        let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-        if !jl.exists() {
-            fs::write(&jl, b"").unwrap();
-        }
-        if !hold_saves(&ix, &jl) {
-            return None;
-        }
-        Some(Held {
-            a,
-            b,
-            pa,
-            pb,
-            ix,
-            jl,
-        })
-    }
-
-    /// Kills B and lets its saves go again.
-    fn kill_b(&mut self) {
-        self.b.kill();
-        assert!(chattr("-i", &self.ix) && chattr("-i", &self.jl));
-    }
-
-    fn restart_b(&mut self, t: &TestDir) {
-        self.b = Peer::start(t, "B", self.pb, &[self.pa]);
-    }
+fn held(t: &TestDir, setup: impl FnOnce(&Peer)) -> Option<SavesHeld> {
+    let (pa, pb) = two_ports();
+    let a = Peer::start(t, "A", pa, &[pb]);
+    setup(&a);
+    let b = Peer::start(t, "B", pb, &[pa]);
+    wait_identical(&a.dir, &b.dir, SOON);
+    assert!(b.wait_log(SOON, "index written"));
+    std::thread::sleep(Duration::from_millis(500));
+    SavesHeld::hold(a, b, pa, pb)
 }
 
 fn chmod(p: &Path, mode: u32) {
@@ -94,7 +59,7 @@ fn set_old_mtime(p: &Path) {
 #[test]
 fn a_received_folder_mode_that_changes_nothing_here_stays_the_peers_after_a_kill() {
     let t = TestDir::new("r22-mode-same-here");
-    let Some(mut h) = Held::start(&t, |a| {
+    let Some(mut h) = held(&t, |a| {
         write_file(&a.path("d/x"), "x");
         chmod(&a.path("d"), 0o755);
     }) else {
@@ -152,7 +117,7 @@ fn a_received_folder_mode_that_changes_nothing_here_stays_the_peers_after_a_kill
 /// first scan finds at the path is then a change of the deletion.
 fn a_received_deletion_undone_while_down(with_file: bool, mode: u32) {
     let t = TestDir::new(&format!("r22-undelete-{with_file}-{mode:o}"));
-    let Some(mut h) = Held::start(&t, |a| {
+    let Some(mut h) = held(&t, |a| {
         write_file(&a.path("d/x"), "A's x");
         chmod(&a.path("d"), 0o755);
     }) else {
@@ -229,7 +194,7 @@ fn a_received_folder_deletion_undone_while_down_empty_with_another_mode_wins() {
 #[test]
 fn a_folder_turned_into_a_file_cut_mid_pull_is_not_a_local_change() {
     let t = TestDir::new("r22-folder-to-file-cut");
-    let Some(mut h) = Held::start(&t, |a| {
+    let Some(mut h) = held(&t, |a| {
         for i in 0..5 {
             write_file(&a.path(&format!("d/x{i}")), format!("A's x{i}"));
         }
@@ -296,7 +261,7 @@ fn a_folder_turned_into_a_file_cut_mid_pull_is_not_a_local_change() {
 #[test]
 fn a_received_folder_mode_changed_back_and_ignored_while_down_wins_once_unignored() {
     let t = TestDir::new("r22-mode-back-ignored");
-    let Some(mut h) = Held::start(&t, |a| {
+    let Some(mut h) = held(&t, |a| {
         write_file(&a.path("d/x"), "x");
         chmod(&a.path("d"), 0o755);
     }) else {
@@ -559,7 +524,7 @@ fn ignore_patterns_removed_by_a_peer_send_what_was_edited_while_ignored() {
 #[test]
 fn a_received_file_deletion_undone_while_down_with_the_same_content_wins() {
     let t = TestDir::new("r22-file-undelete");
-    let Some(mut h) = Held::start(&t, |a| {
+    let Some(mut h) = held(&t, |a| {
         write_file(&a.path("f"), "the content of f, backed up");
     }) else {
         return;
@@ -778,7 +743,7 @@ fn three_peers_undo_while_down_seeds_3_to_8() {
 #[test]
 fn installs_logged_after_a_torn_record_are_read_back() {
     let t = TestDir::new("r22-torn-tail");
-    let Some(mut h) = Held::start(&t, |a| {
+    let Some(mut h) = held(&t, |a| {
         write_file(&a.path("seed2"), "seed");
     }) else {
         return;

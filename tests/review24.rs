@@ -30,25 +30,7 @@ fn held_with(t: &TestDir, n: usize, content: impl Fn(usize) -> String) -> Option
     // The save after the last install, which empties the install log.
     assert!(wait_until(SOON, || log_len(&b) == 0));
     std::thread::sleep(Duration::from_millis(500));
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
-        return None;
-    }
-    Some(SavesHeld {
-        a,
-        b,
-        pa,
-        pb,
-        ix,
-        jl,
-    })
-}
-
-fn restart_b(t: &TestDir, h: &mut SavesHeld) {
-    h.b = Peer::start(t, "B", h.pb, &[h.pa]);
+    SavesHeld::hold(a, b, pa, pb)
 }
 
 fn content(i: usize) -> String {
@@ -98,7 +80,7 @@ fn many_deletions_received_then_a_kill(n: usize, within: Duration) -> String {
     let logged = log_len(&h.b);
     h.kill_b();
     assert!(got, "B did not take A's {n} deletions within {within:?}");
-    restart_b(&t, &mut h);
+    h.restart_b(&t);
     assert!(h.b.wait_log(SOON, "connected"));
     let emptied = wait_until(Duration::from_secs(15), || log_len(&h.b) == 0);
     std::thread::sleep(Duration::from_secs(2));
@@ -155,7 +137,7 @@ fn deleted_then_made_again_by_the_peer_before_a_kill(same: bool) {
     std::thread::sleep(Duration::from_millis(500));
     h.kill_b();
     assert!(got, "B did not take x made again");
-    restart_b(&t, &mut h);
+    h.restart_b(&t);
     assert!(h.b.wait_log(SOON, "connected"));
     let emptied = wait_until(Duration::from_secs(15), || log_len(&h.b) == 0);
     std::thread::sleep(Duration::from_secs(2));
@@ -208,7 +190,7 @@ fn restores_and_edits_made_while_down_after_many_deletions_win() {
     assert!(got, "B did not take A's deletions");
     write_file(&h.b.path("d00010"), content(10));
     write_file(&h.b.path("d00011"), "d00011 written by B's user while down");
-    restart_b(&t, &mut h);
+    h.restart_b(&t);
     let ok = wait_until(Duration::from_secs(30), || {
         has_content(&h.a.path("d00010"), content(10).as_bytes())
             && has_content(
@@ -263,20 +245,8 @@ fn a_folder_deletion_that_stays_for_unknown_files_survives_a_kill() {
     assert!(b.wait_log(SOON, "index written"));
     assert!(wait_until(SOON, || log_len(&b) == 0));
     std::thread::sleep(Duration::from_millis(800));
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
+    let Some(mut h) = SavesHeld::hold(a, b, pa, pb) else {
         return;
-    }
-    let mut h = SavesHeld {
-        a,
-        b,
-        pa,
-        pb,
-        ix,
-        jl,
     };
     fs::remove_dir_all(h.a.path("k")).unwrap();
     let got = wait_until(SOON, || {
@@ -286,7 +256,7 @@ fn a_folder_deletion_that_stays_for_unknown_files_survives_a_kill() {
     std::thread::sleep(Duration::from_millis(500));
     h.kill_b();
     assert!(got, "B did not keep k");
-    restart_b(&t, &mut h);
+    h.restart_b(&t);
     assert!(h.b.wait_log(SOON, "connected"));
     let emptied = wait_until(Duration::from_secs(15), || log_len(&h.b) == 0);
     let same = |h: &SavesHeld| {
@@ -345,20 +315,8 @@ fn a_folder_ignored_here_deleted_by_the_peer_before_a_kill_is_kept_and_converges
     assert!(b.wait_log(SOON, "index written"));
     assert!(wait_until(SOON, || log_len(&b) == 0));
     std::thread::sleep(Duration::from_millis(500));
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
+    let Some(mut h) = SavesHeld::hold(a, b, pa, pb) else {
         return;
-    }
-    let mut h = SavesHeld {
-        a,
-        b,
-        pa,
-        pb,
-        ix,
-        jl,
     };
     write_file(&h.b.path(".leftignore"), "g/\n");
     assert!(h.b.wait_log(SOON, "changed locally: .leftignore"));
@@ -366,7 +324,7 @@ fn a_folder_ignored_here_deleted_by_the_peer_before_a_kill_is_kept_and_converges
     fs::remove_dir_all(h.a.path("g")).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     h.kill_b();
-    restart_b(&t, &mut h);
+    h.restart_b(&t);
     assert!(h.b.wait_log(SOON, "connected"));
     let emptied = wait_until(Duration::from_secs(15), || log_len(&h.b) == 0);
     std::thread::sleep(Duration::from_secs(1));
@@ -444,20 +402,8 @@ fn twenty_thousand_long_named_deletions_before_a_kill_keep_the_log_for_an_edit_m
     assert!(b.wait_log(SOON, "index written"));
     assert!(wait_until(SOON, || log_len(&b) == 0));
     std::thread::sleep(Duration::from_millis(500));
-    let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
-    if !jl.exists() {
-        fs::write(&jl, b"").unwrap();
-    }
-    if !hold_saves(&ix, &jl) {
+    let Some(mut h) = SavesHeld::hold(a, b, pa, pb) else {
         return;
-    }
-    let mut h = SavesHeld {
-        a,
-        b,
-        pa,
-        pb,
-        ix,
-        jl,
     };
     fs::write(h.a.path("x"), "x, second, by A").unwrap();
     assert!(wait_until(SOON, || has_content(
@@ -477,7 +423,7 @@ fn twenty_thousand_long_named_deletions_before_a_kill_keep_the_log_for_an_edit_m
     h.kill_b();
     assert!(got, "B did not take the deletions");
     fs::write(h.b.path("x"), "x, third, by B's user while down").unwrap();
-    restart_b(&t, &mut h);
+    h.restart_b(&t);
     let ok = wait_until(Duration::from_secs(30), || {
         has_content(&h.a.path("x"), b"x, third, by B's user while down")
             && tree_diff(&h.a.dir, &h.b.dir).is_none()
@@ -669,7 +615,7 @@ fn a_file_deleted_then_made_a_folder_by_the_peer_before_a_kill_is_the_peers() {
     std::thread::sleep(Duration::from_millis(800));
     h.kill_b();
     assert!(got, "B did not take folder x");
-    restart_b(&t, &mut h);
+    h.restart_b(&t);
     assert!(h.b.wait_log(SOON, "connected"));
     let emptied = wait_until(Duration::from_secs(15), || log_len(&h.b) == 0);
     std::thread::sleep(Duration::from_secs(2));

@@ -1665,6 +1665,12 @@ impl SavesHeld {
         let b = Peer::start(t, "B", pb, &[pa]);
         wait_identical(&a.dir, &b.dir, SOON);
         assert!(b.wait_log(SOON, "index written"));
+        SavesHeld::hold(a, b, pa, pb)
+    }
+
+    /// Holds the saves of B, running beside A (ports `pa`, `pb`); `None` (the test is skipped)
+    /// where saves cannot be held off.
+    pub fn hold(a: Peer, b: Peer, pa: u16, pb: u16) -> Option<SavesHeld> {
         let (ix, jl) = (b.path(".left/index"), b.path(".left/index.log"));
         if !jl.exists() {
             fs::write(&jl, b"").unwrap();
@@ -1686,6 +1692,11 @@ impl SavesHeld {
     pub fn kill_b(&mut self) {
         self.b.kill();
         assert!(chattr("-i", &self.ix) && chattr("-i", &self.jl));
+    }
+
+    /// Starts B again after [`SavesHeld::kill_b`].
+    pub fn restart_b(&mut self, t: &TestDir) {
+        self.b = Peer::start(t, "B", self.pb, &[self.pa]);
     }
 }
 
